@@ -1,0 +1,74 @@
+#pragma once
+/**
+ * @file errors.hpp
+ * @brief The exception types microbatch throws and the status codes of non-throwing calls.
+ */
+
+#include <stdexcept>
+#include <string>
+
+namespace microbatch {
+
+/**
+ * @brief Base class of every error microbatch reports at run time.
+ *
+ * Misconfiguration is reported with `std::invalid_argument` instead (at construction).
+ */
+class Error : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+/**
+ * @brief Thrown when work is submitted to a batcher or pool that is closed (or closing).
+ *
+ * Producers blocked in `submit` on a full batcher wake with this error when it is closed.
+ * The item passed to the failing call is left untouched (not moved from).
+ */
+class ClosedError : public Error {
+public:
+    using Error::Error;
+};
+
+/**
+ * @brief Delivered to every item of a batch whose `process_batch` returned a result vector
+ *        whose length differs from the batch size.
+ */
+class ResultCountError : public Error {
+public:
+    using Error::Error;
+};
+
+/**
+ * @brief Thrown when a call would deadlock because it is made from inside the batcher's own
+ *        `process_batch` (for example `close()` or `wait_idle()`, which wait for that very
+ *        batch, or a blocking `submit` that finds the batcher full).
+ */
+class ReentrancyError : public Error {
+public:
+    using Error::Error;
+};
+
+/**
+ * @brief Outcome of a non-throwing submission (`try_submit`, `submit_for`).
+ */
+enum class SubmitStatus {
+    accepted,  ///< The item was accepted and will be processed exactly once.
+    full,      ///< Rejected: the batcher was at capacity (or the timeout expired while it was).
+    closed,    ///< Rejected: the batcher is closed.
+};
+
+/// Returns a stable lower-case name for @p status ("accepted", "full", "closed").
+constexpr const char* to_string(SubmitStatus status) noexcept {
+    switch (status) {
+        case SubmitStatus::accepted:
+            return "accepted";
+        case SubmitStatus::full:
+            return "full";
+        case SubmitStatus::closed:
+            return "closed";
+    }
+    return "unknown";
+}
+
+}  // namespace microbatch
