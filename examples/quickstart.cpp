@@ -1,0 +1,46 @@
+// quickstart: the classic microbatching example. The numbers 1..10 arrive one at a time, are
+// grouped into batches of (at most) 3, each batch is doubled by one call of process_batch on a
+// worker thread, and the results are printed in the original order:
+//   [2, 4, 6, 8, 10, 12, 14, 16, 18, 20]
+#include <chrono>
+#include <cstdio>
+#include <vector>
+
+#include <microbatch/microbatch.hpp>
+
+int main() {
+    using namespace std::chrono_literals;
+
+    // One result per item: process_batch returns a vector as long as the batch.
+    microbatch::Batcher<int, int> doubler(
+        microbatch::Options{}.max_batch_size(3).max_delay(5ms).workers(2),
+        [](microbatch::Batch<int>& batch) {
+            std::vector<int> results;
+            results.reserve(batch.size());
+            for (int item : batch) {
+                results.push_back(item * 2);
+            }
+            return results;
+        });
+
+    // Submit items one at a time; each submit returns a future-like handle.
+    std::vector<microbatch::Handle<int>> handles;
+    for (int item = 1; item <= 10; ++item) {
+        handles.push_back(doubler.submit(item));
+    }
+    doubler.close();  // dispatches the last partial batch (10) and waits: nothing is lost
+
+    std::printf("[");
+    for (std::size_t i = 0; i < handles.size(); ++i) {
+        std::printf(i == 0 ? "%d" : ", %d", handles[i].get());
+    }
+    std::printf("]\n");
+
+    const microbatch::Stats stats = doubler.stats();
+    std::fprintf(stderr, "%llu items in %llu batches (%llu full, %llu at close)\n",
+                 static_cast<unsigned long long>(stats.items_processed),
+                 static_cast<unsigned long long>(stats.batches_completed),
+                 static_cast<unsigned long long>(stats.batches_full),
+                 static_cast<unsigned long long>(stats.batches_close));
+    return 0;
+}

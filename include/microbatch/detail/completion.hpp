@@ -1,0 +1,115 @@
+#pragma once
+/**
+ * @file detail/completion.hpp
+ * @brief `Completion<R>`: the per-item continuation stored inline in a batch slot (a callback
+ *        or a handle's state), type-erased without heap allocation.
+ */
+
+#include <cstddef>
+#include <new>
+#include <type_traits>
+#include <utility>
+
+#include "microbatch/outcome.hpp"
+
+namespace microbatch::detail {
+
+/**
+ * @brief Holds one callable `void(Outcome<R>&&)` in fixed inline storage.
+ *
+ * The callable must fit `inline_size` bytes, be nothrow-move-constructible and not
+ * over-aligned; this is checked at compile time, so storing one never allocates.
+ * Not thread-safe: each slot is written by one producer and later read by one worker, with the
+ * batcher's slot flags ordering the two.
+ */
+template <class R>
+class Completion {
+public:
+    /// Bytes available for the callable's captures (a std::function fits).
+    static constexpr std::size_t inline_size = 48;
+
+    template <class F>
+    static constexpr bool fits =
+        sizeof(F) <= inline_size &&
+        alignof(F) <= alignof(std::max_align_t) && std::is_nothrow_move_constructible_v<F>;
+
+    Completion() noexcept = default;
+    Completion(const Completion&) = delete;
+    Completion& operator=(const Completion&) = delete;
+    ~Completion() { reset(); }
+
+    /// Stores @p callable (the slot must be empty).
+    template <class F>
+    void emplace(F&& callable) noexcept(std::is_nothrow_constructible_v<std::decay_t<F>, F&&>) {
+        using Stored = std::decay_t<F>;
+        static_assert(sizeof(Stored) <= inline_size,
+                      "microbatch: the callback is larger than the inline storage "
+                      "(Completion::inline_size bytes); capture less, or capture a pointer");
+        static_assert(alignof(Stored) <= alignof(std::max_align_t),
+                      "microbatch: over-aligned callbacks are not supported");
+        static_assert(std::is_nothrow_move_constructible_v<Stored>,
+                      "microbatch: callbacks must be nothrow move constructible");
+        ::new (static_cast<void*>(storage_)) Stored(std::forward<F>(callable));
+        operations_ = &operations_for<Stored>;
+    }
+
+    bool has_value() const noexcept { return operations_ != nullptr; }
+
+    /// Invokes the callable with @p outcome and destroys it, even if it throws (the exception
+    /// propagates).
+    void complete(Outcome<R>&& outcome) {
+        const Operations* operations = operations_;
+        operations_ = nullptr;
+        operations->invoke_and_destroy(storage_, std::move(outcome));
+    }
+
+    /// Destroys the callable without invoking it.
+    void reset() noexcept {
+        if (operations_ != nullptr) {
+            operations_->destroy(storage_);
+            operations_ = nullptr;
+        }
+    }
+
+    /// Moves the callable of @p other (which must be non-empty) into this empty slot.
+    void take(Completion& other) noexcept {
+        operations_ = other.operations_;
+        other.operations_ = nullptr;
+        operations_->relocate(storage_, other.storage_);
+    }
+
+private:
+    struct Operations {
+        void (*invoke_and_destroy)(void* storage, Outcome<R>&& outcome);
+        void (*destroy)(void* storage) noexcept;
+        void (*relocate)(void* target, void* source) noexcept;
+    };
+
+    template <class F>
+    static void invoke_and_destroy(void* storage, Outcome<R>&& outcome) {
+        F& callable = *static_cast<F*>(storage);
+        struct Destroy {
+            F& callable;
+            ~Destroy() { callable.~F(); }
+        } destroy{callable};
+        callable(std::move(outcome));
+    }
+    template <class F>
+    static void destroy(void* storage) noexcept {
+        static_cast<F*>(storage)->~F();
+    }
+    template <class F>
+    static void relocate(void* target, void* source) noexcept {
+        F& from = *static_cast<F*>(source);
+        ::new (target) F(std::move(from));
+        from.~F();
+    }
+
+    template <class F>
+    static constexpr Operations operations_for{&invoke_and_destroy<F>, &destroy<F>, &relocate<F>};
+
+    const Operations* operations_ = nullptr;
+    alignas(std::max_align_t) unsigned char storage_[inline_size];
+};
+
+}  // namespace microbatch::detail

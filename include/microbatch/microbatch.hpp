@@ -1,0 +1,22 @@
+#pragma once
+/**
+ * @file microbatch.hpp
+ * @brief The umbrella header: includes every public microbatch header.
+ *
+ * microbatch groups items submitted one at a time into batches bounded by size and time, runs a
+ * user function on each batch in a thread pool, and hands results back per item (handles or
+ * callbacks) or merged through a lock-free aggregator. See README.md for an overview.
+ */
+
+#include "microbatch/version.hpp"
+
+#include "microbatch/batch.hpp"
+#include "microbatch/batcher.hpp"
+#include "microbatch/clock.hpp"
+#include "microbatch/errors.hpp"
+#include "microbatch/executor.hpp"
+#include "microbatch/handle.hpp"
+#include "microbatch/options.hpp"
+#include "microbatch/outcome.hpp"
+#include "microbatch/stats.hpp"
+#include "microbatch/thread_pool.hpp"

@@ -1,0 +1,247 @@
+#pragma once
+/**
+ * @file stats.hpp
+ * @brief `microbatch::Stats`: a snapshot of a batcher's counters and timing summaries.
+ */
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+
+#include "microbatch/batch.hpp"
+#include "microbatch/detail/config.hpp"
+
+namespace microbatch {
+
+/**
+ * @brief Count, minimum, maximum and total of a set of durations.
+ *
+ * Thread safety: a plain value type.
+ */
+struct DurationSummary {
+    std::uint64_t count = 0;            ///< Number of samples.
+    std::chrono::nanoseconds min{0};    ///< Smallest sample (0 when count is 0).
+    std::chrono::nanoseconds max{0};    ///< Largest sample.
+    std::chrono::nanoseconds total{0};  ///< Sum of all samples.
+
+    /// @brief Mean of the samples (0 when there are none).
+    std::chrono::nanoseconds mean() const noexcept {
+        return count == 0
+                   ? std::chrono::nanoseconds(0)
+                   : std::chrono::nanoseconds(total.count() / static_cast<std::int64_t>(count));
+    }
+};
+
+/**
+ * @brief A snapshot of a batcher's counters, taken by `Batcher::stats()`.
+ *
+ * Each field is read atomically, but the snapshot is not one instant across fields: while the
+ * batcher runs, a batch completing during the snapshot may be counted in one field and not yet
+ * in another. After `close()` or `wait_idle()` with no concurrent submitters the figures are
+ * exact and add up: `items_accepted == items_processed + items_failed` and
+ * `items_submitted == items_accepted + items_rejected()`.
+ *
+ * Thread safety: a plain value type.
+ */
+struct Stats {
+    std::uint64_t items_submitted = 0;        ///< Every submit call: accepted + rejected.
+    std::uint64_t items_accepted = 0;         ///< Items the batcher took responsibility for.
+    std::uint64_t items_rejected_full = 0;    ///< try/timed submits refused at capacity.
+    std::uint64_t items_rejected_closed = 0;  ///< Submits refused because the batcher was closed.
+    std::uint64_t items_rejected_error = 0;   ///< Submits whose item construction threw.
+    std::uint64_t items_processed = 0;        ///< Items of batches that succeeded.
+    std::uint64_t items_failed = 0;           ///< Items of batches that threw (or bad results).
+
+    std::uint64_t batches_full = 0;       ///< Batches dispatched because they were full.
+    std::uint64_t batches_deadline = 0;   ///< Batches dispatched when max_delay expired.
+    std::uint64_t batches_flush = 0;      ///< Batches dispatched by flush()/wait_idle().
+    std::uint64_t batches_close = 0;      ///< Batches dispatched by close().
+    std::uint64_t batches_completed = 0;  ///< Batches whose processing finished.
+    std::uint64_t batches_failed = 0;     ///< Completed batches whose process_batch threw.
+
+    std::uint64_t batch_size_min = 0;  ///< Smallest completed batch (0 before the first).
+    std::uint64_t batch_size_max = 0;  ///< Largest completed batch.
+    /// Completed batches by size: bucket k counts sizes in [2^k, 2^(k+1)).
+    std::array<std::uint64_t, 24> batch_size_histogram{};
+
+    /// Per batch, how long its oldest item waited from submit to dispatch.
+    DurationSummary queue_delay;
+    /// Per batch, how long process_batch ran.
+    DurationSummary processing_time;
+
+    std::uint64_t callback_exceptions = 0;  ///< Exceptions thrown by per-item callbacks.
+
+    /// @brief All rejected submits.
+    std::uint64_t items_rejected() const noexcept {
+        return items_rejected_full + items_rejected_closed + items_rejected_error;
+    }
+    /// @brief All dispatched batches.
+    std::uint64_t batches_dispatched() const noexcept {
+        return batches_full + batches_deadline + batches_flush + batches_close;
+    }
+    /// @brief Mean size of completed batches (0 before the first).
+    double batch_size_mean() const noexcept {
+        return batches_completed == 0 ? 0.0
+                                      : static_cast<double>(items_processed + items_failed) /
+                                            static_cast<double>(batches_completed);
+    }
+};
+
+namespace detail {
+
+/// Lock-free accumulation of one DurationSummary (relaxed: independent statistics counters).
+class DurationRecorder {
+public:
+    void record(std::int64_t nanoseconds) noexcept {
+        if (nanoseconds < 0) {
+            nanoseconds = 0;
+        }
+        // relaxed throughout: each counter is independent; snapshots are documented as
+        // not being one instant across fields.
+        count_.fetch_add(1, std::memory_order_relaxed);
+        total_.fetch_add(nanoseconds, std::memory_order_relaxed);
+        store_min(min_, nanoseconds);
+        store_max(max_, nanoseconds);
+    }
+
+    DurationSummary snapshot() const noexcept {
+        DurationSummary summary;
+        summary.count = count_.load(std::memory_order_relaxed);
+        summary.total = std::chrono::nanoseconds(total_.load(std::memory_order_relaxed));
+        const std::int64_t min = min_.load(std::memory_order_relaxed);
+        summary.min = std::chrono::nanoseconds(summary.count == 0 ? 0 : min);
+        summary.max = std::chrono::nanoseconds(max_.load(std::memory_order_relaxed));
+        return summary;
+    }
+
+    static void store_min(std::atomic<std::int64_t>& target, std::int64_t value) noexcept {
+        std::int64_t current = target.load(std::memory_order_relaxed);
+        while (value < current &&
+               !target.compare_exchange_weak(current, value, std::memory_order_relaxed)) {
+        }
+    }
+    static void store_max(std::atomic<std::int64_t>& target, std::int64_t value) noexcept {
+        std::int64_t current = target.load(std::memory_order_relaxed);
+        while (value > current &&
+               !target.compare_exchange_weak(current, value, std::memory_order_relaxed)) {
+        }
+    }
+
+private:
+    std::atomic<std::uint64_t> count_{0};
+    std::atomic<std::int64_t> total_{0};
+    std::atomic<std::int64_t> min_{std::numeric_limits<std::int64_t>::max()};
+    std::atomic<std::int64_t> max_{0};
+};
+
+/**
+ * @brief The batcher's live counters. Producers touch only the rejection counters (slow path);
+ *        sealers and workers update the rest once per batch. All relaxed: these are statistics,
+ *        nothing else is published through them.
+ */
+class StatsRecorder {
+public:
+    void rejected_full() noexcept { rejected_full_.fetch_add(1, std::memory_order_relaxed); }
+    void rejected_closed() noexcept { rejected_closed_.fetch_add(1, std::memory_order_relaxed); }
+    void rejected_error() noexcept { rejected_error_.fetch_add(1, std::memory_order_relaxed); }
+    void callback_exception() noexcept {
+        callback_exceptions_.fetch_add(1, std::memory_order_relaxed);
+    }
+
+    /// A batch of @p size items was sealed for dispatch because of @p reason.
+    void dispatched(std::size_t size, DispatchReason reason) noexcept {
+        sealed_items_.fetch_add(size, std::memory_order_relaxed);
+        by_reason_[static_cast<std::size_t>(reason)].fetch_add(1, std::memory_order_relaxed);
+    }
+
+    /// @p count slots of a dispatched batch held no item (their construction threw).
+    void holes(std::size_t count) noexcept {
+        sealed_items_.fetch_sub(count, std::memory_order_relaxed);
+    }
+
+    /// A batch finished: @p succeeded + @p failed items, queue delay and processing time in ns.
+    void completed(std::size_t succeeded, std::size_t failed, bool batch_failed,
+                   std::int64_t queue_delay_ns, std::int64_t processing_ns) noexcept {
+        const std::size_t size = succeeded + failed;
+        processed_.fetch_add(succeeded, std::memory_order_relaxed);
+        failed_.fetch_add(failed, std::memory_order_relaxed);
+        if (batch_failed) {
+            batches_failed_.fetch_add(1, std::memory_order_relaxed);
+        }
+        DurationRecorder::store_min(size_min_, static_cast<std::int64_t>(size));
+        DurationRecorder::store_max(size_max_, static_cast<std::int64_t>(size));
+        if (size > 0) {
+            std::size_t bucket = 0;
+            while ((size >> (bucket + 1)) != 0 && bucket + 1 < histogram_.size()) {
+                ++bucket;
+            }
+            histogram_[bucket].fetch_add(1, std::memory_order_relaxed);
+        }
+        queue_delay_.record(queue_delay_ns);
+        processing_time_.record(processing_ns);
+        // Last, so that a snapshot seeing a batch as completed tends to see its items too.
+        batches_completed_.fetch_add(1, std::memory_order_relaxed);
+    }
+
+    /// Items sealed into batches so far (accepted items not yet in the open batch).
+    std::uint64_t sealed_items() const noexcept {
+        return sealed_items_.load(std::memory_order_relaxed);
+    }
+
+    /// Fills @p stats; @p open_items are the accepted items still in the filling batch.
+    void snapshot(Stats& stats, std::uint64_t open_items) const noexcept {
+        const auto load = [](const auto& counter) {
+            return counter.load(std::memory_order_relaxed);
+        };
+        stats.batches_completed = load(batches_completed_);
+        stats.items_processed = load(processed_);
+        stats.items_failed = load(failed_);
+        stats.batches_failed = load(batches_failed_);
+        stats.items_accepted = load(sealed_items_) + open_items;
+        stats.items_rejected_full = load(rejected_full_);
+        stats.items_rejected_closed = load(rejected_closed_);
+        stats.items_rejected_error = load(rejected_error_);
+        stats.items_submitted = stats.items_accepted + stats.items_rejected();
+        stats.batches_full = load(by_reason_[static_cast<std::size_t>(DispatchReason::full)]);
+        stats.batches_deadline =
+            load(by_reason_[static_cast<std::size_t>(DispatchReason::deadline)]);
+        stats.batches_flush = load(by_reason_[static_cast<std::size_t>(DispatchReason::flush)]);
+        stats.batches_close = load(by_reason_[static_cast<std::size_t>(DispatchReason::close)]);
+        const std::int64_t size_min = load(size_min_);
+        stats.batch_size_min =
+            stats.batches_completed == 0 ? 0 : static_cast<std::uint64_t>(size_min);
+        stats.batch_size_max = static_cast<std::uint64_t>(load(size_max_));
+        for (std::size_t i = 0; i < histogram_.size(); ++i) {
+            stats.batch_size_histogram[i] = load(histogram_[i]);
+        }
+        stats.queue_delay = queue_delay_.snapshot();
+        stats.processing_time = processing_time_.snapshot();
+        stats.callback_exceptions = load(callback_exceptions_);
+    }
+
+private:
+    // Written by producers on the slow path only: kept off the workers' cache lines.
+    alignas(cache_line_size) std::atomic<std::uint64_t> rejected_full_{0};
+    std::atomic<std::uint64_t> rejected_closed_{0};
+    std::atomic<std::uint64_t> rejected_error_{0};
+    // Written once per batch by whoever seals it.
+    alignas(cache_line_size) std::atomic<std::uint64_t> sealed_items_{0};
+    std::array<std::atomic<std::uint64_t>, 4> by_reason_{};
+    // Written once per batch by the worker that ran it.
+    alignas(cache_line_size) std::atomic<std::uint64_t> processed_{0};
+    std::atomic<std::uint64_t> failed_{0};
+    std::atomic<std::uint64_t> batches_failed_{0};
+    std::atomic<std::uint64_t> batches_completed_{0};
+    std::atomic<std::uint64_t> callback_exceptions_{0};
+    std::atomic<std::int64_t> size_min_{std::numeric_limits<std::int64_t>::max()};
+    std::atomic<std::int64_t> size_max_{0};
+    std::array<std::atomic<std::uint64_t>, 24> histogram_{};
+    DurationRecorder queue_delay_;
+    DurationRecorder processing_time_;
+};
+
+}  // namespace detail
+}  // namespace microbatch

@@ -1,0 +1,67 @@
+// Tests of microbatch::Options: defaults, fluent setters and validation messages.
+
+#include <chrono>
+#include <stdexcept>
+#include <string>
+
+#include "catch_shim.hpp"
+#include "microbatch/options.hpp"
+
+using namespace std::chrono_literals;
+using microbatch::Options;
+
+namespace {
+std::string validation_message(const Options& options) {
+    try {
+        options.validate();
+    } catch (const std::invalid_argument& error) {
+        return error.what();
+    }
+    return "";
+}
+}  // namespace
+
+TEST_CASE("Options have documented defaults", "[options]") {
+    const Options options;
+    CHECK(options.max_batch_size() == 64);
+    CHECK(options.max_delay() == 1ms);
+    CHECK(options.capacity() == 0);
+    CHECK(options.effective_capacity() == 4 * 64);
+    CHECK(options.workers() == 1);
+    CHECK_FALSE(options.executor());
+    CHECK_NOTHROW(options.validate());
+}
+
+TEST_CASE("Options setters chain and store values", "[options]") {
+    const auto options = Options{}.max_batch_size(3).max_delay(5ms).capacity(9).workers(2).executor(
+        [](microbatch::Task task) { task(); });
+    CHECK(options.max_batch_size() == 3);
+    CHECK(options.max_delay() == 5ms);
+    CHECK(options.capacity() == 9);
+    CHECK(options.effective_capacity() == 9);
+    CHECK(options.workers() == 2);
+    CHECK(options.executor());
+}
+
+TEST_CASE("Options validation names the option and the value", "[options]") {
+    CHECK(validation_message(Options{}.max_batch_size(0)) ==
+          "microbatch::Options: max_batch_size must be in [1, 4194304] (got 0)");
+    CHECK(validation_message(Options{}.max_batch_size(Options::max_supported_batch_size + 1)) ==
+          "microbatch::Options: max_batch_size must be in [1, 4194304] (got 4194305)");
+    CHECK(validation_message(Options{}.max_delay(-3ns)) ==
+          "microbatch::Options: max_delay must not be negative (got -3ns)");
+    CHECK(validation_message(Options{}.max_batch_size(10).capacity(9)) ==
+          "microbatch::Options: capacity must be 0 (automatic) or >= max_batch_size 10 (got 9)");
+    CHECK(validation_message(Options{}.workers(0)) ==
+          "microbatch::Options: workers must be >= 1 when no executor is set (got 0)");
+}
+
+TEST_CASE("Options accept zero workers when an executor is set", "[options]") {
+    CHECK_NOTHROW(Options{}.workers(0).executor([](microbatch::Task task) { task(); }).validate());
+}
+
+TEST_CASE("Options accept the boundary values", "[options]") {
+    CHECK_NOTHROW(Options{}.max_batch_size(1).capacity(1).max_delay(0ns).validate());
+    CHECK_NOTHROW(Options{}.max_batch_size(Options::max_supported_batch_size).validate());
+    CHECK_NOTHROW(Options{}.max_delay(std::chrono::nanoseconds::max()).validate());
+}
