@@ -5,6 +5,8 @@
  *        of a Batcher.
  */
 
+#include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <deque>
@@ -76,6 +78,8 @@ public:
                 return false;
             }
             queue_.push_back(std::move(task));
+            // relaxed: a hint for spinning workers, who re-check the queue under the mutex.
+            queued_.store(queue_.size(), std::memory_order_relaxed);
             // A busy worker looks at the queue again before it sleeps, so only a sleeping one
             // needs a (comparatively expensive) notification.
             wake_worker = sleeping_workers_ > 0;
@@ -95,6 +99,7 @@ public:
                 return;
             }
             stopping_ = true;
+            stopping_hint_.store(true, std::memory_order_relaxed);  // hint, see push()
         }
         work_available_.notify_all();
     }
@@ -104,6 +109,14 @@ public:
         current_thread_pool_state = this;
         std::unique_lock<std::mutex> lock(mutex_);
         for (;;) {
+            // Before sleeping, spin briefly: a steady stream of tasks (a batcher dispatching a
+            // batch every few microseconds) then finds a worker awake, and the submitter skips
+            // the futex wake-up that would otherwise dominate the cost of a small task.
+            if (queue_.empty() && !stopping_) {
+                lock.unlock();
+                spin_for_work();
+                lock.lock();
+            }
             // Counted around each wait (not once per sleep) so spurious wake-ups keep it exact.
             while (queue_.empty() && !stopping_) {
                 ++sleeping_workers_;
@@ -115,6 +128,7 @@ public:
             }
             Task task = std::move(queue_.front());
             queue_.pop_front();
+            queued_.store(queue_.size(), std::memory_order_relaxed);  // hint, see push()
             ++running_tasks_;
             lock.unlock();
 
@@ -134,6 +148,23 @@ public:
             }
         }
         current_thread_pool_state = nullptr;
+    }
+
+    /// Spins (yielding the core) for up to about 50 microseconds or until a task or stop is
+    /// hinted. Called without the mutex.
+    void spin_for_work() const noexcept {
+        const auto give_up = std::chrono::steady_clock::now() + std::chrono::microseconds(50);
+        for (unsigned spin = 1;; ++spin) {
+            // relaxed: hints only; the caller re-checks under the mutex before acting.
+            if (queued_.load(std::memory_order_relaxed) != 0 ||
+                stopping_hint_.load(std::memory_order_relaxed)) {
+                return;
+            }
+            std::this_thread::yield();  // lets a submitter on the same core make progress
+            if (spin % 16 == 0 && std::chrono::steady_clock::now() >= give_up) {
+                return;
+            }
+        }
     }
 
     /// Blocks until the queue is empty and no task is running.
@@ -159,9 +190,11 @@ private:
     std::condition_variable work_available_;  // workers wait here for tasks or stopping_
     std::condition_variable became_idle_;     // wait_idle() callers wait here
     std::deque<Task> queue_;
-    std::size_t sleeping_workers_ = 0;  // workers blocked on work_available_
-    std::size_t running_tasks_ = 0;     // tasks taken from the queue and not yet finished
-    std::size_t idle_waiters_ = 0;      // threads blocked in wait_idle()
+    std::atomic<std::size_t> queued_{0};      // queue_.size(), readable without the mutex
+    std::atomic<bool> stopping_hint_{false};  // stopping_, readable without the mutex
+    std::size_t sleeping_workers_ = 0;        // workers blocked on work_available_
+    std::size_t running_tasks_ = 0;           // tasks taken from the queue and not yet finished
+    std::size_t idle_waiters_ = 0;            // threads blocked in wait_idle()
     std::size_t task_exceptions_ = 0;
     bool stopping_ = false;
 };
