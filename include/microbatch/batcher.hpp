@@ -842,10 +842,22 @@ private:
         }
         const auto processing = to_nanoseconds((clock_.now() - started).count());
 
+        const bool batch_failed = static_cast<bool>(error);
         if (any_completion) {
+            std::size_t last = count;
+            for (std::size_t i = count; i-- > 0;) {
+                if (completions[i].has_value()) {
+                    last = i;
+                    break;
+                }
+            }
             for (std::size_t i = 0; i < count; ++i) {
                 if (completions[i].has_value()) {
-                    complete(completions[i], error, results, i);
+                    // The last completion takes our reference to the exception: this thread must
+                    // not drop a reference after publishing the others. (exception_ptr counts
+                    // references inside libstdc++, which ThreadSanitizer cannot see, so a late
+                    // release here would be reported as a race with the consumer.)
+                    complete(completions[i], i == last ? std::move(error) : error, results, i);
                 }
             }
         }
@@ -861,8 +873,8 @@ private:
         if (holes != 0) {
             stats_.holes(holes);
         }
-        const std::size_t failed = (error ? count : 0) + failed_in_compaction;
-        stats_.completed(count - (error ? count : 0), failed, static_cast<bool>(error), queue_delay,
+        const std::size_t failed = (batch_failed ? count : 0) + failed_in_compaction;
+        stats_.completed(count - (batch_failed ? count : 0), failed, batch_failed, queue_delay,
                          processing);
         in_flight_items_.fetch_sub(size, std::memory_order_relaxed);
         detail::running_batcher = outer;
@@ -871,11 +883,11 @@ private:
     using batch_result_type_or_empty =
         std::conditional_t<std::is_void_v<R>, std::nullptr_t, std::vector<R>>;
 
-    void complete(detail::Completion<R>& completion, const std::exception_ptr& error,
+    void complete(detail::Completion<R>& completion, std::exception_ptr error,
                   batch_result_type_or_empty& results, std::size_t index) noexcept {
         try {
             if (error) {
-                completion.complete(Outcome<R>(error));
+                completion.complete(Outcome<R>(std::move(error)));
             } else if constexpr (std::is_void_v<R>) {
                 completion.complete(Outcome<R>());
             } else {
