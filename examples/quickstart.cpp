@@ -3,7 +3,9 @@
 // worker thread, and the results are printed in the original order:
 //   [2, 4, 6, 8, 10, 12, 14, 16, 18, 20]
 #include <chrono>
+#include <cstddef>
 #include <cstdio>
+#include <utility>
 #include <vector>
 
 #include <microbatch/microbatch.hpp>
@@ -23,16 +25,22 @@ int main() {
             return results;
         });
 
-    // Submit items one at a time; each submit returns a future-like handle.
-    std::vector<microbatch::Handle<int>> handles;
+    // Submit items one at a time. Each item's result lands at its submission position in an
+    // ordered collector, written by whichever worker ran its batch (batches may finish out of
+    // order; the collector puts results back in order). Callbacks allocate nothing per item.
+    microbatch::OrderedCollector<int> results;
     for (int item = 1; item <= 10; ++item) {
-        handles.push_back(doubler.submit(item));
+        const std::size_t position = results.reserve_index();
+        doubler.submit(item, [&results, position](microbatch::Outcome<int>&& outcome) {
+            results.set(position, std::move(outcome).value());
+        });
     }
     doubler.close();  // dispatches the last partial batch (10) and waits: nothing is lost
 
+    const std::vector<int> in_order = results.collect();
     std::printf("[");
-    for (std::size_t i = 0; i < handles.size(); ++i) {
-        std::printf(i == 0 ? "%d" : ", %d", handles[i].get());
+    for (std::size_t i = 0; i < in_order.size(); ++i) {
+        std::printf(i == 0 ? "%d" : ", %d", in_order[i]);
     }
     std::printf("]\n");
 

@@ -10,13 +10,17 @@
 
 #include "microbatch/version.hpp"
 
+#include "microbatch/aggregator.hpp"
 #include "microbatch/batch.hpp"
 #include "microbatch/batcher.hpp"
 #include "microbatch/clock.hpp"
+#include "microbatch/cost_model.hpp"
 #include "microbatch/errors.hpp"
 #include "microbatch/executor.hpp"
 #include "microbatch/handle.hpp"
+#include "microbatch/merge_into.hpp"
 #include "microbatch/options.hpp"
+#include "microbatch/ordered_collector.hpp"
 #include "microbatch/outcome.hpp"
 #include "microbatch/stats.hpp"
 #include "microbatch/thread_pool.hpp"
