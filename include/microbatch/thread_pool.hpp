@@ -245,6 +245,10 @@ private:
  * pool.wait_idle();
  * @endcode
  *
+ * Waking: a worker that runs out of tasks yield-spins for up to about 50 microseconds before it
+ * sleeps on a condition variable, so a steady stream of tasks (a batch every few microseconds)
+ * is picked up without a futex wake-up per task; an idle pool sleeps and uses no CPU.
+ *
  * Lifetime: `shutdown()` (also run by the destructor) stops accepting work, runs every task
  * already queued, then joins the workers, so no accepted task is lost. A task may call
  * `shutdown()` on its own pool, and may even destroy its pool; see those members.
