@@ -759,3 +759,26 @@ TEST_CASE("Batcher validates its options at construction", "[batcher][options]")
     CHECK_THROWS_WITH(make(Options{}.max_batch_size(1).capacity(1u << 20)),
                       Catch::Matchers::Contains("capacity"));
 }
+
+TEST_CASE("Batcher stats fit the cost model from the batches it ran", "[batcher][stats]") {
+    ManualClock clock;  // processing time is read from the clock: advance it inside the batch
+    Batcher<int, void, ManualClock> batcher(
+        Options{}.max_batch_size(8).max_delay(1h).workers(1),
+        [&](Batch<int>& batch) {
+            // alpha = 100 us per batch, beta = 10 us per item, on the manual clock
+            clock.advance(100us + 10us * static_cast<long>(batch.size()));
+        },
+        clock);
+    for (int size : {1, 2, 4, 8, 3}) {
+        for (int i = 0; i < size; ++i) {
+            batcher.post(i);
+        }
+        batcher.wait_idle();
+    }
+    const auto stats = batcher.stats();
+    CHECK(stats.batch_cost.sample_count() == 5);
+    const auto model = stats.batch_cost.fit();
+    REQUIRE(model.has_value());
+    CHECK(model->per_batch.count() == Approx(100e-6).epsilon(1e-6));
+    CHECK(model->per_item.count() == Approx(10e-6).epsilon(1e-6));
+}

@@ -112,8 +112,9 @@ public:
      * @brief Moves time forward by @p step (negative steps are ignored) and waits until every
      *        timer sleeping on this clock has re-evaluated its deadlines at the new time.
      *
-     * Blocks for as long as a timer takes to react (microseconds); never call it from inside a
-     * batch function of a batcher that uses this clock.
+     * Blocks for as long as a timer takes to react (microseconds); never call it from a thread
+     * such a timer may be waiting for (e.g. inside a batch that an inline executor runs on the
+     * timer thread).
      */
     void advance(duration step) {
         if (step.count() <= 0) {

@@ -10,8 +10,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <mutex>
 
 #include "microbatch/batch.hpp"
+#include "microbatch/cost_model.hpp"
 #include "microbatch/detail/config.hpp"
 
 namespace microbatch {
@@ -73,6 +75,13 @@ struct Stats {
     DurationSummary processing_time;
 
     std::uint64_t callback_exceptions = 0;  ///< Exceptions thrown by per-item callbacks.
+
+    /**
+     * @brief (batch size, processing time) of every successful batch, as least-squares
+     *        moments: `stats.batch_cost.fit()` estimates the cost model's α (per batch) and
+     *        β (per item) from the running batcher (see cost_model.hpp).
+     */
+    CostModelFitter batch_cost;
 
     /// @brief All rejected submits.
     std::uint64_t items_rejected() const noexcept {
@@ -182,6 +191,12 @@ public:
         }
         queue_delay_.record(queue_delay_ns);
         processing_time_.record(processing_ns);
+        if (!batch_failed && size > 0) {
+            // A mutex per finished batch (never on the submit path): the fitter updates several
+            // moments together, and workers finish batches concurrently.
+            std::lock_guard<std::mutex> lock(fit_mutex_);
+            batch_cost_.add(size, std::chrono::nanoseconds(processing_ns < 0 ? 0 : processing_ns));
+        }
         // Last, so that a snapshot seeing a batch as completed tends to see its items too.
         batches_completed_.fetch_add(1, std::memory_order_relaxed);
     }
@@ -220,6 +235,8 @@ public:
         stats.queue_delay = queue_delay_.snapshot();
         stats.processing_time = processing_time_.snapshot();
         stats.callback_exceptions = load(callback_exceptions_);
+        std::lock_guard<std::mutex> lock(fit_mutex_);
+        stats.batch_cost = batch_cost_;
     }
 
 private:
@@ -241,6 +258,8 @@ private:
     std::array<std::atomic<std::uint64_t>, 24> histogram_{};
     DurationRecorder queue_delay_;
     DurationRecorder processing_time_;
+    mutable std::mutex fit_mutex_;
+    CostModelFitter batch_cost_;  // guarded by fit_mutex_
 };
 
 }  // namespace detail
