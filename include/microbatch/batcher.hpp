@@ -843,6 +843,13 @@ private:
         const auto processing = to_nanoseconds((clock_.now() - started).count());
 
         const bool batch_failed = static_cast<bool>(error);
+        // Stats first: a producer that sees its item's result then also sees it counted.
+        if (holes != 0) {
+            stats_.holes(holes);
+        }
+        const std::size_t failed = (batch_failed ? count : 0) + failed_in_compaction;
+        stats_.completed(count - (batch_failed ? count : 0), failed, batch_failed, queue_delay,
+                         processing);
         if (any_completion) {
             std::size_t last = count;
             for (std::size_t i = count; i-- > 0;) {
@@ -870,12 +877,6 @@ private:
             // relaxed: published to the next producers by arrive()'s acq_rel and the open CAS.
             states[i].store(detail::slot_empty, std::memory_order_relaxed);
         }
-        if (holes != 0) {
-            stats_.holes(holes);
-        }
-        const std::size_t failed = (batch_failed ? count : 0) + failed_in_compaction;
-        stats_.completed(count - (batch_failed ? count : 0), failed, batch_failed, queue_delay,
-                         processing);
         in_flight_items_.fetch_sub(size, std::memory_order_relaxed);
         detail::running_batcher = outer;
     }

@@ -40,6 +40,10 @@ struct DurationSummary {
 /**
  * @brief A snapshot of a batcher's counters, taken by `Batcher::stats()`.
  *
+ * A batch is counted (processed or failed, with its timings) as soon as `process_batch`
+ * returned and before its items' handles and callbacks complete, so a producer that has seen an
+ * item's result also sees the item counted.
+ *
  * Each field is read atomically, but the snapshot is not one instant across fields: while the
  * batcher runs, a batch completing during the snapshot may be counted in one field and not yet
  * in another. After `close()` or `wait_idle()` with no concurrent submitters the figures are
