@@ -526,25 +526,23 @@ private:
     template <class U, class Store>
     SubmitStatus submit_impl(U&& item, WaitMode mode, Deadline deadline, Store&& store) {
         for (;;) {
-            // seq_cst: claims a slot; also orders the claim before the opened_at/timer_idle_
-            // handshake in note_batch_opened (free on x86, where every RMW is a full fence).
-            const std::uint64_t head = head_.fetch_add(1, std::memory_order_seq_cst);
-            const std::uint32_t index = static_cast<std::uint32_t>(head & count_mask);
-            if (index < batch_size_) {
-                return fill_slot(head, index, std::forward<U>(item), store);
-            }
-            if ((head & closed_bit) != 0) {
-                stats_.rejected_closed();
-                return SubmitStatus::closed;
+            // Test before claiming: a claim on a sealed or closed head is a stray increment of
+            // the 24-bit count, and an unbounded run of them (a producer polling try_submit on
+            // a full or closed batcher) would carry into the buffer field. relaxed: only a
+            // filter; the fetch_add below decides.
+            const std::uint64_t seen = head_.load(std::memory_order_relaxed);
+            if ((seen & count_mask) < batch_size_ && (seen & closed_bit) == 0) {
+                // seq_cst: claims a slot; also orders the claim before the opened_at/timer_idle_
+                // handshake in note_batch_opened (free on x86, where every RMW is a full fence).
+                const std::uint64_t head = head_.fetch_add(1, std::memory_order_seq_cst);
+                const std::uint32_t index = static_cast<std::uint32_t>(head & count_mask);
+                if (index < batch_size_) {
+                    return fill_slot(head, index, std::forward<U>(item), store);
+                }
             }
             const SubmitStatus status = wait_for_space(mode, deadline);
-            if (status == SubmitStatus::full) {
-                stats_.rejected_full();
-                return status;
-            }
-            if (status == SubmitStatus::closed) {
-                stats_.rejected_closed();
-                return status;
+            if (status != SubmitStatus::accepted) {
+                return status;  // counted in wait_for_space
             }
             // accepted here means "a batch is open again": claim anew.
         }
@@ -558,23 +556,25 @@ private:
             note_batch_opened(buffers_[buffer]);
         }
         T* place = items_.get() + slot;
+        detail::Completion<R>& completion = completions_[slot];
         std::uint8_t state = detail::slot_item;
         std::exception_ptr error;
         if constexpr (std::is_nothrow_constructible_v<T, U&&> &&
                       std::is_nothrow_invocable_v<Store&, detail::Completion<R>&>) {
-            ::new (static_cast<void*>(place)) T(std::forward<U>(item));
-            if (store(completions_[slot])) {
+            if (store(completion)) {
                 state = detail::slot_item_completion;
             }
+            ::new (static_cast<void*>(place)) T(std::forward<U>(item));
         } else {
+            // The completion first: if storing it throws, the item has not been touched yet.
             try {
-                ::new (static_cast<void*>(place)) T(std::forward<U>(item));
+                if (store(completion)) {
+                    state = detail::slot_item_completion;
+                }
                 try {
-                    if (store(completions_[slot])) {
-                        state = detail::slot_item_completion;
-                    }
+                    ::new (static_cast<void*>(place)) T(std::forward<U>(item));
                 } catch (...) {
-                    place->~T();
+                    completion.reset();  // never invoked: the item was not accepted
                     throw;
                 }
             } catch (...) {
@@ -608,16 +608,37 @@ private:
     }
 
     // Waits until a batch is open again (returns accepted), the batcher closed, or the mode's
-    // patience runs out (full).
+    // patience runs out (full). Rejections are counted here, while this producer is still
+    // registered: close() may let the batcher be destroyed as soon as it has left.
     SubmitStatus wait_for_space(WaitMode mode, Deadline deadline) {
+        const SubmitStatus status = wait_for_space_registered(mode, deadline);
+        slow_producers_.fetch_sub(1, std::memory_order_release);  // our last touch: see close
+        return status;
+    }
+
+    SubmitStatus wait_for_space_registered(WaitMode mode, Deadline deadline) {
         // Registered so that close() can wait for blocked producers to leave before the
         // batcher is destroyed.
         slow_producers_.fetch_add(1, std::memory_order_seq_cst);
-        struct Leave {
+        struct Leave {  // on exceptions only; the normal path leaves in wait_for_space
             std::atomic<std::uint32_t>& count;
+            bool armed = true;
             // release: our last touch of the batcher happens-before close() sees zero.
-            ~Leave() { count.fetch_sub(1, std::memory_order_release); }
+            ~Leave() {
+                if (armed) {
+                    count.fetch_sub(1, std::memory_order_release);
+                }
+            }
         } leave{slow_producers_};
+        const auto finish = [&](SubmitStatus status) {
+            if (status == SubmitStatus::full) {
+                stats_.rejected_full();
+            } else if (status == SubmitStatus::closed) {
+                stats_.rejected_closed();
+            }
+            leave.armed = false;
+            return status;
+        };
 
         // A batch hand-over (seal, then open the next buffer) takes nanoseconds when the next
         // buffer is free: spin briefly before treating the batcher as full.
@@ -626,10 +647,10 @@ private:
             // acquire: a batch we see open must be fully reset before we write into it.
             const std::uint64_t head = head_.load(std::memory_order_acquire);
             if ((head & closed_bit) != 0) {
-                return SubmitStatus::closed;
+                return finish(SubmitStatus::closed);
             }
             if ((head & count_mask) < batch_size_) {
-                return SubmitStatus::accepted;
+                return finish(SubmitStatus::accepted);
             }
             if (spin >= 64) {
                 std::this_thread::yield();
@@ -638,7 +659,7 @@ private:
             }
         }
         if (mode == wait_never) {
-            return SubmitStatus::full;
+            return finish(SubmitStatus::full);
         }
         if (detail::running_batcher == this) {
             MICROBATCH_THROW(ReentrancyError(
@@ -671,7 +692,8 @@ private:
         }
         // relaxed: only a hint for open_buffer(); a stale non-zero costs one spare notify.
         space_waiters_.fetch_sub(1, std::memory_order_relaxed);
-        return status;
+        lock.unlock();
+        return finish(status);
     }
 
     // ---- Sealing and dispatch -------------------------------------------------------------
@@ -781,10 +803,20 @@ private:
     // as finished.
     void retire_unused(Buffer& buffer) {
         std::lock_guard<std::mutex> lock(idle_mutex_);
-        buffer.finished_sequence.store(buffer.sequence.load(std::memory_order_relaxed),
-                                       std::memory_order_release);
+        mark_finished(buffer, buffer.sequence.load(std::memory_order_relaxed));
         --open_batches_;
         idle_condition_.notify_all();
+    }
+
+    // Records that batch @p sequence of @p buffer finished. Called with idle_mutex_ held.
+    // Monotonic: once arrive() has reopened the buffer, its next batch may finish (and record
+    // itself) before the thread finishing the previous one gets here; never go backwards.
+    static void mark_finished(Buffer& buffer, std::uint64_t sequence) noexcept {
+        // relaxed load: every store happens under idle_mutex_, which we hold. release store:
+        // wait_idle() acquires it to learn the batch's items have finished.
+        if (buffer.finished_sequence.load(std::memory_order_relaxed) < sequence) {
+            buffer.finished_sequence.store(sequence, std::memory_order_release);
+        }
     }
 
     // ---- Running a batch ------------------------------------------------------------------
@@ -886,14 +918,21 @@ private:
 
     void complete(detail::Completion<R>& completion, std::exception_ptr error,
                   batch_result_type_or_empty& results, std::size_t index) noexcept {
-        try {
-            if (error) {
-                completion.complete(Outcome<R>(std::move(error)));
-            } else if constexpr (std::is_void_v<R>) {
-                completion.complete(Outcome<R>());
-            } else {
-                completion.complete(Outcome<R>(std::move(results[index])));
+        std::optional<Outcome<R>> outcome;
+        if (error) {
+            outcome.emplace(std::move(error));
+        } else if constexpr (std::is_void_v<R>) {
+            outcome.emplace();
+        } else {
+            try {
+                outcome.emplace(std::move(results[index]));
+            } catch (...) {
+                // Moving the result threw: the item gets that exception instead.
+                outcome.emplace(std::current_exception());
             }
+        }
+        try {
+            completion.complete(std::move(*outcome));
         } catch (...) {
             stats_.callback_exception();
         }
@@ -963,8 +1002,7 @@ private:
         const std::uint64_t sequence = buffer.sequence.load(std::memory_order_relaxed);
         arrive(index);
         std::lock_guard<std::mutex> lock(idle_mutex_);
-        // release: wait_idle() acquires it to learn the batch's items have finished.
-        buffer.finished_sequence.store(sequence, std::memory_order_release);
+        mark_finished(buffer, sequence);
         --open_batches_;
         if (idle_waiters_ != 0) {
             idle_condition_.notify_all();
@@ -1029,6 +1067,13 @@ private:
     std::uint64_t flush_and_target() {
         for (;;) {
             const std::uint64_t head = head_.load(std::memory_order_seq_cst);
+            if ((head & closed_bit) != 0) {
+                // Closed: no batch opens any more, and every opened one is sealed or retired
+                // (a reopened-then-retired buffer no longer matches the head's tag, so the
+                // check below would never succeed). Wait for everything opened so far.
+                // acquire: pairs with nothing in particular; the finished checks synchronise.
+                return next_sequence_.load(std::memory_order_acquire) - 1;
+            }
             const Buffer& buffer = buffers_[buffer_of(head)];
             const std::uint64_t sequence = buffer.sequence.load(std::memory_order_acquire);
             if ((sequence & tag_mask) != tag_of(head)) {

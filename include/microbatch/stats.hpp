@@ -184,9 +184,9 @@ public:
         if (batch_failed) {
             batches_failed_.fetch_add(1, std::memory_order_relaxed);
         }
-        DurationRecorder::store_min(size_min_, static_cast<std::int64_t>(size));
-        DurationRecorder::store_max(size_max_, static_cast<std::int64_t>(size));
-        if (size > 0) {
+        if (size > 0) {  // a batch whose every slot was a hole ran nothing: not a size sample
+            DurationRecorder::store_min(size_min_, static_cast<std::int64_t>(size));
+            DurationRecorder::store_max(size_max_, static_cast<std::int64_t>(size));
             std::size_t bucket = 0;
             while ((size >> (bucket + 1)) != 0 && bucket + 1 < histogram_.size()) {
                 ++bucket;
