@@ -1,0 +1,801 @@
+#!/usr/bin/env python3
+"""Turns the Google Benchmark JSON of bench_batcher, bench_latency and bench_cost_model into
+bench/results/REPORT.md (tables, ratios, goals) and PNG plots drawn by the gnuplot scripts next
+to this file. Python 3 standard library only.
+
+    make_report.py --raw bench/results/raw --out bench/results [--gnuplot gnuplot]
+                   [--compiler "GNU 12.2.0"] [--source-dir .]
+
+--raw holds throughput.json, latency.json, cost_model.json (any may be missing: its section
+says so) and run_info.json (start time, measured source state and total run time, written by
+--record-start / --record-run when the bench_report target runs). Plot data goes to
+<out>/data/, PNGs to <out>/.
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+
+# ---------------------------------------------------------------------------------------------
+# Reading Google Benchmark JSON
+
+
+class Results:
+    """One Google Benchmark JSON file: aggregates by run name, errors, context."""
+
+    def __init__(self, path):
+        self.path = path
+        self.present = os.path.exists(path)
+        self.context = {}
+        self.aggregates = defaultdict(dict)  # run_name -> aggregate_name -> entry
+        self.iterations = defaultdict(list)  # run_name -> [entry]
+        self.errors = {}  # run_name -> message
+        if not self.present:
+            return
+        with open(path, encoding="utf-8") as stream:
+            document = json.load(stream)
+        self.context = document.get("context", {})
+        for entry in document.get("benchmarks", []):
+            run_name = entry.get("run_name", entry["name"])
+            if entry.get("error_occurred"):
+                self.errors[run_name] = entry.get("error_message", "error")
+                continue
+            if entry.get("run_type") == "aggregate":
+                self.aggregates[run_name][entry["aggregate_name"]] = entry
+            else:
+                self.iterations[run_name].append(entry)
+
+    def runs(self):
+        names = set(self.aggregates) | set(self.iterations) | set(self.errors)
+        return sorted(names)
+
+    def value(self, run_name, field, statistic="median"):
+        """The statistic of a field over repetitions (median by default), or None."""
+        aggregate = self.aggregates.get(run_name, {}).get(statistic)
+        if aggregate is not None and field in aggregate:
+            return float(aggregate[field])
+        samples = [float(e[field]) for e in self.iterations.get(run_name, []) if field in e]
+        if not samples:
+            return None
+        if statistic == "median":
+            return statistics.median(samples)
+        if statistic == "mean":
+            return statistics.fmean(samples)
+        if statistic == "min":
+            return min(samples)
+        if statistic == "cv" and len(samples) > 1 and statistics.fmean(samples) != 0:
+            return statistics.stdev(samples) / statistics.fmean(samples)
+        return None
+
+    def samples(self, run_name, field):
+        return [float(e[field]) for e in self.iterations.get(run_name, []) if field in e]
+
+    def repetitions(self, run_name):
+        return len(self.iterations.get(run_name, []))
+
+
+def parse_run_name(run_name):
+    """'BM_Impl/B:256/P:2/W:2/manual_time' -> ('Impl', {'B': 256, 'P': 2, 'W': 2})."""
+    parts = run_name.split("/")
+    implementation = parts[0][3:] if parts[0].startswith("BM_") else parts[0]
+    parameters = {}
+    for part in parts[1:]:
+        if ":" in part:
+            key, value = part.split(":", 1)
+            if key != "iterations":
+                try:
+                    parameters[key] = int(value)
+                except ValueError:
+                    parameters[key] = value
+    return implementation, parameters
+
+
+def index_runs(results):
+    """{(implementation, frozenset(parameters.items())): run_name}."""
+    index = {}
+    for run_name in results.runs():
+        implementation, parameters = parse_run_name(run_name)
+        index[(implementation, frozenset(parameters.items()))] = run_name
+    return index
+
+
+def lookup(index, implementation, **parameters):
+    return index.get((implementation, frozenset(parameters.items())))
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting helpers
+
+
+def fmt_rate(value):
+    if value is None:
+        return "n/a"
+    if value >= 1e9:
+        return f"{value / 1e9:.3g} G/s"
+    if value >= 1e6:
+        return f"{value / 1e6:.3g} M/s"
+    if value >= 1e3:
+        return f"{value / 1e3:.3g} k/s"
+    return f"{value:.3g} /s"
+
+
+def fmt_ratio(value):
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def fmt_us(value):
+    if value is None:
+        return "n/a"
+    if abs(value) >= 10000:
+        return f"{value / 1000:.1f} ms"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    return f"{value:.1f}"
+
+
+def fmt_us_unit(value):
+    """Microseconds with their unit ("85.3 us", "12.4 ms")."""
+    if value is None:
+        return "n/a"
+    text = fmt_us(value)
+    return text if text.endswith("ms") else text + " us"
+
+
+def fmt_pct(value):
+    return "n/a" if value is None else f"{100 * value:+.1f} %"
+
+
+def fmt_seconds(value):
+    if value is None:
+        return "n/a"
+    if value >= 1:
+        return f"{value:.3f} s"
+    if value >= 1e-3:
+        return f"{value * 1e3:.2f} ms"
+    return f"{value * 1e6:.1f} us"
+
+
+def ratio(numerator, denominator):
+    if numerator is None or denominator is None or denominator == 0:
+        return None
+    return numerator / denominator
+
+
+def table(header, rows, align=None):
+    align = align or (["l"] + ["r"] * (len(header) - 1))
+    marks = {"l": ":---", "r": "---:", "c": ":---:"}
+    lines = ["| " + " | ".join(header) + " |",
+             "| " + " | ".join(marks[a] for a in align) + " |"]
+    for row in rows:
+        lines.append("| " + " | ".join(str(cell) for cell in row) + " |")
+    return "\n".join(lines)
+
+
+def status(value, target, milestone=None, higher_is_better=True):
+    if value is None:
+        return "not measured"
+    good = value >= target if higher_is_better else value <= target
+    if good:
+        return "**met**"
+    if milestone is not None and (value >= milestone if higher_is_better else value <= milestone):
+        return "milestone met, goal missed"
+    return "**missed**"
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine description
+
+
+def machine_section(contexts, compiler, source):
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as stream:
+            for line in stream:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        nproc = len(os.sched_getaffinity(0))
+    except AttributeError:
+        nproc = os.cpu_count()
+    uname = platform.uname()
+    lines = [
+        f"- **Machine:** {nproc} CPUs (`nproc`), CPU model `{model}` (from /proc/cpuinfo), "
+        f"{uname.system} {uname.release} {uname.machine} (a Firecracker VM). **Shared and noisy**: the 2 cores are "
+        "shared with other engineers' builds and a CI run, so absolute numbers move by tens of "
+        "percent between runs. Compare ratios measured in the same binary and run, and read "
+        "the coefficients of variation (cv) given with them.",
+    ]
+    if compiler:
+        lines.append(f"- **Compiler:** {compiler}; benchmarks built with -O2 -DNDEBUG "
+                     "(Release, `cmake --preset bench`). Google Benchmark 1.7.1 from Debian, "
+                     "which reports itself as a debug build; that only affects its own loop, "
+                     "and every benchmark here times itself (manual time).")
+    for name, context in contexts:
+        if not context:
+            continue
+        load = context.get("load_avg")
+        load_text = ", ".join(f"{x:.2f}" for x in load) if load else "n/a"
+        lines.append(f"- `{name}` ran {context.get('date', '?')}: load average at start "
+                     f"{load_text} (1, 5, 15 min; 2.0 would mean both cores busy).")
+    if source:
+        lines.append(f"- **Source measured:** {source}")
+    return "\n".join(lines)
+
+
+def describe_source(source_dir):
+    """The commit, plus the library files with uncommitted changes and a hash of that diff."""
+    if not source_dir:
+        return ""
+    try:
+        def git(*arguments):
+            return subprocess.run(["git", "-C", source_dir, *arguments], capture_output=True,
+                                  text=True, check=True).stdout
+        commit = git("rev-parse", "--short", "HEAD").strip()
+        changed = git("diff", "--name-only", "HEAD", "--", "include").split()
+        text = f"commit `{commit}`"
+        if changed:
+            import hashlib
+            digest = hashlib.sha1(git("diff", "HEAD", "--", "include").encode()).hexdigest()[:10]
+            text += (" **plus uncommitted changes** to " + ", ".join(f"`{c}`" for c in changed)
+                     + f" (diff sha1 {digest})")
+        return text + "."
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Throughput
+
+IMPLEMENTATIONS = [
+    ("Microbatch_Post", "microbatch post (fire-and-forget)"),
+    ("Microbatch_Callback", "microbatch submit + callback"),
+    ("Microbatch_Handle", "microbatch submit -> Handle"),
+    ("Moodycamel", "moodycamel hand-off (raw floor)"),
+    ("MutexBatcher", "mutex + condvar batcher"),
+    ("MutexPromise", "mutex batcher + promise/future"),
+    ("PerItemDispatch", "per-item dispatch on ThreadPool"),
+    ("Sequential", "sequential slices (1 thread)"),
+]
+BATCH_SIZES = [1, 16, 256, 4096]
+THREADS = [(1, 1), (1, 2), (2, 1), (2, 2)]
+
+
+def throughput_value(results, index, implementation, b, p, w, statistic="median"):
+    if implementation == "PerItemDispatch":
+        run = lookup(index, implementation, P=p, W=w)
+    elif implementation == "Sequential":
+        run = lookup(index, implementation, B=b)
+    else:
+        run = lookup(index, implementation, B=b, P=p, W=w)
+    if run is None:
+        return None
+    return results.value(run, "items_per_second", statistic)
+
+
+def throughput_section(results, data_dir):
+    out = []
+    if not results.present:
+        return "_bench_batcher results missing (throughput.json)._\n", {}
+    index = index_runs(results)
+    context = results.context
+    reps = max((results.repetitions(r) for r in results.runs()), default=0)
+    out.append(
+        "Items per second (median of "
+        f"{reps} repetitions, random interleaving) pushing {context.get('items_per_run', '?')} "
+        "items (a quarter of that for the batchers at B = 1) through a fresh instance "
+        "per iteration; the per-batch work is trivial (sum the batch into one "
+        f"{context.get('sink', 'sink')}), so this is the cost of batching and hand-off. "
+        f"Capacity: {context.get('capacity', '?')}; max_delay {context.get('max_delay', '?')}. "
+        "Per-item dispatch has no B (one task per item); sequential runs on the producer thread "
+        "(P = 1, no workers) and is repeated in every table as the single-thread reference.\n")
+    for p, w in THREADS:
+        out.append(f"\n**P = {p} producer(s), W = {w} worker(s)**\n")
+        rows = []
+        for implementation, label in IMPLEMENTATIONS:
+            cells = [label]
+            for b in BATCH_SIZES:
+                value = throughput_value(results, index, implementation, b, p, w)
+                cv = throughput_value(results, index, implementation, b, p, w, "cv")
+                cell = fmt_rate(value)
+                if value is not None and cv is not None:
+                    cell += f" (cv {100 * cv:.0f} %)"
+                cells.append(cell)
+            rows.append(cells)
+        out.append(table(["implementation"] + [f"B = {b}" for b in BATCH_SIZES], rows))
+        out.append("")
+        # Plot data: one file per (P, W); columns = implementations.
+        with open(os.path.join(data_dir, f"throughput_P{p}_W{w}.dat"), "w",
+                  encoding="utf-8") as stream:
+            stream.write("B " + " ".join(f'"{label}"' for _, label in IMPLEMENTATIONS) + "\n")
+            for b in BATCH_SIZES:
+                values = [throughput_value(results, index, impl, b, p, w)
+                          for impl, _ in IMPLEMENTATIONS]
+                stream.write(f"{b} " + " ".join("NaN" if v is None else f"{v:.6g}"
+                                                for v in values) + "\n")
+
+    # Ratios.
+    comparisons = [
+        ("post / moodycamel", "Microbatch_Post", "Moodycamel"),
+        ("post / mutex batcher", "Microbatch_Post", "MutexBatcher"),
+        ("post / per-item dispatch", "Microbatch_Post", "PerItemDispatch"),
+        ("handle / promise+future", "Microbatch_Handle", "MutexPromise"),
+        ("callback / promise+future", "Microbatch_Callback", "MutexPromise"),
+        ("callback / mutex batcher", "Microbatch_Callback", "MutexBatcher"),
+    ]
+    ratios = {}
+    out.append("\n### Ratios against the baselines (same binary, same run; medians)\n")
+    for p, w in [(2, 2), (2, 1), (1, 1), (1, 2)]:
+        out.append(f"\n**P = {p}, W = {w}**\n")
+        rows = []
+        for label, numerator, denominator in comparisons:
+            cells = [label]
+            for b in BATCH_SIZES:
+                value = ratio(throughput_value(results, index, numerator, b, p, w),
+                              throughput_value(results, index, denominator, b, p, w))
+                ratios[(label, b, p, w)] = value
+                cells.append(fmt_ratio(value))
+            rows.append(cells)
+        out.append(table(["ratio"] + [f"B = {b}" for b in BATCH_SIZES], rows))
+        out.append("")
+
+    # Capacity sensitivity at B = 256.
+    rows = []
+    for p, w in THREADS:
+        get = lambda impl: throughput_value(results, index, impl, 256, p, w)
+        post, post64 = get("Microbatch_Post"), get("Microbatch_Post_Cap64B")
+        mutex, mutex64 = get("MutexBatcher"), get("MutexBatcher_Cap64B")
+        moody = get("Moodycamel")
+        if post64 is None and mutex64 is None:
+            continue
+        rows.append([f"P = {p}, W = {w}", fmt_rate(post), fmt_rate(post64), fmt_rate(mutex),
+                     fmt_rate(mutex64), fmt_rate(moody), fmt_ratio(ratio(post64, moody)),
+                     fmt_ratio(ratio(post64, mutex64))])
+        ratios[("post cap 64B / moodycamel", 256, p, w)] = ratio(post64, moody)
+        ratios[("post / mutex, both cap 64B", 256, p, w)] = ratio(post64, mutex64)
+    if rows:
+        out.append("\n### Capacity sensitivity at B = 256\n")
+        out.append("The bounded batchers above get max(4 B, 1024) items of capacity; the "
+                   "moodycamel and per-item baselines are unbounded. The same runs with a "
+                   "capacity of 64 B (16384 items) show how much of a gap is the bound (producers "
+                   "blocking while the workers are descheduled) rather than the hand-off.\n")
+        out.append(table(["threads", "post, cap 4B", "post, cap 64B", "mutex, cap 4B",
+                          "mutex, cap 64B", "moodycamel (unbounded)", "post 64B / moodycamel",
+                          "post / mutex, both 64B"], rows))
+        out.append("")
+    return "\n".join(out), ratios
+
+
+# ---------------------------------------------------------------------------------------------
+# Latency
+
+LOAD_IMPLEMENTATIONS = [
+    ("Load_Microbatch_Callback", "microbatch submit + callback"),
+    ("Load_Microbatch_Post", "microbatch post"),
+    ("Load_MutexBatcher", "mutex + condvar batcher"),
+]
+TIME_BOUND_IMPLEMENTATIONS = [
+    ("TimeBound_Microbatch", "microbatch (as shipped)"),
+    ("TimeBound_Microbatch_InlineExecutor", "microbatch, inline executor (timer alone)"),
+    ("TimeBound_Microbatch_TimerSlack1ns", "microbatch, threads with 1 ns timer slack"),
+    ("TimeBound_MutexBatcher", "mutex + condvar batcher"),
+]
+IDLE_IMPLEMENTATIONS = [
+    ("IdleWakeups_Microbatch", "microbatch (timer + 1 worker)"),
+    ("IdleWakeups_MutexBatcher", "mutex + condvar batcher (dispatcher + 1 worker)"),
+    ("IdleWakeups_Moodycamel", "moodycamel hand-off (1 polling consumer)"),
+]
+
+
+def latency_section(results, data_dir):
+    if not results.present:
+        return "_bench_latency results missing (latency.json)._\n", {}
+    index = index_runs(results)
+    found = {}
+    out = []
+    reps = max((results.repetitions(r) for r in results.runs()), default=0)
+
+    intervals = sorted({params.get("interval_ns") for (impl, params_set) in index
+                        for params in [dict(params_set)] if impl.startswith("Load_")},
+                       key=lambda v: -v)
+    out.append("### Submit-to-result latency under load\n")
+    out.append(
+        f"B = 256, max_delay = 1 ms, W = 1, capacity 4 B, one paced producer (open loop: it "
+        "sleeps through long gaps with 1 ns timer slack and busy-waits the last 20 us; a late "
+        "item is submitted at once, never in a catch-up burst). Latency runs from just before "
+        "the submit call to the item's callback (callback mode) or to the end of its "
+        f"process_batch (post mode, mutex batcher). Microseconds; median over {reps} "
+        "repetitions of each percentile. `offered` is the rate the producer achieved; "
+        "interval 0 = saturation (submit as fast as possible, blocking on capacity).\n")
+    rows = []
+    for interval in intervals:
+        for implementation, label in LOAD_IMPLEMENTATIONS:
+            run = lookup(index, implementation, interval_ns=interval)
+            if run is None:
+                continue
+            get = lambda field: results.value(run, field)
+            nominal = "saturation" if interval == 0 else f"{1e9 / interval / 1e3:.0f} k/s"
+            rows.append([nominal, label, fmt_rate(get("offered_per_s")), fmt_us(get("p50_us")),
+                         fmt_us(get("p99_us")), fmt_us(get("p999_us")), fmt_us(get("max_us"))])
+    out.append(table(["nominal load", "implementation", "offered", "p50 us", "p99 us",
+                      "p99.9 us", "max us"], rows, ["l", "l", "r", "r", "r", "r", "r"]))
+    for implementation, label in LOAD_IMPLEMENTATIONS:
+        with open(os.path.join(data_dir, f"latency_{implementation}.dat"), "w",
+                  encoding="utf-8") as stream:
+            stream.write("offered p50 p99 p999\n")
+            for interval in intervals:
+                run = lookup(index, implementation, interval_ns=interval)
+                if run is None:
+                    continue
+                values = [results.value(run, f) for f in
+                          ("offered_per_s", "p50_us", "p99_us", "p999_us")]
+                if None not in values:
+                    stream.write(" ".join(f"{v:.6g}" for v in values) + "\n")
+
+    out.append("\n### Time-bound accuracy (low load, B = 4096 never fills)\n")
+    out.append(
+        "Lateness = start of process_batch - submit of the batch's first (only) item - "
+        "max_delay, microseconds; one item per batch, each submitted into an idle batcher. "
+        "`timer share` = Stats::queue_delay - max_delay (mean): the part before the worker "
+        "hand-off. The inline-executor row runs the batch on the timer thread (timer lateness "
+        "alone); the 1 ns timer-slack row is the proposed fix, applied from outside (threads "
+        "inherit the slack of the thread that creates them). Median over "
+        f"{reps} repetitions of each percentile.\n")
+    rows = []
+    delays = sorted({dict(params_set).get("delay_us") for (impl, params_set) in index
+                     if impl.startswith("TimeBound_")})
+    for delay in delays:
+        for implementation, label in TIME_BOUND_IMPLEMENTATIONS:
+            run = lookup(index, implementation, delay_us=delay)
+            if run is None:
+                continue
+            get = lambda field: results.value(run, field)
+            found[(implementation, delay)] = {f: get(f) for f in
+                                              ("p50_us", "p99_us", "max_us", "samples")}
+            rows.append([f"{delay} us", label, f"{get('samples'):.0f}" if get("samples") else "?",
+                         fmt_us(get("p50_us")), fmt_us(get("p99_us")), fmt_us(get("max_us")),
+                         fmt_us(get("dispatch_late_mean_us"))])
+    out.append(table(["max_delay", "implementation", "samples", "p50 late us", "p99 late us",
+                      "max late us", "timer share (mean) us"], rows,
+                     ["r", "l", "r", "r", "r", "r", "r"]))
+
+    out.append("\n### Idle batcher: no periodic wake-ups\n")
+    out.append(
+        "After one item went through (so the timer handled a deadline), the threads the "
+        "instance created are observed for 200 ms while it is idle: context switches from "
+        "/proc/self/task/<tid>/status (voluntary and involuntary) and CPU time from "
+        f"/proc/self/task/<tid>/schedstat. Median over {reps} repetitions.\n")
+    rows = []
+    for implementation, label in IDLE_IMPLEMENTATIONS:
+        run = lookup(index, implementation)
+        if run is None:
+            continue
+        get = lambda field: results.value(run, field)
+        found[implementation] = {f: get(f) for f in ("voluntary_switches", "involuntary_switches",
+                                                     "cpu_ms", "last_thread_voluntary")}
+        rows.append([label, f"{get('threads'):.0f}", f"{get('voluntary_switches'):.0f}",
+                     f"{get('involuntary_switches'):.0f}",
+                     f"{get('last_thread_voluntary'):.0f}", f"{get('cpu_ms'):.2f}"])
+    out.append(table(["instance", "threads", "voluntary switches / 200 ms",
+                      "involuntary / 200 ms", "timer/dispatcher thread voluntary",
+                      "CPU ms / 200 ms"], rows))
+    out.append("")
+    return "\n".join(out), found
+
+
+# ---------------------------------------------------------------------------------------------
+# Cost model
+
+
+def cost_model_section(results, data_dir):
+    if not results.present:
+        return "_bench_cost_model results missing (cost_model.json)._\n", {}
+    index = index_runs(results)
+    out = []
+    calibration = lookup(index, "Calibration")
+    if calibration:
+        get = lambda field: results.value(calibration, field)
+        out.append(
+            f"Synthetic process_batch busy-waits alpha + beta * size with nominal alpha = "
+            f"{get('nominal_alpha_us'):.3g} us, beta = {get('nominal_beta_us'):.3g} us. "
+            f"**Calibration** (W = 1, {get('sizes'):.0f} sizes from 1 to 1024, "
+            f"{get('samples'):.0f} batches timed inside process_batch, the median per size fed to "
+            f"microbatch::CostModelFitter): **alpha = {get('alpha_us'):.3f} us, beta = "
+            f"{get('beta_us'):.4f} us, R^2 = {get('r_squared'):.5f}**.\n")
+    out.append(
+        "Sweep: one producer posts N items into a fresh batcher (max_batch_size B, W workers, "
+        f"capacity {results.context.get('capacity_batches', '4')} B, no time bound so every "
+        "batch but the last is full); T runs from the "
+        "first post to close() returning. `simple` = ceil(N/B) T_batch(B) / min(W, batches) "
+        "(CostModel::predicted_total), `makespan` = CostModel::predicted_makespan (list "
+        "schedule incl. the partial last batch). Errors are (measured - predicted) / predicted "
+        "with the median T of the repetitions; `min T` is the fastest repetition. `run-queue` "
+        "is the share of the W worker-seconds the workers spent runnable but not running "
+        "(from /proc/self/task/<tid>/schedstat, median over repetitions): CPU time taken by "
+        "the producer, the other worker or other processes on this shared 2-core machine. "
+        "The last column is a diagnostic, not a measurement: the error once that waiting is "
+        "taken out of T (T x (1 - run-queue share)); what remains is the model plus the "
+        "library's own per-batch overhead.\n")
+    rows = []
+    errors = []  # (W, error_total, error_makespan, error_makespan_min)
+    skipped = []
+    plot = defaultdict(dict)  # N -> B -> {W: (measured, makespan, simple)}
+    for run in results.runs():
+        implementation, params = parse_run_name(run)
+        if implementation != "CostModel":
+            continue
+        n, b, w = params["N"], params["B"], params["W"]
+        if run in results.errors and not results.iterations.get(run):
+            skipped.append((n, b, w, results.errors[run]))
+            continue
+        measured = results.value(run, "measured_s")
+        fastest = results.value(run, "measured_s", "min")
+        simple = results.value(run, "predicted_total_s")
+        makespan = results.value(run, "predicted_makespan_s")
+        share = results.value(run, "worker_runqueue_share")
+        if None in (measured, simple, makespan):
+            continue
+        error_total = (measured - simple) / simple
+        error_makespan = (measured - makespan) / makespan
+        error_fastest = (fastest - makespan) / makespan if fastest is not None else None
+        # Diagnostic: the time the workers spent runnable-but-not-running removed from T.
+        error_uncontended = (None if share is None else
+                             (measured * (1.0 - share) - makespan) / makespan)
+        errors.append((w, error_total, error_makespan, error_fastest, error_uncontended))
+        plot[n][b] = plot[n].get(b, {})
+        plot[n][b][w] = (measured, makespan, simple)
+        rows.append((n, w, b, [f"{n:,}", str(w), str(b), fmt_seconds(measured),
+                               fmt_seconds(fastest), fmt_seconds(simple), fmt_seconds(makespan),
+                               fmt_pct(error_total), fmt_pct(error_makespan),
+                               fmt_pct(error_fastest),
+                               "n/a" if share is None else f"{100 * share:.0f} %",
+                               fmt_pct(error_uncontended)]))
+    rows.sort(key=lambda r: (r[0], r[1], r[2]))
+    out.append(table(["N", "W", "B", "measured T (median)", "min T", "simple", "makespan",
+                      "err simple", "err makespan", "err makespan (min T)", "run-queue",
+                      "err makespan, run-queue wait removed"],
+                     [r[3] for r in rows]))
+    if skipped:
+        out.append("\nSkipped to bound the run time (predicted T above --max_point_seconds), "
+                   "not measured:\n")
+        for n, b, w, message in sorted(skipped):
+            out.append(f"- N = {n:,}, B = {b}, W = {w}: {message}")
+    summary = {}
+
+    def summarise(label, subset, position):
+        values = [abs(e[position]) for e in subset if e[position] is not None]
+        if not values:
+            return None
+        summary[label] = (statistics.median(values), max(values), len(values))
+        return summary[label]
+
+    out.append("\n**Error summary** (absolute relative errors over the measured points)\n")
+    rows = []
+    for label, predicate in [("all points", lambda e: True), ("W = 1", lambda e: e[0] == 1),
+                             ("W = 2", lambda e: e[0] == 2)]:
+        subset = [e for e in errors if predicate(e)]
+        for name, position in [("simple", 1), ("makespan", 2), ("makespan, min T", 3),
+                               ("makespan, run-queue wait removed (diagnostic)", 4)]:
+            result = summarise(f"{label}/{name}", subset, position)
+            if result:
+                rows.append([label, name, str(result[2]), f"{100 * result[0]:.1f} %",
+                             f"{100 * result[1]:.1f} %"])
+    out.append(table(["points", "prediction", "count", "median abs. error", "worst abs. error"], rows,
+                     ["l", "l", "r", "r", "r"]))
+    for n in sorted(plot):
+        with open(os.path.join(data_dir, f"cost_model_N{n}.dat"), "w",
+                  encoding="utf-8") as stream:
+            stream.write("B measured_W1 makespan_W1 simple_W1 measured_W2 makespan_W2 "
+                         "simple_W2\n")
+            for b in sorted(plot[n]):
+                cells = [str(b)]
+                for w in (1, 2):
+                    values = plot[n][b].get(w)
+                    cells += ["NaN"] * 3 if values is None else [f"{v:.6g}" for v in values]
+                stream.write(" ".join(cells) + "\n")
+    out.append("")
+    return "\n".join(out), summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Goals
+
+
+def goals_section(ratios, latency, cost):
+    rows = []
+
+    def add_ratio(goal, label, p, w, target, milestone=None):
+        value = ratios.get((label, 256, p, w))
+        text = fmt_ratio(value)
+        other = ratios.get((label, 256, p, 3 - w))
+        rows.append([goal, f">= {target}x" + (f" (milestone >= {milestone}x)" if milestone else ""),
+                     f"{text} (W = {w}); {fmt_ratio(other)} (W = {3 - w})",
+                     status(value, target, milestone)])
+
+    add_ratio("fire-and-forget post vs raw moodycamel, P = 2, B = 256", "post / moodycamel", 2, 2,
+              1.0, 0.5)
+    add_ratio("post vs mutex batcher, P = 2, B = 256", "post / mutex batcher", 2, 2, 5)
+    add_ratio("post vs per-item dispatch, P = 2, B = 256", "post / per-item dispatch", 2, 2, 25)
+    add_ratio("handle vs per-item promise/future, P = 2, B = 256", "handle / promise+future", 2,
+              2, 3)
+    for label, goal, target, milestone in (
+            ("post cap 64B / moodycamel", "info: post vs moodycamel with capacity 64 B", 1.0, 0.5),
+            ("post / mutex, both cap 64B", "info: post vs mutex batcher, both capacity 64 B", 5,
+             None)):
+        if ratios.get((label, 256, 2, 2)) is not None:
+            add_ratio(goal + ", P = 2, B = 256", label, 2, 2, target, milestone)
+    for delay in (200, 1000, 5000):
+        value = latency.get(("TimeBound_Microbatch", delay), {}).get("p99_us")
+        rows.append([f"time-bound p99 lateness, max_delay = {delay} us", "<= 100 us",
+                     fmt_us_unit(value),
+                     status(value, 100, higher_is_better=False)])
+    idle = latency.get("IdleWakeups_Microbatch", {}).get("voluntary_switches")
+    rows.append(["idle batcher wake-ups in 200 ms", "~0",
+                 "n/a" if idle is None else f"{idle:.0f}",
+                 status(idle, 0.5, higher_is_better=False)])
+    for label in ("all points/makespan", "W = 1/makespan", "all points/simple",
+                  "all points/makespan, run-queue wait removed (diagnostic)"):
+        value = cost.get(label)
+        if value is None:
+            continue
+        if "diagnostic" in label:
+            for which, target, position in (("median", 0.05, 0), ("worst", 0.15, 1)):
+                verdict = "within" if value[position] <= target else "outside"
+                rows.append([f"cost model {which} abs. error ({label})",
+                             f"<= {100 * target:.0f} %", f"{100 * value[position]:.1f} %",
+                             f"diagnostic only ({verdict} the target once contention is removed)"])
+            continue
+        rows.append([f"cost model median abs. error ({label})", "<= 5 %", f"{100 * value[0]:.1f} %",
+                     status(value[0], 0.05, higher_is_better=False)])
+        rows.append([f"cost model worst abs. error ({label})", "<= 15 %", f"{100 * value[1]:.1f} %",
+                     status(value[1], 0.15, higher_is_better=False)])
+    return table(["goal", "target", "measured", "status"], rows, ["l", "l", "l", "l"])
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def run_gnuplot(gnuplot, script_dir, data_dir, out_dir):
+    """Runs each gnuplot script whose data files exist; returns the scripts that succeeded."""
+    drawn = []
+    cost_model_ns = sorted(int(name[len("cost_model_N"):-len(".dat")])
+                           for name in os.listdir(data_dir)
+                           if name.startswith("cost_model_N") and name.endswith(".dat"))
+    needs = {
+        "throughput.gp": os.path.exists(os.path.join(data_dir, "throughput_P2_W2.dat")),
+        "latency.gp": all(os.path.exists(os.path.join(data_dir, f"latency_{impl}.dat"))
+                          for impl, _ in LOAD_IMPLEMENTATIONS),
+        "cost_model.gp": bool(cost_model_ns),
+    }
+    for script in ("throughput.gp", "latency.gp", "cost_model.gp"):
+        path = os.path.join(script_dir, script)
+        if not os.path.exists(path) or not needs[script]:
+            continue
+        variables = f"data='{data_dir}'; out='{out_dir}'"
+        if script == "cost_model.gp":
+            variables += "; ns='" + " ".join(str(n) for n in cost_model_ns) + "'"
+        command = [gnuplot, "-e", variables, path]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            print(f"make_report: gnuplot {script} failed:\n{result.stderr}", file=sys.stderr)
+        else:
+            drawn.append(script)
+    return drawn
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--raw", required=True, help="directory with the benchmark JSON files")
+    parser.add_argument("--out", help="directory for REPORT.md and the PNGs")
+    parser.add_argument("--gnuplot", default="gnuplot", help="gnuplot executable ('' to skip)")
+    parser.add_argument("--compiler", default="", help="compiler description for the report")
+    parser.add_argument("--source-dir", default="", help="git work tree, to name the commit")
+    parser.add_argument("--record-start", action="store_true",
+                        help="called before the benchmarks run: store the start time and the "
+                             "source state (commit, uncommitted library changes) in "
+                             "<raw>/run_info.json, then exit")
+    parser.add_argument("--record-run", action="store_true",
+                        help="called right after the benchmarks: add the total run time to "
+                             "<raw>/run_info.json (kept for later regenerations)")
+    parser.add_argument("--notes", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                        "NOTES.md"),
+                        help="hand-written analysis appended to the report (if it exists)")
+    args = parser.parse_args()
+    info_path = os.path.join(args.raw, "run_info.json")
+    if args.record_start:
+        os.makedirs(args.raw, exist_ok=True)
+        with open(info_path, "w", encoding="utf-8") as stream:
+            json.dump({"started": time.time(), "source": describe_source(args.source_dir)},
+                      stream, indent=1)
+        return
+    if not args.out:
+        parser.error("--out is required")
+
+    data_dir = os.path.join(args.out, "data")
+    os.makedirs(data_dir, exist_ok=True)
+    for name in os.listdir(data_dir):  # no stale plot data from an earlier, larger run
+        if name.endswith(".dat"):
+            os.remove(os.path.join(data_dir, name))
+    script_dir = os.path.dirname(os.path.abspath(__file__))
+
+    throughput = Results(os.path.join(args.raw, "throughput.json"))
+    latency = Results(os.path.join(args.raw, "latency.json"))
+    cost_model = Results(os.path.join(args.raw, "cost_model.json"))
+
+    throughput_text, ratios = throughput_section(throughput, data_dir)
+    latency_text, latency_found = latency_section(latency, data_dir)
+    cost_text, cost_summary = cost_model_section(cost_model, data_dir)
+
+    # Run time and source state belong to the run: recorded by --record-start before the
+    # benchmarks and completed here by --record-run, then reused when regenerating.
+    info = {}
+    if os.path.exists(info_path):
+        with open(info_path, encoding="utf-8") as stream:
+            info = json.load(stream)
+    if args.record_run and "started" in info:
+        info["runtime_s"] = time.time() - info["started"]
+        with open(info_path, "w", encoding="utf-8") as stream:
+            json.dump(info, stream, indent=1)
+    runtime = ""
+    if "runtime_s" in info:
+        runtime = (f"Total run time of `bench_report` (the three benchmark programs plus this "
+                   f"report): {info['runtime_s']:.0f} s.")
+
+    drawn = []
+    if args.gnuplot:
+        drawn = run_gnuplot(args.gnuplot, script_dir, data_dir, args.out)
+
+    report = [
+        "# microbatch benchmark report (issue 4)",
+        "",
+        "Generated by `cmake --build --preset bench --target bench_report` "
+        "(bench/report/make_report.py) from the Google Benchmark JSON in `raw/`. "
+        "Do not edit by hand. " + runtime,
+        "",
+        "## Machine",
+        "",
+        machine_section([("bench_batcher", throughput.context),
+                         ("bench_latency", latency.context),
+                         ("bench_cost_model", cost_model.context)],
+                        args.compiler, info.get("source", "")),
+        "",
+        "## Goals",
+        "",
+        goals_section(ratios, latency_found, cost_summary),
+        "",
+        "## Throughput (bench_batcher)",
+        "",
+        "![throughput vs B](throughput_vs_batch_size.png)" if "throughput.gp" in drawn else "",
+        "",
+        throughput_text,
+        "## Latency (bench_latency)",
+        "",
+        "![latency vs load](latency_vs_load.png)" if "latency.gp" in drawn else "",
+        "",
+        latency_text,
+        "## Cost model T = ceil(N/B) T_batch(B) (bench_cost_model)",
+        "",
+        "![measured vs predicted T](cost_model_T_vs_B.png)" if "cost_model.gp" in drawn else "",
+        "",
+        cost_text,
+    ]
+    if args.notes and os.path.exists(args.notes):
+        with open(args.notes, encoding="utf-8") as stream:
+            report += ["", stream.read().strip()]
+    with open(os.path.join(args.out, "REPORT.md"), "w", encoding="utf-8") as stream:
+        stream.write("\n".join(report).rstrip() + "\n")
+    print(f"make_report: wrote {os.path.join(args.out, 'REPORT.md')}"
+          + (f" and {len(drawn)} plot(s)" if drawn else ""))
+
+
+if __name__ == "__main__":
+    main()
