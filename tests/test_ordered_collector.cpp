@@ -18,28 +18,11 @@
 
 #include "catch_shim.hpp"
 #include "microbatch/errors.hpp"
+#include "test_support.hpp"
+
+using test_support::run_concurrently;
 
 namespace {
-
-/// Runs body(thread_index) on @p threads threads that start together, and joins them.
-template <class Body>
-void run_concurrently(std::size_t threads, Body body) {
-    std::atomic<bool> go{false};
-    std::vector<std::thread> pool;
-    pool.reserve(threads);
-    for (std::size_t t = 0; t < threads; ++t) {
-        pool.emplace_back([&go, &body, t] {
-            while (!go.load()) {
-                std::this_thread::yield();
-            }
-            body(t);
-        });
-    }
-    go.store(true);
-    for (auto& thread : pool) {
-        thread.join();
-    }
-}
 
 /// Counts live instances, to check that results are destroyed exactly once.
 struct Tracked {

@@ -17,6 +17,7 @@
 #include "catch_shim.hpp"
 #include "microbatch/errors.hpp"
 #include "microbatch/executor.hpp"
+#include "test_support.hpp"
 
 using microbatch::ClosedError;
 using microbatch::Executor;
@@ -26,27 +27,7 @@ using microbatch::ThreadPool;
 
 namespace {
 
-// A one-shot gate: wait() blocks until open() has been called (before or after).
-class Gate {
-public:
-    void open() {
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            open_ = true;
-        }
-        opened_.notify_all();
-    }
-
-    void wait() {
-        std::unique_lock<std::mutex> lock(mutex_);
-        opened_.wait(lock, [this] { return open_; });
-    }
-
-private:
-    std::mutex mutex_;
-    std::condition_variable opened_;
-    bool open_ = false;
-};
+using test_support::Gate;
 
 // Occupies every worker of `pool` with a task that blocks on `gate`. Tasks run in FIFO order,
 // so everything posted afterwards stays queued until the gate opens.

@@ -1081,8 +1081,9 @@ private:
                 // Closed: no batch opens any more, and every opened one is sealed or retired
                 // (a reopened-then-retired buffer no longer matches the head's tag, so the
                 // check below would never succeed). Wait for everything opened so far.
-                // acquire: pairs with nothing in particular; the finished checks synchronise.
-                return next_sequence_.load(std::memory_order_acquire) - 1;
+                // relaxed: every opening incremented next_sequence_ before its CAS on head_, and
+                // our seq_cst load of head_ above already synchronised with those CASes.
+                return next_sequence_.load(std::memory_order_relaxed) - 1;
             }
             const Buffer& buffer = buffers_[buffer_of(head)];
             const std::uint64_t sequence = buffer.sequence.load(std::memory_order_acquire);
