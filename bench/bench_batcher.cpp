@@ -10,6 +10,8 @@
 //
 // Implementations (benchmark names are parsed by bench/report/make_report.py):
 //   Microbatch_Post        Batcher<Item>        post(item)            fire-and-forget
+//   Microbatch_Post_Lanes  the same with Options::lanes(P): one fill lane per producer, same
+//                          total capacity
 //   Microbatch_Callback    Batcher<Item, Item>  submit(item, cb)      cb merges its result
 //   Microbatch_Handle      Batcher<Item, Item>  submit(item) -> get() producer sums its results
 //   MutexBatcher           baselines/mutex_batcher.hpp (mutex + condvars + dispatcher thread)
@@ -117,6 +119,7 @@ struct Shape {
     std::size_t workers = 1;           // W
     std::size_t items = 0;             // N for this configuration
     std::size_t capacity_batches = 0;  // nonzero: capacity = this many batches (the *_Cap64B runs)
+    std::size_t lanes = 1;             // microbatch only: Options::lanes
 
     /// Capacity given to every bounded implementation (--capacity=N overrides, rounded up to
     /// a multiple of B).
@@ -217,6 +220,7 @@ microbatch::Options library_options(const Shape& shape) {
         .max_batch_size(shape.batch_size)
         .max_delay(max_delay)
         .capacity(shape.capacity())
+        .lanes(shape.lanes)
         .workers(shape.workers);
 }
 
@@ -253,6 +257,14 @@ void run_microbatch_post(benchmark::State& state, const Shape& shape) {
 
 void BM_Microbatch_Post(benchmark::State& state) {
     run_microbatch_post(state, shape_bpw(state));
+}
+
+/// Post with one lane per producer (the same total capacity, split over the lanes): producers
+/// no longer share the claim counter.
+void BM_Microbatch_Post_Lanes(benchmark::State& state) {
+    Shape shape = shape_bpw(state);
+    shape.lanes = shape.producers;
+    run_microbatch_post(state, shape);
 }
 
 /// Post with a capacity of 64 batches: how much of the gap to the (unbounded) Moodycamel queue
@@ -472,7 +484,16 @@ void bpw(benchmark::internal::Benchmark* benchmark) {
         ->Unit(benchmark::kMillisecond);
 }
 
+// With one producer, lanes = P = 1 is BM_Microbatch_Post itself: run the lanes variant at P = 2.
+void bw_two_producers(benchmark::internal::Benchmark* benchmark) {
+    benchmark->ArgNames({"B", "P", "W"})
+        ->ArgsProduct({batch_sizes, {2}, thread_counts})
+        ->UseManualTime()
+        ->Unit(benchmark::kMillisecond);
+}
+
 BENCHMARK(BM_Microbatch_Post)->Apply(bpw);
+BENCHMARK(BM_Microbatch_Post_Lanes)->Apply(bw_two_producers);
 BENCHMARK(BM_Microbatch_Callback)->Apply(bpw);
 BENCHMARK(BM_Microbatch_Handle)->Apply(bpw);
 BENCHMARK(BM_MutexBatcher)->Apply(bpw);

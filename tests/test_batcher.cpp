@@ -680,6 +680,7 @@ TEST_CASE("Batcher processes every item exactly once, in per-producer order",
           "[batcher][concurrency]") {
     const int producers = GENERATE(1, 2, 4, 8);
     const std::size_t batch_size = GENERATE(1u, 7u, 64u);
+    const std::size_t lanes = GENERATE(1u, 3u);
     const int per_producer = 2000;
     const int total = producers * per_producer;
     std::vector<std::atomic<int>> seen(static_cast<std::size_t>(total));
@@ -693,7 +694,8 @@ TEST_CASE("Batcher processes every item exactly once, in per-producer order",
     {
         Batcher<int> batcher(Options{}
                                  .max_batch_size(batch_size)
-                                 .capacity(batch_size * 4)
+                                 .capacity(batch_size * 4 * lanes)
+                                 .lanes(lanes)
                                  .max_delay(50us)
                                  .workers(2),
                              [&](Batch<int>& batch) {
@@ -781,4 +783,160 @@ TEST_CASE("Batcher stats fit the cost model from the batches it ran", "[batcher]
     REQUIRE(model.has_value());
     CHECK(model->per_batch.count() == Approx(100e-6).epsilon(1e-6));
     CHECK(model->per_item.count() == Approx(10e-6).epsilon(1e-6));
+}
+
+// ---- Lanes ---------------------------------------------------------------------------------
+
+namespace {
+
+// Runs @p body on a fresh thread that submits to lane @p lane of a batcher with @p lanes lanes
+// (a thread's lane is its producer number modulo the lane count), and joins it.
+template <class Body>
+void run_in_lane(std::size_t lanes, std::size_t lane, Body body) {
+    bool done = false;
+    do {
+        std::thread thread([&] {
+            if (microbatch::detail::producer_number() % lanes == lane) {
+                body();
+                done = true;
+            }
+        });
+        thread.join();
+    } while (!done);
+}
+
+std::vector<BatchLog::Entry> by_sequence(std::vector<BatchLog::Entry> entries) {
+    std::sort(entries.begin(), entries.end(),
+              [](const auto& a, const auto& b) { return a.sequence < b.sequence; });
+    return entries;
+}
+
+}  // namespace
+
+TEST_CASE("Batcher with lanes keeps each lane's items in batches of their own",
+          "[batcher][lanes]") {
+    BatchLog log;
+    Batcher<int> batcher(
+        Options{}.max_batch_size(3).lanes(2).max_delay(std::chrono::nanoseconds::max()).workers(1),
+        [&](Batch<int>& batch) { log.add(batch); });
+    run_in_lane(2, 0, [&] {
+        batcher.post(1);
+        batcher.post(2);
+    });
+    run_in_lane(2, 1, [&] {
+        batcher.post(11);
+        batcher.post(12);
+        batcher.post(13);  // fills lane 1's batch; lane 0's is still open with two items
+    });
+    batcher.wait_idle();  // the waiting thread's own lane does not matter: it flushes them all
+    run_in_lane(2, 0, [&] { batcher.post(3); });
+    run_in_lane(2, 1, [&] { batcher.post(14); });
+    batcher.close();
+
+    const auto entries = by_sequence(log.snapshot());
+    REQUIRE(entries.size() == 4);
+    CHECK(entries[0].items == std::vector<int>{11, 12, 13});
+    CHECK(entries[0].reason == DispatchReason::full);
+    CHECK(entries[1].items == std::vector<int>{1, 2});
+    CHECK(entries[1].reason == DispatchReason::flush);
+    // close() dispatches the lanes' partial batches in lane order.
+    CHECK(entries[2].items == std::vector<int>{3});
+    CHECK(entries[2].reason == DispatchReason::close);
+    CHECK(entries[3].items == std::vector<int>{14});
+    CHECK(entries[3].reason == DispatchReason::close);
+    for (std::size_t i = 0; i < entries.size(); ++i) {
+        CHECK(entries[i].sequence == i);  // numbered 0, 1, 2, ... in dispatch order
+    }
+    const auto stats = batcher.stats();
+    CHECK(stats.items_accepted == 7);
+    CHECK(stats.items_processed == 7);
+    CHECK(stats.batches_full == 1);
+}
+
+TEST_CASE("Batcher with lanes times each lane's batch from its own oldest item",
+          "[batcher][lanes][deadline]") {
+    ManualClock clock;
+    BatchLog log;
+    Batcher<int, void, ManualClock> batcher(
+        Options{}.max_batch_size(10).lanes(2).max_delay(5ms).workers(1),
+        [&](Batch<int>& batch) { log.add(batch); }, clock);
+    run_in_lane(2, 1, [&] { batcher.post(1); });  // lane 1 opens at 0 ms
+    clock.advance(3ms);
+    run_in_lane(2, 0, [&] { batcher.post(2); });  // lane 0 opens at 3 ms
+    CHECK(batcher.stats().batches_deadline == 0);
+    clock.advance(2ms);  // 5 ms: lane 1 is due, lane 0 is not
+    CHECK(batcher.stats().batches_deadline == 1);
+    run_in_lane(2, 1, [&] { batcher.post(3); });  // lane 1 opens again at 5 ms
+    clock.advance(2ms);                           // 7 ms: nothing due
+    CHECK(batcher.stats().batches_deadline == 1);
+    clock.advance(1ms);  // 8 ms: lane 0 is due
+    CHECK(batcher.stats().batches_deadline == 2);
+    clock.advance(2ms);  // 10 ms: lane 1's second batch is due
+    CHECK(batcher.stats().batches_deadline == 3);
+    batcher.wait_idle();
+
+    const auto entries = by_sequence(log.snapshot());
+    REQUIRE(entries.size() == 3);
+    CHECK(entries[0].items == std::vector<int>{1});
+    CHECK(entries[1].items == std::vector<int>{2});
+    CHECK(entries[2].items == std::vector<int>{3});
+    for (const auto& entry : entries) {
+        CHECK(entry.reason == DispatchReason::deadline);
+    }
+}
+
+TEST_CASE("Batcher with lanes bounds the capacity of each lane", "[batcher][lanes][backpressure]") {
+    Gate release;
+    std::atomic<int> processed{0};
+    Batcher<int> batcher(
+        Options{}.max_batch_size(2).capacity(4).lanes(2).max_delay(std::chrono::nanoseconds::max()),
+        [&](Batch<int>& batch) {
+            release.wait();
+            processed += static_cast<int>(batch.size());
+        });
+    SubmitStatus lane0_third = SubmitStatus::accepted;
+    run_in_lane(2, 0, [&] {
+        batcher.post(1);
+        batcher.post(2);  // full: lane 0's only buffer is now running (and held by the gate)
+        lane0_third = batcher.try_submit(3);
+    });
+    SubmitStatus lane1_first = SubmitStatus::full;
+    run_in_lane(2, 1, [&] { lane1_first = batcher.try_submit(11); });
+    CHECK(lane0_third == SubmitStatus::full);
+    CHECK(lane1_first == SubmitStatus::accepted);  // lane 1's buffer is its own
+    release.open();
+    batcher.close();
+    CHECK(processed == 3);
+    const auto stats = batcher.stats();
+    CHECK(stats.items_rejected_full == 1);
+    CHECK(stats.items_processed == 3);
+}
+
+TEST_CASE("Batcher with lanes closes every lane", "[batcher][lanes][close]") {
+    BatchLog log;
+    Batcher<int> batcher(
+        Options{}.max_batch_size(100).lanes(3).max_delay(std::chrono::nanoseconds::max()),
+        [&](Batch<int>& batch) { log.add(batch); });
+    for (std::size_t lane = 0; lane < 3; ++lane) {
+        run_in_lane(3, lane, [&] { batcher.post(static_cast<int>(lane)); });
+    }
+    CHECK(batcher.stats().items_accepted == 3);  // counted across the three open batches
+    batcher.close();
+    CHECK(batcher.is_closed());
+    for (std::size_t lane = 0; lane < 3; ++lane) {
+        run_in_lane(3, lane, [&] {
+            CHECK_THROWS_AS(batcher.post(7), microbatch::ClosedError);
+            CHECK(batcher.try_submit(7) == SubmitStatus::closed);
+        });
+    }
+    auto entries = by_sequence(log.snapshot());
+    REQUIRE(entries.size() == 3);
+    std::vector<int> items;
+    for (const auto& entry : entries) {
+        CHECK(entry.reason == DispatchReason::close);
+        REQUIRE(entry.items.size() == 1);
+        items.push_back(entry.items[0]);
+    }
+    std::sort(items.begin(), items.end());
+    CHECK(items == std::vector<int>{0, 1, 2});
 }

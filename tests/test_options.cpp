@@ -28,6 +28,7 @@ TEST_CASE("Options have documented defaults", "[options]") {
     CHECK(options.capacity() == 0);
     CHECK(options.effective_capacity() == 4 * 64);
     CHECK(options.workers() == 1);
+    CHECK(options.lanes() == 1);
     CHECK_FALSE(options.executor());
     CHECK_NOTHROW(options.validate());
 }
@@ -41,6 +42,12 @@ TEST_CASE("Options setters chain and store values", "[options]") {
     CHECK(options.effective_capacity() == 9);
     CHECK(options.workers() == 2);
     CHECK(options.executor());
+    CHECK(Options{}.lanes(3).lanes() == 3);
+}
+
+TEST_CASE("Options default capacity is four batches per lane", "[options]") {
+    CHECK(Options{}.max_batch_size(8).lanes(3).effective_capacity() == 4 * 8 * 3);
+    CHECK(Options{}.max_batch_size(8).lanes(3).capacity(10).effective_capacity() == 10);
 }
 
 TEST_CASE("Options validation names the option and the value", "[options]") {
@@ -54,6 +61,10 @@ TEST_CASE("Options validation names the option and the value", "[options]") {
           "microbatch::Options: capacity must be 0 (automatic) or >= max_batch_size 10 (got 9)");
     CHECK(validation_message(Options{}.workers(0)) ==
           "microbatch::Options: workers must be >= 1 when no executor is set (got 0)");
+    CHECK(validation_message(Options{}.lanes(0)) ==
+          "microbatch::Options: lanes must be in [1, 256] (got 0)");
+    CHECK(validation_message(Options{}.lanes(Options::max_supported_lanes + 1)) ==
+          "microbatch::Options: lanes must be in [1, 256] (got 257)");
 }
 
 TEST_CASE("Options accept zero workers when an executor is set", "[options]") {
@@ -64,4 +75,6 @@ TEST_CASE("Options accept the boundary values", "[options]") {
     CHECK_NOTHROW(Options{}.max_batch_size(1).capacity(1).max_delay(0ns).validate());
     CHECK_NOTHROW(Options{}.max_batch_size(Options::max_supported_batch_size).validate());
     CHECK_NOTHROW(Options{}.max_delay(std::chrono::nanoseconds::max()).validate());
+    CHECK_NOTHROW(Options{}.lanes(1).validate());
+    CHECK_NOTHROW(Options{}.lanes(Options::max_supported_lanes).validate());
 }

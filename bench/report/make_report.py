@@ -258,6 +258,7 @@ def describe_source(source_dir):
 
 IMPLEMENTATIONS = [
     ("Microbatch_Post", "microbatch post (fire-and-forget)"),
+    ("Microbatch_Post_Lanes", "microbatch post, lanes = P"),
     ("Microbatch_Callback", "microbatch submit + callback"),
     ("Microbatch_Handle", "microbatch submit -> Handle"),
     ("Moodycamel", "moodycamel hand-off (raw floor)"),
@@ -328,6 +329,9 @@ def throughput_section(results, data_dir):
         ("post / moodycamel", "Microbatch_Post", "Moodycamel"),
         ("post / mutex batcher", "Microbatch_Post", "MutexBatcher"),
         ("post / per-item dispatch", "Microbatch_Post", "PerItemDispatch"),
+        ("post lanes=P / moodycamel", "Microbatch_Post_Lanes", "Moodycamel"),
+        ("post lanes=P / mutex batcher", "Microbatch_Post_Lanes", "MutexBatcher"),
+        ("post lanes=P / per-item dispatch", "Microbatch_Post_Lanes", "PerItemDispatch"),
         ("handle / promise+future", "Microbatch_Handle", "MutexPromise"),
         ("callback / promise+future", "Microbatch_Callback", "MutexPromise"),
         ("callback / mutex batcher", "Microbatch_Callback", "MutexBatcher"),
@@ -625,6 +629,12 @@ def goals_section(ratios, latency, cost):
               1.0, 0.5)
     add_ratio("post vs mutex batcher, P = 2, B = 256", "post / mutex batcher", 2, 2, 5)
     add_ratio("post vs per-item dispatch, P = 2, B = 256", "post / per-item dispatch", 2, 2, 25)
+    add_ratio("post with lanes(2) vs raw moodycamel, P = 2, B = 256", "post lanes=P / moodycamel",
+              2, 2, 1.0, 0.5)
+    add_ratio("post with lanes(2) vs mutex batcher, P = 2, B = 256",
+              "post lanes=P / mutex batcher", 2, 2, 5)
+    add_ratio("post with lanes(2) vs per-item dispatch, P = 2, B = 256",
+              "post lanes=P / per-item dispatch", 2, 2, 25)
     add_ratio("handle vs per-item promise/future, P = 2, B = 256", "handle / promise+future", 2,
               2, 3)
     for label, goal, target, milestone in (

@@ -70,7 +70,8 @@ public:
     /// @brief Why the batch was dispatched.
     DispatchReason reason() const noexcept { return reason_; }
     /**
-     * @brief The batch's number: batches are numbered 0, 1, 2, ... in the order they started
+     * @brief The batch's number: batches are numbered 0, 1, 2, ... in the order they were
+     *        dispatched, which within one lane (see `Options::lanes`) is the order they started
      *        filling. Items of one producer in batch s precede its items in any batch s' > s.
      *        Batches may run (and finish) out of this order on several workers.
      */

@@ -55,6 +55,18 @@ namespace detail {
 /// The batcher whose process_batch the current thread is running (re-entrancy detection).
 inline thread_local const void* running_batcher = nullptr;
 
+/// Hands out producer numbers; see producer_number().
+inline std::atomic<std::uint32_t> next_producer_number{0};
+
+/// This thread's producer number, drawn on its first submit to any batcher: consecutive
+/// producer threads get consecutive numbers and so land in different lanes.
+inline std::uint32_t producer_number() noexcept {
+    // relaxed: only needs distinct values; nothing is published through the counter.
+    static thread_local const std::uint32_t number =
+        next_producer_number.fetch_add(1, std::memory_order_relaxed);
+    return number;
+}
+
 /// Slot states, written by the producer that filled the slot, read by the worker.
 enum SlotState : std::uint8_t {
     slot_empty = 0,            ///< Not written yet (the producer is still constructing it).
@@ -128,9 +140,14 @@ private:
  * `try_submit(item)` are fire-and-forget. Items are taken by forwarding reference and moved from
  * only when accepted: a rejected item is left as it was.
  *
- * **Backpressure.** At most `capacity` items (rounded up to whole batches) are accepted and not
- * yet finished. When full, `submit`/`post` block, `try_submit` returns `SubmitStatus::full` at
- * once, `submit_for` waits up to its timeout.
+ * **Backpressure.** At most `capacity` items (rounded up to whole batches per lane) are accepted
+ * and not yet finished. When a producer's lane is full, `submit`/`post` block, `try_submit`
+ * returns `SubmitStatus::full` at once, `submit_for` waits up to its timeout.
+ *
+ * **Lanes.** With `Options::lanes(n)`, the batcher fills n batches side by side, one per lane,
+ * and each producer thread always submits to the same lane; producers on different lanes never
+ * touch the same atomic word. Batches never mix lanes. With the default of one lane, every item
+ * of every producer goes through one sequence of batches.
  *
  * **Errors.** If `process_batch` throws, or returns a vector of the wrong length
  * (`ResultCountError`), every item of that batch receives the exception through its handle or
@@ -144,10 +161,10 @@ private:
  * accepted item to finish. It is idempotent and thread-safe; the destructor calls it.
  * No accepted item is lost or processed twice.
  *
- * **Performance.** The submit fast path is one atomic fetch-add on a shared word plus writing the
- * item into its slot of a preallocated batch buffer: no mutex, no allocation (except the Handle
- * state in handle mode). Buffers are reused; the timer thread sleeps until the next deadline or
- * new work and never polls.
+ * **Performance.** The submit fast path is one atomic fetch-add on the lane's word plus writing
+ * the item into its slot of a preallocated batch buffer: no mutex, no allocation (except the
+ * Handle state in handle mode). Buffers are reused; the timer thread sleeps until the next deadline
+ * or new work and never polls.
  *
  * Thread safety: every member function may be called concurrently from any thread, except that
  * the destructor must not run concurrently with calls that are not blocked inside the batcher.
@@ -307,7 +324,11 @@ public:
      * @brief Dispatches the partial batch now (reason `flush`), if it holds any item.
      *        Never blocks (beyond handing the batch to the executor).
      */
-    void flush() { seal_current(DispatchReason::flush, 0, false); }
+    void flush() {
+        for (std::uint32_t l = 0; l < lane_count_; ++l) {
+            seal_current(lanes_[l], DispatchReason::flush, 0, false);
+        }
+    }
 
     /**
      * @brief Flushes, then blocks until every item accepted before the call has finished
@@ -317,11 +338,15 @@ public:
      */
     void wait_idle() {
         check_not_reentrant("wait_idle");
-        const std::uint64_t target = flush_and_target();
-        std::unique_lock<std::mutex> lock(idle_mutex_);
-        ++idle_waiters_;
-        idle_condition_.wait(lock, [&] { return finished_through(target); });
-        --idle_waiters_;
+        flush();  // every lane's partial batch leaves now, so the lanes drain side by side
+        for (std::uint32_t l = 0; l < lane_count_; ++l) {
+            Lane& lane = lanes_[l];
+            const std::uint64_t target = flush_and_target(lane);
+            std::unique_lock<std::mutex> lock(idle_mutex_);
+            ++idle_waiters_;
+            idle_condition_.wait(lock, [&] { return finished_through(lane, target); });
+            --idle_waiters_;
+        }
     }
 
     /**
@@ -346,19 +371,24 @@ public:
 
     /// @brief True once close() (or close_for) has begun.
     bool is_closed() const noexcept {
-        // acquire: a true answer happens-after the close that set the bit.
-        return (head_.load(std::memory_order_acquire) & closed_bit) != 0;
+        // acquire: a true answer happens-after the close that set the bit. Lane 0 is closed
+        // first, so this turns true as soon as close() has begun.
+        return (lanes_[0].head.load(std::memory_order_acquire) & closed_bit) != 0;
     }
 
     /// @brief A snapshot of the counters (see `Stats` for its consistency). Thread-safe,
     ///        lock-free, O(1).
     Stats stats() const noexcept {
         Stats result;
-        // relaxed: a statistic; no data is read through it.
-        const std::uint64_t head = head_.load(std::memory_order_relaxed);
-        const std::uint64_t count = head & count_mask;
-        const bool open = (head & closed_bit) == 0 && count < batch_size_;
-        stats_.snapshot(result, open ? count : 0);
+        std::uint64_t filling = 0;
+        for (std::uint32_t l = 0; l < lane_count_; ++l) {
+            // relaxed: a statistic; no data is read through it.
+            const std::uint64_t head = lanes_[l].head.load(std::memory_order_relaxed);
+            const std::uint64_t count = head & count_mask;
+            const bool open = (head & closed_bit) == 0 && count < batch_size_;
+            filling += open ? count : 0;
+        }
+        stats_.snapshot(result, filling);
         return result;
     }
 
@@ -370,10 +400,11 @@ public:
 
 private:
     // ---- The head word --------------------------------------------------------------------
-    // One 64-bit atomic describes the batch being filled, so a producer claims a slot with a
-    // single fetch_add: [closed:1][tag:23][buffer:16][count:24]. `count` is the number of slots
-    // claimed in buffer `buffer`; values >= batch_size_ mean "not accepting" (sealed, awaiting a
-    // free buffer, or closed). `tag` is the batch's sequence number modulo 2^23 and defends the
+    // One 64-bit atomic per lane describes the lane's batch being filled, so a producer claims a
+    // slot with a single fetch_add: [closed:1][tag:23][buffer:16][count:24]. `count` is the
+    // number of slots claimed in buffer `buffer` (an index into buffers_, which all lanes
+    // share); values >= batch_size_ mean "not accepting" (sealed, awaiting a free buffer, or
+    // closed). `tag` is the batch's lane sequence number modulo 2^23 and defends the
     // compare-exchanges of the timer and flush against ABA on a reused buffer.
     static constexpr unsigned buffer_shift = 24;
     static constexpr unsigned tag_shift = 40;
@@ -397,11 +428,19 @@ private:
         return (head >> tag_shift) & tag_mask;
     }
 
-    // ---- Batch buffers --------------------------------------------------------------------
-    // A buffer's life: opened (published in head_) -> filled by producers -> sealed (by the
-    // producer that took the last slot, the timer, flush or close) -> run by a worker ->
-    // finished -> reopened once its predecessor in round-robin order has been sealed too.
-    // Batch number s always uses buffer s % buffer_count_.
+    // ---- Lanes and batch buffers ----------------------------------------------------------
+    // Each lane owns a ring of buffers_per_lane_ consecutive buffers. A buffer's life: opened
+    // (published in its lane's head) -> filled by producers -> sealed (by the producer that
+    // took the last slot, the timer, flush or close) -> run by a worker -> finished -> reopened
+    // once its predecessor in its lane's round-robin order has been sealed too. Lane batch
+    // number s always uses the lane's buffer s % buffers_per_lane_.
+    struct Lane {
+        // Every producer of the lane hits head: it has a cache line to itself.
+        alignas(detail::cache_line_size) std::atomic<std::uint64_t> head{0};
+        alignas(detail::cache_line_size) std::atomic<std::uint64_t> next_sequence{0};
+        std::uint32_t first_buffer = 0;  // index in buffers_ of the lane's buffer 0
+    };
+
     struct alignas(detail::cache_line_size) Buffer {
         std::atomic<std::int64_t> opened_at{unset_time};  // clock ticks when slot 0 was claimed
         std::atomic<std::uint64_t> sequence{0};           // batch number of the current use
@@ -412,6 +451,7 @@ private:
         std::uint32_t size = 0;
         DispatchReason reason = DispatchReason::full;
         std::int64_t dispatched_at = 0;
+        std::uint64_t number = 0;  // Batch::sequence(): the batcher-wide dispatch number
     };
 
     enum WaitMode { wait_never, wait_forever, wait_until_deadline };
@@ -439,32 +479,44 @@ private:
     void initialise() {
         options_.validate();
         batch_size_ = static_cast<std::uint32_t>(options_.max_batch_size());
+        lane_count_ = static_cast<std::uint32_t>(options_.lanes());
         const std::size_t capacity = options_.effective_capacity();
-        const std::size_t buffers = (capacity + batch_size_ - 1) / batch_size_;
-        if (buffers > max_buffers) {
+        // Rounded up without overflow, even for a capacity near SIZE_MAX.
+        const std::size_t batches = capacity / batch_size_ + (capacity % batch_size_ != 0);
+        const std::size_t per_lane = batches / lane_count_ + (batches % lane_count_ != 0);
+        const std::size_t buffers = per_lane <= max_buffers ? per_lane * lane_count_ : 0;
+        if (buffers == 0 || buffers > max_buffers) {
             MICROBATCH_THROW(std::invalid_argument(
                 "microbatch::Options: capacity / max_batch_size must be <= " +
-                std::to_string(max_buffers) + " batches (got capacity " + std::to_string(capacity) +
-                ", max_batch_size " + std::to_string(batch_size_) + ")"));
+                std::to_string(max_buffers) + " batches in all lanes (got capacity " +
+                std::to_string(capacity) + ", max_batch_size " + std::to_string(batch_size_) +
+                ", lanes " + std::to_string(lane_count_) + ")"));
         }
-        buffer_count_ = static_cast<std::uint32_t>(buffers);
+        buffers_per_lane_ = static_cast<std::uint32_t>(per_lane);
         const std::size_t slots = buffers * batch_size_;
         items_ = std::unique_ptr<T, ItemsDeleter>(std::allocator<T>().allocate(slots),
                                                   ItemsDeleter{slots});
         completions_ = std::make_unique<detail::Completion<R>[]>(slots);
         slot_states_ = std::make_unique<std::atomic<std::uint8_t>[]>(slots);  // zeroed
         buffers_ = std::make_unique<Buffer[]>(buffers);
-        // Batch numbers start at buffer_count_, so "batch s finished" can be tested as
-        // buffers_[s % n].finished_sequence >= s for every s, including the virtual batches
-        // 0..n-1 that stand for "this buffer has never been used".
-        for (std::uint32_t b = 0; b < buffer_count_; ++b) {
-            buffers_[b].finished_sequence.store(b, std::memory_order_relaxed);
-            buffers_[b].arrivals.store(b == 0 ? 0 : 1, std::memory_order_relaxed);
+        lanes_ = std::make_unique<Lane[]>(lane_count_);
+        // Lane batch numbers start at n = buffers_per_lane_, so "lane batch s finished" can be
+        // tested as the lane's buffer s % n having finished_sequence >= s for every s, including
+        // the virtual batches 0..n-1 that stand for "this buffer has never been used".
+        const std::uint32_t n = buffers_per_lane_;
+        for (std::uint32_t l = 0; l < lane_count_; ++l) {
+            Lane& lane = lanes_[l];
+            lane.first_buffer = l * n;
+            for (std::uint32_t b = 0; b < n; ++b) {
+                Buffer& buffer = buffers_[lane.first_buffer + b];
+                buffer.finished_sequence.store(b, std::memory_order_relaxed);
+                buffer.arrivals.store(b == 0 ? 0 : 1, std::memory_order_relaxed);
+            }
+            buffers_[lane.first_buffer].sequence.store(n, std::memory_order_relaxed);
+            lane.next_sequence.store(n + 1, std::memory_order_relaxed);
+            lane.head.store(make_head(n, lane.first_buffer), std::memory_order_relaxed);
         }
-        buffers_[0].sequence.store(buffer_count_, std::memory_order_relaxed);
-        next_sequence_ = buffer_count_ + 1;
-        open_batches_ = 1;
-        head_.store(make_head(buffer_count_, 0), std::memory_order_relaxed);
+        open_batches_ = lane_count_;
 
         const auto delay = options_.max_delay();
         if (delay == std::chrono::nanoseconds::max()) {
@@ -527,24 +579,30 @@ private:
         }
     }
 
+    // The calling thread's lane: fixed per thread, so one producer's items stay in order.
+    Lane& lane_for_this_thread() const noexcept {
+        return lane_count_ == 1 ? lanes_[0] : lanes_[detail::producer_number() % lane_count_];
+    }
+
     template <class U, class Store>
     SubmitStatus submit_impl(U&& item, WaitMode mode, Deadline deadline, Store&& store) {
+        Lane& lane = lane_for_this_thread();
         for (;;) {
             // Test before claiming: a claim on a sealed or closed head is a stray increment of
             // the 24-bit count, and an unbounded run of them (a producer polling try_submit on
             // a full or closed batcher) would carry into the buffer field. relaxed: only a
             // filter; the fetch_add below decides.
-            const std::uint64_t seen = head_.load(std::memory_order_relaxed);
+            const std::uint64_t seen = lane.head.load(std::memory_order_relaxed);
             if ((seen & count_mask) < batch_size_ && (seen & closed_bit) == 0) {
                 // seq_cst: claims a slot; also orders the claim before the opened_at/timer_idle_
                 // handshake in note_batch_opened (free on x86, where every RMW is a full fence).
-                const std::uint64_t head = head_.fetch_add(1, std::memory_order_seq_cst);
+                const std::uint64_t head = lane.head.fetch_add(1, std::memory_order_seq_cst);
                 const std::uint32_t index = static_cast<std::uint32_t>(head & count_mask);
                 if (index < batch_size_) {
                     return fill_slot(head, index, std::forward<U>(item), store);
                 }
             }
-            const SubmitStatus status = wait_for_space(mode, deadline);
+            const SubmitStatus status = wait_for_space(lane, mode, deadline);
             if (status != SubmitStatus::accepted) {
                 return status;  // counted in wait_for_space
             }
@@ -604,7 +662,7 @@ private:
     // The producer of slot 0 stamps the batch's start time and wakes an idle timer.
     void note_batch_opened(Buffer& buffer, bool needs_timer) {
         // seq_cst (store and load): a Dekker handshake with run_timer(), which sets
-        // timer_idle_ and then re-reads head_/opened_at; one side always sees the other.
+        // timer_idle_ and then re-reads the heads and opened_at; one side always sees the other.
         buffer.opened_at.store(clock_.now().time_since_epoch().count(), std::memory_order_seq_cst);
         if (needs_timer && max_delay_ticks_ >= 0 && timer_idle_.load(std::memory_order_seq_cst)) {
             { std::lock_guard<std::mutex> lock(timer_mutex_); }
@@ -615,13 +673,13 @@ private:
     // Waits until a batch is open again (returns accepted), the batcher closed, or the mode's
     // patience runs out (full). Rejections are counted here, while this producer is still
     // registered: close() may let the batcher be destroyed as soon as it has left.
-    SubmitStatus wait_for_space(WaitMode mode, Deadline deadline) {
-        const SubmitStatus status = wait_for_space_registered(mode, deadline);
+    SubmitStatus wait_for_space(Lane& lane, WaitMode mode, Deadline deadline) {
+        const SubmitStatus status = wait_for_space_registered(lane, mode, deadline);
         slow_producers_.fetch_sub(1, std::memory_order_release);  // our last touch: see close
         return status;
     }
 
-    SubmitStatus wait_for_space_registered(WaitMode mode, Deadline deadline) {
+    SubmitStatus wait_for_space_registered(Lane& lane, WaitMode mode, Deadline deadline) {
         // Registered so that close() can wait for blocked producers to leave before the
         // batcher is destroyed.
         slow_producers_.fetch_add(1, std::memory_order_seq_cst);
@@ -650,7 +708,7 @@ private:
         const int spins = mode == wait_never ? 32 : 256;
         for (int spin = 0; spin < spins; ++spin) {
             // acquire: a batch we see open must be fully reset before we write into it.
-            const std::uint64_t head = head_.load(std::memory_order_acquire);
+            const std::uint64_t head = lane.head.load(std::memory_order_acquire);
             if ((head & closed_bit) != 0) {
                 return finish(SubmitStatus::closed);
             }
@@ -672,11 +730,11 @@ private:
                 "batcher full (it could wait for its own batch); use try_submit"));
         }
         std::unique_lock<std::mutex> lock(space_mutex_);
-        // seq_cst: Dekker handshake with open_buffer(), which publishes head_ then reads this.
+        // seq_cst: Dekker handshake with open_buffer(), which publishes the head then reads this.
         space_waiters_.fetch_add(1, std::memory_order_seq_cst);
         SubmitStatus status = SubmitStatus::full;
         for (;;) {
-            const std::uint64_t head = head_.load(std::memory_order_seq_cst);
+            const std::uint64_t head = lane.head.load(std::memory_order_seq_cst);
             if ((head & closed_bit) != 0) {
                 status = SubmitStatus::closed;
                 break;
@@ -688,7 +746,7 @@ private:
             if (mode == wait_forever) {
                 space_condition_.wait(lock);
             } else if (space_condition_.wait_until(lock, deadline) == std::cv_status::timeout) {
-                const std::uint64_t last = head_.load(std::memory_order_seq_cst);
+                const std::uint64_t last = lane.head.load(std::memory_order_seq_cst);
                 status = (last & closed_bit) != 0            ? SubmitStatus::closed
                          : (last & count_mask) < batch_size_ ? SubmitStatus::accepted
                                                              : SubmitStatus::full;
@@ -703,11 +761,11 @@ private:
 
     // ---- Sealing and dispatch -------------------------------------------------------------
 
-    // Seals the batch being filled if it holds items. With @p only_tagged, only if it is still
-    // the batch whose head (without the count) was @p expected. Returns true if it sealed.
-    bool seal_current(DispatchReason reason, std::uint64_t expected, bool only_tagged) {
+    // Seals @p lane's batch being filled if it holds items. With @p only_tagged, only if it is
+    // still the batch whose head (without the count) was @p expected. Returns true if it sealed.
+    bool seal_current(Lane& lane, DispatchReason reason, std::uint64_t expected, bool only_tagged) {
         // acquire: the buffer we may seal must be read after its opening.
-        std::uint64_t head = head_.load(std::memory_order_acquire);
+        std::uint64_t head = lane.head.load(std::memory_order_acquire);
         for (;;) {
             const std::uint64_t count = head & count_mask;
             if ((head & closed_bit) != 0 || count == 0 || count >= batch_size_) {
@@ -718,8 +776,8 @@ private:
             }
             const std::uint64_t sealed = (head & ~count_mask) | sealed_count;
             // seq_cst: competes with producers' claims; whoever wins decides the batch size.
-            if (head_.compare_exchange_weak(head, sealed, std::memory_order_seq_cst,
-                                            std::memory_order_acquire)) {
+            if (lane.head.compare_exchange_weak(head, sealed, std::memory_order_seq_cst,
+                                                std::memory_order_acquire)) {
                 seal_and_dispatch(buffer_of(head), static_cast<std::uint32_t>(count), reason);
                 return true;
             }
@@ -732,11 +790,15 @@ private:
         current.size = size;
         current.reason = reason;
         current.dispatched_at = clock_.now().time_since_epoch().count();
+        // relaxed: distinct numbers suffice; the lane's next batch is numbered only after the
+        // arrive() below opened it, so numbers grow along each lane.
+        current.number = dispatched_batches_.fetch_add(1, std::memory_order_relaxed);
         stats_.dispatched(size, reason);
         // relaxed: a statistic for close_for(); nothing is published through it.
         in_flight_items_.fetch_add(size, std::memory_order_relaxed);
-        // The next buffer may open as soon as it is free: let producers go on.
-        arrive(buffer + 1 == buffer_count_ ? 0 : buffer + 1);
+        // The lane's next buffer may open as soon as it is free: let producers go on.
+        const std::uint32_t local = buffer % buffers_per_lane_;
+        arrive(local + 1 == buffers_per_lane_ ? buffer - local : buffer + 1);
         post_batch(buffer);
     }
 
@@ -774,17 +836,19 @@ private:
 
     void open_buffer(std::uint32_t index) {
         Buffer& buffer = buffers_[index];
-        // Openings are serialised by the seal -> arrive -> open chain, so the relaxed
-        // increment still hands out consecutive numbers, and sequence % buffer_count_ == index.
-        const std::uint64_t sequence = next_sequence_.fetch_add(1, std::memory_order_relaxed);
-        // relaxed stores: published to producers by the release CAS on head_ below.
+        Lane& lane = lanes_[index / buffers_per_lane_];
+        // A lane's openings are serialised by the seal -> arrive -> open chain, so the relaxed
+        // increment still hands out consecutive numbers, and sequence % buffers_per_lane_ is the
+        // buffer's place in the lane's ring.
+        const std::uint64_t sequence = lane.next_sequence.fetch_add(1, std::memory_order_relaxed);
+        // relaxed stores: published to producers by the release CAS on the head below.
         buffer.sequence.store(sequence, std::memory_order_relaxed);
         buffer.opened_at.store(unset_time, std::memory_order_relaxed);
         buffer.finish_parties.store(0, std::memory_order_relaxed);
         // relaxed: the count is only compared under idle_mutex_ after the decrements, which
         // are all ordered after this increment by the batch chain.
         open_batches_.fetch_add(1, std::memory_order_relaxed);
-        std::uint64_t head = head_.load(std::memory_order_relaxed);
+        std::uint64_t head = lane.head.load(std::memory_order_relaxed);
         for (;;) {
             if ((head & closed_bit) != 0) {
                 // Closed meanwhile: this batch will never be used.
@@ -793,8 +857,9 @@ private:
             }
             // seq_cst: publishes the reset buffer (release) and takes part in the Dekker
             // handshake with blocked producers (space_waiters_ below).
-            if (head_.compare_exchange_weak(head, make_head(sequence, index),
-                                            std::memory_order_seq_cst, std::memory_order_relaxed)) {
+            if (lane.head.compare_exchange_weak(head, make_head(sequence, index),
+                                                std::memory_order_seq_cst,
+                                                std::memory_order_relaxed)) {
                 break;
             }
         }
@@ -859,8 +924,7 @@ private:
         [[maybe_unused]] batch_result_type_or_empty results{};
         const auto started = clock_.now();
         if (count != 0) {
-            Batch<T> batch(items, count, buffer.reason,
-                           buffer.sequence.load(std::memory_order_relaxed) - buffer_count_);
+            Batch<T> batch(items, count, buffer.reason, buffer.number);
             try {
                 if constexpr (std::is_void_v<R>) {
                     process_(batch);
@@ -1025,17 +1089,13 @@ private:
         std::unique_lock<std::mutex> lock(timer_mutex_);
         while (!timer_stop_) {
             std::uint64_t head = 0;
-            std::int64_t opened_at = unset_time;
-            if (current_batch_start(head, opened_at)) {
-                const std::int64_t deadline =
-                    opened_at > std::numeric_limits<std::int64_t>::max() - max_delay_ticks_
-                        ? std::numeric_limits<std::int64_t>::max()
-                        : opened_at + max_delay_ticks_;
+            std::int64_t deadline = 0;
+            if (Lane* lane = earliest_deadline(head, deadline)) {
                 if (clock_.now().time_since_epoch().count() >= deadline) {
                     // Unlocked: dispatching may run the batch inline (an inline executor), and
                     // its submits may need to wake this timer.
                     lock.unlock();
-                    seal_current(DispatchReason::deadline, head & ~count_mask, true);
+                    seal_current(*lane, DispatchReason::deadline, head & ~count_mask, true);
                     lock.lock();
                 } else if (deadline == std::numeric_limits<std::int64_t>::max()) {
                     sleeper_->sleep(lock);
@@ -1048,7 +1108,7 @@ private:
             // Nothing to time: sleep until a producer opens a batch. seq_cst: Dekker handshake
             // with note_batch_opened(); re-check after announcing we are idle.
             timer_idle_.store(true, std::memory_order_seq_cst);
-            if (current_batch_start(head, opened_at)) {
+            if (earliest_deadline(head, deadline) != nullptr) {
                 timer_idle_.store(false, std::memory_order_relaxed);
                 continue;
             }
@@ -1059,9 +1119,33 @@ private:
         sleeper_->retire();
     }
 
-    // True if a batch is being filled and holds items whose start time is known.
-    bool current_batch_start(std::uint64_t& head, std::int64_t& opened_at) const noexcept {
-        head = head_.load(std::memory_order_seq_cst);
+    // The lane whose batch being filled is due first (nullptr if none holds items with a known
+    // start time), with that batch's head and deadline.
+    Lane* earliest_deadline(std::uint64_t& head, std::int64_t& deadline) const noexcept {
+        Lane* earliest = nullptr;
+        for (std::uint32_t l = 0; l < lane_count_; ++l) {
+            std::uint64_t lane_head = 0;
+            std::int64_t opened_at = unset_time;
+            if (!current_batch_start(lanes_[l], lane_head, opened_at)) {
+                continue;
+            }
+            const std::int64_t due =
+                opened_at > std::numeric_limits<std::int64_t>::max() - max_delay_ticks_
+                    ? std::numeric_limits<std::int64_t>::max()
+                    : opened_at + max_delay_ticks_;
+            if (earliest == nullptr || due < deadline) {
+                earliest = &lanes_[l];
+                head = lane_head;
+                deadline = due;
+            }
+        }
+        return earliest;
+    }
+
+    // True if @p lane's batch being filled holds items whose start time is known.
+    bool current_batch_start(const Lane& lane, std::uint64_t& head,
+                             std::int64_t& opened_at) const noexcept {
+        head = lane.head.load(std::memory_order_seq_cst);
         const std::uint64_t count = head & count_mask;
         if ((head & closed_bit) != 0 || count == 0 || count >= batch_size_) {
             return false;
@@ -1072,41 +1156,44 @@ private:
 
     // ---- Idle and close -------------------------------------------------------------------
 
-    // Seals the batch being filled (if it holds items) and returns the number of the last
-    // batch holding items accepted before the call.
-    std::uint64_t flush_and_target() {
+    // Seals @p lane's batch being filled (if it holds items) and returns the lane number of the
+    // lane's last batch holding items accepted before the call.
+    std::uint64_t flush_and_target(Lane& lane) {
         for (;;) {
-            const std::uint64_t head = head_.load(std::memory_order_seq_cst);
+            const std::uint64_t head = lane.head.load(std::memory_order_seq_cst);
             if ((head & closed_bit) != 0) {
                 // Closed: no batch opens any more, and every opened one is sealed or retired
                 // (a reopened-then-retired buffer no longer matches the head's tag, so the
                 // check below would never succeed). Wait for everything opened so far.
-                // relaxed: every opening incremented next_sequence_ before its CAS on head_, and
-                // our seq_cst load of head_ above already synchronised with those CASes.
-                return next_sequence_.load(std::memory_order_relaxed) - 1;
+                // relaxed: every opening incremented next_sequence before its CAS on head, and
+                // our seq_cst load of head above already synchronised with those CASes.
+                return lane.next_sequence.load(std::memory_order_relaxed) - 1;
             }
             const Buffer& buffer = buffers_[buffer_of(head)];
             const std::uint64_t sequence = buffer.sequence.load(std::memory_order_acquire);
             if ((sequence & tag_mask) != tag_of(head)) {
-                continue;  // the buffer was reopened since we read head_: read again
+                continue;  // the buffer was reopened since we read the head: read again
             }
             const std::uint64_t count = head & count_mask;
             if ((head & closed_bit) == 0 && count == 0) {
                 return sequence - 1;  // open and empty: everything before it
             }
             if ((head & closed_bit) == 0 && count < batch_size_ &&
-                !seal_current(DispatchReason::flush, head & ~count_mask, true)) {
+                !seal_current(lane, DispatchReason::flush, head & ~count_mask, true)) {
                 continue;  // a producer or the timer changed it first: look again
             }
             return sequence;
         }
     }
 
-    // Called with idle_mutex_ held.
-    bool finished_through(std::uint64_t target) const noexcept {
-        for (std::uint64_t s = target + 1 - buffer_count_; s <= target; ++s) {
-            // acquire: pairs with finish_party()'s release.
-            if (buffers_[s % buffer_count_].finished_sequence.load(std::memory_order_acquire) < s) {
+    // True if @p lane's batches up to lane number @p target have finished. Called with
+    // idle_mutex_ held.
+    bool finished_through(const Lane& lane, std::uint64_t target) const noexcept {
+        const std::uint32_t n = buffers_per_lane_;
+        for (std::uint64_t s = target + 1 - n; s <= target; ++s) {
+            const Buffer& buffer = buffers_[lane.first_buffer + s % n];
+            // acquire: pairs with mark_finished()'s release.
+            if (buffer.finished_sequence.load(std::memory_order_acquire) < s) {
                 return false;
             }
         }
@@ -1158,18 +1245,22 @@ private:
     }
 
     void begin_close() {
-        // seq_cst: competes with claims, seals and opens on the same word.
-        std::uint64_t head = head_.load(std::memory_order_seq_cst);
-        while (!head_.compare_exchange_weak(head, (head & ~count_mask) | closed_bit | sealed_count,
-                                            std::memory_order_seq_cst, std::memory_order_seq_cst)) {
+        for (std::uint32_t l = 0; l < lane_count_; ++l) {
+            Lane& lane = lanes_[l];
+            // seq_cst: competes with claims, seals and opens on the same word.
+            std::uint64_t head = lane.head.load(std::memory_order_seq_cst);
+            while (!lane.head.compare_exchange_weak(
+                head, (head & ~count_mask) | closed_bit | sealed_count, std::memory_order_seq_cst,
+                std::memory_order_seq_cst)) {
+            }
+            const std::uint64_t count = head & count_mask;
+            if (count == 0) {
+                retire_unused(buffers_[buffer_of(head)]);  // the open batch was empty
+            } else if (count < batch_size_) {
+                seal_and_dispatch(buffer_of(head), static_cast<std::uint32_t>(count),
+                                  DispatchReason::close);
+            }  // else: a sealer owns that batch and dispatches it
         }
-        const std::uint64_t count = head & count_mask;
-        if (count == 0) {
-            retire_unused(buffers_[buffer_of(head)]);  // the open batch was empty
-        } else if (count < batch_size_) {
-            seal_and_dispatch(buffer_of(head), static_cast<std::uint32_t>(count),
-                              DispatchReason::close);
-        }  // else: a sealer owns that batch and dispatches it
         if (timer_.joinable()) {
             {
                 std::lock_guard<std::mutex> lock(timer_mutex_);
@@ -1192,18 +1283,18 @@ private:
     process_function process_;
     Clock clock_;
     std::uint32_t batch_size_ = 0;
-    std::uint32_t buffer_count_ = 0;
+    std::uint32_t lane_count_ = 1;
+    std::uint32_t buffers_per_lane_ = 0;
     std::int64_t max_delay_ticks_ = -1;
 
     std::unique_ptr<T, ItemsDeleter> items_{nullptr, ItemsDeleter{0}};
     std::unique_ptr<detail::Completion<R>[]> completions_;
     std::unique_ptr<std::atomic<std::uint8_t>[]> slot_states_;
     std::unique_ptr<Buffer[]> buffers_;
+    std::unique_ptr<Lane[]> lanes_;
 
-    // Every producer hits head_: it has a cache line to itself.
-    alignas(detail::cache_line_size) std::atomic<std::uint64_t> head_{0};
     alignas(detail::cache_line_size) std::atomic<bool> timer_idle_{false};
-    std::atomic<std::uint64_t> next_sequence_{0};
+    std::atomic<std::uint64_t> dispatched_batches_{0};
     std::atomic<std::uint64_t> in_flight_items_{0};
     std::atomic<std::uint32_t> slow_producers_{0};
     std::atomic<std::uint32_t> space_waiters_{0};

@@ -30,7 +30,8 @@ namespace microbatch {
  * |------------------|---------|-------------------------------------------------------------|
  * | `max_batch_size` | 64      | a batch is dispatched as soon as it holds this many items    |
  * | `max_delay`      | 1 ms    | ...or when its oldest item has waited this long              |
- * | `capacity`       | 0 = 4 x max_batch_size | items accepted but not yet completed          |
+ * | `capacity`       | 0 = 4 x max_batch_size x lanes | items accepted but not yet completed  |
+ * | `lanes`          | 1       | independent fill lanes; producers spread over them           |
  * | `workers`        | 1       | threads of the batcher's own pool (ignored with `executor`)  |
  * | `executor`       | none    | run batches on this executor instead of an owned pool        |
  *
@@ -40,6 +41,8 @@ class Options {
 public:
     /// Largest batch size supported (the batch slot counter uses 24 bits).
     static constexpr std::size_t max_supported_batch_size = std::size_t{1} << 22;
+    /// Most lanes supported.
+    static constexpr std::size_t max_supported_lanes = 256;
 
     /// @brief The size bound B: a batch is dispatched (reason `full`) when it holds B items.
     std::size_t max_batch_size() const noexcept { return max_batch_size_; }
@@ -71,10 +74,11 @@ public:
     /**
      * @brief The bound on items accepted but not yet completed (queued, filling or processing).
      *
-     * 0 (the default) means 4 x max_batch_size. Storage is reserved in whole batches: the
-     * batcher allocates ceil(capacity / max_batch_size) batch buffers of max_batch_size slots
-     * up front and never allocates more, so memory stays bounded by that rounded-up figure.
-     * When every buffer is in use, blocking submits wait and `try_submit` reports `full`.
+     * 0 (the default) means 4 x max_batch_size per lane. Storage is reserved in whole batches
+     * and split evenly over the lanes: each lane gets ceil(ceil(capacity / max_batch_size) /
+     * lanes) batch buffers of max_batch_size slots (at least one), allocated up front and never
+     * more, so memory stays bounded by that rounded-up figure. When every buffer of a
+     * producer's lane is in use, blocking submits wait and `try_submit` reports `full`.
      */
     std::size_t capacity() const noexcept { return capacity_; }
     /// @brief Sets the capacity; must be 0 (automatic) or at least max_batch_size.
@@ -101,6 +105,34 @@ public:
         return std::move(*this);
     }
 
+    /**
+     * @brief Number of independent fill lanes (default 1).
+     *
+     * Each lane has its own batch being filled, its own claim counter and its own share of the
+     * capacity; a producer thread always submits to the same lane (threads are spread over the
+     * lanes round-robin in the order they first submit to any batcher). With one lane, every
+     * producer claims slots on one shared atomic word; with as many lanes as concurrently
+     * submitting threads, producers no longer contend on it (measured: 2.0-2.8x the throughput
+     * of one lane with two producers, see README "Performance").
+     *
+     * The price: items of different lanes never share a batch, so at a given arrival rate each
+     * batch fills `lanes` times more slowly, and more batches leave on `max_delay` partially
+     * filled. Use more lanes when several threads submit at high rates; keep one when batches
+     * should be as full as possible. Every guarantee (size and time bounds, per-producer order,
+     * exactly-once) holds per lane and so for the batcher.
+     */
+    std::size_t lanes() const noexcept { return lanes_; }
+    /// @brief Sets the number of lanes; must be in [1, max_supported_lanes].
+    Options& lanes(std::size_t value) & noexcept {
+        lanes_ = value;
+        return *this;
+    }
+    /// @brief Rvalue overload, so that `auto o = Options{}.lanes(...)` moves.
+    Options&& lanes(std::size_t value) && noexcept {
+        lanes_ = value;
+        return std::move(*this);
+    }
+
     /// @brief The external executor batches run on; empty means "use an owned pool".
     const Executor& executor() const noexcept { return executor_; }
     /// @brief Runs batches on @p value (shared pools, the application's own pool).
@@ -114,16 +146,18 @@ public:
         return std::move(*this);
     }
 
-    /// @brief The capacity actually used: `capacity()`, or 4 x max_batch_size when it is 0.
+    /// @brief The capacity asked for: `capacity()`, or 4 x max_batch_size x lanes when it is 0
+    ///        (the batcher rounds it up to whole batches per lane, see `capacity`).
     std::size_t effective_capacity() const noexcept {
-        return capacity_ != 0 ? capacity_ : 4 * max_batch_size_;
+        return capacity_ != 0 ? capacity_ : 4 * max_batch_size_ * (lanes_ == 0 ? 1 : lanes_);
     }
 
     /**
      * @brief Throws `std::invalid_argument` naming the first invalid option and its value.
      *
      * Checks: max_batch_size in [1, max_supported_batch_size]; max_delay >= 0; capacity 0 or
-     * >= max_batch_size; workers >= 1 when no executor is set.
+     * >= max_batch_size; lanes in [1, max_supported_lanes]; workers >= 1 when no executor is
+     * set.
      */
     void validate() const {
         if (max_batch_size_ == 0 || max_batch_size_ > max_supported_batch_size) {
@@ -137,6 +171,10 @@ public:
         if (capacity_ != 0 && capacity_ < max_batch_size_) {
             fail("capacity must be 0 (automatic) or >= max_batch_size " +
                  std::to_string(max_batch_size_) + " (got " + std::to_string(capacity_) + ")");
+        }
+        if (lanes_ == 0 || lanes_ > max_supported_lanes) {
+            fail("lanes must be in [1, " + std::to_string(max_supported_lanes) + "] (got " +
+                 std::to_string(lanes_) + ")");
         }
         if (!executor_ && workers_ == 0) {
             fail("workers must be >= 1 when no executor is set (got 0)");
@@ -152,6 +190,7 @@ private:
     std::chrono::nanoseconds max_delay_ = std::chrono::milliseconds(1);
     std::size_t capacity_ = 0;
     std::size_t workers_ = 1;
+    std::size_t lanes_ = 1;
     Executor executor_;
 };
 

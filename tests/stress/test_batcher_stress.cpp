@@ -225,7 +225,8 @@ struct RoundConfig {
     std::size_t batch_size = 1;
     std::size_t capacity = 1;
     std::chrono::nanoseconds delay{0};
-    std::size_t workers = 1;   // 0: the shared external pool
+    std::size_t workers = 1;  // 0: the shared external pool
+    std::size_t lanes = 1;
     unsigned fail_one_in = 0;  // 0: no injected failures
     unsigned slow_one_in = 0;  // 0: no slow batches
     CloseMode close_mode = CloseMode::after_producers;
@@ -241,7 +242,7 @@ struct RoundConfig {
                " batch=" + std::to_string(batch_size) + " capacity=" + std::to_string(capacity) +
                " delay=" + delay_text +
                " workers=" + (workers == 0 ? std::string("shared pool") : std::to_string(workers)) +
-               " fail_one_in=" + std::to_string(fail_one_in) +
+               " lanes=" + std::to_string(lanes) + " fail_one_in=" + std::to_string(fail_one_in) +
                " slow_one_in=" + std::to_string(slow_one_in) + " close=" + to_string(close_mode) +
                " close_after_ops=" + std::to_string(close_after_ops);
     }
@@ -283,6 +284,7 @@ RoundConfig random_config(Random& random, std::size_t producers, std::size_t ite
             break;
     }
     config.workers = random.chance(30) ? 0 : static_cast<std::size_t>(random.between(1, 8));
+    config.lanes = random.chance(40) ? static_cast<std::size_t>(random.between(2, 4)) : 1;
     config.fail_one_in = random.chance(40) ? static_cast<unsigned>(random.between(2, 9)) : 0;
     config.slow_one_in = random.chance(30) ? static_cast<unsigned>(random.between(2, 6)) : 0;
     config.close_mode = static_cast<CloseMode>(random.between(0, 2));
@@ -523,6 +525,7 @@ RoundResult execute_round(const RoundConfig& config, microbatch::ThreadPool& sha
     Options options = Options{}
                           .max_batch_size(config.batch_size)
                           .capacity(config.capacity)
+                          .lanes(config.lanes)
                           .max_delay(config.delay);
     if (config.workers == 0) {
         options.executor(shared_pool.executor());
