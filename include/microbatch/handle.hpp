@@ -33,9 +33,10 @@ class Batcher;
  * recycled blocks (detail/handle_state.hpp). When the submitting thread also drops the handles
  * (submit, get, destroy), states are reused and nothing is allocated per item; when they are
  * dropped on other threads, one block is allocated per 32 items or so. Each thread keeps at
- * most about 18 KB per result type, freed when the thread exits. A state's result and exception
- * are destroyed as soon as its handle and its completion are gone. Destroying a handle without
- * calling `get()` is fine; the item is still processed.
+ * most about 18 KB per result type, freed when the thread exits; a block in use lives as long as
+ * any of its handles (so a long-lived handle keeps about 2 KB alive). A state's result and
+ * exception are destroyed as soon as its handle and its completion are gone. Destroying a
+ * handle without calling `get()` is fine; the item is still processed.
  *
  * Thread safety: one handle must not be used from two threads at once (like `std::future`); the
  * producing side (the batcher's worker) runs concurrently and safely.

@@ -14,12 +14,15 @@
  *
  * - Steady state: when the thread that submits also drops the last references (the usual
  *   submit, get, drop), blocks return to its own cache and are reused: no allocation per item.
- *   When the last references are dropped elsewhere, the submitting thread still allocates only
- *   one block per `capacity` items.
+ *   When the last references are dropped elsewhere (handles destroyed before their items
+ *   finish, so the worker's completion lets go last; or handed to other threads), the
+ *   submitting thread allocates one block per `capacity` items. A get() that races with the
+ *   worker (which releases its reference just after publishing the result) may leave a block
+ *   on either side.
  * - Memory bound: per thread and result type, one current block plus at most
- *   `HandleStatePool<R>::max_cached_blocks` empty ones (16 KB in all for small `R`); beyond
- *   that, a block lives exactly as long as one of its states is referenced (a long-lived handle
- *   keeps its whole block, about 2 KB, alive).
+ *   `HandleStatePool<R>::max_cached_blocks` empty ones (at most 16 KB); beyond that, a block
+ *   lives exactly as long as one of its states is referenced (a long-lived handle keeps its
+ *   whole block, about 2 KB, alive).
  * - Thread exit: the thread's pool frees its cached blocks and gives back the unused slots of
  *   its current block; that block is freed at once if its states are all gone, otherwise by the
  *   thread that releases its last state. No state depends on the thread that created it.
