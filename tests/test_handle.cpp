@@ -348,7 +348,7 @@ struct SubmitsAtThreadExit {
 
 }  // namespace
 
-TEST_CASE("Thread exit frees the thread's handle state pool; states outlive their thread",
+TEST_CASE("Thread exit frees the thread's handle state pool, and states outlive their thread",
           "[handle][recycle][concurrency]") {
     // Short-lived threads submit handles: some are consumed on the thread, some are handed to
     // this thread and released after the submitting thread has exited (its pool is gone by
