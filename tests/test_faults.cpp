@@ -36,6 +36,7 @@
 
 #include "catch_shim.hpp"
 #include "microbatch/batcher.hpp"
+#include "microbatch/detail/handle_state.hpp"
 #include "microbatch/thread_pool.hpp"
 #include "test_support.hpp"
 
@@ -903,31 +904,33 @@ TEST_CASE("Batcher handle submit reports std::bad_alloc and leaves the item unto
     std::string item = original;
     bool threw_bad_alloc = false;
     bool triggered = false;
-    {
-        // The handle's shared state is the first allocation of submit(): it fails.
-        FailAllocation fail;
-        try {
-            Handle<std::size_t> handle = batcher.submit(std::move(item));
-        } catch (const std::bad_alloc&) {
-            threw_bad_alloc = true;
-        }
-        triggered = fail.triggered();
-    }
-    CHECK(triggered);
-    CHECK(threw_bad_alloc);
-    CHECK(item == original);  // not moved from: the call never reached a slot
     Handle<std::size_t> try_handle;
     SubmitStatus status = SubmitStatus::closed;
-    threw_bad_alloc = false;
-    {
+    bool try_threw_bad_alloc = false;
+    // On a thread that has not used handles yet, the block its handle states come from is the
+    // first allocation of submit(): it fails. A failed allocation leaves the thread's pool
+    // empty, so try_submit's fails the same way.
+    std::thread([&] {
+        {
+            FailAllocation fail;
+            try {
+                Handle<std::size_t> handle = batcher.submit(std::move(item));
+            } catch (const std::bad_alloc&) {
+                threw_bad_alloc = true;
+            }
+            triggered = fail.triggered();
+        }
         FailAllocation fail;
         try {
             status = batcher.try_submit(std::move(item), try_handle);
         } catch (const std::bad_alloc&) {
-            threw_bad_alloc = true;
+            try_threw_bad_alloc = true;
         }
-    }
-    CHECK(threw_bad_alloc);                 // thrown, not reported as a status
+    }).join();
+    CHECK(triggered);
+    CHECK(threw_bad_alloc);
+    CHECK(item == original);                // not moved from: the call never reached a slot
+    CHECK(try_threw_bad_alloc);             // thrown, not reported as a status
     CHECK(status == SubmitStatus::closed);  // unchanged: try_submit did not return
     CHECK_FALSE(try_handle.valid());
     CHECK(item == original);
@@ -938,6 +941,44 @@ TEST_CASE("Batcher handle submit reports std::bad_alloc and leaves the item unto
     batcher.close();
     CHECK(handle.get() == 100);
     CHECK(batcher.stats().items_processed == 1);
+}
+
+TEST_CASE("Batcher handle submit allocates only when its thread's state pool needs a new block",
+          "[batcher][faults][bad_alloc][handle]") {
+    SKIP_WITHOUT_FAULT_INJECTION();
+    // Handle states are carved from blocks of states_per_block. On a fresh thread the first
+    // submit allocates a block; the next states_per_block - 1 submits allocate nothing, even
+    // with every allocation failing; the one after needs a new block (the handles are all still
+    // held, so no block is empty) and reports std::bad_alloc without accepting its item.
+    constexpr std::uint32_t per_block = microbatch::detail::HandleStatePool<int>::states_per_block;
+    Batcher<int, int> batcher(
+        Options{}.max_batch_size(8).max_delay(no_delay_bound).workers(1),
+        [](Batch<int>& batch) { return std::vector<int>(batch.begin(), batch.end()); });
+    std::vector<Handle<int>> handles;
+    handles.reserve(per_block + 1);
+    unsigned long attempts = 0;
+    bool next_block_threw = false;
+    std::thread([&] {
+        handles.push_back(batcher.submit(0));
+        FailAllAllocations fail;
+        for (std::uint32_t i = 1; i < per_block; ++i) {
+            handles.push_back(batcher.submit(static_cast<int>(i)));
+        }
+        attempts = fail.attempts();
+        try {
+            handles.push_back(batcher.submit(-1));
+        } catch (const std::bad_alloc&) {
+            next_block_threw = true;
+        }
+    }).join();
+    CHECK(attempts == 0);
+    CHECK(next_block_threw);
+    REQUIRE(handles.size() == per_block);
+    batcher.close();
+    for (std::uint32_t i = 0; i < per_block; ++i) {
+        CHECK(handles[i].get() == static_cast<int>(i));
+    }
+    CHECK(batcher.stats().items_processed == per_block);
 }
 
 TEST_CASE("Batcher callback, post, try_submit and submit_for allocate nothing per item",
@@ -971,16 +1012,17 @@ TEST_CASE("Batcher callback, post, try_submit and submit_for allocate nothing pe
     CHECK(not_accepted == 0);
     CHECK(attempts == 0);
 
-    // The handle path does allocate (its shared state), and says so with std::bad_alloc.
+    // The handle path allocates when its thread's state pool is empty (here, a fresh thread),
+    // and says so with std::bad_alloc.
     bool handle_threw = false;
-    {
+    std::thread([&] {
         FailAllAllocations fail;
         try {
             (void)batcher.submit(7);
         } catch (const std::bad_alloc&) {
             handle_threw = true;
         }
-    }
+    }).join();
     CHECK(handle_threw);
     batcher.close();
     CHECK(processed.load() == 40);

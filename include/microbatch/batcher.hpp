@@ -553,7 +553,7 @@ private:
     template <class U>
     SubmitStatus submit_with_handle(U&& item, WaitMode mode, Deadline deadline, Handle<R>& out) {
         // The handle owns one reference; the slot's completion gets the other on acceptance.
-        Handle<R> handle(new detail::HandleState<R>());
+        Handle<R> handle(detail::HandleState<R>::create());
         struct Unclaimed {  // releases the slot's reference if it was never handed out
             detail::HandleState<R>* state;
             ~Unclaimed() {

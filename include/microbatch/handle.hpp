@@ -4,18 +4,13 @@
  * @brief `microbatch::Handle<R>`: a future-like handle to the result of one submitted item.
  */
 
-#include <atomic>
 #include <chrono>
-#include <cstdint>
-#include <exception>
 #include <future>
-#include <mutex>
-#include <optional>
 #include <type_traits>
 #include <utility>
 
 #include "microbatch/detail/config.hpp"
-#include "microbatch/detail/parking_lot.hpp"
+#include "microbatch/detail/handle_state.hpp"
 #include "microbatch/errors.hpp"
 #include "microbatch/outcome.hpp"
 
@@ -23,100 +18,6 @@ namespace microbatch {
 
 template <class T, class R, class Clock>
 class Batcher;
-
-namespace detail {
-
-/**
- * @brief The state a Handle shares with the batch slot that will complete it.
- *
- * Two owners (the handle and the pending completion); the last one to let go deletes it.
- * Waiters park on a shared ParkingSpot, so a state costs no mutex of its own.
- */
-template <class R>
-class HandleState {
-public:
-    /// Stores the outcome and wakes waiters. Called exactly once, by the completing worker.
-    void set(Outcome<R>&& outcome) noexcept {
-        outcome_.emplace(std::move(outcome));
-        // acq_rel: release publishes outcome_ to the reader; acquire pairs with a waiter's
-        // fetch_or so that we see its waiting bit if it set it first.
-        const std::uint32_t previous = status_.fetch_or(ready_bit, std::memory_order_acq_rel);
-        if ((previous & waiting_bit) != 0) {
-            ParkingSpot& spot = parking_spot_for(this);
-            // Taking the mutex orders this notify after the waiter's wait() began (it holds
-            // the mutex from setting its bit until it sleeps), so the wake-up is not lost.
-            { std::lock_guard<std::mutex> lock(spot.mutex); }
-            spot.condition.notify_all();
-        }
-    }
-
-    bool ready() const noexcept {
-        // acquire: pairs with set()'s release so a true result makes outcome_ readable.
-        return (status_.load(std::memory_order_acquire) & ready_bit) != 0;
-    }
-
-    void wait() noexcept {
-        if (spin_until_ready()) {
-            return;
-        }
-        ParkingSpot& spot = parking_spot_for(this);
-        std::unique_lock<std::mutex> lock(spot.mutex);
-        if (announce_waiter()) {
-            return;
-        }
-        spot.condition.wait(lock, [this] { return ready(); });
-    }
-
-    template <class Clock, class Duration>
-    bool wait_until(const std::chrono::time_point<Clock, Duration>& deadline) noexcept {
-        if (spin_until_ready()) {
-            return true;
-        }
-        ParkingSpot& spot = parking_spot_for(this);
-        std::unique_lock<std::mutex> lock(spot.mutex);
-        if (announce_waiter()) {
-            return true;
-        }
-        return spot.condition.wait_until(lock, deadline, [this] { return ready(); });
-    }
-
-    Outcome<R>& outcome() noexcept { return *outcome_; }
-
-    /// Drops one of the two references; deletes the state when it was the last.
-    void release() noexcept {
-        // acq_rel: the deleting side must see every write the other owner made before letting go.
-        if (references_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-            delete this;
-        }
-    }
-
-private:
-    static constexpr std::uint32_t ready_bit = 1;
-    static constexpr std::uint32_t waiting_bit = 2;
-
-    bool spin_until_ready() const noexcept {
-        // Results usually arrive within a batch's processing time; a short spin avoids a futex
-        // round trip when they are nearly there.
-        for (int i = 0; i < 64; ++i) {
-            if (ready()) {
-                return true;
-            }
-        }
-        return false;
-    }
-
-    // Sets the waiting bit under the spot's mutex; returns true if the result is already there.
-    bool announce_waiter() noexcept {
-        // acq_rel: acquire so a ready result's outcome_ is visible; release is harmless.
-        return (status_.fetch_or(waiting_bit, std::memory_order_acq_rel) & ready_bit) != 0;
-    }
-
-    std::atomic<std::uint32_t> status_{0};
-    std::atomic<std::uint32_t> references_{2};
-    std::optional<Outcome<R>> outcome_;
-};
-
-}  // namespace detail
 
 /**
  * @brief A future-like handle to the result of one item submitted with `Batcher::submit(item)`.
@@ -127,9 +28,15 @@ private:
  * `wait_until` block without consuming the result. Calling anything but `valid()` on an
  * invalid handle throws `microbatch::Error`.
  *
- * A handle costs one heap allocation per item (its shared state) and no mutex: waiters park on
- * a small global table of condition variables. Destroying a handle without calling `get()` is
- * fine; the item is still processed.
+ * A handle takes no mutex (waiters park on a small global table of condition variables) and,
+ * in the steady state, no heap allocation: its shared state comes from a per-thread pool of
+ * recycled blocks (detail/handle_state.hpp). When the submitting thread also drops the handles
+ * (submit, get, destroy), states are reused and nothing is allocated per item; when they are
+ * dropped on other threads, one block is allocated per 32 items or so. Each thread keeps at
+ * most about 18 KB per result type, freed when the thread exits; a block in use lives as long as
+ * any of its handles (so a long-lived handle keeps about 2 KB alive). A state's result and
+ * exception are destroyed as soon as its handle and its completion are gone. Destroying a
+ * handle without calling `get()` is fine; the item is still processed.
  *
  * Thread safety: one handle must not be used from two threads at once (like `std::future`); the
  * producing side (the batcher's worker) runs concurrently and safely.
