@@ -134,7 +134,8 @@ private:
  * concurrently on the workers, so batches may *finish* out of order.
  *
  * **Submitting.** Three ways to learn an item's outcome: `submit(item)` returns a `Handle`
- * (future-like; one allocation per item); `submit(item, callback)` calls `callback(Outcome<R>)`
+ * (future-like; its state comes from a per-thread pool, so the steady state allocates nothing,
+ * see detail/handle_state.hpp); `submit(item, callback)` calls `callback(Outcome<R>)`
  * on the worker after the batch ran (no allocation: the callback is stored inline in the batch
  * slot and must fit `detail::Completion<R>::inline_size` bytes); `post(item)` and
  * `try_submit(item)` are fire-and-forget. Items are taken by forwarding reference and moved from
@@ -162,8 +163,9 @@ private:
  * No accepted item is lost or processed twice.
  *
  * **Performance.** The submit fast path is one atomic fetch-add on the lane's word plus writing
- * the item into its slot of a preallocated batch buffer: no mutex, no allocation (except the
- * Handle state in handle mode). Buffers are reused; the timer thread sleeps until the next deadline
+ * the item into its slot of a preallocated batch buffer: no mutex, no allocation (in handle
+ * mode, one block of handle states per 32 items when handles are not released on the submitting
+ * thread). Buffers are reused; the timer thread sleeps until the next deadline
  * or new work and never polls.
  *
  * Thread safety: every member function may be called concurrently from any thread, except that
