@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <functional>
@@ -449,4 +450,117 @@ TEST_CASE("ThreadPool reports its size and the number of queued tasks", "[thread
 TEST_CASE("ThreadPool rejects zero threads with a message naming the option", "[thread_pool]") {
     REQUIRE_THROWS_MATCHES(ThreadPool(0), std::invalid_argument,
                            Catch::Matchers::Message("ThreadPool: threads must be >= 1 (got 0)"));
+}
+
+// ---- Idle spinning ---------------------------------------------------------------------------
+// The policy is tested by recording waits directly; the pool tests below only check that tasks
+// are never stranded while workers move between running, spinning and sleeping (no timing).
+
+using microbatch::detail::IdleSpinPolicy;
+
+namespace {
+
+constexpr std::size_t history_length = IdleSpinPolicy::history_length;
+constexpr std::size_t min_short_waits = IdleSpinPolicy::min_short_waits;
+
+/// Records @p count waits into @p policy, all short or all long.
+void record_waits(IdleSpinPolicy& policy, std::size_t count, bool short_wait) {
+    for (std::size_t i = 0; i < count; ++i) {
+        policy.record_wait(short_wait);
+    }
+}
+
+}  // namespace
+
+TEST_CASE("IdleSpinPolicy starts spinning and stops once an idle pool's waits are long",
+          "[thread_pool][idle_spin]") {
+    STATIC_REQUIRE(min_short_waits > history_length / 2);  // a clear majority, see its comment
+    STATIC_REQUIRE(min_short_waits <= history_length);
+
+    IdleSpinPolicy policy;
+    REQUIRE(policy.should_spin());  // a new pool starts as if tasks were streaming
+    record_waits(policy, history_length - min_short_waits, false);
+    REQUIRE(policy.should_spin());
+    record_waits(policy, 1, false);
+    REQUIRE_FALSE(policy.should_spin());
+    record_waits(policy, 3 * history_length, false);  // idle for good: never spins again
+    REQUIRE_FALSE(policy.should_spin());
+}
+
+TEST_CASE("IdleSpinPolicy does not spin until enough of the recent waits were short",
+          "[thread_pool][idle_spin]") {
+    IdleSpinPolicy policy;
+    record_waits(policy, history_length, false);
+    REQUIRE_FALSE(policy.should_spin());
+
+    record_waits(policy, min_short_waits - 1, true);
+    REQUIRE_FALSE(policy.should_spin());
+    record_waits(policy, 1, true);
+    REQUIRE(policy.should_spin());
+    record_waits(policy, 3 * history_length, true);  // only the last history_length count
+    REQUIRE(policy.should_spin());
+}
+
+TEST_CASE("IdleSpinPolicy stops spinning after a few long waits in a row and starts again",
+          "[thread_pool][idle_spin]") {
+    IdleSpinPolicy policy;
+    record_waits(policy, history_length, true);
+    const std::size_t tolerated = history_length - min_short_waits;
+    for (std::size_t long_waits = 1; long_waits <= tolerated; ++long_waits) {
+        record_waits(policy, 1, false);
+        REQUIRE(policy.should_spin());
+    }
+    record_waits(policy, 1, false);
+    REQUIRE_FALSE(policy.should_spin());
+
+    // A stream that starts again is recognised once its short waits dominate the history.
+    record_waits(policy, min_short_waits - 1, true);
+    REQUIRE_FALSE(policy.should_spin());
+    record_waits(policy, 1, true);
+    REQUIRE(policy.should_spin());
+}
+
+TEST_CASE("IdleSpinPolicy never spins while short waits are not the clear majority",
+          "[thread_pool][idle_spin]") {
+    // Moderate load: now and then a batch is sealed just after the worker ran out of work,
+    // which must not make it spin. Here every window of history_length waits holds
+    // min_short_waits - 1 short ones.
+    IdleSpinPolicy policy;
+    record_waits(policy, history_length, false);
+    for (std::size_t i = 0; i < 10 * history_length; ++i) {
+        policy.record_wait(i % history_length < min_short_waits - 1);
+        REQUIRE_FALSE(policy.should_spin());
+    }
+}
+
+TEST_CASE("ThreadPool runs every task when bursts alternate with pauses that idle its workers",
+          "[thread_pool][idle_spin]") {
+    const std::size_t threads = GENERATE(as<std::size_t>{}, 1, 2, 4, 8);
+    constexpr std::size_t producers = 2;
+    constexpr int rounds = 60;
+    ThreadPool pool(threads);
+    std::atomic<int> ran{0};
+    int posted = 0;
+    for (int round = 0; round < rounds; ++round) {
+        // Bursts of 1..64 tasks per producer: long streams teach the workers to spin, single
+        // tasks after a pause find them asleep (or just giving up a spin).
+        const int burst = 1 + (round * 37) % 64;
+        test_support::run_concurrently(producers, [&](std::size_t) {
+            for (int i = 0; i < burst; ++i) {
+                pool.post([&ran] { ran.fetch_add(1); });
+            }
+        });
+        posted += static_cast<int>(producers) * burst;
+        if (round % 3 == 0) {
+            pool.wait_idle();
+        }
+        // Pauses from none to about a millisecond: shorter and longer than a spin.
+        std::this_thread::sleep_for(std::chrono::microseconds((round * 113) % 1100));
+    }
+    pool.wait_idle();
+    REQUIRE(ran == posted);
+
+    // A single task after the workers went back to sleep still runs.
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    REQUIRE(pool.submit([] { return 1; }).get() == 1);
 }

@@ -6,9 +6,11 @@
  */
 
 #include <atomic>
+#include <bitset>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
+#include <cstdint>
 #include <deque>
 #include <exception>
 #include <future>
@@ -48,6 +50,51 @@ void invoke_catching(Body&& body, OnException&& on_exception) {
 #endif
 }
 
+/**
+ * Decides, for one worker, whether to spin before it sleeps when it finds the queue empty.
+ *
+ * Spinning (yielding the core) pays while tasks stream in: the next task then finds the worker
+ * awake and its submitter skips the futex wake-up. It costs when the wait is long: on Linux
+ * (EEVDF) every `sched_yield` pushes the worker's virtual deadline out, so when the task that
+ * finally comes wakes the worker, the worker may not preempt a busy submitter on its CPU and
+ * waits out the submitter's time slice (up to milliseconds). So a worker spins only while
+ * nearly all its recent waits were short, that is a task came within `spin_window` of the worker
+ * running out of work (a spin would have caught it, or did). Otherwise it sleeps at once,
+ * without yielding, and keeps its scheduler credit for the wake-up.
+ *
+ * Guarantees: `should_spin()` is true only if at least `min_short_waits` of the last
+ * `history_length` waits were short, counting a fresh policy's history as all short; so after
+ * `history_length - min_short_waits + 1` long waits in a row it stops spinning until short waits
+ * dominate again. No clock reads, no shared state: one instance per worker (not thread-safe).
+ */
+class IdleSpinPolicy {
+public:
+    /// How long a spin lasts (give or take a few yields); also the longest wait that counts as
+    /// short.
+    static constexpr std::chrono::microseconds spin_window{50};
+    /// How many of the most recent waits are remembered.
+    static constexpr std::size_t history_length = 8;
+    /// How many of those must have been short for the next wait to spin. A spin that finds
+    /// nothing costs far more (a delayed wake-up) than a rewarded one saves (one futex
+    /// wake-up), hence a clear majority; a stream's waits are nearly all short.
+    static constexpr std::size_t min_short_waits = 6;
+
+    /// True when the next wait should start with a spin.
+    bool should_spin() const noexcept { return history_.count() >= min_short_waits; }
+
+    /// Records how the last wait ended: @p short_wait if a task came within `spin_window`.
+    void record_wait(bool short_wait) noexcept {
+        history_ <<= 1;
+        history_.set(0, short_wait);
+    }
+
+private:
+    // Bit i: the i-th most recent wait was short. Starts as if tasks were streaming: a new pool
+    // then picks up its first stream without a futex wake-up per task while it learns, and an
+    // idle one stops spinning after a few waits.
+    std::bitset<history_length> history_{(1ULL << history_length) - 1};
+};
+
 class ThreadPoolState;
 
 /// The pool state the calling thread is a worker of; null on threads that belong to no pool.
@@ -80,9 +127,21 @@ public:
             queue_.push_back(std::move(task));
             // relaxed: a hint for spinning workers, who re-check the queue under the mutex.
             queued_.store(queue_.size(), std::memory_order_relaxed);
-            // A busy worker looks at the queue again before it sleeps, so only a sleeping one
-            // needs a (comparatively expensive) notification.
-            wake_worker = sleeping_workers_ > 0;
+            // relaxed: only compared by spinning workers; load + store because only the mutex
+            // holder writes it, so no increment is lost without a locked instruction.
+            pushes_.store(pushes_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+            // Busy and spinning workers look at the queue again before they sleep, and so does
+            // a worker already notified, so only a sleeping one needs a (comparatively
+            // expensive) notification, and only for tasks that no spinning or already notified
+            // worker will take (each takes one, then comes back for more).
+            wake_worker = sleeping_workers_ > pending_wakes_ &&
+                          queue_.size() > spinning_workers_ + pending_wakes_;
+            if (wake_worker) {
+                ++pending_wakes_;
+                // For the woken worker's IdleSpinPolicy: when the task came, not when the
+                // worker got a core. Read only here, where a futex wake-up costs far more.
+                last_wake_at_ = std::chrono::steady_clock::now();
+            }
         }
         // Notify after unlocking so the woken worker does not immediately block on our mutex.
         if (wake_worker) {
@@ -108,20 +167,10 @@ public:
     void run_worker() {
         current_thread_pool_state = this;
         std::unique_lock<std::mutex> lock(mutex_);
+        IdleSpinPolicy idle_spin;
         for (;;) {
-            // Before sleeping, spin briefly: a steady stream of tasks (a batcher dispatching a
-            // batch every few microseconds) then finds a worker awake, and the submitter skips
-            // the futex wake-up that would otherwise dominate the cost of a small task.
             if (queue_.empty() && !stopping_) {
-                lock.unlock();
-                spin_for_work();
-                lock.lock();
-            }
-            // Counted around each wait (not once per sleep) so spurious wake-ups keep it exact.
-            while (queue_.empty() && !stopping_) {
-                ++sleeping_workers_;
-                work_available_.wait(lock);
-                --sleeping_workers_;
+                wait_for_work(lock, idle_spin);
             }
             if (queue_.empty()) {
                 break;  // stopping_ and drained: no task can arrive any more
@@ -150,19 +199,79 @@ public:
         current_thread_pool_state = nullptr;
     }
 
-    /// Spins (yielding the core) for up to about 50 microseconds or until a task or stop is
-    /// hinted. Called without the mutex.
-    void spin_for_work() const noexcept {
-        const auto give_up = std::chrono::steady_clock::now() + std::chrono::microseconds(50);
+    /**
+     * Waits (with @p lock held on entry and on return) until the queue is not empty or the pool
+     * stops. Spins first if @p idle_spin says recent waits were short: a steady stream of tasks
+     * (a batcher dispatching a batch every few microseconds) then finds this worker awake and
+     * the submitter skips the futex wake-up that would otherwise dominate the cost of a small
+     * task. Records in @p idle_spin whether a task came within its spin window.
+     */
+    void wait_for_work(std::unique_lock<std::mutex>& lock, IdleSpinPolicy& idle_spin) {
+        using Clock = std::chrono::steady_clock;
+        const Clock::time_point idle_since = Clock::now();
+        const Clock::time_point spin_until = idle_since + IdleSpinPolicy::spin_window;
+        // A spin that saw a task come in time is a short wait even if another worker took the
+        // task (this one then sleeps, as the other will be back for the next task): tasks are
+        // streaming in.
+        bool short_wait = false;
+        if (idle_spin.should_spin()) {
+            ++spinning_workers_;  // under the mutex: push() reads it there, see push()
+            // relaxed: written only under the mutex, which we hold.
+            const std::uint64_t pushes_before = pushes_.load(std::memory_order_relaxed);
+            lock.unlock();
+            spin_for_work(spin_until, pushes_before, short_wait);
+            lock.lock();
+            --spinning_workers_;
+        }
+        bool slept = false;
+        // Counted around each wait (not once per sleep) so spurious wake-ups keep it exact.
+        while (queue_.empty() && !stopping_) {
+            ++sleeping_workers_;
+            work_available_.wait(lock);
+            --sleeping_workers_;
+            // Whichever sleeper wakes first takes a pending wake-up off, notified or not: a
+            // spurious wake-up can only make the count low (one extra notification later),
+            // never high, so push() never counts on a worker that will not wake.
+            pending_wakes_ -= pending_wakes_ > 0 ? 1 : 0;
+            slept = true;
+        }
+        if (!short_wait) {
+            // The task's arrival: stamped by push() when it woke us, else seen just now.
+            const Clock::time_point arrived =
+                slept && last_wake_at_ >= idle_since ? last_wake_at_ : Clock::now();
+            short_wait = arrived <= spin_until;
+        }
+        idle_spin.record_wait(short_wait);
+    }
+
+    /**
+     * Spins (yielding the core) until a task or stop is hinted or until @p give_up. Sets
+     * @p saw_push if a task was pushed (the push count moved on from @p pushes_before) before
+     * @p give_up, even if another worker took it. Called without the mutex.
+     */
+    void spin_for_work(std::chrono::steady_clock::time_point give_up, std::uint64_t pushes_before,
+                       bool& saw_push) const noexcept {
+        using Clock = std::chrono::steady_clock;
         for (unsigned spin = 1;; ++spin) {
             // relaxed: hints only; the caller re-checks under the mutex before acting.
             if (queued_.load(std::memory_order_relaxed) != 0 ||
                 stopping_hint_.load(std::memory_order_relaxed)) {
+                // Not in time if found after give_up: one yield can hand the core to another
+                // thread for a whole time slice, and then spinning did not pay.
+                saw_push = saw_push || Clock::now() < give_up;
                 return;
             }
             std::this_thread::yield();  // lets a submitter on the same core make progress
-            if (spin % 16 == 0 && std::chrono::steady_clock::now() >= give_up) {
-                return;
+            // The clock only every 16 yields (read after each one, it measurably slowed
+            // streaming at B = 16): a spin may overrun give_up by a few yields.
+            if (spin % 16 == 0) {
+                if (Clock::now() >= give_up) {
+                    return;
+                }
+                // relaxed: a hint like queued_; a push seen late merely goes uncounted.
+                if (pushes_.load(std::memory_order_relaxed) != pushes_before) {
+                    saw_push = true;
+                }
             }
         }
     }
@@ -191,10 +300,14 @@ private:
     std::condition_variable became_idle_;     // wait_idle() callers wait here
     std::deque<Task> queue_;
     std::atomic<std::size_t> queued_{0};      // queue_.size(), readable without the mutex
+    std::atomic<std::uint64_t> pushes_{0};    // tasks ever pushed, readable without the mutex
     std::atomic<bool> stopping_hint_{false};  // stopping_, readable without the mutex
     std::size_t sleeping_workers_ = 0;        // workers blocked on work_available_
-    std::size_t running_tasks_ = 0;           // tasks taken from the queue and not yet finished
-    std::size_t idle_waiters_ = 0;            // threads blocked in wait_idle()
+    std::size_t spinning_workers_ = 0;        // workers in spin_for_work(), see push()
+    std::size_t pending_wakes_ = 0;           // notified sleeping workers not yet awake
+    std::chrono::steady_clock::time_point last_wake_at_;  // when push() last notified
+    std::size_t running_tasks_ = 0;  // tasks taken from the queue and not yet finished
+    std::size_t idle_waiters_ = 0;   // threads blocked in wait_idle()
     std::size_t task_exceptions_ = 0;
     bool stopping_ = false;
 };
@@ -245,9 +358,14 @@ private:
  * pool.wait_idle();
  * @endcode
  *
- * Waking: a worker that runs out of tasks yield-spins for up to about 50 microseconds before it
- * sleeps on a condition variable, so a steady stream of tasks (a batch every few microseconds)
- * is picked up without a futex wake-up per task; an idle pool sleeps and uses no CPU.
+ * Waking: a worker that runs out of tasks while tasks are streaming in (at least 6 of its last 8
+ * waits ended within 50 microseconds; a new worker counts as streaming) yield-spins for up to 50
+ * microseconds before it sleeps on a condition variable, so a steady stream (a batch every few
+ * microseconds) is picked up without a futex wake-up per task. Otherwise it sleeps at once:
+ * yielding would cost it scheduler credit and delay its wake-up behind a busy submitter when the
+ * next task comes. An idle pool sleeps and uses no CPU (after at most three spins per worker);
+ * posting wakes a sleeping worker only when no spinning or already woken worker will take the
+ * task.
  *
  * Lifetime: `shutdown()` (also run by the destructor) stops accepting work, runs every task
  * already queued, then joins the workers, so no accepted task is lost. A task may call
