@@ -505,6 +505,8 @@ private:
         // Lane batch numbers start at n = buffers_per_lane_, so "lane batch s finished" can be
         // tested as the lane's buffer s % n having finished_sequence >= s for every s, including
         // the virtual batches 0..n-1 that stand for "this buffer has never been used".
+        // relaxed stores below: no other thread sees the batcher yet; starting the timer thread
+        // (and the caller sharing the constructed batcher) publishes them.
         const std::uint32_t n = buffers_per_lane_;
         for (std::uint32_t l = 0; l < lane_count_; ++l) {
             Lane& lane = lanes_[l];
