@@ -23,6 +23,7 @@
 #include "microbatch/batcher.hpp"
 #include "microbatch/detail/handle_state.hpp"
 #include "microbatch/thread_pool.hpp"
+#include "replace_operator_new.hpp"
 #include "test_support.hpp"
 
 using microbatch::Batch;
@@ -37,22 +38,9 @@ using microbatch::SubmitStatus;
 // Every block carries a 16-byte prefix (malloc's pointer and the requested size) just below the
 // pointer handed out, so every form of operator delete can free it and account for its size.
 
-// Clang links its sanitizer runtimes statically with --whole-archive, and they define operator
-// new themselves: a replacement cannot link there, so these cases skip under clang's ASan/TSan.
-// g++'s shared runtimes are interposed by the replacement, so the cases run under g++ sanitizers.
-#if defined(__clang__) && defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || \
-    __has_feature(memory_sanitizer)
-#define ALLOCATION_COUNTING_ENABLED 0
-#endif
-#endif
-#ifndef ALLOCATION_COUNTING_ENABLED
-#define ALLOCATION_COUNTING_ENABLED 1
-#endif
-
 namespace counting {
 
-constexpr bool enabled = ALLOCATION_COUNTING_ENABLED != 0;
+constexpr bool enabled = MICROBATCH_TEST_REPLACES_NEW != 0;
 
 // Process-wide figures. Relaxed: statistics, read by the test thread after the threads that
 // allocated have been synchronised with (wait_idle, close, join).
@@ -77,15 +65,7 @@ struct Prefix {
 };
 static_assert(sizeof(Prefix) <= prefix, "the prefix must fit");
 
-#if defined(_MSC_VER)
-#define ALLOCATION_COUNTING_NOINLINE __declspec(noinline)
-#else
-#define ALLOCATION_COUNTING_NOINLINE __attribute__((noinline))
-#endif
-
-// Out of line so that g++ does not pair the malloc()/free() inside with operator new/delete and
-// warn (-Wmismatched-new-delete) about what is a matched replacement pair.
-ALLOCATION_COUNTING_NOINLINE void* allocate(std::size_t size, std::size_t alignment) noexcept {
+void* allocate(std::size_t size, std::size_t alignment) noexcept {
     alignment = std::max(alignment, prefix);
     void* raw = std::malloc(size + alignment + prefix);
     if (raw == nullptr) {
@@ -110,7 +90,7 @@ ALLOCATION_COUNTING_NOINLINE void* allocate(std::size_t size, std::size_t alignm
     return reinterpret_cast<void*>(user);
 }
 
-ALLOCATION_COUNTING_NOINLINE void release(void* memory) noexcept {
+void release(void* memory) noexcept {
     if (memory == nullptr) {
         return;
     }
@@ -122,13 +102,6 @@ ALLOCATION_COUNTING_NOINLINE void release(void* memory) noexcept {
     std::free(block->raw);
 }
 
-void* allocate_or_throw(std::size_t size, std::size_t alignment) {
-    if (void* memory = allocate(size, alignment)) {
-        return memory;
-    }
-    throw std::bad_alloc();
-}
-
 /// Restarts the peak at the current live figure.
 inline void reset_peak() {
     peak_live_bytes.store(live_bytes.load(std::memory_order_relaxed), std::memory_order_relaxed);
@@ -136,68 +109,12 @@ inline void reset_peak() {
 
 }  // namespace counting
 
-#if ALLOCATION_COUNTING_ENABLED
-void* operator new(std::size_t size) {
-    return counting::allocate_or_throw(size, 0);
+void* test_allocate(std::size_t size, std::size_t alignment) noexcept {
+    return counting::allocate(size, alignment);
 }
-void* operator new[](std::size_t size) {
-    return counting::allocate_or_throw(size, 0);
+void test_release(void* memory, bool) noexcept {
+    counting::release(memory);  // the prefix handles both layouts
 }
-void* operator new(std::size_t size, const std::nothrow_t&) noexcept {
-    return counting::allocate(size, 0);
-}
-void* operator new[](std::size_t size, const std::nothrow_t&) noexcept {
-    return counting::allocate(size, 0);
-}
-void* operator new(std::size_t size, std::align_val_t align) {
-    return counting::allocate_or_throw(size, static_cast<std::size_t>(align));
-}
-void* operator new[](std::size_t size, std::align_val_t align) {
-    return counting::allocate_or_throw(size, static_cast<std::size_t>(align));
-}
-void* operator new(std::size_t size, std::align_val_t align, const std::nothrow_t&) noexcept {
-    return counting::allocate(size, static_cast<std::size_t>(align));
-}
-void* operator new[](std::size_t size, std::align_val_t align, const std::nothrow_t&) noexcept {
-    return counting::allocate(size, static_cast<std::size_t>(align));
-}
-void operator delete(void* memory) noexcept {
-    counting::release(memory);
-}
-void operator delete[](void* memory) noexcept {
-    counting::release(memory);
-}
-void operator delete(void* memory, std::size_t) noexcept {
-    counting::release(memory);
-}
-void operator delete[](void* memory, std::size_t) noexcept {
-    counting::release(memory);
-}
-void operator delete(void* memory, const std::nothrow_t&) noexcept {
-    counting::release(memory);
-}
-void operator delete[](void* memory, const std::nothrow_t&) noexcept {
-    counting::release(memory);
-}
-void operator delete(void* memory, std::align_val_t) noexcept {
-    counting::release(memory);
-}
-void operator delete[](void* memory, std::align_val_t) noexcept {
-    counting::release(memory);
-}
-void operator delete(void* memory, std::size_t, std::align_val_t) noexcept {
-    counting::release(memory);
-}
-void operator delete[](void* memory, std::size_t, std::align_val_t) noexcept {
-    counting::release(memory);
-}
-void operator delete(void* memory, std::align_val_t, const std::nothrow_t&) noexcept {
-    counting::release(memory);
-}
-void operator delete[](void* memory, std::align_val_t, const std::nothrow_t&) noexcept {
-    counting::release(memory);
-}
-#endif  // ALLOCATION_COUNTING_ENABLED
 
 namespace {
 

@@ -38,6 +38,7 @@
 #include "microbatch/batcher.hpp"
 #include "microbatch/detail/handle_state.hpp"
 #include "microbatch/thread_pool.hpp"
+#include "replace_operator_new.hpp"
 #include "test_support.hpp"
 
 using namespace std::chrono_literals;
@@ -51,29 +52,17 @@ using test_support::Gate;
 
 // ---- A global allocator that fails on demand --------------------------------------------------
 //
-// Replaces every form of global operator new/delete in this test program. By default it just
-// forwards to malloc/free. A test arms it on its own thread: fail the Nth next allocation
-// (FailAllocation), or every allocation (FailAllAllocations). The switches are thread-local, so a
+// Every form of global operator new/delete in this test program comes here (through
+// replace_operator_new.hpp). By default it just forwards to malloc/free. A test arms it on its
+// own thread: fail the Nth next allocation (FailAllocation), or every allocation
+// (FailAllAllocations). The switches are thread-local, so a
 // worker's allocations are not affected by the test thread's switch unless the worker arms its
 // own (as the worker-side cases do from inside process_batch).
-
-// Clang links its sanitizer runtimes statically with --whole-archive, and they define operator
-// new themselves: a replacement cannot link there. g++ uses shared runtimes, which a replacement
-// in the executable interposes, so the allocator cases still run under g++'s ASan and TSan.
-#if defined(__clang__) && defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || \
-    __has_feature(memory_sanitizer)
-#define FAULT_INJECTION_ENABLED 0
-#endif
-#endif
-#ifndef FAULT_INJECTION_ENABLED
-#define FAULT_INJECTION_ENABLED 1
-#endif
 
 namespace fault_injection {
 
 /// False when operator new could not be replaced: the cases that inject std::bad_alloc skip.
-constexpr bool enabled = FAULT_INJECTION_ENABLED != 0;
+constexpr bool enabled = MICROBATCH_TEST_REPLACES_NEW != 0;
 
 thread_local long countdown = -1;            // -1: disarmed; N: let N pass, fail the next
 thread_local bool fail_every = false;        // fail every allocation on this thread
@@ -97,12 +86,6 @@ inline bool should_fail() noexcept {
     --countdown;
     return false;
 }
-
-#if defined(_MSC_VER)
-#define FAULT_INJECTION_NOINLINE __declspec(noinline)
-#else
-#define FAULT_INJECTION_NOINLINE __attribute__((noinline))
-#endif
 
 inline void* allocate(std::size_t size) noexcept {
     if (should_fail()) {
@@ -128,13 +111,11 @@ inline void* allocate_aligned(std::size_t size, std::align_val_t align) noexcept
     return reinterpret_cast<void*>(aligned);
 }
 
-// Out of line, so g++ does not pair an inlined free() with operator new and warn
-// (-Wmismatched-new-delete) about what is a matched replacement pair.
-FAULT_INJECTION_NOINLINE void release(void* memory) noexcept {
+inline void release(void* memory) noexcept {
     std::free(memory);
 }
 
-FAULT_INJECTION_NOINLINE void release_aligned(void* memory) noexcept {
+inline void release_aligned(void* memory) noexcept {
     if (memory != nullptr) {
         std::free(static_cast<void**>(memory)[-1]);
     }
@@ -142,80 +123,17 @@ FAULT_INJECTION_NOINLINE void release_aligned(void* memory) noexcept {
 
 }  // namespace fault_injection
 
-#if FAULT_INJECTION_ENABLED
-void* operator new(std::size_t size) {
-    if (void* memory = fault_injection::allocate(size)) {
-        return memory;
+void* test_allocate(std::size_t size, std::size_t alignment) noexcept {
+    return alignment == 0 ? fault_injection::allocate(size)
+                          : fault_injection::allocate_aligned(size, std::align_val_t{alignment});
+}
+void test_release(void* memory, bool aligned) noexcept {
+    if (aligned) {
+        fault_injection::release_aligned(memory);
+    } else {
+        fault_injection::release(memory);
     }
-    throw std::bad_alloc();
 }
-void* operator new[](std::size_t size) {
-    if (void* memory = fault_injection::allocate(size)) {
-        return memory;
-    }
-    throw std::bad_alloc();
-}
-void* operator new(std::size_t size, const std::nothrow_t&) noexcept {
-    return fault_injection::allocate(size);
-}
-void* operator new[](std::size_t size, const std::nothrow_t&) noexcept {
-    return fault_injection::allocate(size);
-}
-void* operator new(std::size_t size, std::align_val_t align) {
-    if (void* memory = fault_injection::allocate_aligned(size, align)) {
-        return memory;
-    }
-    throw std::bad_alloc();
-}
-void* operator new[](std::size_t size, std::align_val_t align) {
-    if (void* memory = fault_injection::allocate_aligned(size, align)) {
-        return memory;
-    }
-    throw std::bad_alloc();
-}
-void* operator new(std::size_t size, std::align_val_t align, const std::nothrow_t&) noexcept {
-    return fault_injection::allocate_aligned(size, align);
-}
-void* operator new[](std::size_t size, std::align_val_t align, const std::nothrow_t&) noexcept {
-    return fault_injection::allocate_aligned(size, align);
-}
-void operator delete(void* memory) noexcept {
-    fault_injection::release(memory);
-}
-void operator delete[](void* memory) noexcept {
-    fault_injection::release(memory);
-}
-void operator delete(void* memory, std::size_t) noexcept {
-    fault_injection::release(memory);
-}
-void operator delete[](void* memory, std::size_t) noexcept {
-    fault_injection::release(memory);
-}
-void operator delete(void* memory, const std::nothrow_t&) noexcept {
-    fault_injection::release(memory);
-}
-void operator delete[](void* memory, const std::nothrow_t&) noexcept {
-    fault_injection::release(memory);
-}
-void operator delete(void* memory, std::align_val_t) noexcept {
-    fault_injection::release_aligned(memory);
-}
-void operator delete[](void* memory, std::align_val_t) noexcept {
-    fault_injection::release_aligned(memory);
-}
-void operator delete(void* memory, std::size_t, std::align_val_t) noexcept {
-    fault_injection::release_aligned(memory);
-}
-void operator delete[](void* memory, std::size_t, std::align_val_t) noexcept {
-    fault_injection::release_aligned(memory);
-}
-void operator delete(void* memory, std::align_val_t, const std::nothrow_t&) noexcept {
-    fault_injection::release_aligned(memory);
-}
-void operator delete[](void* memory, std::align_val_t, const std::nothrow_t&) noexcept {
-    fault_injection::release_aligned(memory);
-}
-#endif  // FAULT_INJECTION_ENABLED
 
 namespace {
 
