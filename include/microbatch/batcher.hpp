@@ -33,6 +33,7 @@
 #include "microbatch/handle.hpp"
 #include "microbatch/options.hpp"
 #include "microbatch/outcome.hpp"
+#include "microbatch/seal_policy.hpp"
 #include "microbatch/stats.hpp"
 #include "microbatch/thread_pool.hpp"
 
@@ -328,13 +329,96 @@ public:
         std::uint64_t filling = 0;
         for (std::uint32_t l = 0; l < lane_count_; ++l) {
             // relaxed: a statistic; no data is read through it.
-            const std::uint64_t head = lanes_[l].head.load(std::memory_order_relaxed);
-            const std::uint64_t count = head & count_mask;
-            const bool open = (head & closed_bit) == 0 && count < batch_size_;
-            filling += open ? count : 0;
+            filling += filling_count(lanes_[l].head.load(std::memory_order_relaxed));
         }
         stats_.snapshot(result, filling);
         return result;
+    }
+
+    /**
+     * @brief Accepted items not yet finished: in the batch being filled, sealed and waiting,
+     *        or running. Thread-safe, lock-free, O(lanes); a snapshot that may be stale by the
+     *        time it returns.
+     */
+    std::size_t pending() const noexcept {
+        // relaxed: a statistic; no data is read through these counters.
+        std::uint64_t filling = 0;
+        for (std::uint32_t l = 0; l < lane_count_; ++l) {
+            filling += filling_count(lanes_[l].head.load(std::memory_order_relaxed));
+        }
+        return static_cast<std::size_t>(in_flight_items_.load(std::memory_order_relaxed) + filling);
+    }
+
+    /**
+     * @brief Sets the batch size bound for batches opened from now on (the batch being filled
+     *        keeps the bound it opened with). Thread-safe; lock-free.
+     *
+     * Storage stays what was reserved for the constructed `max_batch_size`: each batch still
+     * occupies one buffer of that size, so with a smaller bound producers block after
+     * ceil(capacity / constructed size) batches rather than after `capacity` items.
+     * @throws std::invalid_argument unless 1 <= @p size <= the constructed max_batch_size.
+     */
+    void set_max_batch_size(std::size_t size) {
+        if (size == 0 || size > batch_size_) {
+            MICROBATCH_THROW(std::invalid_argument(
+                "microbatch::Batcher::set_max_batch_size: size must be in [1, " +
+                std::to_string(batch_size_) + "] (the constructed max_batch_size; got " +
+                std::to_string(size) + ")"));
+        }
+        // relaxed: read by open_buffer() for the next batch; no data is published with it.
+        current_batch_size_.store(static_cast<std::uint32_t>(size), std::memory_order_relaxed);
+        refresh_producer_threshold();
+    }
+
+    /**
+     * @brief Sets the time bound; effective for every decision from now on (the batch being
+     *        filled included). `nanoseconds::max()` disables it. Thread-safe; wakes the timer.
+     * @throws std::invalid_argument if @p delay is negative.
+     */
+    void set_max_delay(std::chrono::nanoseconds delay) {
+        if (delay.count() < 0) {
+            MICROBATCH_THROW(std::invalid_argument(
+                "microbatch::Batcher::set_max_delay: max_delay must not be negative (got " +
+                std::to_string(delay.count()) + "ns)"));
+        }
+        const std::int64_t ticks = delay == std::chrono::nanoseconds::max()
+                                       ? -1
+                                       : std::chrono::ceil<typename Clock::duration>(delay).count();
+        // relaxed: a setting; the timer re-reads it under timer_mutex_ after the notify below.
+        max_delay_ticks_.store(ticks, std::memory_order_relaxed);
+        refresh_producer_threshold();
+        wake_timer();
+    }
+
+    /**
+     * @brief Sets the in-flight limit (0 = automatic, as in Options::max_in_flight), effective
+     *        for every decision from now on. Thread-safe; wakes the timer. Raising it above the
+     *        value the batcher was built with can make producers block before `capacity` items
+     *        (storage for partial batches was reserved for the constructed limit).
+     */
+    void set_max_in_flight(std::size_t limit) {
+        Options probe = options_;
+        probe.max_in_flight(limit);
+        // relaxed: a setting; see set_max_delay.
+        max_in_flight_.store(probe.effective_max_in_flight(), std::memory_order_relaxed);
+        refresh_producer_threshold();
+        wake_timer();
+        seal_for_free_worker();  // a higher limit may free a worker for a held batch
+    }
+
+    /// @brief The batch size bound in force (see set_max_batch_size). Thread-safe.
+    std::size_t max_batch_size() const noexcept {
+        return current_batch_size_.load(std::memory_order_relaxed);
+    }
+    /// @brief The time bound in force (`nanoseconds::max()` when disabled). Thread-safe.
+    std::chrono::nanoseconds max_delay() const noexcept {
+        const std::int64_t ticks = max_delay_ticks_.load(std::memory_order_relaxed);
+        return ticks < 0 ? std::chrono::nanoseconds::max()
+                         : std::chrono::nanoseconds(to_nanoseconds(ticks));
+    }
+    /// @brief The in-flight limit in force (resolved: never 0). Thread-safe.
+    std::size_t max_in_flight() const noexcept {
+        return max_in_flight_.load(std::memory_order_relaxed);
     }
 
     /// @brief The options the batcher was built with.
@@ -362,6 +446,7 @@ private:
     static constexpr std::uint64_t sealed_count = std::uint64_t{1} << 23;
     static constexpr std::size_t max_buffers = buffer_mask + 1;
     static constexpr std::int64_t unset_time = std::numeric_limits<std::int64_t>::min();
+    static constexpr std::uint32_t no_buffer = std::numeric_limits<std::uint32_t>::max();
     static std::uint64_t make_head(std::uint64_t sequence, std::uint64_t buffer) noexcept {
         return ((sequence & tag_mask) << tag_shift) | (buffer << buffer_shift);
     }
@@ -383,10 +468,23 @@ private:
         alignas(detail::cache_line_size) std::atomic<std::uint64_t> head{0};
         alignas(detail::cache_line_size) std::atomic<std::uint64_t> next_sequence{0};
         std::uint32_t first_buffer = 0;  // index in buffers_ of the lane's buffer 0
+        // Capacity in items: the lane's share of `capacity` not yet granted to a batch. A
+        // buffer opens with min(batch size, free_items) slots; sealing returns the slots its
+        // batch did not use, finishing returns the rest. Written once or twice per batch.
+        std::atomic<std::int64_t> free_items{0};
+        // The lane's next buffer, when it could not open for want of free items (no_buffer
+        // otherwise): the thread returning items opens it. seq_cst handshake, see try_open().
+        std::atomic<std::uint32_t> parked{no_buffer};
     };
 
     struct alignas(detail::cache_line_size) Buffer {
         std::atomic<std::int64_t> opened_at{unset_time};  // clock ticks when slot 0 was claimed
+        // First slot of the current use: max_batch_size (as constructed) - the batch size in
+        // force when the buffer opened; the head's count starts here, so a batch is full when
+        // the count reaches the constructed size whatever the current one. Written by the
+        // opener before the head CAS that publishes the buffer; relaxed accesses suffice for
+        // every reader that acquired that head (the stats() reader tolerates a stale value).
+        std::atomic<std::uint32_t> start{0};
         std::atomic<std::uint64_t> sequence{0};           // batch number of the current use
         std::atomic<std::uint64_t> finished_sequence{0};  // batch number of the last finished use
         std::atomic<std::uint32_t> arrivals{0};           // "free" + "predecessor sealed" events
@@ -420,6 +518,26 @@ private:
     };
     void initialise();  // detail/batcher_seal.hpp
 
+    // Items in the batch being filled described by @p head (0 if it is sealed or closed).
+    std::uint64_t filling_count(std::uint64_t head) const noexcept {
+        const std::uint64_t count = head & count_mask;
+        if ((head & closed_bit) != 0 || count >= batch_size_) {
+            return 0;
+        }
+        // relaxed: see Buffer::start; a stale value only skews a statistic.
+        const std::uint64_t start = buffers_[buffer_of(head)].start.load(std::memory_order_relaxed);
+        return count > start ? count - start : 0;
+    }
+
+    // ---- Load, policy inputs: detail/batcher_policy.hpp ------------------------------------
+    LoadEstimate load_estimate() const noexcept;
+    SealInputs policy_inputs(SealTrigger trigger, std::int64_t now, std::size_t count,
+                             std::int64_t opened_at, std::int64_t last_change_at) const noexcept;
+    void note_sealed(std::uint32_t size, std::int64_t now) noexcept;
+    void refresh_producer_threshold() noexcept;
+    void wake_timer();
+    void seal_for_free_worker();
+
     // ---- Submission: detail/batcher_submit.hpp --------------------------------------------
 
     static bool no_completion(detail::Completion<R>&) noexcept { return false; }
@@ -449,7 +567,8 @@ private:
     template <class U, class Store>
     SubmitStatus submit_impl(U&& item, WaitMode mode, Deadline deadline, Store&& store);
     template <class U, class Store>
-    SubmitStatus fill_slot(std::uint64_t head, std::uint32_t index, U&& item, Store& store);
+    SubmitStatus fill_slot(Lane& lane, std::uint64_t head, std::uint32_t index, U&& item,
+                           Store& store);
     void note_batch_opened(Buffer& buffer, bool needs_timer);
     SubmitStatus wait_for_space(Lane& lane, WaitMode mode, Deadline deadline);
     SubmitStatus wait_for_space_registered(Lane& lane, WaitMode mode, Deadline deadline);
@@ -461,6 +580,9 @@ private:
     void post_batch(std::uint32_t buffer);
     void arrive(std::uint32_t index);
     void open_buffer(std::uint32_t index);
+    void try_open(std::uint32_t index);
+    std::int64_t take_items(Lane& lane, std::int64_t wanted) noexcept;
+    void return_items(Lane& lane, std::int64_t count);
     void retire_unused(Buffer& buffer);
     static void mark_finished(Buffer& buffer, std::uint64_t sequence) noexcept;
 
@@ -481,7 +603,6 @@ private:
     // ---- Timer: detail/batcher_timer.hpp --------------------------------------------------
 
     void run_timer();
-    Lane* earliest_deadline(std::uint64_t& head, std::int64_t& deadline) const noexcept;
     bool current_batch_start(const Lane& lane, std::uint64_t& head,
                              std::int64_t& opened_at) const noexcept;
 
@@ -511,12 +632,41 @@ private:
     std::uint32_t batch_size_ = 0;
     std::uint32_t lane_count_ = 1;
     std::uint32_t buffers_per_lane_ = 0;
-    std::int64_t max_delay_ticks_ = -1;
+    bool seal_early_ = true;
+
+    // Settings changeable at run time (relaxed: each is one independent value).
+    std::atomic<std::uint32_t> current_batch_size_{0};
+    std::atomic<std::int64_t> max_delay_ticks_{-1};
+    std::atomic<std::size_t> max_in_flight_{1};
+    // Producers seal once their batch holds this many items and a worker is free
+    // (producer_seal_threshold(); recomputed at every seal and setter).
+    std::atomic<std::uint32_t> producer_threshold_{0};
+
+    // Batches dispatched and not finished: the in-flight limit's counter. Its own cache line:
+    // producers read it when their batch reaches the threshold, sealers and workers write it.
+    alignas(detail::cache_line_size) std::atomic<std::uint64_t> in_flight_batches_{0};
+    // The timer sleeps without a deadline because every worker is busy; a finishing worker
+    // must wake it (seq_cst Dekker handshake with in_flight_batches_).
+    std::atomic<bool> timer_waits_for_worker_{false};
+    // Arrival-rate estimate: exponentially weighted items and nanoseconds between seals.
+    // Updated by whichever thread seals, without a lock: concurrent seals may lose one sample,
+    // which only makes the estimate a little less smooth.
+    alignas(detail::cache_line_size) std::atomic<std::int64_t> last_seal_at_{unset_time};
+    std::atomic<double> rate_items_{0.0};
+    std::atomic<double> rate_nanoseconds_{0.0};
+    std::atomic<std::uint64_t> rate_samples_{0};
     std::unique_ptr<T, ItemsDeleter> items_{nullptr, ItemsDeleter{0}};
     std::unique_ptr<detail::Completion<R>[]> completions_;
     std::unique_ptr<std::atomic<std::uint8_t>[]> slot_states_;
     std::unique_ptr<Buffer[]> buffers_;
     std::unique_ptr<Lane[]> lanes_;
+    // The timer's memory of each lane's batch (run_timer), allocated before the timer starts.
+    struct TimerSeen {
+        std::uint64_t batch = ~std::uint64_t{0};  // head without the count: which batch
+        std::uint64_t count = 0;
+        std::int64_t changed_at = unset_time;
+    };
+    std::unique_ptr<TimerSeen[]> timer_seen_;
 
     alignas(detail::cache_line_size) std::atomic<bool> timer_idle_{false};
     std::atomic<std::uint64_t> dispatched_batches_{0};
@@ -548,6 +698,7 @@ private:
 
 // The member functions, one file per step of an item's path (see each file's header comment).
 #include "microbatch/detail/batcher_close.hpp"
+#include "microbatch/detail/batcher_policy.hpp"
 #include "microbatch/detail/batcher_run.hpp"
 #include "microbatch/detail/batcher_seal.hpp"
 #include "microbatch/detail/batcher_submit.hpp"

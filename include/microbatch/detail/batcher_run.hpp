@@ -14,7 +14,9 @@ namespace microbatch {
 template <class T, class R, class Clock>
 void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
     Buffer& buffer = buffers_[buffer_index];
-    const std::size_t first = static_cast<std::size_t>(buffer_index) * batch_size_;
+    // relaxed: the sealer handed this batch to us through the executor (see Buffer::start).
+    const std::size_t first = static_cast<std::size_t>(buffer_index) * batch_size_ +
+                              buffer.start.load(std::memory_order_relaxed);
     T* items = items_.get() + first;
     detail::Completion<R>* completions = completions_.get() + first;
     std::atomic<std::uint8_t>* states = slot_states_.get() + first;
@@ -63,6 +65,8 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
         }
     }
     const auto processing = to_nanoseconds((clock_.now() - started).count());
+    const std::int64_t dispatch_wait =
+        to_nanoseconds(started.time_since_epoch().count() - buffer.dispatched_at);
 
     const bool batch_failed = static_cast<bool>(error);
     // Stats first: a producer that sees its item's result then also sees it counted.
@@ -71,7 +75,7 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
     }
     const std::size_t failed = (batch_failed ? count : 0) + failed_in_compaction;
     stats_.completed(count - (batch_failed ? count : 0), failed, batch_failed, queue_delay,
-                     processing);
+                     dispatch_wait, processing);
     if (any_completion) {
         std::size_t last = count;
         for (std::size_t i = count; i-- > 0;) {
@@ -99,8 +103,19 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
         // relaxed: published to the next producers by arrive()'s acq_rel and the open CAS.
         states[i].store(detail::slot_empty, std::memory_order_relaxed);
     }
+    if (count != 0 && opened_at != unset_time) {
+        // One end-to-end sample per batch: its oldest item, accepted at opened_at, has now had
+        // its result delivered (Stats::item_latency).
+        stats_.item_latency(to_nanoseconds(clock_.now().time_since_epoch().count() - opened_at));
+    }
     in_flight_items_.fetch_sub(size, std::memory_order_relaxed);
+    // The batch's items are finished: their share of the capacity goes back to the lane (and
+    // may open a buffer parked for want of items).
+    return_items(lanes_[buffer_index / buffers_per_lane_], static_cast<std::int64_t>(size));
     detail::running_batcher = outer;
+    // The worker is free: seq_cst, Dekker handshake with the timer (seal_for_free_worker).
+    in_flight_batches_.fetch_sub(1, std::memory_order_seq_cst);
+    seal_for_free_worker();
 }
 
 template <class T, class R, class Clock>
