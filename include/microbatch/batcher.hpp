@@ -402,8 +402,8 @@ public:
         // relaxed: a setting; see set_max_delay.
         max_in_flight_.store(probe.effective_max_in_flight(), std::memory_order_relaxed);
         refresh_producer_threshold();
-        wake_timer();
         seal_for_free_worker();  // a higher limit may free a worker for a held batch
+        wake_timer();
     }
 
     /// @brief The batch size bound in force (see set_max_batch_size). Thread-safe.
@@ -532,7 +532,14 @@ private:
     // ---- Load, policy inputs: detail/batcher_policy.hpp ------------------------------------
     LoadEstimate load_estimate() const noexcept;
     SealInputs policy_inputs(SealTrigger trigger, std::int64_t now, std::size_t count,
-                             std::int64_t opened_at, std::int64_t last_change_at) const noexcept;
+                             std::size_t bound, std::int64_t opened_at,
+                             std::int64_t last_change_at) const noexcept;
+    // The size bound of the batch in buffer @p buffer (the batch size in force when it opened,
+    // or fewer when the lane was short of free items).
+    std::uint32_t bound_of(std::uint32_t buffer) const noexcept {
+        // relaxed: see Buffer::start.
+        return batch_size_ - buffers_[buffer].start.load(std::memory_order_relaxed);
+    }
     void note_sealed(std::uint32_t size, std::int64_t now) noexcept;
     void refresh_producer_threshold() noexcept;
     void wake_timer();

@@ -117,8 +117,9 @@ SubmitStatus Batcher<T, R, Clock>::fill_slot(Lane& lane, std::uint64_t head, std
         // (max_delay 0, or early sealing's target): confirm with the policy and seal it here,
         // rather than wait for the timer to wake. relaxed loads: policy inputs, see
         // in_flight_batches_; a stale value only delays the seal to the timer or a worker.
-        const SealDecision decision = decide_seal(
-            policy_inputs(SealTrigger::producer, 0, index + 1 - start, unset_time, unset_time));
+        const SealDecision decision =
+            decide_seal(policy_inputs(SealTrigger::producer, 0, index + 1 - start,
+                                      batch_size_ - start, unset_time, unset_time));
         if (decision.seal) {
             seal_current(lane, decision.reason, head & ~count_mask, true);
         }
