@@ -1633,3 +1633,56 @@ TEST_CASE("Batcher stats never report an empty completed batch",
     CHECK(stats.batch_size_min == 2);  // the empty "batch" must not count as the smallest
     CHECK(stats.batch_size_max == 2);
 }
+
+// Issue 15, item 1: after a batch made only of holes (B = 1, one failed construction), Stats
+// reported batch_size_min = 2^63 - 1 (its "unset" value) with batches_completed = 1. A batch of
+// holes is dispatched and completed but has no size: every size figure leaves it out.
+TEST_CASE("Batcher stats count a batch made only of failed constructions consistently",
+          "[batcher][faults][stats][regression][issue15]") {
+    Batcher<Fragile> batcher(Options{}.max_batch_size(1).max_delay(no_delay_bound).workers(1),
+                             [](Batch<Fragile>&) {});
+    CHECK_THROWS_AS(batcher.post(Spec{0, true, false}), ConstructionFailure);
+    batcher.close();
+    const auto stats = batcher.stats();
+    CHECK(stats.items_submitted == 1);
+    CHECK(stats.items_rejected_error == 1);
+    CHECK(stats.items_accepted == 0);
+    CHECK(stats.items_processed + stats.items_failed == 0);
+    CHECK(stats.batches_full == 1);
+    CHECK(stats.batches_dispatched() == 1);
+    CHECK(stats.batches_completed == 1);
+    CHECK(stats.batches_failed == 0);
+    CHECK(stats.batch_size_min == 0);
+    CHECK(stats.batch_size_max == 0);
+    CHECK(stats.batch_size_mean() == 0.0);
+    for (const std::uint64_t bucket : stats.batch_size_histogram) {
+        CHECK(bucket == 0);
+    }
+    CHECK(stats.queue_delay.count == 1);
+    CHECK(stats.processing_time.count == 1);
+    CHECK(stats.batch_cost.sample_count() == 0);
+}
+
+TEST_CASE("Batcher stats leave batches of holes out of the size figures",
+          "[batcher][faults][stats][regression][issue15]") {
+    Batcher<Fragile> batcher(Options{}.max_batch_size(2).max_delay(no_delay_bound).workers(1),
+                             [](Batch<Fragile>&) {});
+    CHECK_THROWS_AS(batcher.post(Spec{0, true, false}), ConstructionFailure);
+    CHECK_THROWS_AS(batcher.post(Spec{1, true, false}), ConstructionFailure);  // batch 0: holes
+    CHECK_THROWS_AS(batcher.post(Spec{2, true, false}), ConstructionFailure);
+    batcher.post(Spec{3, false, false});  // batch 1: one item, dispatched full
+    batcher.post(Spec{4, false, false});
+    batcher.post(Spec{5, false, false});  // batch 2: two items
+    batcher.close();
+    const auto stats = batcher.stats();
+    CHECK(stats.items_submitted == 6);
+    CHECK(stats.items_processed == 3);
+    CHECK(stats.batches_dispatched() == 3);
+    CHECK(stats.batches_completed == 3);
+    CHECK(stats.batch_size_min == 1);
+    CHECK(stats.batch_size_max == 2);
+    CHECK(stats.batch_size_histogram[0] == 1);
+    CHECK(stats.batch_size_histogram[1] == 1);
+    CHECK(stats.batch_size_mean() == 1.5);
+    CHECK(stats.queue_delay.count == 3);
+}
