@@ -1686,3 +1686,69 @@ TEST_CASE("Batcher stats leave batches of holes out of the size figures",
     CHECK(stats.batch_size_mean() == 1.5);
     CHECK(stats.queue_delay.count == 3);
 }
+
+// Issue 15, item 2: an item whose move constructor threw during compaction had its handle and
+// callback completed while items_processed + items_failed was still 0, contradicting "a producer
+// that has seen an item's result also sees the item counted".
+TEST_CASE("Batcher counts an item that fails in compaction before completing it",
+          "[batcher][faults][stats][compaction][regression][issue15]") {
+    Gate release;
+    std::atomic<int> batches_run{0};
+    Batcher<Fragile, int> batcher(Options{}.max_batch_size(4).max_delay(no_delay_bound).workers(1),
+                                  [&](Batch<Fragile>& batch) {
+                                      batches_run.fetch_add(1);
+                                      release.wait();
+                                      return std::vector<int>(batch.size(), 7);
+                                  });
+    std::atomic<std::uint64_t> counted_in_callback{99};
+    CHECK_THROWS_AS(batcher.post(Spec{0, true, false}), ConstructionFailure);  // hole
+    batcher.submit(Spec{1, false, true}, [&](Outcome<int>&& outcome) {         // move bomb
+        const auto stats = batcher.stats();
+        counted_in_callback = outcome.has_value() ? 98 : stats.items_processed + stats.items_failed;
+    });
+    Handle<int> bomb = batcher.submit(Spec{2, false, true});  // move bomb
+    Handle<int> good = batcher.submit(Spec{3, false, false});
+    CHECK_THROWS_AS(bomb.get(), MoveFailure);
+    // Seen through the handle while process_batch still runs (held by the gate).
+    auto stats = batcher.stats();
+    CHECK(stats.items_failed == 2);
+    CHECK(stats.items_processed == 0);
+    CHECK(stats.batches_completed == 0);
+    CHECK(counted_in_callback.load() == 1);  // itself, before the second bomb
+    release.open();
+    CHECK(good.get() == 7);
+    batcher.close();
+    stats = batcher.stats();
+    CHECK(batches_run.load() == 1);
+    CHECK(stats.items_accepted == 3);
+    CHECK(stats.items_failed == 2);
+    CHECK(stats.items_processed == 1);
+    CHECK(stats.batches_completed == 1);
+    CHECK(stats.batches_failed == 0);
+    CHECK(stats.batch_size_max == 3);  // the failed items still belonged to the batch
+    CHECK(stats.batch_size_min == 3);
+}
+
+// Issue 15, item 5: close_for().items_in_flight counted slots whose construction threw.
+TEST_CASE("Batcher close_for does not count failed constructions as in flight",
+          "[batcher][faults][close][regression][issue15]") {
+    Gate release;
+    Batcher<Fragile> batcher(Options{}.max_batch_size(2).max_delay(no_delay_bound).workers(1),
+                             [&](Batch<Fragile>&) { release.wait(); });
+    CHECK_THROWS_AS(batcher.post(Spec{0, true, false}), ConstructionFailure);
+    batcher.post(Spec{1, false, false});  // batch 0: hole + item, running (held by the gate)
+    CHECK_THROWS_AS(batcher.post(Spec{2, true, false}), ConstructionFailure);
+    batcher.post(Spec{3, false, false});  // batch 1: hole + item, queued behind batch 0
+    batcher.post(Spec{4, false, false});  // batch 2: dispatched by close
+    const auto result = batcher.close_for(1ms);
+    CHECK_FALSE(result.completed);
+    CHECK(result.batches_in_flight == 3);
+    CHECK(result.items_in_flight == 3);
+    release.open();
+    const auto second = batcher.close_for(1h);
+    CHECK(second.completed);
+    CHECK(second.items_in_flight == 0);
+    const auto stats = batcher.stats();
+    CHECK(stats.items_processed == 3);
+    CHECK(stats.items_rejected_error == 2);
+}

@@ -69,9 +69,10 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
     if (holes != 0) {
         stats_.holes(holes);
     }
-    const std::size_t failed = (batch_failed ? count : 0) + failed_in_compaction;
-    stats_.completed(count - (batch_failed ? count : 0), failed, batch_failed, queue_delay,
-                     processing);
+    // Items that failed in compaction were counted (failed_early) before they completed.
+    const std::size_t failed = batch_failed ? count : 0;
+    stats_.completed(count - failed, failed, batch_failed, queue_delay, processing,
+                     failed_in_compaction);
     if (any_completion) {
         std::size_t last = count;
         for (std::size_t i = count; i-- > 0;) {
@@ -99,7 +100,8 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
         // relaxed: published to the next producers by arrive()'s acq_rel and the open CAS.
         states[i].store(detail::slot_empty, std::memory_order_relaxed);
     }
-    in_flight_items_.fetch_sub(size, std::memory_order_relaxed);
+    // Holes were taken off by their producers (fill_slot).
+    in_flight_items_.fetch_sub(size - holes, std::memory_order_relaxed);
     detail::running_batcher = outer;
 }
 
@@ -145,7 +147,7 @@ std::uint8_t Batcher<T, R, Clock>::wait_for_slot(std::atomic<std::uint8_t>& stat
 
 // Closes the holes left by failed constructions so the batch is contiguous again. An item
 // whose move constructor throws here fails with that exception (reported through its
-// completion) instead of being processed.
+// completion) instead of being processed; it is counted in the stats before it completes.
 template <class T, class R, class Clock>
 std::size_t Batcher<T, R, Clock>::compact(T* items, detail::Completion<R>* completions,
                                           std::atomic<std::uint8_t>* states, std::size_t size,
@@ -162,6 +164,7 @@ std::size_t Batcher<T, R, Clock>::compact(T* items, detail::Completion<R>* compl
                 const std::exception_ptr error = std::current_exception();
                 items[i].~T();
                 ++failed;
+                stats_.failed_early();  // before completing: whoever sees it sees it counted
                 if (completions[i].has_value()) {
                     try {
                         completions[i].complete(Outcome<R>(error));
