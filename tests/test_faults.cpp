@@ -1752,3 +1752,67 @@ TEST_CASE("Batcher close_for does not count failed constructions as in flight",
     CHECK(stats.items_processed == 3);
     CHECK(stats.items_rejected_error == 2);
 }
+
+// Issue 15, item 4: the thread remembered only the innermost running batcher, so when A's batch
+// ran B's batch on the same thread (inline or refusing executor) and B's batch called back into
+// A, wait_idle / close / a blocking submit on a full A deadlocked instead of throwing.
+TEST_CASE("Batcher detects re-entrancy through other batchers' batches nested on the thread",
+          "[batcher][misuse][reentrancy][regression][issue15]") {
+    const int op = GENERATE(0, 1, 2, 3, 4);  // wait_idle, close, close_for, post, submit_for 0
+    const bool refusing = GENERATE(false, true);
+    const int depth = GENERATE(1, 2);  // B calls A, or B runs C which calls A
+    INFO("op " << op << (refusing ? ", refusing" : ", inline") << " executor, depth " << depth);
+    const microbatch::Executor inner_executor =
+        refusing ? microbatch::Executor([](microbatch::Task) { throw std::runtime_error("no"); })
+                 : microbatch::Executor([](microbatch::Task task) { task(); });
+    const auto inner_options =
+        Options{}.max_batch_size(1).max_delay(no_delay_bound).executor(inner_executor);
+    std::atomic<Batcher<int>*> outer{nullptr};
+    std::atomic<int> code{0};  // 1 returned, 3 ReentrancyError, 4 anything else
+    Batcher<int> c(inner_options, [&](Batch<int>&) {
+        Batcher<int>& a = *outer.load();
+        try {
+            switch (op) {
+                case 0:
+                    a.wait_idle();
+                    break;
+                case 1:
+                    a.close();
+                    break;
+                case 2:
+                    (void)a.close_for(1h);
+                    break;
+                case 3:
+                    a.post(100);  // A is full: its only buffer is the running batch
+                    break;
+                default:
+                    (void)a.submit_for(101, 0ms);
+                    break;
+            }
+            code = 1;
+        } catch (const microbatch::ReentrancyError&) {
+            code = 3;
+        } catch (...) {
+            code = 4;
+        }
+    });
+    Batcher<int> b(inner_options, [&](Batch<int>&) { c.post(3); });
+    Batcher<int> a(Options{}.max_batch_size(1).capacity(1).max_delay(no_delay_bound).workers(1),
+                   [&](Batch<int>&) {
+                       if (depth == 1) {
+                           c.post(2);  // C's batch runs here, on A's worker
+                       } else {
+                           b.post(2);  // B's batch runs here and runs C's batch
+                       }
+                   });
+    outer = &a;
+    a.post(1);
+    a.wait_idle();
+    CHECK(code.load() == 3);
+    CHECK_FALSE(a.is_closed());
+    a.close();
+    const auto stats = a.stats();
+    CHECK(stats.items_accepted == 1);
+    CHECK(stats.items_processed == 1);
+    CHECK(c.stats().items_processed == 1);
+}

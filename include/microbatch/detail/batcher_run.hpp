@@ -20,8 +20,8 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
     std::atomic<std::uint8_t>* states = slot_states_.get() + first;
     const std::size_t size = buffer.size;
 
-    const void* const outer = detail::running_batcher;
-    detail::running_batcher = this;
+    const detail::RunningBatch running{this, detail::running_batches};
+    detail::running_batches = &running;
 
     // Producers that claimed a slot may still be writing it: wait for each slot's state.
     std::size_t holes = 0;
@@ -102,7 +102,7 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
     }
     // Holes were taken off by their producers (fill_slot).
     in_flight_items_.fetch_sub(size - holes, std::memory_order_relaxed);
-    detail::running_batcher = outer;
+    detail::running_batches = running.outer;
 }
 
 template <class T, class R, class Clock>

@@ -190,7 +190,7 @@ SubmitStatus Batcher<T, R, Clock>::wait_for_space_registered(Lane& lane, WaitMod
     if (mode == wait_never) {
         return finish(SubmitStatus::full);
     }
-    if (detail::running_batcher == this) {
+    if (detail::is_running_on_this_thread(this)) {
         MICROBATCH_THROW(ReentrancyError(
             "microbatch::Batcher: blocking submit from inside process_batch found the "
             "batcher full (it could wait for its own batch); use try_submit"));
