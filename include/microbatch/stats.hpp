@@ -203,7 +203,11 @@ public:
     }
 
     /// One item failed before its batch ran; counted at once, before its completion runs.
-    void failed_early() noexcept { failed_.fetch_add(1, std::memory_order_relaxed); }
+    void failed_early() noexcept {
+        // relaxed: the completion that follows publishes it (release in the handle state or
+        // the callback's own synchronisation), like the other counters.
+        failed_.fetch_add(1, std::memory_order_relaxed);
+    }
 
     /// A batch finished: @p succeeded + @p failed items, plus @p failed_earlier items already
     /// counted by failed_early(); queue delay and processing time in ns.

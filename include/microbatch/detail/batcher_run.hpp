@@ -100,7 +100,7 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
         // relaxed: published to the next producers by arrive()'s acq_rel and the open CAS.
         states[i].store(detail::slot_empty, std::memory_order_relaxed);
     }
-    // Holes were taken off by their producers (fill_slot).
+    // Holes were taken off by their producers (fill_slot). relaxed: a statistic for close_for().
     in_flight_items_.fetch_sub(size - holes, std::memory_order_relaxed);
     detail::running_batches = running.outer;
 }
