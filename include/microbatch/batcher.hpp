@@ -85,9 +85,20 @@ struct CloseResult {
  * `try_submit(item)` are fire-and-forget. Items are taken by forwarding reference and moved from
  * only when accepted: a rejected item is left as it was.
  *
- * **Backpressure.** At most `capacity` items (rounded up to whole batches per lane) are accepted
- * and not yet finished. When a producer's lane is full, `submit`/`post` block, `try_submit`
- * returns `SubmitStatus::full` at once, `submit_for` waits up to its timeout.
+ * **Backpressure.** At most `capacity` items (ceil(capacity / lanes) per lane) are accepted and
+ * not yet finished, counted in items whatever the batch sizes. When a producer's lane is full,
+ * `submit`/`post` block, `try_submit` returns `SubmitStatus::full` at once, `submit_for` waits
+ * up to its timeout.
+ *
+ * **Forming batches under load** (seal_policy.hpp has the exact rules). While
+ * `max_in_flight` batches are running (default: one per worker), a partial batch is not
+ * sealed by its time bound: it keeps growing until it is full, and the worker that finishes a
+ * batch seals it at once (reason `worker_free`). While a worker is free, a partial batch is
+ * sealed at `max_delay`, or earlier (reason `early`, `Options::seal_early`) when it already
+ * holds as many items as arrive while one batch runs (from the measured arrival rate and the
+ * online cost fit), or when no item arrived for several mean gaps. `max_delay(0)` seals as soon
+ * as a worker can take the batch. `set_max_batch_size`, `set_max_delay` and
+ * `set_max_in_flight` change the rules at run time.
  *
  * **Lanes.** With `Options::lanes(n)`, the batcher fills n batches side by side, one per lane,
  * and each producer thread always submits to the same lane; producers on different lanes never
@@ -99,12 +110,35 @@ struct CloseResult {
  * callback, the stats count it, and the batcher carries on. Exceptions thrown by callbacks are
  * caught, counted in `Stats::callback_exceptions` and otherwise ignored. If constructing `T` from
  * the submitted argument throws, the exception propagates out of the submit call and the item is
- * not accepted.
+ * not accepted; the slot it had claimed stays in its batch as a *hole*. A batch with holes is
+ * dispatched like any other (as `full` once all its slots are claimed) and reaches
+ * process_batch with only its items, so a `full` batch may hold fewer than max_batch_size; a
+ * batch made only of holes never reaches process_batch, which then sees a gap in
+ * `Batch::sequence()` numbers. All items of a failed batch share one exception object (see
+ * README "Reliability" on ThreadSanitizer).
  *
  * **Shutdown.** `close()` stops accepting (later submits fail with `ClosedError`, and producers
  * blocked on a full batcher wake with it), dispatches the partial batch, and waits for every
  * accepted item to finish. It is idempotent and thread-safe; the destructor calls it.
  * No accepted item is lost or processed twice.
+ *
+ * **Re-entrancy.** Inside a batch of this batcher (its process_batch or an item's callback),
+ * `close()`, `close_for()` and `wait_idle()` throw `ReentrancyError` (they would wait for that
+ * very batch), and so do `submit`, `post` and `submit_for` when they find the batcher full (they
+ * could wait for it) — `submit_for` whatever its timeout, even zero: use `try_submit`, which never
+ * waits. `flush()` and submits that find room work. Nesting is tracked: each thread keeps the
+ * chain of batches it is running, so when batcher A's batch runs batcher B's batch on the same
+ * thread (B's executor runs tasks inline or refused the batch) and B's batch calls
+ * `A.wait_idle()`, `A.close()` or a blocking submit on a full A, that throws `ReentrancyError` too.
+ *
+ * **Not detected — deadlock:** waiting, from inside a batch, for *another* batcher whose batches
+ * need the very thread that batch runs on. Example: A and B share a one-thread pool, and A's
+ * process_batch calls `B.close()`, `B.wait_idle()` or a blocking submit to a full B; B's batches
+ * are queued behind A's batch on the only worker and never run (with n workers, the same happens
+ * once n such batches run at once). The batcher cannot tell whether an executor has another
+ * thread free, so it does not try. From inside a batch, wait only on batchers whose executor is
+ * not the one running the batch (e.g. a batcher with its own pool), or use `flush()` and
+ * `try_submit()`, which never wait.
  *
  * **Performance.** The submit fast path is one atomic fetch-add on the lane's word plus writing
  * the item into its slot of a preallocated batch buffer: no mutex, no allocation (in handle
@@ -174,8 +208,9 @@ public:
      * @brief Submits @p item and returns a handle to its result. Blocks while the batcher is
      *        full.
      * @throws ClosedError if the batcher is closed (also when it closes while blocked);
-     *         ReentrancyError if it would block inside this batcher's own process_batch;
-     *         whatever constructing `T` from @p item throws; `std::bad_alloc`.
+     *         ReentrancyError if it finds the batcher full inside one of its own batches
+     *         (see "Re-entrancy" above); whatever constructing `T` from @p item throws;
+     *         `std::bad_alloc`.
      */
     template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
     Handle<R> submit(U&& item) {
@@ -236,8 +271,10 @@ public:
 
     /**
      * @brief Fire-and-forget, waiting at most @p timeout for space: `accepted`, `full` (timed
-     *        out) or `closed`. The item is left untouched unless accepted.
-     * @throws ReentrancyError if it would block inside this batcher's own process_batch.
+     *        out) or `closed`. The item is left untouched unless accepted. A timeout too large to
+     *        add to the current time waits without a time limit.
+     * @throws ReentrancyError if it finds the batcher full inside one of its own batches, for
+     *         any timeout including zero (see "Re-entrancy" above; `try_submit` never throws it).
      */
     template <class U, class Rep, class Period,
               class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
@@ -280,7 +317,8 @@ public:
      * @brief Flushes, then blocks until every item accepted before the call has finished
      *        (its batch ran and its handle/callback completed). Items submitted concurrently may
      *        or may not be waited for.
-     * @throws ReentrancyError when called from inside this batcher's process_batch or callbacks.
+     * @throws ReentrancyError when called from inside this batcher's process_batch or callbacks,
+     *         also nested (see "Re-entrancy" above).
      */
     void wait_idle() {
         check_not_reentrant("wait_idle");
@@ -299,8 +337,8 @@ public:
      * @brief Stops accepting items, dispatches the partial batch (reason `close`) and blocks
      *        until every accepted item has finished. Idempotent; concurrent calls all wait.
      *        Producers blocked in submit wake with `ClosedError`.
-     * @throws ReentrancyError when called from inside this batcher's process_batch or callbacks
-     *         (it would wait for itself).
+     * @throws ReentrancyError when called from inside this batcher's process_batch or callbacks,
+     *         also nested (it would wait for itself; see "Re-entrancy" above).
      */
     void close() { close_impl(nullptr); }
 
@@ -618,7 +656,7 @@ private:
     std::uint64_t flush_and_target(Lane& lane);
     bool finished_through(const Lane& lane, std::uint64_t target) const noexcept;
     void check_not_reentrant(const char* what) const {
-        if (detail::running_batcher == this) {
+        if (detail::is_running_on_this_thread(this)) {
             MICROBATCH_THROW(ReentrancyError(std::string("microbatch::Batcher: ") + what +
                                              "() called from inside this batcher's "
                                              "process_batch or callback would wait for itself"));
@@ -677,6 +715,7 @@ private:
 
     alignas(detail::cache_line_size) std::atomic<bool> timer_idle_{false};
     std::atomic<std::uint64_t> dispatched_batches_{0};
+    // Accepted items of dispatched batches not yet finished (holes excluded), for close_for().
     std::atomic<std::uint64_t> in_flight_items_{0};
     std::atomic<std::uint32_t> slow_producers_{0};
     std::atomic<std::uint32_t> space_waiters_{0};

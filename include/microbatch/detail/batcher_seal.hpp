@@ -43,8 +43,7 @@ void Batcher<T, R, Clock>::initialise() {
     const std::size_t buffers = per_lane <= max_buffers ? per_lane * lane_count_ : 0;
     if (buffers == 0 || buffers > max_buffers) {
         MICROBATCH_THROW(std::invalid_argument(
-            "microbatch::Options: capacity / max_batch_size (+ room for max_in_flight partial "
-            "batches per lane) must be <= " +
+            "microbatch::Options: capacity / max_batch_size must be <= " +
             std::to_string(max_buffers) + " batches in all lanes (got capacity " +
             std::to_string(capacity) + ", max_batch_size " + std::to_string(batch_size_) +
             ", lanes " + std::to_string(lane_count_) + ")"));

@@ -104,6 +104,11 @@ SubmitStatus Batcher<T, R, Clock>::fill_slot(Lane& lane, std::uint64_t head, std
             // it forever: publish a hole, which the worker skips.
             error = std::current_exception();
             state = detail::slot_hole;
+            // A hole is no accepted item: take it off close_for()'s in-flight count now, while
+            // the batch cannot finish (it waits for this slot). The seal may not have added it
+            // yet, so the count can read one low for a moment (close_impl clamps at zero).
+            // relaxed: a statistic; nothing is published through it.
+            in_flight_items_.fetch_sub(1, std::memory_order_relaxed);
         }
     }
     // release: publishes the item and completion to the worker that runs this batch.
@@ -200,7 +205,7 @@ SubmitStatus Batcher<T, R, Clock>::wait_for_space_registered(Lane& lane, WaitMod
     if (mode == wait_never) {
         return finish(SubmitStatus::full);
     }
-    if (detail::running_batcher == this) {
+    if (detail::is_running_on_this_thread(this)) {
         MICROBATCH_THROW(ReentrancyError(
             "microbatch::Batcher: blocking submit from inside process_batch found the "
             "batcher full (it could wait for its own batch); use try_submit"));
