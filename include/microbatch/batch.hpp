@@ -4,6 +4,8 @@
  * @brief `microbatch::Batch<T>`: the view of one microbatch handed to `process_batch`.
  */
 
+#include "microbatch/version.hpp"  // the C++17 check
+
 #include <cstddef>
 #include <cstdint>
 

@@ -12,6 +12,8 @@
  * `retire()` (the timer has stopped). Sleeps may end spuriously; the timer re-checks.
  */
 
+#include "microbatch/version.hpp"  // the C++17 check
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>

@@ -15,8 +15,16 @@
 // ---- begin microbatch/version.hpp ----
 /**
  * @file version.hpp
- * @brief Library version macros and the inline ABI namespace.
+ * @brief Library version macros, and the C++17 check every microbatch header makes.
+ *
+ * Every public header includes this one (directly or through detail/config.hpp), so compiling
+ * any of them below C++17 stops with one clear `#error` instead of pages of template errors.
  */
+
+// MSVC reports __cplusplus as 199711L unless /Zc:__cplusplus is given; _MSVC_LANG is reliable.
+#if (defined(_MSVC_LANG) && _MSVC_LANG < 201703L) || (!defined(_MSVC_LANG) && __cplusplus < 201703L)
+#error "microbatch requires C++17 or later (-std=c++17; MSVC: /std:c++17)"
+#endif
 
 /// Major version: incremented on incompatible API or ABI changes.
 #define MICROBATCH_VERSION_MAJOR 0
@@ -84,6 +92,7 @@
  * @file detail/config.hpp
  * @brief Internal portability helpers: the throw macro and the cache-line size.
  */
+
 
 #include <cstddef>
 #include <cstdio>
@@ -1111,6 +1120,7 @@ private:
  * @brief `microbatch::Batch<T>`: the view of one microbatch handed to `process_batch`.
  */
 
+
 #include <cstddef>
 #include <cstdint>
 
@@ -1236,6 +1246,7 @@ private:
  * `sleep_until(std::unique_lock<std::mutex>&, time_point)` (until notified or the deadline) and
  * `retire()` (the timer has stopped). Sleeps may end spuriously; the timer re-checks.
  */
+
 
 #include <algorithm>
 #include <atomic>
@@ -1448,6 +1459,7 @@ private:
  * @file errors.hpp
  * @brief The exception types microbatch throws and the status codes of non-throwing calls.
  */
+
 
 #include <stdexcept>
 #include <string>
@@ -1710,6 +1722,7 @@ private:
  * @file executor.hpp
  * @brief The executor abstraction batchers dispatch batches to.
  */
+
 
 #include <functional>
 
@@ -5417,6 +5430,7 @@ auto merge_into(Aggregator<Op>& aggregator, F process) {
  * enough for every index up to `collector_max_index`, so there is no capacity limit to
  * configure and no directory to grow either.
  */
+
 
 #include <atomic>
 #include <cstddef>

@@ -4,6 +4,8 @@
  * @brief Internal portability helpers: the throw macro and the cache-line size.
  */
 
+#include "microbatch/version.hpp"  // the C++17 check
+
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
