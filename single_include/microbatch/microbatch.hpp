@@ -615,7 +615,7 @@ namespace ops {
  */
 template <class T>
 struct Sum {
-    using value_type = T;
+    using value_type = T;  ///< The aggregated value type.
 
     /// @brief Returns `T{}`.
     T identity() const noexcept(std::is_nothrow_default_constructible_v<T>) { return T{}; }
@@ -661,7 +661,7 @@ template <class T>
 struct Min {
     static_assert(std::numeric_limits<T>::is_specialized,
                   "microbatch::ops::Min<T> needs std::numeric_limits<T>");
-    using value_type = T;
+    using value_type = T;  ///< The aggregated value type.
 
     /// @brief Returns the largest `T` (+infinity when `T` has one).
     T identity() const noexcept {
@@ -703,7 +703,7 @@ template <class T>
 struct Max {
     static_assert(std::numeric_limits<T>::is_specialized,
                   "microbatch::ops::Max<T> needs std::numeric_limits<T>");
-    using value_type = T;
+    using value_type = T;  ///< The aggregated value type.
 
     /// @brief Returns the lowest `T` (-infinity when `T` has one).
     T identity() const noexcept {
@@ -816,7 +816,7 @@ private:
  * Thread-safe: stateless.
  */
 struct MeanVariance {
-    using value_type = RunningStats;
+    using value_type = RunningStats;  ///< The aggregated value type.
 
     /// @brief The empty `RunningStats`.
     RunningStats identity() const noexcept { return RunningStats{}; }
@@ -1164,9 +1164,9 @@ constexpr const char* to_string(DispatchReason reason) noexcept {
 template <class T>
 class Batch {
 public:
-    using value_type = T;
-    using iterator = T*;
-    using const_iterator = const T*;
+    using value_type = T;             ///< The item type.
+    using iterator = T*;              ///< Mutable iterator: items may be moved out.
+    using const_iterator = const T*;  ///< Read-only iterator.
 
     /// @brief Wraps @p size items starting at @p items.
     Batch(T* items, std::size_t size, DispatchReason reason, std::uint64_t sequence = 0) noexcept
@@ -1265,11 +1265,11 @@ namespace microbatch {
  */
 class SteadyClock {
 public:
-    using rep = std::chrono::steady_clock::rep;
-    using period = std::chrono::steady_clock::period;
-    using duration = std::chrono::steady_clock::duration;
-    using time_point = std::chrono::steady_clock::time_point;
-    static constexpr bool is_steady = true;
+    using rep = std::chrono::steady_clock::rep;                ///< Tick count type.
+    using period = std::chrono::steady_clock::period;          ///< Tick length.
+    using duration = std::chrono::steady_clock::duration;      ///< Time interval type.
+    using time_point = std::chrono::steady_clock::time_point;  ///< Point in time type.
+    static constexpr bool is_steady = true;                    ///< Never goes backwards.
 
     /// @brief The current time of `std::chrono::steady_clock`.
     time_point now() const noexcept { return std::chrono::steady_clock::now(); }
@@ -1277,6 +1277,7 @@ public:
     /// @brief How the batcher's timer sleeps: plain condition-variable waits.
     class Sleeper {
     public:
+        /// @brief A sleeper that waits on @p condition (the batcher's timer mutex and condition).
         Sleeper(const SteadyClock&, std::mutex&, std::condition_variable& condition) noexcept
             : condition_(condition) {}
         /// Sleeps until notified (or spuriously woken).
@@ -1313,11 +1314,11 @@ public:
  */
 class ManualClock {
 public:
-    using rep = std::int64_t;
-    using period = std::nano;
-    using duration = std::chrono::nanoseconds;
-    using time_point = std::chrono::time_point<ManualClock, duration>;
-    static constexpr bool is_steady = true;
+    using rep = std::int64_t;                                           ///< Tick count type.
+    using period = std::nano;                                           ///< Ticks are nanoseconds.
+    using duration = std::chrono::nanoseconds;                          ///< Time interval type.
+    using time_point = std::chrono::time_point<ManualClock, duration>;  ///< Point in time type.
+    static constexpr bool is_steady = true;  ///< Never goes backwards (only advance() moves it).
 
 private:
     struct Record {
@@ -1373,6 +1374,7 @@ public:
     /// @brief How a batcher's timer sleeps on a manual clock: until advance() or a notify.
     class Sleeper {
     public:
+        /// @brief Registers with @p clock, so advance() wakes the timer waiting on @p condition.
         Sleeper(const ManualClock& clock, std::mutex& mutex, std::condition_variable& condition)
             : state_(clock.state_) {
             record_.mutex = &mutex;
