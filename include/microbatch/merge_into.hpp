@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "microbatch/aggregator.hpp"
+#include "microbatch/detail/config.hpp"
 
 namespace microbatch {
 
@@ -50,11 +51,12 @@ auto merge_into(Aggregator<Op>& aggregator, F process) {
         static_assert(!std::is_void_v<decltype(process(batch))>,
                       "microbatch::merge_into: the batch function must return the batch's "
                       "aggregate value");
-        try {
+        MICROBATCH_TRY {
             aggregator.merge(process(batch));
-        } catch (...) {
+        }
+        MICROBATCH_CATCH_ALL {
             aggregator.record_failure(std::current_exception());
-            throw;
+            MICROBATCH_RETHROW;
         }
     };
 }

@@ -90,7 +90,8 @@
 // ---- begin microbatch/detail/config.hpp ----
 /**
  * @file detail/config.hpp
- * @brief Internal portability helpers: the throw macro and the cache-line size.
+ * @brief Internal portability helpers: the C++17 check (via version.hpp), the exception macros
+ * that let a `-fno-exceptions` build terminate with a message, and the cache-line size.
  */
 
 
@@ -98,19 +99,51 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <utility>
 
-#if defined(__cpp_exceptions) || defined(__EXCEPTIONS)
+#if defined(__cpp_exceptions) || defined(__EXCEPTIONS) || defined(_CPPUNWIND)
+/// 1 when exceptions are enabled, 0 in a `-fno-exceptions` build.
+#define MICROBATCH_HAS_EXCEPTIONS 1
+#else
+#define MICROBATCH_HAS_EXCEPTIONS 0
+#endif
+
+#if MICROBATCH_HAS_EXCEPTIONS
 /// Throws `exception`; in a `-fno-exceptions` build prints its message and aborts instead.
 #define MICROBATCH_THROW(exception) throw exception
+/// `try`; without exceptions the block just runs (`MICROBATCH_TRY { ... } MICROBATCH_CATCH_ALL
+/// { ... }` becomes `if (true) { ... } else { ... }`).
+#define MICROBATCH_TRY try
+/// `catch (...)`; without exceptions the handler is dead code (nothing can throw).
+#define MICROBATCH_CATCH_ALL catch (...)
+/// `throw;` inside a MICROBATCH_CATCH_ALL handler; without exceptions it is unreachable.
+#define MICROBATCH_RETHROW throw
 #else
 #define MICROBATCH_THROW(exception)                                          \
     do {                                                                     \
         std::fprintf(stderr, "microbatch: fatal: %s\n", (exception).what()); \
         std::abort();                                                        \
     } while (false)
+#define MICROBATCH_TRY if (true)
+#define MICROBATCH_CATCH_ALL else
+#define MICROBATCH_RETHROW std::abort()
 #endif
 
 namespace microbatch::detail {
+
+/**
+ * `std::make_exception_ptr(error)`. Without exceptions there is no exception to point to (libstdc++
+ * then returns a null pointer, which would read as success), so it terminates with the message
+ * through MICROBATCH_THROW instead.
+ */
+template <class Error>
+std::exception_ptr make_error_ptr(Error error) {
+#if MICROBATCH_HAS_EXCEPTIONS
+    return std::make_exception_ptr(std::move(error));
+#else
+    MICROBATCH_THROW(error);
+#endif
+}
 
 /// Assumed destructive-interference size. A constant rather than
 /// std::hardware_destructive_interference_size, which g++ warns about when used in headers
@@ -2195,7 +2228,7 @@ public:
     ~HandleCompletion() {
         if (state_ != nullptr) {  // dropped without running: never leave a waiter hanging
             state_->set(Outcome<R>(
-                std::make_exception_ptr(Error("microbatch: item dropped before completion"))));
+                detail::make_error_ptr(Error("microbatch: item dropped before completion"))));
             state_->release();
         }
     }
@@ -3555,7 +3588,7 @@ namespace detail {
  */
 template <class Body, class OnException>
 void invoke_catching(Body&& body, OnException&& on_exception) {
-#if defined(__cpp_exceptions) || defined(__EXCEPTIONS)
+#if MICROBATCH_HAS_EXCEPTIONS
     try {
         body();
     } catch (...) {
@@ -4799,19 +4832,20 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
     const auto started = clock_.now();
     if (count != 0) {
         Batch<T> batch(items, count, buffer.reason, buffer.number);
-        try {
+        MICROBATCH_TRY {
             if constexpr (std::is_void_v<R>) {
                 process_(batch);
             } else {
                 results = process_(batch);
                 if (results.size() != count) {
-                    error = std::make_exception_ptr(ResultCountError(
+                    error = detail::make_error_ptr(ResultCountError(
                         "microbatch::Batcher: process_batch returned " +
                         std::to_string(results.size()) + " results for a batch of " +
                         std::to_string(count) + " items"));
                 }
             }
-        } catch (...) {
+        }
+        MICROBATCH_CATCH_ALL {
             error = std::current_exception();
         }
     }
@@ -4866,16 +4900,18 @@ void Batcher<T, R, Clock>::complete(detail::Completion<R>& completion, std::exce
     } else if constexpr (std::is_void_v<R>) {
         outcome.emplace();
     } else {
-        try {
+        MICROBATCH_TRY {
             outcome.emplace(std::move(results[index]));
-        } catch (...) {
+        }
+        MICROBATCH_CATCH_ALL {
             // Moving the result threw: the item gets that exception instead.
             outcome.emplace(std::current_exception());
         }
     }
-    try {
+    MICROBATCH_TRY {
         completion.complete(std::move(*outcome));
-    } catch (...) {
+    }
+    MICROBATCH_CATCH_ALL {
         stats_.callback_exception();
     }
 }
@@ -4909,16 +4945,18 @@ std::size_t Batcher<T, R, Clock>::compact(T* items, detail::Completion<R>* compl
             continue;
         }
         if (kept != i) {
-            try {
+            MICROBATCH_TRY {
                 ::new (static_cast<void*>(items + kept)) T(std::move(items[i]));
-            } catch (...) {
+            }
+            MICROBATCH_CATCH_ALL {
                 const std::exception_ptr error = std::current_exception();
                 items[i].~T();
                 ++failed;
                 if (completions[i].has_value()) {
-                    try {
+                    MICROBATCH_TRY {
                         completions[i].complete(Outcome<R>(error));
-                    } catch (...) {
+                    }
+                    MICROBATCH_CATCH_ALL {
                         stats_.callback_exception();
                     }
                 }
@@ -5080,13 +5118,14 @@ void Batcher<T, R, Clock>::seal_and_dispatch(std::uint32_t buffer, std::uint32_t
 template <class T, class R, class Clock>
 void Batcher<T, R, Clock>::post_batch(std::uint32_t buffer) {
     bool posted = false;
-    try {
+    MICROBATCH_TRY {
         executor_([this, buffer] {
             run_batch(buffer);
             finish_party(buffer);
         });
         posted = true;
-    } catch (...) {
+    }
+    MICROBATCH_CATCH_ALL {
         // The executor refused the task (e.g. its pool is shutting down): run the batch
         // here rather than lose it.
     }
@@ -5259,17 +5298,19 @@ SubmitStatus Batcher<T, R, Clock>::fill_slot(std::uint64_t head, std::uint32_t i
         ::new (static_cast<void*>(place)) T(std::forward<U>(item));
     } else {
         // The completion first: if storing it throws, the item has not been touched yet.
-        try {
+        MICROBATCH_TRY {
             if (store(completion)) {
                 state = detail::slot_item_completion;
             }
-            try {
+            MICROBATCH_TRY {
                 ::new (static_cast<void*>(place)) T(std::forward<U>(item));
-            } catch (...) {
-                completion.reset();  // never invoked: the item was not accepted
-                throw;
             }
-        } catch (...) {
+            MICROBATCH_CATCH_ALL {
+                completion.reset();  // never invoked: the item was not accepted
+                MICROBATCH_RETHROW;
+            }
+        }
+        MICROBATCH_CATCH_ALL {
             // The slot is claimed and must still be published, or the batch would wait for
             // it forever: publish a hole, which the worker skips.
             error = std::current_exception();
@@ -5544,11 +5585,12 @@ auto merge_into(Aggregator<Op>& aggregator, F process) {
         static_assert(!std::is_void_v<decltype(process(batch))>,
                       "microbatch::merge_into: the batch function must return the batch's "
                       "aggregate value");
-        try {
+        MICROBATCH_TRY {
             aggregator.merge(process(batch));
-        } catch (...) {
+        }
+        MICROBATCH_CATCH_ALL {
             aggregator.record_failure(std::current_exception());
-            throw;
+            MICROBATCH_RETHROW;
         }
     };
 }
