@@ -42,8 +42,7 @@ namespace microbatch {
  * Thread safety: the returned function may run on many workers at once (merges are lock-free).
  * @param aggregator where batch results go; held by reference.
  * @param process    `process(batch)` returning something `aggregator.merge` accepts; copied
- *                   into the returned function (it must be copy-constructible, like any
- *                   `std::function` target).
+ *                   (moved) into the returned function, which is move-only if it is.
  */
 template <class Op, class F>
 auto merge_into(Aggregator<Op>& aggregator, F process) {

@@ -2274,6 +2274,7 @@ template <class R>
 class Completion {
 public:
     /// Bytes available for the callable's captures (a std::function fits).
+    /// (48 is also spelled out in the messages below, in Batcher's documentation and README.)
     static constexpr std::size_t inline_size = 48;
 
     template <class F>
@@ -2291,12 +2292,14 @@ public:
     void emplace(F&& callable) noexcept(std::is_nothrow_constructible_v<std::decay_t<F>, F&&>) {
         using Stored = std::decay_t<F>;
         static_assert(sizeof(Stored) <= inline_size,
-                      "microbatch: the callback is larger than the inline storage "
-                      "(Completion::inline_size bytes); capture less, or capture a pointer");
+                      "microbatch: the callback is larger than the 48 bytes stored inline in "
+                      "each batch slot (detail::Completion<R>::inline_size); capture less, or "
+                      "capture a pointer or std::shared_ptr to the rest");
         static_assert(alignof(Stored) <= alignof(std::max_align_t),
                       "microbatch: over-aligned callbacks are not supported");
         static_assert(std::is_nothrow_move_constructible_v<Stored>,
-                      "microbatch: callbacks must be nothrow move constructible");
+                      "microbatch: callbacks must be nothrow move constructible (every "
+                      "capture's move constructor noexcept)");
         ::new (static_cast<void*>(storage_)) Stored(std::forward<F>(callable));
         operations_ = &operations_for<Stored>;
     }
@@ -2363,6 +2366,84 @@ private:
 }  // namespace microbatch::detail
 
 // ---- end microbatch/detail/completion.hpp ----
+// ---- begin microbatch/detail/unique_function.hpp ----
+/**
+ * @file detail/unique_function.hpp
+ * @brief `UniqueFunction<Result(Args...)>`: a move-only, type-erased callable (what
+ *        `std::function` is, minus the copy requirement), used to store `process_batch`.
+ */
+
+#include <memory>
+#include <type_traits>
+#include <utility>
+
+
+namespace microbatch::detail {
+
+template <class Signature>
+class UniqueFunction;
+
+/**
+ * @brief Owns one callable invocable as `Result(Args...)`; move-only, so the callable may be
+ *        too (e.g. a lambda capturing a `std::unique_ptr`).
+ *
+ * The callable lives on the heap (one allocation when constructed; moves just pass the
+ * pointer). Calling an empty UniqueFunction is undefined: the Batcher never holds an empty one.
+ * Not thread-safe to move or destroy while called; concurrent calls are as safe as concurrent
+ * calls of the callable itself (the batcher's workers call it concurrently).
+ */
+template <class Result, class... Args>
+class UniqueFunction<Result(Args...)> {
+public:
+    UniqueFunction() noexcept = default;
+
+    /// Stores a decayed copy (or move) of @p callable.
+    template <class F, class Stored = std::decay_t<F>,
+              class = std::enable_if_t<!std::is_same_v<Stored, UniqueFunction>>>
+    explicit UniqueFunction(F&& callable)
+        : object_(new Stored(std::forward<F>(callable)), &destroy<Stored>),
+          invoke_(&invoke_stored<Stored>) {
+        static_assert(std::is_invocable_r_v<Result, Stored&, Args...>,
+                      "microbatch: the callable cannot be called with this signature");
+    }
+
+    UniqueFunction(UniqueFunction&& other) noexcept = default;
+    UniqueFunction& operator=(UniqueFunction&& other) noexcept = default;
+    UniqueFunction(const UniqueFunction&) = delete;
+    UniqueFunction& operator=(const UniqueFunction&) = delete;
+    ~UniqueFunction() = default;
+
+    /// True if a callable is stored.
+    explicit operator bool() const noexcept { return object_ != nullptr; }
+
+    /// Calls the stored callable (as a non-const lvalue, like `std::function`).
+    Result operator()(Args... args) const {
+        return invoke_(object_.get(), std::forward<Args>(args)...);
+    }
+
+private:
+    using Deleter = void (*)(void*) noexcept;
+
+    template <class Stored>
+    static void destroy(void* object) noexcept {
+        delete static_cast<Stored*>(object);
+    }
+    template <class Stored>
+    static Result invoke_stored(void* object, Args&&... args) {
+        if constexpr (std::is_void_v<Result>) {
+            (*static_cast<Stored*>(object))(std::forward<Args>(args)...);
+        } else {
+            return (*static_cast<Stored*>(object))(std::forward<Args>(args)...);
+        }
+    }
+
+    std::unique_ptr<void, Deleter> object_{nullptr, nullptr};
+    Result (*invoke_)(void*, Args&&...) = nullptr;
+};
+
+}  // namespace microbatch::detail
+
+// ---- end microbatch/detail/unique_function.hpp ----
 // ---- begin microbatch/executor.hpp ----
 /**
  * @file executor.hpp
@@ -3551,6 +3632,47 @@ private:
 }  // namespace microbatch
 
 // ---- end microbatch/stats.hpp ----
+// ---- begin microbatch/submit_result.hpp ----
+/**
+ * @file submit_result.hpp
+ * @brief `microbatch::SubmitResult<R>`: what `Batcher::try_submit_handle` and
+ *        `Batcher::submit_for_handle` return, the status and, on acceptance, the item's handle.
+ */
+
+
+namespace microbatch {
+
+/**
+ * @brief The status of a non-blocking or timed submission together with the item's handle.
+ *
+ * @tparam R the batcher's per-item result type.
+ *
+ * @code
+ * if (auto submitted = batcher.try_submit_handle(item)) {
+ *     use(submitted.handle.get());
+ * } else if (submitted.status == microbatch::SubmitStatus::full) {
+ *     // shed load; `item` was left untouched
+ * }
+ * @endcode
+ *
+ * Move-only (it owns the handle). Not thread-safe: one thread uses a given result.
+ */
+template <class R>
+struct SubmitResult {
+    /// `accepted`, or why the item was rejected (`full`, `closed`).
+    SubmitStatus status = SubmitStatus::closed;
+    /// The item's handle when `status` is `accepted`; otherwise empty.
+    Handle<R> handle;
+
+    /// @brief True if the item was accepted (then `handle` will deliver its outcome).
+    bool accepted() const noexcept { return status == SubmitStatus::accepted; }
+    /// @brief Same as accepted().
+    explicit operator bool() const noexcept { return accepted(); }
+};
+
+}  // namespace microbatch
+
+// ---- end microbatch/submit_result.hpp ----
 // ---- begin microbatch/thread_pool.hpp ----
 /**
  * @file thread_pool.hpp
@@ -4189,10 +4311,13 @@ struct CloseResult {
  *
  * **Submitting.** Three ways to learn an item's outcome: `submit(item)` returns a `Handle`
  * (future-like; its state comes from a per-thread pool, so the steady state allocates nothing,
- * see detail/handle_state.hpp); `submit(item, callback)` calls `callback(Outcome<R>)`
+ * see detail/handle_state.hpp); `submit(item, callback)` calls `callback(Outcome<R>&&)`
  * on the worker after the batch ran (no allocation: the callback is stored inline in the batch
- * slot and must fit `detail::Completion<R>::inline_size` bytes); `post(item)` and
- * `try_submit(item)` are fire-and-forget. Items are taken by forwarding reference and moved from
+ * slot, so it must be callable as `void(microbatch::Outcome<R>&&)`, fit 48 bytes
+ * (`detail::Completion<R>::inline_size`) and be nothrow move-constructible, all checked at
+ * compile time); `post(item)` and `try_submit(item)` are fire-and-forget;
+ * `try_submit_handle(item)` and `submit_for_handle(item, timeout)` return the status together
+ * with the handle. Items are taken by forwarding reference and moved from
  * only when accepted: a rejected item is left as it was.
  *
  * **Backpressure.** At most `capacity` items (rounded up to whole batches per lane) are accepted
@@ -4238,8 +4363,9 @@ public:
     using clock_type = Clock;  ///< The clock max_delay is measured with.
     /// What process_batch returns: `std::vector<R>`, or nothing for `R = void`.
     using batch_result_type = std::conditional_t<std::is_void_v<R>, void, std::vector<R>>;
-    /// The stored batch function.
-    using process_function = std::function<batch_result_type(Batch<T>&)>;
+    /// The stored batch function. Move-only, so process_batch may be too (e.g. a lambda that
+    /// owns a `std::unique_ptr<Connection>`).
+    using process_function = detail::UniqueFunction<batch_result_type(Batch<T>&)>;
 
     /**
      * @brief Creates the batcher and starts its timer thread (unless max_delay is
@@ -4303,7 +4429,7 @@ public:
      */
     template <class U, class F,
               class = std::enable_if_t<std::is_constructible_v<T, U&&> &&
-                                       std::is_invocable_v<std::decay_t<F>&, Outcome<R>&&>>>
+                                       !std::is_same_v<std::decay_t<F>, Handle<R>>>>
     void submit(U&& item, F&& callback) {
         throw_if_rejected(
             submit_impl(std::forward<U>(item), wait_forever, {}, emplacer<F>(callback)));
@@ -4333,15 +4459,28 @@ public:
     ///        callback is invoked only if the item was accepted.
     template <class U, class F,
               class = std::enable_if_t<std::is_constructible_v<T, U&&> &&
-                                       std::is_invocable_v<std::decay_t<F>&, Outcome<R>&&>>>
+                                       !std::is_same_v<std::decay_t<F>, Handle<R>>>>
     [[nodiscard]] SubmitStatus try_submit(U&& item, F&& callback) {
         return submit_impl(std::forward<U>(item), wait_never, {}, emplacer<F>(callback));
     }
 
     /// @brief Like `try_submit(item)`; on acceptance @p handle receives the item's handle.
+    ///        (`try_submit_handle(item)` returns both instead.)
     template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
     [[nodiscard]] SubmitStatus try_submit(U&& item, Handle<R>& handle) {
         return submit_with_handle(std::forward<U>(item), wait_never, {}, handle);
+    }
+
+    /**
+     * @brief Like `try_submit(item)`, returning the status together with the item's handle
+     *        (valid when accepted): `if (auto submitted = b.try_submit_handle(x)) ...`.
+     * @throws whatever constructing `T` from @p item throws; `std::bad_alloc`.
+     */
+    template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
+    [[nodiscard]] SubmitResult<R> try_submit_handle(U&& item) {
+        SubmitResult<R> result;
+        result.status = submit_with_handle(std::forward<U>(item), wait_never, {}, result.handle);
+        return result;
     }
 
     /**
@@ -4360,7 +4499,7 @@ public:
     /// @brief Like `submit_for(item, timeout)`, with a callback as in `submit(item, callback)`.
     template <class U, class F, class Rep, class Period,
               class = std::enable_if_t<std::is_constructible_v<T, U&&> &&
-                                       std::is_invocable_v<std::decay_t<F>&, Outcome<R>&&>>>
+                                       !std::is_same_v<std::decay_t<F>, Handle<R>>>>
     [[nodiscard]] SubmitStatus submit_for(U&& item, F&& callback,
                                           const std::chrono::duration<Rep, Period>& timeout) {
         return submit_impl(std::forward<U>(item), wait_until_deadline, deadline_after(timeout),
@@ -4368,12 +4507,29 @@ public:
     }
 
     /// @brief Like `submit_for(item, timeout)`; on acceptance @p handle receives the handle.
+    ///        (`submit_for_handle(item, timeout)` returns both instead.)
     template <class U, class Rep, class Period,
               class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
     [[nodiscard]] SubmitStatus submit_for(U&& item, Handle<R>& handle,
                                           const std::chrono::duration<Rep, Period>& timeout) {
         return submit_with_handle(std::forward<U>(item), wait_until_deadline,
                                   deadline_after(timeout), handle);
+    }
+
+    /**
+     * @brief Like `submit_for(item, timeout)`, returning the status (`accepted`, `full` when
+     *        timed out, `closed`) together with the item's handle (valid when accepted).
+     * @throws ReentrancyError if it would block inside this batcher's own process_batch;
+     *         whatever constructing `T` from @p item throws; `std::bad_alloc`.
+     */
+    template <class U, class Rep, class Period,
+              class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
+    [[nodiscard]] SubmitResult<R> submit_for_handle(
+        U&& item, const std::chrono::duration<Rep, Period>& timeout) {
+        SubmitResult<R> result;
+        result.status = submit_with_handle(std::forward<U>(item), wait_until_deadline,
+                                           deadline_after(timeout), result.handle);
+        return result;
     }
 
     /**
@@ -4432,8 +4588,10 @@ public:
         return (lanes_[0].head.load(std::memory_order_acquire) & closed_bit) != 0;
     }
 
-    /// @brief A snapshot of the counters (see `Stats` for its consistency). Thread-safe,
-    ///        lock-free, O(1).
+    /// @brief A snapshot of the counters (see `Stats` for its consistency). Thread-safe, O(1).
+    ///        Not lock-free: it reads the atomic counters, then copies the cost-model fit under
+    ///        a mutex that workers hold briefly once per finished batch, so it may wait for one
+    ///        (never for a submit: producers do not take that mutex).
     Stats stats() const noexcept {
         Stats result;
         std::uint64_t filling = 0;
@@ -4535,12 +4693,21 @@ private:
 
     static bool no_completion(detail::Completion<R>&) noexcept { return false; }
 
-    // Stores the callback (moved if the caller passed an rvalue, copied otherwise).
+    // Stores the callback (moved if the caller passed an rvalue, copied otherwise). Every
+    // callback overload comes through here, so this is where a wrong signature is reported.
     template <class F>
     static auto emplacer(std::remove_reference_t<F>& callback) {
+        static_assert(std::is_invocable_v<std::decay_t<F>&, Outcome<R>&&>,
+                      "microbatch::Batcher: the callback must be callable as "
+                      "void(microbatch::Outcome<R>&&), where R is the batcher's result type "
+                      "(Outcome<void> for Batcher<T>)");
         return [&callback](detail::Completion<R>& slot) {
-            slot.emplace(std::forward<F>(callback));
-            return true;
+            if constexpr (std::is_invocable_v<std::decay_t<F>&, Outcome<R>&&>) {
+                slot.emplace(std::forward<F>(callback));
+                return true;
+            } else {
+                return false;  // not reached: the static_assert above failed
+            }
         };
     }
 
@@ -5576,8 +5743,7 @@ namespace microbatch {
  * Thread safety: the returned function may run on many workers at once (merges are lock-free).
  * @param aggregator where batch results go; held by reference.
  * @param process    `process(batch)` returning something `aggregator.merge` accepts; copied
- *                   into the returned function (it must be copy-constructible, like any
- *                   `std::function` target).
+ *                   (moved) into the returned function, which is move-only if it is.
  */
 template <class Op, class F>
 auto merge_into(Aggregator<Op>& aggregator, F process) {

@@ -11,7 +11,7 @@ foreach(_var IN ITEMS CXX INCLUDE_DIR SOURCE OUTPUT)
 endforeach()
 
 file(REMOVE "${OUTPUT}")
-execute_process(COMMAND "${CXX}" -std=c++17 -fno-exceptions -O1 -Wall -Wextra -Wpedantic -Werror
+execute_process(COMMAND "${CXX}" -std=c++17 -fno-exceptions -Wall -Wextra -Wpedantic -Werror
                         "-I${INCLUDE_DIR}" "${SOURCE}" -o "${OUTPUT}" -pthread
                 RESULT_VARIABLE _result OUTPUT_VARIABLE _out ERROR_VARIABLE _out)
 if(NOT _result EQUAL 0)
