@@ -15,13 +15,21 @@ namespace microbatch {
  * @brief Why a batch was dispatched.
  */
 enum class DispatchReason {
-    full,      ///< It reached `max_batch_size` items.
+    full,      ///< All its `max_batch_size` slots were claimed (see `Batch::size()`).
     deadline,  ///< Its oldest item had waited `max_delay`.
     flush,     ///< `Batcher::flush()` or `Batcher::wait_idle()` was called.
     close,     ///< The batcher was closed (or destroyed).
+    /// Its oldest item had waited `max_delay` while every worker was busy (the batch kept
+    /// growing meanwhile); a worker that finished a batch sealed it.
+    worker_free,
+    /// Sealed before `max_delay` while a worker was free, because waiting could not pay
+    /// (seal_policy.hpp, rule 5): it held as many items as arrive while one batch runs, or no
+    /// item had arrived for several mean gaps.
+    early,
 };
 
-/// Returns a stable lower-case name for @p reason ("full", "deadline", "flush", "close").
+/// Returns a stable lower-case name for @p reason ("full", "deadline", "flush", "close",
+/// "worker_free", "early").
 constexpr const char* to_string(DispatchReason reason) noexcept {
     switch (reason) {
         case DispatchReason::full:
@@ -32,6 +40,10 @@ constexpr const char* to_string(DispatchReason reason) noexcept {
             return "flush";
         case DispatchReason::close:
             return "close";
+        case DispatchReason::worker_free:
+            return "worker_free";
+        case DispatchReason::early:
+            return "early";
     }
     return "unknown";
 }
@@ -57,7 +69,9 @@ public:
     Batch(T* items, std::size_t size, DispatchReason reason, std::uint64_t sequence = 0) noexcept
         : items_(items), size_(size), reason_(reason), sequence_(sequence) {}
 
-    /// @brief Number of items, in [1, max_batch_size].
+    /// @brief Number of items, in [1, max_batch_size]. A submit whose item construction threw
+    ///        still used up a slot (a hole, left out of the batch), so a batch dispatched as
+    ///        `full` may hold fewer than max_batch_size items.
     std::size_t size() const noexcept { return size_; }
     /// @brief True if the batch holds no items (never the case for a dispatched batch).
     bool empty() const noexcept { return size_ == 0; }
@@ -76,6 +90,8 @@ public:
      *        dispatched, which within one lane (see `Options::lanes`) is the order they started
      *        filling. Items of one producer in batch s precede its items in any batch s' > s.
      *        Batches may run (and finish) out of this order on several workers.
+     *        A batch whose every slot is a hole (every item construction threw) is numbered
+     *        but never reaches `process_batch`, so the numbers it sees may have gaps.
      */
     std::uint64_t sequence() const noexcept { return sequence_; }
 

@@ -34,6 +34,7 @@
 #include "microbatch/handle.hpp"
 #include "microbatch/options.hpp"
 #include "microbatch/outcome.hpp"
+#include "microbatch/seal_policy.hpp"
 #include "microbatch/stats.hpp"
 #include "microbatch/submit_result.hpp"
 #include "microbatch/thread_pool.hpp"
@@ -89,9 +90,20 @@ struct CloseResult {
  * with the handle. Items are taken by forwarding reference and moved from
  * only when accepted: a rejected item is left as it was.
  *
- * **Backpressure.** At most `capacity` items (rounded up to whole batches per lane) are accepted
- * and not yet finished. When a producer's lane is full, `submit`/`post` block, `try_submit`
- * returns `SubmitStatus::full` at once, `submit_for` waits up to its timeout.
+ * **Backpressure.** At most `capacity` items (ceil(capacity / lanes) per lane) are accepted and
+ * not yet finished, counted in items whatever the batch sizes. When a producer's lane is full,
+ * `submit`/`post` block, `try_submit` returns `SubmitStatus::full` at once, `submit_for` waits
+ * up to its timeout.
+ *
+ * **Forming batches under load** (seal_policy.hpp has the exact rules). While
+ * `max_in_flight` batches are running (default: one per worker), a partial batch is not
+ * sealed by its time bound: it keeps growing until it is full, and the worker that finishes a
+ * batch seals it at once (reason `worker_free`). While a worker is free, a partial batch is
+ * sealed at `max_delay`, or earlier (reason `early`, `Options::seal_early`) when it already
+ * holds as many items as arrive while one batch runs (from the measured arrival rate and the
+ * online cost fit), or when no item arrived for several mean gaps. `max_delay(0)` seals as soon
+ * as a worker can take the batch. `set_max_batch_size`, `set_max_delay` and
+ * `set_max_in_flight` change the rules at run time.
  *
  * **Lanes.** With `Options::lanes(n)`, the batcher fills n batches side by side, one per lane,
  * and each producer thread always submits to the same lane; producers on different lanes never
@@ -103,12 +115,35 @@ struct CloseResult {
  * callback, the stats count it, and the batcher carries on. Exceptions thrown by callbacks are
  * caught, counted in `Stats::callback_exceptions` and otherwise ignored. If constructing `T` from
  * the submitted argument throws, the exception propagates out of the submit call and the item is
- * not accepted.
+ * not accepted; the slot it had claimed stays in its batch as a *hole*. A batch with holes is
+ * dispatched like any other (as `full` once all its slots are claimed) and reaches
+ * process_batch with only its items, so a `full` batch may hold fewer than max_batch_size; a
+ * batch made only of holes never reaches process_batch, which then sees a gap in
+ * `Batch::sequence()` numbers. All items of a failed batch share one exception object (see
+ * README "Reliability" on ThreadSanitizer).
  *
  * **Shutdown.** `close()` stops accepting (later submits fail with `ClosedError`, and producers
  * blocked on a full batcher wake with it), dispatches the partial batch, and waits for every
  * accepted item to finish. It is idempotent and thread-safe; the destructor calls it.
  * No accepted item is lost or processed twice.
+ *
+ * **Re-entrancy.** Inside a batch of this batcher (its process_batch or an item's callback),
+ * `close()`, `close_for()` and `wait_idle()` throw `ReentrancyError` (they would wait for that
+ * very batch), and so do `submit`, `post` and `submit_for` when they find the batcher full (they
+ * could wait for it) — `submit_for` whatever its timeout, even zero: use `try_submit`, which never
+ * waits. `flush()` and submits that find room work. Nesting is tracked: each thread keeps the
+ * chain of batches it is running, so when batcher A's batch runs batcher B's batch on the same
+ * thread (B's executor runs tasks inline or refused the batch) and B's batch calls
+ * `A.wait_idle()`, `A.close()` or a blocking submit on a full A, that throws `ReentrancyError` too.
+ *
+ * **Not detected — deadlock:** waiting, from inside a batch, for *another* batcher whose batches
+ * need the very thread that batch runs on. Example: A and B share a one-thread pool, and A's
+ * process_batch calls `B.close()`, `B.wait_idle()` or a blocking submit to a full B; B's batches
+ * are queued behind A's batch on the only worker and never run (with n workers, the same happens
+ * once n such batches run at once). The batcher cannot tell whether an executor has another
+ * thread free, so it does not try. From inside a batch, wait only on batchers whose executor is
+ * not the one running the batch (e.g. a batcher with its own pool), or use `flush()` and
+ * `try_submit()`, which never wait.
  *
  * **Performance.** The submit fast path is one atomic fetch-add on the lane's word plus writing
  * the item into its slot of a preallocated batch buffer: no mutex, no allocation (in handle
@@ -179,8 +214,9 @@ public:
      * @brief Submits @p item and returns a handle to its result. Blocks while the batcher is
      *        full.
      * @throws ClosedError if the batcher is closed (also when it closes while blocked);
-     *         ReentrancyError if it would block inside this batcher's own process_batch;
-     *         whatever constructing `T` from @p item throws; `std::bad_alloc`.
+     *         ReentrancyError if it finds the batcher full inside one of its own batches
+     *         (see "Re-entrancy" above); whatever constructing `T` from @p item throws;
+     *         `std::bad_alloc`.
      */
     template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
     Handle<R> submit(U&& item) {
@@ -254,8 +290,10 @@ public:
 
     /**
      * @brief Fire-and-forget, waiting at most @p timeout for space: `accepted`, `full` (timed
-     *        out) or `closed`. The item is left untouched unless accepted.
-     * @throws ReentrancyError if it would block inside this batcher's own process_batch.
+     *        out) or `closed`. The item is left untouched unless accepted. A timeout too large to
+     *        add to the current time waits without a time limit.
+     * @throws ReentrancyError if it finds the batcher full inside one of its own batches, for
+     *         any timeout including zero (see "Re-entrancy" above; `try_submit` never throws it).
      */
     template <class U, class Rep, class Period,
               class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
@@ -315,7 +353,8 @@ public:
      * @brief Flushes, then blocks until every item accepted before the call has finished
      *        (its batch ran and its handle/callback completed). Items submitted concurrently may
      *        or may not be waited for.
-     * @throws ReentrancyError when called from inside this batcher's process_batch or callbacks.
+     * @throws ReentrancyError when called from inside this batcher's process_batch or callbacks,
+     *         also nested (see "Re-entrancy" above).
      */
     void wait_idle() {
         check_not_reentrant("wait_idle");
@@ -334,8 +373,8 @@ public:
      * @brief Stops accepting items, dispatches the partial batch (reason `close`) and blocks
      *        until every accepted item has finished. Idempotent; concurrent calls all wait.
      *        Producers blocked in submit wake with `ClosedError`.
-     * @throws ReentrancyError when called from inside this batcher's process_batch or callbacks
-     *         (it would wait for itself).
+     * @throws ReentrancyError when called from inside this batcher's process_batch or callbacks,
+     *         also nested (it would wait for itself; see "Re-entrancy" above).
      */
     void close() { close_impl(nullptr); }
 
@@ -366,13 +405,96 @@ public:
         std::uint64_t filling = 0;
         for (std::uint32_t l = 0; l < lane_count_; ++l) {
             // relaxed: a statistic; no data is read through it.
-            const std::uint64_t head = lanes_[l].head.load(std::memory_order_relaxed);
-            const std::uint64_t count = head & count_mask;
-            const bool open = (head & closed_bit) == 0 && count < batch_size_;
-            filling += open ? count : 0;
+            filling += filling_count(lanes_[l].head.load(std::memory_order_relaxed));
         }
         stats_.snapshot(result, filling);
         return result;
+    }
+
+    /**
+     * @brief Accepted items not yet finished: in the batch being filled, sealed and waiting,
+     *        or running. Thread-safe, lock-free, O(lanes); a snapshot that may be stale by the
+     *        time it returns.
+     */
+    std::size_t pending() const noexcept {
+        // relaxed: a statistic; no data is read through these counters.
+        std::uint64_t filling = 0;
+        for (std::uint32_t l = 0; l < lane_count_; ++l) {
+            filling += filling_count(lanes_[l].head.load(std::memory_order_relaxed));
+        }
+        return static_cast<std::size_t>(in_flight_items_.load(std::memory_order_relaxed) + filling);
+    }
+
+    /**
+     * @brief Sets the batch size bound for batches opened from now on (the batch being filled
+     *        keeps the bound it opened with). Thread-safe; lock-free.
+     *
+     * Storage stays what was reserved for the constructed `max_batch_size`: each batch still
+     * occupies one buffer of that size, so with a smaller bound producers block after
+     * ceil(capacity / constructed size) batches rather than after `capacity` items.
+     * @throws std::invalid_argument unless 1 <= @p size <= the constructed max_batch_size.
+     */
+    void set_max_batch_size(std::size_t size) {
+        if (size == 0 || size > batch_size_) {
+            MICROBATCH_THROW(std::invalid_argument(
+                "microbatch::Batcher::set_max_batch_size: size must be in [1, " +
+                std::to_string(batch_size_) + "] (the constructed max_batch_size; got " +
+                std::to_string(size) + ")"));
+        }
+        // relaxed: read by open_buffer() for the next batch; no data is published with it.
+        current_batch_size_.store(static_cast<std::uint32_t>(size), std::memory_order_relaxed);
+        refresh_producer_threshold();
+    }
+
+    /**
+     * @brief Sets the time bound; effective for every decision from now on (the batch being
+     *        filled included). `nanoseconds::max()` disables it. Thread-safe; wakes the timer.
+     * @throws std::invalid_argument if @p delay is negative.
+     */
+    void set_max_delay(std::chrono::nanoseconds delay) {
+        if (delay.count() < 0) {
+            MICROBATCH_THROW(std::invalid_argument(
+                "microbatch::Batcher::set_max_delay: max_delay must not be negative (got " +
+                std::to_string(delay.count()) + "ns)"));
+        }
+        const std::int64_t ticks = delay == std::chrono::nanoseconds::max()
+                                       ? -1
+                                       : std::chrono::ceil<typename Clock::duration>(delay).count();
+        // relaxed: a setting; the timer re-reads it under timer_mutex_ after the notify below.
+        max_delay_ticks_.store(ticks, std::memory_order_relaxed);
+        refresh_producer_threshold();
+        wake_timer();
+    }
+
+    /**
+     * @brief Sets the in-flight limit (0 = automatic, as in Options::max_in_flight), effective
+     *        for every decision from now on. Thread-safe; wakes the timer. Raising it above the
+     *        value the batcher was built with can make producers block before `capacity` items
+     *        (storage for partial batches was reserved for the constructed limit).
+     */
+    void set_max_in_flight(std::size_t limit) {
+        Options probe = options_;
+        probe.max_in_flight(limit);
+        // relaxed: a setting; see set_max_delay.
+        max_in_flight_.store(probe.effective_max_in_flight(), std::memory_order_relaxed);
+        refresh_producer_threshold();
+        seal_for_free_worker();  // a higher limit may free a worker for a held batch
+        wake_timer();
+    }
+
+    /// @brief The batch size bound in force (see set_max_batch_size). Thread-safe.
+    std::size_t max_batch_size() const noexcept {
+        return current_batch_size_.load(std::memory_order_relaxed);
+    }
+    /// @brief The time bound in force (`nanoseconds::max()` when disabled). Thread-safe.
+    std::chrono::nanoseconds max_delay() const noexcept {
+        const std::int64_t ticks = max_delay_ticks_.load(std::memory_order_relaxed);
+        return ticks < 0 ? std::chrono::nanoseconds::max()
+                         : std::chrono::nanoseconds(to_nanoseconds(ticks));
+    }
+    /// @brief The in-flight limit in force (resolved: never 0). Thread-safe.
+    std::size_t max_in_flight() const noexcept {
+        return max_in_flight_.load(std::memory_order_relaxed);
     }
 
     /// @brief The options the batcher was built with.
@@ -400,6 +522,7 @@ private:
     static constexpr std::uint64_t sealed_count = std::uint64_t{1} << 23;
     static constexpr std::size_t max_buffers = buffer_mask + 1;
     static constexpr std::int64_t unset_time = std::numeric_limits<std::int64_t>::min();
+    static constexpr std::uint32_t no_buffer = std::numeric_limits<std::uint32_t>::max();
     static std::uint64_t make_head(std::uint64_t sequence, std::uint64_t buffer) noexcept {
         return ((sequence & tag_mask) << tag_shift) | (buffer << buffer_shift);
     }
@@ -421,10 +544,23 @@ private:
         alignas(detail::cache_line_size) std::atomic<std::uint64_t> head{0};
         alignas(detail::cache_line_size) std::atomic<std::uint64_t> next_sequence{0};
         std::uint32_t first_buffer = 0;  // index in buffers_ of the lane's buffer 0
+        // Capacity in items: the lane's share of `capacity` not yet granted to a batch. A
+        // buffer opens with min(batch size, free_items) slots; sealing returns the slots its
+        // batch did not use, finishing returns the rest. Written once or twice per batch.
+        std::atomic<std::int64_t> free_items{0};
+        // The lane's next buffer, when it could not open for want of free items (no_buffer
+        // otherwise): the thread returning items opens it. seq_cst handshake, see try_open().
+        std::atomic<std::uint32_t> parked{no_buffer};
     };
 
     struct alignas(detail::cache_line_size) Buffer {
         std::atomic<std::int64_t> opened_at{unset_time};  // clock ticks when slot 0 was claimed
+        // First slot of the current use: max_batch_size (as constructed) - the batch size in
+        // force when the buffer opened; the head's count starts here, so a batch is full when
+        // the count reaches the constructed size whatever the current one. Written by the
+        // opener before the head CAS that publishes the buffer; relaxed accesses suffice for
+        // every reader that acquired that head (the stats() reader tolerates a stale value).
+        std::atomic<std::uint32_t> start{0};
         std::atomic<std::uint64_t> sequence{0};           // batch number of the current use
         std::atomic<std::uint64_t> finished_sequence{0};  // batch number of the last finished use
         std::atomic<std::uint32_t> arrivals{0};           // "free" + "predecessor sealed" events
@@ -457,6 +593,33 @@ private:
         void operator()(T* items) const noexcept { std::allocator<T>().deallocate(items, count); }
     };
     void initialise();  // detail/batcher_seal.hpp
+
+    // Items in the batch being filled described by @p head (0 if it is sealed or closed).
+    std::uint64_t filling_count(std::uint64_t head) const noexcept {
+        const std::uint64_t count = head & count_mask;
+        if ((head & closed_bit) != 0 || count >= batch_size_) {
+            return 0;
+        }
+        // relaxed: see Buffer::start; a stale value only skews a statistic.
+        const std::uint64_t start = buffers_[buffer_of(head)].start.load(std::memory_order_relaxed);
+        return count > start ? count - start : 0;
+    }
+
+    // ---- Load, policy inputs: detail/batcher_policy.hpp ------------------------------------
+    LoadEstimate load_estimate() const noexcept;
+    SealInputs policy_inputs(SealTrigger trigger, std::int64_t now, std::size_t count,
+                             std::size_t bound, std::int64_t opened_at,
+                             std::int64_t last_change_at) const noexcept;
+    // The size bound of the batch in buffer @p buffer (the batch size in force when it opened,
+    // or fewer when the lane was short of free items).
+    std::uint32_t bound_of(std::uint32_t buffer) const noexcept {
+        // relaxed: see Buffer::start.
+        return batch_size_ - buffers_[buffer].start.load(std::memory_order_relaxed);
+    }
+    void note_sealed(std::uint32_t size, std::int64_t now) noexcept;
+    void refresh_producer_threshold() noexcept;
+    void wake_timer();
+    void seal_for_free_worker();
 
     // ---- Submission: detail/batcher_submit.hpp --------------------------------------------
 
@@ -496,7 +659,8 @@ private:
     template <class U, class Store>
     SubmitStatus submit_impl(U&& item, WaitMode mode, Deadline deadline, Store&& store);
     template <class U, class Store>
-    SubmitStatus fill_slot(std::uint64_t head, std::uint32_t index, U&& item, Store& store);
+    SubmitStatus fill_slot(Lane& lane, std::uint64_t head, std::uint32_t index, U&& item,
+                           Store& store);
     void note_batch_opened(Buffer& buffer, bool needs_timer);
     SubmitStatus wait_for_space(Lane& lane, WaitMode mode, Deadline deadline);
     SubmitStatus wait_for_space_registered(Lane& lane, WaitMode mode, Deadline deadline);
@@ -508,6 +672,9 @@ private:
     void post_batch(std::uint32_t buffer);
     void arrive(std::uint32_t index);
     void open_buffer(std::uint32_t index);
+    void try_open(std::uint32_t index);
+    std::int64_t take_items(Lane& lane, std::int64_t wanted) noexcept;
+    void return_items(Lane& lane, std::int64_t count);
     void retire_unused(Buffer& buffer);
     static void mark_finished(Buffer& buffer, std::uint64_t sequence) noexcept;
 
@@ -528,7 +695,6 @@ private:
     // ---- Timer: detail/batcher_timer.hpp --------------------------------------------------
 
     void run_timer();
-    Lane* earliest_deadline(std::uint64_t& head, std::int64_t& deadline) const noexcept;
     bool current_batch_start(const Lane& lane, std::uint64_t& head,
                              std::int64_t& opened_at) const noexcept;
 
@@ -537,7 +703,7 @@ private:
     std::uint64_t flush_and_target(Lane& lane);
     bool finished_through(const Lane& lane, std::uint64_t target) const noexcept;
     void check_not_reentrant(const char* what) const {
-        if (detail::running_batcher == this) {
+        if (detail::is_running_on_this_thread(this)) {
             MICROBATCH_THROW(ReentrancyError(std::string("microbatch::Batcher: ") + what +
                                              "() called from inside this batcher's "
                                              "process_batch or callback would wait for itself"));
@@ -558,15 +724,45 @@ private:
     std::uint32_t batch_size_ = 0;
     std::uint32_t lane_count_ = 1;
     std::uint32_t buffers_per_lane_ = 0;
-    std::int64_t max_delay_ticks_ = -1;
+    bool seal_early_ = true;
+
+    // Settings changeable at run time (relaxed: each is one independent value).
+    std::atomic<std::uint32_t> current_batch_size_{0};
+    std::atomic<std::int64_t> max_delay_ticks_{-1};
+    std::atomic<std::size_t> max_in_flight_{1};
+    // Producers seal once their batch holds this many items and a worker is free
+    // (producer_seal_threshold(); recomputed at every seal and setter).
+    std::atomic<std::uint32_t> producer_threshold_{0};
+
+    // Batches dispatched and not finished: the in-flight limit's counter. Its own cache line:
+    // producers read it when their batch reaches the threshold, sealers and workers write it.
+    alignas(detail::cache_line_size) std::atomic<std::uint64_t> in_flight_batches_{0};
+    // The timer sleeps without a deadline because every worker is busy; a finishing worker
+    // must wake it (seq_cst Dekker handshake with in_flight_batches_).
+    std::atomic<bool> timer_waits_for_worker_{false};
+    // Arrival-rate estimate: exponentially weighted items and nanoseconds between seals.
+    // Updated by whichever thread seals, without a lock: concurrent seals may lose one sample,
+    // which only makes the estimate a little less smooth.
+    alignas(detail::cache_line_size) std::atomic<std::int64_t> last_seal_at_{unset_time};
+    std::atomic<double> rate_items_{0.0};
+    std::atomic<double> rate_nanoseconds_{0.0};
+    std::atomic<std::uint64_t> rate_samples_{0};
     std::unique_ptr<T, ItemsDeleter> items_{nullptr, ItemsDeleter{0}};
     std::unique_ptr<detail::Completion<R>[]> completions_;
     std::unique_ptr<std::atomic<std::uint8_t>[]> slot_states_;
     std::unique_ptr<Buffer[]> buffers_;
     std::unique_ptr<Lane[]> lanes_;
+    // The timer's memory of each lane's batch (run_timer), allocated before the timer starts.
+    struct TimerSeen {
+        std::uint64_t batch = ~std::uint64_t{0};  // head without the count: which batch
+        std::uint64_t count = 0;
+        std::int64_t changed_at = unset_time;
+    };
+    std::unique_ptr<TimerSeen[]> timer_seen_;
 
     alignas(detail::cache_line_size) std::atomic<bool> timer_idle_{false};
     std::atomic<std::uint64_t> dispatched_batches_{0};
+    // Accepted items of dispatched batches not yet finished (holes excluded), for close_for().
     std::atomic<std::uint64_t> in_flight_items_{0};
     std::atomic<std::uint32_t> slow_producers_{0};
     std::atomic<std::uint32_t> space_waiters_{0};
@@ -595,6 +791,7 @@ private:
 
 // The member functions, one file per step of an item's path (see each file's header comment).
 #include "microbatch/detail/batcher_close.hpp"
+#include "microbatch/detail/batcher_policy.hpp"
 #include "microbatch/detail/batcher_run.hpp"
 #include "microbatch/detail/batcher_seal.hpp"
 #include "microbatch/detail/batcher_submit.hpp"

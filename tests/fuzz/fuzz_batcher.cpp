@@ -250,6 +250,7 @@ struct Model {
     std::size_t batch_size;
     std::vector<Spec> open;  // slots of the batch being filled (holes included)
     std::vector<std::vector<std::uint32_t>> batches;
+    std::vector<std::size_t> sizes;  // accepted items of every sealed batch (0: only holes)
     bool closed = false;
 
     void seal() {
@@ -260,13 +261,18 @@ struct Model {
         // fails there instead of being processed.
         std::vector<std::uint32_t> kept;
         bool hole_seen = false;
+        std::size_t size = 0;
         for (const Spec& spec : open) {
             if ((spec.flags & hole) != 0) {
                 hole_seen = true;
-            } else if (!hole_seen || (spec.flags & fragile) == 0) {
+                continue;
+            }
+            ++size;  // an item that fails in compaction still belongs to the batch
+            if (!hole_seen || (spec.flags & fragile) == 0) {
                 kept.push_back(spec.id);
             }
         }
+        sizes.push_back(size);
         if (!kept.empty()) {
             batches.push_back(std::move(kept));
         }
@@ -316,7 +322,7 @@ void run_one(const std::uint8_t* data, std::size_t size) {
         executor_mode == ExecutorMode::inline_ && delay_mode != DelayMode::zero;
 
     Run run(max_operations);
-    Model model{batch_size, {}, {}};
+    Model model{batch_size, {}, {}, {}};
     std::vector<Status> status(max_operations, unknown);
     std::vector<Delivery> delivery(max_operations, none);
     std::vector<std::uint8_t> flags(max_operations, 0);
@@ -560,10 +566,37 @@ void run_one(const std::uint8_t* data, std::size_t size) {
         FUZZ_CHECK(stats.batches_failed == static_cast<std::uint64_t>(run.failed_batches.load()));
         FUZZ_CHECK(stats.batch_size_max <= batch_size);
         FUZZ_CHECK(stats.callback_exceptions == 0);
+        // Issue 15: every counter agrees on batches, including batches made only of holes,
+        // which are dispatched and completed but have no size.
+        FUZZ_CHECK(stats.batches_completed == stats.batches_dispatched());
+        FUZZ_CHECK(stats.queue_delay.count == stats.batches_completed);
+        FUZZ_CHECK(stats.batch_size_min <= stats.batch_size_max);
+        std::uint64_t sized_batches = 0;
+        for (const std::uint64_t bucket : stats.batch_size_histogram) {
+            sized_batches += bucket;
+        }
+        FUZZ_CHECK(sized_batches <= stats.batches_completed);
+        FUZZ_CHECK((sized_batches == 0) == (stats.batch_size_max == 0));
+        FUZZ_CHECK((sized_batches == 0) == (stats.batch_size_min == 0));
 
         if (deterministic) {
             std::lock_guard<std::mutex> lock(run.log_mutex);
             FUZZ_CHECK(run.log == model.batches);
+            std::uint64_t model_sized = 0;
+            std::uint64_t model_min = 0;
+            std::uint64_t model_max = 0;
+            for (const std::size_t batch : model.sizes) {
+                if (batch == 0) {
+                    continue;
+                }
+                ++model_sized;
+                model_min = model_min == 0 ? batch : std::min<std::uint64_t>(model_min, batch);
+                model_max = std::max<std::uint64_t>(model_max, batch);
+            }
+            FUZZ_CHECK(stats.batches_completed == model.sizes.size());
+            FUZZ_CHECK(sized_batches == model_sized);
+            FUZZ_CHECK(stats.batch_size_min == model_min);
+            FUZZ_CHECK(stats.batch_size_max == model_max);
         }
     }
 }

@@ -30,7 +30,9 @@ std::uint64_t Batcher<T, R, Clock>::flush_and_target(Lane& lane) {
             continue;  // the buffer was reopened since we read the head: read again
         }
         const std::uint64_t count = head & count_mask;
-        if ((head & closed_bit) == 0 && count == 0) {
+        // relaxed: written before the head we read (seq_cst) was published (Buffer::start).
+        const std::uint64_t start = buffer.start.load(std::memory_order_relaxed);
+        if ((head & closed_bit) == 0 && count <= start) {
             return sequence - 1;  // open and empty: everything before it
         }
         if ((head & closed_bit) == 0 && count < batch_size_ &&
@@ -80,8 +82,11 @@ CloseResult Batcher<T, R, Clock>::close_impl(const Deadline* deadline) {
         CloseResult result;
         result.completed = false;
         result.batches_in_flight = static_cast<std::size_t>(open_batches_);
-        result.items_in_flight =
-            static_cast<std::size_t>(in_flight_items_.load(std::memory_order_relaxed));
+        // Read as signed: a hole's producer may have subtracted it before the seal added it.
+        // relaxed: a statistic; we are not waiting for these items here.
+        const auto items =
+            static_cast<std::int64_t>(in_flight_items_.load(std::memory_order_relaxed));
+        result.items_in_flight = items < 0 ? 0 : static_cast<std::size_t>(items);
         return result;
     }
     lock.unlock();
@@ -104,12 +109,25 @@ void Batcher<T, R, Clock>::begin_close() {
             std::memory_order_seq_cst)) {
         }
         const std::uint64_t count = head & count_mask;
-        if (count == 0) {
+        // relaxed: written before the head we exchanged was published (Buffer::start).
+        const std::uint64_t start = buffers_[buffer_of(head)].start.load(std::memory_order_relaxed);
+        if (count >= batch_size_) {
+            // a sealer owns that batch and dispatches it
+        } else if (count <= start) {
             retire_unused(buffers_[buffer_of(head)]);  // the open batch was empty
-        } else if (count < batch_size_) {
-            seal_and_dispatch(buffer_of(head), static_cast<std::uint32_t>(count),
+        } else {
+            seal_and_dispatch(buffer_of(head), static_cast<std::uint32_t>(count - start),
                               DispatchReason::close);
-        }  // else: a sealer owns that batch and dispatches it
+        }
+    }
+    // A buffer parked for want of free items will never open now: account for it.
+    for (std::uint32_t l = 0; l < lane_count_; ++l) {
+        // seq_cst: competes with return_items() and try_open() for the parked buffer.
+        const std::uint32_t parked =
+            lanes_[l].parked.exchange(no_buffer, std::memory_order_seq_cst);
+        if (parked != no_buffer) {
+            retire_unused(buffers_[parked]);
+        }
     }
     if (timer_.joinable()) {
         {

@@ -14,14 +14,16 @@ namespace microbatch {
 template <class T, class R, class Clock>
 void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
     Buffer& buffer = buffers_[buffer_index];
-    const std::size_t first = static_cast<std::size_t>(buffer_index) * batch_size_;
+    // relaxed: the sealer handed this batch to us through the executor (see Buffer::start).
+    const std::size_t first = static_cast<std::size_t>(buffer_index) * batch_size_ +
+                              buffer.start.load(std::memory_order_relaxed);
     T* items = items_.get() + first;
     detail::Completion<R>* completions = completions_.get() + first;
     std::atomic<std::uint8_t>* states = slot_states_.get() + first;
     const std::size_t size = buffer.size;
 
-    const void* const outer = detail::running_batcher;
-    detail::running_batcher = this;
+    const detail::RunningBatch running{this, detail::running_batches};
+    detail::running_batches = &running;
 
     // Producers that claimed a slot may still be writing it: wait for each slot's state.
     std::size_t holes = 0;
@@ -64,15 +66,18 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
         }
     }
     const auto processing = to_nanoseconds((clock_.now() - started).count());
+    const std::int64_t dispatch_wait =
+        to_nanoseconds(started.time_since_epoch().count() - buffer.dispatched_at);
 
     const bool batch_failed = static_cast<bool>(error);
     // Stats first: a producer that sees its item's result then also sees it counted.
     if (holes != 0) {
         stats_.holes(holes);
     }
-    const std::size_t failed = (batch_failed ? count : 0) + failed_in_compaction;
-    stats_.completed(count - (batch_failed ? count : 0), failed, batch_failed, queue_delay,
-                     processing);
+    // Items that failed in compaction were counted (failed_early) before they completed.
+    const std::size_t failed = batch_failed ? count : 0;
+    stats_.completed(count - failed, failed, batch_failed, queue_delay, dispatch_wait, processing,
+                     failed_in_compaction);
     if (any_completion) {
         std::size_t last = count;
         for (std::size_t i = count; i-- > 0;) {
@@ -100,8 +105,20 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
         // relaxed: published to the next producers by arrive()'s acq_rel and the open CAS.
         states[i].store(detail::slot_empty, std::memory_order_relaxed);
     }
-    in_flight_items_.fetch_sub(size, std::memory_order_relaxed);
-    detail::running_batcher = outer;
+    if (count != 0 && opened_at != unset_time) {
+        // One end-to-end sample per batch: its oldest item, accepted at opened_at, has now had
+        // its result delivered (Stats::item_latency).
+        stats_.item_latency(to_nanoseconds(clock_.now().time_since_epoch().count() - opened_at));
+    }
+    // Holes were taken off by their producers (fill_slot). relaxed: a statistic for close_for().
+    in_flight_items_.fetch_sub(size - holes, std::memory_order_relaxed);
+    // The batch's slots are free: their share of the capacity goes back to the lane (and may
+    // open a buffer parked for want of items).
+    return_items(lanes_[buffer_index / buffers_per_lane_], static_cast<std::int64_t>(size));
+    detail::running_batches = running.outer;
+    // The worker is free: seq_cst, Dekker handshake with the timer (seal_for_free_worker).
+    in_flight_batches_.fetch_sub(1, std::memory_order_seq_cst);
+    seal_for_free_worker();
 }
 
 template <class T, class R, class Clock>
@@ -148,7 +165,7 @@ std::uint8_t Batcher<T, R, Clock>::wait_for_slot(std::atomic<std::uint8_t>& stat
 
 // Closes the holes left by failed constructions so the batch is contiguous again. An item
 // whose move constructor throws here fails with that exception (reported through its
-// completion) instead of being processed.
+// completion) instead of being processed; it is counted in the stats before it completes.
 template <class T, class R, class Clock>
 std::size_t Batcher<T, R, Clock>::compact(T* items, detail::Completion<R>* completions,
                                           std::atomic<std::uint8_t>* states, std::size_t size,
@@ -166,6 +183,7 @@ std::size_t Batcher<T, R, Clock>::compact(T* items, detail::Completion<R>* compl
                 const std::exception_ptr error = std::current_exception();
                 items[i].~T();
                 ++failed;
+                stats_.failed_early();  // before completing: whoever sees it sees it counted
                 if (completions[i].has_value()) {
                     MICROBATCH_TRY {
                         completions[i].complete(Outcome<R>(error));

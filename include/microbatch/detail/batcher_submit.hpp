@@ -54,7 +54,7 @@ SubmitStatus Batcher<T, R, Clock>::submit_impl(U&& item, WaitMode mode, Deadline
             const std::uint64_t head = lane.head.fetch_add(1, std::memory_order_seq_cst);
             const std::uint32_t index = static_cast<std::uint32_t>(head & count_mask);
             if (index < batch_size_) {
-                return fill_slot(head, index, std::forward<U>(item), store);
+                return fill_slot(lane, head, index, std::forward<U>(item), store);
             }
         }
         const SubmitStatus status = wait_for_space(lane, mode, deadline);
@@ -67,12 +67,14 @@ SubmitStatus Batcher<T, R, Clock>::submit_impl(U&& item, WaitMode mode, Deadline
 
 template <class T, class R, class Clock>
 template <class U, class Store>
-SubmitStatus Batcher<T, R, Clock>::fill_slot(std::uint64_t head, std::uint32_t index, U&& item,
-                                             Store& store) {
+SubmitStatus Batcher<T, R, Clock>::fill_slot(Lane& lane, std::uint64_t head, std::uint32_t index,
+                                             U&& item, Store& store) {
     const std::uint32_t buffer = buffer_of(head);
     const std::size_t slot = static_cast<std::size_t>(buffer) * batch_size_ + index;
-    if (index == 0) {
-        // With max_batch_size 1 this very claim seals the batch: no deadline to time.
+    // relaxed: written before the head CAS our claim synchronised with (see Buffer::start).
+    const std::uint32_t start = buffers_[buffer].start.load(std::memory_order_relaxed);
+    if (index == start) {
+        // With a batch size of 1 this very claim seals the batch: no deadline to time.
         note_batch_opened(buffers_[buffer], index + 1 < batch_size_);
     }
     T* place = items_.get() + slot;
@@ -104,12 +106,30 @@ SubmitStatus Batcher<T, R, Clock>::fill_slot(std::uint64_t head, std::uint32_t i
             // it forever: publish a hole, which the worker skips.
             error = std::current_exception();
             state = detail::slot_hole;
+            // A hole is no accepted item: take it off close_for()'s in-flight count now, while
+            // the batch cannot finish (it waits for this slot). The seal may not have added it
+            // yet, so the count can read one low for a moment (close_impl clamps at zero).
+            // relaxed: a statistic; nothing is published through it.
+            in_flight_items_.fetch_sub(1, std::memory_order_relaxed);
         }
     }
     // release: publishes the item and completion to the worker that runs this batch.
     slot_states_[slot].store(state, std::memory_order_release);
     if (index + 1 == batch_size_) {
-        seal_and_dispatch(buffer, batch_size_, DispatchReason::full);
+        seal_and_dispatch(buffer, batch_size_ - start, DispatchReason::full);
+    } else if (index + 1 - start >= producer_threshold_.load(std::memory_order_relaxed) &&
+               in_flight_batches_.load(std::memory_order_relaxed) <
+                   max_in_flight_.load(std::memory_order_relaxed)) {
+        // A worker is free and the batch reached the size the policy seals at without a clock
+        // (max_delay 0, or early sealing's target): confirm with the policy and seal it here,
+        // rather than wait for the timer to wake. relaxed loads: policy inputs, see
+        // in_flight_batches_; a stale value only delays the seal to the timer or a worker.
+        const SealDecision decision =
+            decide_seal(policy_inputs(SealTrigger::producer, 0, index + 1 - start,
+                                      batch_size_ - start, unset_time, unset_time));
+        if (decision.seal) {
+            seal_current(lane, decision.reason, head & ~count_mask, true);
+        }
     }
     if (error) {
         stats_.rejected_error();
@@ -124,7 +144,7 @@ void Batcher<T, R, Clock>::note_batch_opened(Buffer& buffer, bool needs_timer) {
     // seq_cst (store and load): a Dekker handshake with run_timer(), which sets
     // timer_idle_ and then re-reads the heads and opened_at; one side always sees the other.
     buffer.opened_at.store(clock_.now().time_since_epoch().count(), std::memory_order_seq_cst);
-    if (needs_timer && max_delay_ticks_ >= 0 && timer_idle_.load(std::memory_order_seq_cst)) {
+    if (needs_timer && timer_idle_.load(std::memory_order_seq_cst)) {
         { std::lock_guard<std::mutex> lock(timer_mutex_); }
         timer_condition_.notify_one();
     }
@@ -187,7 +207,7 @@ SubmitStatus Batcher<T, R, Clock>::wait_for_space_registered(Lane& lane, WaitMod
     if (mode == wait_never) {
         return finish(SubmitStatus::full);
     }
-    if (detail::running_batcher == this) {
+    if (detail::is_running_on_this_thread(this)) {
         MICROBATCH_THROW(ReentrancyError(
             "microbatch::Batcher: blocking submit from inside process_batch found the "
             "batcher full (it could wait for its own batch); use try_submit"));
