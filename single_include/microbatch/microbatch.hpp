@@ -1163,13 +1163,21 @@ namespace microbatch {
  * @brief Why a batch was dispatched.
  */
 enum class DispatchReason {
-    full,      ///< It reached `max_batch_size` items.
+    full,      ///< All its `max_batch_size` slots were claimed (see `Batch::size()`).
     deadline,  ///< Its oldest item had waited `max_delay`.
     flush,     ///< `Batcher::flush()` or `Batcher::wait_idle()` was called.
     close,     ///< The batcher was closed (or destroyed).
+    /// Its oldest item had waited `max_delay` while every worker was busy (the batch kept
+    /// growing meanwhile); a worker that finished a batch sealed it.
+    worker_free,
+    /// Sealed before `max_delay` while a worker was free, because waiting could not pay
+    /// (seal_policy.hpp, rule 5): it held as many items as arrive while one batch runs, or no
+    /// item had arrived for several mean gaps.
+    early,
 };
 
-/// Returns a stable lower-case name for @p reason ("full", "deadline", "flush", "close").
+/// Returns a stable lower-case name for @p reason ("full", "deadline", "flush", "close",
+/// "worker_free", "early").
 constexpr const char* to_string(DispatchReason reason) noexcept {
     switch (reason) {
         case DispatchReason::full:
@@ -1180,6 +1188,10 @@ constexpr const char* to_string(DispatchReason reason) noexcept {
             return "flush";
         case DispatchReason::close:
             return "close";
+        case DispatchReason::worker_free:
+            return "worker_free";
+        case DispatchReason::early:
+            return "early";
     }
     return "unknown";
 }
@@ -1205,7 +1217,9 @@ public:
     Batch(T* items, std::size_t size, DispatchReason reason, std::uint64_t sequence = 0) noexcept
         : items_(items), size_(size), reason_(reason), sequence_(sequence) {}
 
-    /// @brief Number of items, in [1, max_batch_size].
+    /// @brief Number of items, in [1, max_batch_size]. A submit whose item construction threw
+    ///        still used up a slot (a hole, left out of the batch), so a batch dispatched as
+    ///        `full` may hold fewer than max_batch_size items.
     std::size_t size() const noexcept { return size_; }
     /// @brief True if the batch holds no items (never the case for a dispatched batch).
     bool empty() const noexcept { return size_ == 0; }
@@ -1224,6 +1238,8 @@ public:
      *        dispatched, which within one lane (see `Options::lanes`) is the order they started
      *        filling. Items of one producer in batch s precede its items in any batch s' > s.
      *        Batches may run (and finish) out of this order on several workers.
+     *        A batch whose every slot is a hole (every item construction threw) is numbered
+     *        but never reaches `process_batch`, so the numbers it sees may have gaps.
      */
     std::uint64_t sequence() const noexcept { return sequence_; }
 
@@ -1616,7 +1632,9 @@ public:
 /**
  * @brief Thrown when a call would deadlock because it is made from inside the batcher's own
  *        `process_batch` (for example `close()` or `wait_idle()`, which wait for that very
- *        batch, or a blocking `submit` that finds the batcher full).
+ *        batch, or a blocking `submit` that finds the batcher full), also when that batch runs
+ *        further out on the same thread, around another batcher's batch (see `Batcher`,
+ *        "Re-entrancy").
  */
 class ReentrancyError : public Error {
 public:
@@ -2126,10 +2144,12 @@ public:
     }
 
     /// @brief Blocks until the result is available or @p timeout has elapsed (steady clock).
+    ///        A timeout too large to add to the current time (e.g. `nanoseconds::max()`) waits
+    ///        without a time limit; a zero or negative one only checks readiness.
     /// @return `std::future_status::ready` or `std::future_status::timeout`.
     template <class Rep, class Period>
     std::future_status wait_for(const std::chrono::duration<Rep, Period>& timeout) const {
-        return wait_until(std::chrono::steady_clock::now() + timeout);
+        return wait_until(saturating_deadline(timeout));
     }
 
     /// @brief Blocks until the result is available or @p deadline has passed.
@@ -2168,6 +2188,24 @@ private:
 
     explicit Handle(detail::HandleState<R>* state) noexcept : state_(state) {}
 
+    // now() + timeout on the steady clock, saturating at time_point::max() instead of
+    // overflowing (signed overflow is undefined behaviour).
+    template <class Rep, class Period>
+    static std::chrono::steady_clock::time_point saturating_deadline(
+        const std::chrono::duration<Rep, Period>& timeout) {
+        using Deadline = std::chrono::steady_clock::time_point;
+        const Deadline now = std::chrono::steady_clock::now();
+        if (timeout <= std::chrono::duration<Rep, Period>::zero()) {
+            return now;
+        }
+        // Compared in floating point, so that no integer conversion of a huge timeout overflows.
+        if (std::chrono::duration<double>(timeout) >=
+            std::chrono::duration<double>(Deadline::max() - now)) {
+            return Deadline::max();
+        }
+        return now + std::chrono::ceil<Deadline::duration>(timeout);
+    }
+
     void check() const {
         if (state_ == nullptr) {
             MICROBATCH_THROW(
@@ -2192,8 +2230,29 @@ private:
 namespace microbatch {
 namespace detail {
 
-/// The batcher whose process_batch the current thread is running (re-entrancy detection).
-inline thread_local const void* running_batcher = nullptr;
+/// One batch running on this thread, linked to the batch it runs inside of (if any): a batch
+/// of batcher A may run a batch of batcher B on the same thread (B's executor runs tasks inline
+/// or refused B's batch, or B's own calls run it), and B's batch may call back into A. Every
+/// batcher on the chain is "running" for re-entrancy detection, not only the innermost.
+struct RunningBatch {
+    const void* batcher;
+    const RunningBatch* outer;
+};
+
+/// The innermost batch running on this thread (nullptr if none); an entry lives on run_batch's
+/// stack frame.
+inline thread_local const RunningBatch* running_batches = nullptr;
+
+/// True if a batch of @p batcher is running on this thread, at any depth of nesting.
+inline bool is_running_on_this_thread(const void* batcher) noexcept {
+    for (const RunningBatch* running = running_batches; running != nullptr;
+         running = running->outer) {
+        if (running->batcher == batcher) {
+            return true;
+        }
+    }
+    return false;
+}
 
 /// Hands out producer numbers; see producer_number().
 inline std::atomic<std::uint32_t> next_producer_number{0};
@@ -2483,6 +2542,7 @@ using Executor = std::function<void(Task)>;
 #include <cstddef>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <utility>
 
 
@@ -2507,6 +2567,9 @@ namespace microbatch {
  * | `lanes`          | 1       | independent fill lanes; producers spread over them           |
  * | `workers`        | 1       | threads of the batcher's own pool (ignored with `executor`)  |
  * | `executor`       | none    | run batches on this executor instead of an owned pool        |
+ * | `max_in_flight`  | 0 = workers (owned pool) or hardware threads (executor) | batches running
+ * before partial batches are held back | | `seal_early`     | true    | seal a partial batch before
+ * max_delay when waiting cannot pay |
  *
  * Thread safety: a plain value type; no internal synchronisation.
  */
@@ -2516,6 +2579,12 @@ public:
     static constexpr std::size_t max_supported_batch_size = std::size_t{1} << 22;
     /// Most lanes supported.
     static constexpr std::size_t max_supported_lanes = 256;
+    /// `max_in_flight` value meaning "no limit": the time bound seals partial batches whatever
+    /// the workers are doing (the size/time-only rule of microbatch 0.x before issue 10).
+    static constexpr std::size_t unlimited_in_flight = static_cast<std::size_t>(-1);
+    /// Most batch buffers supported, over all lanes (the head word names a buffer in 16 bits):
+    /// lanes x ceil(ceil(capacity / lanes) / max_batch_size) must not exceed it.
+    static constexpr std::size_t max_supported_batch_buffers = std::size_t{1} << 16;
 
     /// @brief The size bound B: a batch is dispatched (reason `full`) when it holds B items.
     std::size_t max_batch_size() const noexcept { return max_batch_size_; }
@@ -2547,11 +2616,18 @@ public:
     /**
      * @brief The bound on items accepted but not yet completed (queued, filling or processing).
      *
-     * 0 (the default) means 4 x max_batch_size per lane. Storage is reserved in whole batches
-     * and split evenly over the lanes: each lane gets ceil(ceil(capacity / max_batch_size) /
-     * lanes) batch buffers of max_batch_size slots (at least one), allocated up front and never
-     * more, so memory stays bounded by that rounded-up figure. When every buffer of a
-     * producer's lane is in use, blocking submits wait and `try_submit` reports `full`.
+     * 0 (the default) means 4 x max_batch_size per lane. Counted in items: each lane accepts
+     * ceil(capacity / lanes) items not yet finished, whatever the sizes of the batches they are
+     * in; when a producer's lane holds that many, blocking submits wait and `try_submit` reports
+     * `full`. Storage is reserved up front and never grows: per lane, ceil(ceil(capacity /
+     * lanes) / max_batch_size) buffers of max_batch_size slots for full batches, plus one buffer
+     * per in-flight batch (`max_in_flight`, at most 64; none with `unlimited_in_flight`) for the
+     * partial batches sealed while a worker is free. The full-batch buffers of all lanes
+     * together must not exceed `max_supported_batch_buffers` (65,536), e.g. a capacity of at
+     * most 65,536 x max_batch_size with one lane (the partial-batch room is dropped where it
+     * would exceed it; partial batches may then make producers wait for a buffer early).
+     * `Batcher::flush` seals partial batches whatever the workers do: many flushes in a row can
+     * also make producers wait for a buffer before `capacity` items.
      */
     std::size_t capacity() const noexcept { return capacity_; }
     /// @brief Sets the capacity; must be 0 (automatic) or at least max_batch_size.
@@ -2606,6 +2682,62 @@ public:
         return std::move(*this);
     }
 
+    /**
+     * @brief The limit on batches dispatched and not yet finished, above which partial batches
+     *        are held back (see seal_policy.hpp, rule 3).
+     *
+     * While this many batches are in flight, the batch being filled is not sealed by its time
+     * bound (nor early): it keeps growing until it is full, and the moment a batch finishes,
+     * the worker that finished it seals the due batch. Full batches are always dispatched.
+     * 0 (the default) means automatic: the owned pool's `workers`, or with an external
+     * `executor` `std::thread::hardware_concurrency()` (at least 1), the most batches such an
+     * executor can run at once on this machine. `unlimited_in_flight` restores the plain
+     * size/time rule. Changeable at run time with `Batcher::set_max_in_flight`.
+     */
+    std::size_t max_in_flight() const noexcept { return max_in_flight_; }
+    /// @brief Sets the in-flight limit (0 = automatic, `unlimited_in_flight` = none).
+    Options& max_in_flight(std::size_t value) & noexcept {
+        max_in_flight_ = value;
+        return *this;
+    }
+    /// @brief Rvalue overload, so that `auto o = Options{}.max_in_flight(...)` moves.
+    Options&& max_in_flight(std::size_t value) && noexcept {
+        max_in_flight_ = value;
+        return std::move(*this);
+    }
+
+    /**
+     * @brief Whether a partial batch may be sealed before `max_delay` while a worker is free
+     *        (default true; seal_policy.hpp, rule 5): when it already holds as many items as
+     *        arrive while one batch runs, or when no item arrived for several mean gaps.
+     *        Both use measurements (arrival rate, the online cost fit) and stay off until the
+     *        batcher has seen enough batches. False: a partial batch waits for max_delay.
+     */
+    bool seal_early() const noexcept { return seal_early_; }
+    /// @brief Turns early sealing on or off.
+    Options& seal_early(bool value) & noexcept {
+        seal_early_ = value;
+        return *this;
+    }
+    /// @brief Rvalue overload, so that `auto o = Options{}.seal_early(...)` moves.
+    Options&& seal_early(bool value) && noexcept {
+        seal_early_ = value;
+        return std::move(*this);
+    }
+
+    /// @brief The in-flight limit the batcher uses: `max_in_flight()`, or when it is 0 the
+    ///        owned pool's workers (no executor) or the hardware threads (executor), at least 1.
+    std::size_t effective_max_in_flight() const noexcept {
+        if (max_in_flight_ != 0) {
+            return max_in_flight_;
+        }
+        if (!executor_) {
+            return workers_ == 0 ? 1 : workers_;
+        }
+        const unsigned hardware = std::thread::hardware_concurrency();
+        return hardware == 0 ? 1 : hardware;
+    }
+
     /// @brief The external executor batches run on; empty means "use an owned pool".
     const Executor& executor() const noexcept { return executor_; }
     /// @brief Runs batches on @p value (shared pools, the application's own pool).
@@ -2629,8 +2761,8 @@ public:
      * @brief Throws `std::invalid_argument` naming the first invalid option and its value.
      *
      * Checks: max_batch_size in [1, max_supported_batch_size]; max_delay >= 0; capacity 0 or
-     * >= max_batch_size; lanes in [1, max_supported_lanes]; workers >= 1 when no executor is
-     * set.
+     * >= max_batch_size; lanes in [1, max_supported_lanes]; at most max_supported_batch_buffers
+     * batch buffers over all lanes (see `capacity`); workers >= 1 when no executor is set.
      */
     void validate() const {
         if (max_batch_size_ == 0 || max_batch_size_ > max_supported_batch_size) {
@@ -2649,6 +2781,19 @@ public:
             fail("lanes must be in [1, " + std::to_string(max_supported_lanes) + "] (got " +
                  std::to_string(lanes_) + ")");
         }
+        // After the checks above, so that max_batch_size_ and lanes_ are non-zero. Rounded up
+        // without overflow, even for a capacity near SIZE_MAX.
+        const std::size_t capacity = effective_capacity();
+        const std::size_t lane_items = capacity / lanes_ + (capacity % lanes_ != 0 ? 1 : 0);
+        const std::size_t per_lane =
+            lane_items / max_batch_size_ + (lane_items % max_batch_size_ != 0 ? 1 : 0);
+        if (per_lane > max_supported_batch_buffers / lanes_) {
+            fail("capacity / max_batch_size must be <= " +
+                 std::to_string(max_supported_batch_buffers) +
+                 " batches in all lanes (got capacity " + std::to_string(capacity) +
+                 ", max_batch_size " + std::to_string(max_batch_size_) + ", lanes " +
+                 std::to_string(lanes_) + ")");
+        }
         if (!executor_ && workers_ == 0) {
             fail("workers must be >= 1 when no executor is set (got 0)");
         }
@@ -2664,18 +2809,258 @@ private:
     std::size_t capacity_ = 0;
     std::size_t workers_ = 1;
     std::size_t lanes_ = 1;
+    std::size_t max_in_flight_ = 0;
+    bool seal_early_ = true;
     Executor executor_;
 };
 
 }  // namespace microbatch
 
 // ---- end microbatch/options.hpp ----
+// ---- begin microbatch/seal_policy.hpp ----
+/**
+ * @file seal_policy.hpp
+ * @brief When to seal the batch being filled: the batcher's whole dispatch decision as a pure
+ *        function (`decide_seal`), plus the estimates it reads (`LoadEstimate`).
+ *
+ * The batcher asks this question at three moments: a producer has just added an item, the
+ * timer woke up, or a worker finished a batch. Each caller gathers a `SealInputs` and acts on
+ * the `SealDecision`; nothing here reads a clock or touches shared state, so every rule is
+ * unit-tested with plain numbers (tests/test_seal_policy.cpp).
+ *
+ * **The rules, in order** (n = items in the open batch, B = max_batch_size, age = time since
+ * its first item was accepted, D = max_delay, M = max_in_flight):
+ * 1. n == 0: nothing to do.
+ * 2. n >= B: seal (`full`). A full batch is dispatched even when M batches are in flight: it
+ *    cannot grow, and the executor queues it.
+ * 3. M batches are in flight (every worker the batcher may use is busy): keep filling, with no
+ *    time bound. The batch grows instead of queueing behind the workers; the moment a batch
+ *    finishes, the worker that finished it asks again.
+ * 4. age >= D: seal (`deadline`, or `worker_free` when asked by a worker that just finished,
+ *    i.e. the batch was held past D because every worker was busy).
+ * 5. Early sealing (Options::seal_early, on by default), only with a time bound (without one
+ *    the user asked for batches that fill up) and once the estimates are ready:
+ *    a. n >= target, where target = ceil(r * alpha / (1 - r * beta)) with r the arrival rate per
+ *       in-flight slot (items/ns / M) and alpha, beta the fitted batch cost: the number of items
+ *       that arrive, per worker, while one batch of that size runs. Waiting for more would make
+ *       this batch larger than the ones the workers can keep up with; sealing earlier would
+ *       leave the worker idle later. (With r * beta >= 1 the target is B.)
+ *    b. no item arrived for the quiet window q = clamp(quiet_gaps / r_lane, min_quiet, D),
+ *       i.e. the stream paused for several mean inter-arrival gaps: nothing is coming, so
+ *       waiting until D would only add delay. (Observed by the timer, which samples n.)
+ *    Both are reported as `early`.
+ * 6. Otherwise wait, and ask again at the earlier of (first item + D) and (last change + q).
+ *
+ * D stays a hard bound on waiting while a worker is free; `max_delay(0)` means "seal as soon as
+ * a worker can take it" (rule 4 holds at once, rule 3 still lets the batch grow while busy).
+ */
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+
+
+namespace microbatch {
+
+/// @brief Who asks `decide_seal` (changes only the reason reported for rule 4).
+enum class SealTrigger {
+    producer,         ///< A producer has just added an item.
+    timer,            ///< The timer woke up (a deadline or a quiet window elapsed).
+    worker_finished,  ///< A worker has just finished a batch.
+};
+
+/**
+ * @brief What the batcher measures about its load: the arrival rate and the fitted batch cost.
+ *
+ * `arrival_rate` is items per nanosecond over the whole batcher; `per_batch_ns` and
+ * `per_item_ns` are alpha and beta of the online least-squares fit (Stats::batch_cost).
+ * `ready` is false until enough batches were seen for these to mean anything; early sealing
+ * is then off. Thread safety: a plain value type.
+ */
+struct LoadEstimate {
+    bool ready = false;         ///< Enough samples for rules 5a/5b.
+    double arrival_rate = 0.0;  ///< Items per nanosecond accepted by the batcher (all lanes).
+    double per_batch_ns = 0.0;  ///< alpha: fixed cost of one batch, in ns.
+    double per_item_ns = 0.0;   ///< beta: cost of each item, in ns.
+};
+
+/**
+ * @brief Everything `decide_seal` reads. Times are in nanoseconds on one clock; `unset` means
+ *        "unknown". Thread safety: a plain value type.
+ */
+struct SealInputs {
+    /// Marks an unknown time.
+    static constexpr std::int64_t unset = std::numeric_limits<std::int64_t>::min();
+
+    SealTrigger trigger = SealTrigger::producer;  ///< Who asks.
+    std::int64_t now = 0;                         ///< The current time.
+    std::size_t count = 0;                        ///< Items in the open batch.
+    std::int64_t opened_at = unset;       ///< When its first item was accepted (unset: unknown).
+    std::int64_t last_change_at = unset;  ///< When n was last seen to change (timer only).
+    std::size_t max_batch_size = 1;       ///< B, as currently set.
+    std::int64_t max_delay = 0;           ///< D in ns; negative: no time bound.
+    std::size_t in_flight = 0;            ///< Batches dispatched and not finished.
+    std::size_t max_in_flight = 1;        ///< M; SIZE_MAX: no limit.
+    std::size_t lanes = 1;                ///< Lanes sharing the arrival rate.
+    bool seal_early = true;               ///< Options::seal_early.
+    LoadEstimate load;                    ///< The measured load.
+};
+
+/// @brief What `decide_seal` answers. Thread safety: a plain value type.
+struct SealDecision {
+    /// Marks "no time to wake at: wait for an event (an item, a finished batch)".
+    static constexpr std::int64_t never = std::numeric_limits<std::int64_t>::max();
+
+    bool seal = false;                             ///< Seal the open batch now.
+    DispatchReason reason = DispatchReason::full;  ///< Why, when `seal`.
+    std::int64_t wake_at = never;                  ///< Otherwise: ask again at this time.
+};
+
+/// @brief Tuning constants of rule 5 (documented, fixed: not options).
+struct SealPolicyConstants {
+    /// Rule 5b: the stream counts as paused after this many mean inter-arrival gaps.
+    static constexpr double quiet_gaps = 4.0;
+    /// Rule 5b: the quiet window is never shorter than this (ns): shorter pauses are scheduling
+    /// noise, and the timer cannot wake more precisely anyway.
+    static constexpr std::int64_t min_quiet_ns = 20'000;
+};
+
+/**
+ * @brief Rule 5a's target size: items arriving per in-flight slot while one such batch runs.
+ *
+ * Returns 0 when the estimate is not ready or alpha is 0 (batching saves nothing: rule 5a is
+ * off), otherwise a value in [1, max_batch_size]. Pure; O(1).
+ */
+inline std::size_t target_batch_size(const LoadEstimate& load, std::size_t max_in_flight,
+                                     std::size_t max_batch_size) noexcept {
+    if (!load.ready || !(load.per_batch_ns > 0.0) || !(load.arrival_rate > 0.0)) {
+        return 0;
+    }
+    const double slots = static_cast<double>(std::max<std::size_t>(1, max_in_flight));
+    const double rate = load.arrival_rate / slots;
+    const double remaining = 1.0 - rate * load.per_item_ns;
+    if (!(remaining > 0.0)) {
+        return max_batch_size;  // the per-item cost alone outruns the workers: fill up
+    }
+    const double target = std::ceil(rate * load.per_batch_ns / remaining);
+    if (!(target < static_cast<double>(max_batch_size))) {
+        return max_batch_size;
+    }
+    return target < 1.0 ? 1 : static_cast<std::size_t>(target);
+}
+
+/**
+ * @brief Rule 5b's quiet window in ns, or -1 when rule 5b is off (estimate not ready).
+ *        Clamped to [min_quiet_ns, max_delay] when max_delay >= 0. Pure; O(1).
+ */
+inline std::int64_t quiet_window(const LoadEstimate& load, std::size_t lanes,
+                                 std::int64_t max_delay) noexcept {
+    if (!load.ready || !(load.arrival_rate > 0.0)) {
+        return -1;
+    }
+    const double lane_rate =
+        load.arrival_rate / static_cast<double>(std::max<std::size_t>(1, lanes));
+    double window = SealPolicyConstants::quiet_gaps / lane_rate;
+    if (max_delay >= 0 && window > static_cast<double>(max_delay)) {
+        window = static_cast<double>(max_delay);
+    }
+    if (window < static_cast<double>(SealPolicyConstants::min_quiet_ns)) {
+        window = static_cast<double>(SealPolicyConstants::min_quiet_ns);
+    }
+    return static_cast<std::int64_t>(window);
+}
+
+/// @brief a + b without overflow (saturates at SealDecision::never).
+inline std::int64_t saturating_add(std::int64_t a, std::int64_t b) noexcept {
+    if (b > 0 && a > SealDecision::never - b) {
+        return SealDecision::never;
+    }
+    return a + b;
+}
+
+/**
+ * @brief The smallest batch size at which a producer, which reads no clock, should ask
+ *        `decide_seal` after adding an item while a worker is free: 1 with max_delay 0 (rule 4),
+ *        else rule 5a's target when early sealing is on and ready, else max_batch_size (rule 2).
+ *        The batcher caches it so the per-item test is one comparison. Pure; O(1).
+ */
+inline std::size_t producer_seal_threshold(const LoadEstimate& load, std::size_t max_in_flight,
+                                           std::size_t max_batch_size, std::int64_t max_delay,
+                                           bool seal_early) noexcept {
+    if (max_delay == 0) {
+        return 1;
+    }
+    const std::size_t target =
+        seal_early && max_delay > 0 ? target_batch_size(load, max_in_flight, max_batch_size) : 0;
+    return target != 0 ? target : max_batch_size;
+}
+
+/**
+ * @brief The sealing decision (rules 1-6 of this file's description). Pure: reads only its
+ *        argument; never throws; O(1).
+ */
+inline SealDecision decide_seal(const SealInputs& in) noexcept {
+    SealDecision decision;
+    if (in.count == 0) {
+        return decision;  // rule 1
+    }
+    if (in.count >= in.max_batch_size) {  // rule 2
+        decision.seal = true;
+        decision.reason = DispatchReason::full;
+        return decision;
+    }
+    if (in.in_flight >= in.max_in_flight) {
+        return decision;  // rule 3: every worker busy, grow; a finishing worker asks again
+    }
+    const bool timed = in.max_delay >= 0;
+    const bool known_start = in.opened_at != SealInputs::unset;
+    if (timed &&
+        (in.max_delay == 0 || (known_start && in.now - in.opened_at >= in.max_delay))) {  // rule 4
+        decision.seal = true;
+        decision.reason = in.trigger == SealTrigger::worker_finished ? DispatchReason::worker_free
+                                                                     : DispatchReason::deadline;
+        return decision;
+    }
+    std::int64_t quiet = -1;
+    if (in.seal_early && timed) {
+        const std::size_t target = target_batch_size(in.load, in.max_in_flight, in.max_batch_size);
+        if (target != 0 && in.count >= target) {  // rule 5a
+            decision.seal = true;
+            decision.reason = DispatchReason::early;
+            return decision;
+        }
+        quiet = quiet_window(in.load, in.lanes, in.max_delay);
+        if (quiet >= 0 && in.last_change_at != SealInputs::unset &&
+            in.now - in.last_change_at >= quiet) {  // rule 5b
+            decision.seal = true;
+            decision.reason = DispatchReason::early;
+            return decision;
+        }
+    }
+    // Rule 6: ask again at the deadline or when the quiet window would elapse.
+    if (timed && known_start) {
+        decision.wake_at = saturating_add(in.opened_at, in.max_delay);
+    }
+    if (quiet >= 0) {
+        const std::int64_t from =
+            in.last_change_at != SealInputs::unset ? in.last_change_at : in.now;
+        decision.wake_at = std::min(decision.wake_at, saturating_add(from, quiet));
+    }
+    return decision;
+}
+
+}  // namespace microbatch
+
+// ---- end microbatch/seal_policy.hpp ----
 // ---- begin microbatch/stats.hpp ----
 /**
  * @file stats.hpp
  * @brief `microbatch::Stats`: a snapshot of a batcher's counters and timing summaries.
  */
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <chrono>
@@ -2683,6 +3068,7 @@ private:
 #include <cstdint>
 #include <limits>
 #include <mutex>
+#include <optional>
 
 // ---- begin microbatch/cost_model.hpp ----
 /**
@@ -3268,6 +3654,11 @@ public:
     /// @brief The number of samples recorded (by `add` and `merge`).
     [[nodiscard]] std::size_t sample_count() const noexcept { return count_; }
 
+    /// @brief The mean duration of the recorded batches (0 before the first). O(1).
+    [[nodiscard]] CostModel::Seconds mean_duration() const noexcept {
+        return CostModel::Seconds{count_ == 0 ? 0.0 : mean_seconds_};
+    }
+
     /**
      * @brief The least-squares model (alpha, beta >= 0), or `std::nullopt` while fewer than
      *        two distinct batch sizes have been seen (a line through one x is undetermined).
@@ -3400,11 +3791,93 @@ struct DurationSummary {
 };
 
 /**
+ * @brief A latency distribution kept as a log-scale histogram: percentiles without storing
+ *        samples.
+ *
+ * Each power of two is split into four buckets: a sample v >= 4 ns whose highest set bit is m
+ * goes to bucket 4m + (the two bits below it); buckets 0-3 hold 0-3 ns. A reported percentile
+ * is the upper edge of its bucket, less than 25 % above the true value. Thread safety: a plain
+ * value type.
+ */
+struct LatencySummary {
+    /// Number of buckets: four per power of two up to 2^63 ns.
+    static constexpr std::size_t bucket_count = 256;
+
+    std::uint64_t count = 0;                            ///< Number of samples.
+    std::chrono::nanoseconds max{0};                    ///< Largest sample.
+    std::chrono::nanoseconds total{0};                  ///< Sum of all samples.
+    std::array<std::uint64_t, bucket_count> buckets{};  ///< Samples per bucket.
+
+    /// @brief The bucket a sample of @p nanoseconds falls in. O(1).
+    static std::size_t bucket_of(std::int64_t nanoseconds) noexcept {
+        if (nanoseconds < 4) {
+            return nanoseconds < 0 ? 0 : static_cast<std::size_t>(nanoseconds);
+        }
+        const auto value = static_cast<std::uint64_t>(nanoseconds);
+        std::size_t msb = 63;
+        while ((value >> msb) == 0) {
+            --msb;
+        }
+        const std::size_t quarter = static_cast<std::size_t>((value >> (msb - 2)) & 3);
+        return msb * 4 + quarter;
+    }
+    /// @brief The largest value bucket @p index holds (its upper edge). O(1).
+    static std::chrono::nanoseconds bucket_upper(std::size_t index) noexcept {
+        if (index < 4) {
+            return std::chrono::nanoseconds(static_cast<std::int64_t>(index));
+        }
+        const std::size_t msb = index / 4;
+        if (msb >= 62) {
+            return std::chrono::nanoseconds::max();
+        }
+        const std::uint64_t quarter = index % 4;
+        const std::uint64_t upper = ((4 + quarter + 1) << (msb - 2)) - 1;
+        return std::chrono::nanoseconds(static_cast<std::int64_t>(upper));
+    }
+    /// @brief The mean (0 without samples).
+    std::chrono::nanoseconds mean() const noexcept {
+        return count == 0
+                   ? std::chrono::nanoseconds(0)
+                   : std::chrono::nanoseconds(total.count() / static_cast<std::int64_t>(count));
+    }
+    /**
+     * @brief The @p q quantile (0 < q <= 1; 0.5 = median, 0.99 = p99): the upper edge of the
+     *        bucket holding it, capped at `max`. 0 without samples. O(bucket_count).
+     */
+    std::chrono::nanoseconds percentile(double q) const noexcept {
+        if (count == 0) {
+            return std::chrono::nanoseconds(0);
+        }
+        const double wanted = q * static_cast<double>(count);
+        std::uint64_t seen = 0;
+        for (std::size_t i = 0; i < bucket_count; ++i) {
+            seen += buckets[i];
+            if (static_cast<double>(seen) >= wanted && seen != 0) {
+                return std::min(bucket_upper(i), max);
+            }
+        }
+        return max;
+    }
+};
+
+/**
  * @brief A snapshot of a batcher's counters, taken by `Batcher::stats()`.
  *
  * A batch is counted (processed or failed, with its timings) as soon as `process_batch`
  * returned and before its items' handles and callbacks complete, so a producer that has seen an
- * item's result also sees the item counted.
+ * item's result also sees the item counted. (An item that fails before its batch runs, because
+ * its move constructor threw while the batch was compacted, is counted in `items_failed` before
+ * its handle or callback completes, which happens while the rest of its batch still runs.)
+ *
+ * Sizes count a batch's accepted items: a slot whose item construction threw (a *hole*, counted
+ * in `items_rejected_error`) is no item. A batch made only of holes is dispatched and completed
+ * like any other (it is in `batches_dispatched()`, `batches_completed`, `queue_delay` and
+ * `processing_time`, so those agree) but never reaches `process_batch` and has no size: it is
+ * left out of `batch_size_min`, `batch_size_max`, the histogram, `batch_size_mean()` and
+ * `batch_cost`.
+ *
+ * Durations are measured with the batcher's `Clock` (see clock.hpp): with a `ManualClock`, as in
+ * tests, they advance only when the test advances the clock.
  *
  * Each field is read atomically, but the snapshot is not one instant across fields: while the
  * batcher runs, a batch completing during the snapshot may be counted in one field and not yet
@@ -3415,29 +3888,58 @@ struct DurationSummary {
  * Thread safety: a plain value type.
  */
 struct Stats {
-    std::uint64_t items_submitted = 0;        ///< Every submit call: accepted + rejected.
+    /// Submit calls that were accepted or rejected: accepted + rejected. A submit that throws
+    /// `ReentrancyError` (a usage error) or fails to allocate its handle is in no counter.
+    std::uint64_t items_submitted = 0;
     std::uint64_t items_accepted = 0;         ///< Items the batcher took responsibility for.
     std::uint64_t items_rejected_full = 0;    ///< try/timed submits refused at capacity.
     std::uint64_t items_rejected_closed = 0;  ///< Submits refused because the batcher was closed.
-    std::uint64_t items_rejected_error = 0;   ///< Submits whose item construction threw.
-    std::uint64_t items_processed = 0;        ///< Items of batches that succeeded.
-    std::uint64_t items_failed = 0;           ///< Items of batches that threw (or bad results).
+    /// Submits whose item construction (or callback copy) threw; each left a hole in its batch.
+    std::uint64_t items_rejected_error = 0;
+    std::uint64_t items_processed = 0;  ///< Items of batches that succeeded.
+    /// Items of failed batches (see `batches_failed`), and items whose move constructor threw
+    /// while their batch was compacted.
+    std::uint64_t items_failed = 0;
 
-    std::uint64_t batches_full = 0;       ///< Batches dispatched because they were full.
-    std::uint64_t batches_deadline = 0;   ///< Batches dispatched when max_delay expired.
-    std::uint64_t batches_flush = 0;      ///< Batches dispatched by flush()/wait_idle().
-    std::uint64_t batches_close = 0;      ///< Batches dispatched by close().
-    std::uint64_t batches_completed = 0;  ///< Batches whose processing finished.
-    std::uint64_t batches_failed = 0;     ///< Completed batches whose process_batch threw.
+    /// Batches dispatched because all their slots were claimed (holes included, so such a
+    /// batch may reach process_batch with fewer than max_batch_size items).
+    std::uint64_t batches_full = 0;
+    std::uint64_t batches_deadline = 0;  ///< Batches dispatched when max_delay expired.
+    std::uint64_t batches_flush = 0;     ///< Batches dispatched by flush()/wait_idle().
+    std::uint64_t batches_close = 0;     ///< Batches dispatched by close().
+    /// Batches held past max_delay while every worker was busy, sealed when one finished.
+    std::uint64_t batches_worker_free = 0;
+    /// Partial batches sealed before max_delay because waiting could not pay (seal_policy.hpp).
+    std::uint64_t batches_early = 0;
+    /// Batches whose processing finished (including batches made only of holes).
+    std::uint64_t batches_completed = 0;
+    /// Completed batches whose process_batch threw or returned the wrong number of results
+    /// (`ResultCountError`).
+    std::uint64_t batches_failed = 0;
 
-    std::uint64_t batch_size_min = 0;  ///< Smallest completed batch (0 before the first).
-    std::uint64_t batch_size_max = 0;  ///< Largest completed batch.
-    /// Completed batches by size: bucket k counts sizes in [2^k, 2^(k+1)).
+    /// Smallest completed batch holding items (0 before the first).
+    std::uint64_t batch_size_min = 0;
+    std::uint64_t batch_size_max = 0;  ///< Largest completed batch (0 before the first).
+    /// Completed batches holding items, by size: bucket k counts sizes in [2^k, 2^(k+1)).
     std::array<std::uint64_t, 24> batch_size_histogram{};
 
-    /// Per batch, how long its oldest item waited from submit to dispatch.
+    /**
+     * Per completed batch, measured with the batcher's Clock, the fill time: from the moment its
+     * first item was accepted to the moment the batch was sealed. It does not include the wait for
+     * a worker (`dispatch_wait`) nor the processing; an item's whole latency is in `item_latency`.
+     */
     DurationSummary queue_delay;
-    /// Per batch, how long process_batch ran.
+    /// Per batch, from its seal (dispatch to the executor) to the start of process_batch: the
+    /// time a sealed batch waited for a worker.
+    DurationSummary dispatch_wait;
+    /**
+     * End-to-end latency, submit to completion, sampled once per batch on its oldest item
+     * (accepted first, so the sample bounds every item of the batch from above): from the
+     * moment that item was accepted to the moment its batch's handles and callbacks had all
+     * completed. One sample per batch keeps clock reads off the per-item path.
+     */
+    LatencySummary item_latency;
+    /// Per completed batch, how long process_batch ran (Clock; ~0 for a batch of holes).
     DurationSummary processing_time;
 
     std::uint64_t callback_exceptions = 0;  ///< Exceptions thrown by per-item callbacks.
@@ -3455,13 +3957,18 @@ struct Stats {
     }
     /// @brief All dispatched batches.
     std::uint64_t batches_dispatched() const noexcept {
-        return batches_full + batches_deadline + batches_flush + batches_close;
+        return batches_full + batches_deadline + batches_flush + batches_close +
+               batches_worker_free + batches_early;
     }
-    /// @brief Mean size of completed batches (0 before the first).
+    /// @brief Mean size of completed batches holding items (0 before the first).
     double batch_size_mean() const noexcept {
-        return batches_completed == 0 ? 0.0
-                                      : static_cast<double>(items_processed + items_failed) /
-                                            static_cast<double>(batches_completed);
+        std::uint64_t sized = 0;  // batches made only of holes have no size: see above
+        for (const std::uint64_t bucket : batch_size_histogram) {
+            sized += bucket;
+        }
+        return sized == 0 ? 0.0
+                          : static_cast<double>(items_processed + items_failed) /
+                                static_cast<double>(sized);
     }
 };
 
@@ -3537,10 +4044,19 @@ public:
         sealed_items_.fetch_sub(count, std::memory_order_relaxed);
     }
 
-    /// A batch finished: @p succeeded + @p failed items, queue delay and processing time in ns.
+    /// One item failed before its batch ran; counted at once, before its completion runs.
+    void failed_early() noexcept {
+        // relaxed: the completion that follows publishes it (release in the handle state or
+        // the callback's own synchronisation), like the other counters.
+        failed_.fetch_add(1, std::memory_order_relaxed);
+    }
+
+    /// A batch finished: @p succeeded + @p failed items, plus @p failed_earlier items already
+    /// counted by failed_early(); queue delay and processing time in ns.
     void completed(std::size_t succeeded, std::size_t failed, bool batch_failed,
-                   std::int64_t queue_delay_ns, std::int64_t processing_ns) noexcept {
-        const std::size_t size = succeeded + failed;
+                   std::int64_t queue_delay_ns, std::int64_t dispatch_wait_ns,
+                   std::int64_t processing_ns, std::size_t failed_earlier = 0) noexcept {
+        const std::size_t size = succeeded + failed + failed_earlier;
         processed_.fetch_add(succeeded, std::memory_order_relaxed);
         failed_.fetch_add(failed, std::memory_order_relaxed);
         if (batch_failed) {
@@ -3556,15 +4072,44 @@ public:
             histogram_[bucket].fetch_add(1, std::memory_order_relaxed);
         }
         queue_delay_.record(queue_delay_ns);
+        dispatch_wait_.record(dispatch_wait_ns);
         processing_time_.record(processing_ns);
         if (!batch_failed && size > 0) {
             // A mutex per finished batch (never on the submit path): the fitter updates several
             // moments together, and workers finish batches concurrently.
             std::lock_guard<std::mutex> lock(fit_mutex_);
             batch_cost_.add(size, std::chrono::nanoseconds(processing_ns < 0 ? 0 : processing_ns));
+            // Published for the sealing policy, which must not take this mutex. Until two
+            // batch sizes were seen the line is undetermined: the mean batch time stands in for
+            // alpha (an upper bound), beta = 0. relaxed: two independent estimates.
+            const std::optional<CostModel> model = batch_cost_.fit();
+            const double alpha =
+                model ? model->per_batch.count() * 1e9 : batch_cost_.mean_duration().count() * 1e9;
+            const double beta = model ? model->per_item.count() * 1e9 : 0.0;
+            fitted_per_batch_ns_.store(alpha, std::memory_order_relaxed);
+            fitted_per_item_ns_.store(beta, std::memory_order_relaxed);
         }
         // Last, so that a snapshot seeing a batch as completed tends to see its items too.
         batches_completed_.fetch_add(1, std::memory_order_relaxed);
+    }
+
+    /// One end-to-end latency sample (ns), see Stats::item_latency.
+    void item_latency(std::int64_t nanoseconds) noexcept {
+        if (nanoseconds < 0) {
+            nanoseconds = 0;
+        }
+        latency_buckets_[LatencySummary::bucket_of(nanoseconds)].fetch_add(
+            1, std::memory_order_relaxed);
+        latency_total_.fetch_add(nanoseconds, std::memory_order_relaxed);
+        DurationRecorder::store_max(latency_max_, nanoseconds);
+    }
+
+    /// The cost fit as last published by a worker: alpha and beta in ns (0, 0 before the first
+    /// successful batch). Lock-free.
+    void fitted_cost(double& per_batch_ns, double& per_item_ns) const noexcept {
+        // relaxed: independent estimates, see completed().
+        per_batch_ns = fitted_per_batch_ns_.load(std::memory_order_relaxed);
+        per_item_ns = fitted_per_item_ns_.load(std::memory_order_relaxed);
     }
 
     /// Items sealed into batches so far (accepted items not yet in the open batch).
@@ -3591,15 +4136,28 @@ public:
             load(by_reason_[static_cast<std::size_t>(DispatchReason::deadline)]);
         stats.batches_flush = load(by_reason_[static_cast<std::size_t>(DispatchReason::flush)]);
         stats.batches_close = load(by_reason_[static_cast<std::size_t>(DispatchReason::close)]);
+        stats.batches_worker_free =
+            load(by_reason_[static_cast<std::size_t>(DispatchReason::worker_free)]);
+        stats.batches_early = load(by_reason_[static_cast<std::size_t>(DispatchReason::early)]);
+        // size_min_ keeps its initial maximum until a batch holding items completed; batches
+        // made only of holes complete without a size sample.
         const std::int64_t size_min = load(size_min_);
-        stats.batch_size_min =
-            stats.batches_completed == 0 ? 0 : static_cast<std::uint64_t>(size_min);
+        stats.batch_size_min = size_min == std::numeric_limits<std::int64_t>::max()
+                                   ? 0
+                                   : static_cast<std::uint64_t>(size_min);
         stats.batch_size_max = static_cast<std::uint64_t>(load(size_max_));
         for (std::size_t i = 0; i < histogram_.size(); ++i) {
             stats.batch_size_histogram[i] = load(histogram_[i]);
         }
         stats.queue_delay = queue_delay_.snapshot();
         stats.processing_time = processing_time_.snapshot();
+        stats.dispatch_wait = dispatch_wait_.snapshot();
+        for (std::size_t i = 0; i < LatencySummary::bucket_count; ++i) {
+            stats.item_latency.buckets[i] = load(latency_buckets_[i]);
+            stats.item_latency.count += stats.item_latency.buckets[i];
+        }
+        stats.item_latency.total = std::chrono::nanoseconds(load(latency_total_));
+        stats.item_latency.max = std::chrono::nanoseconds(load(latency_max_));
         stats.callback_exceptions = load(callback_exceptions_);
         std::lock_guard<std::mutex> lock(fit_mutex_);
         stats.batch_cost = batch_cost_;
@@ -3612,7 +4170,7 @@ private:
     std::atomic<std::uint64_t> rejected_error_{0};
     // Written once per batch by whoever seals it.
     alignas(cache_line_size) std::atomic<std::uint64_t> sealed_items_{0};
-    std::array<std::atomic<std::uint64_t>, 4> by_reason_{};
+    std::array<std::atomic<std::uint64_t>, 6> by_reason_{};
     // Written once per batch by the worker that ran it.
     alignas(cache_line_size) std::atomic<std::uint64_t> processed_{0};
     std::atomic<std::uint64_t> failed_{0};
@@ -3624,8 +4182,14 @@ private:
     std::array<std::atomic<std::uint64_t>, 24> histogram_{};
     DurationRecorder queue_delay_;
     DurationRecorder processing_time_;
+    DurationRecorder dispatch_wait_;
+    std::array<std::atomic<std::uint64_t>, LatencySummary::bucket_count> latency_buckets_{};
+    std::atomic<std::int64_t> latency_total_{0};
+    std::atomic<std::int64_t> latency_max_{0};
     mutable std::mutex fit_mutex_;
     CostModelFitter batch_cost_;  // guarded by fit_mutex_
+    std::atomic<double> fitted_per_batch_ns_{0.0};
+    std::atomic<double> fitted_per_item_ns_{0.0};
 };
 
 }  // namespace detail
@@ -4320,9 +4884,20 @@ struct CloseResult {
  * with the handle. Items are taken by forwarding reference and moved from
  * only when accepted: a rejected item is left as it was.
  *
- * **Backpressure.** At most `capacity` items (rounded up to whole batches per lane) are accepted
- * and not yet finished. When a producer's lane is full, `submit`/`post` block, `try_submit`
- * returns `SubmitStatus::full` at once, `submit_for` waits up to its timeout.
+ * **Backpressure.** At most `capacity` items (ceil(capacity / lanes) per lane) are accepted and
+ * not yet finished, counted in items whatever the batch sizes. When a producer's lane is full,
+ * `submit`/`post` block, `try_submit` returns `SubmitStatus::full` at once, `submit_for` waits
+ * up to its timeout.
+ *
+ * **Forming batches under load** (seal_policy.hpp has the exact rules). While
+ * `max_in_flight` batches are running (default: one per worker), a partial batch is not
+ * sealed by its time bound: it keeps growing until it is full, and the worker that finishes a
+ * batch seals it at once (reason `worker_free`). While a worker is free, a partial batch is
+ * sealed at `max_delay`, or earlier (reason `early`, `Options::seal_early`) when it already
+ * holds as many items as arrive while one batch runs (from the measured arrival rate and the
+ * online cost fit), or when no item arrived for several mean gaps. `max_delay(0)` seals as soon
+ * as a worker can take the batch. `set_max_batch_size`, `set_max_delay` and
+ * `set_max_in_flight` change the rules at run time.
  *
  * **Lanes.** With `Options::lanes(n)`, the batcher fills n batches side by side, one per lane,
  * and each producer thread always submits to the same lane; producers on different lanes never
@@ -4334,12 +4909,35 @@ struct CloseResult {
  * callback, the stats count it, and the batcher carries on. Exceptions thrown by callbacks are
  * caught, counted in `Stats::callback_exceptions` and otherwise ignored. If constructing `T` from
  * the submitted argument throws, the exception propagates out of the submit call and the item is
- * not accepted.
+ * not accepted; the slot it had claimed stays in its batch as a *hole*. A batch with holes is
+ * dispatched like any other (as `full` once all its slots are claimed) and reaches
+ * process_batch with only its items, so a `full` batch may hold fewer than max_batch_size; a
+ * batch made only of holes never reaches process_batch, which then sees a gap in
+ * `Batch::sequence()` numbers. All items of a failed batch share one exception object (see
+ * README "Reliability" on ThreadSanitizer).
  *
  * **Shutdown.** `close()` stops accepting (later submits fail with `ClosedError`, and producers
  * blocked on a full batcher wake with it), dispatches the partial batch, and waits for every
  * accepted item to finish. It is idempotent and thread-safe; the destructor calls it.
  * No accepted item is lost or processed twice.
+ *
+ * **Re-entrancy.** Inside a batch of this batcher (its process_batch or an item's callback),
+ * `close()`, `close_for()` and `wait_idle()` throw `ReentrancyError` (they would wait for that
+ * very batch), and so do `submit`, `post` and `submit_for` when they find the batcher full (they
+ * could wait for it) — `submit_for` whatever its timeout, even zero: use `try_submit`, which never
+ * waits. `flush()` and submits that find room work. Nesting is tracked: each thread keeps the
+ * chain of batches it is running, so when batcher A's batch runs batcher B's batch on the same
+ * thread (B's executor runs tasks inline or refused the batch) and B's batch calls
+ * `A.wait_idle()`, `A.close()` or a blocking submit on a full A, that throws `ReentrancyError` too.
+ *
+ * **Not detected — deadlock:** waiting, from inside a batch, for *another* batcher whose batches
+ * need the very thread that batch runs on. Example: A and B share a one-thread pool, and A's
+ * process_batch calls `B.close()`, `B.wait_idle()` or a blocking submit to a full B; B's batches
+ * are queued behind A's batch on the only worker and never run (with n workers, the same happens
+ * once n such batches run at once). The batcher cannot tell whether an executor has another
+ * thread free, so it does not try. From inside a batch, wait only on batchers whose executor is
+ * not the one running the batch (e.g. a batcher with its own pool), or use `flush()` and
+ * `try_submit()`, which never wait.
  *
  * **Performance.** The submit fast path is one atomic fetch-add on the lane's word plus writing
  * the item into its slot of a preallocated batch buffer: no mutex, no allocation (in handle
@@ -4410,8 +5008,9 @@ public:
      * @brief Submits @p item and returns a handle to its result. Blocks while the batcher is
      *        full.
      * @throws ClosedError if the batcher is closed (also when it closes while blocked);
-     *         ReentrancyError if it would block inside this batcher's own process_batch;
-     *         whatever constructing `T` from @p item throws; `std::bad_alloc`.
+     *         ReentrancyError if it finds the batcher full inside one of its own batches
+     *         (see "Re-entrancy" above); whatever constructing `T` from @p item throws;
+     *         `std::bad_alloc`.
      */
     template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
     Handle<R> submit(U&& item) {
@@ -4485,8 +5084,10 @@ public:
 
     /**
      * @brief Fire-and-forget, waiting at most @p timeout for space: `accepted`, `full` (timed
-     *        out) or `closed`. The item is left untouched unless accepted.
-     * @throws ReentrancyError if it would block inside this batcher's own process_batch.
+     *        out) or `closed`. The item is left untouched unless accepted. A timeout too large to
+     *        add to the current time waits without a time limit.
+     * @throws ReentrancyError if it finds the batcher full inside one of its own batches, for
+     *         any timeout including zero (see "Re-entrancy" above; `try_submit` never throws it).
      */
     template <class U, class Rep, class Period,
               class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
@@ -4546,7 +5147,8 @@ public:
      * @brief Flushes, then blocks until every item accepted before the call has finished
      *        (its batch ran and its handle/callback completed). Items submitted concurrently may
      *        or may not be waited for.
-     * @throws ReentrancyError when called from inside this batcher's process_batch or callbacks.
+     * @throws ReentrancyError when called from inside this batcher's process_batch or callbacks,
+     *         also nested (see "Re-entrancy" above).
      */
     void wait_idle() {
         check_not_reentrant("wait_idle");
@@ -4565,8 +5167,8 @@ public:
      * @brief Stops accepting items, dispatches the partial batch (reason `close`) and blocks
      *        until every accepted item has finished. Idempotent; concurrent calls all wait.
      *        Producers blocked in submit wake with `ClosedError`.
-     * @throws ReentrancyError when called from inside this batcher's process_batch or callbacks
-     *         (it would wait for itself).
+     * @throws ReentrancyError when called from inside this batcher's process_batch or callbacks,
+     *         also nested (it would wait for itself; see "Re-entrancy" above).
      */
     void close() { close_impl(nullptr); }
 
@@ -4597,13 +5199,96 @@ public:
         std::uint64_t filling = 0;
         for (std::uint32_t l = 0; l < lane_count_; ++l) {
             // relaxed: a statistic; no data is read through it.
-            const std::uint64_t head = lanes_[l].head.load(std::memory_order_relaxed);
-            const std::uint64_t count = head & count_mask;
-            const bool open = (head & closed_bit) == 0 && count < batch_size_;
-            filling += open ? count : 0;
+            filling += filling_count(lanes_[l].head.load(std::memory_order_relaxed));
         }
         stats_.snapshot(result, filling);
         return result;
+    }
+
+    /**
+     * @brief Accepted items not yet finished: in the batch being filled, sealed and waiting,
+     *        or running. Thread-safe, lock-free, O(lanes); a snapshot that may be stale by the
+     *        time it returns.
+     */
+    std::size_t pending() const noexcept {
+        // relaxed: a statistic; no data is read through these counters.
+        std::uint64_t filling = 0;
+        for (std::uint32_t l = 0; l < lane_count_; ++l) {
+            filling += filling_count(lanes_[l].head.load(std::memory_order_relaxed));
+        }
+        return static_cast<std::size_t>(in_flight_items_.load(std::memory_order_relaxed) + filling);
+    }
+
+    /**
+     * @brief Sets the batch size bound for batches opened from now on (the batch being filled
+     *        keeps the bound it opened with). Thread-safe; lock-free.
+     *
+     * Storage stays what was reserved for the constructed `max_batch_size`: each batch still
+     * occupies one buffer of that size, so with a smaller bound producers block after
+     * ceil(capacity / constructed size) batches rather than after `capacity` items.
+     * @throws std::invalid_argument unless 1 <= @p size <= the constructed max_batch_size.
+     */
+    void set_max_batch_size(std::size_t size) {
+        if (size == 0 || size > batch_size_) {
+            MICROBATCH_THROW(std::invalid_argument(
+                "microbatch::Batcher::set_max_batch_size: size must be in [1, " +
+                std::to_string(batch_size_) + "] (the constructed max_batch_size; got " +
+                std::to_string(size) + ")"));
+        }
+        // relaxed: read by open_buffer() for the next batch; no data is published with it.
+        current_batch_size_.store(static_cast<std::uint32_t>(size), std::memory_order_relaxed);
+        refresh_producer_threshold();
+    }
+
+    /**
+     * @brief Sets the time bound; effective for every decision from now on (the batch being
+     *        filled included). `nanoseconds::max()` disables it. Thread-safe; wakes the timer.
+     * @throws std::invalid_argument if @p delay is negative.
+     */
+    void set_max_delay(std::chrono::nanoseconds delay) {
+        if (delay.count() < 0) {
+            MICROBATCH_THROW(std::invalid_argument(
+                "microbatch::Batcher::set_max_delay: max_delay must not be negative (got " +
+                std::to_string(delay.count()) + "ns)"));
+        }
+        const std::int64_t ticks = delay == std::chrono::nanoseconds::max()
+                                       ? -1
+                                       : std::chrono::ceil<typename Clock::duration>(delay).count();
+        // relaxed: a setting; the timer re-reads it under timer_mutex_ after the notify below.
+        max_delay_ticks_.store(ticks, std::memory_order_relaxed);
+        refresh_producer_threshold();
+        wake_timer();
+    }
+
+    /**
+     * @brief Sets the in-flight limit (0 = automatic, as in Options::max_in_flight), effective
+     *        for every decision from now on. Thread-safe; wakes the timer. Raising it above the
+     *        value the batcher was built with can make producers block before `capacity` items
+     *        (storage for partial batches was reserved for the constructed limit).
+     */
+    void set_max_in_flight(std::size_t limit) {
+        Options probe = options_;
+        probe.max_in_flight(limit);
+        // relaxed: a setting; see set_max_delay.
+        max_in_flight_.store(probe.effective_max_in_flight(), std::memory_order_relaxed);
+        refresh_producer_threshold();
+        seal_for_free_worker();  // a higher limit may free a worker for a held batch
+        wake_timer();
+    }
+
+    /// @brief The batch size bound in force (see set_max_batch_size). Thread-safe.
+    std::size_t max_batch_size() const noexcept {
+        return current_batch_size_.load(std::memory_order_relaxed);
+    }
+    /// @brief The time bound in force (`nanoseconds::max()` when disabled). Thread-safe.
+    std::chrono::nanoseconds max_delay() const noexcept {
+        const std::int64_t ticks = max_delay_ticks_.load(std::memory_order_relaxed);
+        return ticks < 0 ? std::chrono::nanoseconds::max()
+                         : std::chrono::nanoseconds(to_nanoseconds(ticks));
+    }
+    /// @brief The in-flight limit in force (resolved: never 0). Thread-safe.
+    std::size_t max_in_flight() const noexcept {
+        return max_in_flight_.load(std::memory_order_relaxed);
     }
 
     /// @brief The options the batcher was built with.
@@ -4631,6 +5316,7 @@ private:
     static constexpr std::uint64_t sealed_count = std::uint64_t{1} << 23;
     static constexpr std::size_t max_buffers = buffer_mask + 1;
     static constexpr std::int64_t unset_time = std::numeric_limits<std::int64_t>::min();
+    static constexpr std::uint32_t no_buffer = std::numeric_limits<std::uint32_t>::max();
     static std::uint64_t make_head(std::uint64_t sequence, std::uint64_t buffer) noexcept {
         return ((sequence & tag_mask) << tag_shift) | (buffer << buffer_shift);
     }
@@ -4652,10 +5338,23 @@ private:
         alignas(detail::cache_line_size) std::atomic<std::uint64_t> head{0};
         alignas(detail::cache_line_size) std::atomic<std::uint64_t> next_sequence{0};
         std::uint32_t first_buffer = 0;  // index in buffers_ of the lane's buffer 0
+        // Capacity in items: the lane's share of `capacity` not yet granted to a batch. A
+        // buffer opens with min(batch size, free_items) slots; sealing returns the slots its
+        // batch did not use, finishing returns the rest. Written once or twice per batch.
+        std::atomic<std::int64_t> free_items{0};
+        // The lane's next buffer, when it could not open for want of free items (no_buffer
+        // otherwise): the thread returning items opens it. seq_cst handshake, see try_open().
+        std::atomic<std::uint32_t> parked{no_buffer};
     };
 
     struct alignas(detail::cache_line_size) Buffer {
         std::atomic<std::int64_t> opened_at{unset_time};  // clock ticks when slot 0 was claimed
+        // First slot of the current use: max_batch_size (as constructed) - the batch size in
+        // force when the buffer opened; the head's count starts here, so a batch is full when
+        // the count reaches the constructed size whatever the current one. Written by the
+        // opener before the head CAS that publishes the buffer; relaxed accesses suffice for
+        // every reader that acquired that head (the stats() reader tolerates a stale value).
+        std::atomic<std::uint32_t> start{0};
         std::atomic<std::uint64_t> sequence{0};           // batch number of the current use
         std::atomic<std::uint64_t> finished_sequence{0};  // batch number of the last finished use
         std::atomic<std::uint32_t> arrivals{0};           // "free" + "predecessor sealed" events
@@ -4688,6 +5387,33 @@ private:
         void operator()(T* items) const noexcept { std::allocator<T>().deallocate(items, count); }
     };
     void initialise();  // detail/batcher_seal.hpp
+
+    // Items in the batch being filled described by @p head (0 if it is sealed or closed).
+    std::uint64_t filling_count(std::uint64_t head) const noexcept {
+        const std::uint64_t count = head & count_mask;
+        if ((head & closed_bit) != 0 || count >= batch_size_) {
+            return 0;
+        }
+        // relaxed: see Buffer::start; a stale value only skews a statistic.
+        const std::uint64_t start = buffers_[buffer_of(head)].start.load(std::memory_order_relaxed);
+        return count > start ? count - start : 0;
+    }
+
+    // ---- Load, policy inputs: detail/batcher_policy.hpp ------------------------------------
+    LoadEstimate load_estimate() const noexcept;
+    SealInputs policy_inputs(SealTrigger trigger, std::int64_t now, std::size_t count,
+                             std::size_t bound, std::int64_t opened_at,
+                             std::int64_t last_change_at) const noexcept;
+    // The size bound of the batch in buffer @p buffer (the batch size in force when it opened,
+    // or fewer when the lane was short of free items).
+    std::uint32_t bound_of(std::uint32_t buffer) const noexcept {
+        // relaxed: see Buffer::start.
+        return batch_size_ - buffers_[buffer].start.load(std::memory_order_relaxed);
+    }
+    void note_sealed(std::uint32_t size, std::int64_t now) noexcept;
+    void refresh_producer_threshold() noexcept;
+    void wake_timer();
+    void seal_for_free_worker();
 
     // ---- Submission: detail/batcher_submit.hpp --------------------------------------------
 
@@ -4727,7 +5453,8 @@ private:
     template <class U, class Store>
     SubmitStatus submit_impl(U&& item, WaitMode mode, Deadline deadline, Store&& store);
     template <class U, class Store>
-    SubmitStatus fill_slot(std::uint64_t head, std::uint32_t index, U&& item, Store& store);
+    SubmitStatus fill_slot(Lane& lane, std::uint64_t head, std::uint32_t index, U&& item,
+                           Store& store);
     void note_batch_opened(Buffer& buffer, bool needs_timer);
     SubmitStatus wait_for_space(Lane& lane, WaitMode mode, Deadline deadline);
     SubmitStatus wait_for_space_registered(Lane& lane, WaitMode mode, Deadline deadline);
@@ -4739,6 +5466,9 @@ private:
     void post_batch(std::uint32_t buffer);
     void arrive(std::uint32_t index);
     void open_buffer(std::uint32_t index);
+    void try_open(std::uint32_t index);
+    std::int64_t take_items(Lane& lane, std::int64_t wanted) noexcept;
+    void return_items(Lane& lane, std::int64_t count);
     void retire_unused(Buffer& buffer);
     static void mark_finished(Buffer& buffer, std::uint64_t sequence) noexcept;
 
@@ -4759,7 +5489,6 @@ private:
     // ---- Timer: detail/batcher_timer.hpp --------------------------------------------------
 
     void run_timer();
-    Lane* earliest_deadline(std::uint64_t& head, std::int64_t& deadline) const noexcept;
     bool current_batch_start(const Lane& lane, std::uint64_t& head,
                              std::int64_t& opened_at) const noexcept;
 
@@ -4768,7 +5497,7 @@ private:
     std::uint64_t flush_and_target(Lane& lane);
     bool finished_through(const Lane& lane, std::uint64_t target) const noexcept;
     void check_not_reentrant(const char* what) const {
-        if (detail::running_batcher == this) {
+        if (detail::is_running_on_this_thread(this)) {
             MICROBATCH_THROW(ReentrancyError(std::string("microbatch::Batcher: ") + what +
                                              "() called from inside this batcher's "
                                              "process_batch or callback would wait for itself"));
@@ -4789,15 +5518,45 @@ private:
     std::uint32_t batch_size_ = 0;
     std::uint32_t lane_count_ = 1;
     std::uint32_t buffers_per_lane_ = 0;
-    std::int64_t max_delay_ticks_ = -1;
+    bool seal_early_ = true;
+
+    // Settings changeable at run time (relaxed: each is one independent value).
+    std::atomic<std::uint32_t> current_batch_size_{0};
+    std::atomic<std::int64_t> max_delay_ticks_{-1};
+    std::atomic<std::size_t> max_in_flight_{1};
+    // Producers seal once their batch holds this many items and a worker is free
+    // (producer_seal_threshold(); recomputed at every seal and setter).
+    std::atomic<std::uint32_t> producer_threshold_{0};
+
+    // Batches dispatched and not finished: the in-flight limit's counter. Its own cache line:
+    // producers read it when their batch reaches the threshold, sealers and workers write it.
+    alignas(detail::cache_line_size) std::atomic<std::uint64_t> in_flight_batches_{0};
+    // The timer sleeps without a deadline because every worker is busy; a finishing worker
+    // must wake it (seq_cst Dekker handshake with in_flight_batches_).
+    std::atomic<bool> timer_waits_for_worker_{false};
+    // Arrival-rate estimate: exponentially weighted items and nanoseconds between seals.
+    // Updated by whichever thread seals, without a lock: concurrent seals may lose one sample,
+    // which only makes the estimate a little less smooth.
+    alignas(detail::cache_line_size) std::atomic<std::int64_t> last_seal_at_{unset_time};
+    std::atomic<double> rate_items_{0.0};
+    std::atomic<double> rate_nanoseconds_{0.0};
+    std::atomic<std::uint64_t> rate_samples_{0};
     std::unique_ptr<T, ItemsDeleter> items_{nullptr, ItemsDeleter{0}};
     std::unique_ptr<detail::Completion<R>[]> completions_;
     std::unique_ptr<std::atomic<std::uint8_t>[]> slot_states_;
     std::unique_ptr<Buffer[]> buffers_;
     std::unique_ptr<Lane[]> lanes_;
+    // The timer's memory of each lane's batch (run_timer), allocated before the timer starts.
+    struct TimerSeen {
+        std::uint64_t batch = ~std::uint64_t{0};  // head without the count: which batch
+        std::uint64_t count = 0;
+        std::int64_t changed_at = unset_time;
+    };
+    std::unique_ptr<TimerSeen[]> timer_seen_;
 
     alignas(detail::cache_line_size) std::atomic<bool> timer_idle_{false};
     std::atomic<std::uint64_t> dispatched_batches_{0};
+    // Accepted items of dispatched batches not yet finished (holes excluded), for close_for().
     std::atomic<std::uint64_t> in_flight_items_{0};
     std::atomic<std::uint32_t> slow_producers_{0};
     std::atomic<std::uint32_t> space_waiters_{0};
@@ -4856,7 +5615,9 @@ std::uint64_t Batcher<T, R, Clock>::flush_and_target(Lane& lane) {
             continue;  // the buffer was reopened since we read the head: read again
         }
         const std::uint64_t count = head & count_mask;
-        if ((head & closed_bit) == 0 && count == 0) {
+        // relaxed: written before the head we read (seq_cst) was published (Buffer::start).
+        const std::uint64_t start = buffer.start.load(std::memory_order_relaxed);
+        if ((head & closed_bit) == 0 && count <= start) {
             return sequence - 1;  // open and empty: everything before it
         }
         if ((head & closed_bit) == 0 && count < batch_size_ &&
@@ -4906,8 +5667,11 @@ CloseResult Batcher<T, R, Clock>::close_impl(const Deadline* deadline) {
         CloseResult result;
         result.completed = false;
         result.batches_in_flight = static_cast<std::size_t>(open_batches_);
-        result.items_in_flight =
-            static_cast<std::size_t>(in_flight_items_.load(std::memory_order_relaxed));
+        // Read as signed: a hole's producer may have subtracted it before the seal added it.
+        // relaxed: a statistic; we are not waiting for these items here.
+        const auto items =
+            static_cast<std::int64_t>(in_flight_items_.load(std::memory_order_relaxed));
+        result.items_in_flight = items < 0 ? 0 : static_cast<std::size_t>(items);
         return result;
     }
     lock.unlock();
@@ -4930,12 +5694,25 @@ void Batcher<T, R, Clock>::begin_close() {
             std::memory_order_seq_cst)) {
         }
         const std::uint64_t count = head & count_mask;
-        if (count == 0) {
+        // relaxed: written before the head we exchanged was published (Buffer::start).
+        const std::uint64_t start = buffers_[buffer_of(head)].start.load(std::memory_order_relaxed);
+        if (count >= batch_size_) {
+            // a sealer owns that batch and dispatches it
+        } else if (count <= start) {
             retire_unused(buffers_[buffer_of(head)]);  // the open batch was empty
-        } else if (count < batch_size_) {
-            seal_and_dispatch(buffer_of(head), static_cast<std::uint32_t>(count),
+        } else {
+            seal_and_dispatch(buffer_of(head), static_cast<std::uint32_t>(count - start),
                               DispatchReason::close);
-        }  // else: a sealer owns that batch and dispatches it
+        }
+    }
+    // A buffer parked for want of free items will never open now: account for it.
+    for (std::uint32_t l = 0; l < lane_count_; ++l) {
+        // seq_cst: competes with return_items() and try_open() for the parked buffer.
+        const std::uint32_t parked =
+            lanes_[l].parked.exchange(no_buffer, std::memory_order_seq_cst);
+        if (parked != no_buffer) {
+            retire_unused(buffers_[parked]);
+        }
     }
     if (timer_.joinable()) {
         {
@@ -4952,6 +5729,159 @@ void Batcher<T, R, Clock>::begin_close() {
 }  // namespace microbatch
 
 // ---- end microbatch/detail/batcher_close.hpp ----
+// ---- begin microbatch/detail/batcher_policy.hpp ----
+/**
+ * @file batcher_policy.hpp
+ * @brief Batcher internals: feeding seal_policy.hpp. The load estimate (arrival rate, fitted
+ *        cost), the inputs of `decide_seal`, and the worker-finished path that seals a batch
+ *        held while every worker was busy.
+ */
+
+#include <algorithm>
+
+
+namespace microbatch {
+namespace detail {
+/// The batcher whose seal_for_free_worker() runs on this thread: stops the recursion an inline
+/// executor would cause (sealing runs the batch, whose end seals again).
+inline thread_local const void* sealing_for_free_worker = nullptr;
+}  // namespace detail
+
+template <class T, class R, class Clock>
+LoadEstimate Batcher<T, R, Clock>::load_estimate() const noexcept {
+    LoadEstimate load;
+    // relaxed: estimates; a torn pair (items from one sample, time from the next) is harmless.
+    const double items = rate_items_.load(std::memory_order_relaxed);
+    const double nanoseconds = rate_nanoseconds_.load(std::memory_order_relaxed);
+    load.arrival_rate = nanoseconds > 0.0 ? items / nanoseconds : 0.0;
+    stats_.fitted_cost(load.per_batch_ns, load.per_item_ns);
+    // Eight rate samples (batches sealed after the first) before trusting either estimate.
+    load.ready = rate_samples_.load(std::memory_order_relaxed) >= 8;
+    return load;
+}
+
+template <class T, class R, class Clock>
+SealInputs Batcher<T, R, Clock>::policy_inputs(SealTrigger trigger, std::int64_t now,
+                                               std::size_t count, std::size_t bound,
+                                               std::int64_t opened_at,
+                                               std::int64_t last_change_at) const noexcept {
+    SealInputs in;
+    in.trigger = trigger;
+    in.now = to_nanoseconds(now);
+    in.count = count;
+    in.opened_at = opened_at == unset_time ? SealInputs::unset : to_nanoseconds(opened_at);
+    in.last_change_at =
+        last_change_at == unset_time ? SealInputs::unset : to_nanoseconds(last_change_at);
+    // relaxed: settings and counters, each read once; the decision is re-taken at every event.
+    in.max_batch_size = bound;  // the batch's own bound, not a later set_max_batch_size
+    const std::int64_t delay = max_delay_ticks_.load(std::memory_order_relaxed);
+    in.max_delay = delay < 0 ? -1 : to_nanoseconds(delay);
+    // seq_cst: the timer's half of the handshake with seal_for_free_worker() (free on x86).
+    in.in_flight = static_cast<std::size_t>(in_flight_batches_.load(std::memory_order_seq_cst));
+    in.max_in_flight = max_in_flight_.load(std::memory_order_relaxed);
+    in.lanes = lane_count_;
+    in.seal_early = seal_early_;
+    in.load = load_estimate();
+    return in;
+}
+
+// Called by whoever sealed a batch of @p size items at clock ticks @p now: one sample of the
+// arrival rate (items sealed / time since the previous seal, exponentially weighted with 1/8).
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::note_sealed(std::uint32_t size, std::int64_t now) noexcept {
+    // relaxed: an estimate; concurrent sealers may each see the other's time, which only
+    // shortens one interval.
+    const std::int64_t previous = last_seal_at_.exchange(now, std::memory_order_relaxed);
+    if (previous != unset_time && now > previous) {
+        constexpr double weight = 1.0 / 8.0;
+        const double interval = static_cast<double>(to_nanoseconds(now - previous));
+        const bool first = rate_samples_.load(std::memory_order_relaxed) == 0;
+        const double items = first ? static_cast<double>(size)
+                                   : (1.0 - weight) * rate_items_.load(std::memory_order_relaxed) +
+                                         weight * static_cast<double>(size);
+        const double nanoseconds =
+            first ? interval
+                  : (1.0 - weight) * rate_nanoseconds_.load(std::memory_order_relaxed) +
+                        weight * interval;
+        rate_items_.store(items, std::memory_order_relaxed);
+        rate_nanoseconds_.store(nanoseconds, std::memory_order_relaxed);
+        rate_samples_.fetch_add(1, std::memory_order_relaxed);
+    }
+    refresh_producer_threshold();
+}
+
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::refresh_producer_threshold() noexcept {
+    // relaxed: settings; see policy_inputs.
+    const std::int64_t delay = max_delay_ticks_.load(std::memory_order_relaxed);
+    const std::size_t threshold =
+        producer_seal_threshold(load_estimate(), max_in_flight_.load(std::memory_order_relaxed),
+                                current_batch_size_.load(std::memory_order_relaxed),
+                                delay < 0 ? -1 : to_nanoseconds(delay), seal_early_);
+    producer_threshold_.store(static_cast<std::uint32_t>(threshold), std::memory_order_relaxed);
+}
+
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::wake_timer() {
+    { std::lock_guard<std::mutex> lock(timer_mutex_); }
+    timer_condition_.notify_one();
+}
+
+// A worker became free (a batch finished, or the limit was raised): seal the oldest partial
+// batch if the policy says so (rule 4 reports `worker_free`, rule 5a `early`), as many times as
+// the limit allows, then let the timer re-plan if it was waiting for a worker.
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::seal_for_free_worker() {
+    if (detail::sealing_for_free_worker == this) {
+        return;  // an inline executor ran the batch we sealed: the loop below goes on
+    }
+    const void* const outer = detail::sealing_for_free_worker;
+    detail::sealing_for_free_worker = this;
+    bool waiting_batch = false;  // a partial batch is left for the timer to time
+    for (std::uint32_t round = 0; round <= lane_count_; ++round) {
+        Lane* oldest = nullptr;
+        std::uint64_t oldest_head = 0;
+        std::int64_t oldest_opened = 0;
+        for (std::uint32_t l = 0; l < lane_count_; ++l) {
+            std::uint64_t head = 0;
+            std::int64_t opened_at = unset_time;
+            if (current_batch_start(lanes_[l], head, opened_at) &&
+                (oldest == nullptr || opened_at < oldest_opened)) {
+                oldest = &lanes_[l];
+                oldest_head = head;
+                oldest_opened = opened_at;
+            }
+        }
+        if (oldest == nullptr) {
+            break;  // no partial batch: a producer opening one wakes the timer itself
+        }
+        const SealDecision decision = decide_seal(
+            policy_inputs(SealTrigger::worker_finished, clock_.now().time_since_epoch().count(),
+                          static_cast<std::size_t>(filling_count(oldest_head)),
+                          bound_of(buffer_of(oldest_head)), oldest_opened, unset_time));
+        if (!decision.seal) {
+            waiting_batch = true;
+            break;
+        }
+        if (!seal_current(*oldest, decision.reason, oldest_head & ~count_mask, true)) {
+            break;
+        }
+    }
+    detail::sealing_for_free_worker = outer;
+    // Wake the timer only if it sleeps for want of a worker and one is free now with a batch
+    // to time: with every worker still busy (a queue of full batches) it would only look and
+    // sleep again. seq_cst: Dekker handshake with run_timer(), which announces the wait and
+    // then re-reads in_flight_batches_ (decremented by our caller with seq_cst).
+    if (waiting_batch && timer_waits_for_worker_.load(std::memory_order_seq_cst) &&
+        in_flight_batches_.load(std::memory_order_seq_cst) <
+            max_in_flight_.load(std::memory_order_relaxed)) {
+        wake_timer();
+    }
+}
+
+}  // namespace microbatch
+
+// ---- end microbatch/detail/batcher_policy.hpp ----
 // ---- begin microbatch/detail/batcher_run.hpp ----
 /**
  * @file batcher_run.hpp
@@ -4967,14 +5897,16 @@ namespace microbatch {
 template <class T, class R, class Clock>
 void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
     Buffer& buffer = buffers_[buffer_index];
-    const std::size_t first = static_cast<std::size_t>(buffer_index) * batch_size_;
+    // relaxed: the sealer handed this batch to us through the executor (see Buffer::start).
+    const std::size_t first = static_cast<std::size_t>(buffer_index) * batch_size_ +
+                              buffer.start.load(std::memory_order_relaxed);
     T* items = items_.get() + first;
     detail::Completion<R>* completions = completions_.get() + first;
     std::atomic<std::uint8_t>* states = slot_states_.get() + first;
     const std::size_t size = buffer.size;
 
-    const void* const outer = detail::running_batcher;
-    detail::running_batcher = this;
+    const detail::RunningBatch running{this, detail::running_batches};
+    detail::running_batches = &running;
 
     // Producers that claimed a slot may still be writing it: wait for each slot's state.
     std::size_t holes = 0;
@@ -5017,15 +5949,18 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
         }
     }
     const auto processing = to_nanoseconds((clock_.now() - started).count());
+    const std::int64_t dispatch_wait =
+        to_nanoseconds(started.time_since_epoch().count() - buffer.dispatched_at);
 
     const bool batch_failed = static_cast<bool>(error);
     // Stats first: a producer that sees its item's result then also sees it counted.
     if (holes != 0) {
         stats_.holes(holes);
     }
-    const std::size_t failed = (batch_failed ? count : 0) + failed_in_compaction;
-    stats_.completed(count - (batch_failed ? count : 0), failed, batch_failed, queue_delay,
-                     processing);
+    // Items that failed in compaction were counted (failed_early) before they completed.
+    const std::size_t failed = batch_failed ? count : 0;
+    stats_.completed(count - failed, failed, batch_failed, queue_delay, dispatch_wait, processing,
+                     failed_in_compaction);
     if (any_completion) {
         std::size_t last = count;
         for (std::size_t i = count; i-- > 0;) {
@@ -5053,8 +5988,20 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
         // relaxed: published to the next producers by arrive()'s acq_rel and the open CAS.
         states[i].store(detail::slot_empty, std::memory_order_relaxed);
     }
-    in_flight_items_.fetch_sub(size, std::memory_order_relaxed);
-    detail::running_batcher = outer;
+    if (count != 0 && opened_at != unset_time) {
+        // One end-to-end sample per batch: its oldest item, accepted at opened_at, has now had
+        // its result delivered (Stats::item_latency).
+        stats_.item_latency(to_nanoseconds(clock_.now().time_since_epoch().count() - opened_at));
+    }
+    // Holes were taken off by their producers (fill_slot). relaxed: a statistic for close_for().
+    in_flight_items_.fetch_sub(size - holes, std::memory_order_relaxed);
+    // The batch's slots are free: their share of the capacity goes back to the lane (and may
+    // open a buffer parked for want of items).
+    return_items(lanes_[buffer_index / buffers_per_lane_], static_cast<std::int64_t>(size));
+    detail::running_batches = running.outer;
+    // The worker is free: seq_cst, Dekker handshake with the timer (seal_for_free_worker).
+    in_flight_batches_.fetch_sub(1, std::memory_order_seq_cst);
+    seal_for_free_worker();
 }
 
 template <class T, class R, class Clock>
@@ -5101,7 +6048,7 @@ std::uint8_t Batcher<T, R, Clock>::wait_for_slot(std::atomic<std::uint8_t>& stat
 
 // Closes the holes left by failed constructions so the batch is contiguous again. An item
 // whose move constructor throws here fails with that exception (reported through its
-// completion) instead of being processed.
+// completion) instead of being processed; it is counted in the stats before it completes.
 template <class T, class R, class Clock>
 std::size_t Batcher<T, R, Clock>::compact(T* items, detail::Completion<R>* completions,
                                           std::atomic<std::uint8_t>* states, std::size_t size,
@@ -5119,6 +6066,7 @@ std::size_t Batcher<T, R, Clock>::compact(T* items, detail::Completion<R>* compl
                 const std::exception_ptr error = std::current_exception();
                 items[i].~T();
                 ++failed;
+                stats_.failed_early();  // before completing: whoever sees it sees it counted
                 if (completions[i].has_value()) {
                     MICROBATCH_TRY {
                         completions[i].complete(Outcome<R>(error));
@@ -5178,10 +6126,31 @@ void Batcher<T, R, Clock>::initialise() {
     options_.validate();
     batch_size_ = static_cast<std::uint32_t>(options_.max_batch_size());
     lane_count_ = static_cast<std::uint32_t>(options_.lanes());
+    seal_early_ = options_.seal_early();
+    const std::size_t in_flight_limit = options_.effective_max_in_flight();
+    // relaxed stores of the settings: published with the rest of the batcher, see below.
+    current_batch_size_.store(batch_size_, std::memory_order_relaxed);
+    max_in_flight_.store(in_flight_limit, std::memory_order_relaxed);
     const std::size_t capacity = options_.effective_capacity();
+    // Capacity is counted in items: each lane gets ceil(capacity / lanes) of them, handed to
+    // its batches as they open (Lane::free_items). Buffers: enough for that many items in full
+    // batches, plus room for the partial batches the in-flight limit lets run (sealed by time
+    // or early only while fewer than that many batches are in flight), so partial batches do
+    // not make producers wait for a buffer. Without a limit (unlimited_in_flight, the plain
+    // size/time rule) partial batches are unbounded and get no extra room.
     // Rounded up without overflow, even for a capacity near SIZE_MAX.
-    const std::size_t batches = capacity / batch_size_ + (capacity % batch_size_ != 0);
-    const std::size_t per_lane = batches / lane_count_ + (batches % lane_count_ != 0);
+    const std::size_t lane_items = capacity / lane_count_ + (capacity % lane_count_ != 0);
+    const std::size_t per_lane_full = lane_items / batch_size_ + (lane_items % batch_size_ != 0);
+    const std::size_t partial_room = in_flight_limit == Options::unlimited_in_flight
+                                         ? 0
+                                         : std::min<std::size_t>(in_flight_limit, 64);
+    // The extra room is dropped where it would exceed the buffer limit (partial batches may
+    // then make producers wait for a buffer before capacity items).
+    const std::size_t room_limit = max_buffers / lane_count_;
+    const std::size_t per_lane =
+        per_lane_full >= room_limit
+            ? per_lane_full
+            : per_lane_full + std::min(partial_room, room_limit - per_lane_full);
     const std::size_t buffers = per_lane <= max_buffers ? per_lane * lane_count_ : 0;
     if (buffers == 0 || buffers > max_buffers) {
         MICROBATCH_THROW(std::invalid_argument(
@@ -5207,6 +6176,15 @@ void Batcher<T, R, Clock>::initialise() {
     for (std::uint32_t l = 0; l < lane_count_; ++l) {
         Lane& lane = lanes_[l];
         lane.first_buffer = l * n;
+        // The first batch opens below with min(batch size, the lane's items) slots.
+        const std::size_t items = std::min<std::size_t>(
+            lane_items, static_cast<std::size_t>(std::numeric_limits<std::int64_t>::max()));
+        const std::uint32_t first_grant =
+            static_cast<std::uint32_t>(std::min<std::size_t>(items, batch_size_));
+        lane.free_items.store(static_cast<std::int64_t>(items - first_grant),
+                              std::memory_order_relaxed);
+        buffers_[lane.first_buffer].start.store(batch_size_ - first_grant,
+                                                std::memory_order_relaxed);
         for (std::uint32_t b = 0; b < n; ++b) {
             Buffer& buffer = buffers_[lane.first_buffer + b];
             buffer.finished_sequence.store(b, std::memory_order_relaxed);
@@ -5214,16 +6192,17 @@ void Batcher<T, R, Clock>::initialise() {
         }
         buffers_[lane.first_buffer].sequence.store(n, std::memory_order_relaxed);
         lane.next_sequence.store(n + 1, std::memory_order_relaxed);
-        lane.head.store(make_head(n, lane.first_buffer), std::memory_order_relaxed);
+        lane.head.store(make_head(n, lane.first_buffer) | (batch_size_ - first_grant),
+                        std::memory_order_relaxed);
     }
     open_batches_ = lane_count_;
 
     const auto delay = options_.max_delay();
-    if (delay == std::chrono::nanoseconds::max()) {
-        max_delay_ticks_ = -1;  // no time bound: no timer thread at all
-    } else {
-        max_delay_ticks_ = std::chrono::ceil<typename Clock::duration>(delay).count();
-    }
+    max_delay_ticks_.store(delay == std::chrono::nanoseconds::max()
+                               ? -1  // no time bound
+                               : std::chrono::ceil<typename Clock::duration>(delay).count(),
+                           std::memory_order_relaxed);
+    refresh_producer_threshold();
 
     if (options_.executor()) {
         executor_ = options_.executor();
@@ -5231,10 +6210,11 @@ void Batcher<T, R, Clock>::initialise() {
         pool_ = std::make_unique<ThreadPool>(options_.workers());
         executor_ = pool_->executor();
     }
-    if (max_delay_ticks_ >= 0) {
-        sleeper_.emplace(clock_, timer_mutex_, timer_condition_);
-        timer_ = std::thread([this] { run_timer(); });
-    }
+    // Always started: set_max_delay may introduce a time bound later, and early sealing's quiet
+    // window is timed by it. It sleeps without waking while nothing is to be timed.
+    timer_seen_ = std::make_unique<TimerSeen[]>(lane_count_);
+    sleeper_.emplace(clock_, timer_mutex_, timer_condition_);
+    timer_ = std::thread([this] { run_timer(); });
 }
 
 // Seals @p lane's batch being filled if it holds items. With @p only_tagged, only if it is
@@ -5246,23 +6226,28 @@ bool Batcher<T, R, Clock>::seal_current(Lane& lane, DispatchReason reason, std::
     std::uint64_t head = lane.head.load(std::memory_order_acquire);
     for (;;) {
         const std::uint64_t count = head & count_mask;
-        if ((head & closed_bit) != 0 || count == 0 || count >= batch_size_) {
+        if ((head & closed_bit) != 0 || count >= batch_size_) {
             return false;
         }
         if (only_tagged && (head & ~count_mask) != expected) {
             return false;
         }
+        // relaxed: written before the head CAS we acquired (see Buffer::start).
+        const std::uint64_t start = buffers_[buffer_of(head)].start.load(std::memory_order_relaxed);
+        if (count <= start) {
+            return false;  // empty
+        }
         const std::uint64_t sealed = (head & ~count_mask) | sealed_count;
         // seq_cst: competes with producers' claims; whoever wins decides the batch size.
         if (lane.head.compare_exchange_weak(head, sealed, std::memory_order_seq_cst,
                                             std::memory_order_acquire)) {
-            seal_and_dispatch(buffer_of(head), static_cast<std::uint32_t>(count), reason);
+            seal_and_dispatch(buffer_of(head), static_cast<std::uint32_t>(count - start), reason);
             return true;
         }
     }
 }
 
-// Called exactly once per batch by whoever sealed it, with its final size.
+// Called exactly once per batch by whoever sealed it, with its final number of items.
 template <class T, class R, class Clock>
 void Batcher<T, R, Clock>::seal_and_dispatch(std::uint32_t buffer, std::uint32_t size,
                                              DispatchReason reason) {
@@ -5276,6 +6261,17 @@ void Batcher<T, R, Clock>::seal_and_dispatch(std::uint32_t buffer, std::uint32_t
     stats_.dispatched(size, reason);
     // relaxed: a statistic for close_for(); nothing is published through it.
     in_flight_items_.fetch_add(size, std::memory_order_relaxed);
+    // relaxed: the in-flight limit is a policy input read without ordering; a stale read lets
+    // at most one decision see the previous count, and every finishing worker decides again.
+    in_flight_batches_.fetch_add(1, std::memory_order_relaxed);
+    note_sealed(size, current.dispatched_at);
+    // Slots granted to this batch but not used go back to the lane before its next buffer
+    // opens. relaxed load: see Buffer::start.
+    Lane& lane = lanes_[buffer / buffers_per_lane_];
+    const std::uint32_t granted = batch_size_ - current.start.load(std::memory_order_relaxed);
+    if (granted > size) {
+        return_items(lane, static_cast<std::int64_t>(granted - size));
+    }
     // The lane's next buffer may open as soon as it is free: let producers go on.
     const std::uint32_t local = buffer % buffers_per_lane_;
     arrive(local + 1 == buffers_per_lane_ ? buffer - local : buffer + 1);
@@ -5325,30 +6321,90 @@ void Batcher<T, R, Clock>::open_buffer(std::uint32_t index) {
     // increment still hands out consecutive numbers, and sequence % buffers_per_lane_ is the
     // buffer's place in the lane's ring.
     const std::uint64_t sequence = lane.next_sequence.fetch_add(1, std::memory_order_relaxed);
-    // relaxed stores: published to producers by the release CAS on the head below.
+    // relaxed stores: published to producers by the release CAS on the head in try_open().
     buffer.sequence.store(sequence, std::memory_order_relaxed);
     buffer.opened_at.store(unset_time, std::memory_order_relaxed);
     buffer.finish_parties.store(0, std::memory_order_relaxed);
     // relaxed: the count is only compared under idle_mutex_ after the decrements, which
     // are all ordered after this increment by the batch chain.
     open_batches_.fetch_add(1, std::memory_order_relaxed);
+    try_open(index);
+}
+
+// Grants buffer @p index as many slots as the batch size in force and the lane's free items
+// allow, and publishes it in the lane's head. With no free item it parks the buffer in the
+// lane; return_items() opens it later (or close() retires it).
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::try_open(std::uint32_t index) {
+    Buffer& buffer = buffers_[index];
+    Lane& lane = lanes_[index / buffers_per_lane_];
+    // The batch size in force now (set_max_batch_size). relaxed: a setting.
+    const std::int64_t wanted = current_batch_size_.load(std::memory_order_relaxed);
+    std::int64_t granted = take_items(lane, wanted);
+    if (granted == 0) {
+        // seq_cst (store, re-take, compare-exchange): a Dekker handshake with return_items(),
+        // which adds items and then takes the parked buffer; one side always sees the other.
+        lane.parked.store(index, std::memory_order_seq_cst);
+        granted = take_items(lane, wanted);
+        if (granted == 0) {
+            return;  // parked: whoever returns items opens it
+        }
+        std::uint32_t expected = index;
+        if (!lane.parked.compare_exchange_strong(expected, no_buffer, std::memory_order_seq_cst)) {
+            return_items(lane, granted);  // a returner took the buffer and opens it itself
+            return;
+        }
+    }
+    // The count starts at start, so the batch is full after `granted` claims.
+    const std::uint32_t start = batch_size_ - static_cast<std::uint32_t>(granted);
+    buffer.start.store(start, std::memory_order_relaxed);  // published by the CAS below
     std::uint64_t head = lane.head.load(std::memory_order_relaxed);
     for (;;) {
         if ((head & closed_bit) != 0) {
             // Closed meanwhile: this batch will never be used.
+            return_items(lane, granted);
             retire_unused(buffer);
             return;
         }
         // seq_cst: publishes the reset buffer (release) and takes part in the Dekker
         // handshake with blocked producers (space_waiters_ below).
-        if (lane.head.compare_exchange_weak(head, make_head(sequence, index),
-                                            std::memory_order_seq_cst, std::memory_order_relaxed)) {
+        if (lane.head.compare_exchange_weak(
+                head, make_head(buffer.sequence.load(std::memory_order_relaxed), index) | start,
+                std::memory_order_seq_cst, std::memory_order_relaxed)) {
             break;
         }
     }
     if (space_waiters_.load(std::memory_order_seq_cst) != 0) {
         { std::lock_guard<std::mutex> lock(space_mutex_); }
         space_condition_.notify_all();
+    }
+}
+
+// Takes up to @p wanted free items of @p lane; returns how many (0 if none is free).
+template <class T, class R, class Clock>
+std::int64_t Batcher<T, R, Clock>::take_items(Lane& lane, std::int64_t wanted) noexcept {
+    // seq_cst: part of the parking handshake in try_open().
+    std::int64_t free = lane.free_items.load(std::memory_order_seq_cst);
+    while (free > 0) {
+        const std::int64_t granted = std::min(free, wanted);
+        if (lane.free_items.compare_exchange_weak(free, free - granted,
+                                                  std::memory_order_seq_cst)) {
+            return granted;
+        }
+    }
+    return 0;
+}
+
+// Gives @p count items back to @p lane and opens its parked buffer, if any.
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::return_items(Lane& lane, std::int64_t count) {
+    // seq_cst: the returner's half of the parking handshake in try_open().
+    lane.free_items.fetch_add(count, std::memory_order_seq_cst);
+    if (lane.parked.load(std::memory_order_seq_cst) != no_buffer) {
+        const std::uint32_t parked = lane.parked.exchange(no_buffer, std::memory_order_seq_cst);
+        if (parked != no_buffer) {
+            try_open(parked);
+        }
     }
 }
 
@@ -5432,7 +6488,7 @@ SubmitStatus Batcher<T, R, Clock>::submit_impl(U&& item, WaitMode mode, Deadline
             const std::uint64_t head = lane.head.fetch_add(1, std::memory_order_seq_cst);
             const std::uint32_t index = static_cast<std::uint32_t>(head & count_mask);
             if (index < batch_size_) {
-                return fill_slot(head, index, std::forward<U>(item), store);
+                return fill_slot(lane, head, index, std::forward<U>(item), store);
             }
         }
         const SubmitStatus status = wait_for_space(lane, mode, deadline);
@@ -5445,12 +6501,14 @@ SubmitStatus Batcher<T, R, Clock>::submit_impl(U&& item, WaitMode mode, Deadline
 
 template <class T, class R, class Clock>
 template <class U, class Store>
-SubmitStatus Batcher<T, R, Clock>::fill_slot(std::uint64_t head, std::uint32_t index, U&& item,
-                                             Store& store) {
+SubmitStatus Batcher<T, R, Clock>::fill_slot(Lane& lane, std::uint64_t head, std::uint32_t index,
+                                             U&& item, Store& store) {
     const std::uint32_t buffer = buffer_of(head);
     const std::size_t slot = static_cast<std::size_t>(buffer) * batch_size_ + index;
-    if (index == 0) {
-        // With max_batch_size 1 this very claim seals the batch: no deadline to time.
+    // relaxed: written before the head CAS our claim synchronised with (see Buffer::start).
+    const std::uint32_t start = buffers_[buffer].start.load(std::memory_order_relaxed);
+    if (index == start) {
+        // With a batch size of 1 this very claim seals the batch: no deadline to time.
         note_batch_opened(buffers_[buffer], index + 1 < batch_size_);
     }
     T* place = items_.get() + slot;
@@ -5482,12 +6540,30 @@ SubmitStatus Batcher<T, R, Clock>::fill_slot(std::uint64_t head, std::uint32_t i
             // it forever: publish a hole, which the worker skips.
             error = std::current_exception();
             state = detail::slot_hole;
+            // A hole is no accepted item: take it off close_for()'s in-flight count now, while
+            // the batch cannot finish (it waits for this slot). The seal may not have added it
+            // yet, so the count can read one low for a moment (close_impl clamps at zero).
+            // relaxed: a statistic; nothing is published through it.
+            in_flight_items_.fetch_sub(1, std::memory_order_relaxed);
         }
     }
     // release: publishes the item and completion to the worker that runs this batch.
     slot_states_[slot].store(state, std::memory_order_release);
     if (index + 1 == batch_size_) {
-        seal_and_dispatch(buffer, batch_size_, DispatchReason::full);
+        seal_and_dispatch(buffer, batch_size_ - start, DispatchReason::full);
+    } else if (index + 1 - start >= producer_threshold_.load(std::memory_order_relaxed) &&
+               in_flight_batches_.load(std::memory_order_relaxed) <
+                   max_in_flight_.load(std::memory_order_relaxed)) {
+        // A worker is free and the batch reached the size the policy seals at without a clock
+        // (max_delay 0, or early sealing's target): confirm with the policy and seal it here,
+        // rather than wait for the timer to wake. relaxed loads: policy inputs, see
+        // in_flight_batches_; a stale value only delays the seal to the timer or a worker.
+        const SealDecision decision =
+            decide_seal(policy_inputs(SealTrigger::producer, 0, index + 1 - start,
+                                      batch_size_ - start, unset_time, unset_time));
+        if (decision.seal) {
+            seal_current(lane, decision.reason, head & ~count_mask, true);
+        }
     }
     if (error) {
         stats_.rejected_error();
@@ -5502,7 +6578,7 @@ void Batcher<T, R, Clock>::note_batch_opened(Buffer& buffer, bool needs_timer) {
     // seq_cst (store and load): a Dekker handshake with run_timer(), which sets
     // timer_idle_ and then re-reads the heads and opened_at; one side always sees the other.
     buffer.opened_at.store(clock_.now().time_since_epoch().count(), std::memory_order_seq_cst);
-    if (needs_timer && max_delay_ticks_ >= 0 && timer_idle_.load(std::memory_order_seq_cst)) {
+    if (needs_timer && timer_idle_.load(std::memory_order_seq_cst)) {
         { std::lock_guard<std::mutex> lock(timer_mutex_); }
         timer_condition_.notify_one();
     }
@@ -5565,7 +6641,7 @@ SubmitStatus Batcher<T, R, Clock>::wait_for_space_registered(Lane& lane, WaitMod
     if (mode == wait_never) {
         return finish(SubmitStatus::full);
     }
-    if (detail::running_batcher == this) {
+    if (detail::is_running_on_this_thread(this)) {
         MICROBATCH_THROW(ReentrancyError(
             "microbatch::Batcher: blocking submit from inside process_batch found the "
             "batcher full (it could wait for its own batch); use try_submit"));
@@ -5615,9 +6691,16 @@ SubmitStatus Batcher<T, R, Clock>::wait_for_space_registered(Lane& lane, WaitMod
 #include <sys/prctl.h>  // PR_SET_TIMERSLACK for the timer thread
 #endif
 
+#include <algorithm>
+#include <chrono>
+#include <vector>
+
 
 namespace microbatch {
 
+// The timer asks decide_seal() about every lane's partial batch, seals what it says, and sleeps
+// until the earliest time it named. Rule 5b needs to know when a batch last grew without a
+// clock read per item: the timer remembers the count it saw per lane and when it changed.
 template <class T, class R, class Clock>
 void Batcher<T, R, Clock>::run_timer() {
 #if defined(__linux__) && __has_include(<sys/prctl.h>)
@@ -5625,62 +6708,75 @@ void Batcher<T, R, Clock>::run_timer() {
     // this thread exists to wake on time, so ask for 1 ns. Affects only this thread.
     ::prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
 #endif
+    using Seen = TimerSeen;
+    TimerSeen* const seen = timer_seen_.get();
+    bool announced = false;  // timer_idle_ and timer_waits_for_worker_ are set
     std::unique_lock<std::mutex> lock(timer_mutex_);
     while (!timer_stop_) {
-        std::uint64_t head = 0;
-        std::int64_t deadline = 0;
-        if (Lane* lane = earliest_deadline(head, deadline)) {
-            if (clock_.now().time_since_epoch().count() >= deadline) {
-                // Unlocked: dispatching may run the batch inline (an inline executor), and
-                // its submits may need to wake this timer.
-                lock.unlock();
-                seal_current(*lane, DispatchReason::deadline, head & ~count_mask, true);
-                lock.lock();
-            } else if (deadline == std::numeric_limits<std::int64_t>::max()) {
-                sleeper_->sleep(lock);
-            } else {
-                sleeper_->sleep_until(
-                    lock, typename Clock::time_point(typename Clock::duration(deadline)));
+        const std::int64_t now = clock_.now().time_since_epoch().count();
+        std::int64_t wake = SealDecision::never;
+        bool sealed = false;
+        for (std::uint32_t l = 0; l < lane_count_ && !sealed; ++l) {
+            std::uint64_t head = 0;
+            std::int64_t opened_at = unset_time;
+            if (!current_batch_start(lanes_[l], head, opened_at)) {
+                seen[l] = Seen{};
+                continue;
             }
+            const std::uint64_t count = filling_count(head);
+            const std::uint64_t batch = head & ~count_mask;
+            if (seen[l].batch != batch) {
+                // A batch we have not seen: with one item, it last grew when it opened.
+                seen[l] = Seen{batch, count, count == 1 ? opened_at : now};
+            } else if (seen[l].count != count) {
+                seen[l].count = count;
+                seen[l].changed_at = now;
+            }
+            const SealDecision decision = decide_seal(
+                policy_inputs(SealTrigger::timer, now, static_cast<std::size_t>(count),
+                              bound_of(buffer_of(head)), opened_at, seen[l].changed_at));
+            if (decision.seal) {
+                // Unlocked: dispatching may run the batch inline (an inline executor), and its
+                // submits may need to wake this timer.
+                lock.unlock();
+                seal_current(lanes_[l], decision.reason, batch, true);
+                lock.lock();
+                sealed = true;
+            } else {
+                wake = std::min(wake, decision.wake_at);
+            }
+        }
+        if (sealed) {
             continue;
         }
-        // Nothing to time: sleep until a producer opens a batch. seq_cst: Dekker handshake
-        // with note_batch_opened(); re-check after announcing we are idle.
-        timer_idle_.store(true, std::memory_order_seq_cst);
-        if (earliest_deadline(head, deadline) != nullptr) {
-            timer_idle_.store(false, std::memory_order_relaxed);
+        if (wake != SealDecision::never) {
+            if (announced) {
+                // relaxed: hints for producers and workers, protected by the handshake below.
+                timer_idle_.store(false, std::memory_order_relaxed);
+                timer_waits_for_worker_.store(false, std::memory_order_relaxed);
+                announced = false;
+            }
+            const auto ticks =
+                std::chrono::ceil<typename Clock::duration>(std::chrono::nanoseconds(wake));
+            sleeper_->sleep_until(lock, typename Clock::time_point(ticks));
+            continue;
+        }
+        // Nothing to time (no partial batch, or every worker busy): sleep until a producer
+        // opens a batch, a worker finishes one or a setter changes the rules. seq_cst: Dekker
+        // handshakes with note_batch_opened() and seal_for_free_worker(); announce, then look
+        // once more before sleeping.
+        if (!announced) {
+            timer_idle_.store(true, std::memory_order_seq_cst);
+            timer_waits_for_worker_.store(true, std::memory_order_seq_cst);
+            announced = true;
             continue;
         }
         sleeper_->sleep(lock);
-        // relaxed: only producers read it, as a hint protected by the handshake above.
         timer_idle_.store(false, std::memory_order_relaxed);
+        timer_waits_for_worker_.store(false, std::memory_order_relaxed);
+        announced = false;
     }
     sleeper_->retire();
-}
-
-// The lane whose batch being filled is due first (nullptr if none holds items with a known
-// start time), with that batch's head and deadline.
-template <class T, class R, class Clock>
-typename Batcher<T, R, Clock>::Lane* Batcher<T, R, Clock>::earliest_deadline(
-    std::uint64_t& head, std::int64_t& deadline) const noexcept {
-    Lane* earliest = nullptr;
-    for (std::uint32_t l = 0; l < lane_count_; ++l) {
-        std::uint64_t lane_head = 0;
-        std::int64_t opened_at = unset_time;
-        if (!current_batch_start(lanes_[l], lane_head, opened_at)) {
-            continue;
-        }
-        const std::int64_t due =
-            opened_at > std::numeric_limits<std::int64_t>::max() - max_delay_ticks_
-                ? std::numeric_limits<std::int64_t>::max()
-                : opened_at + max_delay_ticks_;
-        if (earliest == nullptr || due < deadline) {
-            earliest = &lanes_[l];
-            head = lane_head;
-            deadline = due;
-        }
-    }
-    return earliest;
 }
 
 // True if @p lane's batch being filled holds items whose start time is known.
@@ -5688,9 +6784,8 @@ template <class T, class R, class Clock>
 bool Batcher<T, R, Clock>::current_batch_start(const Lane& lane, std::uint64_t& head,
                                                std::int64_t& opened_at) const noexcept {
     head = lane.head.load(std::memory_order_seq_cst);
-    const std::uint64_t count = head & count_mask;
-    if ((head & closed_bit) != 0 || count == 0 || count >= batch_size_) {
-        return false;
+    if (filling_count(head) == 0) {
+        return false;  // sealed, closed or empty
     }
     opened_at = buffers_[buffer_of(head)].opened_at.load(std::memory_order_seq_cst);
     return opened_at != unset_time;
