@@ -4,6 +4,8 @@
  * @brief `microbatch::Batch<T>`: the view of one microbatch handed to `process_batch`.
  */
 
+#include "microbatch/version.hpp"  // the C++17 check
+
 #include <cstddef>
 #include <cstdint>
 
@@ -59,9 +61,9 @@ constexpr const char* to_string(DispatchReason reason) noexcept {
 template <class T>
 class Batch {
 public:
-    using value_type = T;
-    using iterator = T*;
-    using const_iterator = const T*;
+    using value_type = T;             ///< The item type.
+    using iterator = T*;              ///< Mutable iterator: items may be moved out.
+    using const_iterator = const T*;  ///< Read-only iterator.
 
     /// @brief Wraps @p size items starting at @p items.
     Batch(T* items, std::size_t size, DispatchReason reason, std::uint64_t sequence = 0) noexcept

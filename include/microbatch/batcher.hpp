@@ -28,6 +28,7 @@
 #include "microbatch/detail/batcher_slots.hpp"
 #include "microbatch/detail/completion.hpp"
 #include "microbatch/detail/config.hpp"
+#include "microbatch/detail/unique_function.hpp"
 #include "microbatch/errors.hpp"
 #include "microbatch/executor.hpp"
 #include "microbatch/handle.hpp"
@@ -35,6 +36,7 @@
 #include "microbatch/outcome.hpp"
 #include "microbatch/seal_policy.hpp"
 #include "microbatch/stats.hpp"
+#include "microbatch/submit_result.hpp"
 #include "microbatch/thread_pool.hpp"
 
 namespace microbatch {
@@ -79,10 +81,13 @@ struct CloseResult {
  *
  * **Submitting.** Three ways to learn an item's outcome: `submit(item)` returns a `Handle`
  * (future-like; its state comes from a per-thread pool, so the steady state allocates nothing,
- * see detail/handle_state.hpp); `submit(item, callback)` calls `callback(Outcome<R>)`
+ * see detail/handle_state.hpp); `submit(item, callback)` calls `callback(Outcome<R>&&)`
  * on the worker after the batch ran (no allocation: the callback is stored inline in the batch
- * slot and must fit `detail::Completion<R>::inline_size` bytes); `post(item)` and
- * `try_submit(item)` are fire-and-forget. Items are taken by forwarding reference and moved from
+ * slot, so it must be callable as `void(microbatch::Outcome<R>&&)`, fit 48 bytes
+ * (`detail::Completion<R>::inline_size`) and be nothrow move-constructible, all checked at
+ * compile time); `post(item)` and `try_submit(item)` are fire-and-forget;
+ * `try_submit_handle(item)` and `submit_for_handle(item, timeout)` return the status together
+ * with the handle. Items are taken by forwarding reference and moved from
  * only when accepted: a rejected item is left as it was.
  *
  * **Backpressure.** At most `capacity` items (ceil(capacity / lanes) per lane) are accepted and
@@ -162,8 +167,9 @@ public:
     using clock_type = Clock;  ///< The clock max_delay is measured with.
     /// What process_batch returns: `std::vector<R>`, or nothing for `R = void`.
     using batch_result_type = std::conditional_t<std::is_void_v<R>, void, std::vector<R>>;
-    /// The stored batch function.
-    using process_function = std::function<batch_result_type(Batch<T>&)>;
+    /// The stored batch function. Move-only, so process_batch may be too (e.g. a lambda that
+    /// owns a `std::unique_ptr<Connection>`).
+    using process_function = detail::UniqueFunction<batch_result_type(Batch<T>&)>;
 
     /**
      * @brief Creates the batcher and starts its timer thread (unless max_delay is
@@ -228,7 +234,7 @@ public:
      */
     template <class U, class F,
               class = std::enable_if_t<std::is_constructible_v<T, U&&> &&
-                                       std::is_invocable_v<std::decay_t<F>&, Outcome<R>&&>>>
+                                       !std::is_same_v<std::decay_t<F>, Handle<R>>>>
     void submit(U&& item, F&& callback) {
         throw_if_rejected(
             submit_impl(std::forward<U>(item), wait_forever, {}, emplacer<F>(callback)));
@@ -258,15 +264,28 @@ public:
     ///        callback is invoked only if the item was accepted.
     template <class U, class F,
               class = std::enable_if_t<std::is_constructible_v<T, U&&> &&
-                                       std::is_invocable_v<std::decay_t<F>&, Outcome<R>&&>>>
+                                       !std::is_same_v<std::decay_t<F>, Handle<R>>>>
     [[nodiscard]] SubmitStatus try_submit(U&& item, F&& callback) {
         return submit_impl(std::forward<U>(item), wait_never, {}, emplacer<F>(callback));
     }
 
     /// @brief Like `try_submit(item)`; on acceptance @p handle receives the item's handle.
+    ///        (`try_submit_handle(item)` returns both instead.)
     template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
     [[nodiscard]] SubmitStatus try_submit(U&& item, Handle<R>& handle) {
         return submit_with_handle(std::forward<U>(item), wait_never, {}, handle);
+    }
+
+    /**
+     * @brief Like `try_submit(item)`, returning the status together with the item's handle
+     *        (valid when accepted): `if (auto submitted = b.try_submit_handle(x)) ...`.
+     * @throws whatever constructing `T` from @p item throws; `std::bad_alloc`.
+     */
+    template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
+    [[nodiscard]] SubmitResult<R> try_submit_handle(U&& item) {
+        SubmitResult<R> result;
+        result.status = submit_with_handle(std::forward<U>(item), wait_never, {}, result.handle);
+        return result;
     }
 
     /**
@@ -287,7 +306,7 @@ public:
     /// @brief Like `submit_for(item, timeout)`, with a callback as in `submit(item, callback)`.
     template <class U, class F, class Rep, class Period,
               class = std::enable_if_t<std::is_constructible_v<T, U&&> &&
-                                       std::is_invocable_v<std::decay_t<F>&, Outcome<R>&&>>>
+                                       !std::is_same_v<std::decay_t<F>, Handle<R>>>>
     [[nodiscard]] SubmitStatus submit_for(U&& item, F&& callback,
                                           const std::chrono::duration<Rep, Period>& timeout) {
         return submit_impl(std::forward<U>(item), wait_until_deadline, deadline_after(timeout),
@@ -295,12 +314,29 @@ public:
     }
 
     /// @brief Like `submit_for(item, timeout)`; on acceptance @p handle receives the handle.
+    ///        (`submit_for_handle(item, timeout)` returns both instead.)
     template <class U, class Rep, class Period,
               class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
     [[nodiscard]] SubmitStatus submit_for(U&& item, Handle<R>& handle,
                                           const std::chrono::duration<Rep, Period>& timeout) {
         return submit_with_handle(std::forward<U>(item), wait_until_deadline,
                                   deadline_after(timeout), handle);
+    }
+
+    /**
+     * @brief Like `submit_for(item, timeout)`, returning the status (`accepted`, `full` when
+     *        timed out, `closed`) together with the item's handle (valid when accepted).
+     * @throws ReentrancyError if it would block inside this batcher's own process_batch;
+     *         whatever constructing `T` from @p item throws; `std::bad_alloc`.
+     */
+    template <class U, class Rep, class Period,
+              class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
+    [[nodiscard]] SubmitResult<R> submit_for_handle(
+        U&& item, const std::chrono::duration<Rep, Period>& timeout) {
+        SubmitResult<R> result;
+        result.status = submit_with_handle(std::forward<U>(item), wait_until_deadline,
+                                           deadline_after(timeout), result.handle);
+        return result;
     }
 
     /**
@@ -360,8 +396,10 @@ public:
         return (lanes_[0].head.load(std::memory_order_acquire) & closed_bit) != 0;
     }
 
-    /// @brief A snapshot of the counters (see `Stats` for its consistency). Thread-safe,
-    ///        lock-free, O(1).
+    /// @brief A snapshot of the counters (see `Stats` for its consistency). Thread-safe, O(1).
+    ///        Not lock-free: it reads the atomic counters, then copies the cost-model fit under
+    ///        a mutex that workers hold briefly once per finished batch, so it may wait for one
+    ///        (never for a submit: producers do not take that mutex).
     Stats stats() const noexcept {
         Stats result;
         std::uint64_t filling = 0;
@@ -587,12 +625,21 @@ private:
 
     static bool no_completion(detail::Completion<R>&) noexcept { return false; }
 
-    // Stores the callback (moved if the caller passed an rvalue, copied otherwise).
+    // Stores the callback (moved if the caller passed an rvalue, copied otherwise). Every
+    // callback overload comes through here, so this is where a wrong signature is reported.
     template <class F>
     static auto emplacer(std::remove_reference_t<F>& callback) {
+        static_assert(std::is_invocable_v<std::decay_t<F>&, Outcome<R>&&>,
+                      "microbatch::Batcher: the callback must be callable as "
+                      "void(microbatch::Outcome<R>&&), where R is the batcher's result type "
+                      "(Outcome<void> for Batcher<T>)");
         return [&callback](detail::Completion<R>& slot) {
-            slot.emplace(std::forward<F>(callback));
-            return true;
+            if constexpr (std::is_invocable_v<std::decay_t<F>&, Outcome<R>&&>) {
+                slot.emplace(std::forward<F>(callback));
+                return true;
+            } else {
+                return false;  // not reached: the static_assert above failed
+            }
         };
     }
 

@@ -4,6 +4,8 @@
  * @brief The exception types microbatch throws and the status codes of non-throwing calls.
  */
 
+#include "microbatch/version.hpp"  // the C++17 check
+
 #include <stdexcept>
 #include <string>
 

@@ -48,19 +48,20 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
     const auto started = clock_.now();
     if (count != 0) {
         Batch<T> batch(items, count, buffer.reason, buffer.number);
-        try {
+        MICROBATCH_TRY {
             if constexpr (std::is_void_v<R>) {
                 process_(batch);
             } else {
                 results = process_(batch);
                 if (results.size() != count) {
-                    error = std::make_exception_ptr(ResultCountError(
+                    error = detail::make_error_ptr(ResultCountError(
                         "microbatch::Batcher: process_batch returned " +
                         std::to_string(results.size()) + " results for a batch of " +
                         std::to_string(count) + " items"));
                 }
             }
-        } catch (...) {
+        }
+        MICROBATCH_CATCH_ALL {
             error = std::current_exception();
         }
     }
@@ -130,16 +131,18 @@ void Batcher<T, R, Clock>::complete(detail::Completion<R>& completion, std::exce
     } else if constexpr (std::is_void_v<R>) {
         outcome.emplace();
     } else {
-        try {
+        MICROBATCH_TRY {
             outcome.emplace(std::move(results[index]));
-        } catch (...) {
+        }
+        MICROBATCH_CATCH_ALL {
             // Moving the result threw: the item gets that exception instead.
             outcome.emplace(std::current_exception());
         }
     }
-    try {
+    MICROBATCH_TRY {
         completion.complete(std::move(*outcome));
-    } catch (...) {
+    }
+    MICROBATCH_CATCH_ALL {
         stats_.callback_exception();
     }
 }
@@ -173,17 +176,19 @@ std::size_t Batcher<T, R, Clock>::compact(T* items, detail::Completion<R>* compl
             continue;
         }
         if (kept != i) {
-            try {
+            MICROBATCH_TRY {
                 ::new (static_cast<void*>(items + kept)) T(std::move(items[i]));
-            } catch (...) {
+            }
+            MICROBATCH_CATCH_ALL {
                 const std::exception_ptr error = std::current_exception();
                 items[i].~T();
                 ++failed;
                 stats_.failed_early();  // before completing: whoever sees it sees it counted
                 if (completions[i].has_value()) {
-                    try {
+                    MICROBATCH_TRY {
                         completions[i].complete(Outcome<R>(error));
-                    } catch (...) {
+                    }
+                    MICROBATCH_CATCH_ALL {
                         stats_.callback_exception();
                     }
                 }

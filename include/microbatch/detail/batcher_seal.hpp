@@ -170,13 +170,14 @@ void Batcher<T, R, Clock>::seal_and_dispatch(std::uint32_t buffer, std::uint32_t
 template <class T, class R, class Clock>
 void Batcher<T, R, Clock>::post_batch(std::uint32_t buffer) {
     bool posted = false;
-    try {
+    MICROBATCH_TRY {
         executor_([this, buffer] {
             run_batch(buffer);
             finish_party(buffer);
         });
         posted = true;
-    } catch (...) {
+    }
+    MICROBATCH_CATCH_ALL {
         // The executor refused the task (e.g. its pool is shutting down): run the batch
         // here rather than lose it.
     }

@@ -10,6 +10,7 @@
 #include <exception>
 #include <utility>
 
+#include "microbatch/detail/config.hpp"
 #include "microbatch/detail/handle_state.hpp"
 #include "microbatch/errors.hpp"
 #include "microbatch/handle.hpp"
@@ -75,7 +76,7 @@ public:
     ~HandleCompletion() {
         if (state_ != nullptr) {  // dropped without running: never leave a waiter hanging
             state_->set(Outcome<R>(
-                std::make_exception_ptr(Error("microbatch: item dropped before completion"))));
+                detail::make_error_ptr(Error("microbatch: item dropped before completion"))));
             state_->release();
         }
     }

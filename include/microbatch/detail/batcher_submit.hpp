@@ -89,17 +89,19 @@ SubmitStatus Batcher<T, R, Clock>::fill_slot(Lane& lane, std::uint64_t head, std
         ::new (static_cast<void*>(place)) T(std::forward<U>(item));
     } else {
         // The completion first: if storing it throws, the item has not been touched yet.
-        try {
+        MICROBATCH_TRY {
             if (store(completion)) {
                 state = detail::slot_item_completion;
             }
-            try {
+            MICROBATCH_TRY {
                 ::new (static_cast<void*>(place)) T(std::forward<U>(item));
-            } catch (...) {
-                completion.reset();  // never invoked: the item was not accepted
-                throw;
             }
-        } catch (...) {
+            MICROBATCH_CATCH_ALL {
+                completion.reset();  // never invoked: the item was not accepted
+                MICROBATCH_RETHROW;
+            }
+        }
+        MICROBATCH_CATCH_ALL {
             // The slot is claimed and must still be published, or the batch would wait for
             // it forever: publish a hole, which the worker skips.
             error = std::current_exception();
