@@ -30,12 +30,12 @@ using test_support::Gate;
 
 namespace {
 
-// Waits (without a time limit: the CTest timeout bounds it) until @p n batches completed. A due
-// batch is held while every worker is busy (issue 10), so a test that expects the time bound to
-// seal the next batch first lets the worker finish the previous one in real time.
+// Waits (without a time limit: the CTest timeout bounds it) until @p n batches completed and no
+// batch is in flight. A due batch is held while every worker is busy (issue 10), so a test that
+// expects the time bound to seal the next batch first lets the workers finish in real time.
 template <class B>
 void wait_until_completed(const B& batcher, std::uint64_t n) {
-    while (batcher.stats().batches_completed < n) {
+    while (batcher.stats().batches_completed < n || batcher.in_flight() != 0) {
         std::this_thread::yield();
     }
 }

@@ -5220,6 +5220,16 @@ public:
     }
 
     /**
+     * @brief Batches dispatched and not yet finished: the count `max_in_flight` limits. A
+     *        batch counts until its worker has completed every item and is about to take the
+     *        next batch. Thread-safe, lock-free, O(1); a snapshot.
+     */
+    std::size_t in_flight() const noexcept {
+        // relaxed: a statistic; no data is read through it.
+        return static_cast<std::size_t>(in_flight_batches_.load(std::memory_order_relaxed));
+    }
+
+    /**
      * @brief Sets the batch size bound for batches opened from now on (the batch being filled
      *        keeps the bound it opened with). Thread-safe; lock-free.
      *
