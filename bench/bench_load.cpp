@@ -22,6 +22,7 @@
 //    bound, so p99 is a lower bound when unserved > 1 % of the items. Counters: p50_us, p99_us,
 //    per_s (completed items / time from first arrival to last completion), offered_per_s,
 //    mean_batch, rejected, unserved.
+// Every run also records load_1m, the 1-minute load average when it started (/proc/loadavg).
 //
 // Policies (the same capacity in items, 4 x 32 = 128, for every one):
 //   MB_Default       microbatch, Options with only B, max_delay, workers set (the headline)
@@ -49,6 +50,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <functional>
 #include <memory>
 #include <random>
@@ -139,6 +141,16 @@ void wait_until(std::int64_t deadline_ns) {
     spin_until(deadline_ns);
 }
 
+/// The 1-minute load average (Linux /proc/loadavg; -1 elsewhere), recorded with every run.
+double load_average() {
+    std::ifstream stream("/proc/loadavg");
+    double value = -1.0;
+    if (stream) {
+        stream >> value;
+    }
+    return value;
+}
+
 double percentile(const std::vector<double>& sorted, double q) {
     if (sorted.empty()) {
         return 0.0;
@@ -213,7 +225,6 @@ struct BatchCounters {
  */
 class Instance {
 public:
-    using Done = std::function<void()>;
     virtual ~Instance() = default;
     virtual void submit_wait(Item item) = 0;
     virtual bool submit_cb(Item item, std::int64_t* stamp, bool block) = 0;
@@ -298,6 +309,7 @@ void closed_loop(benchmark::State& state, const PolicySpec& spec) {
     const auto workers = static_cast<std::size_t>(state.range(1));
     const auto clients = static_cast<std::size_t>(state.range(2));
     for (auto _ : state) {
+        state.counters["load_1m"] = load_average();
         BatchCounters counters;
         std::unique_ptr<Instance> instance = make_instance(spec, workers, cost, counters);
         std::atomic<bool> go{false};
@@ -380,6 +392,7 @@ void open_loop(benchmark::State& state, const PolicySpec& spec) {
     const std::vector<std::int64_t> schedule =
         arrivals(rate, duration, static_cast<std::uint64_t>(alpha_us * 1000 + load_pct));
     for (auto _ : state) {
+        state.counters["load_1m"] = load_average();
         const std::size_t n = schedule.size();
         std::vector<std::int64_t> done(n, 0);
         std::vector<char> accepted(n, 0);

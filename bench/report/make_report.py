@@ -641,6 +641,11 @@ def formation_section(results, data_dir):
            f"medians when repeated); load average at its start {load_text}. B = 32, "
            "max_delay = 1 ms unless the policy says otherwise, capacity 128 items for every "
            "policy. process_batch busy-waits alpha + beta n on steady_clock."]
+    loads_1m = [v for run in results.runs() for v in results.samples(run, "load_1m") if v >= 0]
+    if loads_1m:
+        out.append(f"1-minute load average at the start of each configuration: min "
+                   f"{min(loads_1m):.2f}, median {statistics.median(loads_1m):.2f}, max "
+                   f"{max(loads_1m):.2f} (2.0 = both cores busy).")
     if "load_policy_357efd2" in results.context:
         out.append(f"\n**Note:** {results.context['load_policy_357efd2']}.")
     goals = []
