@@ -432,7 +432,7 @@ TEST_CASE("Batcher loses nothing when some batches are slow, with or without fai
 
 TEST_CASE("Batcher blocked in process_batch holds exactly its capacity and loses nothing",
           "[batcher][faults][backpressure]") {
-    // Batch size 4, capacity 10: rounded up to 3 buffers of 4 = 12 slots.
+    // Batch size 4, capacity 10 (counted in items since issue 10): batches of 4, 4 and 2.
     Gate release;
     std::atomic<int> processed{0};
     Batcher<int> batcher(
@@ -442,12 +442,12 @@ TEST_CASE("Batcher blocked in process_batch holds exactly its capacity and loses
             processed.fetch_add(static_cast<int>(batch.size()));
         });
     // One producer: every hand-over to the next buffer happens on this thread, so try_submit
-    // reports full exactly when the 12 slots are taken.
+    // reports full exactly when the 10 items are taken.
     int accepted = 0;
     while (batcher.try_submit(accepted) == SubmitStatus::accepted) {
         ++accepted;
     }
-    CHECK(accepted == 12);
+    CHECK(accepted == 10);
     CHECK(batcher.try_submit(99) == SubmitStatus::full);
     CHECK(batcher.submit_for(99, 1ms) == SubmitStatus::full);  // times out: nothing can free
 
@@ -466,17 +466,17 @@ TEST_CASE("Batcher blocked in process_batch holds exactly its capacity and loses
     const auto result = batcher.close_for(1ms);
     CHECK_FALSE(result.completed);
     CHECK(result.batches_in_flight == 3);
-    CHECK(result.items_in_flight == 12);
+    CHECK(result.items_in_flight == 10);
     CHECK(batcher.is_closed());
     producer.join();
     CHECK(producer_outcome.load() == 2);
 
     release.open();
     batcher.close();
-    CHECK(processed.load() == 12);
+    CHECK(processed.load() == 10);
     const auto stats = batcher.stats();
-    CHECK(stats.items_accepted == 12);
-    CHECK(stats.items_processed == 12);
+    CHECK(stats.items_accepted == 10);
+    CHECK(stats.items_processed == 10);
     CHECK(stats.items_rejected_full == 3);  // the try_submit that ended the loop, 99 twice
     CHECK(stats.items_rejected_closed == 1);
 }

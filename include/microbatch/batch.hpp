@@ -17,9 +17,17 @@ enum class DispatchReason {
     deadline,  ///< Its oldest item had waited `max_delay`.
     flush,     ///< `Batcher::flush()` or `Batcher::wait_idle()` was called.
     close,     ///< The batcher was closed (or destroyed).
+    /// Its oldest item had waited `max_delay` while every worker was busy (the batch kept
+    /// growing meanwhile); a worker that finished a batch sealed it.
+    worker_free,
+    /// Sealed before `max_delay` while a worker was free, because waiting could not pay
+    /// (seal_policy.hpp, rule 5): it held as many items as arrive while one batch runs, or no
+    /// item had arrived for several mean gaps.
+    early,
 };
 
-/// Returns a stable lower-case name for @p reason ("full", "deadline", "flush", "close").
+/// Returns a stable lower-case name for @p reason ("full", "deadline", "flush", "close",
+/// "worker_free", "early").
 constexpr const char* to_string(DispatchReason reason) noexcept {
     switch (reason) {
         case DispatchReason::full:
@@ -30,6 +38,10 @@ constexpr const char* to_string(DispatchReason reason) noexcept {
             return "flush";
         case DispatchReason::close:
             return "close";
+        case DispatchReason::worker_free:
+            return "worker_free";
+        case DispatchReason::early:
+            return "early";
     }
     return "unknown";
 }

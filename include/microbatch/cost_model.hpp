@@ -583,6 +583,11 @@ public:
     /// @brief The number of samples recorded (by `add` and `merge`).
     [[nodiscard]] std::size_t sample_count() const noexcept { return count_; }
 
+    /// @brief The mean duration of the recorded batches (0 before the first). O(1).
+    [[nodiscard]] CostModel::Seconds mean_duration() const noexcept {
+        return CostModel::Seconds{count_ == 0 ? 0.0 : mean_seconds_};
+    }
+
     /**
      * @brief The least-squares model (alpha, beta >= 0), or `std::nullopt` while fewer than
      *        two distinct batch sizes have been seen (a line through one x is undetermined).

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <utility>
 
 #include "microbatch/detail/config.hpp"
@@ -34,6 +35,9 @@ namespace microbatch {
  * | `lanes`          | 1       | independent fill lanes; producers spread over them           |
  * | `workers`        | 1       | threads of the batcher's own pool (ignored with `executor`)  |
  * | `executor`       | none    | run batches on this executor instead of an owned pool        |
+ * | `max_in_flight`  | 0 = workers (owned pool) or hardware threads (executor) | batches running
+ * before partial batches are held back | | `seal_early`     | true    | seal a partial batch before
+ * max_delay when waiting cannot pay |
  *
  * Thread safety: a plain value type; no internal synchronisation.
  */
@@ -43,6 +47,9 @@ public:
     static constexpr std::size_t max_supported_batch_size = std::size_t{1} << 22;
     /// Most lanes supported.
     static constexpr std::size_t max_supported_lanes = 256;
+    /// `max_in_flight` value meaning "no limit": the time bound seals partial batches whatever
+    /// the workers are doing (the size/time-only rule of microbatch 0.x before issue 10).
+    static constexpr std::size_t unlimited_in_flight = static_cast<std::size_t>(-1);
 
     /// @brief The size bound B: a batch is dispatched (reason `full`) when it holds B items.
     std::size_t max_batch_size() const noexcept { return max_batch_size_; }
@@ -133,6 +140,62 @@ public:
         return std::move(*this);
     }
 
+    /**
+     * @brief The limit on batches dispatched and not yet finished, above which partial batches
+     *        are held back (see seal_policy.hpp, rule 3).
+     *
+     * While this many batches are in flight, the batch being filled is not sealed by its time
+     * bound (nor early): it keeps growing until it is full, and the moment a batch finishes,
+     * the worker that finished it seals the due batch. Full batches are always dispatched.
+     * 0 (the default) means automatic: the owned pool's `workers`, or with an external
+     * `executor` `std::thread::hardware_concurrency()` (at least 1), the most batches such an
+     * executor can run at once on this machine. `unlimited_in_flight` restores the plain
+     * size/time rule. Changeable at run time with `Batcher::set_max_in_flight`.
+     */
+    std::size_t max_in_flight() const noexcept { return max_in_flight_; }
+    /// @brief Sets the in-flight limit (0 = automatic, `unlimited_in_flight` = none).
+    Options& max_in_flight(std::size_t value) & noexcept {
+        max_in_flight_ = value;
+        return *this;
+    }
+    /// @brief Rvalue overload, so that `auto o = Options{}.max_in_flight(...)` moves.
+    Options&& max_in_flight(std::size_t value) && noexcept {
+        max_in_flight_ = value;
+        return std::move(*this);
+    }
+
+    /**
+     * @brief Whether a partial batch may be sealed before `max_delay` while a worker is free
+     *        (default true; seal_policy.hpp, rule 5): when it already holds as many items as
+     *        arrive while one batch runs, or when no item arrived for several mean gaps.
+     *        Both use measurements (arrival rate, the online cost fit) and stay off until the
+     *        batcher has seen enough batches. False: a partial batch waits for max_delay.
+     */
+    bool seal_early() const noexcept { return seal_early_; }
+    /// @brief Turns early sealing on or off.
+    Options& seal_early(bool value) & noexcept {
+        seal_early_ = value;
+        return *this;
+    }
+    /// @brief Rvalue overload, so that `auto o = Options{}.seal_early(...)` moves.
+    Options&& seal_early(bool value) && noexcept {
+        seal_early_ = value;
+        return std::move(*this);
+    }
+
+    /// @brief The in-flight limit the batcher uses: `max_in_flight()`, or when it is 0 the
+    ///        owned pool's workers (no executor) or the hardware threads (executor), at least 1.
+    std::size_t effective_max_in_flight() const noexcept {
+        if (max_in_flight_ != 0) {
+            return max_in_flight_;
+        }
+        if (!executor_) {
+            return workers_ == 0 ? 1 : workers_;
+        }
+        const unsigned hardware = std::thread::hardware_concurrency();
+        return hardware == 0 ? 1 : hardware;
+    }
+
     /// @brief The external executor batches run on; empty means "use an owned pool".
     const Executor& executor() const noexcept { return executor_; }
     /// @brief Runs batches on @p value (shared pools, the application's own pool).
@@ -191,6 +254,8 @@ private:
     std::size_t capacity_ = 0;
     std::size_t workers_ = 1;
     std::size_t lanes_ = 1;
+    std::size_t max_in_flight_ = 0;
+    bool seal_early_ = true;
     Executor executor_;
 };
 

@@ -4,6 +4,7 @@
  * @brief `microbatch::Stats`: a snapshot of a batcher's counters and timing summaries.
  */
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <chrono>
@@ -11,6 +12,7 @@
 #include <cstdint>
 #include <limits>
 #include <mutex>
+#include <optional>
 
 #include "microbatch/batch.hpp"
 #include "microbatch/cost_model.hpp"
@@ -38,6 +40,76 @@ struct DurationSummary {
 };
 
 /**
+ * @brief A latency distribution kept as a log-scale histogram: percentiles without storing
+ *        samples.
+ *
+ * Each power of two is split into four buckets: a sample v >= 4 ns whose highest set bit is m
+ * goes to bucket 4m + (the two bits below it); buckets 0-3 hold 0-3 ns. A reported percentile
+ * is the upper edge of its bucket, less than 25 % above the true value. Thread safety: a plain
+ * value type.
+ */
+struct LatencySummary {
+    /// Number of buckets: four per power of two up to 2^63 ns.
+    static constexpr std::size_t bucket_count = 256;
+
+    std::uint64_t count = 0;                            ///< Number of samples.
+    std::chrono::nanoseconds max{0};                    ///< Largest sample.
+    std::chrono::nanoseconds total{0};                  ///< Sum of all samples.
+    std::array<std::uint64_t, bucket_count> buckets{};  ///< Samples per bucket.
+
+    /// @brief The bucket a sample of @p nanoseconds falls in. O(1).
+    static std::size_t bucket_of(std::int64_t nanoseconds) noexcept {
+        if (nanoseconds < 4) {
+            return nanoseconds < 0 ? 0 : static_cast<std::size_t>(nanoseconds);
+        }
+        const auto value = static_cast<std::uint64_t>(nanoseconds);
+        std::size_t msb = 63;
+        while ((value >> msb) == 0) {
+            --msb;
+        }
+        const std::size_t quarter = static_cast<std::size_t>((value >> (msb - 2)) & 3);
+        return msb * 4 + quarter;
+    }
+    /// @brief The largest value bucket @p index holds (its upper edge). O(1).
+    static std::chrono::nanoseconds bucket_upper(std::size_t index) noexcept {
+        if (index < 4) {
+            return std::chrono::nanoseconds(static_cast<std::int64_t>(index));
+        }
+        const std::size_t msb = index / 4;
+        if (msb >= 62) {
+            return std::chrono::nanoseconds::max();
+        }
+        const std::uint64_t quarter = index % 4;
+        const std::uint64_t upper = ((4 + quarter + 1) << (msb - 2)) - 1;
+        return std::chrono::nanoseconds(static_cast<std::int64_t>(upper));
+    }
+    /// @brief The mean (0 without samples).
+    std::chrono::nanoseconds mean() const noexcept {
+        return count == 0
+                   ? std::chrono::nanoseconds(0)
+                   : std::chrono::nanoseconds(total.count() / static_cast<std::int64_t>(count));
+    }
+    /**
+     * @brief The @p q quantile (0 < q <= 1; 0.5 = median, 0.99 = p99): the upper edge of the
+     *        bucket holding it, capped at `max`. 0 without samples. O(bucket_count).
+     */
+    std::chrono::nanoseconds percentile(double q) const noexcept {
+        if (count == 0) {
+            return std::chrono::nanoseconds(0);
+        }
+        const double wanted = q * static_cast<double>(count);
+        std::uint64_t seen = 0;
+        for (std::size_t i = 0; i < bucket_count; ++i) {
+            seen += buckets[i];
+            if (static_cast<double>(seen) >= wanted && seen != 0) {
+                return std::min(bucket_upper(i), max);
+            }
+        }
+        return max;
+    }
+};
+
+/**
  * @brief A snapshot of a batcher's counters, taken by `Batcher::stats()`.
  *
  * A batch is counted (processed or failed, with its timings) as soon as `process_batch`
@@ -61,10 +133,14 @@ struct Stats {
     std::uint64_t items_processed = 0;        ///< Items of batches that succeeded.
     std::uint64_t items_failed = 0;           ///< Items of batches that threw (or bad results).
 
-    std::uint64_t batches_full = 0;       ///< Batches dispatched because they were full.
-    std::uint64_t batches_deadline = 0;   ///< Batches dispatched when max_delay expired.
-    std::uint64_t batches_flush = 0;      ///< Batches dispatched by flush()/wait_idle().
-    std::uint64_t batches_close = 0;      ///< Batches dispatched by close().
+    std::uint64_t batches_full = 0;      ///< Batches dispatched because they were full.
+    std::uint64_t batches_deadline = 0;  ///< Batches dispatched when max_delay expired.
+    std::uint64_t batches_flush = 0;     ///< Batches dispatched by flush()/wait_idle().
+    std::uint64_t batches_close = 0;     ///< Batches dispatched by close().
+    /// Batches held past max_delay while every worker was busy, sealed when one finished.
+    std::uint64_t batches_worker_free = 0;
+    /// Partial batches sealed before max_delay because waiting could not pay (seal_policy.hpp).
+    std::uint64_t batches_early = 0;
     std::uint64_t batches_completed = 0;  ///< Batches whose processing finished.
     std::uint64_t batches_failed = 0;     ///< Completed batches whose process_batch threw.
 
@@ -73,8 +149,22 @@ struct Stats {
     /// Completed batches by size: bucket k counts sizes in [2^k, 2^(k+1)).
     std::array<std::uint64_t, 24> batch_size_histogram{};
 
-    /// Per batch, how long its oldest item waited from submit to dispatch.
+    /**
+     * Per batch, the fill time: from the moment its first item was accepted to the moment the
+     * batch was sealed. It does not include the wait for a worker (`dispatch_wait`) nor the
+     * processing; an item's whole latency is in `item_latency`.
+     */
     DurationSummary queue_delay;
+    /// Per batch, from its seal (dispatch to the executor) to the start of process_batch: the
+    /// time a sealed batch waited for a worker.
+    DurationSummary dispatch_wait;
+    /**
+     * End-to-end latency, submit to completion, sampled once per batch on its oldest item
+     * (accepted first, so the sample bounds every item of the batch from above): from the
+     * moment that item was accepted to the moment its batch's handles and callbacks had all
+     * completed. One sample per batch keeps clock reads off the per-item path.
+     */
+    LatencySummary item_latency;
     /// Per batch, how long process_batch ran.
     DurationSummary processing_time;
 
@@ -93,7 +183,8 @@ struct Stats {
     }
     /// @brief All dispatched batches.
     std::uint64_t batches_dispatched() const noexcept {
-        return batches_full + batches_deadline + batches_flush + batches_close;
+        return batches_full + batches_deadline + batches_flush + batches_close +
+               batches_worker_free + batches_early;
     }
     /// @brief Mean size of completed batches (0 before the first).
     double batch_size_mean() const noexcept {
@@ -177,7 +268,8 @@ public:
 
     /// A batch finished: @p succeeded + @p failed items, queue delay and processing time in ns.
     void completed(std::size_t succeeded, std::size_t failed, bool batch_failed,
-                   std::int64_t queue_delay_ns, std::int64_t processing_ns) noexcept {
+                   std::int64_t queue_delay_ns, std::int64_t dispatch_wait_ns,
+                   std::int64_t processing_ns) noexcept {
         const std::size_t size = succeeded + failed;
         processed_.fetch_add(succeeded, std::memory_order_relaxed);
         failed_.fetch_add(failed, std::memory_order_relaxed);
@@ -194,15 +286,44 @@ public:
             histogram_[bucket].fetch_add(1, std::memory_order_relaxed);
         }
         queue_delay_.record(queue_delay_ns);
+        dispatch_wait_.record(dispatch_wait_ns);
         processing_time_.record(processing_ns);
         if (!batch_failed && size > 0) {
             // A mutex per finished batch (never on the submit path): the fitter updates several
             // moments together, and workers finish batches concurrently.
             std::lock_guard<std::mutex> lock(fit_mutex_);
             batch_cost_.add(size, std::chrono::nanoseconds(processing_ns < 0 ? 0 : processing_ns));
+            // Published for the sealing policy, which must not take this mutex. Until two
+            // batch sizes were seen the line is undetermined: the mean batch time stands in for
+            // alpha (an upper bound), beta = 0. relaxed: two independent estimates.
+            const std::optional<CostModel> model = batch_cost_.fit();
+            const double alpha =
+                model ? model->per_batch.count() * 1e9 : batch_cost_.mean_duration().count() * 1e9;
+            const double beta = model ? model->per_item.count() * 1e9 : 0.0;
+            fitted_per_batch_ns_.store(alpha, std::memory_order_relaxed);
+            fitted_per_item_ns_.store(beta, std::memory_order_relaxed);
         }
         // Last, so that a snapshot seeing a batch as completed tends to see its items too.
         batches_completed_.fetch_add(1, std::memory_order_relaxed);
+    }
+
+    /// One end-to-end latency sample (ns), see Stats::item_latency.
+    void item_latency(std::int64_t nanoseconds) noexcept {
+        if (nanoseconds < 0) {
+            nanoseconds = 0;
+        }
+        latency_buckets_[LatencySummary::bucket_of(nanoseconds)].fetch_add(
+            1, std::memory_order_relaxed);
+        latency_total_.fetch_add(nanoseconds, std::memory_order_relaxed);
+        DurationRecorder::store_max(latency_max_, nanoseconds);
+    }
+
+    /// The cost fit as last published by a worker: alpha and beta in ns (0, 0 before the first
+    /// successful batch). Lock-free.
+    void fitted_cost(double& per_batch_ns, double& per_item_ns) const noexcept {
+        // relaxed: independent estimates, see completed().
+        per_batch_ns = fitted_per_batch_ns_.load(std::memory_order_relaxed);
+        per_item_ns = fitted_per_item_ns_.load(std::memory_order_relaxed);
     }
 
     /// Items sealed into batches so far (accepted items not yet in the open batch).
@@ -229,6 +350,9 @@ public:
             load(by_reason_[static_cast<std::size_t>(DispatchReason::deadline)]);
         stats.batches_flush = load(by_reason_[static_cast<std::size_t>(DispatchReason::flush)]);
         stats.batches_close = load(by_reason_[static_cast<std::size_t>(DispatchReason::close)]);
+        stats.batches_worker_free =
+            load(by_reason_[static_cast<std::size_t>(DispatchReason::worker_free)]);
+        stats.batches_early = load(by_reason_[static_cast<std::size_t>(DispatchReason::early)]);
         const std::int64_t size_min = load(size_min_);
         stats.batch_size_min =
             stats.batches_completed == 0 ? 0 : static_cast<std::uint64_t>(size_min);
@@ -238,6 +362,13 @@ public:
         }
         stats.queue_delay = queue_delay_.snapshot();
         stats.processing_time = processing_time_.snapshot();
+        stats.dispatch_wait = dispatch_wait_.snapshot();
+        for (std::size_t i = 0; i < LatencySummary::bucket_count; ++i) {
+            stats.item_latency.buckets[i] = load(latency_buckets_[i]);
+            stats.item_latency.count += stats.item_latency.buckets[i];
+        }
+        stats.item_latency.total = std::chrono::nanoseconds(load(latency_total_));
+        stats.item_latency.max = std::chrono::nanoseconds(load(latency_max_));
         stats.callback_exceptions = load(callback_exceptions_);
         std::lock_guard<std::mutex> lock(fit_mutex_);
         stats.batch_cost = batch_cost_;
@@ -250,7 +381,7 @@ private:
     std::atomic<std::uint64_t> rejected_error_{0};
     // Written once per batch by whoever seals it.
     alignas(cache_line_size) std::atomic<std::uint64_t> sealed_items_{0};
-    std::array<std::atomic<std::uint64_t>, 4> by_reason_{};
+    std::array<std::atomic<std::uint64_t>, 6> by_reason_{};
     // Written once per batch by the worker that ran it.
     alignas(cache_line_size) std::atomic<std::uint64_t> processed_{0};
     std::atomic<std::uint64_t> failed_{0};
@@ -262,8 +393,14 @@ private:
     std::array<std::atomic<std::uint64_t>, 24> histogram_{};
     DurationRecorder queue_delay_;
     DurationRecorder processing_time_;
+    DurationRecorder dispatch_wait_;
+    std::array<std::atomic<std::uint64_t>, LatencySummary::bucket_count> latency_buckets_{};
+    std::atomic<std::int64_t> latency_total_{0};
+    std::atomic<std::int64_t> latency_max_{0};
     mutable std::mutex fit_mutex_;
     CostModelFitter batch_cost_;  // guarded by fit_mutex_
+    std::atomic<double> fitted_per_batch_ns_{0.0};
+    std::atomic<double> fitted_per_item_ns_{0.0};
 };
 
 }  // namespace detail

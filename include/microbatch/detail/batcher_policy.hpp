@@ -1,0 +1,150 @@
+#pragma once
+/**
+ * @file batcher_policy.hpp
+ * @brief Batcher internals: feeding seal_policy.hpp. The load estimate (arrival rate, fitted
+ *        cost), the inputs of `decide_seal`, and the worker-finished path that seals a batch
+ *        held while every worker was busy.
+ */
+
+#include <algorithm>
+
+#include "microbatch/batcher.hpp"
+
+namespace microbatch {
+namespace detail {
+/// The batcher whose seal_for_free_worker() runs on this thread: stops the recursion an inline
+/// executor would cause (sealing runs the batch, whose end seals again).
+inline thread_local const void* sealing_for_free_worker = nullptr;
+}  // namespace detail
+
+template <class T, class R, class Clock>
+LoadEstimate Batcher<T, R, Clock>::load_estimate() const noexcept {
+    LoadEstimate load;
+    // relaxed: estimates; a torn pair (items from one sample, time from the next) is harmless.
+    const double items = rate_items_.load(std::memory_order_relaxed);
+    const double nanoseconds = rate_nanoseconds_.load(std::memory_order_relaxed);
+    load.arrival_rate = nanoseconds > 0.0 ? items / nanoseconds : 0.0;
+    stats_.fitted_cost(load.per_batch_ns, load.per_item_ns);
+    // Eight rate samples (batches sealed after the first) before trusting either estimate.
+    load.ready = rate_samples_.load(std::memory_order_relaxed) >= 8;
+    return load;
+}
+
+template <class T, class R, class Clock>
+SealInputs Batcher<T, R, Clock>::policy_inputs(SealTrigger trigger, std::int64_t now,
+                                               std::size_t count, std::int64_t opened_at,
+                                               std::int64_t last_change_at) const noexcept {
+    SealInputs in;
+    in.trigger = trigger;
+    in.now = to_nanoseconds(now);
+    in.count = count;
+    in.opened_at = opened_at == unset_time ? SealInputs::unset : to_nanoseconds(opened_at);
+    in.last_change_at =
+        last_change_at == unset_time ? SealInputs::unset : to_nanoseconds(last_change_at);
+    // relaxed: settings and counters, each read once; the decision is re-taken at every event.
+    in.max_batch_size = current_batch_size_.load(std::memory_order_relaxed);
+    const std::int64_t delay = max_delay_ticks_.load(std::memory_order_relaxed);
+    in.max_delay = delay < 0 ? -1 : to_nanoseconds(delay);
+    // seq_cst: the timer's half of the handshake with seal_for_free_worker() (free on x86).
+    in.in_flight = static_cast<std::size_t>(in_flight_batches_.load(std::memory_order_seq_cst));
+    in.max_in_flight = max_in_flight_.load(std::memory_order_relaxed);
+    in.lanes = lane_count_;
+    in.seal_early = seal_early_;
+    in.load = load_estimate();
+    return in;
+}
+
+// Called by whoever sealed a batch of @p size items at clock ticks @p now: one sample of the
+// arrival rate (items sealed / time since the previous seal, exponentially weighted with 1/8).
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::note_sealed(std::uint32_t size, std::int64_t now) noexcept {
+    // relaxed: an estimate; concurrent sealers may each see the other's time, which only
+    // shortens one interval.
+    const std::int64_t previous = last_seal_at_.exchange(now, std::memory_order_relaxed);
+    if (previous != unset_time && now > previous) {
+        constexpr double weight = 1.0 / 8.0;
+        const double interval = static_cast<double>(to_nanoseconds(now - previous));
+        const bool first = rate_samples_.load(std::memory_order_relaxed) == 0;
+        const double items = first ? static_cast<double>(size)
+                                   : (1.0 - weight) * rate_items_.load(std::memory_order_relaxed) +
+                                         weight * static_cast<double>(size);
+        const double nanoseconds =
+            first ? interval
+                  : (1.0 - weight) * rate_nanoseconds_.load(std::memory_order_relaxed) +
+                        weight * interval;
+        rate_items_.store(items, std::memory_order_relaxed);
+        rate_nanoseconds_.store(nanoseconds, std::memory_order_relaxed);
+        rate_samples_.fetch_add(1, std::memory_order_relaxed);
+    }
+    refresh_producer_threshold();
+}
+
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::refresh_producer_threshold() noexcept {
+    // relaxed: settings; see policy_inputs.
+    const std::int64_t delay = max_delay_ticks_.load(std::memory_order_relaxed);
+    const std::size_t threshold =
+        producer_seal_threshold(load_estimate(), max_in_flight_.load(std::memory_order_relaxed),
+                                current_batch_size_.load(std::memory_order_relaxed),
+                                delay < 0 ? -1 : to_nanoseconds(delay), seal_early_);
+    producer_threshold_.store(static_cast<std::uint32_t>(threshold), std::memory_order_relaxed);
+}
+
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::wake_timer() {
+    { std::lock_guard<std::mutex> lock(timer_mutex_); }
+    timer_condition_.notify_one();
+}
+
+// A worker became free (a batch finished, or the limit was raised): seal the oldest partial
+// batch if the policy says so (rule 4 reports `worker_free`, rule 5a `early`), as many times as
+// the limit allows, then let the timer re-plan if it was waiting for a worker.
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::seal_for_free_worker() {
+    if (detail::sealing_for_free_worker == this) {
+        return;  // an inline executor ran the batch we sealed: the loop below goes on
+    }
+    const void* const outer = detail::sealing_for_free_worker;
+    detail::sealing_for_free_worker = this;
+    bool waiting_batch = false;  // a partial batch is left for the timer to time
+    for (std::uint32_t round = 0; round <= lane_count_; ++round) {
+        Lane* oldest = nullptr;
+        std::uint64_t oldest_head = 0;
+        std::int64_t oldest_opened = 0;
+        for (std::uint32_t l = 0; l < lane_count_; ++l) {
+            std::uint64_t head = 0;
+            std::int64_t opened_at = unset_time;
+            if (current_batch_start(lanes_[l], head, opened_at) &&
+                (oldest == nullptr || opened_at < oldest_opened)) {
+                oldest = &lanes_[l];
+                oldest_head = head;
+                oldest_opened = opened_at;
+            }
+        }
+        if (oldest == nullptr) {
+            break;  // no partial batch: a producer opening one wakes the timer itself
+        }
+        const SealDecision decision = decide_seal(policy_inputs(
+            SealTrigger::worker_finished, clock_.now().time_since_epoch().count(),
+            static_cast<std::size_t>(filling_count(oldest_head)), oldest_opened, unset_time));
+        if (!decision.seal) {
+            waiting_batch = true;
+            break;
+        }
+        if (!seal_current(*oldest, decision.reason, oldest_head & ~count_mask, true)) {
+            break;
+        }
+    }
+    detail::sealing_for_free_worker = outer;
+    // Wake the timer only if it sleeps for want of a worker and one is free now with a batch
+    // to time: with every worker still busy (a queue of full batches) it would only look and
+    // sleep again. seq_cst: Dekker handshake with run_timer(), which announces the wait and
+    // then re-reads in_flight_batches_ (decremented by our caller with seq_cst).
+    if (waiting_batch && timer_waits_for_worker_.load(std::memory_order_seq_cst) &&
+        in_flight_batches_.load(std::memory_order_seq_cst) <
+            max_in_flight_.load(std::memory_order_relaxed)) {
+        wake_timer();
+    }
+}
+
+}  // namespace microbatch

@@ -1,0 +1,219 @@
+#pragma once
+/**
+ * @file batcher_run.hpp
+ * @brief Batcher internals, step 3: running a batch on a worker and completing its items.
+ *
+ * run_batch() waits for late writers, compacts holes, calls process_batch, records stats, then
+ * completes every item's handle or callback; finish_party() frees the buffer.
+ */
+
+#include "microbatch/batcher.hpp"
+
+namespace microbatch {
+
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
+    Buffer& buffer = buffers_[buffer_index];
+    // relaxed: the sealer handed this batch to us through the executor (see Buffer::start).
+    const std::size_t first = static_cast<std::size_t>(buffer_index) * batch_size_ +
+                              buffer.start.load(std::memory_order_relaxed);
+    T* items = items_.get() + first;
+    detail::Completion<R>* completions = completions_.get() + first;
+    std::atomic<std::uint8_t>* states = slot_states_.get() + first;
+    const std::size_t size = buffer.size;
+
+    const void* const outer = detail::running_batcher;
+    detail::running_batcher = this;
+
+    // Producers that claimed a slot may still be writing it: wait for each slot's state.
+    std::size_t holes = 0;
+    bool any_completion = false;
+    for (std::size_t i = 0; i < size; ++i) {
+        const std::uint8_t state = wait_for_slot(states[i]);
+        holes += state == detail::slot_hole ? 1 : 0;
+        any_completion = any_completion || state == detail::slot_item_completion;
+    }
+    std::size_t failed_in_compaction = 0;
+    const std::size_t count =
+        holes == 0 ? size : compact(items, completions, states, size, failed_in_compaction);
+
+    // acquire not needed: opened_at was written by the slot-0 producer before its slot
+    // state, which we acquired above.
+    const std::int64_t opened_at = buffer.opened_at.load(std::memory_order_relaxed);
+    const std::int64_t queue_delay =
+        opened_at == unset_time ? 0 : to_nanoseconds(buffer.dispatched_at - opened_at);
+
+    std::exception_ptr error;
+    [[maybe_unused]] batch_result_type_or_empty results{};
+    const auto started = clock_.now();
+    if (count != 0) {
+        Batch<T> batch(items, count, buffer.reason, buffer.number);
+        try {
+            if constexpr (std::is_void_v<R>) {
+                process_(batch);
+            } else {
+                results = process_(batch);
+                if (results.size() != count) {
+                    error = std::make_exception_ptr(ResultCountError(
+                        "microbatch::Batcher: process_batch returned " +
+                        std::to_string(results.size()) + " results for a batch of " +
+                        std::to_string(count) + " items"));
+                }
+            }
+        } catch (...) {
+            error = std::current_exception();
+        }
+    }
+    const auto processing = to_nanoseconds((clock_.now() - started).count());
+    const std::int64_t dispatch_wait =
+        to_nanoseconds(started.time_since_epoch().count() - buffer.dispatched_at);
+
+    const bool batch_failed = static_cast<bool>(error);
+    // Stats first: a producer that sees its item's result then also sees it counted.
+    if (holes != 0) {
+        stats_.holes(holes);
+    }
+    const std::size_t failed = (batch_failed ? count : 0) + failed_in_compaction;
+    stats_.completed(count - (batch_failed ? count : 0), failed, batch_failed, queue_delay,
+                     dispatch_wait, processing);
+    if (any_completion) {
+        std::size_t last = count;
+        for (std::size_t i = count; i-- > 0;) {
+            if (completions[i].has_value()) {
+                last = i;
+                break;
+            }
+        }
+        for (std::size_t i = 0; i < count; ++i) {
+            if (completions[i].has_value()) {
+                // The last completion takes our reference to the exception: this thread must
+                // not drop a reference after publishing the others. (exception_ptr counts
+                // references inside libstdc++, which ThreadSanitizer cannot see, so a late
+                // release here would be reported as a race with the consumer.)
+                complete(completions[i], i == last ? std::move(error) : error, results, i);
+            }
+        }
+    }
+    if constexpr (!std::is_trivially_destructible_v<T>) {
+        for (std::size_t i = 0; i < count; ++i) {
+            items[i].~T();
+        }
+    }
+    for (std::size_t i = 0; i < size; ++i) {
+        // relaxed: published to the next producers by arrive()'s acq_rel and the open CAS.
+        states[i].store(detail::slot_empty, std::memory_order_relaxed);
+    }
+    if (count != 0 && opened_at != unset_time) {
+        // One end-to-end sample per batch: its oldest item, accepted at opened_at, has now had
+        // its result delivered (Stats::item_latency).
+        stats_.item_latency(to_nanoseconds(clock_.now().time_since_epoch().count() - opened_at));
+    }
+    in_flight_items_.fetch_sub(size, std::memory_order_relaxed);
+    // The batch's items are finished: their share of the capacity goes back to the lane (and
+    // may open a buffer parked for want of items).
+    return_items(lanes_[buffer_index / buffers_per_lane_], static_cast<std::int64_t>(size));
+    detail::running_batcher = outer;
+    // The worker is free: seq_cst, Dekker handshake with the timer (seal_for_free_worker).
+    in_flight_batches_.fetch_sub(1, std::memory_order_seq_cst);
+    seal_for_free_worker();
+}
+
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::complete(detail::Completion<R>& completion, std::exception_ptr error,
+                                    batch_result_type_or_empty& results,
+                                    std::size_t index) noexcept {
+    std::optional<Outcome<R>> outcome;
+    if (error) {
+        outcome.emplace(std::move(error));
+    } else if constexpr (std::is_void_v<R>) {
+        outcome.emplace();
+    } else {
+        try {
+            outcome.emplace(std::move(results[index]));
+        } catch (...) {
+            // Moving the result threw: the item gets that exception instead.
+            outcome.emplace(std::current_exception());
+        }
+    }
+    try {
+        completion.complete(std::move(*outcome));
+    } catch (...) {
+        stats_.callback_exception();
+    }
+}
+
+template <class T, class R, class Clock>
+std::uint8_t Batcher<T, R, Clock>::wait_for_slot(std::atomic<std::uint8_t>& state) noexcept {
+    for (int spin = 0;; ++spin) {
+        // acquire: pairs with the producer's release so its item is visible.
+        const std::uint8_t value = state.load(std::memory_order_acquire);
+        if (value != detail::slot_empty) {
+            return value;
+        }
+        if (spin < 128) {
+            detail::cpu_relax();
+        } else {
+            std::this_thread::yield();  // the producer was preempted mid-write
+        }
+    }
+}
+
+// Closes the holes left by failed constructions so the batch is contiguous again. An item
+// whose move constructor throws here fails with that exception (reported through its
+// completion) instead of being processed.
+template <class T, class R, class Clock>
+std::size_t Batcher<T, R, Clock>::compact(T* items, detail::Completion<R>* completions,
+                                          std::atomic<std::uint8_t>* states, std::size_t size,
+                                          std::size_t& failed) noexcept {
+    std::size_t kept = 0;
+    for (std::size_t i = 0; i < size; ++i) {
+        if (states[i].load(std::memory_order_relaxed) == detail::slot_hole) {
+            continue;
+        }
+        if (kept != i) {
+            try {
+                ::new (static_cast<void*>(items + kept)) T(std::move(items[i]));
+            } catch (...) {
+                const std::exception_ptr error = std::current_exception();
+                items[i].~T();
+                ++failed;
+                if (completions[i].has_value()) {
+                    try {
+                        completions[i].complete(Outcome<R>(error));
+                    } catch (...) {
+                        stats_.callback_exception();
+                    }
+                }
+                continue;
+            }
+            items[i].~T();
+            if (completions[i].has_value()) {
+                completions[kept].take(completions[i]);
+            }
+        }
+        ++kept;
+    }
+    return kept;
+}
+
+// Two parties finish a batch: the task that ran it and the thread that posted it (which
+// may still be inside the executor call when the batch is done). The second one frees the
+// buffer, so neither touches it, nor the batcher, after the batcher could be destroyed.
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::finish_party(std::uint32_t index) noexcept {
+    Buffer& buffer = buffers_[index];
+    // acq_rel: the second party must see everything the first did.
+    if (buffer.finish_parties.fetch_add(1, std::memory_order_acq_rel) == 0) {
+        return;
+    }
+    const std::uint64_t sequence = buffer.sequence.load(std::memory_order_relaxed);
+    arrive(index);
+    std::lock_guard<std::mutex> lock(idle_mutex_);
+    mark_finished(buffer, sequence);
+    --open_batches_;
+    if (idle_waiters_ != 0) {
+        idle_condition_.notify_all();
+    }
+}
+
+}  // namespace microbatch

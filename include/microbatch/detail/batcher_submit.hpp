@@ -1,0 +1,237 @@
+#pragma once
+/**
+ * @file batcher_submit.hpp
+ * @brief Batcher internals, step 1 of an item's path: claiming a slot and writing the item.
+ *
+ * submit/post/try_submit end in submit_impl(): one fetch_add on the lane's head word claims a
+ * slot, fill_slot() constructs the item in place and publishes it; the producer of the last slot
+ * seals the batch (detail/batcher_seal.hpp). When no batch is open, wait_for_space() blocks.
+ */
+
+#include "microbatch/batcher.hpp"
+
+namespace microbatch {
+
+template <class T, class R, class Clock>
+template <class U>
+SubmitStatus Batcher<T, R, Clock>::submit_with_handle(U&& item, WaitMode mode, Deadline deadline,
+                                                      Handle<R>& out) {
+    // The handle owns one reference; the slot's completion gets the other on acceptance.
+    Handle<R> handle(detail::HandleState<R>::create());
+    struct Unclaimed {  // releases the slot's reference if it was never handed out
+        detail::HandleState<R>* state;
+        ~Unclaimed() {
+            if (state != nullptr) {
+                state->release();
+            }
+        }
+    } unclaimed{handle.state_};
+    const auto store = [&unclaimed](detail::Completion<R>& slot) noexcept {
+        slot.emplace(detail::HandleCompletion<R>(std::exchange(unclaimed.state, nullptr)));
+        return true;
+    };
+    const SubmitStatus status = submit_impl(std::forward<U>(item), mode, deadline, store);
+    if (status == SubmitStatus::accepted) {
+        out = std::move(handle);
+    }
+    return status;
+}
+
+template <class T, class R, class Clock>
+template <class U, class Store>
+SubmitStatus Batcher<T, R, Clock>::submit_impl(U&& item, WaitMode mode, Deadline deadline,
+                                               Store&& store) {
+    Lane& lane = lane_for_this_thread();
+    for (;;) {
+        // Test before claiming: a claim on a sealed or closed head is a stray increment of
+        // the 24-bit count, and an unbounded run of them (a producer polling try_submit on
+        // a full or closed batcher) would carry into the buffer field. relaxed: only a
+        // filter; the fetch_add below decides.
+        const std::uint64_t seen = lane.head.load(std::memory_order_relaxed);
+        if ((seen & count_mask) < batch_size_ && (seen & closed_bit) == 0) {
+            // seq_cst: claims a slot; also orders the claim before the opened_at/timer_idle_
+            // handshake in note_batch_opened (free on x86, where every RMW is a full fence).
+            const std::uint64_t head = lane.head.fetch_add(1, std::memory_order_seq_cst);
+            const std::uint32_t index = static_cast<std::uint32_t>(head & count_mask);
+            if (index < batch_size_) {
+                return fill_slot(lane, head, index, std::forward<U>(item), store);
+            }
+        }
+        const SubmitStatus status = wait_for_space(lane, mode, deadline);
+        if (status != SubmitStatus::accepted) {
+            return status;  // counted in wait_for_space
+        }
+        // accepted here means "a batch is open again": claim anew.
+    }
+}
+
+template <class T, class R, class Clock>
+template <class U, class Store>
+SubmitStatus Batcher<T, R, Clock>::fill_slot(Lane& lane, std::uint64_t head, std::uint32_t index,
+                                             U&& item, Store& store) {
+    const std::uint32_t buffer = buffer_of(head);
+    const std::size_t slot = static_cast<std::size_t>(buffer) * batch_size_ + index;
+    // relaxed: written before the head CAS our claim synchronised with (see Buffer::start).
+    const std::uint32_t start = buffers_[buffer].start.load(std::memory_order_relaxed);
+    if (index == start) {
+        // With a batch size of 1 this very claim seals the batch: no deadline to time.
+        note_batch_opened(buffers_[buffer], index + 1 < batch_size_);
+    }
+    T* place = items_.get() + slot;
+    detail::Completion<R>& completion = completions_[slot];
+    std::uint8_t state = detail::slot_item;
+    std::exception_ptr error;
+    if constexpr (std::is_nothrow_constructible_v<T, U&&> &&
+                  std::is_nothrow_invocable_v<Store&, detail::Completion<R>&>) {
+        if (store(completion)) {
+            state = detail::slot_item_completion;
+        }
+        ::new (static_cast<void*>(place)) T(std::forward<U>(item));
+    } else {
+        // The completion first: if storing it throws, the item has not been touched yet.
+        try {
+            if (store(completion)) {
+                state = detail::slot_item_completion;
+            }
+            try {
+                ::new (static_cast<void*>(place)) T(std::forward<U>(item));
+            } catch (...) {
+                completion.reset();  // never invoked: the item was not accepted
+                throw;
+            }
+        } catch (...) {
+            // The slot is claimed and must still be published, or the batch would wait for
+            // it forever: publish a hole, which the worker skips.
+            error = std::current_exception();
+            state = detail::slot_hole;
+        }
+    }
+    // release: publishes the item and completion to the worker that runs this batch.
+    slot_states_[slot].store(state, std::memory_order_release);
+    if (index + 1 == batch_size_) {
+        seal_and_dispatch(buffer, batch_size_ - start, DispatchReason::full);
+    } else if (index + 1 - start >= producer_threshold_.load(std::memory_order_relaxed) &&
+               in_flight_batches_.load(std::memory_order_relaxed) <
+                   max_in_flight_.load(std::memory_order_relaxed)) {
+        // A worker is free and the batch reached the size the policy seals at without a clock
+        // (max_delay 0, or early sealing's target): confirm with the policy and seal it here,
+        // rather than wait for the timer to wake. relaxed loads: policy inputs, see
+        // in_flight_batches_; a stale value only delays the seal to the timer or a worker.
+        const SealDecision decision = decide_seal(
+            policy_inputs(SealTrigger::producer, 0, index + 1 - start, unset_time, unset_time));
+        if (decision.seal) {
+            seal_current(lane, decision.reason, head & ~count_mask, true);
+        }
+    }
+    if (error) {
+        stats_.rejected_error();
+        std::rethrow_exception(error);
+    }
+    return SubmitStatus::accepted;
+}
+
+// The producer of slot 0 stamps the batch's start time and wakes an idle timer.
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::note_batch_opened(Buffer& buffer, bool needs_timer) {
+    // seq_cst (store and load): a Dekker handshake with run_timer(), which sets
+    // timer_idle_ and then re-reads the heads and opened_at; one side always sees the other.
+    buffer.opened_at.store(clock_.now().time_since_epoch().count(), std::memory_order_seq_cst);
+    if (needs_timer && timer_idle_.load(std::memory_order_seq_cst)) {
+        { std::lock_guard<std::mutex> lock(timer_mutex_); }
+        timer_condition_.notify_one();
+    }
+}
+
+// Waits until a batch is open again (returns accepted), the batcher closed, or the mode's
+// patience runs out (full). Rejections are counted here, while this producer is still
+// registered: close() may let the batcher be destroyed as soon as it has left.
+template <class T, class R, class Clock>
+SubmitStatus Batcher<T, R, Clock>::wait_for_space(Lane& lane, WaitMode mode, Deadline deadline) {
+    const SubmitStatus status = wait_for_space_registered(lane, mode, deadline);
+    slow_producers_.fetch_sub(1, std::memory_order_release);  // our last touch: see close
+    return status;
+}
+
+template <class T, class R, class Clock>
+SubmitStatus Batcher<T, R, Clock>::wait_for_space_registered(Lane& lane, WaitMode mode,
+                                                             Deadline deadline) {
+    // Registered so that close() can wait for blocked producers to leave before the
+    // batcher is destroyed.
+    slow_producers_.fetch_add(1, std::memory_order_seq_cst);
+    struct Leave {  // on exceptions only; the normal path leaves in wait_for_space
+        std::atomic<std::uint32_t>& count;
+        bool armed = true;
+        // release: our last touch of the batcher happens-before close() sees zero.
+        ~Leave() {
+            if (armed) {
+                count.fetch_sub(1, std::memory_order_release);
+            }
+        }
+    } leave{slow_producers_};
+    const auto finish = [&](SubmitStatus status) {
+        if (status == SubmitStatus::full) {
+            stats_.rejected_full();
+        } else if (status == SubmitStatus::closed) {
+            stats_.rejected_closed();
+        }
+        leave.armed = false;
+        return status;
+    };
+
+    // A batch hand-over (seal, then open the next buffer) takes nanoseconds when the next
+    // buffer is free: spin briefly before treating the batcher as full.
+    const int spins = mode == wait_never ? 32 : 256;
+    for (int spin = 0; spin < spins; ++spin) {
+        // acquire: a batch we see open must be fully reset before we write into it.
+        const std::uint64_t head = lane.head.load(std::memory_order_acquire);
+        if ((head & closed_bit) != 0) {
+            return finish(SubmitStatus::closed);
+        }
+        if ((head & count_mask) < batch_size_) {
+            return finish(SubmitStatus::accepted);
+        }
+        if (spin >= 64) {
+            std::this_thread::yield();
+        } else {
+            detail::cpu_relax();
+        }
+    }
+    if (mode == wait_never) {
+        return finish(SubmitStatus::full);
+    }
+    if (detail::running_batcher == this) {
+        MICROBATCH_THROW(ReentrancyError(
+            "microbatch::Batcher: blocking submit from inside process_batch found the "
+            "batcher full (it could wait for its own batch); use try_submit"));
+    }
+    std::unique_lock<std::mutex> lock(space_mutex_);
+    // seq_cst: Dekker handshake with open_buffer(), which publishes the head then reads this.
+    space_waiters_.fetch_add(1, std::memory_order_seq_cst);
+    SubmitStatus status = SubmitStatus::full;
+    for (;;) {
+        const std::uint64_t head = lane.head.load(std::memory_order_seq_cst);
+        if ((head & closed_bit) != 0) {
+            status = SubmitStatus::closed;
+            break;
+        }
+        if ((head & count_mask) < batch_size_) {
+            status = SubmitStatus::accepted;
+            break;
+        }
+        if (mode == wait_forever) {
+            space_condition_.wait(lock);
+        } else if (space_condition_.wait_until(lock, deadline) == std::cv_status::timeout) {
+            const std::uint64_t last = lane.head.load(std::memory_order_seq_cst);
+            status = (last & closed_bit) != 0            ? SubmitStatus::closed
+                     : (last & count_mask) < batch_size_ ? SubmitStatus::accepted
+                                                         : SubmitStatus::full;
+            break;
+        }
+    }
+    // relaxed: only a hint for open_buffer(); a stale non-zero costs one spare notify.
+    space_waiters_.fetch_sub(1, std::memory_order_relaxed);
+    lock.unlock();
+    return finish(status);
+}
+
+}  // namespace microbatch

@@ -1,0 +1,236 @@
+#pragma once
+/**
+ * @file seal_policy.hpp
+ * @brief When to seal the batch being filled: the batcher's whole dispatch decision as a pure
+ *        function (`decide_seal`), plus the estimates it reads (`LoadEstimate`).
+ *
+ * The batcher asks this question at three moments: a producer has just added an item, the
+ * timer woke up, or a worker finished a batch. Each caller gathers a `SealInputs` and acts on
+ * the `SealDecision`; nothing here reads a clock or touches shared state, so every rule is
+ * unit-tested with plain numbers (tests/test_seal_policy.cpp).
+ *
+ * **The rules, in order** (n = items in the open batch, B = max_batch_size, age = time since
+ * its first item was accepted, D = max_delay, M = max_in_flight):
+ * 1. n == 0: nothing to do.
+ * 2. n >= B: seal (`full`). A full batch is dispatched even when M batches are in flight: it
+ *    cannot grow, and the executor queues it.
+ * 3. M batches are in flight (every worker the batcher may use is busy): keep filling, with no
+ *    time bound. The batch grows instead of queueing behind the workers; the moment a batch
+ *    finishes, the worker that finished it asks again.
+ * 4. age >= D: seal (`deadline`, or `worker_free` when asked by a worker that just finished,
+ *    i.e. the batch was held past D because every worker was busy).
+ * 5. Early sealing (Options::seal_early, on by default), only with a time bound (without one
+ *    the user asked for batches that fill up) and once the estimates are ready:
+ *    a. n >= target, where target = ceil(r * alpha / (1 - r * beta)) with r the arrival rate per
+ *       in-flight slot (items/ns / M) and alpha, beta the fitted batch cost: the number of items
+ *       that arrive, per worker, while one batch of that size runs. Waiting for more would make
+ *       this batch larger than the ones the workers can keep up with; sealing earlier would
+ *       leave the worker idle later. (With r * beta >= 1 the target is B.)
+ *    b. no item arrived for the quiet window q = clamp(quiet_gaps / r_lane, min_quiet, D),
+ *       i.e. the stream paused for several mean inter-arrival gaps: nothing is coming, so
+ *       waiting until D would only add delay. (Observed by the timer, which samples n.)
+ *    Both are reported as `early`.
+ * 6. Otherwise wait, and ask again at the earlier of (first item + D) and (last change + q).
+ *
+ * D stays a hard bound on waiting while a worker is free; `max_delay(0)` means "seal as soon as
+ * a worker can take it" (rule 4 holds at once, rule 3 still lets the batch grow while busy).
+ */
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+
+#include "microbatch/batch.hpp"
+
+namespace microbatch {
+
+/// @brief Who asks `decide_seal` (changes only the reason reported for rule 4).
+enum class SealTrigger {
+    producer,         ///< A producer has just added an item.
+    timer,            ///< The timer woke up (a deadline or a quiet window elapsed).
+    worker_finished,  ///< A worker has just finished a batch.
+};
+
+/**
+ * @brief What the batcher measures about its load: the arrival rate and the fitted batch cost.
+ *
+ * `arrival_rate` is items per nanosecond over the whole batcher; `per_batch_ns` and
+ * `per_item_ns` are alpha and beta of the online least-squares fit (Stats::batch_cost).
+ * `ready` is false until enough batches were seen for these to mean anything; early sealing
+ * is then off. Thread safety: a plain value type.
+ */
+struct LoadEstimate {
+    bool ready = false;         ///< Enough samples for rules 5a/5b.
+    double arrival_rate = 0.0;  ///< Items per nanosecond accepted by the batcher (all lanes).
+    double per_batch_ns = 0.0;  ///< alpha: fixed cost of one batch, in ns.
+    double per_item_ns = 0.0;   ///< beta: cost of each item, in ns.
+};
+
+/**
+ * @brief Everything `decide_seal` reads. Times are in nanoseconds on one clock; `unset` means
+ *        "unknown". Thread safety: a plain value type.
+ */
+struct SealInputs {
+    /// Marks an unknown time.
+    static constexpr std::int64_t unset = std::numeric_limits<std::int64_t>::min();
+
+    SealTrigger trigger = SealTrigger::producer;  ///< Who asks.
+    std::int64_t now = 0;                         ///< The current time.
+    std::size_t count = 0;                        ///< Items in the open batch.
+    std::int64_t opened_at = unset;       ///< When its first item was accepted (unset: unknown).
+    std::int64_t last_change_at = unset;  ///< When n was last seen to change (timer only).
+    std::size_t max_batch_size = 1;       ///< B, as currently set.
+    std::int64_t max_delay = 0;           ///< D in ns; negative: no time bound.
+    std::size_t in_flight = 0;            ///< Batches dispatched and not finished.
+    std::size_t max_in_flight = 1;        ///< M; SIZE_MAX: no limit.
+    std::size_t lanes = 1;                ///< Lanes sharing the arrival rate.
+    bool seal_early = true;               ///< Options::seal_early.
+    LoadEstimate load;                    ///< The measured load.
+};
+
+/// @brief What `decide_seal` answers. Thread safety: a plain value type.
+struct SealDecision {
+    /// Marks "no time to wake at: wait for an event (an item, a finished batch)".
+    static constexpr std::int64_t never = std::numeric_limits<std::int64_t>::max();
+
+    bool seal = false;                             ///< Seal the open batch now.
+    DispatchReason reason = DispatchReason::full;  ///< Why, when `seal`.
+    std::int64_t wake_at = never;                  ///< Otherwise: ask again at this time.
+};
+
+/// @brief Tuning constants of rule 5 (documented, fixed: not options).
+struct SealPolicyConstants {
+    /// Rule 5b: the stream counts as paused after this many mean inter-arrival gaps.
+    static constexpr double quiet_gaps = 4.0;
+    /// Rule 5b: the quiet window is never shorter than this (ns): shorter pauses are scheduling
+    /// noise, and the timer cannot wake more precisely anyway.
+    static constexpr std::int64_t min_quiet_ns = 20'000;
+};
+
+/**
+ * @brief Rule 5a's target size: items arriving per in-flight slot while one such batch runs.
+ *
+ * Returns 0 when the estimate is not ready or alpha is 0 (batching saves nothing: rule 5a is
+ * off), otherwise a value in [1, max_batch_size]. Pure; O(1).
+ */
+inline std::size_t target_batch_size(const LoadEstimate& load, std::size_t max_in_flight,
+                                     std::size_t max_batch_size) noexcept {
+    if (!load.ready || !(load.per_batch_ns > 0.0) || !(load.arrival_rate > 0.0)) {
+        return 0;
+    }
+    const double slots = static_cast<double>(std::max<std::size_t>(1, max_in_flight));
+    const double rate = load.arrival_rate / slots;
+    const double remaining = 1.0 - rate * load.per_item_ns;
+    if (!(remaining > 0.0)) {
+        return max_batch_size;  // the per-item cost alone outruns the workers: fill up
+    }
+    const double target = std::ceil(rate * load.per_batch_ns / remaining);
+    if (!(target < static_cast<double>(max_batch_size))) {
+        return max_batch_size;
+    }
+    return target < 1.0 ? 1 : static_cast<std::size_t>(target);
+}
+
+/**
+ * @brief Rule 5b's quiet window in ns, or -1 when rule 5b is off (estimate not ready).
+ *        Clamped to [min_quiet_ns, max_delay] when max_delay >= 0. Pure; O(1).
+ */
+inline std::int64_t quiet_window(const LoadEstimate& load, std::size_t lanes,
+                                 std::int64_t max_delay) noexcept {
+    if (!load.ready || !(load.arrival_rate > 0.0)) {
+        return -1;
+    }
+    const double lane_rate =
+        load.arrival_rate / static_cast<double>(std::max<std::size_t>(1, lanes));
+    double window = SealPolicyConstants::quiet_gaps / lane_rate;
+    if (max_delay >= 0 && window > static_cast<double>(max_delay)) {
+        window = static_cast<double>(max_delay);
+    }
+    if (window < static_cast<double>(SealPolicyConstants::min_quiet_ns)) {
+        window = static_cast<double>(SealPolicyConstants::min_quiet_ns);
+    }
+    return static_cast<std::int64_t>(window);
+}
+
+/// @brief a + b without overflow (saturates at SealDecision::never).
+inline std::int64_t saturating_add(std::int64_t a, std::int64_t b) noexcept {
+    if (b > 0 && a > SealDecision::never - b) {
+        return SealDecision::never;
+    }
+    return a + b;
+}
+
+/**
+ * @brief The smallest batch size at which a producer, which reads no clock, should ask
+ *        `decide_seal` after adding an item while a worker is free: 1 with max_delay 0 (rule 4),
+ *        else rule 5a's target when early sealing is on and ready, else max_batch_size (rule 2).
+ *        The batcher caches it so the per-item test is one comparison. Pure; O(1).
+ */
+inline std::size_t producer_seal_threshold(const LoadEstimate& load, std::size_t max_in_flight,
+                                           std::size_t max_batch_size, std::int64_t max_delay,
+                                           bool seal_early) noexcept {
+    if (max_delay == 0) {
+        return 1;
+    }
+    const std::size_t target =
+        seal_early && max_delay > 0 ? target_batch_size(load, max_in_flight, max_batch_size) : 0;
+    return target != 0 ? target : max_batch_size;
+}
+
+/**
+ * @brief The sealing decision (rules 1-6 of this file's description). Pure: reads only its
+ *        argument; never throws; O(1).
+ */
+inline SealDecision decide_seal(const SealInputs& in) noexcept {
+    SealDecision decision;
+    if (in.count == 0) {
+        return decision;  // rule 1
+    }
+    if (in.count >= in.max_batch_size) {  // rule 2
+        decision.seal = true;
+        decision.reason = DispatchReason::full;
+        return decision;
+    }
+    if (in.in_flight >= in.max_in_flight) {
+        return decision;  // rule 3: every worker busy, grow; a finishing worker asks again
+    }
+    const bool timed = in.max_delay >= 0;
+    const bool known_start = in.opened_at != SealInputs::unset;
+    if (timed &&
+        (in.max_delay == 0 || (known_start && in.now - in.opened_at >= in.max_delay))) {  // rule 4
+        decision.seal = true;
+        decision.reason = in.trigger == SealTrigger::worker_finished ? DispatchReason::worker_free
+                                                                     : DispatchReason::deadline;
+        return decision;
+    }
+    std::int64_t quiet = -1;
+    if (in.seal_early && timed) {
+        const std::size_t target = target_batch_size(in.load, in.max_in_flight, in.max_batch_size);
+        if (target != 0 && in.count >= target) {  // rule 5a
+            decision.seal = true;
+            decision.reason = DispatchReason::early;
+            return decision;
+        }
+        quiet = quiet_window(in.load, in.lanes, in.max_delay);
+        if (quiet >= 0 && in.last_change_at != SealInputs::unset &&
+            in.now - in.last_change_at >= quiet) {  // rule 5b
+            decision.seal = true;
+            decision.reason = DispatchReason::early;
+            return decision;
+        }
+    }
+    // Rule 6: ask again at the deadline or when the quiet window would elapse.
+    if (timed && known_start) {
+        decision.wake_at = saturating_add(in.opened_at, in.max_delay);
+    }
+    if (quiet >= 0) {
+        const std::int64_t from =
+            in.last_change_at != SealInputs::unset ? in.last_change_at : in.now;
+        decision.wake_at = std::min(decision.wake_at, saturating_add(from, quiet));
+    }
+    return decision;
+}
+
+}  // namespace microbatch
