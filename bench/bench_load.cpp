@@ -172,9 +172,9 @@ microbatch::Options microbatch_options(Policy policy, std::size_t b, nanoseconds
             options.max_delay(nanoseconds(0));
             break;
         case Policy::mb_357efd2:
-            // TODO(formation-api): once issue 10's options land, the 357efd2 rule is
-            // .max_in_flight(microbatch::Options::unlimited_in_flight).seal_early(false);
-            // until then the library *is* that rule, identical to MB_Default.
+            // The size/time-only rule as shipped at 357efd2: seal on full or max_delay, whether
+            // or not a worker is free, and never early.
+            options.max_in_flight(microbatch::Options::unlimited_in_flight).seal_early(false);
             break;
         default:
             break;
@@ -530,8 +530,8 @@ int main(int argc, char** argv) {
                                 "alpha_us:1000 -> (1 ms, 10 us); alpha_us:50 -> "
                                 "(50 us, 1 us)");
     benchmark::AddCustomContext("load_policy_357efd2",
-                                "TODO(formation-api): same options as MB_Default until "
-                                "max_in_flight/seal_early exist");
+                                "MB_357efd2 = defaults + max_in_flight(unlimited_in_flight) + "
+                                "seal_early(false)");
     benchmark::RunSpecifiedBenchmarks();
     benchmark::Shutdown();
     return 0;

@@ -647,7 +647,7 @@ def formation_section(results, data_dir):
                    f"{min(loads_1m):.2f}, median {statistics.median(loads_1m):.2f}, max "
                    f"{max(loads_1m):.2f} (2.0 = both cores busy).")
     if "load_policy_357efd2" in results.context:
-        out.append(f"\n**Note:** {results.context['load_policy_357efd2']}.")
+        out.append(f"\n**357efd2 rule:** {results.context['load_policy_357efd2']}.")
     goals = []
 
     # Closed loop.
