@@ -1633,3 +1633,186 @@ TEST_CASE("Batcher stats never report an empty completed batch",
     CHECK(stats.batch_size_min == 2);  // the empty "batch" must not count as the smallest
     CHECK(stats.batch_size_max == 2);
 }
+
+// Issue 15, item 1: after a batch made only of holes (B = 1, one failed construction), Stats
+// reported batch_size_min = 2^63 - 1 (its "unset" value) with batches_completed = 1. A batch of
+// holes is dispatched and completed but has no size: every size figure leaves it out.
+TEST_CASE("Batcher stats count a batch made only of failed constructions consistently",
+          "[batcher][faults][stats][regression][issue15]") {
+    Batcher<Fragile> batcher(Options{}.max_batch_size(1).max_delay(no_delay_bound).workers(1),
+                             [](Batch<Fragile>&) {});
+    CHECK_THROWS_AS(batcher.post(Spec{0, true, false}), ConstructionFailure);
+    batcher.close();
+    const auto stats = batcher.stats();
+    CHECK(stats.items_submitted == 1);
+    CHECK(stats.items_rejected_error == 1);
+    CHECK(stats.items_accepted == 0);
+    CHECK(stats.items_processed + stats.items_failed == 0);
+    CHECK(stats.batches_full == 1);
+    CHECK(stats.batches_dispatched() == 1);
+    CHECK(stats.batches_completed == 1);
+    CHECK(stats.batches_failed == 0);
+    CHECK(stats.batch_size_min == 0);
+    CHECK(stats.batch_size_max == 0);
+    CHECK(stats.batch_size_mean() == 0.0);
+    for (const std::uint64_t bucket : stats.batch_size_histogram) {
+        CHECK(bucket == 0);
+    }
+    CHECK(stats.queue_delay.count == 1);
+    CHECK(stats.processing_time.count == 1);
+    CHECK(stats.batch_cost.sample_count() == 0);
+}
+
+TEST_CASE("Batcher stats leave batches of holes out of the size figures",
+          "[batcher][faults][stats][regression][issue15]") {
+    Batcher<Fragile> batcher(Options{}.max_batch_size(2).max_delay(no_delay_bound).workers(1),
+                             [](Batch<Fragile>&) {});
+    CHECK_THROWS_AS(batcher.post(Spec{0, true, false}), ConstructionFailure);
+    CHECK_THROWS_AS(batcher.post(Spec{1, true, false}), ConstructionFailure);  // batch 0: holes
+    CHECK_THROWS_AS(batcher.post(Spec{2, true, false}), ConstructionFailure);
+    batcher.post(Spec{3, false, false});  // batch 1: one item, dispatched full
+    batcher.post(Spec{4, false, false});
+    batcher.post(Spec{5, false, false});  // batch 2: two items
+    batcher.close();
+    const auto stats = batcher.stats();
+    CHECK(stats.items_submitted == 6);
+    CHECK(stats.items_processed == 3);
+    CHECK(stats.batches_dispatched() == 3);
+    CHECK(stats.batches_completed == 3);
+    CHECK(stats.batch_size_min == 1);
+    CHECK(stats.batch_size_max == 2);
+    CHECK(stats.batch_size_histogram[0] == 1);
+    CHECK(stats.batch_size_histogram[1] == 1);
+    CHECK(stats.batch_size_mean() == 1.5);
+    CHECK(stats.queue_delay.count == 3);
+}
+
+// Issue 15, item 2: an item whose move constructor threw during compaction had its handle and
+// callback completed while items_processed + items_failed was still 0, contradicting "a producer
+// that has seen an item's result also sees the item counted".
+TEST_CASE("Batcher counts an item that fails in compaction before completing it",
+          "[batcher][faults][stats][compaction][regression][issue15]") {
+    Gate release;
+    std::atomic<int> batches_run{0};
+    Batcher<Fragile, int> batcher(Options{}.max_batch_size(4).max_delay(no_delay_bound).workers(1),
+                                  [&](Batch<Fragile>& batch) {
+                                      batches_run.fetch_add(1);
+                                      release.wait();
+                                      return std::vector<int>(batch.size(), 7);
+                                  });
+    std::atomic<std::uint64_t> counted_in_callback{99};
+    CHECK_THROWS_AS(batcher.post(Spec{0, true, false}), ConstructionFailure);  // hole
+    batcher.submit(Spec{1, false, true}, [&](Outcome<int>&& outcome) {         // move bomb
+        const auto stats = batcher.stats();
+        counted_in_callback = outcome.has_value() ? 98 : stats.items_processed + stats.items_failed;
+    });
+    Handle<int> bomb = batcher.submit(Spec{2, false, true});  // move bomb
+    Handle<int> good = batcher.submit(Spec{3, false, false});
+    CHECK_THROWS_AS(bomb.get(), MoveFailure);
+    // Seen through the handle while process_batch still runs (held by the gate).
+    auto stats = batcher.stats();
+    CHECK(stats.items_failed == 2);
+    CHECK(stats.items_processed == 0);
+    CHECK(stats.batches_completed == 0);
+    CHECK(counted_in_callback.load() == 1);  // itself, before the second bomb
+    release.open();
+    CHECK(good.get() == 7);
+    batcher.close();
+    stats = batcher.stats();
+    CHECK(batches_run.load() == 1);
+    CHECK(stats.items_accepted == 3);
+    CHECK(stats.items_failed == 2);
+    CHECK(stats.items_processed == 1);
+    CHECK(stats.batches_completed == 1);
+    CHECK(stats.batches_failed == 0);
+    CHECK(stats.batch_size_max == 3);  // the failed items still belonged to the batch
+    CHECK(stats.batch_size_min == 3);
+}
+
+// Issue 15, item 5: close_for().items_in_flight counted slots whose construction threw.
+TEST_CASE("Batcher close_for does not count failed constructions as in flight",
+          "[batcher][faults][close][regression][issue15]") {
+    Gate release;
+    Batcher<Fragile> batcher(Options{}.max_batch_size(2).max_delay(no_delay_bound).workers(1),
+                             [&](Batch<Fragile>&) { release.wait(); });
+    CHECK_THROWS_AS(batcher.post(Spec{0, true, false}), ConstructionFailure);
+    batcher.post(Spec{1, false, false});  // batch 0: hole + item, running (held by the gate)
+    CHECK_THROWS_AS(batcher.post(Spec{2, true, false}), ConstructionFailure);
+    batcher.post(Spec{3, false, false});  // batch 1: hole + item, queued behind batch 0
+    batcher.post(Spec{4, false, false});  // batch 2: dispatched by close
+    const auto result = batcher.close_for(1ms);
+    CHECK_FALSE(result.completed);
+    CHECK(result.batches_in_flight == 3);
+    CHECK(result.items_in_flight == 3);
+    release.open();
+    const auto second = batcher.close_for(1h);
+    CHECK(second.completed);
+    CHECK(second.items_in_flight == 0);
+    const auto stats = batcher.stats();
+    CHECK(stats.items_processed == 3);
+    CHECK(stats.items_rejected_error == 2);
+}
+
+// Issue 15, item 4: the thread remembered only the innermost running batcher, so when A's batch
+// ran B's batch on the same thread (inline or refusing executor) and B's batch called back into
+// A, wait_idle / close / a blocking submit on a full A deadlocked instead of throwing.
+TEST_CASE("Batcher detects re-entrancy through other batchers' batches nested on the thread",
+          "[batcher][misuse][reentrancy][regression][issue15]") {
+    const int op = GENERATE(0, 1, 2, 3, 4);  // wait_idle, close, close_for, post, submit_for 0
+    const bool refusing = GENERATE(false, true);
+    const int depth = GENERATE(1, 2);  // B calls A, or B runs C which calls A
+    INFO("op " << op << (refusing ? ", refusing" : ", inline") << " executor, depth " << depth);
+    const microbatch::Executor inner_executor =
+        refusing ? microbatch::Executor([](microbatch::Task) { throw std::runtime_error("no"); })
+                 : microbatch::Executor([](microbatch::Task task) { task(); });
+    const auto inner_options =
+        Options{}.max_batch_size(1).max_delay(no_delay_bound).executor(inner_executor);
+    std::atomic<Batcher<int>*> outer{nullptr};
+    std::atomic<int> code{0};  // 1 returned, 3 ReentrancyError, 4 anything else
+    Batcher<int> c(inner_options, [&](Batch<int>&) {
+        Batcher<int>& a = *outer.load();
+        try {
+            switch (op) {
+                case 0:
+                    a.wait_idle();
+                    break;
+                case 1:
+                    a.close();
+                    break;
+                case 2:
+                    (void)a.close_for(1h);
+                    break;
+                case 3:
+                    a.post(100);  // A is full: its only buffer is the running batch
+                    break;
+                default:
+                    (void)a.submit_for(101, 0ms);
+                    break;
+            }
+            code = 1;
+        } catch (const microbatch::ReentrancyError&) {
+            code = 3;
+        } catch (...) {
+            code = 4;
+        }
+    });
+    Batcher<int> b(inner_options, [&](Batch<int>&) { c.post(3); });
+    Batcher<int> a(Options{}.max_batch_size(1).capacity(1).max_delay(no_delay_bound).workers(1),
+                   [&](Batch<int>&) {
+                       if (depth == 1) {
+                           c.post(2);  // C's batch runs here, on A's worker
+                       } else {
+                           b.post(2);  // B's batch runs here and runs C's batch
+                       }
+                   });
+    outer = &a;
+    a.post(1);
+    a.wait_idle();
+    CHECK(code.load() == 3);
+    CHECK_FALSE(a.is_closed());
+    a.close();
+    const auto stats = a.stats();
+    CHECK(stats.items_accepted == 1);
+    CHECK(stats.items_processed == 1);
+    CHECK(c.stats().items_processed == 1);
+}

@@ -87,6 +87,28 @@ TEST_CASE("Handle wait_for times out while the batch is pending, then becomes re
     CHECK(handle.get() == 40);
 }
 
+// Issue 15, item 3: wait_for computed now() + timeout unchecked, so a huge timeout overflowed
+// (undefined behaviour, reported by UBSan) and in practice returned timeout at once.
+TEST_CASE("Handle wait_for with a huge timeout waits instead of overflowing",
+          "[handle][regression][issue15]") {
+    test_support::Gate gate;
+    Batcher<int, int> batcher(Options{}.max_batch_size(1).workers(1), [&](Batch<int>& batch) {
+        gate.wait();
+        return std::vector<int>{batch[0] * 10};
+    });
+    Handle<int> handle = batcher.submit(4);
+    // Pending: a zero or negative timeout only checks, however negative.
+    CHECK(handle.wait_for(0s) == std::future_status::timeout);
+    CHECK(handle.wait_for(std::chrono::nanoseconds::min()) == std::future_status::timeout);
+    std::thread opener([&] { gate.open(); });
+    CHECK(handle.wait_for(std::chrono::nanoseconds::max()) == std::future_status::ready);
+    opener.join();
+    CHECK(handle.wait_for(std::chrono::hours(24 * 365 * 300)) == std::future_status::ready);
+    CHECK(handle.wait_for(std::chrono::duration<double>(1e300)) == std::future_status::ready);
+    CHECK(handle.wait_for(std::chrono::seconds::max()) == std::future_status::ready);
+    CHECK(handle.get() == 40);
+}
+
 TEST_CASE("Handle rethrows the batch's exception from get", "[handle]") {
     Batcher<int, int> batcher(
         Options{}.max_batch_size(2).max_delay(0ns),

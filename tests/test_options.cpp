@@ -1,6 +1,8 @@
 // Tests of microbatch::Options: defaults, fluent setters and validation messages.
 
 #include <chrono>
+#include <cstddef>
+#include <limits>
 #include <stdexcept>
 #include <string>
 
@@ -65,6 +67,25 @@ TEST_CASE("Options validation names the option and the value", "[options]") {
           "microbatch::Options: lanes must be in [1, 256] (got 0)");
     CHECK(validation_message(Options{}.lanes(Options::max_supported_lanes + 1)) ==
           "microbatch::Options: lanes must be in [1, 256] (got 257)");
+}
+
+// Issue 15: the batch buffer limit was enforced by the Batcher constructor only, undocumented.
+TEST_CASE("Options validation checks the number of batch buffers",
+          "[options][regression][issue15]") {
+    CHECK(Options::max_supported_batch_buffers == 65536);
+    CHECK_NOTHROW(Options{}.max_batch_size(1).capacity(65536).validate());
+    CHECK_NOTHROW(Options{}.max_batch_size(4).capacity(4 * 65536).validate());
+    CHECK_NOTHROW(Options{}.max_batch_size(1).lanes(3).capacity(65535).validate());
+    CHECK(validation_message(Options{}.max_batch_size(1).capacity(65537)) ==
+          "microbatch::Options: capacity / max_batch_size must be <= 65536 batches in all lanes "
+          "(got capacity 65537, max_batch_size 1, lanes 1)");
+    // Rounded up to whole batches per lane: 3 lanes x 21,846 buffers.
+    CHECK(validation_message(Options{}.max_batch_size(1).lanes(3).capacity(65536)) ==
+          "microbatch::Options: capacity / max_batch_size must be <= 65536 batches in all lanes "
+          "(got capacity 65536, max_batch_size 1, lanes 3)");
+    CHECK(validation_message(
+              Options{}.max_batch_size(4).capacity(std::numeric_limits<std::size_t>::max()))
+              .find("capacity / max_batch_size") != std::string::npos);
 }
 
 TEST_CASE("Options accept zero workers when an executor is set", "[options]") {

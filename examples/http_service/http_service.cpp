@@ -297,7 +297,8 @@ void write_batcher_metrics(MetricsWriter& out,
                        "batcher=\"" + batcher + "\",reason=\"" + reason + "\"", count);
         }
     }
-    each("microbatch_batches_failed_total", "counter", "Batches whose function threw.",
+    each("microbatch_batches_failed_total", "counter",
+         "Batches whose function threw or returned a wrong number of results.",
          [](const Stats& s) { return s.batches_failed; });
 
     // Stats::batch_size_histogram[k] counts batches of [2^k, 2^(k+1)) items: cumulative

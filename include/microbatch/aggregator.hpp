@@ -52,7 +52,7 @@ namespace ops {
  */
 template <class T>
 struct Sum {
-    using value_type = T;
+    using value_type = T;  ///< The aggregated value type.
 
     /// @brief Returns `T{}`.
     T identity() const noexcept(std::is_nothrow_default_constructible_v<T>) { return T{}; }
@@ -98,7 +98,7 @@ template <class T>
 struct Min {
     static_assert(std::numeric_limits<T>::is_specialized,
                   "microbatch::ops::Min<T> needs std::numeric_limits<T>");
-    using value_type = T;
+    using value_type = T;  ///< The aggregated value type.
 
     /// @brief Returns the largest `T` (+infinity when `T` has one).
     T identity() const noexcept {
@@ -140,7 +140,7 @@ template <class T>
 struct Max {
     static_assert(std::numeric_limits<T>::is_specialized,
                   "microbatch::ops::Max<T> needs std::numeric_limits<T>");
-    using value_type = T;
+    using value_type = T;  ///< The aggregated value type.
 
     /// @brief Returns the lowest `T` (-infinity when `T` has one).
     T identity() const noexcept {
@@ -253,7 +253,7 @@ private:
  * Thread-safe: stateless.
  */
 struct MeanVariance {
-    using value_type = RunningStats;
+    using value_type = RunningStats;  ///< The aggregated value type.
 
     /// @brief The empty `RunningStats`.
     RunningStats identity() const noexcept { return RunningStats{}; }

@@ -4,6 +4,8 @@
  * @brief `microbatch::Batch<T>`: the view of one microbatch handed to `process_batch`.
  */
 
+#include "microbatch/version.hpp"  // the C++17 check
+
 #include <cstddef>
 #include <cstdint>
 
@@ -13,7 +15,7 @@ namespace microbatch {
  * @brief Why a batch was dispatched.
  */
 enum class DispatchReason {
-    full,      ///< It reached `max_batch_size` items.
+    full,      ///< All its `max_batch_size` slots were claimed (see `Batch::size()`).
     deadline,  ///< Its oldest item had waited `max_delay`.
     flush,     ///< `Batcher::flush()` or `Batcher::wait_idle()` was called.
     close,     ///< The batcher was closed (or destroyed).
@@ -59,15 +61,17 @@ constexpr const char* to_string(DispatchReason reason) noexcept {
 template <class T>
 class Batch {
 public:
-    using value_type = T;
-    using iterator = T*;
-    using const_iterator = const T*;
+    using value_type = T;             ///< The item type.
+    using iterator = T*;              ///< Mutable iterator: items may be moved out.
+    using const_iterator = const T*;  ///< Read-only iterator.
 
     /// @brief Wraps @p size items starting at @p items.
     Batch(T* items, std::size_t size, DispatchReason reason, std::uint64_t sequence = 0) noexcept
         : items_(items), size_(size), reason_(reason), sequence_(sequence) {}
 
-    /// @brief Number of items, in [1, max_batch_size].
+    /// @brief Number of items, in [1, max_batch_size]. A submit whose item construction threw
+    ///        still used up a slot (a hole, left out of the batch), so a batch dispatched as
+    ///        `full` may hold fewer than max_batch_size items.
     std::size_t size() const noexcept { return size_; }
     /// @brief True if the batch holds no items (never the case for a dispatched batch).
     bool empty() const noexcept { return size_ == 0; }
@@ -86,6 +90,8 @@ public:
      *        dispatched, which within one lane (see `Options::lanes`) is the order they started
      *        filling. Items of one producer in batch s precede its items in any batch s' > s.
      *        Batches may run (and finish) out of this order on several workers.
+     *        A batch whose every slot is a hole (every item construction threw) is numbered
+     *        but never reaches `process_batch`, so the numbers it sees may have gaps.
      */
     std::uint64_t sequence() const noexcept { return sequence_; }
 

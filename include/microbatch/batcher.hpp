@@ -28,6 +28,7 @@
 #include "microbatch/detail/batcher_slots.hpp"
 #include "microbatch/detail/completion.hpp"
 #include "microbatch/detail/config.hpp"
+#include "microbatch/detail/unique_function.hpp"
 #include "microbatch/errors.hpp"
 #include "microbatch/executor.hpp"
 #include "microbatch/handle.hpp"
@@ -35,6 +36,7 @@
 #include "microbatch/outcome.hpp"
 #include "microbatch/seal_policy.hpp"
 #include "microbatch/stats.hpp"
+#include "microbatch/submit_result.hpp"
 #include "microbatch/thread_pool.hpp"
 
 namespace microbatch {
@@ -79,15 +81,29 @@ struct CloseResult {
  *
  * **Submitting.** Three ways to learn an item's outcome: `submit(item)` returns a `Handle`
  * (future-like; its state comes from a per-thread pool, so the steady state allocates nothing,
- * see detail/handle_state.hpp); `submit(item, callback)` calls `callback(Outcome<R>)`
+ * see detail/handle_state.hpp); `submit(item, callback)` calls `callback(Outcome<R>&&)`
  * on the worker after the batch ran (no allocation: the callback is stored inline in the batch
- * slot and must fit `detail::Completion<R>::inline_size` bytes); `post(item)` and
- * `try_submit(item)` are fire-and-forget. Items are taken by forwarding reference and moved from
+ * slot, so it must be callable as `void(microbatch::Outcome<R>&&)`, fit 48 bytes
+ * (`detail::Completion<R>::inline_size`) and be nothrow move-constructible, all checked at
+ * compile time); `post(item)` and `try_submit(item)` are fire-and-forget;
+ * `try_submit_handle(item)` and `submit_for_handle(item, timeout)` return the status together
+ * with the handle. Items are taken by forwarding reference and moved from
  * only when accepted: a rejected item is left as it was.
  *
- * **Backpressure.** At most `capacity` items (rounded up to whole batches per lane) are accepted
- * and not yet finished. When a producer's lane is full, `submit`/`post` block, `try_submit`
- * returns `SubmitStatus::full` at once, `submit_for` waits up to its timeout.
+ * **Backpressure.** At most `capacity` items (ceil(capacity / lanes) per lane) are accepted and
+ * not yet finished, counted in items whatever the batch sizes. When a producer's lane is full,
+ * `submit`/`post` block, `try_submit` returns `SubmitStatus::full` at once, `submit_for` waits
+ * up to its timeout.
+ *
+ * **Forming batches under load** (seal_policy.hpp has the exact rules). While
+ * `max_in_flight` batches are running (default: one per worker), a partial batch is not
+ * sealed by its time bound: it keeps growing until it is full, and the worker that finishes a
+ * batch seals it at once (reason `worker_free`). While a worker is free, a partial batch is
+ * sealed at `max_delay`, or earlier (reason `early`, `Options::seal_early`) when it already
+ * holds as many items as arrive while one batch runs (from the measured arrival rate and the
+ * online cost fit), or when no item arrived for several mean gaps. `max_delay(0)` seals as soon
+ * as a worker can take the batch. `set_max_batch_size`, `set_max_delay` and
+ * `set_max_in_flight` change the rules at run time.
  *
  * **Lanes.** With `Options::lanes(n)`, the batcher fills n batches side by side, one per lane,
  * and each producer thread always submits to the same lane; producers on different lanes never
@@ -99,12 +115,35 @@ struct CloseResult {
  * callback, the stats count it, and the batcher carries on. Exceptions thrown by callbacks are
  * caught, counted in `Stats::callback_exceptions` and otherwise ignored. If constructing `T` from
  * the submitted argument throws, the exception propagates out of the submit call and the item is
- * not accepted.
+ * not accepted; the slot it had claimed stays in its batch as a *hole*. A batch with holes is
+ * dispatched like any other (as `full` once all its slots are claimed) and reaches
+ * process_batch with only its items, so a `full` batch may hold fewer than max_batch_size; a
+ * batch made only of holes never reaches process_batch, which then sees a gap in
+ * `Batch::sequence()` numbers. All items of a failed batch share one exception object (see
+ * README "Reliability" on ThreadSanitizer).
  *
  * **Shutdown.** `close()` stops accepting (later submits fail with `ClosedError`, and producers
  * blocked on a full batcher wake with it), dispatches the partial batch, and waits for every
  * accepted item to finish. It is idempotent and thread-safe; the destructor calls it.
  * No accepted item is lost or processed twice.
+ *
+ * **Re-entrancy.** Inside a batch of this batcher (its process_batch or an item's callback),
+ * `close()`, `close_for()` and `wait_idle()` throw `ReentrancyError` (they would wait for that
+ * very batch), and so do `submit`, `post` and `submit_for` when they find the batcher full (they
+ * could wait for it) — `submit_for` whatever its timeout, even zero: use `try_submit`, which never
+ * waits. `flush()` and submits that find room work. Nesting is tracked: each thread keeps the
+ * chain of batches it is running, so when batcher A's batch runs batcher B's batch on the same
+ * thread (B's executor runs tasks inline or refused the batch) and B's batch calls
+ * `A.wait_idle()`, `A.close()` or a blocking submit on a full A, that throws `ReentrancyError` too.
+ *
+ * **Not detected — deadlock:** waiting, from inside a batch, for *another* batcher whose batches
+ * need the very thread that batch runs on. Example: A and B share a one-thread pool, and A's
+ * process_batch calls `B.close()`, `B.wait_idle()` or a blocking submit to a full B; B's batches
+ * are queued behind A's batch on the only worker and never run (with n workers, the same happens
+ * once n such batches run at once). The batcher cannot tell whether an executor has another
+ * thread free, so it does not try. From inside a batch, wait only on batchers whose executor is
+ * not the one running the batch (e.g. a batcher with its own pool), or use `flush()` and
+ * `try_submit()`, which never wait.
  *
  * **Performance.** The submit fast path is one atomic fetch-add on the lane's word plus writing
  * the item into its slot of a preallocated batch buffer: no mutex, no allocation (in handle
@@ -128,8 +167,9 @@ public:
     using clock_type = Clock;  ///< The clock max_delay is measured with.
     /// What process_batch returns: `std::vector<R>`, or nothing for `R = void`.
     using batch_result_type = std::conditional_t<std::is_void_v<R>, void, std::vector<R>>;
-    /// The stored batch function.
-    using process_function = std::function<batch_result_type(Batch<T>&)>;
+    /// The stored batch function. Move-only, so process_batch may be too (e.g. a lambda that
+    /// owns a `std::unique_ptr<Connection>`).
+    using process_function = detail::UniqueFunction<batch_result_type(Batch<T>&)>;
 
     /**
      * @brief Creates the batcher and starts its timer thread (unless max_delay is
@@ -174,8 +214,9 @@ public:
      * @brief Submits @p item and returns a handle to its result. Blocks while the batcher is
      *        full.
      * @throws ClosedError if the batcher is closed (also when it closes while blocked);
-     *         ReentrancyError if it would block inside this batcher's own process_batch;
-     *         whatever constructing `T` from @p item throws; `std::bad_alloc`.
+     *         ReentrancyError if it finds the batcher full inside one of its own batches
+     *         (see "Re-entrancy" above); whatever constructing `T` from @p item throws;
+     *         `std::bad_alloc`.
      */
     template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
     Handle<R> submit(U&& item) {
@@ -193,7 +234,7 @@ public:
      */
     template <class U, class F,
               class = std::enable_if_t<std::is_constructible_v<T, U&&> &&
-                                       std::is_invocable_v<std::decay_t<F>&, Outcome<R>&&>>>
+                                       !std::is_same_v<std::decay_t<F>, Handle<R>>>>
     void submit(U&& item, F&& callback) {
         throw_if_rejected(
             submit_impl(std::forward<U>(item), wait_forever, {}, emplacer<F>(callback)));
@@ -223,21 +264,36 @@ public:
     ///        callback is invoked only if the item was accepted.
     template <class U, class F,
               class = std::enable_if_t<std::is_constructible_v<T, U&&> &&
-                                       std::is_invocable_v<std::decay_t<F>&, Outcome<R>&&>>>
+                                       !std::is_same_v<std::decay_t<F>, Handle<R>>>>
     [[nodiscard]] SubmitStatus try_submit(U&& item, F&& callback) {
         return submit_impl(std::forward<U>(item), wait_never, {}, emplacer<F>(callback));
     }
 
     /// @brief Like `try_submit(item)`; on acceptance @p handle receives the item's handle.
+    ///        (`try_submit_handle(item)` returns both instead.)
     template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
     [[nodiscard]] SubmitStatus try_submit(U&& item, Handle<R>& handle) {
         return submit_with_handle(std::forward<U>(item), wait_never, {}, handle);
     }
 
     /**
+     * @brief Like `try_submit(item)`, returning the status together with the item's handle
+     *        (valid when accepted): `if (auto submitted = b.try_submit_handle(x)) ...`.
+     * @throws whatever constructing `T` from @p item throws; `std::bad_alloc`.
+     */
+    template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
+    [[nodiscard]] SubmitResult<R> try_submit_handle(U&& item) {
+        SubmitResult<R> result;
+        result.status = submit_with_handle(std::forward<U>(item), wait_never, {}, result.handle);
+        return result;
+    }
+
+    /**
      * @brief Fire-and-forget, waiting at most @p timeout for space: `accepted`, `full` (timed
-     *        out) or `closed`. The item is left untouched unless accepted.
-     * @throws ReentrancyError if it would block inside this batcher's own process_batch.
+     *        out) or `closed`. The item is left untouched unless accepted. A timeout too large to
+     *        add to the current time waits without a time limit.
+     * @throws ReentrancyError if it finds the batcher full inside one of its own batches, for
+     *         any timeout including zero (see "Re-entrancy" above; `try_submit` never throws it).
      */
     template <class U, class Rep, class Period,
               class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
@@ -250,7 +306,7 @@ public:
     /// @brief Like `submit_for(item, timeout)`, with a callback as in `submit(item, callback)`.
     template <class U, class F, class Rep, class Period,
               class = std::enable_if_t<std::is_constructible_v<T, U&&> &&
-                                       std::is_invocable_v<std::decay_t<F>&, Outcome<R>&&>>>
+                                       !std::is_same_v<std::decay_t<F>, Handle<R>>>>
     [[nodiscard]] SubmitStatus submit_for(U&& item, F&& callback,
                                           const std::chrono::duration<Rep, Period>& timeout) {
         return submit_impl(std::forward<U>(item), wait_until_deadline, deadline_after(timeout),
@@ -258,12 +314,29 @@ public:
     }
 
     /// @brief Like `submit_for(item, timeout)`; on acceptance @p handle receives the handle.
+    ///        (`submit_for_handle(item, timeout)` returns both instead.)
     template <class U, class Rep, class Period,
               class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
     [[nodiscard]] SubmitStatus submit_for(U&& item, Handle<R>& handle,
                                           const std::chrono::duration<Rep, Period>& timeout) {
         return submit_with_handle(std::forward<U>(item), wait_until_deadline,
                                   deadline_after(timeout), handle);
+    }
+
+    /**
+     * @brief Like `submit_for(item, timeout)`, returning the status (`accepted`, `full` when
+     *        timed out, `closed`) together with the item's handle (valid when accepted).
+     * @throws ReentrancyError if it would block inside this batcher's own process_batch;
+     *         whatever constructing `T` from @p item throws; `std::bad_alloc`.
+     */
+    template <class U, class Rep, class Period,
+              class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
+    [[nodiscard]] SubmitResult<R> submit_for_handle(
+        U&& item, const std::chrono::duration<Rep, Period>& timeout) {
+        SubmitResult<R> result;
+        result.status = submit_with_handle(std::forward<U>(item), wait_until_deadline,
+                                           deadline_after(timeout), result.handle);
+        return result;
     }
 
     /**
@@ -280,7 +353,8 @@ public:
      * @brief Flushes, then blocks until every item accepted before the call has finished
      *        (its batch ran and its handle/callback completed). Items submitted concurrently may
      *        or may not be waited for.
-     * @throws ReentrancyError when called from inside this batcher's process_batch or callbacks.
+     * @throws ReentrancyError when called from inside this batcher's process_batch or callbacks,
+     *         also nested (see "Re-entrancy" above).
      */
     void wait_idle() {
         check_not_reentrant("wait_idle");
@@ -299,8 +373,8 @@ public:
      * @brief Stops accepting items, dispatches the partial batch (reason `close`) and blocks
      *        until every accepted item has finished. Idempotent; concurrent calls all wait.
      *        Producers blocked in submit wake with `ClosedError`.
-     * @throws ReentrancyError when called from inside this batcher's process_batch or callbacks
-     *         (it would wait for itself).
+     * @throws ReentrancyError when called from inside this batcher's process_batch or callbacks,
+     *         also nested (it would wait for itself; see "Re-entrancy" above).
      */
     void close() { close_impl(nullptr); }
 
@@ -322,8 +396,10 @@ public:
         return (lanes_[0].head.load(std::memory_order_acquire) & closed_bit) != 0;
     }
 
-    /// @brief A snapshot of the counters (see `Stats` for its consistency). Thread-safe,
-    ///        lock-free, O(1).
+    /// @brief A snapshot of the counters (see `Stats` for its consistency). Thread-safe, O(1).
+    ///        Not lock-free: it reads the atomic counters, then copies the cost-model fit under
+    ///        a mutex that workers hold briefly once per finished batch, so it may wait for one
+    ///        (never for a submit: producers do not take that mutex).
     Stats stats() const noexcept {
         Stats result;
         std::uint64_t filling = 0;
@@ -402,8 +478,8 @@ public:
         // relaxed: a setting; see set_max_delay.
         max_in_flight_.store(probe.effective_max_in_flight(), std::memory_order_relaxed);
         refresh_producer_threshold();
-        wake_timer();
         seal_for_free_worker();  // a higher limit may free a worker for a held batch
+        wake_timer();
     }
 
     /// @brief The batch size bound in force (see set_max_batch_size). Thread-safe.
@@ -532,7 +608,14 @@ private:
     // ---- Load, policy inputs: detail/batcher_policy.hpp ------------------------------------
     LoadEstimate load_estimate() const noexcept;
     SealInputs policy_inputs(SealTrigger trigger, std::int64_t now, std::size_t count,
-                             std::int64_t opened_at, std::int64_t last_change_at) const noexcept;
+                             std::size_t bound, std::int64_t opened_at,
+                             std::int64_t last_change_at) const noexcept;
+    // The size bound of the batch in buffer @p buffer (the batch size in force when it opened,
+    // or fewer when the lane was short of free items).
+    std::uint32_t bound_of(std::uint32_t buffer) const noexcept {
+        // relaxed: see Buffer::start.
+        return batch_size_ - buffers_[buffer].start.load(std::memory_order_relaxed);
+    }
     void note_sealed(std::uint32_t size, std::int64_t now) noexcept;
     void refresh_producer_threshold() noexcept;
     void wake_timer();
@@ -542,12 +625,21 @@ private:
 
     static bool no_completion(detail::Completion<R>&) noexcept { return false; }
 
-    // Stores the callback (moved if the caller passed an rvalue, copied otherwise).
+    // Stores the callback (moved if the caller passed an rvalue, copied otherwise). Every
+    // callback overload comes through here, so this is where a wrong signature is reported.
     template <class F>
     static auto emplacer(std::remove_reference_t<F>& callback) {
+        static_assert(std::is_invocable_v<std::decay_t<F>&, Outcome<R>&&>,
+                      "microbatch::Batcher: the callback must be callable as "
+                      "void(microbatch::Outcome<R>&&), where R is the batcher's result type "
+                      "(Outcome<void> for Batcher<T>)");
         return [&callback](detail::Completion<R>& slot) {
-            slot.emplace(std::forward<F>(callback));
-            return true;
+            if constexpr (std::is_invocable_v<std::decay_t<F>&, Outcome<R>&&>) {
+                slot.emplace(std::forward<F>(callback));
+                return true;
+            } else {
+                return false;  // not reached: the static_assert above failed
+            }
         };
     }
 
@@ -611,7 +703,7 @@ private:
     std::uint64_t flush_and_target(Lane& lane);
     bool finished_through(const Lane& lane, std::uint64_t target) const noexcept;
     void check_not_reentrant(const char* what) const {
-        if (detail::running_batcher == this) {
+        if (detail::is_running_on_this_thread(this)) {
             MICROBATCH_THROW(ReentrancyError(std::string("microbatch::Batcher: ") + what +
                                              "() called from inside this batcher's "
                                              "process_batch or callback would wait for itself"));
@@ -670,6 +762,7 @@ private:
 
     alignas(detail::cache_line_size) std::atomic<bool> timer_idle_{false};
     std::atomic<std::uint64_t> dispatched_batches_{0};
+    // Accepted items of dispatched batches not yet finished (holes excluded), for close_for().
     std::atomic<std::uint64_t> in_flight_items_{0};
     std::atomic<std::uint32_t> slow_producers_{0};
     std::atomic<std::uint32_t> space_waiters_{0};

@@ -12,6 +12,8 @@
  * `retire()` (the timer has stopped). Sleeps may end spuriously; the timer re-checks.
  */
 
+#include "microbatch/version.hpp"  // the C++17 check
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -33,11 +35,11 @@ namespace microbatch {
  */
 class SteadyClock {
 public:
-    using rep = std::chrono::steady_clock::rep;
-    using period = std::chrono::steady_clock::period;
-    using duration = std::chrono::steady_clock::duration;
-    using time_point = std::chrono::steady_clock::time_point;
-    static constexpr bool is_steady = true;
+    using rep = std::chrono::steady_clock::rep;                ///< Tick count type.
+    using period = std::chrono::steady_clock::period;          ///< Tick length.
+    using duration = std::chrono::steady_clock::duration;      ///< Time interval type.
+    using time_point = std::chrono::steady_clock::time_point;  ///< Point in time type.
+    static constexpr bool is_steady = true;                    ///< Never goes backwards.
 
     /// @brief The current time of `std::chrono::steady_clock`.
     time_point now() const noexcept { return std::chrono::steady_clock::now(); }
@@ -45,6 +47,7 @@ public:
     /// @brief How the batcher's timer sleeps: plain condition-variable waits.
     class Sleeper {
     public:
+        /// @brief A sleeper that waits on @p condition (the batcher's timer mutex and condition).
         Sleeper(const SteadyClock&, std::mutex&, std::condition_variable& condition) noexcept
             : condition_(condition) {}
         /// Sleeps until notified (or spuriously woken).
@@ -81,11 +84,11 @@ public:
  */
 class ManualClock {
 public:
-    using rep = std::int64_t;
-    using period = std::nano;
-    using duration = std::chrono::nanoseconds;
-    using time_point = std::chrono::time_point<ManualClock, duration>;
-    static constexpr bool is_steady = true;
+    using rep = std::int64_t;                                           ///< Tick count type.
+    using period = std::nano;                                           ///< Ticks are nanoseconds.
+    using duration = std::chrono::nanoseconds;                          ///< Time interval type.
+    using time_point = std::chrono::time_point<ManualClock, duration>;  ///< Point in time type.
+    static constexpr bool is_steady = true;  ///< Never goes backwards (only advance() moves it).
 
 private:
     struct Record {
@@ -141,6 +144,7 @@ public:
     /// @brief How a batcher's timer sleeps on a manual clock: until advance() or a notify.
     class Sleeper {
     public:
+        /// @brief Registers with @p clock, so advance() wakes the timer waiting on @p condition.
         Sleeper(const ManualClock& clock, std::mutex& mutex, std::condition_variable& condition)
             : state_(clock.state_) {
             record_.mutex = &mutex;

@@ -4,6 +4,8 @@
  * @brief The exception types microbatch throws and the status codes of non-throwing calls.
  */
 
+#include "microbatch/version.hpp"  // the C++17 check
+
 #include <stdexcept>
 #include <string>
 
@@ -42,7 +44,9 @@ public:
 /**
  * @brief Thrown when a call would deadlock because it is made from inside the batcher's own
  *        `process_batch` (for example `close()` or `wait_idle()`, which wait for that very
- *        batch, or a blocking `submit` that finds the batcher full).
+ *        batch, or a blocking `submit` that finds the batcher full), also when that batch runs
+ *        further out on the same thread, around another batcher's batch (see `Batcher`,
+ *        "Re-entrancy").
  */
 class ReentrancyError : public Error {
 public:

@@ -4,6 +4,8 @@
  * @brief The executor abstraction batchers dispatch batches to.
  */
 
+#include "microbatch/version.hpp"  // the C++17 check
+
 #include <functional>
 
 namespace microbatch {

@@ -78,10 +78,12 @@ public:
     }
 
     /// @brief Blocks until the result is available or @p timeout has elapsed (steady clock).
+    ///        A timeout too large to add to the current time (e.g. `nanoseconds::max()`) waits
+    ///        without a time limit; a zero or negative one only checks readiness.
     /// @return `std::future_status::ready` or `std::future_status::timeout`.
     template <class Rep, class Period>
     std::future_status wait_for(const std::chrono::duration<Rep, Period>& timeout) const {
-        return wait_until(std::chrono::steady_clock::now() + timeout);
+        return wait_until(saturating_deadline(timeout));
     }
 
     /// @brief Blocks until the result is available or @p deadline has passed.
@@ -119,6 +121,24 @@ private:
     friend class Batcher;
 
     explicit Handle(detail::HandleState<R>* state) noexcept : state_(state) {}
+
+    // now() + timeout on the steady clock, saturating at time_point::max() instead of
+    // overflowing (signed overflow is undefined behaviour).
+    template <class Rep, class Period>
+    static std::chrono::steady_clock::time_point saturating_deadline(
+        const std::chrono::duration<Rep, Period>& timeout) {
+        using Deadline = std::chrono::steady_clock::time_point;
+        const Deadline now = std::chrono::steady_clock::now();
+        if (timeout <= std::chrono::duration<Rep, Period>::zero()) {
+            return now;
+        }
+        // Compared in floating point, so that no integer conversion of a huge timeout overflows.
+        if (std::chrono::duration<double>(timeout) >=
+            std::chrono::duration<double>(Deadline::max() - now)) {
+            return Deadline::max();
+        }
+        return now + std::chrono::ceil<Deadline::duration>(timeout);
+    }
 
     void check() const {
         if (state_ == nullptr) {

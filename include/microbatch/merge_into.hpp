@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "microbatch/aggregator.hpp"
+#include "microbatch/detail/config.hpp"
 
 namespace microbatch {
 
@@ -41,8 +42,7 @@ namespace microbatch {
  * Thread safety: the returned function may run on many workers at once (merges are lock-free).
  * @param aggregator where batch results go; held by reference.
  * @param process    `process(batch)` returning something `aggregator.merge` accepts; copied
- *                   into the returned function (it must be copy-constructible, like any
- *                   `std::function` target).
+ *                   (moved) into the returned function, which is move-only if it is.
  */
 template <class Op, class F>
 auto merge_into(Aggregator<Op>& aggregator, F process) {
@@ -50,11 +50,12 @@ auto merge_into(Aggregator<Op>& aggregator, F process) {
         static_assert(!std::is_void_v<decltype(process(batch))>,
                       "microbatch::merge_into: the batch function must return the batch's "
                       "aggregate value");
-        try {
+        MICROBATCH_TRY {
             aggregator.merge(process(batch));
-        } catch (...) {
+        }
+        MICROBATCH_CATCH_ALL {
             aggregator.record_failure(std::current_exception());
-            throw;
+            MICROBATCH_RETHROW;
         }
     };
 }

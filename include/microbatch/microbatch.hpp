@@ -23,4 +23,5 @@
 #include "microbatch/ordered_collector.hpp"
 #include "microbatch/outcome.hpp"
 #include "microbatch/stats.hpp"
+#include "microbatch/submit_result.hpp"
 #include "microbatch/thread_pool.hpp"

@@ -50,6 +50,9 @@ public:
     /// `max_in_flight` value meaning "no limit": the time bound seals partial batches whatever
     /// the workers are doing (the size/time-only rule of microbatch 0.x before issue 10).
     static constexpr std::size_t unlimited_in_flight = static_cast<std::size_t>(-1);
+    /// Most batch buffers supported, over all lanes (the head word names a buffer in 16 bits):
+    /// lanes x ceil(ceil(capacity / lanes) / max_batch_size) must not exceed it.
+    static constexpr std::size_t max_supported_batch_buffers = std::size_t{1} << 16;
 
     /// @brief The size bound B: a batch is dispatched (reason `full`) when it holds B items.
     std::size_t max_batch_size() const noexcept { return max_batch_size_; }
@@ -81,11 +84,18 @@ public:
     /**
      * @brief The bound on items accepted but not yet completed (queued, filling or processing).
      *
-     * 0 (the default) means 4 x max_batch_size per lane. Storage is reserved in whole batches
-     * and split evenly over the lanes: each lane gets ceil(ceil(capacity / max_batch_size) /
-     * lanes) batch buffers of max_batch_size slots (at least one), allocated up front and never
-     * more, so memory stays bounded by that rounded-up figure. When every buffer of a
-     * producer's lane is in use, blocking submits wait and `try_submit` reports `full`.
+     * 0 (the default) means 4 x max_batch_size per lane. Counted in items: each lane accepts
+     * ceil(capacity / lanes) items not yet finished, whatever the sizes of the batches they are
+     * in; when a producer's lane holds that many, blocking submits wait and `try_submit` reports
+     * `full`. Storage is reserved up front and never grows: per lane, ceil(ceil(capacity /
+     * lanes) / max_batch_size) buffers of max_batch_size slots for full batches, plus one buffer
+     * per in-flight batch (`max_in_flight`, at most 64; none with `unlimited_in_flight`) for the
+     * partial batches sealed while a worker is free. The full-batch buffers of all lanes
+     * together must not exceed `max_supported_batch_buffers` (65,536), e.g. a capacity of at
+     * most 65,536 x max_batch_size with one lane (the partial-batch room is dropped where it
+     * would exceed it; partial batches may then make producers wait for a buffer early).
+     * `Batcher::flush` seals partial batches whatever the workers do: many flushes in a row can
+     * also make producers wait for a buffer before `capacity` items.
      */
     std::size_t capacity() const noexcept { return capacity_; }
     /// @brief Sets the capacity; must be 0 (automatic) or at least max_batch_size.
@@ -219,8 +229,8 @@ public:
      * @brief Throws `std::invalid_argument` naming the first invalid option and its value.
      *
      * Checks: max_batch_size in [1, max_supported_batch_size]; max_delay >= 0; capacity 0 or
-     * >= max_batch_size; lanes in [1, max_supported_lanes]; workers >= 1 when no executor is
-     * set.
+     * >= max_batch_size; lanes in [1, max_supported_lanes]; at most max_supported_batch_buffers
+     * batch buffers over all lanes (see `capacity`); workers >= 1 when no executor is set.
      */
     void validate() const {
         if (max_batch_size_ == 0 || max_batch_size_ > max_supported_batch_size) {
@@ -237,6 +247,19 @@ public:
         }
         if (lanes_ == 0 || lanes_ > max_supported_lanes) {
             fail("lanes must be in [1, " + std::to_string(max_supported_lanes) + "] (got " +
+                 std::to_string(lanes_) + ")");
+        }
+        // After the checks above, so that max_batch_size_ and lanes_ are non-zero. Rounded up
+        // without overflow, even for a capacity near SIZE_MAX.
+        const std::size_t capacity = effective_capacity();
+        const std::size_t lane_items = capacity / lanes_ + (capacity % lanes_ != 0 ? 1 : 0);
+        const std::size_t per_lane =
+            lane_items / max_batch_size_ + (lane_items % max_batch_size_ != 0 ? 1 : 0);
+        if (per_lane > max_supported_batch_buffers / lanes_) {
+            fail("capacity / max_batch_size must be <= " +
+                 std::to_string(max_supported_batch_buffers) +
+                 " batches in all lanes (got capacity " + std::to_string(capacity) +
+                 ", max_batch_size " + std::to_string(max_batch_size_) + ", lanes " +
                  std::to_string(lanes_) + ")");
         }
         if (!executor_ && workers_ == 0) {

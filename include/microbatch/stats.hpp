@@ -114,7 +114,19 @@ struct LatencySummary {
  *
  * A batch is counted (processed or failed, with its timings) as soon as `process_batch`
  * returned and before its items' handles and callbacks complete, so a producer that has seen an
- * item's result also sees the item counted.
+ * item's result also sees the item counted. (An item that fails before its batch runs, because
+ * its move constructor threw while the batch was compacted, is counted in `items_failed` before
+ * its handle or callback completes, which happens while the rest of its batch still runs.)
+ *
+ * Sizes count a batch's accepted items: a slot whose item construction threw (a *hole*, counted
+ * in `items_rejected_error`) is no item. A batch made only of holes is dispatched and completed
+ * like any other (it is in `batches_dispatched()`, `batches_completed`, `queue_delay` and
+ * `processing_time`, so those agree) but never reaches `process_batch` and has no size: it is
+ * left out of `batch_size_min`, `batch_size_max`, the histogram, `batch_size_mean()` and
+ * `batch_cost`.
+ *
+ * Durations are measured with the batcher's `Clock` (see clock.hpp): with a `ManualClock`, as in
+ * tests, they advance only when the test advances the clock.
  *
  * Each field is read atomically, but the snapshot is not one instant across fields: while the
  * batcher runs, a batch completing during the snapshot may be counted in one field and not yet
@@ -125,15 +137,22 @@ struct LatencySummary {
  * Thread safety: a plain value type.
  */
 struct Stats {
-    std::uint64_t items_submitted = 0;        ///< Every submit call: accepted + rejected.
+    /// Submit calls that were accepted or rejected: accepted + rejected. A submit that throws
+    /// `ReentrancyError` (a usage error) or fails to allocate its handle is in no counter.
+    std::uint64_t items_submitted = 0;
     std::uint64_t items_accepted = 0;         ///< Items the batcher took responsibility for.
     std::uint64_t items_rejected_full = 0;    ///< try/timed submits refused at capacity.
     std::uint64_t items_rejected_closed = 0;  ///< Submits refused because the batcher was closed.
-    std::uint64_t items_rejected_error = 0;   ///< Submits whose item construction threw.
-    std::uint64_t items_processed = 0;        ///< Items of batches that succeeded.
-    std::uint64_t items_failed = 0;           ///< Items of batches that threw (or bad results).
+    /// Submits whose item construction (or callback copy) threw; each left a hole in its batch.
+    std::uint64_t items_rejected_error = 0;
+    std::uint64_t items_processed = 0;  ///< Items of batches that succeeded.
+    /// Items of failed batches (see `batches_failed`), and items whose move constructor threw
+    /// while their batch was compacted.
+    std::uint64_t items_failed = 0;
 
-    std::uint64_t batches_full = 0;      ///< Batches dispatched because they were full.
+    /// Batches dispatched because all their slots were claimed (holes included, so such a
+    /// batch may reach process_batch with fewer than max_batch_size items).
+    std::uint64_t batches_full = 0;
     std::uint64_t batches_deadline = 0;  ///< Batches dispatched when max_delay expired.
     std::uint64_t batches_flush = 0;     ///< Batches dispatched by flush()/wait_idle().
     std::uint64_t batches_close = 0;     ///< Batches dispatched by close().
@@ -141,18 +160,22 @@ struct Stats {
     std::uint64_t batches_worker_free = 0;
     /// Partial batches sealed before max_delay because waiting could not pay (seal_policy.hpp).
     std::uint64_t batches_early = 0;
-    std::uint64_t batches_completed = 0;  ///< Batches whose processing finished.
-    std::uint64_t batches_failed = 0;     ///< Completed batches whose process_batch threw.
+    /// Batches whose processing finished (including batches made only of holes).
+    std::uint64_t batches_completed = 0;
+    /// Completed batches whose process_batch threw or returned the wrong number of results
+    /// (`ResultCountError`).
+    std::uint64_t batches_failed = 0;
 
-    std::uint64_t batch_size_min = 0;  ///< Smallest completed batch (0 before the first).
-    std::uint64_t batch_size_max = 0;  ///< Largest completed batch.
-    /// Completed batches by size: bucket k counts sizes in [2^k, 2^(k+1)).
+    /// Smallest completed batch holding items (0 before the first).
+    std::uint64_t batch_size_min = 0;
+    std::uint64_t batch_size_max = 0;  ///< Largest completed batch (0 before the first).
+    /// Completed batches holding items, by size: bucket k counts sizes in [2^k, 2^(k+1)).
     std::array<std::uint64_t, 24> batch_size_histogram{};
 
     /**
-     * Per batch, the fill time: from the moment its first item was accepted to the moment the
-     * batch was sealed. It does not include the wait for a worker (`dispatch_wait`) nor the
-     * processing; an item's whole latency is in `item_latency`.
+     * Per completed batch, measured with the batcher's Clock, the fill time: from the moment its
+     * first item was accepted to the moment the batch was sealed. It does not include the wait for
+     * a worker (`dispatch_wait`) nor the processing; an item's whole latency is in `item_latency`.
      */
     DurationSummary queue_delay;
     /// Per batch, from its seal (dispatch to the executor) to the start of process_batch: the
@@ -165,7 +188,7 @@ struct Stats {
      * completed. One sample per batch keeps clock reads off the per-item path.
      */
     LatencySummary item_latency;
-    /// Per batch, how long process_batch ran.
+    /// Per completed batch, how long process_batch ran (Clock; ~0 for a batch of holes).
     DurationSummary processing_time;
 
     std::uint64_t callback_exceptions = 0;  ///< Exceptions thrown by per-item callbacks.
@@ -186,11 +209,15 @@ struct Stats {
         return batches_full + batches_deadline + batches_flush + batches_close +
                batches_worker_free + batches_early;
     }
-    /// @brief Mean size of completed batches (0 before the first).
+    /// @brief Mean size of completed batches holding items (0 before the first).
     double batch_size_mean() const noexcept {
-        return batches_completed == 0 ? 0.0
-                                      : static_cast<double>(items_processed + items_failed) /
-                                            static_cast<double>(batches_completed);
+        std::uint64_t sized = 0;  // batches made only of holes have no size: see above
+        for (const std::uint64_t bucket : batch_size_histogram) {
+            sized += bucket;
+        }
+        return sized == 0 ? 0.0
+                          : static_cast<double>(items_processed + items_failed) /
+                                static_cast<double>(sized);
     }
 };
 
@@ -266,11 +293,19 @@ public:
         sealed_items_.fetch_sub(count, std::memory_order_relaxed);
     }
 
-    /// A batch finished: @p succeeded + @p failed items, queue delay and processing time in ns.
+    /// One item failed before its batch ran; counted at once, before its completion runs.
+    void failed_early() noexcept {
+        // relaxed: the completion that follows publishes it (release in the handle state or
+        // the callback's own synchronisation), like the other counters.
+        failed_.fetch_add(1, std::memory_order_relaxed);
+    }
+
+    /// A batch finished: @p succeeded + @p failed items, plus @p failed_earlier items already
+    /// counted by failed_early(); queue delay and processing time in ns.
     void completed(std::size_t succeeded, std::size_t failed, bool batch_failed,
                    std::int64_t queue_delay_ns, std::int64_t dispatch_wait_ns,
-                   std::int64_t processing_ns) noexcept {
-        const std::size_t size = succeeded + failed;
+                   std::int64_t processing_ns, std::size_t failed_earlier = 0) noexcept {
+        const std::size_t size = succeeded + failed + failed_earlier;
         processed_.fetch_add(succeeded, std::memory_order_relaxed);
         failed_.fetch_add(failed, std::memory_order_relaxed);
         if (batch_failed) {
@@ -353,9 +388,12 @@ public:
         stats.batches_worker_free =
             load(by_reason_[static_cast<std::size_t>(DispatchReason::worker_free)]);
         stats.batches_early = load(by_reason_[static_cast<std::size_t>(DispatchReason::early)]);
+        // size_min_ keeps its initial maximum until a batch holding items completed; batches
+        // made only of holes complete without a size sample.
         const std::int64_t size_min = load(size_min_);
-        stats.batch_size_min =
-            stats.batches_completed == 0 ? 0 : static_cast<std::uint64_t>(size_min);
+        stats.batch_size_min = size_min == std::numeric_limits<std::int64_t>::max()
+                                   ? 0
+                                   : static_cast<std::uint64_t>(size_min);
         stats.batch_size_max = static_cast<std::uint64_t>(load(size_max_));
         for (std::size_t i = 0; i < histogram_.size(); ++i) {
             stats.batch_size_histogram[i] = load(histogram_[i]);

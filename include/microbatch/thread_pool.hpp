@@ -38,7 +38,7 @@ namespace detail {
  */
 template <class Body, class OnException>
 void invoke_catching(Body&& body, OnException&& on_exception) {
-#if defined(__cpp_exceptions) || defined(__EXCEPTIONS)
+#if MICROBATCH_HAS_EXCEPTIONS
     try {
         body();
     } catch (...) {

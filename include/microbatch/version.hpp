@@ -1,8 +1,16 @@
 #pragma once
 /**
  * @file version.hpp
- * @brief Library version macros and the inline ABI namespace.
+ * @brief Library version macros, and the C++17 check every microbatch header makes.
+ *
+ * Every public header includes this one (directly or through detail/config.hpp), so compiling
+ * any of them below C++17 stops with one clear `#error` instead of pages of template errors.
  */
+
+// MSVC reports __cplusplus as 199711L unless /Zc:__cplusplus is given; _MSVC_LANG is reliable.
+#if (defined(_MSVC_LANG) && _MSVC_LANG < 201703L) || (!defined(_MSVC_LANG) && __cplusplus < 201703L)
+#error "microbatch requires C++17 or later (-std=c++17; MSVC: /std:c++17)"
+#endif
 
 /// Major version: incremented on incompatible API or ABI changes.
 #define MICROBATCH_VERSION_MAJOR 0

@@ -2,7 +2,7 @@
 # as a user without CMake would, then run it.
 #   copied headers: cmake -DCXX=... -DSOURCE=... -DOUTPUT=... -DINCLUDE_DIR=<src>/include -P ...
 #   pkg-config:     cmake -DCXX=... -DSOURCE=... -DOUTPUT=... -DPKG_CONFIG=<pkg-config>
-#                         -DPKG_CONFIG_PATH=<prefix>/share/pkgconfig -DEXPECTED_VERSION=...
+#                         -DPKG_CONFIG_PATH=<prefix>/share/pkgconfig (a moved install) -DEXPECTED_VERSION=...
 #                         -DEXPECTED_INCLUDE_DIR=<prefix>/include -P ...
 cmake_minimum_required(VERSION 3.21)
 
@@ -31,22 +31,17 @@ if(DEFINED PKG_CONFIG)
     if(NOT _version STREQUAL EXPECTED_VERSION)
         message(FATAL_ERROR "pkg-config reports version '${_version}', expected '${EXPECTED_VERSION}'")
     endif()
-    run(_cflags "${PKG_CONFIG}" --cflags microbatch)
-    run(_libs "${PKG_CONFIG}" --libs microbatch)
+    # The installed tree was moved after installation (packaging.install relocates it), which
+    # --define-prefix handles: the prefix comes from the .pc file's <prefix>/share/pkgconfig.
+    run(_cflags "${PKG_CONFIG}" --define-prefix --cflags microbatch)
+    run(_libs "${PKG_CONFIG}" --define-prefix --libs microbatch)
     separate_arguments(_cflags UNIX_COMMAND "${_cflags}")
     separate_arguments(_libs UNIX_COMMAND "${_libs}")
-    # The -I must point at the installed headers.
-    file(REAL_PATH "${EXPECTED_INCLUDE_DIR}" _expected)
-    set(_found FALSE)
-    foreach(_flag IN LISTS _cflags)
-        if(_flag MATCHES "^-I(.+)$")
-            file(REAL_PATH "${CMAKE_MATCH_1}" _real)
-            if(_real STREQUAL _expected)
-                set(_found TRUE)
-            endif()
-        endif()
-    endforeach()
-    if(NOT _found)
+    # The -I must name the installed headers by their normalised path (no "/../").
+    set(_expected "${EXPECTED_INCLUDE_DIR}")
+    cmake_path(NORMAL_PATH _expected)
+    string(REGEX REPLACE "/+$" "" _expected "${_expected}")
+    if(NOT "-I${_expected}" IN_LIST _cflags)
         message(FATAL_ERROR "pkg-config --cflags '${_cflags}' lacks -I${_expected}")
     endif()
 else()

@@ -1,4 +1,4 @@
-# packaging.install: install the build tree into a staging prefix, move it (an installed tree
+# packaging.install: install the build tree into a staging prefix, move it (the CMake package
 # must be relocatable), then check the installed layout is the advertised one.
 #   cmake -DBUILD_DIR=... -DCONFIG=... -DSTAGE_DIR=... -DPREFIX=... -DSOURCE_INCLUDE_DIR=...
 #         -DINCLUDEDIR=... -DCMAKEDIR=... -DPKGCONFIGDIR=... -DDOCDIR=... -P install_and_check.cmake
@@ -56,8 +56,26 @@ foreach(_file IN LISTS _all_files)
     endif()
 endforeach()
 
-# Relocatable: no installed package file may mention the staging prefix or the build tree.
-file(GLOB _package_files "${PREFIX}/${CMAKEDIR}/*.cmake" "${PREFIX}/${PKGCONFIGDIR}/*.pc")
+# microbatch.pc names the prefix it was installed to, normalised (pkg-config recognises
+# -I/usr/include as a system directory only when it is spelled so); after a move,
+# `pkg-config --define-prefix` finds the new prefix (packaging.pkg_config).
+set(_pc "${PREFIX}/${PKGCONFIGDIR}/microbatch.pc")
+if(EXISTS "${_pc}")
+    file(STRINGS "${_pc}" _pc_prefix REGEX "^prefix=")
+    set(_expected_prefix "${STAGE_DIR}")
+    cmake_path(NORMAL_PATH _expected_prefix)
+    string(REGEX REPLACE "/+$" "" _expected_prefix "${_expected_prefix}")
+    if(NOT _pc_prefix STREQUAL "prefix=${_expected_prefix}")
+        list(APPEND _errors "microbatch.pc has '${_pc_prefix}', expected 'prefix=${_expected_prefix}'")
+    endif()
+    file(READ "${_pc}" _content)
+    if(_content MATCHES "/\\.\\./|pcfiledir")
+        list(APPEND _errors "microbatch.pc has a path that is not normalised:\n${_content}")
+    endif()
+endif()
+
+# Relocatable: no installed CMake package file may mention the staging prefix or the build tree.
+file(GLOB _package_files "${PREFIX}/${CMAKEDIR}/*.cmake")
 foreach(_file IN LISTS _package_files)
     file(READ "${_file}" _content)
     foreach(_path IN ITEMS "${STAGE_DIR}" "${BUILD_DIR}")

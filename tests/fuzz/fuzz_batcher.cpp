@@ -248,8 +248,20 @@ enum class ExecutorMode { inline_, shared_pool, owned_pool };
 /// The sequential reference model of batch formation, used when the run is deterministic.
 struct Model {
     std::size_t batch_size;
+    // Capacity is counted in items (issue 10): a batch opens with min(batch_size, items not
+    // granted to an unfinished batch) slots. With the inline executor a sealed batch has run
+    // by the time the next item comes, but the next batch opened before it ran: its bound is
+    // min(batch_size, capacity - the sealed batch's slots), or batch_size if that is 0 (the
+    // buffer then waits for the finished batch's items and opens with a full bound).
+    std::size_t capacity;
+    std::size_t bound;
+    std::size_t current;  // the batch size in force (set_max_batch_size): bounds the next batch
+    // One buffer in all (capacity == batch size and no in-flight limit, so no room for partial
+    // batches): the next batch opens only after the sealed one ran, with every item free again.
+    bool single_buffer;
     std::vector<Spec> open;  // slots of the batch being filled (holes included)
     std::vector<std::vector<std::uint32_t>> batches;
+    std::vector<std::size_t> sizes;  // accepted items of every sealed batch (0: only holes)
     bool closed = false;
 
     void seal() {
@@ -260,21 +272,28 @@ struct Model {
         // fails there instead of being processed.
         std::vector<std::uint32_t> kept;
         bool hole_seen = false;
+        std::size_t size = 0;
         for (const Spec& spec : open) {
             if ((spec.flags & hole) != 0) {
                 hole_seen = true;
-            } else if (!hole_seen || (spec.flags & fragile) == 0) {
+                continue;
+            }
+            ++size;  // an item that fails in compaction still belongs to the batch
+            if (!hole_seen || (spec.flags & fragile) == 0) {
                 kept.push_back(spec.id);
             }
         }
+        sizes.push_back(size);
         if (!kept.empty()) {
             batches.push_back(std::move(kept));
         }
+        const std::size_t left = capacity - open.size();
+        bound = left == 0 || single_buffer ? current : std::min(current, left);
         open.clear();
     }
     void claim(const Spec& spec) {
         open.push_back(spec);
-        if (open.size() == batch_size) {
+        if (open.size() == bound) {
             seal();
         }
     }
@@ -284,12 +303,26 @@ void run_one(const std::uint8_t* data, std::size_t size) {
     Input input(data, size);
     const std::uint8_t size_byte = input.byte();
     const std::size_t batch_size = (size_byte & 0x80) != 0 ? 1 + size_byte % 64 : 1 + size_byte % 8;
-    const std::size_t buffers = 1 + input.byte() % 4;
+    const std::uint8_t buffers_byte = input.byte();
+    const std::size_t buffers = 1 + buffers_byte % 4;
     const auto delay_mode = static_cast<DelayMode>(input.byte() % 3);
     const std::uint8_t executor_byte = input.byte();
     const auto executor_mode = static_cast<ExecutorMode>(executor_byte % 3);
 
     Options options = Options{}.max_batch_size(batch_size).capacity(batch_size * buffers);
+    // Batch formation (issue 10): early sealing on or off, and the in-flight limit automatic,
+    // 1, or none (the plain size/time rule).
+    options.seal_early(((buffers_byte >> 2) & 1) == 0);
+    switch ((buffers_byte >> 3) % 3) {
+        case 1:
+            options.max_in_flight(1);
+            break;
+        case 2:
+            options.max_in_flight(Options::unlimited_in_flight);
+            break;
+        default:
+            break;
+    }
     switch (delay_mode) {
         case DelayMode::none:
             options.max_delay(std::chrono::nanoseconds::max());
@@ -316,7 +349,10 @@ void run_one(const std::uint8_t* data, std::size_t size) {
         executor_mode == ExecutorMode::inline_ && delay_mode != DelayMode::zero;
 
     Run run(max_operations);
-    Model model{batch_size, {}, {}};
+    const bool single_buffer =
+        buffers == 1 && options.max_in_flight() == Options::unlimited_in_flight;
+    Model model{batch_size, batch_size * buffers, batch_size, batch_size, single_buffer, {}, {},
+                {}};
     std::vector<Status> status(max_operations, unknown);
     std::vector<Delivery> delivery(max_operations, none);
     std::vector<std::uint8_t> flags(max_operations, 0);
@@ -364,7 +400,7 @@ void run_one(const std::uint8_t* data, std::size_t size) {
         };
 
         for (std::size_t op = 0; op < max_operations && !input.done(); ++op) {
-            const unsigned operation = input.byte() % 14U;
+            const unsigned operation = input.byte() % 16U;
             const std::uint8_t item_byte = operation < 9 ? input.byte() : 0;
             std::uint8_t item_flags = 0;
             switch (item_byte & 0x0F) {
@@ -481,8 +517,26 @@ void run_one(const std::uint8_t* data, std::size_t size) {
                         }
                     }
                     break;
+                case 13: {
+                    // Takes effect from the next batch: the model's next bound.
+                    const std::size_t size = 1 + input.byte() % batch_size;
+                    batcher.set_max_batch_size(size);
+                    model.current = size;
+                    FUZZ_CHECK(batcher.max_batch_size() == size);
+                    break;
+                }
+                case 14: {
+                    // In a deterministic run every batch has finished before the next decision
+                    // (inline executor), so no limit >= 1 changes what the model predicts.
+                    const std::uint8_t limit = input.byte();
+                    batcher.set_max_in_flight(limit % 4 == 3 ? Options::unlimited_in_flight
+                                                             : limit % 4);
+                    FUZZ_CHECK(batcher.max_in_flight() >= 1);
+                    break;
+                }
                 default:
                     (void)batcher.stats();
+                    (void)batcher.pending();
                     break;
             }
         }
@@ -560,10 +614,37 @@ void run_one(const std::uint8_t* data, std::size_t size) {
         FUZZ_CHECK(stats.batches_failed == static_cast<std::uint64_t>(run.failed_batches.load()));
         FUZZ_CHECK(stats.batch_size_max <= batch_size);
         FUZZ_CHECK(stats.callback_exceptions == 0);
+        // Issue 15: every counter agrees on batches, including batches made only of holes,
+        // which are dispatched and completed but have no size.
+        FUZZ_CHECK(stats.batches_completed == stats.batches_dispatched());
+        FUZZ_CHECK(stats.queue_delay.count == stats.batches_completed);
+        FUZZ_CHECK(stats.batch_size_min <= stats.batch_size_max);
+        std::uint64_t sized_batches = 0;
+        for (const std::uint64_t bucket : stats.batch_size_histogram) {
+            sized_batches += bucket;
+        }
+        FUZZ_CHECK(sized_batches <= stats.batches_completed);
+        FUZZ_CHECK((sized_batches == 0) == (stats.batch_size_max == 0));
+        FUZZ_CHECK((sized_batches == 0) == (stats.batch_size_min == 0));
 
         if (deterministic) {
             std::lock_guard<std::mutex> lock(run.log_mutex);
             FUZZ_CHECK(run.log == model.batches);
+            std::uint64_t model_sized = 0;
+            std::uint64_t model_min = 0;
+            std::uint64_t model_max = 0;
+            for (const std::size_t batch : model.sizes) {
+                if (batch == 0) {
+                    continue;
+                }
+                ++model_sized;
+                model_min = model_min == 0 ? batch : std::min<std::uint64_t>(model_min, batch);
+                model_max = std::max<std::uint64_t>(model_max, batch);
+            }
+            FUZZ_CHECK(stats.batches_completed == model.sizes.size());
+            FUZZ_CHECK(sized_batches == model_sized);
+            FUZZ_CHECK(stats.batch_size_min == model_min);
+            FUZZ_CHECK(stats.batch_size_max == model_max);
         }
     }
 }

@@ -32,7 +32,8 @@ LoadEstimate Batcher<T, R, Clock>::load_estimate() const noexcept {
 
 template <class T, class R, class Clock>
 SealInputs Batcher<T, R, Clock>::policy_inputs(SealTrigger trigger, std::int64_t now,
-                                               std::size_t count, std::int64_t opened_at,
+                                               std::size_t count, std::size_t bound,
+                                               std::int64_t opened_at,
                                                std::int64_t last_change_at) const noexcept {
     SealInputs in;
     in.trigger = trigger;
@@ -42,7 +43,7 @@ SealInputs Batcher<T, R, Clock>::policy_inputs(SealTrigger trigger, std::int64_t
     in.last_change_at =
         last_change_at == unset_time ? SealInputs::unset : to_nanoseconds(last_change_at);
     // relaxed: settings and counters, each read once; the decision is re-taken at every event.
-    in.max_batch_size = current_batch_size_.load(std::memory_order_relaxed);
+    in.max_batch_size = bound;  // the batch's own bound, not a later set_max_batch_size
     const std::int64_t delay = max_delay_ticks_.load(std::memory_order_relaxed);
     in.max_delay = delay < 0 ? -1 : to_nanoseconds(delay);
     // seq_cst: the timer's half of the handshake with seal_for_free_worker() (free on x86).
@@ -124,9 +125,10 @@ void Batcher<T, R, Clock>::seal_for_free_worker() {
         if (oldest == nullptr) {
             break;  // no partial batch: a producer opening one wakes the timer itself
         }
-        const SealDecision decision = decide_seal(policy_inputs(
-            SealTrigger::worker_finished, clock_.now().time_since_epoch().count(),
-            static_cast<std::size_t>(filling_count(oldest_head)), oldest_opened, unset_time));
+        const SealDecision decision = decide_seal(
+            policy_inputs(SealTrigger::worker_finished, clock_.now().time_since_epoch().count(),
+                          static_cast<std::size_t>(filling_count(oldest_head)),
+                          bound_of(buffer_of(oldest_head)), oldest_opened, unset_time));
         if (!decision.seal) {
             waiting_batch = true;
             break;

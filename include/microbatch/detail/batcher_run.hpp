@@ -22,8 +22,8 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
     std::atomic<std::uint8_t>* states = slot_states_.get() + first;
     const std::size_t size = buffer.size;
 
-    const void* const outer = detail::running_batcher;
-    detail::running_batcher = this;
+    const detail::RunningBatch running{this, detail::running_batches};
+    detail::running_batches = &running;
 
     // Producers that claimed a slot may still be writing it: wait for each slot's state.
     std::size_t holes = 0;
@@ -48,19 +48,20 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
     const auto started = clock_.now();
     if (count != 0) {
         Batch<T> batch(items, count, buffer.reason, buffer.number);
-        try {
+        MICROBATCH_TRY {
             if constexpr (std::is_void_v<R>) {
                 process_(batch);
             } else {
                 results = process_(batch);
                 if (results.size() != count) {
-                    error = std::make_exception_ptr(ResultCountError(
+                    error = detail::make_error_ptr(ResultCountError(
                         "microbatch::Batcher: process_batch returned " +
                         std::to_string(results.size()) + " results for a batch of " +
                         std::to_string(count) + " items"));
                 }
             }
-        } catch (...) {
+        }
+        MICROBATCH_CATCH_ALL {
             error = std::current_exception();
         }
     }
@@ -73,9 +74,10 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
     if (holes != 0) {
         stats_.holes(holes);
     }
-    const std::size_t failed = (batch_failed ? count : 0) + failed_in_compaction;
-    stats_.completed(count - (batch_failed ? count : 0), failed, batch_failed, queue_delay,
-                     dispatch_wait, processing);
+    // Items that failed in compaction were counted (failed_early) before they completed.
+    const std::size_t failed = batch_failed ? count : 0;
+    stats_.completed(count - failed, failed, batch_failed, queue_delay, dispatch_wait, processing,
+                     failed_in_compaction);
     if (any_completion) {
         std::size_t last = count;
         for (std::size_t i = count; i-- > 0;) {
@@ -108,11 +110,12 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
         // its result delivered (Stats::item_latency).
         stats_.item_latency(to_nanoseconds(clock_.now().time_since_epoch().count() - opened_at));
     }
-    in_flight_items_.fetch_sub(size, std::memory_order_relaxed);
-    // The batch's items are finished: their share of the capacity goes back to the lane (and
-    // may open a buffer parked for want of items).
+    // Holes were taken off by their producers (fill_slot). relaxed: a statistic for close_for().
+    in_flight_items_.fetch_sub(size - holes, std::memory_order_relaxed);
+    // The batch's slots are free: their share of the capacity goes back to the lane (and may
+    // open a buffer parked for want of items).
     return_items(lanes_[buffer_index / buffers_per_lane_], static_cast<std::int64_t>(size));
-    detail::running_batcher = outer;
+    detail::running_batches = running.outer;
     // The worker is free: seq_cst, Dekker handshake with the timer (seal_for_free_worker).
     in_flight_batches_.fetch_sub(1, std::memory_order_seq_cst);
     seal_for_free_worker();
@@ -128,16 +131,18 @@ void Batcher<T, R, Clock>::complete(detail::Completion<R>& completion, std::exce
     } else if constexpr (std::is_void_v<R>) {
         outcome.emplace();
     } else {
-        try {
+        MICROBATCH_TRY {
             outcome.emplace(std::move(results[index]));
-        } catch (...) {
+        }
+        MICROBATCH_CATCH_ALL {
             // Moving the result threw: the item gets that exception instead.
             outcome.emplace(std::current_exception());
         }
     }
-    try {
+    MICROBATCH_TRY {
         completion.complete(std::move(*outcome));
-    } catch (...) {
+    }
+    MICROBATCH_CATCH_ALL {
         stats_.callback_exception();
     }
 }
@@ -160,7 +165,7 @@ std::uint8_t Batcher<T, R, Clock>::wait_for_slot(std::atomic<std::uint8_t>& stat
 
 // Closes the holes left by failed constructions so the batch is contiguous again. An item
 // whose move constructor throws here fails with that exception (reported through its
-// completion) instead of being processed.
+// completion) instead of being processed; it is counted in the stats before it completes.
 template <class T, class R, class Clock>
 std::size_t Batcher<T, R, Clock>::compact(T* items, detail::Completion<R>* completions,
                                           std::atomic<std::uint8_t>* states, std::size_t size,
@@ -171,16 +176,19 @@ std::size_t Batcher<T, R, Clock>::compact(T* items, detail::Completion<R>* compl
             continue;
         }
         if (kept != i) {
-            try {
+            MICROBATCH_TRY {
                 ::new (static_cast<void*>(items + kept)) T(std::move(items[i]));
-            } catch (...) {
+            }
+            MICROBATCH_CATCH_ALL {
                 const std::exception_ptr error = std::current_exception();
                 items[i].~T();
                 ++failed;
+                stats_.failed_early();  // before completing: whoever sees it sees it counted
                 if (completions[i].has_value()) {
-                    try {
+                    MICROBATCH_TRY {
                         completions[i].complete(Outcome<R>(error));
-                    } catch (...) {
+                    }
+                    MICROBATCH_CATCH_ALL {
                         stats_.callback_exception();
                     }
                 }

@@ -43,8 +43,7 @@ void Batcher<T, R, Clock>::initialise() {
     const std::size_t buffers = per_lane <= max_buffers ? per_lane * lane_count_ : 0;
     if (buffers == 0 || buffers > max_buffers) {
         MICROBATCH_THROW(std::invalid_argument(
-            "microbatch::Options: capacity / max_batch_size (+ room for max_in_flight partial "
-            "batches per lane) must be <= " +
+            "microbatch::Options: capacity / max_batch_size must be <= " +
             std::to_string(max_buffers) + " batches in all lanes (got capacity " +
             std::to_string(capacity) + ", max_batch_size " + std::to_string(batch_size_) +
             ", lanes " + std::to_string(lane_count_) + ")"));
@@ -171,13 +170,14 @@ void Batcher<T, R, Clock>::seal_and_dispatch(std::uint32_t buffer, std::uint32_t
 template <class T, class R, class Clock>
 void Batcher<T, R, Clock>::post_batch(std::uint32_t buffer) {
     bool posted = false;
-    try {
+    MICROBATCH_TRY {
         executor_([this, buffer] {
             run_batch(buffer);
             finish_party(buffer);
         });
         posted = true;
-    } catch (...) {
+    }
+    MICROBATCH_CATCH_ALL {
         // The executor refused the task (e.g. its pool is shutting down): run the batch
         // here rather than lose it.
     }

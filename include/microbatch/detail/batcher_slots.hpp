@@ -10,6 +10,7 @@
 #include <exception>
 #include <utility>
 
+#include "microbatch/detail/config.hpp"
 #include "microbatch/detail/handle_state.hpp"
 #include "microbatch/errors.hpp"
 #include "microbatch/handle.hpp"
@@ -18,8 +19,29 @@
 namespace microbatch {
 namespace detail {
 
-/// The batcher whose process_batch the current thread is running (re-entrancy detection).
-inline thread_local const void* running_batcher = nullptr;
+/// One batch running on this thread, linked to the batch it runs inside of (if any): a batch
+/// of batcher A may run a batch of batcher B on the same thread (B's executor runs tasks inline
+/// or refused B's batch, or B's own calls run it), and B's batch may call back into A. Every
+/// batcher on the chain is "running" for re-entrancy detection, not only the innermost.
+struct RunningBatch {
+    const void* batcher;
+    const RunningBatch* outer;
+};
+
+/// The innermost batch running on this thread (nullptr if none); an entry lives on run_batch's
+/// stack frame.
+inline thread_local const RunningBatch* running_batches = nullptr;
+
+/// True if a batch of @p batcher is running on this thread, at any depth of nesting.
+inline bool is_running_on_this_thread(const void* batcher) noexcept {
+    for (const RunningBatch* running = running_batches; running != nullptr;
+         running = running->outer) {
+        if (running->batcher == batcher) {
+            return true;
+        }
+    }
+    return false;
+}
 
 /// Hands out producer numbers; see producer_number().
 inline std::atomic<std::uint32_t> next_producer_number{0};
@@ -54,7 +76,7 @@ public:
     ~HandleCompletion() {
         if (state_ != nullptr) {  // dropped without running: never leave a waiter hanging
             state_->set(Outcome<R>(
-                std::make_exception_ptr(Error("microbatch: item dropped before completion"))));
+                detail::make_error_ptr(Error("microbatch: item dropped before completion"))));
             state_->release();
         }
     }

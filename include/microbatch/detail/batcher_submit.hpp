@@ -89,21 +89,28 @@ SubmitStatus Batcher<T, R, Clock>::fill_slot(Lane& lane, std::uint64_t head, std
         ::new (static_cast<void*>(place)) T(std::forward<U>(item));
     } else {
         // The completion first: if storing it throws, the item has not been touched yet.
-        try {
+        MICROBATCH_TRY {
             if (store(completion)) {
                 state = detail::slot_item_completion;
             }
-            try {
+            MICROBATCH_TRY {
                 ::new (static_cast<void*>(place)) T(std::forward<U>(item));
-            } catch (...) {
-                completion.reset();  // never invoked: the item was not accepted
-                throw;
             }
-        } catch (...) {
+            MICROBATCH_CATCH_ALL {
+                completion.reset();  // never invoked: the item was not accepted
+                MICROBATCH_RETHROW;
+            }
+        }
+        MICROBATCH_CATCH_ALL {
             // The slot is claimed and must still be published, or the batch would wait for
             // it forever: publish a hole, which the worker skips.
             error = std::current_exception();
             state = detail::slot_hole;
+            // A hole is no accepted item: take it off close_for()'s in-flight count now, while
+            // the batch cannot finish (it waits for this slot). The seal may not have added it
+            // yet, so the count can read one low for a moment (close_impl clamps at zero).
+            // relaxed: a statistic; nothing is published through it.
+            in_flight_items_.fetch_sub(1, std::memory_order_relaxed);
         }
     }
     // release: publishes the item and completion to the worker that runs this batch.
@@ -117,8 +124,9 @@ SubmitStatus Batcher<T, R, Clock>::fill_slot(Lane& lane, std::uint64_t head, std
         // (max_delay 0, or early sealing's target): confirm with the policy and seal it here,
         // rather than wait for the timer to wake. relaxed loads: policy inputs, see
         // in_flight_batches_; a stale value only delays the seal to the timer or a worker.
-        const SealDecision decision = decide_seal(
-            policy_inputs(SealTrigger::producer, 0, index + 1 - start, unset_time, unset_time));
+        const SealDecision decision =
+            decide_seal(policy_inputs(SealTrigger::producer, 0, index + 1 - start,
+                                      batch_size_ - start, unset_time, unset_time));
         if (decision.seal) {
             seal_current(lane, decision.reason, head & ~count_mask, true);
         }
@@ -199,7 +207,7 @@ SubmitStatus Batcher<T, R, Clock>::wait_for_space_registered(Lane& lane, WaitMod
     if (mode == wait_never) {
         return finish(SubmitStatus::full);
     }
-    if (detail::running_batcher == this) {
+    if (detail::is_running_on_this_thread(this)) {
         MICROBATCH_THROW(ReentrancyError(
             "microbatch::Batcher: blocking submit from inside process_batch found the "
             "batcher full (it could wait for its own batch); use try_submit"));

@@ -13,6 +13,8 @@
  * configure and no directory to grow either.
  */
 
+#include "microbatch/version.hpp"  // the C++17 check
+
 #include <atomic>
 #include <cstddef>
 #include <cstdint>

@@ -26,6 +26,7 @@ template <class R>
 class Completion {
 public:
     /// Bytes available for the callable's captures (a std::function fits).
+    /// (48 is also spelled out in the messages below, in Batcher's documentation and README.)
     static constexpr std::size_t inline_size = 48;
 
     template <class F>
@@ -43,12 +44,14 @@ public:
     void emplace(F&& callable) noexcept(std::is_nothrow_constructible_v<std::decay_t<F>, F&&>) {
         using Stored = std::decay_t<F>;
         static_assert(sizeof(Stored) <= inline_size,
-                      "microbatch: the callback is larger than the inline storage "
-                      "(Completion::inline_size bytes); capture less, or capture a pointer");
+                      "microbatch: the callback is larger than the 48 bytes stored inline in "
+                      "each batch slot (detail::Completion<R>::inline_size); capture less, or "
+                      "capture a pointer or std::shared_ptr to the rest");
         static_assert(alignof(Stored) <= alignof(std::max_align_t),
                       "microbatch: over-aligned callbacks are not supported");
         static_assert(std::is_nothrow_move_constructible_v<Stored>,
-                      "microbatch: callbacks must be nothrow move constructible");
+                      "microbatch: callbacks must be nothrow move constructible (every "
+                      "capture's move constructor noexcept)");
         ::new (static_cast<void*>(storage_)) Stored(std::forward<F>(callable));
         operations_ = &operations_for<Stored>;
     }
