@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
-"""Turns the Google Benchmark JSON of bench_batcher, bench_latency and bench_cost_model into
-bench/results/REPORT.md (tables, ratios, goals) and PNG plots drawn by the gnuplot scripts next
-to this file. Python 3 standard library only.
+"""Turns the Google Benchmark JSON of bench_batcher, bench_latency, bench_cost_model and
+bench_load into bench/results/REPORT.md (tables, ratios, goals) and PNG plots drawn by the
+gnuplot scripts next to this file. Python 3 standard library only.
 
     make_report.py --raw bench/results/raw --out bench/results [--gnuplot gnuplot]
                    [--compiler "GNU 12.2.0"] [--source-dir .]
 
---raw holds throughput.json, latency.json, cost_model.json (any may be missing: its section
-says so) and run_info.json (start time, measured source state and total run time, written by
+--raw holds throughput.json, latency.json, cost_model.json, load.json (any may be missing:
+its section says so) and run_info.json (start time, measured source state and total run time, written by
 --record-start / --record-run when the bench_report target runs). Plot data goes to
 <out>/data/, PNGs to <out>/.
 """
@@ -611,6 +611,179 @@ def cost_model_section(results, data_dir):
 
 
 # ---------------------------------------------------------------------------------------------
+# Batch formation under load (bench_load, issue 10)
+
+FORMATION_POLICIES = [
+    ("MB_Default", "microbatch, defaults"),
+    ("MB_Delay0", "microbatch, max_delay(0)"),
+    ("MB_357efd2", "357efd2 rule (size/time only)"),
+    ("Pull_B32_D1000", "pull (Triton), max_delay 1 ms"),
+    ("Pull_B32_D0", "pull (Triton), max_delay 0"),
+    ("Cork", "CORK (BentoML rule)"),
+]
+FORMATION_COSTS = [(1000, "alpha = 1 ms, beta = 10 us"), (50, "alpha = 50 us, beta = 1 us")]
+GOAL_LOADS = (10, 30, 50, 70, 90)  # the open-loop goals; 120 % (overload) is shown, not judged
+
+
+def verdict(ok):
+    return "not measured" if ok is None else ("**MET**" if ok else "**MISSED**")
+
+
+def formation_section(results, data_dir):
+    """Closed- and open-loop tables, plot data and goal rows; (text, goal rows)."""
+    if not results.present:
+        return "_bench_load results missing (load.json)._\n", []
+    index = index_runs(results)
+    reps = max((results.repetitions(r) for r in results.runs()), default=0)
+    load = results.context.get("load_avg")
+    load_text = ", ".join(f"{x:.2f}" for x in load) if load else "n/a"
+    out = [f"One run of `bench_load` ({reps} repetition(s) per configuration, random order; "
+           f"medians when repeated); load average at its start {load_text}. B = 32, "
+           "max_delay = 1 ms unless the policy says otherwise, capacity 128 items for every "
+           "policy. process_batch busy-waits alpha + beta n on steady_clock."]
+    loads_1m = [v for run in results.runs() for v in results.samples(run, "load_1m") if v >= 0]
+    if loads_1m:
+        out.append(f"1-minute load average at the start of each configuration: min "
+                   f"{min(loads_1m):.2f}, median {statistics.median(loads_1m):.2f}, max "
+                   f"{max(loads_1m):.2f} (2.0 = both cores busy).")
+    if "load_policy_357efd2" in results.context:
+        out.append(f"\n**357efd2 rule:** {results.context['load_policy_357efd2']}.")
+    goals = []
+
+    # Closed loop.
+    out.append("\n### Closed loop: throughput / physical limit (mean batch size)\n")
+    out.append("N clients each loop `submit(x).get()`. Limit = min(N, W b) / (alpha + beta b), "
+               "b = min(B, ceil(N / W)); the limit ignores the cost of completing items and of "
+               "the clients themselves (on 2 cores, W = 2 workers spinning leave no core for the "
+               "clients).\n")
+    for alpha, cost_label in FORMATION_COSTS:
+        for w in (1, 2):
+            ns = sorted({dict(p)["N"] for (impl, p) in index
+                         if impl.startswith("Closed_") and dict(p).get("alpha_us") == alpha
+                         and dict(p).get("W") == w})
+            if not ns:
+                continue
+            out.append(f"\n**{cost_label}, W = {w}**\n")
+            rows = []
+            plot = {}
+            for implementation, label in FORMATION_POLICIES:
+                cells = [label]
+                for n in ns:
+                    run = lookup(index, "Closed_" + implementation, alpha_us=alpha, W=w, N=n)
+                    fraction = results.value(run, "fraction") if run else None
+                    batch = results.value(run, "mean_batch") if run else None
+                    plot[(implementation, n)] = fraction
+                    cells.append("n/a" if fraction is None else
+                                 f"{fraction:.2f} ({batch:.1f})" if batch is not None else
+                                 f"{fraction:.2f}")
+                rows.append(cells)
+            out.append(table(["policy"] + [f"N = {n}" for n in ns], rows))
+            with open(os.path.join(data_dir, f"load_closed_a{alpha}_W{w}.dat"), "w",
+                      encoding="utf-8") as stream:
+                stream.write("N " + " ".join(impl for impl, _ in FORMATION_POLICIES) + "\n")
+                for n in ns:
+                    stream.write(f"{n} " + " ".join(
+                        "NaN" if plot[(impl, n)] is None else f"{plot[(impl, n)]:.4g}"
+                        for impl, _ in FORMATION_POLICIES) + "\n")
+            fractions = [(plot[("MB_Default", n)], n) for n in ns
+                         if plot[("MB_Default", n)] is not None]
+            worst = min(fractions) if fractions else None
+            goals.append([f"closed loop, defaults, {cost_label}, W = {w}: throughput >= 0.9 of "
+                          "the limit at every N",
+                          "n/a" if worst is None else f"min {worst[0]:.2f} (N = {worst[1]})",
+                          verdict(None if worst is None else worst[0] >= 0.9)])
+
+    # Open loop.
+    out.append("\n### Open loop: p50 / p99 latency (ms) per offered load\n")
+    out.append("Poisson arrivals at a share of W B / (alpha + beta B), W = 1; latency from each "
+               "item's scheduled arrival to its completion. Below 100 % the generator uses a "
+               "blocking submit; at 120 % `try_submit`, rejected items excluded (rej = share "
+               "rejected). `>=`: the generator gave up more than 1 % of the items (the batcher "
+               "could not keep up), so the percentile is a lower bound. Best fixed = the lowest "
+               "p99 of the pull batcher over the grid B in {8, 16, 32} x max_delay in {0, 250, "
+               "500, 1000} us at that load, picked in hindsight.\n")
+
+    def open_value(implementation, alpha, pct, field):
+        run = lookup(index, "Open_" + implementation, alpha_us=alpha, W=1, load=pct)
+        return (results.value(run, field) if run else None), run
+
+    def open_cell(implementation, alpha, pct):
+        p50, run = open_value(implementation, alpha, pct, "p50_us")
+        p99, _ = open_value(implementation, alpha, pct, "p99_us")
+        if run is None or p99 is None:
+            return "n/a", None
+        items = results.value(run, "items") or 0
+        unserved = results.value(run, "unserved") or 0
+        rejected = results.value(run, "rejected") or 0
+        bound = ">=" if items and unserved > 0.01 * items else ""
+        text = f"{bound}{p50 / 1000:.2f} / {bound}{p99 / 1000:.2f}"
+        if rejected and items:
+            text += f" (rej {100 * rejected / items:.0f} %)"
+        return text, p99
+
+    for alpha, cost_label in FORMATION_COSTS:
+        loads = sorted({dict(p)["load"] for (impl, p) in index
+                        if impl.startswith("Open_") and dict(p).get("alpha_us") == alpha})
+        if not loads:
+            continue
+        grid = sorted({impl[len("Open_"):] for (impl, p) in index
+                       if impl.startswith("Open_Pull_B") and dict(p).get("alpha_us") == alpha})
+        out.append(f"\n**{cost_label}**\n")
+        rows, ratio_rows, plot = [], [], {}
+        for pct in loads:
+            cells = [f"{pct} %"]
+            for implementation, _ in FORMATION_POLICIES:
+                text, p99 = open_cell(implementation, alpha, pct)
+                plot[(implementation, pct)] = p99
+                cells.append(text)
+            best = None
+            for name in grid:
+                p99, _ = open_value(name, alpha, pct, "p99_us")
+                if p99 is not None and (best is None or p99 < best[0]):
+                    best = (p99, name)
+            plot[("best", pct)] = None if best is None else best[0]
+            cells.append("n/a" if best is None else f"{best[0] / 1000:.2f} ({best[1]})")
+            rows.append(cells)
+            ratio_cells = [f"{pct} %"]
+            for implementation, _ in FORMATION_POLICIES:
+                ratio_cells.append(fmt_ratio(ratio(plot[(implementation, pct)],
+                                                   plot[("best", pct)])))
+            ratio_rows.append(ratio_cells)
+        out.append(table(["load"] + [label for _, label in FORMATION_POLICIES]
+                         + ["best fixed p99 (setting)"], rows))
+        out.append(f"\np99 / best fixed in hindsight, {cost_label}:\n")
+        out.append(table(["load"] + [label for _, label in FORMATION_POLICIES], ratio_rows))
+        with open(os.path.join(data_dir, f"load_open_a{alpha}.dat"), "w",
+                  encoding="utf-8") as stream:
+            stream.write("load " + " ".join(impl for impl, _ in FORMATION_POLICIES)
+                         + " best_fixed\n")
+            for pct in loads:
+                values = [plot[(impl, pct)] for impl, _ in FORMATION_POLICIES]
+                values.append(plot[("best", pct)])
+                stream.write(f"{pct} " + " ".join("NaN" if v is None else f"{v / 1000:.4g}"
+                                                  for v in values) + "\n")
+
+        def worst_ratio(numerator, denominator):
+            values = [(ratio(plot.get((numerator, pct)), plot.get(("best", pct)) if denominator
+                             is None else plot.get((denominator, pct))), pct)
+                      for pct in loads if pct in GOAL_LOADS]
+            values = [v for v in values if v[0] is not None]
+            return max(values) if values else None
+
+        for numerator, denominator, target, text in (
+                ("MB_Default", None, 1.1, "defaults p99 <= 1.1 x best fixed in hindsight"),
+                ("MB_Default", "Cork", 1.0, "defaults p99 <= CORK p99"),
+                ("MB_Delay0", None, 2.0, "max_delay(0) p99 <= 2 x best fixed in hindsight")):
+            worst = worst_ratio(numerator, denominator)
+            goals.append([f"open loop, {cost_label}: {text} at every load "
+                          f"({', '.join(str(x) for x in GOAL_LOADS)} %)",
+                          "n/a" if worst is None else f"worst {worst[0]:.2f}x (load {worst[1]} %)",
+                          verdict(None if worst is None else worst[0] <= target)])
+    out.append("")
+    return "\n".join(out), goals
+
+
+# ---------------------------------------------------------------------------------------------
 # Goals
 
 
@@ -685,8 +858,14 @@ def run_gnuplot(gnuplot, script_dir, data_dir, out_dir):
         "latency.gp": all(os.path.exists(os.path.join(data_dir, f"latency_{impl}.dat"))
                           for impl, _ in LOAD_IMPLEMENTATIONS),
         "cost_model.gp": bool(cost_model_ns),
+        # bench_load: every panel's data (a filtered run draws no plot, the tables still show).
+        "load_closed.gp": all(os.path.exists(os.path.join(data_dir, f"load_closed_a{a}_W{w}.dat"))
+                              for a, _ in FORMATION_COSTS for w in (1, 2)),
+        "load_open.gp": all(os.path.exists(os.path.join(data_dir, f"load_open_a{a}.dat"))
+                            for a, _ in FORMATION_COSTS),
     }
-    for script in ("throughput.gp", "latency.gp", "cost_model.gp"):
+    for script in ("throughput.gp", "latency.gp", "cost_model.gp", "load_closed.gp",
+                   "load_open.gp"):
         path = os.path.join(script_dir, script)
         if not os.path.exists(path) or not needs[script]:
             continue
@@ -740,10 +919,14 @@ def main():
     throughput = Results(os.path.join(args.raw, "throughput.json"))
     latency = Results(os.path.join(args.raw, "latency.json"))
     cost_model = Results(os.path.join(args.raw, "cost_model.json"))
+    load = Results(os.path.join(args.raw, "load.json"))
 
     throughput_text, ratios = throughput_section(throughput, data_dir)
     latency_text, latency_found = latency_section(latency, data_dir)
     cost_text, cost_summary = cost_model_section(cost_model, data_dir)
+    formation_text, formation_goals = formation_section(load, data_dir)
+    for goal, measured, verdict_text in formation_goals:
+        print(f"make_report: {verdict_text.strip('*')}: {goal}: {measured}")
 
     # Run time and source state belong to the run: recorded by --record-start before the
     # benchmarks and completed here by --record-run, then reused when regenerating.
@@ -757,7 +940,7 @@ def main():
             json.dump(info, stream, indent=1)
     runtime = ""
     if "runtime_s" in info:
-        runtime = (f"Total run time of `bench_report` (the three benchmark programs plus this "
+        runtime = (f"Total run time of `bench_report` (the benchmark programs plus this "
                    f"report): {info['runtime_s']:.0f} s.")
 
     drawn = []
@@ -775,7 +958,8 @@ def main():
         "",
         machine_section([("bench_batcher", throughput.context),
                          ("bench_latency", latency.context),
-                         ("bench_cost_model", cost_model.context)],
+                         ("bench_cost_model", cost_model.context),
+                         ("bench_load", load.context)],
                         args.compiler, info.get("source", "")),
         "",
         "## Goals",
@@ -797,6 +981,18 @@ def main():
         "![measured vs predicted T](cost_model_T_vs_B.png)" if "cost_model.gp" in drawn else "",
         "",
         cost_text,
+        "## Batch formation under load (bench_load, issue 10)",
+        "",
+        "### Goals (issue 10)",
+        "",
+        table(["goal", "measured", "status"], formation_goals, ["l", "l", "l"])
+        if formation_goals else "_not measured_",
+        "",
+        "![throughput / limit vs N](load_closed.png)" if "load_closed.gp" in drawn else "",
+        "",
+        "![p99 vs load](load_open.png)" if "load_open.gp" in drawn else "",
+        "",
+        formation_text,
     ]
     if args.notes and os.path.exists(args.notes):
         with open(args.notes, encoding="utf-8") as stream:
