@@ -182,6 +182,12 @@ TEST_CASE("Seal policy seals early when nothing arrived for the quiet window", "
     flood.arrival_rate = 1.0;  // one item per ns
     CHECK(quiet_window(flood, 1, 1 * ms) == microbatch::SealPolicyConstants::min_quiet_ns);
 
+    // Items that come in bursts (clients answering their results): the gap inside a batch,
+    // not the mean gap, sets the window. 10 us apart -> 40 us.
+    LoadEstimate bursty = load;
+    bursty.burst_gap_ns = 10.0 * us;
+    CHECK(quiet_window(bursty, 1, 1 * ms) == 40 * us);
+
     SealInputs in = base();
     in.load = load;
     in.last_change_at = 100 * us;

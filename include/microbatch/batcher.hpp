@@ -626,7 +626,8 @@ private:
         // relaxed: see Buffer::start.
         return batch_size_ - buffers_[buffer].start.load(std::memory_order_relaxed);
     }
-    void note_sealed(std::uint32_t size, std::int64_t now) noexcept;
+    void note_sealed(std::uint32_t size, std::int64_t now, std::int64_t opened_at,
+                     bool at_arrival) noexcept;
     void refresh_producer_threshold() noexcept;
     void wake_timer();
     void seal_for_free_worker();
@@ -677,8 +678,12 @@ private:
 
     // ---- Sealing, dispatch, buffer ring: detail/batcher_seal.hpp ---------------------------
 
-    bool seal_current(Lane& lane, DispatchReason reason, std::uint64_t expected, bool only_tagged);
-    void seal_and_dispatch(std::uint32_t buffer, std::uint32_t size, DispatchReason reason);
+    bool seal_current(Lane& lane, DispatchReason reason, std::uint64_t expected, bool only_tagged,
+                      bool at_arrival = false);
+    // at_arrival: the sealer is the producer whose item just joined the batch, so the seal time
+    // is the last arrival's (a burst-gap sample, see note_sealed).
+    void seal_and_dispatch(std::uint32_t buffer, std::uint32_t size, DispatchReason reason,
+                           bool at_arrival = false);
     void post_batch(std::uint32_t buffer);
     void arrive(std::uint32_t index);
     void open_buffer(std::uint32_t index);
@@ -757,6 +762,7 @@ private:
     std::atomic<double> rate_items_{0.0};
     std::atomic<double> rate_nanoseconds_{0.0};
     std::atomic<std::uint64_t> rate_samples_{0};
+    std::atomic<double> burst_gap_ns_{0.0};
     std::unique_ptr<T, ItemsDeleter> items_{nullptr, ItemsDeleter{0}};
     std::unique_ptr<detail::Completion<R>[]> completions_;
     std::unique_ptr<std::atomic<std::uint8_t>[]> slot_states_;

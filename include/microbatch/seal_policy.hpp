@@ -26,9 +26,10 @@
  *       that arrive, per worker, while one batch of that size runs. Waiting for more would make
  *       this batch larger than the ones the workers can keep up with; sealing earlier would
  *       leave the worker idle later. (With r * beta >= 1 the target is B.)
- *    b. no item arrived for the quiet window q = clamp(quiet_gaps / r_lane, min_quiet, D),
- *       i.e. the stream paused for several mean inter-arrival gaps: nothing is coming, so
- *       waiting until D would only add delay. (Observed by the timer, which samples n.)
+ *    b. no item arrived for the quiet window q = clamp(quiet_gaps * g, min_quiet, D), with g
+ *       the mean gap between items while a batch fills (LoadEstimate::burst_gap_ns, else
+ *       1 / r_lane): the stream paused for several gaps, nothing is coming, so waiting until
+ *       D would only add delay. (Observed by the timer, which samples n.)
  *    Both are reported as `early`.
  * 6. Otherwise wait, and ask again at the earlier of (first item + D) and (last change + q).
  *
@@ -66,6 +67,10 @@ struct LoadEstimate {
     double arrival_rate = 0.0;  ///< Items per nanosecond accepted by the batcher (all lanes).
     double per_batch_ns = 0.0;  ///< alpha: fixed cost of one batch, in ns.
     double per_item_ns = 0.0;   ///< beta: cost of each item, in ns.
+    /// Mean gap between consecutive items of a batch while it fills, in ns, from batches whose
+    /// last item sealed them (so the fill time ends at an arrival); 0 when unknown. Shorter
+    /// than 1 / arrival_rate when items come in bursts (clients answering their results).
+    double burst_gap_ns = 0.0;
 };
 
 /**
@@ -144,7 +149,8 @@ inline std::int64_t quiet_window(const LoadEstimate& load, std::size_t lanes,
     }
     const double lane_rate =
         load.arrival_rate / static_cast<double>(std::max<std::size_t>(1, lanes));
-    double window = SealPolicyConstants::quiet_gaps / lane_rate;
+    const double gap = load.burst_gap_ns > 0.0 ? load.burst_gap_ns : 1.0 / lane_rate;
+    double window = SealPolicyConstants::quiet_gaps * gap;
     if (max_delay >= 0 && window > static_cast<double>(max_delay)) {
         window = static_cast<double>(max_delay);
     }

@@ -2845,9 +2845,10 @@ private:
  *       that arrive, per worker, while one batch of that size runs. Waiting for more would make
  *       this batch larger than the ones the workers can keep up with; sealing earlier would
  *       leave the worker idle later. (With r * beta >= 1 the target is B.)
- *    b. no item arrived for the quiet window q = clamp(quiet_gaps / r_lane, min_quiet, D),
- *       i.e. the stream paused for several mean inter-arrival gaps: nothing is coming, so
- *       waiting until D would only add delay. (Observed by the timer, which samples n.)
+ *    b. no item arrived for the quiet window q = clamp(quiet_gaps * g, min_quiet, D), with g
+ *       the mean gap between items while a batch fills (LoadEstimate::burst_gap_ns, else
+ *       1 / r_lane): the stream paused for several gaps, nothing is coming, so waiting until
+ *       D would only add delay. (Observed by the timer, which samples n.)
  *    Both are reported as `early`.
  * 6. Otherwise wait, and ask again at the earlier of (first item + D) and (last change + q).
  *
@@ -2884,6 +2885,10 @@ struct LoadEstimate {
     double arrival_rate = 0.0;  ///< Items per nanosecond accepted by the batcher (all lanes).
     double per_batch_ns = 0.0;  ///< alpha: fixed cost of one batch, in ns.
     double per_item_ns = 0.0;   ///< beta: cost of each item, in ns.
+    /// Mean gap between consecutive items of a batch while it fills, in ns, from batches whose
+    /// last item sealed them (so the fill time ends at an arrival); 0 when unknown. Shorter
+    /// than 1 / arrival_rate when items come in bursts (clients answering their results).
+    double burst_gap_ns = 0.0;
 };
 
 /**
@@ -2962,7 +2967,8 @@ inline std::int64_t quiet_window(const LoadEstimate& load, std::size_t lanes,
     }
     const double lane_rate =
         load.arrival_rate / static_cast<double>(std::max<std::size_t>(1, lanes));
-    double window = SealPolicyConstants::quiet_gaps / lane_rate;
+    const double gap = load.burst_gap_ns > 0.0 ? load.burst_gap_ns : 1.0 / lane_rate;
+    double window = SealPolicyConstants::quiet_gaps * gap;
     if (max_delay >= 0 && window > static_cast<double>(max_delay)) {
         window = static_cast<double>(max_delay);
     }
@@ -5420,7 +5426,8 @@ private:
         // relaxed: see Buffer::start.
         return batch_size_ - buffers_[buffer].start.load(std::memory_order_relaxed);
     }
-    void note_sealed(std::uint32_t size, std::int64_t now) noexcept;
+    void note_sealed(std::uint32_t size, std::int64_t now, std::int64_t opened_at,
+                     bool at_arrival) noexcept;
     void refresh_producer_threshold() noexcept;
     void wake_timer();
     void seal_for_free_worker();
@@ -5471,8 +5478,12 @@ private:
 
     // ---- Sealing, dispatch, buffer ring: detail/batcher_seal.hpp ---------------------------
 
-    bool seal_current(Lane& lane, DispatchReason reason, std::uint64_t expected, bool only_tagged);
-    void seal_and_dispatch(std::uint32_t buffer, std::uint32_t size, DispatchReason reason);
+    bool seal_current(Lane& lane, DispatchReason reason, std::uint64_t expected, bool only_tagged,
+                      bool at_arrival = false);
+    // at_arrival: the sealer is the producer whose item just joined the batch, so the seal time
+    // is the last arrival's (a burst-gap sample, see note_sealed).
+    void seal_and_dispatch(std::uint32_t buffer, std::uint32_t size, DispatchReason reason,
+                           bool at_arrival = false);
     void post_batch(std::uint32_t buffer);
     void arrive(std::uint32_t index);
     void open_buffer(std::uint32_t index);
@@ -5551,6 +5562,7 @@ private:
     std::atomic<double> rate_items_{0.0};
     std::atomic<double> rate_nanoseconds_{0.0};
     std::atomic<std::uint64_t> rate_samples_{0};
+    std::atomic<double> burst_gap_ns_{0.0};
     std::unique_ptr<T, ItemsDeleter> items_{nullptr, ItemsDeleter{0}};
     std::unique_ptr<detail::Completion<R>[]> completions_;
     std::unique_ptr<std::atomic<std::uint8_t>[]> slot_states_;
@@ -5767,6 +5779,7 @@ LoadEstimate Batcher<T, R, Clock>::load_estimate() const noexcept {
     stats_.fitted_cost(load.per_batch_ns, load.per_item_ns);
     // Eight rate samples (batches sealed after the first) before trusting either estimate.
     load.ready = rate_samples_.load(std::memory_order_relaxed) >= 8;
+    load.burst_gap_ns = burst_gap_ns_.load(std::memory_order_relaxed);
     return load;
 }
 
@@ -5796,9 +5809,20 @@ SealInputs Batcher<T, R, Clock>::policy_inputs(SealTrigger trigger, std::int64_t
 }
 
 // Called by whoever sealed a batch of @p size items at clock ticks @p now: one sample of the
-// arrival rate (items sealed / time since the previous seal, exponentially weighted with 1/8).
+// arrival rate (items sealed / time since the previous seal, exponentially weighted with 1/8)
+// and, when the producer of the last item sealed it (@p at_arrival), one sample of the gap
+// between items while a batch fills: (now - @p opened_at) / (size - 1).
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::note_sealed(std::uint32_t size, std::int64_t now) noexcept {
+void Batcher<T, R, Clock>::note_sealed(std::uint32_t size, std::int64_t now, std::int64_t opened_at,
+                                       bool at_arrival) noexcept {
+    if (at_arrival && size >= 2 && opened_at != unset_time && now >= opened_at) {
+        const double gap =
+            static_cast<double>(to_nanoseconds(now - opened_at)) / static_cast<double>(size - 1);
+        // relaxed: an estimate, as below.
+        const double previous = burst_gap_ns_.load(std::memory_order_relaxed);
+        burst_gap_ns_.store(previous == 0.0 ? gap : 0.875 * previous + 0.125 * gap,
+                            std::memory_order_relaxed);
+    }
     // relaxed: an estimate; concurrent sealers may each see the other's time, which only
     // shortens one interval.
     const std::int64_t previous = last_seal_at_.exchange(now, std::memory_order_relaxed);
@@ -6231,7 +6255,7 @@ void Batcher<T, R, Clock>::initialise() {
 // still the batch whose head (without the count) was @p expected. Returns true if it sealed.
 template <class T, class R, class Clock>
 bool Batcher<T, R, Clock>::seal_current(Lane& lane, DispatchReason reason, std::uint64_t expected,
-                                        bool only_tagged) {
+                                        bool only_tagged, bool at_arrival) {
     // acquire: the buffer we may seal must be read after its opening.
     std::uint64_t head = lane.head.load(std::memory_order_acquire);
     for (;;) {
@@ -6251,7 +6275,8 @@ bool Batcher<T, R, Clock>::seal_current(Lane& lane, DispatchReason reason, std::
         // seq_cst: competes with producers' claims; whoever wins decides the batch size.
         if (lane.head.compare_exchange_weak(head, sealed, std::memory_order_seq_cst,
                                             std::memory_order_acquire)) {
-            seal_and_dispatch(buffer_of(head), static_cast<std::uint32_t>(count - start), reason);
+            seal_and_dispatch(buffer_of(head), static_cast<std::uint32_t>(count - start), reason,
+                              at_arrival);
             return true;
         }
     }
@@ -6260,7 +6285,7 @@ bool Batcher<T, R, Clock>::seal_current(Lane& lane, DispatchReason reason, std::
 // Called exactly once per batch by whoever sealed it, with its final number of items.
 template <class T, class R, class Clock>
 void Batcher<T, R, Clock>::seal_and_dispatch(std::uint32_t buffer, std::uint32_t size,
-                                             DispatchReason reason) {
+                                             DispatchReason reason, bool at_arrival) {
     Buffer& current = buffers_[buffer];
     current.size = size;
     current.reason = reason;
@@ -6274,7 +6299,10 @@ void Batcher<T, R, Clock>::seal_and_dispatch(std::uint32_t buffer, std::uint32_t
     // relaxed: the in-flight limit is a policy input read without ordering; a stale read lets
     // at most one decision see the previous count, and every finishing worker decides again.
     in_flight_batches_.fetch_add(1, std::memory_order_relaxed);
-    note_sealed(size, current.dispatched_at);
+    // relaxed: opened_at was written by the slot-0 producer before its slot state; only an
+    // estimate is computed from it (a stale unset value skips the sample).
+    note_sealed(size, current.dispatched_at, current.opened_at.load(std::memory_order_relaxed),
+                at_arrival);
     // Slots granted to this batch but not used go back to the lane before its next buffer
     // opens. relaxed load: see Buffer::start.
     Lane& lane = lanes_[buffer / buffers_per_lane_];
@@ -6560,7 +6588,7 @@ SubmitStatus Batcher<T, R, Clock>::fill_slot(Lane& lane, std::uint64_t head, std
     // release: publishes the item and completion to the worker that runs this batch.
     slot_states_[slot].store(state, std::memory_order_release);
     if (index + 1 == batch_size_) {
-        seal_and_dispatch(buffer, batch_size_ - start, DispatchReason::full);
+        seal_and_dispatch(buffer, batch_size_ - start, DispatchReason::full, true);
     } else if (index + 1 - start >= producer_threshold_.load(std::memory_order_relaxed) &&
                in_flight_batches_.load(std::memory_order_relaxed) <
                    max_in_flight_.load(std::memory_order_relaxed)) {
@@ -6572,7 +6600,7 @@ SubmitStatus Batcher<T, R, Clock>::fill_slot(Lane& lane, std::uint64_t head, std
             decide_seal(policy_inputs(SealTrigger::producer, 0, index + 1 - start,
                                       batch_size_ - start, unset_time, unset_time));
         if (decision.seal) {
-            seal_current(lane, decision.reason, head & ~count_mask, true);
+            seal_current(lane, decision.reason, head & ~count_mask, true, true);
         }
     }
     if (error) {

@@ -27,6 +27,7 @@ LoadEstimate Batcher<T, R, Clock>::load_estimate() const noexcept {
     stats_.fitted_cost(load.per_batch_ns, load.per_item_ns);
     // Eight rate samples (batches sealed after the first) before trusting either estimate.
     load.ready = rate_samples_.load(std::memory_order_relaxed) >= 8;
+    load.burst_gap_ns = burst_gap_ns_.load(std::memory_order_relaxed);
     return load;
 }
 
@@ -56,9 +57,20 @@ SealInputs Batcher<T, R, Clock>::policy_inputs(SealTrigger trigger, std::int64_t
 }
 
 // Called by whoever sealed a batch of @p size items at clock ticks @p now: one sample of the
-// arrival rate (items sealed / time since the previous seal, exponentially weighted with 1/8).
+// arrival rate (items sealed / time since the previous seal, exponentially weighted with 1/8)
+// and, when the producer of the last item sealed it (@p at_arrival), one sample of the gap
+// between items while a batch fills: (now - @p opened_at) / (size - 1).
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::note_sealed(std::uint32_t size, std::int64_t now) noexcept {
+void Batcher<T, R, Clock>::note_sealed(std::uint32_t size, std::int64_t now, std::int64_t opened_at,
+                                       bool at_arrival) noexcept {
+    if (at_arrival && size >= 2 && opened_at != unset_time && now >= opened_at) {
+        const double gap =
+            static_cast<double>(to_nanoseconds(now - opened_at)) / static_cast<double>(size - 1);
+        // relaxed: an estimate, as below.
+        const double previous = burst_gap_ns_.load(std::memory_order_relaxed);
+        burst_gap_ns_.store(previous == 0.0 ? gap : 0.875 * previous + 0.125 * gap,
+                            std::memory_order_relaxed);
+    }
     // relaxed: an estimate; concurrent sealers may each see the other's time, which only
     // shortens one interval.
     const std::int64_t previous = last_seal_at_.exchange(now, std::memory_order_relaxed);

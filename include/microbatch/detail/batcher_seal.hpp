@@ -110,7 +110,7 @@ void Batcher<T, R, Clock>::initialise() {
 // still the batch whose head (without the count) was @p expected. Returns true if it sealed.
 template <class T, class R, class Clock>
 bool Batcher<T, R, Clock>::seal_current(Lane& lane, DispatchReason reason, std::uint64_t expected,
-                                        bool only_tagged) {
+                                        bool only_tagged, bool at_arrival) {
     // acquire: the buffer we may seal must be read after its opening.
     std::uint64_t head = lane.head.load(std::memory_order_acquire);
     for (;;) {
@@ -130,7 +130,8 @@ bool Batcher<T, R, Clock>::seal_current(Lane& lane, DispatchReason reason, std::
         // seq_cst: competes with producers' claims; whoever wins decides the batch size.
         if (lane.head.compare_exchange_weak(head, sealed, std::memory_order_seq_cst,
                                             std::memory_order_acquire)) {
-            seal_and_dispatch(buffer_of(head), static_cast<std::uint32_t>(count - start), reason);
+            seal_and_dispatch(buffer_of(head), static_cast<std::uint32_t>(count - start), reason,
+                              at_arrival);
             return true;
         }
     }
@@ -139,7 +140,7 @@ bool Batcher<T, R, Clock>::seal_current(Lane& lane, DispatchReason reason, std::
 // Called exactly once per batch by whoever sealed it, with its final number of items.
 template <class T, class R, class Clock>
 void Batcher<T, R, Clock>::seal_and_dispatch(std::uint32_t buffer, std::uint32_t size,
-                                             DispatchReason reason) {
+                                             DispatchReason reason, bool at_arrival) {
     Buffer& current = buffers_[buffer];
     current.size = size;
     current.reason = reason;
@@ -153,7 +154,10 @@ void Batcher<T, R, Clock>::seal_and_dispatch(std::uint32_t buffer, std::uint32_t
     // relaxed: the in-flight limit is a policy input read without ordering; a stale read lets
     // at most one decision see the previous count, and every finishing worker decides again.
     in_flight_batches_.fetch_add(1, std::memory_order_relaxed);
-    note_sealed(size, current.dispatched_at);
+    // relaxed: opened_at was written by the slot-0 producer before its slot state; only an
+    // estimate is computed from it (a stale unset value skips the sample).
+    note_sealed(size, current.dispatched_at, current.opened_at.load(std::memory_order_relaxed),
+                at_arrival);
     // Slots granted to this batch but not used go back to the lane before its next buffer
     // opens. relaxed load: see Buffer::start.
     Lane& lane = lanes_[buffer / buffers_per_lane_];

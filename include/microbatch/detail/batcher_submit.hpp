@@ -116,7 +116,7 @@ SubmitStatus Batcher<T, R, Clock>::fill_slot(Lane& lane, std::uint64_t head, std
     // release: publishes the item and completion to the worker that runs this batch.
     slot_states_[slot].store(state, std::memory_order_release);
     if (index + 1 == batch_size_) {
-        seal_and_dispatch(buffer, batch_size_ - start, DispatchReason::full);
+        seal_and_dispatch(buffer, batch_size_ - start, DispatchReason::full, true);
     } else if (index + 1 - start >= producer_threshold_.load(std::memory_order_relaxed) &&
                in_flight_batches_.load(std::memory_order_relaxed) <
                    max_in_flight_.load(std::memory_order_relaxed)) {
@@ -128,7 +128,7 @@ SubmitStatus Batcher<T, R, Clock>::fill_slot(Lane& lane, std::uint64_t head, std
             decide_seal(policy_inputs(SealTrigger::producer, 0, index + 1 - start,
                                       batch_size_ - start, unset_time, unset_time));
         if (decision.seal) {
-            seal_current(lane, decision.reason, head & ~count_mask, true);
+            seal_current(lane, decision.reason, head & ~count_mask, true, true);
         }
     }
     if (error) {
