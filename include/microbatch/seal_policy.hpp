@@ -21,7 +21,7 @@
  *    i.e. the batch was held past D because every worker was busy).
  * 5. Early sealing (Options::seal_early, on by default), only with a time bound (without one
  *    the user asked for batches that fill up) and once the estimates are ready:
- *    a. n >= target, where target = ceil(r * alpha / (1 - r * beta)) with r the arrival rate per
+ *    a. n >= target, where target = round(r * alpha / (1 - r * beta)) with r the arrival rate per
  *       in-flight slot (items/ns / M) and alpha, beta the fitted batch cost: the number of items
  *       that arrive, per worker, while one batch of that size runs. Waiting for more would make
  *       this batch larger than the ones the workers can keep up with; sealing earlier would
@@ -131,7 +131,10 @@ inline std::size_t target_batch_size(const LoadEstimate& load, std::size_t max_i
     if (!(remaining > 0.0)) {
         return max_batch_size;  // the per-item cost alone outruns the workers: fill up
     }
-    const double target = std::ceil(rate * load.per_batch_ns / remaining);
+    // Rounded to the nearest count, not up: the estimate hovers around the true steady-state
+    // size (e.g. N clients that each wait for their result), and rounding 4.02 up to 5 would
+    // make every batch of 4 wait for an item that never comes.
+    const double target = std::ceil(rate * load.per_batch_ns / remaining - 0.5);
     if (!(target < static_cast<double>(max_batch_size))) {
         return max_batch_size;
     }
