@@ -10,9 +10,18 @@
 // that were submitted, including the partial batch still pending when the batcher was closed.
 // Any difference is reported and the exit status is 1.
 //
+// Durable mode (--durable) is group commit: each producer submits one row and waits for its
+// commit (`batcher.submit(row).get()`) before the next, so at most `producers` rows are ever
+// pending. It runs at the library's default max_delay (1 ms): while the worker is committing,
+// the waiting producers' rows collect into the next batch, and while it is free a partial
+// batch is sealed as soon as waiting for more rows cannot pay, so B > 1 shares each fsync
+// among the producers instead of idling for the delay.
+//
 //   sqlite_writer                          # 20,000 rows per run (each run capped at 8 s)
 //   sqlite_writer --batch-sizes 1,64,1024 --rows 50000
+//   sqlite_writer --durable                # producers wait for their commits (group commit)
 //   sqlite_writer --test                   # short bounded run for CTest
+//   sqlite_writer --test --durable         # short bounded durable run for CTest
 #include <sqlite3.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -52,12 +61,16 @@ constexpr const char* usage_text =
     "  --max-seconds N     stop submitting after N seconds per run (default 8)\n"
     "  --batch-sizes LIST  comma-separated max_batch_size values (default 1,16,256)\n"
     "  --producers N       producer threads (default 4)\n"
-    "  --delay-us N        max_delay in microseconds (default 5000)\n"
+    "  --delay-us N        max_delay in microseconds (default 5000; with --durable, the\n"
+    "                      library default, 1 ms)\n"
+    "  --durable           each producer waits for its row's commit before submitting the\n"
+    "                      next (submit(row).get(): group commit)\n"
     "  --dir PATH          where the temporary database directory is created\n"
     "                      (default $TMPDIR or /tmp)\n"
     "  --keep              keep the database files (their path is printed)\n"
     "  --test              short bounded run for CTest (1000 rows, 3 s per run, no deadline:\n"
-    "                      every partial batch waits for close())\n"
+    "                      every partial batch waits for close()); with --durable, 300 rows\n"
+    "                      at the default max_delay\n"
     "  --help              show this help\n";
 
 struct Config {
@@ -66,6 +79,8 @@ struct Config {
     std::vector<std::size_t> batch_sizes{1, 16, 256};
     std::size_t producers = 4;
     std::size_t delay_us = 5000;
+    bool delay_set = false;    // --delay-us given (durable mode otherwise keeps the default)
+    bool durable = false;      // producers wait for their own row's commit
     bool no_deadline = false;  // test mode: partial batches are dispatched only by close()
     std::string dir;
     bool keep = false;
@@ -144,6 +159,9 @@ Config parse_command_line(int argc, char** argv) {
         } else if (flag == "--keep") {
             no_value();
             config.keep = true;
+        } else if (flag == "--durable") {
+            no_value();
+            config.durable = true;
         } else if (flag == "--rows") {
             config.rows = parse_count(flag, take_value(), 1, 10000000);
         } else if (flag == "--max-seconds") {
@@ -154,6 +172,7 @@ Config parse_command_line(int argc, char** argv) {
             config.producers = parse_count(flag, take_value(), 1, 64);
         } else if (flag == "--delay-us") {
             config.delay_us = parse_count(flag, take_value(), 0, 10000000);
+            config.delay_set = true;
         } else if (flag == "--dir") {
             config.dir = take_value();
             if (config.dir.empty()) {
@@ -164,9 +183,12 @@ Config parse_command_line(int argc, char** argv) {
         }
     }
     if (config.test) {
-        config.rows = 1000;
+        config.rows = config.durable ? 300 : 1000;
         config.max_seconds = 3;
-        config.no_deadline = true;
+        // A durable producer waits for its row's commit, so a partial batch must not wait for
+        // close(): durable tests run at the default max_delay.
+        config.no_deadline = !config.durable;
+        config.delay_set = config.delay_set && !config.durable;
     }
     if (config.dir.empty()) {
         const char* tmpdir = std::getenv("TMPDIR");
@@ -302,8 +324,24 @@ struct RunResult {
     double seconds = 0;
     std::uint64_t commits = 0;
     std::uint64_t rows_at_close = 0;
+    std::size_t acknowledged = 0;       // durable mode: submit(row).get() returned
+    std::uint64_t sealed_early = 0;     // partial batches sealed before max_delay
+    std::uint64_t sealed_at_delay = 0;  // partial batches sealed at max_delay (or later, busy)
+    double mean_fill_us = 0;            // first row accepted -> batch sealed
     std::vector<std::string> errors;
 };
+
+// The batcher's options: one worker (SQLite has one writer per database anyway). Durable mode
+// keeps the library's default max_delay unless --delay-us was given.
+microbatch::Options batcher_options(const Config& config, std::size_t batch_size) {
+    microbatch::Options options = microbatch::Options{}.max_batch_size(batch_size).workers(1);
+    if (config.no_deadline) {
+        options.max_delay(std::chrono::nanoseconds::max());
+    } else if (!config.durable || config.delay_set) {
+        options.max_delay(std::chrono::microseconds(config.delay_us));
+    }
+    return options;
+}
 
 // Submits up to config.rows rows from config.producers threads (stopping early after
 // config.max_seconds), closes the batcher, and returns what happened.
@@ -312,20 +350,16 @@ RunResult run(const Config& config, std::size_t batch_size, const std::string& p
     RunResult result;
     result.batch_size = batch_size;
     BatchWriter writer(path);
-    // One worker: SQLite has one writer per database anyway.
     microbatch::Batcher<Row> batcher(
-        microbatch::Options{}
-            .max_batch_size(batch_size)
-            .max_delay(config.no_deadline
-                           ? std::chrono::nanoseconds::max()
-                           : std::chrono::nanoseconds(std::chrono::microseconds(config.delay_us)))
-            .workers(1),
+        batcher_options(config, batch_size),
         [&writer](microbatch::Batch<Row>& batch) { writer.write(batch); });
 
     using Clock = std::chrono::steady_clock;
     const Clock::time_point start = Clock::now();
     const Clock::time_point stop_at = start + std::chrono::seconds(config.max_seconds);
     std::atomic<std::size_t> next_id{0};
+    std::atomic<std::size_t> acknowledged{0};
+    std::atomic<std::size_t> durable_failures{0};
     submitted_by.assign(config.rows, -1);
     std::vector<std::thread> producers;
     for (std::size_t p = 0; p < config.producers; ++p) {
@@ -343,7 +377,17 @@ RunResult run(const Config& config, std::size_t batch_size, const std::string& p
                 const Row row{static_cast<std::int64_t>(id), static_cast<std::int32_t>(p),
                               value_of(static_cast<std::int64_t>(id))};
                 submitted_by[id] = row.producer;  // each id is written by one thread only
-                batcher.post(row);                // blocks while the batcher is full
+                if (!config.durable) {
+                    batcher.post(row);  // blocks while the batcher is full
+                    continue;
+                }
+                // Group commit: wait until the transaction holding this row has committed.
+                try {
+                    batcher.submit(row).get();
+                    acknowledged.fetch_add(1, std::memory_order_relaxed);
+                } catch (const std::exception&) {
+                    durable_failures.fetch_add(1, std::memory_order_relaxed);
+                }
             }
         });
     }
@@ -356,8 +400,27 @@ RunResult run(const Config& config, std::size_t batch_size, const std::string& p
     result.rows = std::min(next_id.load(), config.rows);
     result.commits = writer.commits();
     result.rows_at_close = writer.rows_at_close();
+    result.acknowledged = acknowledged.load();
+
+    if (config.durable) {
+        // Every producer had its last commit before close(): nothing was left for close().
+        if (result.acknowledged != result.rows || durable_failures.load() != 0) {
+            result.errors.push_back(std::to_string(result.acknowledged) + " of " +
+                                    std::to_string(result.rows) + " rows acknowledged, " +
+                                    std::to_string(durable_failures.load()) + " get() threw");
+        }
+        if (result.rows_at_close != 0) {
+            result.errors.push_back(std::to_string(result.rows_at_close) +
+                                    " rows committed by close() although every producer had "
+                                    "waited for its commit");
+        }
+    }
 
     const microbatch::Stats stats = batcher.stats();
+    result.sealed_early = stats.batches_early;
+    result.sealed_at_delay = stats.batches_deadline + stats.batches_worker_free;
+    result.mean_fill_us =
+        std::chrono::duration<double, std::micro>(stats.queue_delay.mean()).count();
     if (stats.items_failed != 0) {
         result.errors.push_back(std::to_string(stats.items_failed) + " rows failed to insert");
     }
@@ -433,12 +496,21 @@ int main(int argc, char** argv) {
     }
     const std::string dir = dir_template;
 
+    const microbatch::Options shown = batcher_options(config, 1);
+    const std::string delay_text =
+        config.no_deadline
+            ? "no max_delay (partial batches wait for close())"
+            : "max_delay " +
+                  std::to_string(
+                      std::chrono::duration_cast<std::chrono::microseconds>(shown.max_delay())
+                          .count()) +
+                  " us" + (config.durable && !config.delay_set ? " (default)" : "");
     std::printf(
-        "sqlite_writer: SQLite %s, WAL, synchronous=FULL, %zu producers, up to %zu rows or %zu "
+        "sqlite_writer: SQLite %s, WAL, synchronous=FULL, %zu producers%s, up to %zu rows or %zu "
         "s per run, %s\n",
-        sqlite3_libversion(), config.producers, config.rows, config.max_seconds,
-        config.no_deadline ? "no max_delay (partial batches wait for close())"
-                           : ("max_delay " + std::to_string(config.delay_us) + " us").c_str());
+        sqlite3_libversion(), config.producers,
+        config.durable ? " each waiting for its row's commit (durable)" : "", config.rows,
+        config.max_seconds, delay_text.c_str());
     std::printf("database directory: %s%s\n", dir.c_str(), config.keep ? " (kept)" : "");
     std::fflush(stdout);
 
@@ -497,6 +569,10 @@ int main(int argc, char** argv) {
         return fixed(
             r.commits == 0 ? 0.0 : static_cast<double>(r.rows) / static_cast<double>(r.commits), 1);
     });
+    row("sealed early / at delay", [](const RunResult& r) {
+        return std::to_string(r.sealed_early) + "/" + std::to_string(r.sealed_at_delay);
+    });
+    row("mean fill time (us)", [&](const RunResult& r) { return fixed(r.mean_fill_us, 0); });
     row("rows committed by close",
         [](const RunResult& r) { return std::to_string(r.rows_at_close); });
     const std::string speedup_label =
