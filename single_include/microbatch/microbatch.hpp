@@ -3836,6 +3836,10 @@ struct LatencySummary {
             return std::chrono::nanoseconds(static_cast<std::int64_t>(index));
         }
         const std::size_t msb = index / 4;
+        if (msb < 2) {
+            return std::chrono::nanoseconds(
+                3);  // buckets 4-7 are never used: values < 4 sit in 0-3
+        }
         if (msb >= 62) {
             return std::chrono::nanoseconds::max();
         }
