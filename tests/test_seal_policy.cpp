@@ -252,3 +252,27 @@ TEST_CASE("Latency histogram reports percentiles within a quarter of the true va
         }
     }
 }
+
+TEST_CASE("Seal policy seals early once the usual population of pending items is here",
+          "[seal_policy]") {
+    SealInputs in = base();
+    in.load.ready = true;
+    in.load.arrival_rate = 4.0 / static_cast<double>(ms);  // no target rule: alpha is 0
+    in.load.population = 4.2;  // e.g. four clients that each wait for their result
+    in.last_change_at = in.now;
+    in.count = 3;
+    in.pending = 3;
+    CHECK_FALSE(decide_seal(in).seal);
+    in.count = 4;
+    in.pending = 4;
+    const SealDecision decision = decide_seal(in);
+    CHECK(decision.seal);
+    CHECK(decision.reason == DispatchReason::early);
+    in.in_flight = 1;  // busy: the batch grows instead
+    in.pending = 12;
+    CHECK_FALSE(decide_seal(in).seal);
+    in.in_flight = 0;
+    in.seal_early = false;
+    in.pending = 4;
+    CHECK_FALSE(decide_seal(in).seal);
+}

@@ -618,8 +618,20 @@ private:
     // ---- Load, policy inputs: detail/batcher_policy.hpp ------------------------------------
     LoadEstimate load_estimate() const noexcept;
     SealInputs policy_inputs(SealTrigger trigger, std::int64_t now, std::size_t count,
-                             std::size_t bound, std::int64_t opened_at,
+                             std::size_t pending, std::size_t bound, std::int64_t opened_at,
                              std::int64_t last_change_at) const noexcept;
+    // Items pending if the open batch holds @p count: those in flight plus @p count.
+    std::size_t pending_with(std::uint64_t count) const noexcept {
+        // relaxed: a policy input (see in_flight_batches_).
+        return static_cast<std::size_t>(in_flight_items_.load(std::memory_order_relaxed) + count);
+    }
+    // Rule 5c's cheap test for producers: the batch's @p count items plus those in flight reach
+    // the usual population (population_threshold_, 0 when the rule is off).
+    bool reaches_population(std::uint64_t count) const noexcept {
+        // relaxed: policy inputs; decide_seal confirms.
+        const std::uint32_t threshold = population_threshold_.load(std::memory_order_relaxed);
+        return threshold != 0 && pending_with(count) >= threshold;
+    }
     // The size bound of the batch in buffer @p buffer (the batch size in force when it opened,
     // or fewer when the lane was short of free items).
     std::uint32_t bound_of(std::uint32_t buffer) const noexcept {
@@ -763,6 +775,10 @@ private:
     std::atomic<double> rate_nanoseconds_{0.0};
     std::atomic<std::uint64_t> rate_samples_{0};
     std::atomic<double> burst_gap_ns_{0.0};
+    std::atomic<double> population_{0.0};
+    // round(population_) while early sealing may use it, else 0: producers seal (worker free)
+    // once their batch's items plus the items in flight reach it (rule 5c).
+    std::atomic<std::uint32_t> population_threshold_{0};
     std::unique_ptr<T, ItemsDeleter> items_{nullptr, ItemsDeleter{0}};
     std::unique_ptr<detail::Completion<R>[]> completions_;
     std::unique_ptr<std::atomic<std::uint8_t>[]> slot_states_;

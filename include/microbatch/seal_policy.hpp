@@ -30,7 +30,12 @@
  *       the mean gap between items while a batch fills (LoadEstimate::burst_gap_ns, else
  *       1 / r_lane): the stream paused for several gaps, nothing is coming, so waiting until
  *       D would only add delay. (Observed by the timer, which samples n.)
- *    Both are reported as `early`.
+ *    c. every item the batcher usually holds at once is here: pending (accepted, unfinished
+ *       items, the open batch's included) >= round(population), the slowly decaying maximum
+ *       of pending at recent seals. With N clients that each wait for their result it seals
+ *       the moment the N-th arrives; with a stream of independent arrivals the maximum stays
+ *       above the typical pending count and the rule rarely applies.
+ *    All three are reported as `early`.
  * 6. Otherwise wait, and ask again at the earlier of (first item + D) and (last change + q).
  *
  * D stays a hard bound on waiting while a worker is free; `max_delay(0)` means "seal as soon as
@@ -71,6 +76,10 @@ struct LoadEstimate {
     /// last item sealed them (so the fill time ends at an arrival); 0 when unknown. Shorter
     /// than 1 / arrival_rate when items come in bursts (clients answering their results).
     double burst_gap_ns = 0.0;
+    /// How many items are usually pending at once: a slowly decaying maximum of the items
+    /// accepted and unfinished at each seal; 0 when unknown. With clients that each wait for
+    /// their result (closed loop) it is the number of clients.
+    double population = 0.0;
 };
 
 /**
@@ -84,7 +93,8 @@ struct SealInputs {
     SealTrigger trigger = SealTrigger::producer;  ///< Who asks.
     std::int64_t now = 0;                         ///< The current time.
     std::size_t count = 0;                        ///< Items in the open batch.
-    std::int64_t opened_at = unset;       ///< When its first item was accepted (unset: unknown).
+    std::size_t pending = 0;         ///< Items accepted and unfinished (the open batch's included).
+    std::int64_t opened_at = unset;  ///< When its first item was accepted (unset: unknown).
     std::int64_t last_change_at = unset;  ///< When n was last seen to change (timer only).
     std::size_t max_batch_size = 1;       ///< B, as currently set.
     std::int64_t max_delay = 0;           ///< D in ns; negative: no time bound.
@@ -218,6 +228,12 @@ inline SealDecision decide_seal(const SealInputs& in) noexcept {
     if (in.seal_early && timed) {
         const std::size_t target = target_batch_size(in.load, in.max_in_flight, in.max_batch_size);
         if (target != 0 && in.count >= target) {  // rule 5a
+            decision.seal = true;
+            decision.reason = DispatchReason::early;
+            return decision;
+        }
+        if (in.load.ready && in.load.population >= 1.0 &&
+            static_cast<double>(in.pending) >= std::floor(in.load.population + 0.5)) {  // 5c
             decision.seal = true;
             decision.reason = DispatchReason::early;
             return decision;

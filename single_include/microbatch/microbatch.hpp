@@ -2849,7 +2849,12 @@ private:
  *       the mean gap between items while a batch fills (LoadEstimate::burst_gap_ns, else
  *       1 / r_lane): the stream paused for several gaps, nothing is coming, so waiting until
  *       D would only add delay. (Observed by the timer, which samples n.)
- *    Both are reported as `early`.
+ *    c. every item the batcher usually holds at once is here: pending (accepted, unfinished
+ *       items, the open batch's included) >= round(population), the slowly decaying maximum
+ *       of pending at recent seals. With N clients that each wait for their result it seals
+ *       the moment the N-th arrives; with a stream of independent arrivals the maximum stays
+ *       above the typical pending count and the rule rarely applies.
+ *    All three are reported as `early`.
  * 6. Otherwise wait, and ask again at the earlier of (first item + D) and (last change + q).
  *
  * D stays a hard bound on waiting while a worker is free; `max_delay(0)` means "seal as soon as
@@ -2889,6 +2894,10 @@ struct LoadEstimate {
     /// last item sealed them (so the fill time ends at an arrival); 0 when unknown. Shorter
     /// than 1 / arrival_rate when items come in bursts (clients answering their results).
     double burst_gap_ns = 0.0;
+    /// How many items are usually pending at once: a slowly decaying maximum of the items
+    /// accepted and unfinished at each seal; 0 when unknown. With clients that each wait for
+    /// their result (closed loop) it is the number of clients.
+    double population = 0.0;
 };
 
 /**
@@ -2902,7 +2911,8 @@ struct SealInputs {
     SealTrigger trigger = SealTrigger::producer;  ///< Who asks.
     std::int64_t now = 0;                         ///< The current time.
     std::size_t count = 0;                        ///< Items in the open batch.
-    std::int64_t opened_at = unset;       ///< When its first item was accepted (unset: unknown).
+    std::size_t pending = 0;         ///< Items accepted and unfinished (the open batch's included).
+    std::int64_t opened_at = unset;  ///< When its first item was accepted (unset: unknown).
     std::int64_t last_change_at = unset;  ///< When n was last seen to change (timer only).
     std::size_t max_batch_size = 1;       ///< B, as currently set.
     std::int64_t max_delay = 0;           ///< D in ns; negative: no time bound.
@@ -3036,6 +3046,12 @@ inline SealDecision decide_seal(const SealInputs& in) noexcept {
     if (in.seal_early && timed) {
         const std::size_t target = target_batch_size(in.load, in.max_in_flight, in.max_batch_size);
         if (target != 0 && in.count >= target) {  // rule 5a
+            decision.seal = true;
+            decision.reason = DispatchReason::early;
+            return decision;
+        }
+        if (in.load.ready && in.load.population >= 1.0 &&
+            static_cast<double>(in.pending) >= std::floor(in.load.population + 0.5)) {  // 5c
             decision.seal = true;
             decision.reason = DispatchReason::early;
             return decision;
@@ -5425,8 +5441,20 @@ private:
     // ---- Load, policy inputs: detail/batcher_policy.hpp ------------------------------------
     LoadEstimate load_estimate() const noexcept;
     SealInputs policy_inputs(SealTrigger trigger, std::int64_t now, std::size_t count,
-                             std::size_t bound, std::int64_t opened_at,
+                             std::size_t pending, std::size_t bound, std::int64_t opened_at,
                              std::int64_t last_change_at) const noexcept;
+    // Items pending if the open batch holds @p count: those in flight plus @p count.
+    std::size_t pending_with(std::uint64_t count) const noexcept {
+        // relaxed: a policy input (see in_flight_batches_).
+        return static_cast<std::size_t>(in_flight_items_.load(std::memory_order_relaxed) + count);
+    }
+    // Rule 5c's cheap test for producers: the batch's @p count items plus those in flight reach
+    // the usual population (population_threshold_, 0 when the rule is off).
+    bool reaches_population(std::uint64_t count) const noexcept {
+        // relaxed: policy inputs; decide_seal confirms.
+        const std::uint32_t threshold = population_threshold_.load(std::memory_order_relaxed);
+        return threshold != 0 && pending_with(count) >= threshold;
+    }
     // The size bound of the batch in buffer @p buffer (the batch size in force when it opened,
     // or fewer when the lane was short of free items).
     std::uint32_t bound_of(std::uint32_t buffer) const noexcept {
@@ -5570,6 +5598,10 @@ private:
     std::atomic<double> rate_nanoseconds_{0.0};
     std::atomic<std::uint64_t> rate_samples_{0};
     std::atomic<double> burst_gap_ns_{0.0};
+    std::atomic<double> population_{0.0};
+    // round(population_) while early sealing may use it, else 0: producers seal (worker free)
+    // once their batch's items plus the items in flight reach it (rule 5c).
+    std::atomic<std::uint32_t> population_threshold_{0};
     std::unique_ptr<T, ItemsDeleter> items_{nullptr, ItemsDeleter{0}};
     std::unique_ptr<detail::Completion<R>[]> completions_;
     std::unique_ptr<std::atomic<std::uint8_t>[]> slot_states_;
@@ -5767,6 +5799,7 @@ void Batcher<T, R, Clock>::begin_close() {
  */
 
 #include <algorithm>
+#include <cmath>
 
 
 namespace microbatch {
@@ -5787,18 +5820,20 @@ LoadEstimate Batcher<T, R, Clock>::load_estimate() const noexcept {
     // Eight rate samples (batches sealed after the first) before trusting either estimate.
     load.ready = rate_samples_.load(std::memory_order_relaxed) >= 8;
     load.burst_gap_ns = burst_gap_ns_.load(std::memory_order_relaxed);
+    load.population = population_.load(std::memory_order_relaxed);
     return load;
 }
 
 template <class T, class R, class Clock>
 SealInputs Batcher<T, R, Clock>::policy_inputs(SealTrigger trigger, std::int64_t now,
-                                               std::size_t count, std::size_t bound,
-                                               std::int64_t opened_at,
+                                               std::size_t count, std::size_t pending,
+                                               std::size_t bound, std::int64_t opened_at,
                                                std::int64_t last_change_at) const noexcept {
     SealInputs in;
     in.trigger = trigger;
     in.now = to_nanoseconds(now);
     in.count = count;
+    in.pending = pending;
     in.opened_at = opened_at == unset_time ? SealInputs::unset : to_nanoseconds(opened_at);
     in.last_change_at =
         last_change_at == unset_time ? SealInputs::unset : to_nanoseconds(last_change_at);
@@ -5848,6 +5883,11 @@ void Batcher<T, R, Clock>::note_sealed(std::uint32_t size, std::int64_t now, std
         rate_nanoseconds_.store(nanoseconds, std::memory_order_relaxed);
         rate_samples_.fetch_add(1, std::memory_order_relaxed);
     }
+    // Population: items pending at this seal (those in flight, this batch's included), as a
+    // maximum that decays by 1/16 per seal so that it follows a shrinking load.
+    const double pending = static_cast<double>(in_flight_items_.load(std::memory_order_relaxed));
+    const double decayed = population_.load(std::memory_order_relaxed) * (15.0 / 16.0);
+    population_.store(pending > decayed ? pending : decayed, std::memory_order_relaxed);
     refresh_producer_threshold();
 }
 
@@ -5860,6 +5900,11 @@ void Batcher<T, R, Clock>::refresh_producer_threshold() noexcept {
                                 current_batch_size_.load(std::memory_order_relaxed),
                                 delay < 0 ? -1 : to_nanoseconds(delay), seal_early_);
     producer_threshold_.store(static_cast<std::uint32_t>(threshold), std::memory_order_relaxed);
+    const LoadEstimate load = load_estimate();
+    const bool population_rule = seal_early_ && delay > 0 && load.ready && load.population >= 1.0;
+    population_threshold_.store(
+        population_rule ? static_cast<std::uint32_t>(std::floor(load.population + 0.5)) : 0,
+        std::memory_order_relaxed);
 }
 
 template <class T, class R, class Clock>
@@ -5899,6 +5944,7 @@ void Batcher<T, R, Clock>::seal_for_free_worker() {
         const SealDecision decision = decide_seal(
             policy_inputs(SealTrigger::worker_finished, clock_.now().time_since_epoch().count(),
                           static_cast<std::size_t>(filling_count(oldest_head)),
+                          pending_with(filling_count(oldest_head)),
                           bound_of(buffer_of(oldest_head)), oldest_opened, unset_time));
         if (!decision.seal) {
             waiting_batch = true;
@@ -6596,16 +6642,17 @@ SubmitStatus Batcher<T, R, Clock>::fill_slot(Lane& lane, std::uint64_t head, std
     slot_states_[slot].store(state, std::memory_order_release);
     if (index + 1 == batch_size_) {
         seal_and_dispatch(buffer, batch_size_ - start, DispatchReason::full, true);
-    } else if (index + 1 - start >= producer_threshold_.load(std::memory_order_relaxed) &&
+    } else if ((index + 1 - start >= producer_threshold_.load(std::memory_order_relaxed) ||
+                reaches_population(index + 1 - start)) &&
                in_flight_batches_.load(std::memory_order_relaxed) <
                    max_in_flight_.load(std::memory_order_relaxed)) {
         // A worker is free and the batch reached the size the policy seals at without a clock
         // (max_delay 0, or early sealing's target): confirm with the policy and seal it here,
         // rather than wait for the timer to wake. relaxed loads: policy inputs, see
         // in_flight_batches_; a stale value only delays the seal to the timer or a worker.
-        const SealDecision decision =
-            decide_seal(policy_inputs(SealTrigger::producer, 0, index + 1 - start,
-                                      batch_size_ - start, unset_time, unset_time));
+        const SealDecision decision = decide_seal(policy_inputs(
+            SealTrigger::producer, 0, index + 1 - start, pending_with(index + 1 - start),
+            batch_size_ - start, unset_time, unset_time));
         if (decision.seal) {
             seal_current(lane, decision.reason, head & ~count_mask, true, true);
         }
@@ -6777,9 +6824,9 @@ void Batcher<T, R, Clock>::run_timer() {
                 seen[l].count = count;
                 seen[l].changed_at = now;
             }
-            const SealDecision decision = decide_seal(
-                policy_inputs(SealTrigger::timer, now, static_cast<std::size_t>(count),
-                              bound_of(buffer_of(head)), opened_at, seen[l].changed_at));
+            const SealDecision decision = decide_seal(policy_inputs(
+                SealTrigger::timer, now, static_cast<std::size_t>(count), pending_with(count),
+                bound_of(buffer_of(head)), opened_at, seen[l].changed_at));
             if (decision.seal) {
                 // Unlocked: dispatching may run the batch inline (an inline executor), and its
                 // submits may need to wake this timer.

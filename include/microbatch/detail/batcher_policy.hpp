@@ -7,6 +7,7 @@
  */
 
 #include <algorithm>
+#include <cmath>
 
 #include "microbatch/batcher.hpp"
 
@@ -28,18 +29,20 @@ LoadEstimate Batcher<T, R, Clock>::load_estimate() const noexcept {
     // Eight rate samples (batches sealed after the first) before trusting either estimate.
     load.ready = rate_samples_.load(std::memory_order_relaxed) >= 8;
     load.burst_gap_ns = burst_gap_ns_.load(std::memory_order_relaxed);
+    load.population = population_.load(std::memory_order_relaxed);
     return load;
 }
 
 template <class T, class R, class Clock>
 SealInputs Batcher<T, R, Clock>::policy_inputs(SealTrigger trigger, std::int64_t now,
-                                               std::size_t count, std::size_t bound,
-                                               std::int64_t opened_at,
+                                               std::size_t count, std::size_t pending,
+                                               std::size_t bound, std::int64_t opened_at,
                                                std::int64_t last_change_at) const noexcept {
     SealInputs in;
     in.trigger = trigger;
     in.now = to_nanoseconds(now);
     in.count = count;
+    in.pending = pending;
     in.opened_at = opened_at == unset_time ? SealInputs::unset : to_nanoseconds(opened_at);
     in.last_change_at =
         last_change_at == unset_time ? SealInputs::unset : to_nanoseconds(last_change_at);
@@ -89,6 +92,11 @@ void Batcher<T, R, Clock>::note_sealed(std::uint32_t size, std::int64_t now, std
         rate_nanoseconds_.store(nanoseconds, std::memory_order_relaxed);
         rate_samples_.fetch_add(1, std::memory_order_relaxed);
     }
+    // Population: items pending at this seal (those in flight, this batch's included), as a
+    // maximum that decays by 1/16 per seal so that it follows a shrinking load.
+    const double pending = static_cast<double>(in_flight_items_.load(std::memory_order_relaxed));
+    const double decayed = population_.load(std::memory_order_relaxed) * (15.0 / 16.0);
+    population_.store(pending > decayed ? pending : decayed, std::memory_order_relaxed);
     refresh_producer_threshold();
 }
 
@@ -101,6 +109,11 @@ void Batcher<T, R, Clock>::refresh_producer_threshold() noexcept {
                                 current_batch_size_.load(std::memory_order_relaxed),
                                 delay < 0 ? -1 : to_nanoseconds(delay), seal_early_);
     producer_threshold_.store(static_cast<std::uint32_t>(threshold), std::memory_order_relaxed);
+    const LoadEstimate load = load_estimate();
+    const bool population_rule = seal_early_ && delay > 0 && load.ready && load.population >= 1.0;
+    population_threshold_.store(
+        population_rule ? static_cast<std::uint32_t>(std::floor(load.population + 0.5)) : 0,
+        std::memory_order_relaxed);
 }
 
 template <class T, class R, class Clock>
@@ -140,6 +153,7 @@ void Batcher<T, R, Clock>::seal_for_free_worker() {
         const SealDecision decision = decide_seal(
             policy_inputs(SealTrigger::worker_finished, clock_.now().time_since_epoch().count(),
                           static_cast<std::size_t>(filling_count(oldest_head)),
+                          pending_with(filling_count(oldest_head)),
                           bound_of(buffer_of(oldest_head)), oldest_opened, unset_time));
         if (!decision.seal) {
             waiting_batch = true;

@@ -117,16 +117,17 @@ SubmitStatus Batcher<T, R, Clock>::fill_slot(Lane& lane, std::uint64_t head, std
     slot_states_[slot].store(state, std::memory_order_release);
     if (index + 1 == batch_size_) {
         seal_and_dispatch(buffer, batch_size_ - start, DispatchReason::full, true);
-    } else if (index + 1 - start >= producer_threshold_.load(std::memory_order_relaxed) &&
+    } else if ((index + 1 - start >= producer_threshold_.load(std::memory_order_relaxed) ||
+                reaches_population(index + 1 - start)) &&
                in_flight_batches_.load(std::memory_order_relaxed) <
                    max_in_flight_.load(std::memory_order_relaxed)) {
         // A worker is free and the batch reached the size the policy seals at without a clock
         // (max_delay 0, or early sealing's target): confirm with the policy and seal it here,
         // rather than wait for the timer to wake. relaxed loads: policy inputs, see
         // in_flight_batches_; a stale value only delays the seal to the timer or a worker.
-        const SealDecision decision =
-            decide_seal(policy_inputs(SealTrigger::producer, 0, index + 1 - start,
-                                      batch_size_ - start, unset_time, unset_time));
+        const SealDecision decision = decide_seal(policy_inputs(
+            SealTrigger::producer, 0, index + 1 - start, pending_with(index + 1 - start),
+            batch_size_ - start, unset_time, unset_time));
         if (decision.seal) {
             seal_current(lane, decision.reason, head & ~count_mask, true, true);
         }
