@@ -345,8 +345,12 @@ void run_one(const std::uint8_t* data, std::size_t size) {
             options.workers(1 + (executor_byte >> 2) % 2);
             break;
     }
-    const bool deterministic =
-        executor_mode == ExecutorMode::inline_ && delay_mode != DelayMode::zero;
+    // Early sealing (seal_policy.hpp rule 5) decides from measured load (arrival rate, the
+    // population of pending items), which the model does not track: exact batches are
+    // predicted only without it (off, or no time bound, which turns it off).
+    const bool deterministic = executor_mode == ExecutorMode::inline_ &&
+                               delay_mode != DelayMode::zero &&
+                               (!options.seal_early() || delay_mode == DelayMode::none);
 
     Run run(max_operations);
     const bool single_buffer =
