@@ -523,10 +523,10 @@ void run_one(const std::uint8_t* data, std::size_t size) {
                     break;
                 case 13: {
                     // Takes effect from the next batch: the model's next bound.
-                    const std::size_t size = 1 + input.byte() % batch_size;
-                    batcher.set_max_batch_size(size);
-                    model.current = size;
-                    FUZZ_CHECK(batcher.max_batch_size() == size);
+                    const std::size_t new_size = 1 + input.byte() % batch_size;
+                    batcher.set_max_batch_size(new_size);
+                    model.current = new_size;
+                    FUZZ_CHECK(batcher.max_batch_size() == new_size);
                     break;
                 }
                 case 14: {
