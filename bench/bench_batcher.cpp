@@ -120,6 +120,7 @@ struct Shape {
     std::size_t items = 0;             // N for this configuration
     std::size_t capacity_batches = 0;  // nonzero: capacity = this many batches (the *_Cap64B runs)
     std::size_t lanes = 1;             // microbatch only: Options::lanes
+    bool size_time_rule = false;       // microbatch only: the 357efd2 rule (issue 10 baseline)
 
     /// Capacity given to every bounded implementation (--capacity=N overrides, rounded up to
     /// a multiple of B).
@@ -216,12 +217,18 @@ void drive(benchmark::State& state, const Shape& shape, Run&& run) {
 }
 
 microbatch::Options library_options(const Shape& shape) {
-    return microbatch::Options{}
-        .max_batch_size(shape.batch_size)
-        .max_delay(max_delay)
-        .capacity(shape.capacity())
-        .lanes(shape.lanes)
-        .workers(shape.workers);
+    auto options = microbatch::Options{}
+                       .max_batch_size(shape.batch_size)
+                       .max_delay(max_delay)
+                       .capacity(shape.capacity())
+                       .lanes(shape.lanes)
+                       .workers(shape.workers);
+    if (shape.size_time_rule) {
+        // Batch formation as shipped at 357efd2: seal on full or max_delay whatever the workers
+        // do, never early.
+        options.max_in_flight(microbatch::Options::unlimited_in_flight).seal_early(false);
+    }
+    return options;
 }
 
 microbatch_bench::MutexBatcherOptions mutex_options(const Shape& shape) {
@@ -264,6 +271,14 @@ void BM_Microbatch_Post(benchmark::State& state) {
 void BM_Microbatch_Post_Lanes(benchmark::State& state) {
     Shape shape = shape_bpw(state);
     shape.lanes = shape.producers;
+    run_microbatch_post(state, shape);
+}
+
+/// Post with batch formation as at 357efd2 (size and time only): the same-run baseline for the
+/// worker-aware, early-sealing default (issue 10 goal: the default >= 0.95x of this).
+void BM_Microbatch_Post_357efd2(benchmark::State& state) {
+    Shape shape = shape_bpw(state);
+    shape.size_time_rule = true;
     run_microbatch_post(state, shape);
 }
 
@@ -493,6 +508,7 @@ void bw_two_producers(benchmark::internal::Benchmark* benchmark) {
 }
 
 BENCHMARK(BM_Microbatch_Post)->Apply(bpw);
+BENCHMARK(BM_Microbatch_Post_357efd2)->Apply(bpw);
 BENCHMARK(BM_Microbatch_Post_Lanes)->Apply(bw_two_producers);
 BENCHMARK(BM_Microbatch_Callback)->Apply(bpw);
 BENCHMARK(BM_Microbatch_Handle)->Apply(bpw);

@@ -276,3 +276,20 @@ TEST_CASE("Seal policy seals early once the usual population of pending items is
     in.pending = 4;
     CHECK_FALSE(decide_seal(in).seal);
 }
+
+TEST_CASE("Seal policy leaves fast streams to fill their batches", "[seal_policy]") {
+    SealInputs in = base();
+    in.load = busy_load();
+    in.load.arrival_rate = 20.0 / 1000.0;  // 20 M items/s: 32 items fill in 1.6 us
+    in.load.per_item_ns = 0.0;
+    in.load.population = 4.0;
+    in.count = 20;
+    in.pending = 20;
+    in.last_change_at = in.now;  // the stream has not paused: rule 5b stays out of it
+    CHECK_FALSE(microbatch::count_rules_apply(in.load, 1, 32));
+    CHECK_FALSE(decide_seal(in).seal);  // neither the target nor the population rule
+    CHECK(producer_seal_threshold(in.load, 1, 32, 1 * ms, true) == 32);
+    in.load.arrival_rate = 0.2 / 1000.0;  // 200 k items/s: 160 us to fill, slow enough
+    CHECK(microbatch::count_rules_apply(in.load, 1, 32));
+    CHECK(decide_seal(in).seal);
+}

@@ -107,10 +107,12 @@ void Batcher<T, R, Clock>::refresh_producer_threshold() noexcept {
     const std::size_t threshold =
         producer_seal_threshold(load_estimate(), max_in_flight_.load(std::memory_order_relaxed),
                                 current_batch_size_.load(std::memory_order_relaxed),
-                                delay < 0 ? -1 : to_nanoseconds(delay), seal_early_);
+                                delay < 0 ? -1 : to_nanoseconds(delay), seal_early_, lane_count_);
     producer_threshold_.store(static_cast<std::uint32_t>(threshold), std::memory_order_relaxed);
     const LoadEstimate load = load_estimate();
-    const bool population_rule = seal_early_ && delay > 0 && load.ready && load.population >= 1.0;
+    const bool population_rule =
+        seal_early_ && delay > 0 && load.population >= 1.0 &&
+        count_rules_apply(load, lane_count_, current_batch_size_.load(std::memory_order_relaxed));
     population_threshold_.store(
         population_rule ? static_cast<std::uint32_t>(std::floor(load.population + 0.5)) : 0,
         std::memory_order_relaxed);
@@ -132,7 +134,10 @@ void Batcher<T, R, Clock>::seal_for_free_worker() {
     }
     const void* const outer = detail::sealing_for_free_worker;
     detail::sealing_for_free_worker = this;
-    bool waiting_batch = false;  // a partial batch is left for the timer to time
+    // A partial batch that has been open for a while is left for the timer to time (rule 5b
+    // needs the timer's observations). A younger one is covered by the deadline the timer
+    // already sleeps until (rule 3's answer) and by the next producer's or worker's decision.
+    bool waiting_batch = false;
     for (std::uint32_t round = 0; round <= lane_count_; ++round) {
         Lane* oldest = nullptr;
         std::uint64_t oldest_head = 0;
@@ -150,13 +155,14 @@ void Batcher<T, R, Clock>::seal_for_free_worker() {
         if (oldest == nullptr) {
             break;  // no partial batch: a producer opening one wakes the timer itself
         }
-        const SealDecision decision = decide_seal(
-            policy_inputs(SealTrigger::worker_finished, clock_.now().time_since_epoch().count(),
-                          static_cast<std::size_t>(filling_count(oldest_head)),
-                          pending_with(filling_count(oldest_head)),
-                          bound_of(buffer_of(oldest_head)), oldest_opened, unset_time));
+        const std::int64_t now = clock_.now().time_since_epoch().count();
+        const SealDecision decision = decide_seal(policy_inputs(
+            SealTrigger::worker_finished, now, static_cast<std::size_t>(filling_count(oldest_head)),
+            pending_with(filling_count(oldest_head)), bound_of(buffer_of(oldest_head)),
+            oldest_opened, unset_time));
         if (!decision.seal) {
-            waiting_batch = true;
+            waiting_batch =
+                to_nanoseconds(now - oldest_opened) >= SealPolicyConstants::min_quiet_ns;
             break;
         }
         if (!seal_current(*oldest, decision.reason, oldest_head & ~count_mask, true)) {
