@@ -293,3 +293,22 @@ TEST_CASE("Seal policy leaves fast streams to fill their batches", "[seal_policy
     CHECK(microbatch::count_rules_apply(in.load, 1, 32));
     CHECK(decide_seal(in).seal);
 }
+
+TEST_CASE("Seal policy target size waits for the usual population", "[seal_policy]") {
+    // Four clients that each wait for their result, split into batches of 2: the measured rate
+    // makes 2 the target, which alone would lock the loop into batches of 2. The population
+    // (4 items pending at once) holds the batch until the other two clients are back.
+    SealInputs in = base();
+    in.load = busy_load();
+    in.load.arrival_rate = 2.0 / static_cast<double>(ms);  // target 2
+    in.load.per_item_ns = 0.0;
+    in.load.population = 4.0;
+    in.last_change_at = in.now;
+    in.count = 2;
+    in.pending = 2;
+    CHECK(target_batch_size(in.load, 1, 32) == 2);
+    CHECK_FALSE(decide_seal(in).seal);
+    in.count = 4;
+    in.pending = 4;
+    CHECK(decide_seal(in).seal);
+}

@@ -641,6 +641,7 @@ private:
     void note_sealed(std::uint32_t size, std::int64_t now, std::int64_t opened_at,
                      bool at_arrival) noexcept;
     void refresh_producer_threshold() noexcept;
+    void note_population(std::size_t pending) noexcept;
     void wake_timer();
     void seal_for_free_worker();
 

@@ -260,7 +260,14 @@ inline SealDecision decide_seal(const SealInputs& in) noexcept {
         const bool by_count = count_rules_apply(in.load, in.lanes, in.max_batch_size);
         const std::size_t target =
             by_count ? target_batch_size(in.load, in.max_in_flight, in.max_batch_size) : 0;
-        if (target != 0 && in.count >= target) {  // rule 5a
+        // Rule 5a yields to 5c: while fewer items are pending than usual, the missing ones are
+        // probably clients about to answer their results (a closed loop), and a batch sealed
+        // now would lock the loop into batches of this smaller size (the target is measured
+        // from the batches the loop produces).
+        const bool population_in =
+            !(in.load.population >= 1.0) ||
+            static_cast<double>(in.pending) >= std::floor(in.load.population + 0.5);
+        if (target != 0 && in.count >= target && population_in) {  // rule 5a
             decision.seal = true;
             decision.reason = DispatchReason::early;
             return decision;

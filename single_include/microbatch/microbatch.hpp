@@ -3078,7 +3078,14 @@ inline SealDecision decide_seal(const SealInputs& in) noexcept {
         const bool by_count = count_rules_apply(in.load, in.lanes, in.max_batch_size);
         const std::size_t target =
             by_count ? target_batch_size(in.load, in.max_in_flight, in.max_batch_size) : 0;
-        if (target != 0 && in.count >= target) {  // rule 5a
+        // Rule 5a yields to 5c: while fewer items are pending than usual, the missing ones are
+        // probably clients about to answer their results (a closed loop), and a batch sealed
+        // now would lock the loop into batches of this smaller size (the target is measured
+        // from the batches the loop produces).
+        const bool population_in =
+            !(in.load.population >= 1.0) ||
+            static_cast<double>(in.pending) >= std::floor(in.load.population + 0.5);
+        if (target != 0 && in.count >= target && population_in) {  // rule 5a
             decision.seal = true;
             decision.reason = DispatchReason::early;
             return decision;
@@ -5497,6 +5504,7 @@ private:
     void note_sealed(std::uint32_t size, std::int64_t now, std::int64_t opened_at,
                      bool at_arrival) noexcept;
     void refresh_producer_threshold() noexcept;
+    void note_population(std::size_t pending) noexcept;
     void wake_timer();
     void seal_for_free_worker();
 
@@ -5916,12 +5924,20 @@ void Batcher<T, R, Clock>::note_sealed(std::uint32_t size, std::int64_t now, std
         rate_nanoseconds_.store(nanoseconds, std::memory_order_relaxed);
         rate_samples_.fetch_add(1, std::memory_order_relaxed);
     }
-    // Population: items pending at this seal (those in flight, this batch's included), as a
-    // maximum that decays by 1/16 per seal so that it follows a shrinking load.
-    const double pending = static_cast<double>(in_flight_items_.load(std::memory_order_relaxed));
-    const double decayed = population_.load(std::memory_order_relaxed) * (15.0 / 16.0);
-    population_.store(pending > decayed ? pending : decayed, std::memory_order_relaxed);
+    // Population: items pending at this seal (those in flight, this batch's included).
+    note_population(static_cast<std::size_t>(in_flight_items_.load(std::memory_order_relaxed)));
     refresh_producer_threshold();
+}
+
+// One sample of the usual number of pending items (rule 5c), taken at every seal and at every
+// batch's end before its items leave: a maximum that decays by 1/16 per sample, so that it
+// follows a shrinking load.
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::note_population(std::size_t pending) noexcept {
+    // relaxed: an estimate; a lost update between two samplers only delays the decay.
+    const double decayed = population_.load(std::memory_order_relaxed) * (15.0 / 16.0);
+    const double sample = static_cast<double>(pending);
+    population_.store(sample > decayed ? sample : decayed, std::memory_order_relaxed);
 }
 
 template <class T, class R, class Clock>
@@ -6087,6 +6103,11 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
     const std::size_t failed = batch_failed ? count : 0;
     stats_.completed(count - failed, failed, batch_failed, queue_delay, dispatch_wait, processing,
                      failed_in_compaction);
+    // The population sample of seal_policy.hpp rule 5c, taken before this batch's items are
+    // completed (their clients cannot have submitted again yet, so nobody is counted twice):
+    // with clients that each wait for their result, these items come back at once.
+    note_population(pending_with(filling_count(
+        lanes_[buffer_index / buffers_per_lane_].head.load(std::memory_order_relaxed))));
     if (any_completion) {
         std::size_t last = count;
         for (std::size_t i = count; i-- > 0;) {

@@ -92,12 +92,20 @@ void Batcher<T, R, Clock>::note_sealed(std::uint32_t size, std::int64_t now, std
         rate_nanoseconds_.store(nanoseconds, std::memory_order_relaxed);
         rate_samples_.fetch_add(1, std::memory_order_relaxed);
     }
-    // Population: items pending at this seal (those in flight, this batch's included), as a
-    // maximum that decays by 1/16 per seal so that it follows a shrinking load.
-    const double pending = static_cast<double>(in_flight_items_.load(std::memory_order_relaxed));
-    const double decayed = population_.load(std::memory_order_relaxed) * (15.0 / 16.0);
-    population_.store(pending > decayed ? pending : decayed, std::memory_order_relaxed);
+    // Population: items pending at this seal (those in flight, this batch's included).
+    note_population(static_cast<std::size_t>(in_flight_items_.load(std::memory_order_relaxed)));
     refresh_producer_threshold();
+}
+
+// One sample of the usual number of pending items (rule 5c), taken at every seal and at every
+// batch's end before its items leave: a maximum that decays by 1/16 per sample, so that it
+// follows a shrinking load.
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::note_population(std::size_t pending) noexcept {
+    // relaxed: an estimate; a lost update between two samplers only delays the decay.
+    const double decayed = population_.load(std::memory_order_relaxed) * (15.0 / 16.0);
+    const double sample = static_cast<double>(pending);
+    population_.store(sample > decayed ? sample : decayed, std::memory_order_relaxed);
 }
 
 template <class T, class R, class Clock>

@@ -78,6 +78,11 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
     const std::size_t failed = batch_failed ? count : 0;
     stats_.completed(count - failed, failed, batch_failed, queue_delay, dispatch_wait, processing,
                      failed_in_compaction);
+    // The population sample of seal_policy.hpp rule 5c, taken before this batch's items are
+    // completed (their clients cannot have submitted again yet, so nobody is counted twice):
+    // with clients that each wait for their result, these items come back at once.
+    note_population(pending_with(filling_count(
+        lanes_[buffer_index / buffers_per_lane_].head.load(std::memory_order_relaxed))));
     if (any_completion) {
         std::size_t last = count;
         for (std::size_t i = count; i-- > 0;) {
