@@ -787,6 +787,34 @@ def formation_section(results, data_dir):
 # Goals
 
 
+def formation_throughput_section(results):
+    """Post with the default batch formation vs the 357efd2 size/time rule, same run."""
+    if not results.present:
+        return "_bench_batcher results missing (throughput.json)._\n", []
+    index = index_runs(results)
+    rows, worst = [], None
+    for b in (1, 16, 256, 4096):
+        for p in (1, 2):
+            for w in (1, 2):
+                new = throughput_value(results, index, "Microbatch_Post", b, p, w)
+                old = throughput_value(results, index, "Microbatch_Post_357efd2", b, p, w)
+                r = ratio(new, old)
+                if r is None:
+                    continue
+                worst = r if worst is None or r < worst else worst
+                rows.append([f"B = {b}, P = {p}, W = {w}", fmt_rate(new), fmt_rate(old),
+                             fmt_ratio(r)])
+    if not rows:
+        return "_no Microbatch_Post_357efd2 rows in throughput.json._\n", []
+    text = ("`post` with default options (worker-aware, early sealing) vs the same batcher with "
+            "the size/time-only rule of 357efd2 (`max_in_flight(unlimited_in_flight)`, "
+            "`seal_early(false)`), medians of the same interleaved run.\n\n" +
+            table(["shape", "default", "357efd2 rule", "ratio"], rows, ["l", "r", "r", "r"]))
+    goals = [["bench_batcher post >= 0.95x the 357efd2 rule, every shape",
+              f"worst {fmt_ratio(worst)}", verdict(worst >= 0.95)]]
+    return text, goals
+
+
 def goals_section(ratios, latency, cost):
     rows = []
 
@@ -925,6 +953,8 @@ def main():
     latency_text, latency_found = latency_section(latency, data_dir)
     cost_text, cost_summary = cost_model_section(cost_model, data_dir)
     formation_text, formation_goals = formation_section(load, data_dir)
+    formation_throughput_text, formation_throughput_goals = formation_throughput_section(throughput)
+    formation_goals = formation_goals + formation_throughput_goals
     for goal, measured, verdict_text in formation_goals:
         print(f"make_report: {verdict_text.strip('*')}: {goal}: {measured}")
 
@@ -993,6 +1023,10 @@ def main():
         "![p99 vs load](load_open.png)" if "load_open.gp" in drawn else "",
         "",
         formation_text,
+        "",
+        "### Streaming throughput: default formation vs the 357efd2 rule (bench_batcher)",
+        "",
+        formation_throughput_text,
     ]
     if args.notes and os.path.exists(args.notes):
         with open(args.notes, encoding="utf-8") as stream:
