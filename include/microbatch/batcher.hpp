@@ -25,6 +25,7 @@
 
 #include "microbatch/batch.hpp"
 #include "microbatch/clock.hpp"
+#include "microbatch/detail/batcher_ring.hpp"
 #include "microbatch/detail/batcher_slots.hpp"
 #include "microbatch/detail/completion.hpp"
 #include "microbatch/detail/config.hpp"
@@ -343,11 +344,7 @@ public:
      * @brief Dispatches the partial batch now (reason `flush`), if it holds any item.
      *        Never blocks (beyond handing the batch to the executor).
      */
-    void flush() {
-        for (std::uint32_t l = 0; l < lane_count_; ++l) {
-            seal_current(lanes_[l], DispatchReason::flush, 0, false);
-        }
-    }
+    void flush();
 
     /**
      * @brief Flushes, then blocks until every item accepted before the call has finished
@@ -356,18 +353,7 @@ public:
      * @throws ReentrancyError when called from inside this batcher's process_batch or callbacks,
      *         also nested (see "Re-entrancy" above).
      */
-    void wait_idle() {
-        check_not_reentrant("wait_idle");
-        flush();  // every lane's partial batch leaves now, so the lanes drain side by side
-        for (std::uint32_t l = 0; l < lane_count_; ++l) {
-            Lane& lane = lanes_[l];
-            const std::uint64_t target = flush_and_target(lane);
-            std::unique_lock<std::mutex> lock(idle_mutex_);
-            ++idle_waiters_;
-            idle_condition_.wait(lock, [&] { return finished_through(lane, target); });
-            --idle_waiters_;
-        }
-    }
+    void wait_idle();
 
     /**
      * @brief Stops accepting items, dispatches the partial batch (reason `close`) and blocks
@@ -400,40 +386,21 @@ public:
     ///        Not lock-free: it reads the atomic counters, then copies the cost-model fit under
     ///        a mutex that workers hold briefly once per finished batch, so it may wait for one
     ///        (never for a submit: producers do not take that mutex).
-    Stats stats() const noexcept {
-        Stats result;
-        std::uint64_t filling = 0;
-        for (std::uint32_t l = 0; l < lane_count_; ++l) {
-            // relaxed: a statistic; no data is read through it.
-            filling += filling_count(lanes_[l].head.load(std::memory_order_relaxed));
-        }
-        stats_.snapshot(result, filling);
-        return result;
-    }
+    Stats stats() const noexcept;
 
     /**
      * @brief Accepted items not yet finished: in the batch being filled, sealed and waiting,
      *        or running. Thread-safe, lock-free, O(lanes); a snapshot that may be stale by the
      *        time it returns.
      */
-    std::size_t pending() const noexcept {
-        // relaxed: a statistic; no data is read through these counters.
-        std::uint64_t filling = 0;
-        for (std::uint32_t l = 0; l < lane_count_; ++l) {
-            filling += filling_count(lanes_[l].head.load(std::memory_order_relaxed));
-        }
-        return static_cast<std::size_t>(in_flight_items_.load(std::memory_order_relaxed) + filling);
-    }
+    std::size_t pending() const noexcept;
 
     /**
      * @brief Batches dispatched and not yet finished: the count `max_in_flight` limits. A
      *        batch counts until its worker has completed every item and is about to take the
      *        next batch. Thread-safe, lock-free, O(1); a snapshot.
      */
-    std::size_t in_flight() const noexcept {
-        // relaxed: a statistic; no data is read through it.
-        return static_cast<std::size_t>(in_flight_batches_.load(std::memory_order_relaxed));
-    }
+    std::size_t in_flight() const noexcept;
 
     /**
      * @brief Sets the batch size bound for batches opened from now on (the batch being filled
@@ -444,37 +411,14 @@ public:
      * ceil(capacity / constructed size) batches rather than after `capacity` items.
      * @throws std::invalid_argument unless 1 <= @p size <= the constructed max_batch_size.
      */
-    void set_max_batch_size(std::size_t size) {
-        if (size == 0 || size > batch_size_) {
-            MICROBATCH_THROW(std::invalid_argument(
-                "microbatch::Batcher::set_max_batch_size: size must be in [1, " +
-                std::to_string(batch_size_) + "] (the constructed max_batch_size; got " +
-                std::to_string(size) + ")"));
-        }
-        // relaxed: read by open_buffer() for the next batch; no data is published with it.
-        current_batch_size_.store(static_cast<std::uint32_t>(size), std::memory_order_relaxed);
-        refresh_producer_threshold();
-    }
+    void set_max_batch_size(std::size_t size);
 
     /**
      * @brief Sets the time bound; effective for every decision from now on (the batch being
      *        filled included). `nanoseconds::max()` disables it. Thread-safe; wakes the timer.
      * @throws std::invalid_argument if @p delay is negative.
      */
-    void set_max_delay(std::chrono::nanoseconds delay) {
-        if (delay.count() < 0) {
-            MICROBATCH_THROW(std::invalid_argument(
-                "microbatch::Batcher::set_max_delay: max_delay must not be negative (got " +
-                std::to_string(delay.count()) + "ns)"));
-        }
-        const std::int64_t ticks = delay == std::chrono::nanoseconds::max()
-                                       ? -1
-                                       : std::chrono::ceil<typename Clock::duration>(delay).count();
-        // relaxed: a setting; the timer re-reads it under timer_mutex_ after the notify below.
-        max_delay_ticks_.store(ticks, std::memory_order_relaxed);
-        refresh_producer_threshold();
-        wake_timer();
-    }
+    void set_max_delay(std::chrono::nanoseconds delay);
 
     /**
      * @brief Sets the in-flight limit (0 = automatic, as in Options::max_in_flight), effective
@@ -482,30 +426,14 @@ public:
      *        value the batcher was built with can make producers block before `capacity` items
      *        (storage for partial batches was reserved for the constructed limit).
      */
-    void set_max_in_flight(std::size_t limit) {
-        Options probe = options_;
-        probe.max_in_flight(limit);
-        // relaxed: a setting; see set_max_delay.
-        max_in_flight_.store(probe.effective_max_in_flight(), std::memory_order_relaxed);
-        refresh_producer_threshold();
-        seal_for_free_worker();  // a higher limit may free a worker for a held batch
-        wake_timer();
-    }
+    void set_max_in_flight(std::size_t limit);
 
     /// @brief The batch size bound in force (see set_max_batch_size). Thread-safe.
-    std::size_t max_batch_size() const noexcept {
-        return current_batch_size_.load(std::memory_order_relaxed);
-    }
+    std::size_t max_batch_size() const noexcept;
     /// @brief The time bound in force (`nanoseconds::max()` when disabled). Thread-safe.
-    std::chrono::nanoseconds max_delay() const noexcept {
-        const std::int64_t ticks = max_delay_ticks_.load(std::memory_order_relaxed);
-        return ticks < 0 ? std::chrono::nanoseconds::max()
-                         : std::chrono::nanoseconds(to_nanoseconds(ticks));
-    }
+    std::chrono::nanoseconds max_delay() const noexcept;
     /// @brief The in-flight limit in force (resolved: never 0). Thread-safe.
-    std::size_t max_in_flight() const noexcept {
-        return max_in_flight_.load(std::memory_order_relaxed);
-    }
+    std::size_t max_in_flight() const noexcept;
 
     /// @brief The options the batcher was built with.
     const Options& options() const noexcept { return options_; }
@@ -514,88 +442,30 @@ public:
     const Clock& clock() const noexcept { return clock_; }
 
 private:
-    // ---- The head word --------------------------------------------------------------------
-    // One 64-bit atomic per lane describes the lane's batch being filled, so a producer claims a
-    // slot with a single fetch_add: [closed:1][tag:23][buffer:16][count:24]. `count` is the
-    // number of slots claimed in buffer `buffer` (an index into buffers_, which all lanes
-    // share); values >= batch_size_ mean "not accepting" (sealed, awaiting a free buffer, or
-    // closed). `tag` is the batch's lane sequence number modulo 2^23 and defends the
-    // compare-exchanges of the timer and flush against ABA on a reused buffer.
-    static constexpr unsigned buffer_shift = 24;
-    static constexpr unsigned tag_shift = 40;
-    static constexpr std::uint64_t count_mask = (std::uint64_t{1} << buffer_shift) - 1;
-    static constexpr std::uint64_t buffer_mask = 0xFFFF;
-    static constexpr std::uint64_t tag_mask = (std::uint64_t{1} << 23) - 1;
-    static constexpr std::uint64_t closed_bit = std::uint64_t{1} << 63;
-    // Count stored by partial seals; above any batch size (<= 2^22) with ample room for the
-    // stray increments of producers that arrive while a batch is sealed.
-    static constexpr std::uint64_t sealed_count = std::uint64_t{1} << 23;
-    static constexpr std::size_t max_buffers = buffer_mask + 1;
-    static constexpr std::int64_t unset_time = std::numeric_limits<std::int64_t>::min();
-    static constexpr std::uint32_t no_buffer = std::numeric_limits<std::uint32_t>::max();
+    // ---- The head word, lanes and batch buffers: detail/batcher_ring.hpp --------------------
+    using Lane = detail::BatcherLane;
+    using Buffer = detail::BatcherBuffer;
+    static constexpr std::uint64_t count_mask = detail::head_word::count_mask;
+    static constexpr std::uint64_t tag_mask = detail::head_word::tag_mask;
+    static constexpr std::uint64_t closed_bit = detail::head_word::closed_bit;
+    static constexpr std::uint64_t sealed_count = detail::head_word::sealed_count;
+    static constexpr std::size_t max_buffers = detail::head_word::max_buffers;
+    static constexpr std::int64_t unset_time = detail::head_word::unset_time;
+    static constexpr std::uint32_t no_buffer = detail::head_word::no_buffer;
     static std::uint64_t make_head(std::uint64_t sequence, std::uint64_t buffer) noexcept {
-        return ((sequence & tag_mask) << tag_shift) | (buffer << buffer_shift);
+        return detail::head_word::make_head(sequence, buffer);
     }
     static std::uint32_t buffer_of(std::uint64_t head) noexcept {
-        return static_cast<std::uint32_t>((head >> buffer_shift) & buffer_mask);
+        return detail::head_word::buffer_of(head);
     }
     static std::uint64_t tag_of(std::uint64_t head) noexcept {
-        return (head >> tag_shift) & tag_mask;
+        return detail::head_word::tag_of(head);
     }
-
-    // ---- Lanes and batch buffers ----------------------------------------------------------
-    // Each lane owns a ring of buffers_per_lane_ consecutive buffers. A buffer's life: opened
-    // (published in its lane's head) -> filled by producers -> sealed (by the producer that
-    // took the last slot, the timer, flush or close) -> run by a worker -> finished -> reopened
-    // once its predecessor in its lane's round-robin order has been sealed too. Lane batch
-    // number s always uses the lane's buffer s % buffers_per_lane_.
-    struct Lane {
-        // Every producer of the lane hits head: it has a cache line to itself.
-        alignas(detail::cache_line_size) std::atomic<std::uint64_t> head{0};
-        alignas(detail::cache_line_size) std::atomic<std::uint64_t> next_sequence{0};
-        std::uint32_t first_buffer = 0;  // index in buffers_ of the lane's buffer 0
-        // Capacity in items: the lane's share of `capacity` not yet granted to a batch. A
-        // buffer opens with min(batch size, free_items) slots; sealing returns the slots its
-        // batch did not use, finishing returns the rest. Written once or twice per batch.
-        std::atomic<std::int64_t> free_items{0};
-        // The lane's next buffer, when it could not open for want of free items (no_buffer
-        // otherwise): the thread returning items opens it. seq_cst handshake, see try_open().
-        std::atomic<std::uint32_t> parked{no_buffer};
-    };
-
-    struct alignas(detail::cache_line_size) Buffer {
-        std::atomic<std::int64_t> opened_at{unset_time};  // clock ticks when slot 0 was claimed
-        // First slot of the current use: max_batch_size (as constructed) - the batch size in
-        // force when the buffer opened; the head's count starts here, so a batch is full when
-        // the count reaches the constructed size whatever the current one. Written by the
-        // opener before the head CAS that publishes the buffer; relaxed accesses suffice for
-        // every reader that acquired that head (the stats() reader tolerates a stale value).
-        std::atomic<std::uint32_t> start{0};
-        std::atomic<std::uint64_t> sequence{0};           // batch number of the current use
-        std::atomic<std::uint64_t> finished_sequence{0};  // batch number of the last finished use
-        std::atomic<std::uint32_t> arrivals{0};           // "free" + "predecessor sealed" events
-        std::atomic<std::uint32_t> finish_parties{0};     // worker + poster, see finish_party()
-        // Written by the sealer before the batch is handed to the executor, read by the worker.
-        std::uint32_t size = 0;
-        DispatchReason reason = DispatchReason::full;
-        std::int64_t dispatched_at = 0;
-        std::uint64_t number = 0;  // Batch::sequence(): the batcher-wide dispatch number
-    };
-
     enum WaitMode { wait_never, wait_forever, wait_until_deadline };
-    using Deadline = std::chrono::steady_clock::time_point;
+    using Deadline = detail::SubmitDeadline;
     template <class Rep, class Period>
     static Deadline deadline_after(const std::chrono::duration<Rep, Period>& timeout) {
-        const auto now = std::chrono::steady_clock::now();
-        if (timeout <= std::chrono::duration<Rep, Period>::zero()) {
-            return now;
-        }
-        // Compared in floating point so that huge timeouts saturate instead of overflowing.
-        if (std::chrono::duration<double>(timeout) >=
-            std::chrono::duration<double>(Deadline::max() - now)) {
-            return Deadline::max();
-        }
-        return now + std::chrono::ceil<Deadline::duration>(timeout);
+        return detail::submit_deadline_after(timeout);
     }
 
     struct ItemsDeleter {
@@ -824,6 +694,7 @@ private:
 
 // The member functions, one file per step of an item's path (see each file's header comment).
 #include "microbatch/detail/batcher_close.hpp"
+#include "microbatch/detail/batcher_control.hpp"
 #include "microbatch/detail/batcher_policy.hpp"
 #include "microbatch/detail/batcher_run.hpp"
 #include "microbatch/detail/batcher_seal.hpp"
