@@ -924,3 +924,99 @@ TEST_CASE("Batcher wait_idle returns once every accepted item has finished",
     std::fflush(stdout);
     CHECK(stuck.load() == 0);
 }
+
+TEST_CASE(
+    "Batcher loses nothing and keeps each producer's order while its rules change at run time",
+    "[batcher][stress][formation]") {
+    // Issue 10: the setters race with producers, the timer, the workers and flush. Each item
+    // carries (producer, sequence); process_batch records each batch with its dispatch number
+    // (batches run concurrently and may finish out of order), and afterwards every item must
+    // have run exactly once and, in dispatch order, each producer's items in submission order.
+    constexpr std::size_t producers = 3;
+    constexpr std::uint32_t per_producer = 4000;
+    constexpr std::size_t max_batch = 32;
+    const std::size_t rounds = 3;
+    for (std::size_t round = 0; round < rounds; ++round) {
+        std::mutex mutex;
+        std::vector<std::pair<std::uint64_t, std::vector<std::uint64_t>>> batches;
+        Batcher<std::uint64_t> batcher(Options{}
+                                           .max_batch_size(max_batch)
+                                           .max_delay(std::chrono::microseconds(200))
+                                           .capacity(4 * max_batch)
+                                           .workers(2)
+                                           .lanes(1 + round % 2),
+                                       [&](Batch<std::uint64_t>& batch) {
+                                           std::vector<std::uint64_t> items(batch.begin(),
+                                                                            batch.end());
+                                           std::lock_guard<std::mutex> lock(mutex);
+                                           batches.emplace_back(batch.sequence(), std::move(items));
+                                       });
+        std::atomic<bool> done{false};
+        std::thread control([&] {
+            std::mt19937 random(static_cast<std::uint32_t>(round * 7919 + 17));
+            while (!done.load()) {
+                switch (random() % 5) {
+                    case 0:
+                        batcher.set_max_batch_size(1 + random() % max_batch);
+                        break;
+                    case 1: {
+                        const std::uint32_t choice = random() % 4;
+                        batcher.set_max_delay(choice == 0   ? std::chrono::nanoseconds(0)
+                                              : choice == 1 ? std::chrono::nanoseconds(50'000)
+                                              : choice == 2 ? std::chrono::nanoseconds(1'000'000)
+                                                            : std::chrono::nanoseconds::max());
+                        break;
+                    }
+                    case 2: {
+                        const std::uint32_t choice = random() % 4;
+                        batcher.set_max_in_flight(choice == 3 ? Options::unlimited_in_flight
+                                                              : choice);
+                        break;
+                    }
+                    case 3:
+                        batcher.flush();
+                        break;
+                    default:
+                        (void)batcher.pending();
+                        (void)batcher.in_flight();
+                        break;
+                }
+                std::this_thread::yield();
+            }
+        });
+        std::vector<std::thread> threads;
+        for (std::size_t p = 0; p < producers; ++p) {
+            threads.emplace_back([&, p] {
+                for (std::uint32_t i = 0; i < per_producer; ++i) {
+                    batcher.post((static_cast<std::uint64_t>(p) << 32) | i);
+                }
+            });
+        }
+        for (auto& thread : threads) {
+            thread.join();
+        }
+        done = true;
+        control.join();
+        batcher.set_max_delay(std::chrono::nanoseconds(0));  // whatever the last setting left
+        batcher.close();
+        std::sort(batches.begin(), batches.end(),
+                  [](const auto& a, const auto& b) { return a.first < b.first; });
+        std::vector<std::vector<std::uint32_t>> seen(producers);
+        for (const auto& batch : batches) {
+            for (const std::uint64_t item : batch.second) {
+                seen[item >> 32].push_back(static_cast<std::uint32_t>(item & 0xFFFFFFFFu));
+            }
+        }
+        for (std::size_t p = 0; p < producers; ++p) {
+            REQUIRE(seen[p].size() == per_producer);
+            for (std::uint32_t i = 0; i < per_producer; ++i) {
+                REQUIRE(seen[p][i] == i);
+            }
+        }
+        const auto stats = batcher.stats();
+        CHECK(stats.items_processed == producers * per_producer);
+        CHECK(stats.batches_completed == stats.batches_dispatched());
+        CHECK(batcher.pending() == 0);
+        CHECK(batcher.in_flight() == 0);
+    }
+}
