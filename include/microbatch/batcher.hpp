@@ -647,6 +647,7 @@ private:
     std::atomic<std::uint64_t> rate_samples_{0};
     std::atomic<double> burst_gap_ns_{0.0};
     std::atomic<double> population_{0.0};
+    std::atomic<double> population_mean_{0.0};
     // round(population_) while early sealing may use it, else 0: producers seal (worker free)
     // once their batch's items plus the items in flight reach it (rule 5c).
     std::atomic<std::uint32_t> population_threshold_{0};

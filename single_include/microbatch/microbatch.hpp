@@ -2964,9 +2964,11 @@ private:
  *       D would only add delay. (Observed by the timer, which samples n.)
  *    c. every item the batcher usually holds at once is here: pending (accepted, unfinished
  *       items, the open batch's included) >= round(population), the slowly decaying maximum
- *       of pending at recent seals. With N clients that each wait for their result it seals
- *       the moment the N-th arrives; with a stream of independent arrivals the maximum stays
- *       above the typical pending count and the rule rarely applies.
+ *       of pending at recent seals and batch ends, known only while the samples keep reaching
+ *       it. With N clients that each wait for their result it seals the moment the N-th
+ *       arrives (and rule a waits for it: a closed loop would otherwise lock into whatever
+ *       batch size it started with); with independent arrivals the count varies and the rule
+ *       is off.
  *    All three are reported as `early`.
  * 6. Otherwise wait, and ask again at the earlier of (first item + D) and (last change + q).
  *
@@ -3008,8 +3010,9 @@ struct LoadEstimate {
     /// than 1 / arrival_rate when items come in bursts (clients answering their results).
     double burst_gap_ns = 0.0;
     /// How many items are usually pending at once: a slowly decaying maximum of the items
-    /// accepted and unfinished at each seal; 0 when unknown. With clients that each wait for
-    /// their result (closed loop) it is the number of clients.
+    /// accepted and unfinished, sampled at seals and batch ends; 0 when unknown or when the
+    /// samples vary (their mean below 90 % of that maximum: independent arrivals). With
+    /// clients that each wait for their result (closed loop) it is the number of clients.
     double population = 0.0;
 };
 
@@ -5619,6 +5622,7 @@ private:
     std::atomic<std::uint64_t> rate_samples_{0};
     std::atomic<double> burst_gap_ns_{0.0};
     std::atomic<double> population_{0.0};
+    std::atomic<double> population_mean_{0.0};
     // round(population_) while early sealing may use it, else 0: producers seal (worker free)
     // once their batch's items plus the items in flight reach it (rule 5c).
     std::atomic<std::uint32_t> population_threshold_{0};
@@ -5965,7 +5969,12 @@ LoadEstimate Batcher<T, R, Clock>::load_estimate() const noexcept {
     // Eight rate samples (batches sealed after the first) before trusting either estimate.
     load.ready = rate_samples_.load(std::memory_order_relaxed) >= 8;
     load.burst_gap_ns = burst_gap_ns_.load(std::memory_order_relaxed);
-    load.population = population_.load(std::memory_order_relaxed);
+    // A population only when the samples keep reaching their maximum (mean >= 90 % of it): a
+    // fixed set of clients that each wait for their result. Independent arrivals make the
+    // pending count vary, their maximum is a tail, and rule 5c must not wait for it.
+    const double population = population_.load(std::memory_order_relaxed);
+    load.population =
+        population_mean_.load(std::memory_order_relaxed) >= 0.9 * population ? population : 0.0;
     return load;
 }
 
@@ -6038,10 +6047,13 @@ void Batcher<T, R, Clock>::note_sealed(std::uint32_t size, std::int64_t now, std
 // follows a shrinking load.
 template <class T, class R, class Clock>
 void Batcher<T, R, Clock>::note_population(std::size_t pending) noexcept {
-    // relaxed: an estimate; a lost update between two samplers only delays the decay.
+    // relaxed: estimates; a lost update between two samplers only delays the decay.
     const double decayed = population_.load(std::memory_order_relaxed) * (15.0 / 16.0);
     const double sample = static_cast<double>(pending);
     population_.store(sample > decayed ? sample : decayed, std::memory_order_relaxed);
+    const double mean = population_mean_.load(std::memory_order_relaxed);
+    population_mean_.store(mean == 0.0 ? sample : 0.875 * mean + 0.125 * sample,
+                           std::memory_order_relaxed);
 }
 
 template <class T, class R, class Clock>

@@ -29,7 +29,12 @@ LoadEstimate Batcher<T, R, Clock>::load_estimate() const noexcept {
     // Eight rate samples (batches sealed after the first) before trusting either estimate.
     load.ready = rate_samples_.load(std::memory_order_relaxed) >= 8;
     load.burst_gap_ns = burst_gap_ns_.load(std::memory_order_relaxed);
-    load.population = population_.load(std::memory_order_relaxed);
+    // A population only when the samples keep reaching their maximum (mean >= 90 % of it): a
+    // fixed set of clients that each wait for their result. Independent arrivals make the
+    // pending count vary, their maximum is a tail, and rule 5c must not wait for it.
+    const double population = population_.load(std::memory_order_relaxed);
+    load.population =
+        population_mean_.load(std::memory_order_relaxed) >= 0.9 * population ? population : 0.0;
     return load;
 }
 
@@ -102,10 +107,13 @@ void Batcher<T, R, Clock>::note_sealed(std::uint32_t size, std::int64_t now, std
 // follows a shrinking load.
 template <class T, class R, class Clock>
 void Batcher<T, R, Clock>::note_population(std::size_t pending) noexcept {
-    // relaxed: an estimate; a lost update between two samplers only delays the decay.
+    // relaxed: estimates; a lost update between two samplers only delays the decay.
     const double decayed = population_.load(std::memory_order_relaxed) * (15.0 / 16.0);
     const double sample = static_cast<double>(pending);
     population_.store(sample > decayed ? sample : decayed, std::memory_order_relaxed);
+    const double mean = population_mean_.load(std::memory_order_relaxed);
+    population_mean_.store(mean == 0.0 ? sample : 0.875 * mean + 0.125 * sample,
+                           std::memory_order_relaxed);
 }
 
 template <class T, class R, class Clock>
