@@ -312,3 +312,11 @@ TEST_CASE("Seal policy target size waits for the usual population", "[seal_polic
     in.pending = 4;
     CHECK(decide_seal(in).seal);
 }
+
+TEST_CASE("Seal policy knows a population only while its samples keep reaching the maximum",
+          "[seal_policy]") {
+    CHECK(microbatch::stable_population(4.0, 4.0) == 4.0);   // four waiting clients
+    CHECK(microbatch::stable_population(4.0, 3.7) == 4.0);   // within 10 %
+    CHECK(microbatch::stable_population(12.0, 5.0) == 0.0);  // independent arrivals: a tail
+    CHECK(microbatch::stable_population(0.5, 0.5) == 0.0);   // less than one item
+}

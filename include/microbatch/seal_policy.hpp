@@ -136,6 +136,15 @@ struct SealPolicyConstants {
 };
 
 /**
+ * @brief The population rule 5c may use: @p maximum (the decaying maximum of pending-item
+ *        samples) while the samples keep reaching it (their mean @p mean >= 90 % of it, a fixed
+ *        set of clients that each wait for their result), else 0 (unknown). Pure; O(1).
+ */
+inline double stable_population(double maximum, double mean) noexcept {
+    return maximum >= 1.0 && mean >= 0.9 * maximum ? maximum : 0.0;
+}
+
+/**
  * @brief True when rules 5a/5c may apply: the estimate is ready and a batch of
  *        @p max_batch_size takes at least min_fill_time_ns to fill at one lane's rate. Pure.
  */

@@ -3064,6 +3064,15 @@ struct SealPolicyConstants {
 };
 
 /**
+ * @brief The population rule 5c may use: @p maximum (the decaying maximum of pending-item
+ *        samples) while the samples keep reaching it (their mean @p mean >= 90 % of it, a fixed
+ *        set of clients that each wait for their result), else 0 (unknown). Pure; O(1).
+ */
+inline double stable_population(double maximum, double mean) noexcept {
+    return maximum >= 1.0 && mean >= 0.9 * maximum ? maximum : 0.0;
+}
+
+/**
  * @brief True when rules 5a/5c may apply: the estimate is ready and a batch of
  *        @p max_batch_size takes at least min_fill_time_ns to fill at one lane's rate. Pure.
  */
@@ -5972,9 +5981,8 @@ LoadEstimate Batcher<T, R, Clock>::load_estimate() const noexcept {
     // A population only when the samples keep reaching their maximum (mean >= 90 % of it): a
     // fixed set of clients that each wait for their result. Independent arrivals make the
     // pending count vary, their maximum is a tail, and rule 5c must not wait for it.
-    const double population = population_.load(std::memory_order_relaxed);
-    load.population =
-        population_mean_.load(std::memory_order_relaxed) >= 0.9 * population ? population : 0.0;
+    load.population = stable_population(population_.load(std::memory_order_relaxed),
+                                        population_mean_.load(std::memory_order_relaxed));
     return load;
 }
 

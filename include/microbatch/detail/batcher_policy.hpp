@@ -32,9 +32,8 @@ LoadEstimate Batcher<T, R, Clock>::load_estimate() const noexcept {
     // A population only when the samples keep reaching their maximum (mean >= 90 % of it): a
     // fixed set of clients that each wait for their result. Independent arrivals make the
     // pending count vary, their maximum is a tail, and rule 5c must not wait for it.
-    const double population = population_.load(std::memory_order_relaxed);
-    load.population =
-        population_mean_.load(std::memory_order_relaxed) >= 0.9 * population ? population : 0.0;
+    load.population = stable_population(population_.load(std::memory_order_relaxed),
+                                        population_mean_.load(std::memory_order_relaxed));
     return load;
 }
 
