@@ -1,6 +1,8 @@
 # Runs PROGRAM and fails unless it exits with status 0 and its standard output is byte-for-byte
-# equal to the contents of EXPECTED (trailing newline included).
-#   cmake -DPROGRAM=<executable> -DEXPECTED=<file> -P microbatchCheckOutput.cmake
+# equal to the contents of EXPECTED (trailing newline included). With -DCHECK_HELP=ON it also
+# runs `PROGRAM --help`, which must exit with status 0 and print a usage (stdout starting with
+# "usage: ") instead of running.
+#   cmake -DPROGRAM=<executable> -DEXPECTED=<file> [-DCHECK_HELP=ON] -P microbatchCheckOutput.cmake
 cmake_minimum_required(VERSION 3.21)
 
 foreach(_var IN ITEMS PROGRAM EXPECTED)
@@ -24,3 +26,12 @@ if(NOT _actual STREQUAL _expected)
                         "--- expected ---\n${_shown_expected}\n--- actual ---\n${_shown_actual}")
 endif()
 message(STATUS "output matches ${EXPECTED}")
+
+if(CHECK_HELP)
+    execute_process(COMMAND "${PROGRAM}" --help RESULT_VARIABLE _result OUTPUT_VARIABLE _help)
+    if(NOT _result EQUAL 0 OR NOT _help MATCHES "^usage: " OR _help STREQUAL _expected)
+        message(FATAL_ERROR "${PROGRAM} --help: status '${_result}' (want 0), stdout (want a "
+                            "usage, not the program's output):\n${_help}")
+    endif()
+    message(STATUS "--help prints a usage")
+endif()

@@ -2,16 +2,32 @@
 // grouped into batches of (at most) 3, each batch is doubled by one call of process_batch on a
 // worker thread, and the results are printed in the original order:
 //   [2, 4, 6, 8, 10, 12, 14, 16, 18, 20]
+//
+//   quickstart          run it
+//   quickstart --help   print the usage
 #include <chrono>
 #include <cstddef>
 #include <cstdio>
+#include <cstring>
 #include <utility>
 #include <vector>
 
 #include <microbatch/microbatch.hpp>
 
-int main() {
+int main(int argc, char** argv) {
     using namespace std::chrono_literals;
+
+    if (argc > 1) {
+        if (std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
+            std::printf(
+                "usage: quickstart\n"
+                "Batches the numbers 1..10 in batches of at most 3, doubles each batch on a\n"
+                "worker thread and prints the results in order; the batch counts go to stderr.\n");
+            return 0;
+        }
+        std::fprintf(stderr, "quickstart: unknown argument '%s' (try --help)\n", argv[1]);
+        return 2;
+    }
 
     // One result per item: process_batch returns a vector as long as the batch.
     microbatch::Batcher<int, int> doubler(

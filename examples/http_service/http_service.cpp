@@ -11,6 +11,8 @@
 //   GET  /metrics     batcher and HTTP counters in the Prometheus text format
 //   GET  /healthz     "ok"
 //
+// Another method on one of these paths gets 405 with an Allow header; an unknown path, 404.
+//
 // SIGINT/SIGTERM stop accepting connections, let in-flight requests finish (their batches run
 // to completion), close the batchers, and exit 0.
 //
@@ -264,29 +266,59 @@ double seconds(std::chrono::nanoseconds duration) {
     return std::chrono::duration<double>(duration).count();
 }
 
-void write_batcher_metrics(MetricsWriter& out,
-                           const std::vector<std::pair<std::string, microbatch::Stats>>& batchers,
-                           std::size_t batch_size) {
+// One batcher's series: its label, a stats snapshot, and the bounds it was built with.
+struct BatcherMetrics {
+    std::string batcher;
+    microbatch::Stats stats;
+    std::size_t max_batch_size = 0;
+    std::size_t capacity = 0;
+};
+
+void write_batcher_metrics(MetricsWriter& out, const std::vector<BatcherMetrics>& batchers) {
     const auto each = [&](const char* name, const char* type, const char* help, auto value) {
         out.family(name, type, help);
-        for (const auto& [batcher, stats] : batchers) {
-            out.sample(name, "batcher=\"" + batcher + "\"", value(stats));
+        for (const BatcherMetrics& b : batchers) {
+            out.sample(name, "batcher=\"" + b.batcher + "\"", value(b));
         }
     };
+    // Same, for a series computed from the stats alone.
+    const auto each_stat = [&](const char* name, const char* type, const char* help, auto value) {
+        each(name, type, help, [&value](const BatcherMetrics& b) { return value(b.stats); });
+    };
     using Stats = microbatch::Stats;
-    each("microbatch_items_accepted_total", "counter", "Items the batcher accepted.",
-         [](const Stats& s) { return s.items_accepted; });
-    each("microbatch_items_processed_total", "counter", "Items whose batch succeeded.",
-         [](const Stats& s) { return s.items_processed; });
-    each("microbatch_items_failed_total", "counter", "Items whose batch failed.",
-         [](const Stats& s) { return s.items_failed; });
-    each("microbatch_items_rejected_total", "counter", "Submits the batcher refused.",
-         [](const Stats& s) { return s.items_rejected(); });
-    each("microbatch_items_in_flight", "gauge", "Items accepted and not finished yet.",
-         [](const Stats& s) { return s.items_accepted - s.items_processed - s.items_failed; });
+    each_stat("microbatch_items_accepted_total", "counter", "Items the batcher accepted.",
+              [](const Stats& s) { return s.items_accepted; });
+    each_stat("microbatch_items_processed_total", "counter", "Items whose batch succeeded.",
+              [](const Stats& s) { return s.items_processed; });
+    each_stat("microbatch_items_failed_total", "counter", "Items whose batch failed.",
+              [](const Stats& s) { return s.items_failed; });
+
+    out.family("microbatch_items_rejected_total", "counter",
+               "Submits the batcher refused, by reason: full (try/timed submit at capacity), "
+               "closed, error (the item's construction threw).");
+    for (const BatcherMetrics& b : batchers) {
+        const std::pair<const char*, std::uint64_t> reasons[] = {
+            {"full", b.stats.items_rejected_full},
+            {"closed", b.stats.items_rejected_closed},
+            {"error", b.stats.items_rejected_error}};
+        for (const auto& [reason, count] : reasons) {
+            out.sample("microbatch_items_rejected_total",
+                       "batcher=\"" + b.batcher + "\",reason=\"" + reason + "\"", count);
+        }
+    }
+    each_stat("microbatch_items_in_flight", "gauge", "Items accepted and not finished yet.",
+              [](const Stats& s) { return s.items_accepted - s.items_processed - s.items_failed; });
+    each("microbatch_capacity_items", "gauge",
+         "Items the batcher holds (accepted, not finished) before submits block.",
+         [](const BatcherMetrics& b) { return static_cast<std::uint64_t>(b.capacity); });
+    each_stat("microbatch_callback_exceptions_total", "counter",
+              "Exceptions thrown by per-item completion callbacks.",
+              [](const Stats& s) { return s.callback_exceptions; });
 
     out.family("microbatch_batches_total", "counter", "Batches dispatched, by reason.");
-    for (const auto& [batcher, stats] : batchers) {
+    for (const BatcherMetrics& b : batchers) {
+        const std::string& batcher = b.batcher;
+        const Stats& stats = b.stats;
         const std::pair<const char*, std::uint64_t> reasons[] = {
             {"full", stats.batches_full},
             {"deadline", stats.batches_deadline},
@@ -297,35 +329,40 @@ void write_batcher_metrics(MetricsWriter& out,
                        "batcher=\"" + batcher + "\",reason=\"" + reason + "\"", count);
         }
     }
-    each("microbatch_batches_failed_total", "counter",
-         "Batches whose function threw or returned a wrong number of results.",
-         [](const Stats& s) { return s.batches_failed; });
+    each_stat("microbatch_batches_failed_total", "counter",
+              "Batches whose function threw or returned a wrong number of results.",
+              [](const Stats& s) { return s.batches_failed; });
 
     // Stats::batch_size_histogram[k] counts batches of [2^k, 2^(k+1)) items: cumulative
     // Prometheus buckets with le = 2^(k+1) - 1, up to the first bound >= max_batch_size.
-    out.family("microbatch_batch_size", "histogram", "Items per completed batch.");
-    for (const auto& [batcher, stats] : batchers) {
+    out.family("microbatch_batch_size_items", "histogram", "Items per completed batch.");
+    for (const BatcherMetrics& b : batchers) {
+        const std::string& batcher = b.batcher;
+        const Stats& stats = b.stats;
         std::uint64_t cumulative = 0;
         for (std::size_t k = 0; k < stats.batch_size_histogram.size(); ++k) {
             cumulative += stats.batch_size_histogram[k];
             const std::uint64_t bound = (std::uint64_t{2} << k) - 1;
-            out.sample("microbatch_batch_size_bucket",
+            out.sample("microbatch_batch_size_items_bucket",
                        "batcher=\"" + batcher + "\",le=\"" + std::to_string(bound) + "\"",
                        cumulative);
-            if (bound >= batch_size) {
+            if (bound >= b.max_batch_size) {
                 break;
             }
         }
         const std::string label = "batcher=\"" + batcher + "\"";
-        out.sample("microbatch_batch_size_bucket", label + ",le=\"+Inf\"", stats.batches_completed);
-        out.sample("microbatch_batch_size_sum", label, stats.items_processed + stats.items_failed);
-        out.sample("microbatch_batch_size_count", label, stats.batches_completed);
+        out.sample("microbatch_batch_size_items_bucket", label + ",le=\"+Inf\"",
+                   stats.batches_completed);
+        out.sample("microbatch_batch_size_items_sum", label,
+                   stats.items_processed + stats.items_failed);
+        out.sample("microbatch_batch_size_items_count", label, stats.batches_completed);
     }
 
     const auto summary = [&](const char* name, const char* help, auto field) {
         out.family(name, "summary", help);
-        for (const auto& [batcher, stats] : batchers) {
-            const std::string label = "batcher=\"" + batcher + "\"";
+        for (const BatcherMetrics& b : batchers) {
+            const std::string label = "batcher=\"" + b.batcher + "\"";
+            const auto& stats = b.stats;
             out.sample(std::string(name) + "_sum", label, seconds(field(stats).total));
             out.sample(std::string(name) + "_count", label, field(stats).count);
         }
@@ -335,10 +372,10 @@ void write_batcher_metrics(MetricsWriter& out,
             [](const Stats& s) { return s.queue_delay; });
     summary("microbatch_processing_seconds", "Per batch, how long the batch function ran.",
             [](const Stats& s) { return s.processing_time; });
-    each("microbatch_queue_delay_max_seconds", "gauge", "Longest queue delay of any batch.",
-         [](const Stats& s) { return seconds(s.queue_delay.max); });
-    each("microbatch_processing_max_seconds", "gauge", "Longest run of the batch function.",
-         [](const Stats& s) { return seconds(s.processing_time.max); });
+    each_stat("microbatch_queue_delay_max_seconds", "gauge", "Longest queue delay of any batch.",
+              [](const Stats& s) { return seconds(s.queue_delay.max); });
+    each_stat("microbatch_processing_max_seconds", "gauge", "Longest run of the batch function.",
+              [](const Stats& s) { return seconds(s.processing_time.max); });
 }
 
 // ---- The service ------------------------------------------------------------------------------
@@ -392,6 +429,29 @@ public:
         server_.Get("/healthz", [](const httplib::Request&, httplib::Response& response) {
             response.set_content("ok\n", "text/plain");
         });
+        // A known path asked with a method it does not serve: 405 with an Allow header, where
+        // httplib would answer 404 as for an unknown path. (HEAD goes to the GET handlers.)
+        const auto not_allowed = [](const char* allow) {
+            return [allow](const httplib::Request& request, httplib::Response& response) {
+                response.set_header("Allow", allow);
+                reply_error(response, 405,
+                            request.method + " not allowed on " + request.path + "; use " + allow);
+            };
+        };
+        for (const char* path : {"/v1/double", "/v1/model"}) {
+            server_.Get(path, not_allowed("POST"));
+            server_.Put(path, not_allowed("POST"));
+            server_.Patch(path, not_allowed("POST"));
+            server_.Delete(path, not_allowed("POST"));
+            server_.Options(path, not_allowed("POST"));
+        }
+        for (const char* path : {"/metrics", "/healthz"}) {
+            server_.Post(path, not_allowed("GET, HEAD"));
+            server_.Put(path, not_allowed("GET, HEAD"));
+            server_.Patch(path, not_allowed("GET, HEAD"));
+            server_.Delete(path, not_allowed("GET, HEAD"));
+            server_.Options(path, not_allowed("GET, HEAD"));
+        }
         server_.set_logger(
             [this](const httplib::Request& request, const httplib::Response& response) {
                 count_request(request.path, response.status);
@@ -466,8 +526,8 @@ public:
 
     std::string metrics() const {
         MetricsWriter out;
-        write_batcher_metrics(out, {{"double", doubler_.stats()}, {"model", model_.stats()}},
-                              config_.batch_size);
+        write_batcher_metrics(
+            out, {batcher_metrics("double", doubler_), batcher_metrics("model", model_)});
         out.family("http_requests_total", "counter", "HTTP requests answered, by path and code.");
         std::lock_guard<std::mutex> lock(requests_mutex_);
         for (const auto& [key, count] : requests_) {
@@ -482,6 +542,11 @@ public:
 
 private:
     using DoubleBatcher = microbatch::Batcher<double, double>;
+
+    static BatcherMetrics batcher_metrics(const char* name, const DoubleBatcher& batcher) {
+        return {name, batcher.stats(), batcher.options().max_batch_size(),
+                batcher.options().effective_capacity()};
+    }
 
     static microbatch::Options options(const ServiceConfig& config) {
         return microbatch::Options{}
@@ -962,6 +1027,18 @@ void test_endpoints(Checker& checker) {
         client.Post("/v1/double", Json(std::vector<double>(config.max_items + 1, 1.0)).dump(),
                     "application/json");
     checker.check(too_many && too_many->status == 413, "413 for too many items");
+    const auto get_double = client.Get("/v1/double");
+    checker.check(
+        get_double && get_double->status == 405 && get_double->get_header_value("Allow") == "POST",
+        "405 (Allow: POST) for GET /v1/double");
+    const auto post_metrics = client.Post("/metrics", "x", "text/plain");
+    checker.check(post_metrics && post_metrics->status == 405 &&
+                      post_metrics->get_header_value("Allow") == "GET, HEAD",
+                  "405 (Allow: GET, HEAD) for POST /metrics");
+    const auto delete_model = client.Delete("/v1/model");
+    checker.check(delete_model && delete_model->status == 405, "405 for DELETE /v1/model");
+    const auto unknown = client.Get("/v1/nothing");
+    checker.check(unknown && unknown->status == 404, "404 for an unknown path");
 
     // Concurrent clients, both endpoints, 1 to 3 items per request: every answer exact.
     std::atomic<std::uint64_t> double_items{3 + 1};  // the requests above: 21, [1, 2.5, -3]
@@ -1009,16 +1086,28 @@ void test_endpoints(Checker& checker) {
                       static_cast<double>(model_items.load()),
                   "metrics: model items processed");
     const microbatch::Stats model = service.model_stats();
-    checker.check(metric(text, "microbatch_batch_size_count{batcher=\"model\"}") ==
+    checker.check(metric(text, "microbatch_batch_size_items_count{batcher=\"model\"}") ==
                       static_cast<double>(model.batches_completed),
                   "metrics: model batch count");
-    checker.check(metric(text, "microbatch_batch_size_bucket{batcher=\"model\",le=\"+Inf\"}") ==
-                      static_cast<double>(model.batches_completed),
-                  "metrics: histogram +Inf bucket");
+    checker.check(
+        metric(text, "microbatch_batch_size_items_bucket{batcher=\"model\",le=\"+Inf\"}") ==
+            static_cast<double>(model.batches_completed),
+        "metrics: histogram +Inf bucket");
+    for (const char* reason : {"full", "closed", "error"}) {
+        checker.check(metric(text, std::string("microbatch_items_rejected_total{batcher=\"double\","
+                                               "reason=\"") +
+                                       reason + "\"}") == 0.0,
+                      std::string("metrics: no rejections for reason ") + reason);
+    }
+    checker.check(metric(text, "microbatch_callback_exceptions_total{batcher=\"model\"}") == 0.0,
+                  "metrics: callback exceptions");
+    // capacity 0 in the config: max(4 x batch_size, http_threads) = max(32, 16)
+    checker.check(metric(text, "microbatch_capacity_items{batcher=\"model\"}") == 32.0,
+                  "metrics: capacity");
     checker.check(metric(text, "http_requests_total{path=\"/v1/double\",code=\"400\"}") ==
                       static_cast<double>(rejected),
                   "metrics: 400s counted");
-    checker.check(text.find("# TYPE microbatch_batch_size histogram") != std::string::npos,
+    checker.check(text.find("# TYPE microbatch_batch_size_items histogram") != std::string::npos,
                   "metrics: TYPE lines");
     std::printf(
         "endpoints: /healthz, /v1/double, /v1/model, /metrics answered correctly "
