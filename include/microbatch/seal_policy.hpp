@@ -35,7 +35,7 @@
  *       D would only add delay. (Observed by the timer, which samples n.)
  *    c. every item the batcher usually holds at once is here: pending (accepted, unfinished
  *       items, the open batch's included) >= round(population), the slowly decaying maximum
- *       of pending at recent seals and batch ends, known only while the samples keep reaching
+ *       of pending at recent batch ends, known only while the samples keep reaching
  *       it. With N clients that each wait for their result it seals the moment the N-th
  *       arrives (and rule a waits for it: a closed loop would otherwise lock into whatever
  *       batch size it started with); with independent arrivals the count varies and the rule
@@ -82,7 +82,7 @@ struct LoadEstimate {
     /// than 1 / arrival_rate when items come in bursts (clients answering their results).
     double burst_gap_ns = 0.0;
     /// How many items are usually pending at once: a slowly decaying maximum of the items
-    /// accepted and unfinished, sampled at seals and batch ends; 0 when unknown or when the
+    /// accepted and unfinished, sampled at each batch's end; 0 when unknown or when the
     /// samples vary (their mean below 90 % of that maximum: independent arrivals). With
     /// clients that each wait for their result (closed loop) it is the number of clients.
     double population = 0.0;

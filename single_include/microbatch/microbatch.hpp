@@ -2964,7 +2964,7 @@ private:
  *       D would only add delay. (Observed by the timer, which samples n.)
  *    c. every item the batcher usually holds at once is here: pending (accepted, unfinished
  *       items, the open batch's included) >= round(population), the slowly decaying maximum
- *       of pending at recent seals and batch ends, known only while the samples keep reaching
+ *       of pending at recent batch ends, known only while the samples keep reaching
  *       it. With N clients that each wait for their result it seals the moment the N-th
  *       arrives (and rule a waits for it: a closed loop would otherwise lock into whatever
  *       batch size it started with); with independent arrivals the count varies and the rule
@@ -3010,7 +3010,7 @@ struct LoadEstimate {
     /// than 1 / arrival_rate when items come in bursts (clients answering their results).
     double burst_gap_ns = 0.0;
     /// How many items are usually pending at once: a slowly decaying maximum of the items
-    /// accepted and unfinished, sampled at seals and batch ends; 0 when unknown or when the
+    /// accepted and unfinished, sampled at each batch's end; 0 when unknown or when the
     /// samples vary (their mean below 90 % of that maximum: independent arrivals). With
     /// clients that each wait for their result (closed loop) it is the number of clients.
     double population = 0.0;
@@ -6045,8 +6045,6 @@ void Batcher<T, R, Clock>::note_sealed(std::uint32_t size, std::int64_t now, std
         rate_nanoseconds_.store(nanoseconds, std::memory_order_relaxed);
         rate_samples_.fetch_add(1, std::memory_order_relaxed);
     }
-    // Population: items pending at this seal (those in flight, this batch's included).
-    note_population(static_cast<std::size_t>(in_flight_items_.load(std::memory_order_relaxed)));
     refresh_producer_threshold();
 }
 
@@ -6230,8 +6228,9 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
     // The population sample of seal_policy.hpp rule 5c, taken before this batch's items are
     // completed (their clients cannot have submitted again yet, so nobody is counted twice):
     // with clients that each wait for their result, these items come back at once.
-    note_population(pending_with(filling_count(
-        lanes_[buffer_index / buffers_per_lane_].head.load(std::memory_order_relaxed))));
+    // Only here, not at seals: a seal sees the items in flight but not those waiting in other
+    // lanes, and in a closed loop a batch sealed early would make the samples disagree.
+    note_population(pending());
     if (any_completion) {
         std::size_t last = count;
         for (std::size_t i = count; i-- > 0;) {

@@ -96,8 +96,6 @@ void Batcher<T, R, Clock>::note_sealed(std::uint32_t size, std::int64_t now, std
         rate_nanoseconds_.store(nanoseconds, std::memory_order_relaxed);
         rate_samples_.fetch_add(1, std::memory_order_relaxed);
     }
-    // Population: items pending at this seal (those in flight, this batch's included).
-    note_population(static_cast<std::size_t>(in_flight_items_.load(std::memory_order_relaxed)));
     refresh_producer_threshold();
 }
 

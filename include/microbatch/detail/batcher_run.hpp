@@ -81,8 +81,9 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
     // The population sample of seal_policy.hpp rule 5c, taken before this batch's items are
     // completed (their clients cannot have submitted again yet, so nobody is counted twice):
     // with clients that each wait for their result, these items come back at once.
-    note_population(pending_with(filling_count(
-        lanes_[buffer_index / buffers_per_lane_].head.load(std::memory_order_relaxed))));
+    // Only here, not at seals: a seal sees the items in flight but not those waiting in other
+    // lanes, and in a closed loop a batch sealed early would make the samples disagree.
+    note_population(pending());
     if (any_completion) {
         std::size_t last = count;
         for (std::size_t i = count; i-- > 0;) {
