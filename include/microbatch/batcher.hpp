@@ -462,10 +462,10 @@ private:
         return detail::head_word::tag_of(head);
     }
     enum WaitMode { wait_never, wait_forever, wait_until_deadline };
-    using Deadline = detail::SubmitDeadline;
+    using Deadline = std::chrono::steady_clock::time_point;  // timed submits: steady clock
     template <class Rep, class Period>
     static Deadline deadline_after(const std::chrono::duration<Rep, Period>& timeout) {
-        return detail::submit_deadline_after(timeout);
+        return detail::steady_deadline_after(timeout);
     }
 
     struct ItemsDeleter {
@@ -513,7 +513,7 @@ private:
     void refresh_producer_threshold() noexcept;
     void note_population(std::size_t pending) noexcept;
     void wake_timer();
-    void seal_for_free_worker();
+    void seal_for_free_worker(std::int64_t now = unset_time);
 
     // ---- Submission: detail/batcher_submit.hpp --------------------------------------------
 

@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "microbatch/detail/config.hpp"
+#include "microbatch/detail/deadline.hpp"
 #include "microbatch/detail/handle_state.hpp"
 #include "microbatch/errors.hpp"
 #include "microbatch/outcome.hpp"
@@ -83,7 +84,7 @@ public:
     /// @return `std::future_status::ready` or `std::future_status::timeout`.
     template <class Rep, class Period>
     std::future_status wait_for(const std::chrono::duration<Rep, Period>& timeout) const {
-        return wait_until(saturating_deadline(timeout));
+        return wait_until(detail::steady_deadline_after(timeout));
     }
 
     /// @brief Blocks until the result is available or @p deadline has passed.
@@ -121,24 +122,6 @@ private:
     friend class Batcher;
 
     explicit Handle(detail::HandleState<R>* state) noexcept : state_(state) {}
-
-    // now() + timeout on the steady clock, saturating at time_point::max() instead of
-    // overflowing (signed overflow is undefined behaviour).
-    template <class Rep, class Period>
-    static std::chrono::steady_clock::time_point saturating_deadline(
-        const std::chrono::duration<Rep, Period>& timeout) {
-        using Deadline = std::chrono::steady_clock::time_point;
-        const Deadline now = std::chrono::steady_clock::now();
-        if (timeout <= std::chrono::duration<Rep, Period>::zero()) {
-            return now;
-        }
-        // Compared in floating point, so that no integer conversion of a huge timeout overflows.
-        if (std::chrono::duration<double>(timeout) >=
-            std::chrono::duration<double>(Deadline::max() - now)) {
-            return Deadline::max();
-        }
-        return now + std::chrono::ceil<Deadline::duration>(timeout);
-    }
 
     void check() const {
         if (state_ == nullptr) {

@@ -94,7 +94,6 @@
  * that let a `-fno-exceptions` build terminate with a message, and the cache-line size.
  */
 
-
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
@@ -1153,7 +1152,6 @@ private:
  * @brief `microbatch::Batch<T>`: the view of one microbatch handed to `process_batch`.
  */
 
-
 #include <cstddef>
 #include <cstdint>
 
@@ -1291,7 +1289,6 @@ private:
  * `sleep_until(std::unique_lock<std::mutex>&, time_point)` (until notified or the deadline) and
  * `retire()` (the timer has stopped). Sleeps may end spuriously; the timer re-checks.
  */
-
 
 #include <algorithm>
 #include <atomic>
@@ -1491,6 +1488,40 @@ private:
 #include <cstdint>
 #include <limits>
 
+// ---- begin microbatch/detail/deadline.hpp ----
+/**
+ * @file deadline.hpp
+ * @brief Internal: now + timeout on the steady clock without overflow (Handle::wait_for and the
+ *        batcher's timed submits).
+ */
+
+#include <chrono>
+
+namespace microbatch {
+namespace detail {
+
+/// now() + @p timeout on the steady clock; a zero or negative timeout gives now(), one too large
+/// to add gives time_point::max() instead of overflowing (signed overflow is undefined).
+template <class Rep, class Period>
+std::chrono::steady_clock::time_point steady_deadline_after(
+    const std::chrono::duration<Rep, Period>& timeout) {
+    using Deadline = std::chrono::steady_clock::time_point;
+    const Deadline now = std::chrono::steady_clock::now();
+    if (timeout <= std::chrono::duration<Rep, Period>::zero()) {
+        return now;
+    }
+    // Compared in floating point, so that no integer conversion of a huge timeout overflows.
+    if (std::chrono::duration<double>(timeout) >=
+        std::chrono::duration<double>(Deadline::max() - now)) {
+        return Deadline::max();
+    }
+    return now + std::chrono::ceil<Deadline::duration>(timeout);
+}
+
+}  // namespace detail
+}  // namespace microbatch
+
+// ---- end microbatch/detail/deadline.hpp ----
 
 namespace microbatch {
 namespace detail {
@@ -1566,24 +1597,6 @@ struct alignas(cache_line_size) BatcherBuffer {
     std::uint64_t number = 0;  // Batch::sequence(): the batcher-wide dispatch number
 };
 
-/// Deadlines of timed submits are measured on the steady clock whatever the batcher's Clock.
-using SubmitDeadline = std::chrono::steady_clock::time_point;
-
-/// now + @p timeout on the steady clock, saturating at the maximum instead of overflowing.
-template <class Rep, class Period>
-SubmitDeadline submit_deadline_after(const std::chrono::duration<Rep, Period>& timeout) {
-    const auto now = std::chrono::steady_clock::now();
-    if (timeout <= std::chrono::duration<Rep, Period>::zero()) {
-        return now;
-    }
-    // Compared in floating point so that huge timeouts saturate instead of overflowing.
-    if (std::chrono::duration<double>(timeout) >=
-        std::chrono::duration<double>(SubmitDeadline::max() - now)) {
-        return SubmitDeadline::max();
-    }
-    return now + std::chrono::ceil<SubmitDeadline::duration>(timeout);
-}
-
 }  // namespace detail
 }  // namespace microbatch
 
@@ -1658,7 +1671,6 @@ SubmitDeadline submit_deadline_after(const std::chrono::duration<Rep, Period>& t
 #include <cstdint>
 #include <mutex>
 
-
 namespace microbatch::detail {
 
 /// One waiting place: a mutex and the condition variable waiters on it sleep on.
@@ -1702,7 +1714,6 @@ inline ParkingSpot& parking_spot_for(const void* address) noexcept {
  * @file errors.hpp
  * @brief The exception types microbatch throws and the status codes of non-throwing calls.
  */
-
 
 #include <stdexcept>
 #include <string>
@@ -2189,7 +2200,6 @@ private:
 #include <type_traits>
 #include <utility>
 
-
 namespace microbatch {
 
 template <class T, class R, class Clock>
@@ -2259,7 +2269,7 @@ public:
     /// @return `std::future_status::ready` or `std::future_status::timeout`.
     template <class Rep, class Period>
     std::future_status wait_for(const std::chrono::duration<Rep, Period>& timeout) const {
-        return wait_until(saturating_deadline(timeout));
+        return wait_until(detail::steady_deadline_after(timeout));
     }
 
     /// @brief Blocks until the result is available or @p deadline has passed.
@@ -2297,24 +2307,6 @@ private:
     friend class Batcher;
 
     explicit Handle(detail::HandleState<R>* state) noexcept : state_(state) {}
-
-    // now() + timeout on the steady clock, saturating at time_point::max() instead of
-    // overflowing (signed overflow is undefined behaviour).
-    template <class Rep, class Period>
-    static std::chrono::steady_clock::time_point saturating_deadline(
-        const std::chrono::duration<Rep, Period>& timeout) {
-        using Deadline = std::chrono::steady_clock::time_point;
-        const Deadline now = std::chrono::steady_clock::now();
-        if (timeout <= std::chrono::duration<Rep, Period>::zero()) {
-            return now;
-        }
-        // Compared in floating point, so that no integer conversion of a huge timeout overflows.
-        if (std::chrono::duration<double>(timeout) >=
-            std::chrono::duration<double>(Deadline::max() - now)) {
-            return Deadline::max();
-        }
-        return now + std::chrono::ceil<Deadline::duration>(timeout);
-    }
 
     void check() const {
         if (state_ == nullptr) {
@@ -2427,7 +2419,6 @@ private:
 #include <new>
 #include <type_traits>
 #include <utility>
-
 
 namespace microbatch::detail {
 
@@ -2546,7 +2537,6 @@ private:
 #include <type_traits>
 #include <utility>
 
-
 namespace microbatch::detail {
 
 template <class Signature>
@@ -2619,7 +2609,6 @@ private:
  * @brief The executor abstraction batchers dispatch batches to.
  */
 
-
 #include <functional>
 
 namespace microbatch {
@@ -2654,7 +2643,6 @@ using Executor = std::function<void(Task)>;
 #include <string>
 #include <thread>
 #include <utility>
-
 
 namespace microbatch {
 
@@ -2982,7 +2970,6 @@ private:
 #include <cstdint>
 #include <limits>
 
-
 namespace microbatch {
 
 /// @brief Who asks `decide_seal` (changes only the reason reported for rule 4).
@@ -3282,7 +3269,6 @@ inline SealDecision decide_seal(const SealInputs& in) noexcept {
 #include <string>
 #include <utility>
 #include <vector>
-
 
 namespace microbatch {
 
@@ -4394,7 +4380,6 @@ private:
  *        `Batcher::submit_for_handle` return, the status and, on acceptance, the item's handle.
  */
 
-
 namespace microbatch {
 
 /**
@@ -4453,7 +4438,6 @@ struct SubmitResult {
 #include <type_traits>
 #include <utility>
 #include <vector>
-
 
 namespace microbatch {
 namespace detail {
@@ -5446,10 +5430,10 @@ private:
         return detail::head_word::tag_of(head);
     }
     enum WaitMode { wait_never, wait_forever, wait_until_deadline };
-    using Deadline = detail::SubmitDeadline;
+    using Deadline = std::chrono::steady_clock::time_point;  // timed submits: steady clock
     template <class Rep, class Period>
     static Deadline deadline_after(const std::chrono::duration<Rep, Period>& timeout) {
-        return detail::submit_deadline_after(timeout);
+        return detail::steady_deadline_after(timeout);
     }
 
     struct ItemsDeleter {
@@ -5497,7 +5481,7 @@ private:
     void refresh_producer_threshold() noexcept;
     void note_population(std::size_t pending) noexcept;
     void wake_timer();
-    void seal_for_free_worker();
+    void seal_for_free_worker(std::int64_t now = unset_time);
 
     // ---- Submission: detail/batcher_submit.hpp --------------------------------------------
 
@@ -5686,7 +5670,6 @@ private:
  *
  */
 
-
 namespace microbatch {
 
 // Seals @p lane's batch being filled (if it holds items) and returns the lane number of the
@@ -5836,7 +5819,6 @@ void Batcher<T, R, Clock>::begin_close() {
 #include <stdexcept>
 #include <string>
 
-
 namespace microbatch {
 
 template <class T, class R, class Clock>
@@ -5959,7 +5941,6 @@ std::size_t Batcher<T, R, Clock>::max_in_flight() const noexcept {
 #include <algorithm>
 #include <cmath>
 
-
 namespace microbatch {
 namespace detail {
 /// The batcher whose seal_for_free_worker() runs on this thread: stops the recursion an inline
@@ -6066,12 +6047,12 @@ template <class T, class R, class Clock>
 void Batcher<T, R, Clock>::refresh_producer_threshold() noexcept {
     // relaxed: settings; see policy_inputs.
     const std::int64_t delay = max_delay_ticks_.load(std::memory_order_relaxed);
+    const LoadEstimate load = load_estimate();
     const std::size_t threshold =
-        producer_seal_threshold(load_estimate(), max_in_flight_.load(std::memory_order_relaxed),
+        producer_seal_threshold(load, max_in_flight_.load(std::memory_order_relaxed),
                                 current_batch_size_.load(std::memory_order_relaxed),
                                 delay < 0 ? -1 : to_nanoseconds(delay), seal_early_, lane_count_);
     producer_threshold_.store(static_cast<std::uint32_t>(threshold), std::memory_order_relaxed);
-    const LoadEstimate load = load_estimate();
     const bool population_rule =
         seal_early_ && delay > 0 && load.population >= 1.0 &&
         count_rules_apply(load, lane_count_, current_batch_size_.load(std::memory_order_relaxed));
@@ -6090,7 +6071,7 @@ void Batcher<T, R, Clock>::wake_timer() {
 // batch if the policy says so (rule 4 reports `worker_free`, rule 5a `early`), as many times as
 // the limit allows, then let the timer re-plan if it was waiting for a worker.
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::seal_for_free_worker() {
+void Batcher<T, R, Clock>::seal_for_free_worker(std::int64_t now) {
     if (detail::sealing_for_free_worker == this) {
         return;  // an inline executor ran the batch we sealed: the loop below goes on
     }
@@ -6117,7 +6098,9 @@ void Batcher<T, R, Clock>::seal_for_free_worker() {
         if (oldest == nullptr) {
             break;  // no partial batch: a producer opening one wakes the timer itself
         }
-        const std::int64_t now = clock_.now().time_since_epoch().count();
+        if (now == unset_time || round != 0) {
+            now = clock_.now().time_since_epoch().count();  // the caller's time, if fresh
+        }
         const SealDecision decision = decide_seal(policy_inputs(
             SealTrigger::worker_finished, now, static_cast<std::size_t>(filling_count(oldest_head)),
             pending_with(filling_count(oldest_head)), bound_of(buffer_of(oldest_head)),
@@ -6154,7 +6137,6 @@ void Batcher<T, R, Clock>::seal_for_free_worker() {
  * run_batch() waits for late writers, compacts holes, calls process_batch, records stats, then
  * completes every item's handle or callback; finish_party() frees the buffer.
  */
-
 
 namespace microbatch {
 
@@ -6258,10 +6240,12 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
         // relaxed: published to the next producers by arrive()'s acq_rel and the open CAS.
         states[i].store(detail::slot_empty, std::memory_order_relaxed);
     }
+    // One clock read serves the latency sample and the decision the free worker takes below.
+    const std::int64_t finished = clock_.now().time_since_epoch().count();
     if (count != 0 && opened_at != unset_time) {
         // One end-to-end sample per batch: its oldest item, accepted at opened_at, has now had
         // its result delivered (Stats::item_latency).
-        stats_.item_latency(to_nanoseconds(clock_.now().time_since_epoch().count() - opened_at));
+        stats_.item_latency(to_nanoseconds(finished - opened_at));
     }
     // Holes were taken off by their producers (fill_slot). relaxed: a statistic for close_for().
     in_flight_items_.fetch_sub(size - holes, std::memory_order_relaxed);
@@ -6271,7 +6255,7 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
     detail::running_batches = running.outer;
     // The worker is free: seq_cst, Dekker handshake with the timer (seal_for_free_worker).
     in_flight_batches_.fetch_sub(1, std::memory_order_seq_cst);
-    seal_for_free_worker();
+    seal_for_free_worker(finished);
 }
 
 template <class T, class R, class Clock>
@@ -6387,7 +6371,6 @@ void Batcher<T, R, Clock>::finish_party(std::uint32_t index) noexcept {
  *
  * Also the construction of the buffer ring (initialise).
  */
-
 
 namespace microbatch {
 
@@ -6717,7 +6700,6 @@ void Batcher<T, R, Clock>::mark_finished(Buffer& buffer, std::uint64_t sequence)
  * seals the batch (detail/batcher_seal.hpp). When no batch is open, wait_for_space() blocks.
  */
 
-
 namespace microbatch {
 
 template <class T, class R, class Clock>
@@ -6970,7 +6952,6 @@ SubmitStatus Batcher<T, R, Clock>::wait_for_space_registered(Lane& lane, WaitMod
 #include <chrono>
 #include <vector>
 
-
 namespace microbatch {
 
 // The timer asks decide_seal() about every lane's partial batch, seals what it says, and sleeps
@@ -6983,7 +6964,6 @@ void Batcher<T, R, Clock>::run_timer() {
     // this thread exists to wake on time, so ask for 1 ns. Affects only this thread.
     ::prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
 #endif
-    using Seen = TimerSeen;
     TimerSeen* const seen = timer_seen_.get();
     bool announced = false;  // timer_idle_ and timer_waits_for_worker_ are set
     std::unique_lock<std::mutex> lock(timer_mutex_);
@@ -6995,14 +6975,14 @@ void Batcher<T, R, Clock>::run_timer() {
             std::uint64_t head = 0;
             std::int64_t opened_at = unset_time;
             if (!current_batch_start(lanes_[l], head, opened_at)) {
-                seen[l] = Seen{};
+                seen[l] = TimerSeen{};
                 continue;
             }
             const std::uint64_t count = filling_count(head);
             const std::uint64_t batch = head & ~count_mask;
             if (seen[l].batch != batch) {
                 // A batch we have not seen: with one item, it last grew when it opened.
-                seen[l] = Seen{batch, count, count == 1 ? opened_at : now};
+                seen[l] = TimerSeen{batch, count, count == 1 ? opened_at : now};
             } else if (seen[l].count != count) {
                 seen[l].count = count;
                 seen[l].changed_at = now;
@@ -7081,7 +7061,6 @@ bool Batcher<T, R, Clock>::current_batch_start(const Lane& lane, std::uint64_t& 
 #include <exception>
 #include <type_traits>
 #include <utility>
-
 
 namespace microbatch {
 
@@ -7165,7 +7144,6 @@ auto merge_into(Aggregator<Op>& aggregator, F process) {
  * enough for every index up to `collector_max_index`, so there is no capacity limit to
  * configure and no directory to grow either.
  */
-
 
 #include <atomic>
 #include <cstddef>

@@ -117,12 +117,12 @@ template <class T, class R, class Clock>
 void Batcher<T, R, Clock>::refresh_producer_threshold() noexcept {
     // relaxed: settings; see policy_inputs.
     const std::int64_t delay = max_delay_ticks_.load(std::memory_order_relaxed);
+    const LoadEstimate load = load_estimate();
     const std::size_t threshold =
-        producer_seal_threshold(load_estimate(), max_in_flight_.load(std::memory_order_relaxed),
+        producer_seal_threshold(load, max_in_flight_.load(std::memory_order_relaxed),
                                 current_batch_size_.load(std::memory_order_relaxed),
                                 delay < 0 ? -1 : to_nanoseconds(delay), seal_early_, lane_count_);
     producer_threshold_.store(static_cast<std::uint32_t>(threshold), std::memory_order_relaxed);
-    const LoadEstimate load = load_estimate();
     const bool population_rule =
         seal_early_ && delay > 0 && load.population >= 1.0 &&
         count_rules_apply(load, lane_count_, current_batch_size_.load(std::memory_order_relaxed));
@@ -141,7 +141,7 @@ void Batcher<T, R, Clock>::wake_timer() {
 // batch if the policy says so (rule 4 reports `worker_free`, rule 5a `early`), as many times as
 // the limit allows, then let the timer re-plan if it was waiting for a worker.
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::seal_for_free_worker() {
+void Batcher<T, R, Clock>::seal_for_free_worker(std::int64_t now) {
     if (detail::sealing_for_free_worker == this) {
         return;  // an inline executor ran the batch we sealed: the loop below goes on
     }
@@ -168,7 +168,9 @@ void Batcher<T, R, Clock>::seal_for_free_worker() {
         if (oldest == nullptr) {
             break;  // no partial batch: a producer opening one wakes the timer itself
         }
-        const std::int64_t now = clock_.now().time_since_epoch().count();
+        if (now == unset_time || round != 0) {
+            now = clock_.now().time_since_epoch().count();  // the caller's time, if fresh
+        }
         const SealDecision decision = decide_seal(policy_inputs(
             SealTrigger::worker_finished, now, static_cast<std::size_t>(filling_count(oldest_head)),
             pending_with(filling_count(oldest_head)), bound_of(buffer_of(oldest_head)),

@@ -13,6 +13,7 @@
 
 #include "microbatch/batch.hpp"
 #include "microbatch/detail/config.hpp"
+#include "microbatch/detail/deadline.hpp"
 
 namespace microbatch {
 namespace detail {
@@ -87,24 +88,6 @@ struct alignas(cache_line_size) BatcherBuffer {
     std::int64_t dispatched_at = 0;
     std::uint64_t number = 0;  // Batch::sequence(): the batcher-wide dispatch number
 };
-
-/// Deadlines of timed submits are measured on the steady clock whatever the batcher's Clock.
-using SubmitDeadline = std::chrono::steady_clock::time_point;
-
-/// now + @p timeout on the steady clock, saturating at the maximum instead of overflowing.
-template <class Rep, class Period>
-SubmitDeadline submit_deadline_after(const std::chrono::duration<Rep, Period>& timeout) {
-    const auto now = std::chrono::steady_clock::now();
-    if (timeout <= std::chrono::duration<Rep, Period>::zero()) {
-        return now;
-    }
-    // Compared in floating point so that huge timeouts saturate instead of overflowing.
-    if (std::chrono::duration<double>(timeout) >=
-        std::chrono::duration<double>(SubmitDeadline::max() - now)) {
-        return SubmitDeadline::max();
-    }
-    return now + std::chrono::ceil<SubmitDeadline::duration>(timeout);
-}
 
 }  // namespace detail
 }  // namespace microbatch

@@ -111,10 +111,12 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
         // relaxed: published to the next producers by arrive()'s acq_rel and the open CAS.
         states[i].store(detail::slot_empty, std::memory_order_relaxed);
     }
+    // One clock read serves the latency sample and the decision the free worker takes below.
+    const std::int64_t finished = clock_.now().time_since_epoch().count();
     if (count != 0 && opened_at != unset_time) {
         // One end-to-end sample per batch: its oldest item, accepted at opened_at, has now had
         // its result delivered (Stats::item_latency).
-        stats_.item_latency(to_nanoseconds(clock_.now().time_since_epoch().count() - opened_at));
+        stats_.item_latency(to_nanoseconds(finished - opened_at));
     }
     // Holes were taken off by their producers (fill_slot). relaxed: a statistic for close_for().
     in_flight_items_.fetch_sub(size - holes, std::memory_order_relaxed);
@@ -124,7 +126,7 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
     detail::running_batches = running.outer;
     // The worker is free: seq_cst, Dekker handshake with the timer (seal_for_free_worker).
     in_flight_batches_.fetch_sub(1, std::memory_order_seq_cst);
-    seal_for_free_worker();
+    seal_for_free_worker(finished);
 }
 
 template <class T, class R, class Clock>

@@ -28,7 +28,6 @@ void Batcher<T, R, Clock>::run_timer() {
     // this thread exists to wake on time, so ask for 1 ns. Affects only this thread.
     ::prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
 #endif
-    using Seen = TimerSeen;
     TimerSeen* const seen = timer_seen_.get();
     bool announced = false;  // timer_idle_ and timer_waits_for_worker_ are set
     std::unique_lock<std::mutex> lock(timer_mutex_);
@@ -40,14 +39,14 @@ void Batcher<T, R, Clock>::run_timer() {
             std::uint64_t head = 0;
             std::int64_t opened_at = unset_time;
             if (!current_batch_start(lanes_[l], head, opened_at)) {
-                seen[l] = Seen{};
+                seen[l] = TimerSeen{};
                 continue;
             }
             const std::uint64_t count = filling_count(head);
             const std::uint64_t batch = head & ~count_mask;
             if (seen[l].batch != batch) {
                 // A batch we have not seen: with one item, it last grew when it opened.
-                seen[l] = Seen{batch, count, count == 1 ? opened_at : now};
+                seen[l] = TimerSeen{batch, count, count == 1 ? opened_at : now};
             } else if (seen[l].count != count) {
                 seen[l].count = count;
                 seen[l].changed_at = now;
