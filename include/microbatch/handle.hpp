@@ -20,6 +20,10 @@ namespace microbatch {
 template <class T, class R, class Clock>
 class Batcher;
 
+namespace detail {
+struct HandleAccess;
+}  // namespace detail
+
 /**
  * @brief A future-like handle to the result of one item submitted with `Batcher::submit(item)`.
  *
@@ -120,6 +124,7 @@ public:
 private:
     template <class, class, class>
     friend class Batcher;
+    friend struct detail::HandleAccess;
 
     explicit Handle(detail::HandleState<R>* state) noexcept : state_(state) {}
 
@@ -139,5 +144,16 @@ private:
 
     detail::HandleState<R>* state_ = nullptr;
 };
+
+namespace detail {
+/// Lets batchers other than Batcher (KeyedBatcher) make a handle from a state they created.
+struct HandleAccess {
+    /// A handle owning one of @p state's two references.
+    template <class R>
+    static Handle<R> make(HandleState<R>* state) noexcept {
+        return Handle<R>(state);
+    }
+};
+}  // namespace detail
 
 }  // namespace microbatch

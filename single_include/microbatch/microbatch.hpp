@@ -2205,6 +2205,10 @@ namespace microbatch {
 template <class T, class R, class Clock>
 class Batcher;
 
+namespace detail {
+struct HandleAccess;
+}  // namespace detail
+
 /**
  * @brief A future-like handle to the result of one item submitted with `Batcher::submit(item)`.
  *
@@ -2305,6 +2309,7 @@ public:
 private:
     template <class, class, class>
     friend class Batcher;
+    friend struct detail::HandleAccess;
 
     explicit Handle(detail::HandleState<R>* state) noexcept : state_(state) {}
 
@@ -2324,6 +2329,17 @@ private:
 
     detail::HandleState<R>* state_ = nullptr;
 };
+
+namespace detail {
+/// Lets batchers other than Batcher (KeyedBatcher) make a handle from a state they created.
+struct HandleAccess {
+    /// A handle owning one of @p state's two references.
+    template <class R>
+    static Handle<R> make(HandleState<R>* state) noexcept {
+        return Handle<R>(state);
+    }
+};
+}  // namespace detail
 
 }  // namespace microbatch
 
@@ -7051,6 +7067,1972 @@ bool Batcher<T, R, Clock>::current_batch_start(const Lane& lane, std::uint64_t& 
 // ---- end microbatch/detail/batcher_timer.hpp ----
 
 // ---- end microbatch/batcher.hpp ----
+// ---- begin microbatch/keyed_batcher.hpp ----
+/**
+ * @file keyed_batcher.hpp
+ * @brief `microbatch::KeyedBatcher<Key, T, R, Clock>`: batches items per key (table, tenant,
+ *        model) with per-key bounds, all keys sharing one timer thread and one pool.
+ */
+
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <queue>
+#include <set>
+#include <thread>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+// ---- begin microbatch/detail/keyed_policy.hpp ----
+/**
+ * @file detail/keyed_policy.hpp
+ * @brief KeyedBatcher internals: its decisions as pure functions (when a key's batch is full or
+ *        due, which key's batch a free worker takes next), unit-tested without threads in
+ *        tests/test_keyed_batcher.cpp.
+ *
+ * **Sealing** (check_key_batch): a key's open batch with n items, bound B, opened at t0 with
+ * time bound D is `full` when n >= B (sealed at once, whatever the workers do: it cannot grow),
+ * `due` when now >= t0 + D (it goes into the round-robin ring and is sealed when a worker takes
+ * it, growing meanwhile), otherwise `filling` until t0 + D. D < 0 means no time bound.
+ *
+ * **Dispatch** (RoundRobinRing + decide_key_dispatch): keys with work (sealed batches waiting,
+ * or a due open batch) sit in a FIFO ring, each at most once. While fewer than max_in_flight
+ * batches run, the front key gives one batch (its oldest sealed batch, else its due open batch
+ * sealed now) and goes to the back if it has more. So when workers are scarce, n keys with
+ * work each get one batch in every n dispatched, whatever their arrival rates.
+ */
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <limits>
+
+namespace microbatch::detail {
+
+/// The state of a key's open batch (see the file comment).
+enum class KeyBatchState {
+    empty,    ///< No open batch (or no item in it).
+    filling,  ///< Below its bound and not yet due: look again at `due_at`.
+    due,      ///< Reached its time bound: seal it when a worker takes it.
+    full,     ///< Holds its bound: seal it now.
+};
+
+/// What check_key_batch answers.
+struct KeyBatchCheck {
+    /// Marks "no time": the batch has no time bound.
+    static constexpr std::int64_t never = std::numeric_limits<std::int64_t>::max();
+    KeyBatchState state = KeyBatchState::empty;  ///< The verdict.
+    std::int64_t due_at = never;                 ///< When a `filling` batch becomes due.
+};
+
+/// @p opened_at + @p delay without overflow (`never` when @p delay < 0 or the sum overflows).
+inline std::int64_t key_due_time(std::int64_t opened_at, std::int64_t delay) noexcept {
+    if (delay < 0 || opened_at > KeyBatchCheck::never - delay) {
+        return KeyBatchCheck::never;
+    }
+    return opened_at + delay;
+}
+
+/**
+ * @brief The state of an open batch holding @p count items with size bound @p bound, opened at
+ *        @p opened_at, time bound @p delay (< 0: none), at time @p now. Pure; O(1).
+ */
+inline KeyBatchCheck check_key_batch(std::size_t count, std::size_t bound, std::int64_t opened_at,
+                                     std::int64_t delay, std::int64_t now) noexcept {
+    KeyBatchCheck check;
+    if (count == 0) {
+        return check;
+    }
+    if (count >= bound) {
+        check.state = KeyBatchState::full;
+        return check;
+    }
+    check.due_at = key_due_time(opened_at, delay);
+    check.state = now >= check.due_at ? KeyBatchState::due : KeyBatchState::filling;
+    return check;
+}
+
+/// Who hands out a batch: the reason a due open batch is sealed with depends on it.
+enum class KeyedTrigger {
+    producer,         ///< A submit (a batch filled, or an item opened a batch due at once).
+    timer,            ///< The timer found a batch due.
+    worker_finished,  ///< A worker finished a batch and takes the next one.
+    flush,            ///< flush(), wait_idle() or close().
+};
+
+/// The reason a due open batch sealed at dispatch gets: `worker_free` when a finishing worker
+/// takes it (it was held past its time bound because every worker was busy), else `deadline`.
+inline DispatchReason due_reason(KeyedTrigger trigger) noexcept {
+    return trigger == KeyedTrigger::worker_finished ? DispatchReason::worker_free
+                                                    : DispatchReason::deadline;
+}
+
+/// What a free worker takes from the key at the front of the ring.
+enum class KeyDispatch {
+    none,       ///< Nothing (a stale ring entry): drop the key from the ring.
+    queued,     ///< Its oldest sealed batch.
+    seal_open,  ///< Its due open batch, sealed now.
+};
+
+/// decide_key_dispatch's answer: what to take, and whether the key goes back into the ring.
+struct KeyDispatchDecision {
+    KeyDispatch take = KeyDispatch::none;  ///< What to take.
+    bool requeue = false;                  ///< True: the key has more work; back of the ring.
+};
+
+/**
+ * @brief The front key of the ring has @p queued sealed batches waiting and an open batch that
+ *        is @p open_due or not: what a free worker takes from it. Sealed batches go first (they
+ *        are older than the open one). Pure; O(1).
+ */
+inline KeyDispatchDecision decide_key_dispatch(std::size_t queued, bool open_due) noexcept {
+    KeyDispatchDecision decision;
+    if (queued > 0) {
+        decision.take = KeyDispatch::queued;
+        decision.requeue = queued > 1 || open_due;
+    } else if (open_due) {
+        decision.take = KeyDispatch::seal_open;
+    }
+    return decision;
+}
+
+/**
+ * @brief The FIFO ring of keys with work. The caller keeps each key at most once in it (a flag
+ *        per key: `push` only when the key is not in the ring, cleared by `pop`).
+ *
+ * Not thread-safe: the KeyedBatcher uses it under its mutex. O(1) per operation.
+ */
+template <class Id>
+class RoundRobinRing {
+public:
+    /// Appends @p id at the back.
+    void push(Id id) { ring_.push_back(id); }
+    /// Removes and returns the front id; the ring must not be empty.
+    Id pop() noexcept {
+        Id id = ring_.front();
+        ring_.pop_front();
+        return id;
+    }
+    /// True if no key is waiting.
+    bool empty() const noexcept { return ring_.empty(); }
+    /// Keys waiting.
+    std::size_t size() const noexcept { return ring_.size(); }
+
+private:
+    std::deque<Id> ring_;
+};
+
+/// True if another batch may be dispatched while @p in_flight run under limit @p max_in_flight
+/// (`SIZE_MAX`: no limit). Pure.
+inline bool worker_free(std::size_t in_flight, std::size_t max_in_flight) noexcept {
+    return in_flight < max_in_flight;
+}
+
+}  // namespace microbatch::detail
+
+// ---- end microbatch/detail/keyed_policy.hpp ----
+// ---- begin microbatch/detail/keyed_state.hpp ----
+/**
+ * @file detail/keyed_state.hpp
+ * @brief KeyedBatcher internals: the per-key state, the batch storage (items and their
+ *        completions) and the timer's entries. Plain data guarded by the batcher's mutex,
+ *        except a batch's items and completions, which belong to the one worker running it.
+ */
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <vector>
+
+namespace microbatch::detail {
+
+template <class Key, class T, class R>
+struct KeyState;
+
+/**
+ * @brief One batch of one key: from its first item (open) through sealed and queued to running.
+ *
+ * Items are contiguous (`items`, reserved to the bound when the batch opens, so adding one never
+ * reallocates); `completions[i]` holds item i's callback or handle, if any. Recycled through the
+ * batcher's free list: `items` keeps its capacity, completions are reallocated only when a
+ * larger bound needs more.
+ */
+template <class Key, class T, class R>
+struct KeyedBatch {
+    std::vector<T> items;                          ///< The items, in acceptance order.
+    std::unique_ptr<Completion<R>[]> completions;  ///< One slot per possible item.
+    std::size_t completion_slots = 0;              ///< Size of `completions`.
+    std::size_t bound = 0;                         ///< Size bound it opened with.
+    std::size_t count = 0;                         ///< Items it ran with (set by the worker).
+    bool any_completion = false;                   ///< Some slot holds a completion.
+    KeyState<Key, T, R>* key = nullptr;            ///< Its key (live while it is pending).
+    std::int64_t opened_at = 0;                    ///< Clock ticks of its first item.
+    std::uint64_t generation = 0;                  ///< Unique per opening (timer entries).
+    std::uint64_t first_ticket = 0;                ///< Acceptance number of its first item.
+    std::uint64_t sequence = 0;                    ///< Per-key number, assigned when sealed.
+    DispatchReason reason = DispatchReason::full;  ///< Why it was sealed.
+
+    /// Prepares a recycled (or new) batch for @p key with size bound @p size_bound.
+    void open(KeyState<Key, T, R>* owner, std::size_t size_bound) {
+        if (completion_slots < size_bound) {
+            completions.reset(new Completion<R>[size_bound]);
+            completion_slots = size_bound;
+        }
+        items.reserve(size_bound);
+        bound = size_bound;
+        any_completion = false;
+        key = owner;
+    }
+};
+
+/**
+ * @brief The state of one live key, owned by the batcher (reached through its key map).
+ *
+ * A key is *idle* when it has no open batch, no queued batch and none running; an idle key is
+ * reclaimed once it has been idle for `key_idle_timeout`. At most one reclaim entry per key is
+ * in the timer heap: when it comes up for a key that was busy meanwhile and is idle again, it is
+ * rescheduled at `idle_since` + timeout; for a busy key it is dropped (the next idle
+ * transition schedules a new one).
+ */
+template <class Key, class T, class R>
+struct KeyState {
+    /// A state for @p k with the bounds in force for it.
+    KeyState(const Key& k, std::size_t size_bound, std::int64_t delay_ticks)
+        : key(k), max_batch_size(size_bound), max_delay(delay_ticks) {}
+
+    Key key;                                    ///< Its key (a copy).
+    std::size_t max_batch_size;                 ///< Bound for batches opened from now on.
+    std::int64_t max_delay;                     ///< In clock ticks; < 0: none.
+    KeyedBatch<Key, T, R>* open = nullptr;      ///< The batch being filled, if any.
+    bool open_due = false;                      ///< The open batch reached its time bound.
+    std::deque<KeyedBatch<Key, T, R>*> queued;  ///< Sealed, waiting for a worker.
+    bool in_ring = false;                       ///< In the round-robin ring.
+    std::size_t in_flight = 0;                  ///< Its batches running now.
+    std::size_t pending = 0;                    ///< Accepted, unfinished items.
+    std::uint64_t next_sequence = 0;            ///< Number of its next sealed batch.
+    std::int64_t idle_since = 0;                ///< When it last became idle (ticks).
+    bool reclaim_scheduled = false;             ///< A reclaim_key entry is in the heap.
+    std::size_t timer_entries = 0;              ///< Timer entries pointing at it.
+    bool reclaimed = false;  ///< Removed from the map; freed with its last timer entry.
+    // Per-key counters (KeyStats).
+    std::uint64_t items_accepted = 0;
+    std::uint64_t items_processed = 0;
+    std::uint64_t items_failed = 0;
+    std::uint64_t batches_completed = 0;
+    std::uint64_t batches_failed = 0;
+
+    /// True if nothing of this key is pending.
+    bool idle() const noexcept { return open == nullptr && queued.empty() && in_flight == 0; }
+};
+
+/// What a timer entry asks the timer to look at.
+enum class KeyTimerKind : std::uint8_t {
+    batch_due,    ///< The key's open batch of generation `stamp` becomes due.
+    reclaim_key,  ///< The key may have been idle for key_idle_timeout: reclaim it.
+};
+
+/// One entry of the timer's min-heap. Entries are never removed early: a stale one (its batch
+/// sealed, its key busy again) is recognised by its stamp and dropped when it comes up.
+template <class Key, class T, class R>
+struct KeyTimerEntry {
+    std::int64_t at = 0;                          ///< Clock ticks.
+    KeyState<Key, T, R>* key = nullptr;           ///< Kept alive by `timer_entries`.
+    std::uint64_t stamp = 0;                      ///< Batch generation (batch_due entries).
+    KeyTimerKind kind = KeyTimerKind::batch_due;  ///< What to check.
+
+    /// Orders the heap so that the earliest entry is on top (`std::priority_queue` is a
+    /// max-heap).
+    bool operator<(const KeyTimerEntry& other) const noexcept { return at > other.at; }
+};
+
+}  // namespace microbatch::detail
+
+// ---- end microbatch/detail/keyed_state.hpp ----
+// ---- begin microbatch/keyed_options.hpp ----
+/**
+ * @file keyed_options.hpp
+ * @brief `microbatch::KeyedOptions`, `microbatch::KeyLimits` and `microbatch::KeyLimitError`:
+ *        the configuration of a `KeyedBatcher` and the error it reports beyond its key cap.
+ */
+
+#include <chrono>
+#include <cstddef>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <utility>
+
+namespace microbatch {
+
+/**
+ * @brief Thrown by a `KeyedBatcher` submit (every form, `try_submit` included) whose key is not
+ *        live while `max_keys` keys are, none of them reclaimable. The item is left untouched.
+ *
+ * The key cap bounds the memory and timer work of a keyed batcher; a key is reclaimable once it
+ * has had no pending item for `key_idle_timeout` (see `KeyedOptions::max_keys`).
+ */
+class KeyLimitError : public Error {
+public:
+    using Error::Error;
+};
+
+/**
+ * @brief Run-time configuration of a `KeyedBatcher`: a plain value with fluent setters, like
+ *        `Options` (each option has a getter and a setter returning `*this`).
+ *
+ * | option             | default | meaning                                                   |
+ * |--------------------|---------|-----------------------------------------------------------|
+ * | `max_batch_size`   | 64      | a key's batch is sealed when it holds this many items      |
+ * | `max_delay`        | 1 ms    | ...or when its oldest item has waited this long            |
+ * | `capacity`         | 0 = max(65,536, 4 x max_batch_size) | items accepted, not finished (all
+ * keys) | | `max_keys`         | 1024    | keys live at once (with pending items or not yet
+ * reclaimed) | | `key_idle_timeout` | 1 s     | a key with nothing pending for this long is
+ * reclaimed      | | `workers`          | 1       | threads of the batcher's own pool (ignored with
+ * `executor`) | | `executor`         | none    | run batches on this executor instead of an owned
+ * pool      | | `max_in_flight`    | 0 = workers (owned pool) or hardware threads (executor) |
+ * batches running at once |
+ *
+ * `max_batch_size` and `max_delay` are the defaults of every key; `KeyedBatcher::set_key_limits`
+ * overrides them per key. `validate()` (called by the KeyedBatcher constructor) throws
+ * `std::invalid_argument` naming the option and its value.
+ *
+ * Thread safety: a plain value type; no internal synchronisation.
+ */
+class KeyedOptions {
+public:
+    /// Largest batch size supported (the same bound as `Options::max_supported_batch_size`).
+    static constexpr std::size_t max_supported_batch_size = std::size_t{1} << 22;
+    /// `max_in_flight` value meaning "no limit" (every sealed batch is handed to the executor).
+    static constexpr std::size_t unlimited_in_flight = static_cast<std::size_t>(-1);
+
+    /// @brief The default size bound B of every key's batches.
+    std::size_t max_batch_size() const noexcept { return max_batch_size_; }
+    /// @brief Sets the default size bound; must be in [1, max_supported_batch_size].
+    KeyedOptions& max_batch_size(std::size_t value) & noexcept {
+        max_batch_size_ = value;
+        return *this;
+    }
+    /// @brief Rvalue overload, so that `auto o = KeyedOptions{}.max_batch_size(...)` moves.
+    KeyedOptions&& max_batch_size(std::size_t value) && noexcept {
+        max_batch_size_ = value;
+        return std::move(*this);
+    }
+
+    /// @brief The default time bound of every key's batches (`nanoseconds::max()`: none).
+    std::chrono::nanoseconds max_delay() const noexcept { return max_delay_; }
+    /// @brief Sets the default time bound; must not be negative. Zero: as soon as a worker is free.
+    KeyedOptions& max_delay(std::chrono::nanoseconds value) & noexcept {
+        max_delay_ = value;
+        return *this;
+    }
+    /// @brief Rvalue overload of max_delay(value).
+    KeyedOptions&& max_delay(std::chrono::nanoseconds value) && noexcept {
+        max_delay_ = value;
+        return std::move(*this);
+    }
+
+    /**
+     * @brief The bound on items accepted and not yet finished, over all keys (0 = automatic:
+     *        max(65,536, 4 x max_batch_size)). At the bound, blocking submits wait, `try_submit`
+     *        reports `full` and `submit_for` waits up to its timeout.
+     */
+    std::size_t capacity() const noexcept { return capacity_; }
+    /// @brief Sets the capacity; must be 0 (automatic) or at least max_batch_size.
+    KeyedOptions& capacity(std::size_t value) & noexcept {
+        capacity_ = value;
+        return *this;
+    }
+    /// @brief Rvalue overload of capacity(value).
+    KeyedOptions&& capacity(std::size_t value) && noexcept {
+        capacity_ = value;
+        return std::move(*this);
+    }
+
+    /**
+     * @brief The most keys live at once. A key becomes live with its first accepted item and
+     *        stays live until it is reclaimed: `key_idle_timeout` after it last had nothing
+     *        pending (no item in a batch being filled, waiting or running). A submit for a new
+     *        key while `max_keys` are live first reclaims keys whose idle time has passed; if
+     *        none can be, it throws `KeyLimitError`. Must be >= 1.
+     */
+    std::size_t max_keys() const noexcept { return max_keys_; }
+    /// @brief Sets the key cap; must be >= 1.
+    KeyedOptions& max_keys(std::size_t value) & noexcept {
+        max_keys_ = value;
+        return *this;
+    }
+    /// @brief Rvalue overload of max_keys(value).
+    KeyedOptions&& max_keys(std::size_t value) && noexcept {
+        max_keys_ = value;
+        return std::move(*this);
+    }
+
+    /// @brief How long a key must have had nothing pending before it is reclaimed (its state
+    ///        and per-key stats dropped, by the timer thread or by a submit at the key cap).
+    ///        Zero reclaims a key as soon as it is idle; `nanoseconds::max()` never does (then
+    ///        `max_keys` bounds the distinct keys ever submitted).
+    std::chrono::nanoseconds key_idle_timeout() const noexcept { return key_idle_timeout_; }
+    /// @brief Sets the idle timeout; must not be negative.
+    KeyedOptions& key_idle_timeout(std::chrono::nanoseconds value) & noexcept {
+        key_idle_timeout_ = value;
+        return *this;
+    }
+    /// @brief Rvalue overload of key_idle_timeout(value).
+    KeyedOptions&& key_idle_timeout(std::chrono::nanoseconds value) && noexcept {
+        key_idle_timeout_ = value;
+        return std::move(*this);
+    }
+
+    /// @brief Threads of the pool the batcher owns (used only when no executor is set).
+    std::size_t workers() const noexcept { return workers_; }
+    /// @brief Sets the owned pool's size; must be >= 1 unless an executor is set.
+    KeyedOptions& workers(std::size_t value) & noexcept {
+        workers_ = value;
+        return *this;
+    }
+    /// @brief Rvalue overload of workers(value).
+    KeyedOptions&& workers(std::size_t value) && noexcept {
+        workers_ = value;
+        return std::move(*this);
+    }
+
+    /// @brief The external executor batches run on; empty means "use an owned pool".
+    const Executor& executor() const noexcept { return executor_; }
+    /// @brief Runs batches on @p value (a shared pool, the application's own pool).
+    KeyedOptions& executor(Executor value) & {
+        executor_ = std::move(value);
+        return *this;
+    }
+    /// @brief Rvalue overload of executor(value).
+    KeyedOptions&& executor(Executor value) && {
+        executor_ = std::move(value);
+        return std::move(*this);
+    }
+
+    /**
+     * @brief The most batches running at once over all keys (0 = automatic: `workers`, or the
+     *        hardware threads with an executor). Sealed batches beyond it wait in their key's
+     *        queue and are handed out round-robin between keys as batches finish; a key's batch
+     *        that reached its time bound meanwhile keeps growing until its turn.
+     *        `unlimited_in_flight`: every sealed batch goes to the executor at once.
+     */
+    std::size_t max_in_flight() const noexcept { return max_in_flight_; }
+    /// @brief Sets the in-flight limit (0 = automatic, `unlimited_in_flight` = none).
+    KeyedOptions& max_in_flight(std::size_t value) & noexcept {
+        max_in_flight_ = value;
+        return *this;
+    }
+    /// @brief Rvalue overload of max_in_flight(value).
+    KeyedOptions&& max_in_flight(std::size_t value) && noexcept {
+        max_in_flight_ = value;
+        return std::move(*this);
+    }
+
+    /// @brief The capacity used: `capacity()`, or max(65,536, 4 x max_batch_size) when 0.
+    std::size_t effective_capacity() const noexcept {
+        if (capacity_ != 0) {
+            return capacity_;
+        }
+        const std::size_t four_batches = 4 * max_batch_size_;
+        return four_batches > 65536 ? four_batches : 65536;
+    }
+
+    /// @brief The in-flight limit used: `max_in_flight()`, or when 0 the owned pool's workers
+    ///        (no executor) or the hardware threads (executor), at least 1.
+    std::size_t effective_max_in_flight() const noexcept {
+        if (max_in_flight_ != 0) {
+            return max_in_flight_;
+        }
+        if (!executor_) {
+            return workers_ == 0 ? 1 : workers_;
+        }
+        const unsigned hardware = std::thread::hardware_concurrency();
+        return hardware == 0 ? 1 : hardware;
+    }
+
+    /**
+     * @brief Throws `std::invalid_argument` naming the first invalid option and its value.
+     *
+     * Checks: max_batch_size in [1, max_supported_batch_size]; max_delay >= 0; capacity 0 or
+     * >= max_batch_size; max_keys >= 1; key_idle_timeout >= 0; workers >= 1 without executor.
+     */
+    void validate() const {
+        check_batch_size("max_batch_size", max_batch_size_);
+        check_delay("max_delay", max_delay_);
+        if (capacity_ != 0 && capacity_ < max_batch_size_) {
+            fail("capacity must be 0 (automatic) or >= max_batch_size " +
+                 std::to_string(max_batch_size_) + " (got " + std::to_string(capacity_) + ")");
+        }
+        if (max_keys_ == 0) {
+            fail("max_keys must be >= 1 (got 0)");
+        }
+        check_delay("key_idle_timeout", key_idle_timeout_);
+        if (!executor_ && workers_ == 0) {
+            fail("workers must be >= 1 when no executor is set (got 0)");
+        }
+    }
+
+    /// @brief Throws `std::invalid_argument` unless @p value is a valid batch size bound
+    ///        (in [1, max_supported_batch_size]); @p option names it in the message.
+    static void check_batch_size(const char* option, std::size_t value) {
+        if (value == 0 || value > max_supported_batch_size) {
+            fail(std::string(option) + " must be in [1, " +
+                 std::to_string(max_supported_batch_size) + "] (got " + std::to_string(value) +
+                 ")");
+        }
+    }
+
+    /// @brief Throws `std::invalid_argument` if @p value is negative; @p option names it.
+    static void check_delay(const char* option, std::chrono::nanoseconds value) {
+        if (value.count() < 0) {
+            fail(std::string(option) + " must not be negative (got " +
+                 std::to_string(value.count()) + "ns)");
+        }
+    }
+
+private:
+    [[noreturn]] static void fail(const std::string& message) {
+        MICROBATCH_THROW(std::invalid_argument("microbatch::KeyedOptions: " + message));
+    }
+
+    std::size_t max_batch_size_ = 64;
+    std::chrono::nanoseconds max_delay_ = std::chrono::milliseconds(1);
+    std::size_t capacity_ = 0;
+    std::size_t max_keys_ = 1024;
+    std::chrono::nanoseconds key_idle_timeout_ = std::chrono::seconds(1);
+    std::size_t workers_ = 1;
+    std::size_t max_in_flight_ = 0;
+    Executor executor_;
+};
+
+/**
+ * @brief Per-key bounds that override the `KeyedOptions` defaults for one key
+ *        (`KeyedBatcher::set_key_limits`). An empty field keeps the default.
+ *
+ * Thread safety: a plain value type.
+ */
+struct KeyLimits {
+    /// The key's size bound, in [1, max_supported_batch_size] and <= the capacity.
+    std::optional<std::size_t> max_batch_size;
+    /// The key's time bound (>= 0; `nanoseconds::max()`: none).
+    std::optional<std::chrono::nanoseconds> max_delay;
+};
+
+}  // namespace microbatch
+
+// ---- end microbatch/keyed_options.hpp ----
+// ---- begin microbatch/keyed_stats.hpp ----
+/**
+ * @file keyed_stats.hpp
+ * @brief `microbatch::KeyedStats` and `microbatch::KeyStats`: snapshots of a `KeyedBatcher`'s
+ *        counters, over all keys and for one key.
+ */
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+
+namespace microbatch {
+
+/**
+ * @brief The counters of one live key (`KeyedBatcher::key_stats(key)`), since the key became
+ *        live. Reclaiming a key drops them; its totals stay in `KeyedStats`.
+ *
+ * A batch is counted before its items' handles and callbacks complete, so a producer that has
+ * seen an item's result also sees it counted. Thread safety: a plain value type.
+ */
+struct KeyStats {
+    std::uint64_t items_accepted = 0;     ///< Items accepted for this key.
+    std::uint64_t items_processed = 0;    ///< Items whose batch succeeded.
+    std::uint64_t items_failed = 0;       ///< Items whose batch failed (process_batch threw).
+    std::uint64_t batches_completed = 0;  ///< Batches run (succeeded or failed).
+    std::uint64_t batches_failed = 0;     ///< Batches whose process_batch threw.
+    std::size_t pending = 0;         ///< Items accepted, not finished (filling, waiting, running).
+    std::size_t queued_batches = 0;  ///< Sealed batches waiting for a free worker.
+    std::size_t in_flight = 0;       ///< Batches of this key running now.
+    std::size_t max_batch_size = 0;  ///< The key's size bound for batches opened from now on.
+    std::chrono::nanoseconds max_delay{0};  ///< The key's time bound (`max()`: none).
+};
+
+/**
+ * @brief A snapshot of a `KeyedBatcher`'s counters over all keys (`KeyedBatcher::stats()`).
+ *
+ * Taken under the batcher's mutex, so the fields are one consistent instant. After `close()`
+ * (or `wait_idle()` with no concurrent submitters) they add up:
+ * `items_accepted == items_processed + items_failed`, and `batches_completed` equals the sum of
+ * the per-reason batch counts. Thread safety: a plain value type.
+ */
+struct KeyedStats {
+    std::uint64_t items_accepted = 0;         ///< Items accepted.
+    std::uint64_t items_processed = 0;        ///< Items whose batch succeeded.
+    std::uint64_t items_failed = 0;           ///< Items whose batch failed.
+    std::uint64_t items_rejected_full = 0;    ///< Rejected `full` (try/timed submits at capacity).
+    std::uint64_t items_rejected_closed = 0;  ///< Rejected because the batcher was closed.
+    /// Rejected with KeyLimitError (a new key while `max_keys` keys were live).
+    std::uint64_t items_rejected_key_limit = 0;
+    std::uint64_t batches_completed = 0;  ///< Batches run (succeeded or failed).
+    std::uint64_t batches_failed = 0;     ///< Batches whose process_batch threw (or bad results).
+    std::uint64_t batches_full = 0;       ///< Batches sealed because they held their bound.
+    std::uint64_t batches_deadline = 0;   ///< Sealed at their time bound with a worker free.
+    /// Sealed by a finishing worker: the batch reached its time bound while every worker was
+    /// busy and kept growing until a worker was free.
+    std::uint64_t batches_worker_free = 0;
+    std::uint64_t batches_flush = 0;        ///< Sealed by flush() or wait_idle().
+    std::uint64_t batches_close = 0;        ///< Sealed by close().
+    std::uint64_t callback_exceptions = 0;  ///< Exceptions thrown by callbacks (ignored).
+    std::uint64_t keys_created = 0;         ///< Keys that became live (again counts anew).
+    std::uint64_t keys_reclaimed = 0;       ///< Keys reclaimed after their idle timeout.
+    std::size_t keys_live = 0;              ///< Keys live now.
+    std::size_t pending = 0;                ///< Items accepted, not finished.
+    std::size_t queued_batches = 0;         ///< Sealed batches waiting for a free worker.
+    std::size_t in_flight = 0;              ///< Batches running now.
+};
+
+}  // namespace microbatch
+
+// ---- end microbatch/keyed_stats.hpp ----
+
+namespace microbatch {
+
+/**
+ * @brief Batches items per key: items with the same key (a table, a tenant, a model) go into
+ *        the same batches, never mixed with another key's; each key's batches are bounded by
+ *        its own size and time bounds; all keys share one timer thread and one pool.
+ *
+ * @tparam Key      the key type: copyable, hashed with @p Hash, compared with @p KeyEqual.
+ * @tparam T        the item type; may be move-only.
+ * @tparam R        the per-item result type (`void`: success or failure only), as in Batcher.
+ * @tparam Clock    `SteadyClock`, or `ManualClock` in tests (see clock.hpp).
+ *
+ * @code
+ * microbatch::KeyedBatcher<std::string, Row> writer(
+ *     microbatch::KeyedOptions{}.max_batch_size(500).max_delay(std::chrono::milliseconds(5)),
+ *     [](const Row& row) { return row.table; },             // the key function (optional)
+ *     [&db](const std::string& table, microbatch::Batch<Row>& rows) { db.insert(table, rows); });
+ * writer.post(row);                 // keyed by the key function
+ * writer.submit("audit", row);      // or name the key: returns a Handle<void>
+ * @endcode
+ *
+ * **Batching.** A key's batch is sealed when it holds the key's `max_batch_size` items (reason
+ * `full`). When its oldest item has waited the key's `max_delay` it is *due*: it is sealed
+ * (reason `deadline`) as soon as a worker is free, and keeps growing (up to its bound) while
+ * every worker is busy; a finishing worker then seals it (reason `worker_free`). `flush()`,
+ * `wait_idle()` and `close()` seal every key's partial batch. Items of one key enter its batches
+ * in acceptance order (one producer's items for one key are never reordered); `Batch::sequence()`
+ * numbers each key's batches 0, 1, 2, ... in the order they were sealed. Bounds per key:
+ * `set_key_limits(key, limits)`, else the `KeyedOptions` defaults.
+ *
+ * **Dispatch and fairness.** At most `max_in_flight` batches run at once (default: the pool's
+ * workers). Sealed batches beyond that wait in their key's queue, and free workers take them
+ * round-robin between keys (detail/keyed_policy.hpp): with n keys waiting, each gets one batch
+ * in every n, so a hot key cannot starve a quiet one. Batches of one key may run concurrently.
+ * One timer thread serves every key (a min-heap of deadlines); 100 keys cost no extra thread.
+ *
+ * **Keys.** A key is live from its first accepted item until it is reclaimed, once it has had
+ * nothing pending for `key_idle_timeout`. At most `max_keys` keys are live; a submit for a new
+ * key at the cap reclaims expired idle keys first and otherwise throws `KeyLimitError` (item
+ * untouched). `key_stats(key)` reports a live key's counters, `stats()` the totals.
+ *
+ * **Results, backpressure, errors** as in Batcher: `submit` returns a `Handle<R>`,
+ * `submit(..., callback)` calls `callback(Outcome<R>&&)` on the worker (48 bytes inline),
+ * `post`/`try_submit` are fire-and-forget. At most `capacity` items (all keys) are accepted and
+ * unfinished: `submit`/`post` block, `try_submit` reports `full`, `submit_for` waits up to its
+ * timeout. If process_batch throws (or returns the wrong number of results: ResultCountError),
+ * every item of that batch, and only of that batch, receives the exception.
+ * Callback exceptions are counted and ignored.
+ *
+ * **Shutdown.** `close()` stops accepting (`ClosedError`; blocked producers wake with it),
+ * seals every partial batch (reason `close`) and waits until every accepted item has finished.
+ * Idempotent; the destructor calls it. No accepted item is lost or processed twice.
+ *
+ * **Re-entrancy** as in Batcher: from inside one of its batches (process_batch or a callback),
+ * `close()` and `wait_idle()` throw `ReentrancyError`, and so do blocking submits that find it
+ * full.
+ *
+ * **Design and cost.** Unlike Batcher's lock-free single-key path, a KeyedBatcher keeps its
+ * state under one mutex: a submit takes it once (hash lookup, append to the key's batch); a
+ * batch takes it twice when it finishes. User code never runs under it (process_batch,
+ * callbacks, the key function and the executor run outside), except the key's hash and
+ * equality and the item's constructor (from the submitted argument), which must not call back
+ * into this batcher. A worker that finishes a batch takes the next one itself (up to 16 in a
+ * row, then it hands the next to the executor and returns the thread to the pool).
+ *
+ * Thread safety: every member function may be called concurrently from any thread, except that
+ * the destructor must not run concurrently with calls that are not blocked inside the batcher.
+ */
+template <class Key, class T, class R = void, class Clock = SteadyClock,
+          class Hash = std::hash<Key>, class KeyEqual = std::equal_to<Key>>
+class KeyedBatcher {
+    static_assert(!std::is_reference_v<T> && !std::is_const_v<T>,
+                  "microbatch::KeyedBatcher: T must be a non-const object type");
+    static_assert(std::is_move_constructible_v<T> && std::is_nothrow_destructible_v<T>,
+                  "microbatch::KeyedBatcher: T must be move constructible and nothrow "
+                  "destructible");
+    static_assert(std::is_copy_constructible_v<Key>,
+                  "microbatch::KeyedBatcher: Key must be copy constructible");
+
+    template <class F>
+    static constexpr bool is_callback = std::is_invocable_v<std::decay_t<F>&, Outcome<R>&&>;
+    template <class U>
+    static constexpr bool is_item = std::is_constructible_v<T, U&&>;
+    template <class K, class U>
+    static constexpr bool is_key_item =
+        std::is_constructible_v<Key, K&&>&& is_item<U> && !is_callback<U>;
+
+public:
+    using key_type = Key;      ///< The key type.
+    using item_type = T;       ///< The item type.
+    using result_type = R;     ///< The per-item result type.
+    using clock_type = Clock;  ///< The clock the time bounds are measured with.
+    /// What process_batch returns: `std::vector<R>`, or nothing for `R = void`.
+    using batch_result_type = std::conditional_t<std::is_void_v<R>, void, std::vector<R>>;
+    /// The stored batch function: called with the batch's key and the batch.
+    using process_function = detail::UniqueFunction<batch_result_type(const Key&, Batch<T>&)>;
+    /// The stored key function.
+    using key_function = detail::UniqueFunction<Key(const T&)>;
+
+    /**
+     * @brief Creates the batcher without a key function (submits name the key), starts its
+     *        timer thread and, without an executor, its own pool of `workers` threads.
+     * @param options  validated here: `std::invalid_argument` naming the option and its value.
+     * @param process  called as `process(key, batch)` or `process(batch)` with a `Batch<T>&`;
+     *                 returns `std::vector<R>` (one result per item) or, for `R = void`, nothing.
+     * @param clock    the clock instance (a `ManualClock` handle in tests).
+     * @throws std::invalid_argument on invalid options; `std::bad_alloc`, `std::system_error`.
+     */
+    template <class F, class = std::enable_if_t<!std::is_same_v<std::decay_t<F>, KeyedBatcher>>>
+    KeyedBatcher(KeyedOptions options, F&& process, Clock clock = Clock{})
+        : options_(std::move(options)), clock_(std::move(clock)) {
+        process_ = wrap_process(std::forward<F>(process));
+        initialise();
+    }
+
+    /**
+     * @brief Like the constructor above, with a key function: `key_of(item)` returns the key
+     *        of items submitted without one (`submit(item)`, `post(item)`, ...). It runs on the
+     *        submitting thread, outside the batcher's mutex.
+     */
+    template <
+        class KeyOf, class F,
+        class = std::enable_if_t<std::is_invocable_v<std::decay_t<F>&, const Key&, Batch<T>&> ||
+                                 std::is_invocable_v<std::decay_t<F>&, Batch<T>&>>>
+    KeyedBatcher(KeyedOptions options, KeyOf&& key_of, F&& process, Clock clock = Clock{})
+        : options_(std::move(options)), clock_(std::move(clock)) {
+        static_assert(std::is_invocable_r_v<Key, std::decay_t<KeyOf>&, const T&>,
+                      "microbatch::KeyedBatcher: the key function must be callable as "
+                      "Key(const T&)");
+        key_of_ = key_function(std::forward<KeyOf>(key_of));
+        process_ = wrap_process(std::forward<F>(process));
+        initialise();
+    }
+
+    KeyedBatcher(const KeyedBatcher&) = delete;
+    KeyedBatcher& operator=(const KeyedBatcher&) = delete;
+
+    /// @brief Calls `close()`: processes everything accepted, then releases the threads.
+    ~KeyedBatcher();
+
+    // ---- Submitting with an explicit key ----------------------------------------------------
+
+    /**
+     * @brief Submits @p item under @p key and returns a handle to its result. Blocks while the
+     *        batcher is full.
+     * @throws ClosedError if closed (also when it closes while blocked); KeyLimitError at the
+     *         key cap; ReentrancyError if it would block inside one of its own batches; whatever
+     *         constructing `Key` or `T` throws; `std::bad_alloc`.
+     */
+    template <class K, class U, std::enable_if_t<is_key_item<K, U>, int> = 0>
+    Handle<R> submit(K&& key, U&& item) {
+        Handle<R> handle;
+        throw_if_closed(with_handle(Key(std::forward<K>(key)), std::forward<U>(item), wait_forever,
+                                    {}, handle));
+        return handle;
+    }
+
+    /// @brief Submits @p item under @p key; `callback(Outcome<R>&&)` runs on a worker after its
+    ///        batch ran (never if this call throws). Blocks while full. @throws as submit(key,
+    ///        item).
+    template <class K, class U, class F,
+              std::enable_if_t<is_key_item<K, U> && is_callback<F>, int> = 0>
+    void submit(K&& key, U&& item, F&& callback) {
+        throw_if_closed(submit_core(Key(std::forward<K>(key)), std::forward<U>(item), wait_forever,
+                                    {}, emplacer<F>(callback)));
+    }
+
+    /// @brief Fire-and-forget under @p key. Blocks while full. @throws as submit(key, item).
+    template <class K, class U, std::enable_if_t<is_key_item<K, U>, int> = 0>
+    void post(K&& key, U&& item) {
+        throw_if_closed(submit_core(Key(std::forward<K>(key)), std::forward<U>(item), wait_forever,
+                                    {}, no_completion));
+    }
+
+    /**
+     * @brief Fire-and-forget without blocking: `accepted`, or `full`/`closed` at once (the item
+     *        is then left untouched).
+     * @throws KeyLimitError at the key cap; whatever constructing `Key` or `T` throws.
+     */
+    template <class K, class U, std::enable_if_t<is_key_item<K, U>, int> = 0>
+    [[nodiscard]] SubmitStatus try_submit(K&& key, U&& item) {
+        return submit_core(Key(std::forward<K>(key)), std::forward<U>(item), wait_never, {},
+                           no_completion);
+    }
+
+    /// @brief Like try_submit(key, item), with a callback invoked only if accepted.
+    template <class K, class U, class F,
+              std::enable_if_t<is_key_item<K, U> && is_callback<F>, int> = 0>
+    [[nodiscard]] SubmitStatus try_submit(K&& key, U&& item, F&& callback) {
+        return submit_core(Key(std::forward<K>(key)), std::forward<U>(item), wait_never, {},
+                           emplacer<F>(callback));
+    }
+
+    /// @brief Like try_submit(key, item), returning the status and (when accepted) the handle.
+    template <class K, class U, std::enable_if_t<is_key_item<K, U>, int> = 0>
+    [[nodiscard]] SubmitResult<R> try_submit_handle(K&& key, U&& item) {
+        SubmitResult<R> result;
+        result.status = with_handle(Key(std::forward<K>(key)), std::forward<U>(item), wait_never,
+                                    {}, result.handle);
+        return result;
+    }
+
+    /// @brief Fire-and-forget under @p key, waiting at most @p timeout for space: `accepted`,
+    ///        `full` (timed out) or `closed`. @throws as submit(key, item).
+    template <class K, class U, class Rep, class Period,
+              std::enable_if_t<is_key_item<K, U>, int> = 0>
+    [[nodiscard]] SubmitStatus submit_for(K&& key, U&& item,
+                                          const std::chrono::duration<Rep, Period>& timeout) {
+        return submit_core(Key(std::forward<K>(key)), std::forward<U>(item), wait_until_deadline,
+                           detail::steady_deadline_after(timeout), no_completion);
+    }
+
+    /// @brief Like submit_for(key, item, timeout), with a callback invoked only if accepted.
+    template <class K, class U, class F, class Rep, class Period,
+              std::enable_if_t<is_key_item<K, U> && is_callback<F>, int> = 0>
+    [[nodiscard]] SubmitStatus submit_for(K&& key, U&& item, F&& callback,
+                                          const std::chrono::duration<Rep, Period>& timeout) {
+        return submit_core(Key(std::forward<K>(key)), std::forward<U>(item), wait_until_deadline,
+                           detail::steady_deadline_after(timeout), emplacer<F>(callback));
+    }
+
+    /// @brief Like submit_for(key, item, timeout), returning the status and the handle.
+    template <class K, class U, class Rep, class Period,
+              std::enable_if_t<is_key_item<K, U>, int> = 0>
+    [[nodiscard]] SubmitResult<R> submit_for_handle(
+        K&& key, U&& item, const std::chrono::duration<Rep, Period>& timeout) {
+        SubmitResult<R> result;
+        result.status =
+            with_handle(Key(std::forward<K>(key)), std::forward<U>(item), wait_until_deadline,
+                        detail::steady_deadline_after(timeout), result.handle);
+        return result;
+    }
+
+    // ---- Submitting with the key function ---------------------------------------------------
+    // Each takes the key from key_of(item); without a key function they throw microbatch::Error.
+
+    /// @brief submit(key_of(item), item). @throws Error without a key function; as submit(key,
+    /// item).
+    template <class U, std::enable_if_t<is_item<U>, int> = 0>
+    Handle<R> submit(U&& item) {
+        Handle<R> handle;
+        throw_if_closed(
+            with_handle(key_for(item), std::forward<U>(item), wait_forever, {}, handle));
+        return handle;
+    }
+    /// @brief submit(key_of(item), item, callback).
+    template <class U, class F, std::enable_if_t<is_item<U> && is_callback<F>, int> = 0>
+    void submit(U&& item, F&& callback) {
+        throw_if_closed(submit_core(key_for(item), std::forward<U>(item), wait_forever, {},
+                                    emplacer<F>(callback)));
+    }
+    /// @brief post(key_of(item), item).
+    template <class U, std::enable_if_t<is_item<U>, int> = 0>
+    void post(U&& item) {
+        throw_if_closed(
+            submit_core(key_for(item), std::forward<U>(item), wait_forever, {}, no_completion));
+    }
+    /// @brief try_submit(key_of(item), item).
+    template <class U, std::enable_if_t<is_item<U>, int> = 0>
+    [[nodiscard]] SubmitStatus try_submit(U&& item) {
+        return submit_core(key_for(item), std::forward<U>(item), wait_never, {}, no_completion);
+    }
+    /// @brief try_submit(key_of(item), item, callback).
+    template <class U, class F, std::enable_if_t<is_item<U> && is_callback<F>, int> = 0>
+    [[nodiscard]] SubmitStatus try_submit(U&& item, F&& callback) {
+        return submit_core(key_for(item), std::forward<U>(item), wait_never, {},
+                           emplacer<F>(callback));
+    }
+    /// @brief try_submit_handle(key_of(item), item).
+    template <class U, std::enable_if_t<is_item<U>, int> = 0>
+    [[nodiscard]] SubmitResult<R> try_submit_handle(U&& item) {
+        SubmitResult<R> result;
+        result.status =
+            with_handle(key_for(item), std::forward<U>(item), wait_never, {}, result.handle);
+        return result;
+    }
+    /// @brief submit_for(key_of(item), item, timeout).
+    template <class U, class Rep, class Period, std::enable_if_t<is_item<U>, int> = 0>
+    [[nodiscard]] SubmitStatus submit_for(U&& item,
+                                          const std::chrono::duration<Rep, Period>& timeout) {
+        return submit_core(key_for(item), std::forward<U>(item), wait_until_deadline,
+                           detail::steady_deadline_after(timeout), no_completion);
+    }
+    /// @brief submit_for(key_of(item), item, callback, timeout).
+    template <class U, class F, class Rep, class Period,
+              std::enable_if_t<is_item<U> && is_callback<F>, int> = 0>
+    [[nodiscard]] SubmitStatus submit_for(U&& item, F&& callback,
+                                          const std::chrono::duration<Rep, Period>& timeout) {
+        return submit_core(key_for(item), std::forward<U>(item), wait_until_deadline,
+                           detail::steady_deadline_after(timeout), emplacer<F>(callback));
+    }
+    /// @brief submit_for_handle(key_of(item), item, timeout).
+    template <class U, class Rep, class Period, std::enable_if_t<is_item<U>, int> = 0>
+    [[nodiscard]] SubmitResult<R> submit_for_handle(
+        U&& item, const std::chrono::duration<Rep, Period>& timeout) {
+        SubmitResult<R> result;
+        result.status = with_handle(key_for(item), std::forward<U>(item), wait_until_deadline,
+                                    detail::steady_deadline_after(timeout), result.handle);
+        return result;
+    }
+
+    // ---- Control ----------------------------------------------------------------------------
+
+    /// @brief Seals every key's partial batch (reason `flush`); they run as workers free up.
+    ///        Never blocks beyond handing batches to the executor. O(live keys).
+    void flush();
+    /// @brief Seals @p key's partial batch, if it has one (reason `flush`).
+    void flush(const Key& key);
+    /**
+     * @brief Flushes, then blocks until every item accepted before the call has finished (its
+     *        batch ran and its handle or callback completed).
+     * @throws ReentrancyError from inside one of this batcher's batches.
+     */
+    void wait_idle();
+    /**
+     * @brief Stops accepting items, seals every partial batch (reason `close`) and blocks until
+     *        every accepted item has finished; then stops the timer. Idempotent; concurrent
+     *        calls all wait. @throws ReentrancyError from inside one of this batcher's batches.
+     */
+    void close();
+    /// @brief True once close() has begun.
+    bool is_closed() const;
+
+    /**
+     * @brief Overrides the bounds of @p key (also before it is live, and across reclamation)
+     *        for batches opened from now on; an empty field restores the default.
+     * @throws std::invalid_argument naming the field and value: a size outside
+     *         [1, max_supported_batch_size] or above the capacity, a negative delay.
+     */
+    void set_key_limits(const Key& key, const KeyLimits& limits);
+    /// @brief Removes @p key's overrides: its next batches use the defaults.
+    void clear_key_limits(const Key& key);
+
+    /// @brief A consistent snapshot of the totals (taken under the mutex). O(1).
+    KeyedStats stats() const;
+    /// @brief The counters of @p key, or nothing if it is not live. O(1) expected.
+    std::optional<KeyStats> key_stats(const Key& key) const;
+    /// @brief Keys live now.
+    std::size_t live_keys() const;
+    /// @brief Items accepted and not finished (all keys).
+    std::size_t pending() const;
+    /// @brief Batches running now (the count max_in_flight limits).
+    std::size_t in_flight() const;
+
+    /// @brief The options the batcher was built with.
+    const KeyedOptions& options() const noexcept { return options_; }
+    /// @brief The clock the batcher measures time bounds with.
+    const Clock& clock() const noexcept { return clock_; }
+
+private:
+    using State = detail::KeyState<Key, T, R>;
+    using KeyBatch = detail::KeyedBatch<Key, T, R>;
+    using TimerEntry = detail::KeyTimerEntry<Key, T, R>;
+    using Lock = std::unique_lock<std::mutex>;
+    using Deadline = std::chrono::steady_clock::time_point;
+    using BatchList = std::vector<KeyBatch*>;
+    enum WaitMode { wait_never, wait_forever, wait_until_deadline };
+    static constexpr std::int64_t never = detail::KeyBatchCheck::never;
+    /// Batches a worker runs in a row before handing the next one to the executor.
+    static constexpr unsigned max_batches_per_task = 16;
+
+    template <class F>
+    static process_function wrap_process(F&& process) {
+        using Stored = std::decay_t<F>;
+        if constexpr (std::is_invocable_v<Stored&, const Key&, Batch<T>&>) {
+            check_result<std::invoke_result_t<Stored&, const Key&, Batch<T>&>>();
+            return process_function(std::forward<F>(process));
+        } else {
+            static_assert(std::is_invocable_v<Stored&, Batch<T>&>,
+                          "microbatch::KeyedBatcher: process_batch must be callable as "
+                          "f(const Key&, microbatch::Batch<T>&) or f(microbatch::Batch<T>&)");
+            check_result<std::invoke_result_t<Stored&, Batch<T>&>>();
+            return process_function([function = Stored(std::forward<F>(process))](
+                                        const Key&, Batch<T>& batch) mutable -> batch_result_type {
+                return function(batch);
+            });
+        }
+    }
+    template <class Result>
+    static void check_result() {
+        if constexpr (std::is_void_v<R>) {
+            static_assert(std::is_void_v<Result>,
+                          "microbatch::KeyedBatcher<Key, T, void>: process_batch must return void");
+        } else {
+            static_assert(std::is_convertible_v<Result, std::vector<R>>,
+                          "microbatch::KeyedBatcher<Key, T, R>: process_batch must return "
+                          "std::vector<R> with one result per item");
+        }
+    }
+
+    static bool no_completion(detail::Completion<R>&) noexcept { return false; }
+    template <class F>
+    static auto emplacer(std::remove_reference_t<F>& callback) {
+        static_assert(is_callback<F>,
+                      "microbatch::KeyedBatcher: the callback must be callable as "
+                      "void(microbatch::Outcome<R>&&)");
+        return [&callback](detail::Completion<R>& slot) {
+            slot.emplace(std::forward<F>(callback));
+            return true;
+        };
+    }
+    template <class U>
+    Key key_for(const U& item) const {
+        if (!key_of_) {
+            MICROBATCH_THROW(Error(
+                "microbatch::KeyedBatcher: submit without a key needs a key function (pass one "
+                "to the constructor, or use the overloads taking the key)"));
+        }
+        if constexpr (std::is_same_v<std::decay_t<U>, T>) {
+            return key_of_(item);
+        } else {
+            return key_of_(T(item));
+        }
+    }
+    void throw_if_closed(SubmitStatus status) const {
+        if (status == SubmitStatus::closed) {
+            MICROBATCH_THROW(ClosedError("microbatch::KeyedBatcher: submit on a closed batcher"));
+        }
+    }
+
+    void initialise();  // detail/keyed_run.hpp
+    template <class U>
+    SubmitStatus with_handle(Key key, U&& item, WaitMode mode, Deadline deadline,
+                             Handle<R>& out);  // detail/keyed_submit.hpp
+    template <class U, class Store>
+    SubmitStatus submit_core(Key key, U&& item, WaitMode mode, Deadline deadline, Store&& store);
+    SubmitStatus wait_for_space(Lock& lock, WaitMode mode, Deadline deadline);
+    State* find_or_create_key(const Key& key);
+    void reclaim_expired(std::int64_t now);
+    void reclaim(State* state);
+    void release_entry(State* state) noexcept;
+    KeyBatch* open_batch(State* state, std::int64_t now);
+    KeyBatch* seal(State* state, DispatchReason reason);
+    void queue_sealed(State* state, KeyBatch* batch);
+    void mark_due(State* state);
+    void schedule(std::int64_t at, State* state, std::uint64_t stamp, detail::KeyTimerKind kind);
+    void dispatch_ready(detail::KeyedTrigger trigger, BatchList& out);
+    void post_batches(BatchList& batches, std::size_t first) noexcept;
+    void seal_all(DispatchReason reason, BatchList& out);
+    void note_idle(State* state, std::int64_t now);
+    std::size_t bound_for(const Key& key) const;
+    std::int64_t delay_for(const Key& key) const;
+    std::int64_t now_ticks() const { return clock_.now().time_since_epoch().count(); }
+    std::int64_t to_ticks(std::chrono::nanoseconds value) const noexcept;
+
+    void run_batches(KeyBatch* batch) noexcept;  // detail/keyed_run.hpp
+    void run_one(KeyBatch* batch) noexcept;
+    KeyBatch* finish(KeyBatch* batch, bool take_next) noexcept;
+    void complete(detail::Completion<R>& completion, std::exception_ptr error,
+                  std::conditional_t<std::is_void_v<R>, std::nullptr_t, std::vector<R>>& results,
+                  std::size_t index) noexcept;
+    void run_timer();
+    void check_not_reentrant(const char* what) const;
+
+    // ---- Members (everything below mutex_ is guarded by it unless stated) -------------------
+    KeyedOptions options_;
+    Clock clock_;
+    process_function process_;
+    key_function key_of_;
+    std::size_t capacity_ = 0;            // constant after construction
+    std::size_t max_keys_ = 0;            // constant
+    std::size_t max_in_flight_ = 1;       // constant
+    std::size_t default_batch_size_ = 1;  // constant
+    std::int64_t default_delay_ = -1;     // constant, ticks; < 0: none
+    std::int64_t idle_timeout_ = 0;       // constant, ticks; < 0: never reclaim
+
+    mutable std::mutex mutex_;
+    std::unordered_map<Key, std::unique_ptr<State>, Hash, KeyEqual> keys_;
+    std::unordered_map<Key, KeyLimits, Hash, KeyEqual> limits_;
+    detail::RoundRobinRing<State*> ring_;
+    std::priority_queue<TimerEntry> timer_heap_;
+    std::vector<std::unique_ptr<KeyBatch>> free_batches_;
+    std::set<std::uint64_t> unfinished_tickets_;  // first ticket of every unfinished batch
+    std::uint64_t next_ticket_ = 0;
+    std::uint64_t next_generation_ = 0;
+    std::size_t pending_items_ = 0;
+    std::size_t in_flight_ = 0;
+    std::size_t posters_ = 0;  // threads inside an executor call made for this batcher
+    KeyedStats stats_;
+    bool closed_ = false;
+    bool timer_stop_ = false;
+    std::int64_t timer_wake_at_ = never;  // when the sleeping timer wakes; min() while awake
+    std::size_t space_waiters_ = 0;
+    std::size_t idle_waiters_ = 0;
+    std::condition_variable space_condition_;
+    std::condition_variable idle_condition_;
+    std::condition_variable timer_condition_;
+    std::optional<typename Clock::Sleeper> sleeper_;
+    std::mutex join_mutex_;  // the first close() joins the timer
+
+    std::unique_ptr<ThreadPool> pool_;
+    Executor executor_;
+    std::thread timer_;  // last: started after everything it uses is constructed
+};
+
+}  // namespace microbatch
+
+// ---- begin microbatch/detail/keyed_run.hpp ----
+/**
+ * @file detail/keyed_run.hpp
+ * @brief KeyedBatcher internals: construction, running batches on the workers, the one timer
+ *        thread, wait_idle, close and the stats snapshots.
+ *
+ * A worker runs a batch outside the mutex, takes the mutex once to count it (before any item
+ * completes, so a producer that saw a result sees it counted), completes the items, then takes
+ * the mutex again to retire it and to pick the next batch round-robin, which it runs itself.
+ */
+
+#if defined(__linux__) && __has_include(<sys/prctl.h>)
+#include <sys/prctl.h>  // PR_SET_TIMERSLACK for the timer thread
+#endif
+
+#include <limits>
+#include <string>
+
+namespace microbatch {
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::initialise() {
+    options_.validate();
+    capacity_ = options_.effective_capacity();
+    max_keys_ = options_.max_keys();
+    max_in_flight_ = options_.effective_max_in_flight();
+    default_batch_size_ = options_.max_batch_size();
+    default_delay_ = to_ticks(options_.max_delay());
+    idle_timeout_ = to_ticks(options_.key_idle_timeout());
+    if (options_.executor()) {
+        executor_ = options_.executor();
+    } else {
+        pool_ = std::make_unique<ThreadPool>(options_.workers());
+        executor_ = pool_->executor();
+    }
+    sleeper_.emplace(clock_, mutex_, timer_condition_);
+    timer_wake_at_ = std::numeric_limits<std::int64_t>::min();  // awake until it first sleeps
+    timer_ = std::thread([this] { run_timer(); });
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::~KeyedBatcher() {
+    close();
+    pool_.reset();  // joins the owned pool's threads (idle by now)
+    // Timer entries keep reclaimed states alive; drop them, then the live states.
+    while (!timer_heap_.empty()) {
+        State* const state = timer_heap_.top().key;
+        timer_heap_.pop();
+        release_entry(state);
+    }
+    keys_.clear();
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::run_batches(KeyBatch* batch) noexcept {
+    for (unsigned run = 1; batch != nullptr; ++run) {
+        run_one(batch);
+        batch = finish(batch, run < max_batches_per_task);
+    }
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::run_one(KeyBatch* batch) noexcept {
+    const detail::RunningBatch running{this, detail::running_batches};
+    detail::running_batches = &running;
+    State* const state = batch->key;  // stays live: the batch counts in its in_flight
+    const std::size_t count = batch->items.size();
+    batch->count = count;  // for finish(), after the items are gone
+    Batch<T> view(batch->items.data(), count, batch->reason, batch->sequence);
+    std::exception_ptr error;
+    [[maybe_unused]] std::conditional_t<std::is_void_v<R>, std::nullptr_t, std::vector<R>>
+        results{};
+    MICROBATCH_TRY {
+        if constexpr (std::is_void_v<R>) {
+            process_(state->key, view);
+        } else {
+            results = process_(state->key, view);
+            if (results.size() != count) {
+                error = detail::make_error_ptr(
+                    ResultCountError("microbatch::KeyedBatcher: process_batch returned " +
+                                     std::to_string(results.size()) + " results for a batch of " +
+                                     std::to_string(count) + " items"));
+            }
+        }
+    }
+    MICROBATCH_CATCH_ALL {
+        error = std::current_exception();
+    }
+    {
+        Lock lock(mutex_);
+        ++stats_.batches_completed;
+        ++state->batches_completed;
+        if (error) {
+            ++stats_.batches_failed;
+            ++state->batches_failed;
+            stats_.items_failed += count;
+            state->items_failed += count;
+        } else {
+            stats_.items_processed += count;
+            state->items_processed += count;
+        }
+    }
+    if (batch->any_completion) {
+        std::size_t last = count;
+        for (std::size_t i = count; i-- > 0;) {
+            if (batch->completions[i].has_value()) {
+                last = i;
+                break;
+            }
+        }
+        for (std::size_t i = 0; i < count; ++i) {
+            if (batch->completions[i].has_value()) {
+                // The last completion takes our reference to the exception (see Batcher's
+                // run_batch: a late release here would look like a race to ThreadSanitizer).
+                complete(batch->completions[i], i == last ? std::move(error) : error, results, i);
+            }
+        }
+    }
+    batch->items.clear();  // destroys the items, outside the mutex
+    detail::running_batches = running.outer;
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::complete(
+    detail::Completion<R>& completion, std::exception_ptr error,
+    std::conditional_t<std::is_void_v<R>, std::nullptr_t, std::vector<R>>& results,
+    std::size_t index) noexcept {
+    std::optional<Outcome<R>> outcome;
+    if (error) {
+        outcome.emplace(std::move(error));
+    } else if constexpr (std::is_void_v<R>) {
+        outcome.emplace();
+    } else {
+        MICROBATCH_TRY {
+            outcome.emplace(std::move(results[index]));
+        }
+        MICROBATCH_CATCH_ALL {
+            outcome.emplace(std::current_exception());  // moving the result threw
+        }
+    }
+    MICROBATCH_TRY {
+        completion.complete(std::move(*outcome));
+    }
+    MICROBATCH_CATCH_ALL {
+        Lock lock(mutex_);
+        ++stats_.callback_exceptions;
+    }
+}
+
+// Retires @p batch (its items are gone) and returns the next batch for this worker (if
+// @p take_next), handing any others to the executor. After the mutex is released for the last
+// time the worker touches nothing of the batcher, which close() may then destroy.
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+typename KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::KeyBatch*
+KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::finish(KeyBatch* batch, bool take_next) noexcept {
+    const std::int64_t now = now_ticks();
+    BatchList next;
+    KeyBatch* mine = nullptr;
+    std::size_t first = 0;
+    {
+        Lock lock(mutex_);
+        State* const state = batch->key;
+        pending_items_ -= batch->count;
+        state->pending -= batch->count;
+        --in_flight_;
+        --state->in_flight;
+        unfinished_tickets_.erase(batch->first_ticket);
+        batch->key = nullptr;
+        if (free_batches_.size() < 256) {
+            free_batches_.emplace_back(batch);
+        } else {
+            delete batch;
+        }
+        if (state->idle()) {
+            note_idle(state, now);
+        }
+        MICROBATCH_TRY {
+            dispatch_ready(detail::KeyedTrigger::worker_finished, next);
+        }
+        MICROBATCH_CATCH_ALL {
+            // Out of memory for the list: the ring keeps the work; the next event takes it.
+        }
+        if (take_next && !next.empty()) {
+            mine = next.front();
+            first = 1;
+        }
+        if (next.size() > first) {
+            ++posters_;
+        }
+        if (space_waiters_ != 0) {
+            space_condition_.notify_all();
+        }
+        if (idle_waiters_ != 0) {
+            idle_condition_.notify_all();
+        }
+    }
+    if (next.size() > first) {
+        post_batches(next, first);
+    }
+    return mine;
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::run_timer() {
+#if defined(__linux__) && __has_include(<sys/prctl.h>)
+    // This thread exists to wake on time: ask for 1 ns timer slack instead of 50 us.
+    ::prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
+#endif
+    Lock lock(mutex_);
+    while (!timer_stop_) {
+        reclaim_expired(now_ticks());
+        BatchList ready;
+        dispatch_ready(detail::KeyedTrigger::timer, ready);
+        if (!ready.empty()) {
+            // Unlocked: an inline executor runs the batch here, and it may submit.
+            ++posters_;
+            lock.unlock();
+            post_batches(ready, 0);
+            lock.lock();
+            continue;
+        }
+        const std::int64_t wake = timer_heap_.empty() ? never : timer_heap_.top().at;
+        timer_wake_at_ = wake;
+        if (wake == never) {
+            sleeper_->sleep(lock);
+        } else {
+            sleeper_->sleep_until(lock, typename Clock::time_point(typename Clock::duration(wake)));
+        }
+        timer_wake_at_ = std::numeric_limits<std::int64_t>::min();
+    }
+    sleeper_->retire();
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::check_not_reentrant(const char* what) const {
+    if (detail::is_running_on_this_thread(this)) {
+        MICROBATCH_THROW(ReentrancyError(std::string("microbatch::KeyedBatcher: ") + what +
+                                         "() called from inside this batcher's process_batch "
+                                         "or callback would wait for itself"));
+    }
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::wait_idle() {
+    check_not_reentrant("wait_idle");
+    BatchList ready;
+    Lock lock(mutex_);
+    seal_all(DispatchReason::flush, ready);
+    const std::uint64_t target = next_ticket_;
+    if (!ready.empty()) {
+        ++posters_;
+        lock.unlock();
+        post_batches(ready, 0);
+        lock.lock();
+    }
+    ++idle_waiters_;
+    idle_condition_.wait(lock, [this, target] {
+        return unfinished_tickets_.empty() || *unfinished_tickets_.begin() >= target;
+    });
+    --idle_waiters_;
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::close() {
+    check_not_reentrant("close");
+    BatchList ready;
+    Lock lock(mutex_);
+    if (!closed_) {
+        closed_ = true;
+        seal_all(DispatchReason::close, ready);
+        space_condition_.notify_all();  // blocked producers leave with ClosedError
+        if (!ready.empty()) {
+            ++posters_;
+            lock.unlock();
+            post_batches(ready, 0);
+            lock.lock();
+        }
+    }
+    ++idle_waiters_;
+    idle_condition_.wait(lock, [this] {
+        return pending_items_ == 0 && in_flight_ == 0 && posters_ == 0 && space_waiters_ == 0;
+    });
+    --idle_waiters_;
+    lock.unlock();
+    std::lock_guard<std::mutex> join(join_mutex_);
+    if (timer_.joinable()) {
+        {
+            Lock stop(mutex_);
+            timer_stop_ = true;
+            timer_condition_.notify_all();
+        }
+        timer_.join();
+    }
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+bool KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::is_closed() const {
+    Lock lock(mutex_);
+    return closed_;
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+KeyedStats KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::stats() const {
+    Lock lock(mutex_);
+    KeyedStats snapshot = stats_;
+    snapshot.keys_live = keys_.size();
+    snapshot.pending = pending_items_;
+    snapshot.in_flight = in_flight_;
+    return snapshot;
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+std::optional<KeyStats> KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::key_stats(
+    const Key& key) const {
+    Lock lock(mutex_);
+    const auto found = keys_.find(key);
+    if (found == keys_.end()) {
+        return std::nullopt;
+    }
+    const State& state = *found->second;
+    KeyStats snapshot;
+    snapshot.items_accepted = state.items_accepted;
+    snapshot.items_processed = state.items_processed;
+    snapshot.items_failed = state.items_failed;
+    snapshot.batches_completed = state.batches_completed;
+    snapshot.batches_failed = state.batches_failed;
+    snapshot.pending = state.pending;
+    snapshot.queued_batches = state.queued.size();
+    snapshot.in_flight = state.in_flight;
+    snapshot.max_batch_size = state.max_batch_size;
+    snapshot.max_delay =
+        state.max_delay < 0
+            ? std::chrono::nanoseconds::max()
+            : std::chrono::duration_cast<std::chrono::nanoseconds>(
+                  typename Clock::duration(static_cast<typename Clock::rep>(state.max_delay)));
+    return snapshot;
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+std::size_t KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::live_keys() const {
+    Lock lock(mutex_);
+    return keys_.size();
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+std::size_t KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::pending() const {
+    Lock lock(mutex_);
+    return pending_items_;
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+std::size_t KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::in_flight() const {
+    Lock lock(mutex_);
+    return in_flight_;
+}
+
+}  // namespace microbatch
+
+// ---- end microbatch/detail/keyed_run.hpp ----
+// ---- begin microbatch/detail/keyed_submit.hpp ----
+/**
+ * @file detail/keyed_submit.hpp
+ * @brief KeyedBatcher internals, under the mutex: accepting an item (space, key, open batch),
+ *        sealing, the timer heap, key reclamation and round-robin dispatch; flush and limits.
+ *
+ * Every function here except with_handle, submit_core, flush and the limit setters expects
+ * mutex_ held. Batches are handed to the executor only after the mutex is released
+ * (post_batches), with posters_ counting the threads still inside an executor call so that
+ * close() cannot return (and the batcher be destroyed) under them.
+ */
+
+#include <algorithm>
+#include <limits>
+#include <string>
+
+namespace microbatch {
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+template <class U>
+SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::with_handle(Key key, U&& item,
+                                                                         WaitMode mode,
+                                                                         Deadline deadline,
+                                                                         Handle<R>& out) {
+    // The handle owns one reference; the item's completion gets the other on acceptance.
+    detail::HandleState<R>* const state = detail::HandleState<R>::create();
+    Handle<R> handle = detail::HandleAccess::make(state);
+    struct Unclaimed {  // releases the completion's reference if it was never handed out
+        detail::HandleState<R>* state;
+        ~Unclaimed() {
+            if (state != nullptr) {
+                state->release();
+            }
+        }
+    } unclaimed{state};
+    const auto store = [&unclaimed](detail::Completion<R>& slot) noexcept {
+        slot.emplace(detail::HandleCompletion<R>(std::exchange(unclaimed.state, nullptr)));
+        return true;
+    };
+    const SubmitStatus status =
+        submit_core(std::move(key), std::forward<U>(item), mode, deadline, store);
+    if (status == SubmitStatus::accepted) {
+        out = std::move(handle);
+    }
+    return status;
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+template <class U, class Store>
+SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::submit_core(Key key, U&& item,
+                                                                         WaitMode mode,
+                                                                         Deadline deadline,
+                                                                         Store&& store) {
+    BatchList ready;
+    {
+        Lock lock(mutex_);
+        const SubmitStatus space = wait_for_space(lock, mode, deadline);
+        if (space != SubmitStatus::accepted) {
+            ++(space == SubmitStatus::full ? stats_.items_rejected_full
+                                           : stats_.items_rejected_closed);
+            return space;
+        }
+        State* const state = find_or_create_key(key);  // throws KeyLimitError at the cap
+        KeyBatch* batch = state->open;
+        const bool opened = batch == nullptr;
+        const std::int64_t now = opened ? now_ticks() : 0;
+        if (opened) {
+            batch = open_batch(state, now);
+        }
+        detail::Completion<R>& slot = batch->completions[batch->items.size()];
+        MICROBATCH_TRY {
+            // The completion first: if storing it throws (a copied callback), the item is
+            // still untouched. Then the item; reserve() made room, so this cannot reallocate.
+            const bool has_completion = store(slot);
+            batch->items.emplace_back(std::forward<U>(item));
+            batch->any_completion = batch->any_completion || has_completion;
+        }
+        MICROBATCH_CATCH_ALL {
+            slot.reset();
+            if (opened) {  // undo the opening: nothing of this key is pending because of us
+                state->open = nullptr;
+                unfinished_tickets_.erase(batch->first_ticket);
+                free_batches_.emplace_back(batch);
+                if (state->idle()) {
+                    note_idle(state, now);
+                }
+            }
+            MICROBATCH_RETHROW;
+        }
+        ++next_ticket_;
+        ++pending_items_;
+        ++state->pending;
+        ++state->items_accepted;
+        ++stats_.items_accepted;
+        if (batch->items.size() >= batch->bound) {
+            queue_sealed(state, seal(state, DispatchReason::full));
+        } else if (opened) {
+            const detail::KeyBatchCheck check =
+                detail::check_key_batch(1, batch->bound, now, state->max_delay, now);
+            if (check.state == detail::KeyBatchState::due) {
+                mark_due(state);  // max_delay(0): as soon as a worker is free
+            } else if (check.due_at != never) {
+                schedule(check.due_at, state, batch->generation, detail::KeyTimerKind::batch_due);
+            }
+        }
+        dispatch_ready(detail::KeyedTrigger::producer, ready);
+        if (!ready.empty()) {
+            ++posters_;
+        }
+    }
+    if (!ready.empty()) {
+        post_batches(ready, 0);
+    }
+    return SubmitStatus::accepted;
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::wait_for_space(Lock& lock,
+                                                                            WaitMode mode,
+                                                                            Deadline deadline) {
+    for (;;) {
+        if (closed_) {
+            return SubmitStatus::closed;
+        }
+        if (pending_items_ < capacity_) {
+            return SubmitStatus::accepted;
+        }
+        if (mode == wait_never) {
+            return SubmitStatus::full;
+        }
+        if (detail::is_running_on_this_thread(this)) {
+            MICROBATCH_THROW(
+                ReentrancyError("microbatch::KeyedBatcher: a blocking submit found the batcher "
+                                "full inside its own process_batch or callback and would wait "
+                                "for itself; use try_submit"));
+        }
+        ++space_waiters_;
+        bool timed_out = false;
+        if (mode == wait_forever) {
+            space_condition_.wait(lock);
+        } else {
+            timed_out = space_condition_.wait_until(lock, deadline) == std::cv_status::timeout;
+        }
+        --space_waiters_;
+        if (closed_ && idle_waiters_ != 0) {
+            idle_condition_.notify_all();  // close() waits for blocked producers to leave
+        }
+        if (timed_out && !closed_ && pending_items_ >= capacity_) {
+            return SubmitStatus::full;
+        }
+    }
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+typename KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::State*
+KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::find_or_create_key(const Key& key) {
+    const auto found = keys_.find(key);
+    if (found != keys_.end()) {
+        return found->second.get();
+    }
+    if (keys_.size() >= max_keys_) {
+        reclaim_expired(now_ticks());
+        if (keys_.size() >= max_keys_) {
+            ++stats_.items_rejected_key_limit;
+            MICROBATCH_THROW(KeyLimitError(
+                "microbatch::KeyedBatcher: max_keys " + std::to_string(max_keys_) +
+                " keys are live and none has been idle for key_idle_timeout; a new key cannot "
+                "be added (raise max_keys or lower key_idle_timeout)"));
+        }
+    }
+    auto state = std::make_unique<State>(key, bound_for(key), delay_for(key));
+    State* const raw = state.get();
+    keys_.emplace(key, std::move(state));
+    ++stats_.keys_created;
+    return raw;
+}
+
+// Handles every timer entry due at @p now: due batches join the ring, idle keys are reclaimed.
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::reclaim_expired(std::int64_t now) {
+    while (!timer_heap_.empty() && timer_heap_.top().at <= now) {
+        const TimerEntry entry = timer_heap_.top();
+        timer_heap_.pop();
+        State* const state = entry.key;
+        if (!state->reclaimed) {
+            if (entry.kind == detail::KeyTimerKind::batch_due) {
+                if (state->open != nullptr && state->open->generation == entry.stamp) {
+                    mark_due(state);
+                }
+            } else {
+                state->reclaim_scheduled = false;
+                if (state->idle()) {
+                    const std::int64_t at = detail::key_due_time(state->idle_since, idle_timeout_);
+                    if (at <= now) {
+                        reclaim(state);
+                    } else {
+                        state->reclaim_scheduled = true;  // busy meanwhile: idle for less
+                        schedule(at, state, 0, detail::KeyTimerKind::reclaim_key);
+                    }
+                }
+            }
+        }
+        release_entry(state);
+    }
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::reclaim(State* state) {
+    const auto found = keys_.find(state->key);
+    state->reclaimed = true;
+    ++stats_.keys_reclaimed;
+    if (state->timer_entries == 0) {
+        keys_.erase(found);  // destroys the state
+    } else {
+        found->second.release();  // freed by release_entry() with its last timer entry
+        keys_.erase(found);
+    }
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::release_entry(State* state) noexcept {
+    if (--state->timer_entries == 0 && state->reclaimed) {
+        delete state;
+    }
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+typename KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::KeyBatch*
+KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::open_batch(State* state, std::int64_t now) {
+    std::unique_ptr<KeyBatch> batch;
+    if (!free_batches_.empty()) {
+        batch = std::move(free_batches_.back());
+        free_batches_.pop_back();
+    } else {
+        batch = std::make_unique<KeyBatch>();
+    }
+    batch->open(state, state->max_batch_size);
+    batch->opened_at = now;
+    batch->generation = next_generation_++;
+    batch->first_ticket = next_ticket_;
+    unfinished_tickets_.insert(next_ticket_);
+    state->open = batch.release();
+    state->open_due = false;
+    return state->open;
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+typename KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::KeyBatch*
+KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::seal(State* state, DispatchReason reason) {
+    KeyBatch* const batch = state->open;
+    state->open = nullptr;
+    state->open_due = false;
+    batch->reason = reason;
+    batch->sequence = state->next_sequence++;
+    switch (reason) {
+        case DispatchReason::full:
+            ++stats_.batches_full;
+            break;
+        case DispatchReason::flush:
+            ++stats_.batches_flush;
+            break;
+        case DispatchReason::close:
+            ++stats_.batches_close;
+            break;
+        case DispatchReason::worker_free:
+            ++stats_.batches_worker_free;
+            break;
+        default:
+            ++stats_.batches_deadline;
+            break;
+    }
+    return batch;
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::queue_sealed(State* state, KeyBatch* batch) {
+    state->queued.push_back(batch);
+    ++stats_.queued_batches;
+    if (!state->in_ring) {
+        state->in_ring = true;
+        ring_.push(state);
+    }
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::mark_due(State* state) {
+    state->open_due = true;
+    if (!state->in_ring) {
+        state->in_ring = true;
+        ring_.push(state);
+    }
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::schedule(std::int64_t at, State* state,
+                                                              std::uint64_t stamp,
+                                                              detail::KeyTimerKind kind) {
+    timer_heap_.push(TimerEntry{at, state, stamp, kind});
+    ++state->timer_entries;
+    if (at < timer_wake_at_) {
+        // The timer sleeps past this entry: wake it (it recomputes under mutex_ before
+        // sleeping again, so one notify per sleep is enough).
+        timer_wake_at_ = std::numeric_limits<std::int64_t>::min();
+        timer_condition_.notify_one();
+    }
+}
+
+// Hands out batches round-robin between keys while workers are free (detail/keyed_policy.hpp).
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::dispatch_ready(detail::KeyedTrigger trigger,
+                                                                    BatchList& out) {
+    while (detail::worker_free(in_flight_, max_in_flight_) && !ring_.empty()) {
+        State* const state = ring_.pop();
+        state->in_ring = false;
+        const detail::KeyDispatchDecision decision = detail::decide_key_dispatch(
+            state->queued.size(), state->open != nullptr && state->open_due);
+        KeyBatch* batch = nullptr;
+        if (decision.take == detail::KeyDispatch::queued) {
+            batch = state->queued.front();
+            state->queued.pop_front();
+            --stats_.queued_batches;
+        } else if (decision.take == detail::KeyDispatch::seal_open) {
+            batch = seal(state, detail::due_reason(trigger));
+        } else {
+            continue;
+        }
+        out.push_back(batch);
+        ++in_flight_;
+        ++state->in_flight;
+        if (decision.requeue) {
+            state->in_ring = true;
+            ring_.push(state);
+        }
+    }
+}
+
+// Called without mutex_, after the caller counted itself in posters_ under it.
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::post_batches(BatchList& batches,
+                                                                  std::size_t first) noexcept {
+    for (std::size_t i = first; i < batches.size(); ++i) {
+        KeyBatch* const batch = batches[i];
+        MICROBATCH_TRY {
+            executor_([this, batch] { run_batches(batch); });
+        }
+        MICROBATCH_CATCH_ALL {
+            run_batches(batch);  // the executor refused it: run it here, lose nothing
+        }
+    }
+    Lock lock(mutex_);
+    if (--posters_ == 0 && idle_waiters_ != 0) {
+        idle_condition_.notify_all();
+    }
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::seal_all(DispatchReason reason,
+                                                              BatchList& out) {
+    for (auto& entry : keys_) {
+        State* const state = entry.second.get();
+        if (state->open != nullptr) {
+            queue_sealed(state, seal(state, reason));
+        }
+    }
+    dispatch_ready(detail::KeyedTrigger::flush, out);
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::note_idle(State* state, std::int64_t now) {
+    state->idle_since = now;
+    if (idle_timeout_ >= 0 && !state->reclaim_scheduled) {
+        state->reclaim_scheduled = true;
+        schedule(detail::key_due_time(now, idle_timeout_), state, 0,
+                 detail::KeyTimerKind::reclaim_key);
+    }
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+std::size_t KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::bound_for(const Key& key) const {
+    const auto found = limits_.find(key);
+    return found != limits_.end() && found->second.max_batch_size ? *found->second.max_batch_size
+                                                                  : default_batch_size_;
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+std::int64_t KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::delay_for(const Key& key) const {
+    const auto found = limits_.find(key);
+    return found != limits_.end() && found->second.max_delay ? to_ticks(*found->second.max_delay)
+                                                             : default_delay_;
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+std::int64_t KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::to_ticks(
+    std::chrono::nanoseconds value) const noexcept {
+    if (value == std::chrono::nanoseconds::max()) {
+        return -1;  // no bound
+    }
+    return static_cast<std::int64_t>(std::chrono::ceil<typename Clock::duration>(value).count());
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::flush() {
+    BatchList ready;
+    {
+        Lock lock(mutex_);
+        seal_all(DispatchReason::flush, ready);
+        if (!ready.empty()) {
+            ++posters_;
+        }
+    }
+    if (!ready.empty()) {
+        post_batches(ready, 0);
+    }
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::flush(const Key& key) {
+    BatchList ready;
+    {
+        Lock lock(mutex_);
+        const auto found = keys_.find(key);
+        if (found == keys_.end() || found->second->open == nullptr) {
+            return;
+        }
+        State* const state = found->second.get();
+        queue_sealed(state, seal(state, DispatchReason::flush));
+        dispatch_ready(detail::KeyedTrigger::flush, ready);
+        if (!ready.empty()) {
+            ++posters_;
+        }
+    }
+    if (!ready.empty()) {
+        post_batches(ready, 0);
+    }
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::set_key_limits(const Key& key,
+                                                                    const KeyLimits& limits) {
+    if (limits.max_batch_size) {
+        KeyedOptions::check_batch_size("max_batch_size", *limits.max_batch_size);
+        if (*limits.max_batch_size > capacity_) {
+            MICROBATCH_THROW(std::invalid_argument(
+                "microbatch::KeyedBatcher::set_key_limits: max_batch_size must be <= capacity " +
+                std::to_string(capacity_) + " (got " + std::to_string(*limits.max_batch_size) +
+                ")"));
+        }
+    }
+    if (limits.max_delay) {
+        KeyedOptions::check_delay("max_delay", *limits.max_delay);
+    }
+    Lock lock(mutex_);
+    limits_[key] = limits;
+    const auto found = keys_.find(key);
+    if (found != keys_.end()) {
+        found->second->max_batch_size = bound_for(key);
+        found->second->max_delay = delay_for(key);
+    }
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::clear_key_limits(const Key& key) {
+    Lock lock(mutex_);
+    limits_.erase(key);
+    const auto found = keys_.find(key);
+    if (found != keys_.end()) {
+        found->second->max_batch_size = default_batch_size_;
+        found->second->max_delay = default_delay_;
+    }
+}
+
+}  // namespace microbatch
+
+// ---- end microbatch/detail/keyed_submit.hpp ----
+
+// ---- end microbatch/keyed_batcher.hpp ----
 // ---- begin microbatch/merge_into.hpp ----
 /**
  * @file merge_into.hpp

@@ -1,0 +1,120 @@
+#pragma once
+/**
+ * @file detail/keyed_state.hpp
+ * @brief KeyedBatcher internals: the per-key state, the batch storage (items and their
+ *        completions) and the timer's entries. Plain data guarded by the batcher's mutex,
+ *        except a batch's items and completions, which belong to the one worker running it.
+ */
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <vector>
+
+#include "microbatch/batch.hpp"
+#include "microbatch/detail/completion.hpp"
+#include "microbatch/detail/config.hpp"
+
+namespace microbatch::detail {
+
+template <class Key, class T, class R>
+struct KeyState;
+
+/**
+ * @brief One batch of one key: from its first item (open) through sealed and queued to running.
+ *
+ * Items are contiguous (`items`, reserved to the bound when the batch opens, so adding one never
+ * reallocates); `completions[i]` holds item i's callback or handle, if any. Recycled through the
+ * batcher's free list: `items` keeps its capacity, completions are reallocated only when a
+ * larger bound needs more.
+ */
+template <class Key, class T, class R>
+struct KeyedBatch {
+    std::vector<T> items;                          ///< The items, in acceptance order.
+    std::unique_ptr<Completion<R>[]> completions;  ///< One slot per possible item.
+    std::size_t completion_slots = 0;              ///< Size of `completions`.
+    std::size_t bound = 0;                         ///< Size bound it opened with.
+    std::size_t count = 0;                         ///< Items it ran with (set by the worker).
+    bool any_completion = false;                   ///< Some slot holds a completion.
+    KeyState<Key, T, R>* key = nullptr;            ///< Its key (live while it is pending).
+    std::int64_t opened_at = 0;                    ///< Clock ticks of its first item.
+    std::uint64_t generation = 0;                  ///< Unique per opening (timer entries).
+    std::uint64_t first_ticket = 0;                ///< Acceptance number of its first item.
+    std::uint64_t sequence = 0;                    ///< Per-key number, assigned when sealed.
+    DispatchReason reason = DispatchReason::full;  ///< Why it was sealed.
+
+    /// Prepares a recycled (or new) batch for @p key with size bound @p size_bound.
+    void open(KeyState<Key, T, R>* owner, std::size_t size_bound) {
+        if (completion_slots < size_bound) {
+            completions.reset(new Completion<R>[size_bound]);
+            completion_slots = size_bound;
+        }
+        items.reserve(size_bound);
+        bound = size_bound;
+        any_completion = false;
+        key = owner;
+    }
+};
+
+/**
+ * @brief The state of one live key, owned by the batcher (reached through its key map).
+ *
+ * A key is *idle* when it has no open batch, no queued batch and none running; an idle key is
+ * reclaimed once it has been idle for `key_idle_timeout`. At most one reclaim entry per key is
+ * in the timer heap: when it comes up for a key that was busy meanwhile and is idle again, it is
+ * rescheduled at `idle_since` + timeout; for a busy key it is dropped (the next idle
+ * transition schedules a new one).
+ */
+template <class Key, class T, class R>
+struct KeyState {
+    /// A state for @p k with the bounds in force for it.
+    KeyState(const Key& k, std::size_t size_bound, std::int64_t delay_ticks)
+        : key(k), max_batch_size(size_bound), max_delay(delay_ticks) {}
+
+    Key key;                                    ///< Its key (a copy).
+    std::size_t max_batch_size;                 ///< Bound for batches opened from now on.
+    std::int64_t max_delay;                     ///< In clock ticks; < 0: none.
+    KeyedBatch<Key, T, R>* open = nullptr;      ///< The batch being filled, if any.
+    bool open_due = false;                      ///< The open batch reached its time bound.
+    std::deque<KeyedBatch<Key, T, R>*> queued;  ///< Sealed, waiting for a worker.
+    bool in_ring = false;                       ///< In the round-robin ring.
+    std::size_t in_flight = 0;                  ///< Its batches running now.
+    std::size_t pending = 0;                    ///< Accepted, unfinished items.
+    std::uint64_t next_sequence = 0;            ///< Number of its next sealed batch.
+    std::int64_t idle_since = 0;                ///< When it last became idle (ticks).
+    bool reclaim_scheduled = false;             ///< A reclaim_key entry is in the heap.
+    std::size_t timer_entries = 0;              ///< Timer entries pointing at it.
+    bool reclaimed = false;  ///< Removed from the map; freed with its last timer entry.
+    // Per-key counters (KeyStats).
+    std::uint64_t items_accepted = 0;
+    std::uint64_t items_processed = 0;
+    std::uint64_t items_failed = 0;
+    std::uint64_t batches_completed = 0;
+    std::uint64_t batches_failed = 0;
+
+    /// True if nothing of this key is pending.
+    bool idle() const noexcept { return open == nullptr && queued.empty() && in_flight == 0; }
+};
+
+/// What a timer entry asks the timer to look at.
+enum class KeyTimerKind : std::uint8_t {
+    batch_due,    ///< The key's open batch of generation `stamp` becomes due.
+    reclaim_key,  ///< The key may have been idle for key_idle_timeout: reclaim it.
+};
+
+/// One entry of the timer's min-heap. Entries are never removed early: a stale one (its batch
+/// sealed, its key busy again) is recognised by its stamp and dropped when it comes up.
+template <class Key, class T, class R>
+struct KeyTimerEntry {
+    std::int64_t at = 0;                          ///< Clock ticks.
+    KeyState<Key, T, R>* key = nullptr;           ///< Kept alive by `timer_entries`.
+    std::uint64_t stamp = 0;                      ///< Batch generation (batch_due entries).
+    KeyTimerKind kind = KeyTimerKind::batch_due;  ///< What to check.
+
+    /// Orders the heap so that the earliest entry is on top (`std::priority_queue` is a
+    /// max-heap).
+    bool operator<(const KeyTimerEntry& other) const noexcept { return at > other.at; }
+};
+
+}  // namespace microbatch::detail

@@ -1,0 +1,475 @@
+#pragma once
+/**
+ * @file detail/keyed_submit.hpp
+ * @brief KeyedBatcher internals, under the mutex: accepting an item (space, key, open batch),
+ *        sealing, the timer heap, key reclamation and round-robin dispatch; flush and limits.
+ *
+ * Every function here except with_handle, submit_core, flush and the limit setters expects
+ * mutex_ held. Batches are handed to the executor only after the mutex is released
+ * (post_batches), with posters_ counting the threads still inside an executor call so that
+ * close() cannot return (and the batcher be destroyed) under them.
+ */
+
+#include <algorithm>
+#include <limits>
+#include <string>
+
+#include "microbatch/detail/batcher_slots.hpp"  // HandleCompletion, re-entrancy chain
+#include "microbatch/keyed_batcher.hpp"
+
+namespace microbatch {
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+template <class U>
+SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::with_handle(Key key, U&& item,
+                                                                         WaitMode mode,
+                                                                         Deadline deadline,
+                                                                         Handle<R>& out) {
+    // The handle owns one reference; the item's completion gets the other on acceptance.
+    detail::HandleState<R>* const state = detail::HandleState<R>::create();
+    Handle<R> handle = detail::HandleAccess::make(state);
+    struct Unclaimed {  // releases the completion's reference if it was never handed out
+        detail::HandleState<R>* state;
+        ~Unclaimed() {
+            if (state != nullptr) {
+                state->release();
+            }
+        }
+    } unclaimed{state};
+    const auto store = [&unclaimed](detail::Completion<R>& slot) noexcept {
+        slot.emplace(detail::HandleCompletion<R>(std::exchange(unclaimed.state, nullptr)));
+        return true;
+    };
+    const SubmitStatus status =
+        submit_core(std::move(key), std::forward<U>(item), mode, deadline, store);
+    if (status == SubmitStatus::accepted) {
+        out = std::move(handle);
+    }
+    return status;
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+template <class U, class Store>
+SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::submit_core(Key key, U&& item,
+                                                                         WaitMode mode,
+                                                                         Deadline deadline,
+                                                                         Store&& store) {
+    BatchList ready;
+    {
+        Lock lock(mutex_);
+        const SubmitStatus space = wait_for_space(lock, mode, deadline);
+        if (space != SubmitStatus::accepted) {
+            ++(space == SubmitStatus::full ? stats_.items_rejected_full
+                                           : stats_.items_rejected_closed);
+            return space;
+        }
+        State* const state = find_or_create_key(key);  // throws KeyLimitError at the cap
+        KeyBatch* batch = state->open;
+        const bool opened = batch == nullptr;
+        const std::int64_t now = opened ? now_ticks() : 0;
+        if (opened) {
+            batch = open_batch(state, now);
+        }
+        detail::Completion<R>& slot = batch->completions[batch->items.size()];
+        MICROBATCH_TRY {
+            // The completion first: if storing it throws (a copied callback), the item is
+            // still untouched. Then the item; reserve() made room, so this cannot reallocate.
+            const bool has_completion = store(slot);
+            batch->items.emplace_back(std::forward<U>(item));
+            batch->any_completion = batch->any_completion || has_completion;
+        }
+        MICROBATCH_CATCH_ALL {
+            slot.reset();
+            if (opened) {  // undo the opening: nothing of this key is pending because of us
+                state->open = nullptr;
+                unfinished_tickets_.erase(batch->first_ticket);
+                free_batches_.emplace_back(batch);
+                if (state->idle()) {
+                    note_idle(state, now);
+                }
+            }
+            MICROBATCH_RETHROW;
+        }
+        ++next_ticket_;
+        ++pending_items_;
+        ++state->pending;
+        ++state->items_accepted;
+        ++stats_.items_accepted;
+        if (batch->items.size() >= batch->bound) {
+            queue_sealed(state, seal(state, DispatchReason::full));
+        } else if (opened) {
+            const detail::KeyBatchCheck check =
+                detail::check_key_batch(1, batch->bound, now, state->max_delay, now);
+            if (check.state == detail::KeyBatchState::due) {
+                mark_due(state);  // max_delay(0): as soon as a worker is free
+            } else if (check.due_at != never) {
+                schedule(check.due_at, state, batch->generation, detail::KeyTimerKind::batch_due);
+            }
+        }
+        dispatch_ready(detail::KeyedTrigger::producer, ready);
+        if (!ready.empty()) {
+            ++posters_;
+        }
+    }
+    if (!ready.empty()) {
+        post_batches(ready, 0);
+    }
+    return SubmitStatus::accepted;
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::wait_for_space(Lock& lock,
+                                                                            WaitMode mode,
+                                                                            Deadline deadline) {
+    for (;;) {
+        if (closed_) {
+            return SubmitStatus::closed;
+        }
+        if (pending_items_ < capacity_) {
+            return SubmitStatus::accepted;
+        }
+        if (mode == wait_never) {
+            return SubmitStatus::full;
+        }
+        if (detail::is_running_on_this_thread(this)) {
+            MICROBATCH_THROW(
+                ReentrancyError("microbatch::KeyedBatcher: a blocking submit found the batcher "
+                                "full inside its own process_batch or callback and would wait "
+                                "for itself; use try_submit"));
+        }
+        ++space_waiters_;
+        bool timed_out = false;
+        if (mode == wait_forever) {
+            space_condition_.wait(lock);
+        } else {
+            timed_out = space_condition_.wait_until(lock, deadline) == std::cv_status::timeout;
+        }
+        --space_waiters_;
+        if (closed_ && idle_waiters_ != 0) {
+            idle_condition_.notify_all();  // close() waits for blocked producers to leave
+        }
+        if (timed_out && !closed_ && pending_items_ >= capacity_) {
+            return SubmitStatus::full;
+        }
+    }
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+typename KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::State*
+KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::find_or_create_key(const Key& key) {
+    const auto found = keys_.find(key);
+    if (found != keys_.end()) {
+        return found->second.get();
+    }
+    if (keys_.size() >= max_keys_) {
+        reclaim_expired(now_ticks());
+        if (keys_.size() >= max_keys_) {
+            ++stats_.items_rejected_key_limit;
+            MICROBATCH_THROW(KeyLimitError(
+                "microbatch::KeyedBatcher: max_keys " + std::to_string(max_keys_) +
+                " keys are live and none has been idle for key_idle_timeout; a new key cannot "
+                "be added (raise max_keys or lower key_idle_timeout)"));
+        }
+    }
+    auto state = std::make_unique<State>(key, bound_for(key), delay_for(key));
+    State* const raw = state.get();
+    keys_.emplace(key, std::move(state));
+    ++stats_.keys_created;
+    return raw;
+}
+
+// Handles every timer entry due at @p now: due batches join the ring, idle keys are reclaimed.
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::reclaim_expired(std::int64_t now) {
+    while (!timer_heap_.empty() && timer_heap_.top().at <= now) {
+        const TimerEntry entry = timer_heap_.top();
+        timer_heap_.pop();
+        State* const state = entry.key;
+        if (!state->reclaimed) {
+            if (entry.kind == detail::KeyTimerKind::batch_due) {
+                if (state->open != nullptr && state->open->generation == entry.stamp) {
+                    mark_due(state);
+                }
+            } else {
+                state->reclaim_scheduled = false;
+                if (state->idle()) {
+                    const std::int64_t at = detail::key_due_time(state->idle_since, idle_timeout_);
+                    if (at <= now) {
+                        reclaim(state);
+                    } else {
+                        state->reclaim_scheduled = true;  // busy meanwhile: idle for less
+                        schedule(at, state, 0, detail::KeyTimerKind::reclaim_key);
+                    }
+                }
+            }
+        }
+        release_entry(state);
+    }
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::reclaim(State* state) {
+    const auto found = keys_.find(state->key);
+    state->reclaimed = true;
+    ++stats_.keys_reclaimed;
+    if (state->timer_entries == 0) {
+        keys_.erase(found);  // destroys the state
+    } else {
+        found->second.release();  // freed by release_entry() with its last timer entry
+        keys_.erase(found);
+    }
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::release_entry(State* state) noexcept {
+    if (--state->timer_entries == 0 && state->reclaimed) {
+        delete state;
+    }
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+typename KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::KeyBatch*
+KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::open_batch(State* state, std::int64_t now) {
+    std::unique_ptr<KeyBatch> batch;
+    if (!free_batches_.empty()) {
+        batch = std::move(free_batches_.back());
+        free_batches_.pop_back();
+    } else {
+        batch = std::make_unique<KeyBatch>();
+    }
+    batch->open(state, state->max_batch_size);
+    batch->opened_at = now;
+    batch->generation = next_generation_++;
+    batch->first_ticket = next_ticket_;
+    unfinished_tickets_.insert(next_ticket_);
+    state->open = batch.release();
+    state->open_due = false;
+    return state->open;
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+typename KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::KeyBatch*
+KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::seal(State* state, DispatchReason reason) {
+    KeyBatch* const batch = state->open;
+    state->open = nullptr;
+    state->open_due = false;
+    batch->reason = reason;
+    batch->sequence = state->next_sequence++;
+    switch (reason) {
+        case DispatchReason::full:
+            ++stats_.batches_full;
+            break;
+        case DispatchReason::flush:
+            ++stats_.batches_flush;
+            break;
+        case DispatchReason::close:
+            ++stats_.batches_close;
+            break;
+        case DispatchReason::worker_free:
+            ++stats_.batches_worker_free;
+            break;
+        default:
+            ++stats_.batches_deadline;
+            break;
+    }
+    return batch;
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::queue_sealed(State* state, KeyBatch* batch) {
+    state->queued.push_back(batch);
+    ++stats_.queued_batches;
+    if (!state->in_ring) {
+        state->in_ring = true;
+        ring_.push(state);
+    }
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::mark_due(State* state) {
+    state->open_due = true;
+    if (!state->in_ring) {
+        state->in_ring = true;
+        ring_.push(state);
+    }
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::schedule(std::int64_t at, State* state,
+                                                              std::uint64_t stamp,
+                                                              detail::KeyTimerKind kind) {
+    timer_heap_.push(TimerEntry{at, state, stamp, kind});
+    ++state->timer_entries;
+    if (at < timer_wake_at_) {
+        // The timer sleeps past this entry: wake it (it recomputes under mutex_ before
+        // sleeping again, so one notify per sleep is enough).
+        timer_wake_at_ = std::numeric_limits<std::int64_t>::min();
+        timer_condition_.notify_one();
+    }
+}
+
+// Hands out batches round-robin between keys while workers are free (detail/keyed_policy.hpp).
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::dispatch_ready(detail::KeyedTrigger trigger,
+                                                                    BatchList& out) {
+    while (detail::worker_free(in_flight_, max_in_flight_) && !ring_.empty()) {
+        State* const state = ring_.pop();
+        state->in_ring = false;
+        const detail::KeyDispatchDecision decision = detail::decide_key_dispatch(
+            state->queued.size(), state->open != nullptr && state->open_due);
+        KeyBatch* batch = nullptr;
+        if (decision.take == detail::KeyDispatch::queued) {
+            batch = state->queued.front();
+            state->queued.pop_front();
+            --stats_.queued_batches;
+        } else if (decision.take == detail::KeyDispatch::seal_open) {
+            batch = seal(state, detail::due_reason(trigger));
+        } else {
+            continue;
+        }
+        out.push_back(batch);
+        ++in_flight_;
+        ++state->in_flight;
+        if (decision.requeue) {
+            state->in_ring = true;
+            ring_.push(state);
+        }
+    }
+}
+
+// Called without mutex_, after the caller counted itself in posters_ under it.
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::post_batches(BatchList& batches,
+                                                                  std::size_t first) noexcept {
+    for (std::size_t i = first; i < batches.size(); ++i) {
+        KeyBatch* const batch = batches[i];
+        MICROBATCH_TRY {
+            executor_([this, batch] { run_batches(batch); });
+        }
+        MICROBATCH_CATCH_ALL {
+            run_batches(batch);  // the executor refused it: run it here, lose nothing
+        }
+    }
+    Lock lock(mutex_);
+    if (--posters_ == 0 && idle_waiters_ != 0) {
+        idle_condition_.notify_all();
+    }
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::seal_all(DispatchReason reason,
+                                                              BatchList& out) {
+    for (auto& entry : keys_) {
+        State* const state = entry.second.get();
+        if (state->open != nullptr) {
+            queue_sealed(state, seal(state, reason));
+        }
+    }
+    dispatch_ready(detail::KeyedTrigger::flush, out);
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::note_idle(State* state, std::int64_t now) {
+    state->idle_since = now;
+    if (idle_timeout_ >= 0 && !state->reclaim_scheduled) {
+        state->reclaim_scheduled = true;
+        schedule(detail::key_due_time(now, idle_timeout_), state, 0,
+                 detail::KeyTimerKind::reclaim_key);
+    }
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+std::size_t KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::bound_for(const Key& key) const {
+    const auto found = limits_.find(key);
+    return found != limits_.end() && found->second.max_batch_size ? *found->second.max_batch_size
+                                                                  : default_batch_size_;
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+std::int64_t KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::delay_for(const Key& key) const {
+    const auto found = limits_.find(key);
+    return found != limits_.end() && found->second.max_delay ? to_ticks(*found->second.max_delay)
+                                                             : default_delay_;
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+std::int64_t KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::to_ticks(
+    std::chrono::nanoseconds value) const noexcept {
+    if (value == std::chrono::nanoseconds::max()) {
+        return -1;  // no bound
+    }
+    return static_cast<std::int64_t>(std::chrono::ceil<typename Clock::duration>(value).count());
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::flush() {
+    BatchList ready;
+    {
+        Lock lock(mutex_);
+        seal_all(DispatchReason::flush, ready);
+        if (!ready.empty()) {
+            ++posters_;
+        }
+    }
+    if (!ready.empty()) {
+        post_batches(ready, 0);
+    }
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::flush(const Key& key) {
+    BatchList ready;
+    {
+        Lock lock(mutex_);
+        const auto found = keys_.find(key);
+        if (found == keys_.end() || found->second->open == nullptr) {
+            return;
+        }
+        State* const state = found->second.get();
+        queue_sealed(state, seal(state, DispatchReason::flush));
+        dispatch_ready(detail::KeyedTrigger::flush, ready);
+        if (!ready.empty()) {
+            ++posters_;
+        }
+    }
+    if (!ready.empty()) {
+        post_batches(ready, 0);
+    }
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::set_key_limits(const Key& key,
+                                                                    const KeyLimits& limits) {
+    if (limits.max_batch_size) {
+        KeyedOptions::check_batch_size("max_batch_size", *limits.max_batch_size);
+        if (*limits.max_batch_size > capacity_) {
+            MICROBATCH_THROW(std::invalid_argument(
+                "microbatch::KeyedBatcher::set_key_limits: max_batch_size must be <= capacity " +
+                std::to_string(capacity_) + " (got " + std::to_string(*limits.max_batch_size) +
+                ")"));
+        }
+    }
+    if (limits.max_delay) {
+        KeyedOptions::check_delay("max_delay", *limits.max_delay);
+    }
+    Lock lock(mutex_);
+    limits_[key] = limits;
+    const auto found = keys_.find(key);
+    if (found != keys_.end()) {
+        found->second->max_batch_size = bound_for(key);
+        found->second->max_delay = delay_for(key);
+    }
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::clear_key_limits(const Key& key) {
+    Lock lock(mutex_);
+    limits_.erase(key);
+    const auto found = keys_.find(key);
+    if (found != keys_.end()) {
+        found->second->max_batch_size = default_batch_size_;
+        found->second->max_delay = default_delay_;
+    }
+}
+
+}  // namespace microbatch

@@ -1,0 +1,538 @@
+#pragma once
+/**
+ * @file keyed_batcher.hpp
+ * @brief `microbatch::KeyedBatcher<Key, T, R, Clock>`: batches items per key (table, tenant,
+ *        model) with per-key bounds, all keys sharing one timer thread and one pool.
+ */
+
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <queue>
+#include <set>
+#include <thread>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "microbatch/batch.hpp"
+#include "microbatch/clock.hpp"
+#include "microbatch/detail/config.hpp"
+#include "microbatch/detail/deadline.hpp"
+#include "microbatch/detail/keyed_policy.hpp"
+#include "microbatch/detail/keyed_state.hpp"
+#include "microbatch/detail/unique_function.hpp"
+#include "microbatch/errors.hpp"
+#include "microbatch/executor.hpp"
+#include "microbatch/handle.hpp"
+#include "microbatch/keyed_options.hpp"
+#include "microbatch/keyed_stats.hpp"
+#include "microbatch/outcome.hpp"
+#include "microbatch/submit_result.hpp"
+#include "microbatch/thread_pool.hpp"
+
+namespace microbatch {
+
+/**
+ * @brief Batches items per key: items with the same key (a table, a tenant, a model) go into
+ *        the same batches, never mixed with another key's; each key's batches are bounded by
+ *        its own size and time bounds; all keys share one timer thread and one pool.
+ *
+ * @tparam Key      the key type: copyable, hashed with @p Hash, compared with @p KeyEqual.
+ * @tparam T        the item type; may be move-only.
+ * @tparam R        the per-item result type (`void`: success or failure only), as in Batcher.
+ * @tparam Clock    `SteadyClock`, or `ManualClock` in tests (see clock.hpp).
+ *
+ * @code
+ * microbatch::KeyedBatcher<std::string, Row> writer(
+ *     microbatch::KeyedOptions{}.max_batch_size(500).max_delay(std::chrono::milliseconds(5)),
+ *     [](const Row& row) { return row.table; },             // the key function (optional)
+ *     [&db](const std::string& table, microbatch::Batch<Row>& rows) { db.insert(table, rows); });
+ * writer.post(row);                 // keyed by the key function
+ * writer.submit("audit", row);      // or name the key: returns a Handle<void>
+ * @endcode
+ *
+ * **Batching.** A key's batch is sealed when it holds the key's `max_batch_size` items (reason
+ * `full`). When its oldest item has waited the key's `max_delay` it is *due*: it is sealed
+ * (reason `deadline`) as soon as a worker is free, and keeps growing (up to its bound) while
+ * every worker is busy; a finishing worker then seals it (reason `worker_free`). `flush()`,
+ * `wait_idle()` and `close()` seal every key's partial batch. Items of one key enter its batches
+ * in acceptance order (one producer's items for one key are never reordered); `Batch::sequence()`
+ * numbers each key's batches 0, 1, 2, ... in the order they were sealed. Bounds per key:
+ * `set_key_limits(key, limits)`, else the `KeyedOptions` defaults.
+ *
+ * **Dispatch and fairness.** At most `max_in_flight` batches run at once (default: the pool's
+ * workers). Sealed batches beyond that wait in their key's queue, and free workers take them
+ * round-robin between keys (detail/keyed_policy.hpp): with n keys waiting, each gets one batch
+ * in every n, so a hot key cannot starve a quiet one. Batches of one key may run concurrently.
+ * One timer thread serves every key (a min-heap of deadlines); 100 keys cost no extra thread.
+ *
+ * **Keys.** A key is live from its first accepted item until it is reclaimed, once it has had
+ * nothing pending for `key_idle_timeout`. At most `max_keys` keys are live; a submit for a new
+ * key at the cap reclaims expired idle keys first and otherwise throws `KeyLimitError` (item
+ * untouched). `key_stats(key)` reports a live key's counters, `stats()` the totals.
+ *
+ * **Results, backpressure, errors** as in Batcher: `submit` returns a `Handle<R>`,
+ * `submit(..., callback)` calls `callback(Outcome<R>&&)` on the worker (48 bytes inline),
+ * `post`/`try_submit` are fire-and-forget. At most `capacity` items (all keys) are accepted and
+ * unfinished: `submit`/`post` block, `try_submit` reports `full`, `submit_for` waits up to its
+ * timeout. If process_batch throws (or returns the wrong number of results: ResultCountError),
+ * every item of that batch, and only of that batch, receives the exception.
+ * Callback exceptions are counted and ignored.
+ *
+ * **Shutdown.** `close()` stops accepting (`ClosedError`; blocked producers wake with it),
+ * seals every partial batch (reason `close`) and waits until every accepted item has finished.
+ * Idempotent; the destructor calls it. No accepted item is lost or processed twice.
+ *
+ * **Re-entrancy** as in Batcher: from inside one of its batches (process_batch or a callback),
+ * `close()` and `wait_idle()` throw `ReentrancyError`, and so do blocking submits that find it
+ * full.
+ *
+ * **Design and cost.** Unlike Batcher's lock-free single-key path, a KeyedBatcher keeps its
+ * state under one mutex: a submit takes it once (hash lookup, append to the key's batch); a
+ * batch takes it twice when it finishes. User code never runs under it (process_batch,
+ * callbacks, the key function and the executor run outside), except the key's hash and
+ * equality and the item's constructor (from the submitted argument), which must not call back
+ * into this batcher. A worker that finishes a batch takes the next one itself (up to 16 in a
+ * row, then it hands the next to the executor and returns the thread to the pool).
+ *
+ * Thread safety: every member function may be called concurrently from any thread, except that
+ * the destructor must not run concurrently with calls that are not blocked inside the batcher.
+ */
+template <class Key, class T, class R = void, class Clock = SteadyClock,
+          class Hash = std::hash<Key>, class KeyEqual = std::equal_to<Key>>
+class KeyedBatcher {
+    static_assert(!std::is_reference_v<T> && !std::is_const_v<T>,
+                  "microbatch::KeyedBatcher: T must be a non-const object type");
+    static_assert(std::is_move_constructible_v<T> && std::is_nothrow_destructible_v<T>,
+                  "microbatch::KeyedBatcher: T must be move constructible and nothrow "
+                  "destructible");
+    static_assert(std::is_copy_constructible_v<Key>,
+                  "microbatch::KeyedBatcher: Key must be copy constructible");
+
+    template <class F>
+    static constexpr bool is_callback = std::is_invocable_v<std::decay_t<F>&, Outcome<R>&&>;
+    template <class U>
+    static constexpr bool is_item = std::is_constructible_v<T, U&&>;
+    template <class K, class U>
+    static constexpr bool is_key_item =
+        std::is_constructible_v<Key, K&&>&& is_item<U> && !is_callback<U>;
+
+public:
+    using key_type = Key;      ///< The key type.
+    using item_type = T;       ///< The item type.
+    using result_type = R;     ///< The per-item result type.
+    using clock_type = Clock;  ///< The clock the time bounds are measured with.
+    /// What process_batch returns: `std::vector<R>`, or nothing for `R = void`.
+    using batch_result_type = std::conditional_t<std::is_void_v<R>, void, std::vector<R>>;
+    /// The stored batch function: called with the batch's key and the batch.
+    using process_function = detail::UniqueFunction<batch_result_type(const Key&, Batch<T>&)>;
+    /// The stored key function.
+    using key_function = detail::UniqueFunction<Key(const T&)>;
+
+    /**
+     * @brief Creates the batcher without a key function (submits name the key), starts its
+     *        timer thread and, without an executor, its own pool of `workers` threads.
+     * @param options  validated here: `std::invalid_argument` naming the option and its value.
+     * @param process  called as `process(key, batch)` or `process(batch)` with a `Batch<T>&`;
+     *                 returns `std::vector<R>` (one result per item) or, for `R = void`, nothing.
+     * @param clock    the clock instance (a `ManualClock` handle in tests).
+     * @throws std::invalid_argument on invalid options; `std::bad_alloc`, `std::system_error`.
+     */
+    template <class F, class = std::enable_if_t<!std::is_same_v<std::decay_t<F>, KeyedBatcher>>>
+    KeyedBatcher(KeyedOptions options, F&& process, Clock clock = Clock{})
+        : options_(std::move(options)), clock_(std::move(clock)) {
+        process_ = wrap_process(std::forward<F>(process));
+        initialise();
+    }
+
+    /**
+     * @brief Like the constructor above, with a key function: `key_of(item)` returns the key
+     *        of items submitted without one (`submit(item)`, `post(item)`, ...). It runs on the
+     *        submitting thread, outside the batcher's mutex.
+     */
+    template <
+        class KeyOf, class F,
+        class = std::enable_if_t<std::is_invocable_v<std::decay_t<F>&, const Key&, Batch<T>&> ||
+                                 std::is_invocable_v<std::decay_t<F>&, Batch<T>&>>>
+    KeyedBatcher(KeyedOptions options, KeyOf&& key_of, F&& process, Clock clock = Clock{})
+        : options_(std::move(options)), clock_(std::move(clock)) {
+        static_assert(std::is_invocable_r_v<Key, std::decay_t<KeyOf>&, const T&>,
+                      "microbatch::KeyedBatcher: the key function must be callable as "
+                      "Key(const T&)");
+        key_of_ = key_function(std::forward<KeyOf>(key_of));
+        process_ = wrap_process(std::forward<F>(process));
+        initialise();
+    }
+
+    KeyedBatcher(const KeyedBatcher&) = delete;
+    KeyedBatcher& operator=(const KeyedBatcher&) = delete;
+
+    /// @brief Calls `close()`: processes everything accepted, then releases the threads.
+    ~KeyedBatcher();
+
+    // ---- Submitting with an explicit key ----------------------------------------------------
+
+    /**
+     * @brief Submits @p item under @p key and returns a handle to its result. Blocks while the
+     *        batcher is full.
+     * @throws ClosedError if closed (also when it closes while blocked); KeyLimitError at the
+     *         key cap; ReentrancyError if it would block inside one of its own batches; whatever
+     *         constructing `Key` or `T` throws; `std::bad_alloc`.
+     */
+    template <class K, class U, std::enable_if_t<is_key_item<K, U>, int> = 0>
+    Handle<R> submit(K&& key, U&& item) {
+        Handle<R> handle;
+        throw_if_closed(with_handle(Key(std::forward<K>(key)), std::forward<U>(item), wait_forever,
+                                    {}, handle));
+        return handle;
+    }
+
+    /// @brief Submits @p item under @p key; `callback(Outcome<R>&&)` runs on a worker after its
+    ///        batch ran (never if this call throws). Blocks while full. @throws as submit(key,
+    ///        item).
+    template <class K, class U, class F,
+              std::enable_if_t<is_key_item<K, U> && is_callback<F>, int> = 0>
+    void submit(K&& key, U&& item, F&& callback) {
+        throw_if_closed(submit_core(Key(std::forward<K>(key)), std::forward<U>(item), wait_forever,
+                                    {}, emplacer<F>(callback)));
+    }
+
+    /// @brief Fire-and-forget under @p key. Blocks while full. @throws as submit(key, item).
+    template <class K, class U, std::enable_if_t<is_key_item<K, U>, int> = 0>
+    void post(K&& key, U&& item) {
+        throw_if_closed(submit_core(Key(std::forward<K>(key)), std::forward<U>(item), wait_forever,
+                                    {}, no_completion));
+    }
+
+    /**
+     * @brief Fire-and-forget without blocking: `accepted`, or `full`/`closed` at once (the item
+     *        is then left untouched).
+     * @throws KeyLimitError at the key cap; whatever constructing `Key` or `T` throws.
+     */
+    template <class K, class U, std::enable_if_t<is_key_item<K, U>, int> = 0>
+    [[nodiscard]] SubmitStatus try_submit(K&& key, U&& item) {
+        return submit_core(Key(std::forward<K>(key)), std::forward<U>(item), wait_never, {},
+                           no_completion);
+    }
+
+    /// @brief Like try_submit(key, item), with a callback invoked only if accepted.
+    template <class K, class U, class F,
+              std::enable_if_t<is_key_item<K, U> && is_callback<F>, int> = 0>
+    [[nodiscard]] SubmitStatus try_submit(K&& key, U&& item, F&& callback) {
+        return submit_core(Key(std::forward<K>(key)), std::forward<U>(item), wait_never, {},
+                           emplacer<F>(callback));
+    }
+
+    /// @brief Like try_submit(key, item), returning the status and (when accepted) the handle.
+    template <class K, class U, std::enable_if_t<is_key_item<K, U>, int> = 0>
+    [[nodiscard]] SubmitResult<R> try_submit_handle(K&& key, U&& item) {
+        SubmitResult<R> result;
+        result.status = with_handle(Key(std::forward<K>(key)), std::forward<U>(item), wait_never,
+                                    {}, result.handle);
+        return result;
+    }
+
+    /// @brief Fire-and-forget under @p key, waiting at most @p timeout for space: `accepted`,
+    ///        `full` (timed out) or `closed`. @throws as submit(key, item).
+    template <class K, class U, class Rep, class Period,
+              std::enable_if_t<is_key_item<K, U>, int> = 0>
+    [[nodiscard]] SubmitStatus submit_for(K&& key, U&& item,
+                                          const std::chrono::duration<Rep, Period>& timeout) {
+        return submit_core(Key(std::forward<K>(key)), std::forward<U>(item), wait_until_deadline,
+                           detail::steady_deadline_after(timeout), no_completion);
+    }
+
+    /// @brief Like submit_for(key, item, timeout), with a callback invoked only if accepted.
+    template <class K, class U, class F, class Rep, class Period,
+              std::enable_if_t<is_key_item<K, U> && is_callback<F>, int> = 0>
+    [[nodiscard]] SubmitStatus submit_for(K&& key, U&& item, F&& callback,
+                                          const std::chrono::duration<Rep, Period>& timeout) {
+        return submit_core(Key(std::forward<K>(key)), std::forward<U>(item), wait_until_deadline,
+                           detail::steady_deadline_after(timeout), emplacer<F>(callback));
+    }
+
+    /// @brief Like submit_for(key, item, timeout), returning the status and the handle.
+    template <class K, class U, class Rep, class Period,
+              std::enable_if_t<is_key_item<K, U>, int> = 0>
+    [[nodiscard]] SubmitResult<R> submit_for_handle(
+        K&& key, U&& item, const std::chrono::duration<Rep, Period>& timeout) {
+        SubmitResult<R> result;
+        result.status =
+            with_handle(Key(std::forward<K>(key)), std::forward<U>(item), wait_until_deadline,
+                        detail::steady_deadline_after(timeout), result.handle);
+        return result;
+    }
+
+    // ---- Submitting with the key function ---------------------------------------------------
+    // Each takes the key from key_of(item); without a key function they throw microbatch::Error.
+
+    /// @brief submit(key_of(item), item). @throws Error without a key function; as submit(key,
+    /// item).
+    template <class U, std::enable_if_t<is_item<U>, int> = 0>
+    Handle<R> submit(U&& item) {
+        Handle<R> handle;
+        throw_if_closed(
+            with_handle(key_for(item), std::forward<U>(item), wait_forever, {}, handle));
+        return handle;
+    }
+    /// @brief submit(key_of(item), item, callback).
+    template <class U, class F, std::enable_if_t<is_item<U> && is_callback<F>, int> = 0>
+    void submit(U&& item, F&& callback) {
+        throw_if_closed(submit_core(key_for(item), std::forward<U>(item), wait_forever, {},
+                                    emplacer<F>(callback)));
+    }
+    /// @brief post(key_of(item), item).
+    template <class U, std::enable_if_t<is_item<U>, int> = 0>
+    void post(U&& item) {
+        throw_if_closed(
+            submit_core(key_for(item), std::forward<U>(item), wait_forever, {}, no_completion));
+    }
+    /// @brief try_submit(key_of(item), item).
+    template <class U, std::enable_if_t<is_item<U>, int> = 0>
+    [[nodiscard]] SubmitStatus try_submit(U&& item) {
+        return submit_core(key_for(item), std::forward<U>(item), wait_never, {}, no_completion);
+    }
+    /// @brief try_submit(key_of(item), item, callback).
+    template <class U, class F, std::enable_if_t<is_item<U> && is_callback<F>, int> = 0>
+    [[nodiscard]] SubmitStatus try_submit(U&& item, F&& callback) {
+        return submit_core(key_for(item), std::forward<U>(item), wait_never, {},
+                           emplacer<F>(callback));
+    }
+    /// @brief try_submit_handle(key_of(item), item).
+    template <class U, std::enable_if_t<is_item<U>, int> = 0>
+    [[nodiscard]] SubmitResult<R> try_submit_handle(U&& item) {
+        SubmitResult<R> result;
+        result.status =
+            with_handle(key_for(item), std::forward<U>(item), wait_never, {}, result.handle);
+        return result;
+    }
+    /// @brief submit_for(key_of(item), item, timeout).
+    template <class U, class Rep, class Period, std::enable_if_t<is_item<U>, int> = 0>
+    [[nodiscard]] SubmitStatus submit_for(U&& item,
+                                          const std::chrono::duration<Rep, Period>& timeout) {
+        return submit_core(key_for(item), std::forward<U>(item), wait_until_deadline,
+                           detail::steady_deadline_after(timeout), no_completion);
+    }
+    /// @brief submit_for(key_of(item), item, callback, timeout).
+    template <class U, class F, class Rep, class Period,
+              std::enable_if_t<is_item<U> && is_callback<F>, int> = 0>
+    [[nodiscard]] SubmitStatus submit_for(U&& item, F&& callback,
+                                          const std::chrono::duration<Rep, Period>& timeout) {
+        return submit_core(key_for(item), std::forward<U>(item), wait_until_deadline,
+                           detail::steady_deadline_after(timeout), emplacer<F>(callback));
+    }
+    /// @brief submit_for_handle(key_of(item), item, timeout).
+    template <class U, class Rep, class Period, std::enable_if_t<is_item<U>, int> = 0>
+    [[nodiscard]] SubmitResult<R> submit_for_handle(
+        U&& item, const std::chrono::duration<Rep, Period>& timeout) {
+        SubmitResult<R> result;
+        result.status = with_handle(key_for(item), std::forward<U>(item), wait_until_deadline,
+                                    detail::steady_deadline_after(timeout), result.handle);
+        return result;
+    }
+
+    // ---- Control ----------------------------------------------------------------------------
+
+    /// @brief Seals every key's partial batch (reason `flush`); they run as workers free up.
+    ///        Never blocks beyond handing batches to the executor. O(live keys).
+    void flush();
+    /// @brief Seals @p key's partial batch, if it has one (reason `flush`).
+    void flush(const Key& key);
+    /**
+     * @brief Flushes, then blocks until every item accepted before the call has finished (its
+     *        batch ran and its handle or callback completed).
+     * @throws ReentrancyError from inside one of this batcher's batches.
+     */
+    void wait_idle();
+    /**
+     * @brief Stops accepting items, seals every partial batch (reason `close`) and blocks until
+     *        every accepted item has finished; then stops the timer. Idempotent; concurrent
+     *        calls all wait. @throws ReentrancyError from inside one of this batcher's batches.
+     */
+    void close();
+    /// @brief True once close() has begun.
+    bool is_closed() const;
+
+    /**
+     * @brief Overrides the bounds of @p key (also before it is live, and across reclamation)
+     *        for batches opened from now on; an empty field restores the default.
+     * @throws std::invalid_argument naming the field and value: a size outside
+     *         [1, max_supported_batch_size] or above the capacity, a negative delay.
+     */
+    void set_key_limits(const Key& key, const KeyLimits& limits);
+    /// @brief Removes @p key's overrides: its next batches use the defaults.
+    void clear_key_limits(const Key& key);
+
+    /// @brief A consistent snapshot of the totals (taken under the mutex). O(1).
+    KeyedStats stats() const;
+    /// @brief The counters of @p key, or nothing if it is not live. O(1) expected.
+    std::optional<KeyStats> key_stats(const Key& key) const;
+    /// @brief Keys live now.
+    std::size_t live_keys() const;
+    /// @brief Items accepted and not finished (all keys).
+    std::size_t pending() const;
+    /// @brief Batches running now (the count max_in_flight limits).
+    std::size_t in_flight() const;
+
+    /// @brief The options the batcher was built with.
+    const KeyedOptions& options() const noexcept { return options_; }
+    /// @brief The clock the batcher measures time bounds with.
+    const Clock& clock() const noexcept { return clock_; }
+
+private:
+    using State = detail::KeyState<Key, T, R>;
+    using KeyBatch = detail::KeyedBatch<Key, T, R>;
+    using TimerEntry = detail::KeyTimerEntry<Key, T, R>;
+    using Lock = std::unique_lock<std::mutex>;
+    using Deadline = std::chrono::steady_clock::time_point;
+    using BatchList = std::vector<KeyBatch*>;
+    enum WaitMode { wait_never, wait_forever, wait_until_deadline };
+    static constexpr std::int64_t never = detail::KeyBatchCheck::never;
+    /// Batches a worker runs in a row before handing the next one to the executor.
+    static constexpr unsigned max_batches_per_task = 16;
+
+    template <class F>
+    static process_function wrap_process(F&& process) {
+        using Stored = std::decay_t<F>;
+        if constexpr (std::is_invocable_v<Stored&, const Key&, Batch<T>&>) {
+            check_result<std::invoke_result_t<Stored&, const Key&, Batch<T>&>>();
+            return process_function(std::forward<F>(process));
+        } else {
+            static_assert(std::is_invocable_v<Stored&, Batch<T>&>,
+                          "microbatch::KeyedBatcher: process_batch must be callable as "
+                          "f(const Key&, microbatch::Batch<T>&) or f(microbatch::Batch<T>&)");
+            check_result<std::invoke_result_t<Stored&, Batch<T>&>>();
+            return process_function([function = Stored(std::forward<F>(process))](
+                                        const Key&, Batch<T>& batch) mutable -> batch_result_type {
+                return function(batch);
+            });
+        }
+    }
+    template <class Result>
+    static void check_result() {
+        if constexpr (std::is_void_v<R>) {
+            static_assert(std::is_void_v<Result>,
+                          "microbatch::KeyedBatcher<Key, T, void>: process_batch must return void");
+        } else {
+            static_assert(std::is_convertible_v<Result, std::vector<R>>,
+                          "microbatch::KeyedBatcher<Key, T, R>: process_batch must return "
+                          "std::vector<R> with one result per item");
+        }
+    }
+
+    static bool no_completion(detail::Completion<R>&) noexcept { return false; }
+    template <class F>
+    static auto emplacer(std::remove_reference_t<F>& callback) {
+        static_assert(is_callback<F>,
+                      "microbatch::KeyedBatcher: the callback must be callable as "
+                      "void(microbatch::Outcome<R>&&)");
+        return [&callback](detail::Completion<R>& slot) {
+            slot.emplace(std::forward<F>(callback));
+            return true;
+        };
+    }
+    template <class U>
+    Key key_for(const U& item) const {
+        if (!key_of_) {
+            MICROBATCH_THROW(Error(
+                "microbatch::KeyedBatcher: submit without a key needs a key function (pass one "
+                "to the constructor, or use the overloads taking the key)"));
+        }
+        if constexpr (std::is_same_v<std::decay_t<U>, T>) {
+            return key_of_(item);
+        } else {
+            return key_of_(T(item));
+        }
+    }
+    void throw_if_closed(SubmitStatus status) const {
+        if (status == SubmitStatus::closed) {
+            MICROBATCH_THROW(ClosedError("microbatch::KeyedBatcher: submit on a closed batcher"));
+        }
+    }
+
+    void initialise();  // detail/keyed_run.hpp
+    template <class U>
+    SubmitStatus with_handle(Key key, U&& item, WaitMode mode, Deadline deadline,
+                             Handle<R>& out);  // detail/keyed_submit.hpp
+    template <class U, class Store>
+    SubmitStatus submit_core(Key key, U&& item, WaitMode mode, Deadline deadline, Store&& store);
+    SubmitStatus wait_for_space(Lock& lock, WaitMode mode, Deadline deadline);
+    State* find_or_create_key(const Key& key);
+    void reclaim_expired(std::int64_t now);
+    void reclaim(State* state);
+    void release_entry(State* state) noexcept;
+    KeyBatch* open_batch(State* state, std::int64_t now);
+    KeyBatch* seal(State* state, DispatchReason reason);
+    void queue_sealed(State* state, KeyBatch* batch);
+    void mark_due(State* state);
+    void schedule(std::int64_t at, State* state, std::uint64_t stamp, detail::KeyTimerKind kind);
+    void dispatch_ready(detail::KeyedTrigger trigger, BatchList& out);
+    void post_batches(BatchList& batches, std::size_t first) noexcept;
+    void seal_all(DispatchReason reason, BatchList& out);
+    void note_idle(State* state, std::int64_t now);
+    std::size_t bound_for(const Key& key) const;
+    std::int64_t delay_for(const Key& key) const;
+    std::int64_t now_ticks() const { return clock_.now().time_since_epoch().count(); }
+    std::int64_t to_ticks(std::chrono::nanoseconds value) const noexcept;
+
+    void run_batches(KeyBatch* batch) noexcept;  // detail/keyed_run.hpp
+    void run_one(KeyBatch* batch) noexcept;
+    KeyBatch* finish(KeyBatch* batch, bool take_next) noexcept;
+    void complete(detail::Completion<R>& completion, std::exception_ptr error,
+                  std::conditional_t<std::is_void_v<R>, std::nullptr_t, std::vector<R>>& results,
+                  std::size_t index) noexcept;
+    void run_timer();
+    void check_not_reentrant(const char* what) const;
+
+    // ---- Members (everything below mutex_ is guarded by it unless stated) -------------------
+    KeyedOptions options_;
+    Clock clock_;
+    process_function process_;
+    key_function key_of_;
+    std::size_t capacity_ = 0;            // constant after construction
+    std::size_t max_keys_ = 0;            // constant
+    std::size_t max_in_flight_ = 1;       // constant
+    std::size_t default_batch_size_ = 1;  // constant
+    std::int64_t default_delay_ = -1;     // constant, ticks; < 0: none
+    std::int64_t idle_timeout_ = 0;       // constant, ticks; < 0: never reclaim
+
+    mutable std::mutex mutex_;
+    std::unordered_map<Key, std::unique_ptr<State>, Hash, KeyEqual> keys_;
+    std::unordered_map<Key, KeyLimits, Hash, KeyEqual> limits_;
+    detail::RoundRobinRing<State*> ring_;
+    std::priority_queue<TimerEntry> timer_heap_;
+    std::vector<std::unique_ptr<KeyBatch>> free_batches_;
+    std::set<std::uint64_t> unfinished_tickets_;  // first ticket of every unfinished batch
+    std::uint64_t next_ticket_ = 0;
+    std::uint64_t next_generation_ = 0;
+    std::size_t pending_items_ = 0;
+    std::size_t in_flight_ = 0;
+    std::size_t posters_ = 0;  // threads inside an executor call made for this batcher
+    KeyedStats stats_;
+    bool closed_ = false;
+    bool timer_stop_ = false;
+    std::int64_t timer_wake_at_ = never;  // when the sleeping timer wakes; min() while awake
+    std::size_t space_waiters_ = 0;
+    std::size_t idle_waiters_ = 0;
+    std::condition_variable space_condition_;
+    std::condition_variable idle_condition_;
+    std::condition_variable timer_condition_;
+    std::optional<typename Clock::Sleeper> sleeper_;
+    std::mutex join_mutex_;  // the first close() joins the timer
+
+    std::unique_ptr<ThreadPool> pool_;
+    Executor executor_;
+    std::thread timer_;  // last: started after everything it uses is constructed
+};
+
+}  // namespace microbatch
+
+#include "microbatch/detail/keyed_run.hpp"
+#include "microbatch/detail/keyed_submit.hpp"
