@@ -272,7 +272,7 @@ TEST_CASE("KeyedBatcher seals each key by its own size and time bounds", "[keyed
     CHECK(seen[0].key == "a");
     CHECK(seen[0].items == std::vector<int>{4});
     CHECK(seen[0].reason == DispatchReason::deadline);
-    CHECK(seen[0].sequence == 2);  // a's third batch
+    CHECK(seen[0].sequence == 4);  // sealed after a's two, b's and c's full batches
 
     clock.advance(39ms);
     executor.run_all();
@@ -339,8 +339,14 @@ TEST_CASE("KeyedBatcher hands batches out round-robin between keys when workers 
     CHECK(batcher.stats().queued_batches == 6);
     executor.run_all();
     std::vector<std::string> order;
+    std::map<std::string, int> count;
+    std::uint64_t last_sequence = 0;
     for (const auto& batch : recorder.take()) {
-        order.push_back(batch.key + std::to_string(batch.sequence));
+        order.push_back(batch.key + std::to_string(count[batch.key]++));
+        if (batch.key == "A") {
+            CHECK(batch.sequence >= last_sequence);  // a key's batches run in seal order
+            last_sequence = batch.sequence;
+        }
     }
     CHECK(order == std::vector<std::string>{"A0", "A1", "B0", "C0", "A2", "B1", "A3"});
     executor.run_inline();

@@ -64,7 +64,8 @@ namespace microbatch {
  * every worker is busy; a finishing worker then seals it (reason `worker_free`). `flush()`,
  * `wait_idle()` and `close()` seal every key's partial batch. Items of one key enter its batches
  * in acceptance order (one producer's items for one key are never reordered); `Batch::sequence()`
- * numbers each key's batches 0, 1, 2, ... in the order they were sealed. Bounds per key:
+ * numbers batches 0, 1, 2, ... in the order they were sealed, over all keys, so a key's batches
+ * carry increasing (not consecutive) numbers, also across the key's reclamation. Bounds per key:
  * `set_key_limits(key, limits)`, else the `KeyedOptions` defaults.
  *
  * **Dispatch and fairness.** At most `max_in_flight` batches run at once (default: the pool's
@@ -82,9 +83,12 @@ namespace microbatch {
  * `submit(..., callback)` calls `callback(Outcome<R>&&)` on the worker (48 bytes inline),
  * `post`/`try_submit` are fire-and-forget. At most `capacity` items (all keys) are accepted and
  * unfinished: `submit`/`post` block, `try_submit` reports `full`, `submit_for` waits up to its
- * timeout. If process_batch throws (or returns the wrong number of results: ResultCountError),
- * every item of that batch, and only of that batch, receives the exception.
- * Callback exceptions are counted and ignored.
+ * timeout. Partial batches of many keys can hold the whole capacity: when a submit finds the
+ * batcher full with no batch running or waiting, every partial batch is sealed (reason `full`)
+ * so that space frees up without waiting for the time bounds (or forever, without one). If
+ * process_batch throws (or returns the wrong number of results: ResultCountError), every item of
+ * that batch, and only of that batch, receives the exception. Callback exceptions are counted and
+ * ignored.
  *
  * **Shutdown.** `close()` stops accepting (`ClosedError`; blocked producers wake with it),
  * seals every partial batch (reason `close`) and waits until every accepted item has finished.
@@ -512,6 +516,7 @@ private:
     std::set<std::uint64_t> unfinished_tickets_;  // first ticket of every unfinished batch
     std::uint64_t next_ticket_ = 0;
     std::uint64_t next_generation_ = 0;
+    std::uint64_t next_sequence_ = 0;  // Batch::sequence of the next sealed batch
     std::size_t pending_items_ = 0;
     std::size_t in_flight_ = 0;
     std::size_t posters_ = 0;  // threads inside an executor call made for this batcher

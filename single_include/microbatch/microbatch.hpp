@@ -7277,7 +7277,7 @@ struct KeyedBatch {
     std::int64_t opened_at = 0;                    ///< Clock ticks of its first item.
     std::uint64_t generation = 0;                  ///< Unique per opening (timer entries).
     std::uint64_t first_ticket = 0;                ///< Acceptance number of its first item.
-    std::uint64_t sequence = 0;                    ///< Per-key number, assigned when sealed.
+    std::uint64_t sequence = 0;                    ///< Seal order over all keys (Batch::sequence).
     DispatchReason reason = DispatchReason::full;  ///< Why it was sealed.
 
     /// Prepares a recycled (or new) batch for @p key with size bound @p size_bound.
@@ -7317,7 +7317,6 @@ struct KeyState {
     bool in_ring = false;                       ///< In the round-robin ring.
     std::size_t in_flight = 0;                  ///< Its batches running now.
     std::size_t pending = 0;                    ///< Accepted, unfinished items.
-    std::uint64_t next_sequence = 0;            ///< Number of its next sealed batch.
     std::int64_t idle_since = 0;                ///< When it last became idle (ticks).
     bool reclaim_scheduled = false;             ///< A reclaim_key entry is in the heap.
     std::size_t timer_entries = 0;              ///< Timer entries pointing at it.
@@ -7728,7 +7727,8 @@ namespace microbatch {
  * every worker is busy; a finishing worker then seals it (reason `worker_free`). `flush()`,
  * `wait_idle()` and `close()` seal every key's partial batch. Items of one key enter its batches
  * in acceptance order (one producer's items for one key are never reordered); `Batch::sequence()`
- * numbers each key's batches 0, 1, 2, ... in the order they were sealed. Bounds per key:
+ * numbers batches 0, 1, 2, ... in the order they were sealed, over all keys, so a key's batches
+ * carry increasing (not consecutive) numbers, also across the key's reclamation. Bounds per key:
  * `set_key_limits(key, limits)`, else the `KeyedOptions` defaults.
  *
  * **Dispatch and fairness.** At most `max_in_flight` batches run at once (default: the pool's
@@ -7746,9 +7746,12 @@ namespace microbatch {
  * `submit(..., callback)` calls `callback(Outcome<R>&&)` on the worker (48 bytes inline),
  * `post`/`try_submit` are fire-and-forget. At most `capacity` items (all keys) are accepted and
  * unfinished: `submit`/`post` block, `try_submit` reports `full`, `submit_for` waits up to its
- * timeout. If process_batch throws (or returns the wrong number of results: ResultCountError),
- * every item of that batch, and only of that batch, receives the exception.
- * Callback exceptions are counted and ignored.
+ * timeout. Partial batches of many keys can hold the whole capacity: when a submit finds the
+ * batcher full with no batch running or waiting, every partial batch is sealed (reason `full`)
+ * so that space frees up without waiting for the time bounds (or forever, without one). If
+ * process_batch throws (or returns the wrong number of results: ResultCountError), every item of
+ * that batch, and only of that batch, receives the exception. Callback exceptions are counted and
+ * ignored.
  *
  * **Shutdown.** `close()` stops accepting (`ClosedError`; blocked producers wake with it),
  * seals every partial batch (reason `close`) and waits until every accepted item has finished.
@@ -8176,6 +8179,7 @@ private:
     std::set<std::uint64_t> unfinished_tickets_;  // first ticket of every unfinished batch
     std::uint64_t next_ticket_ = 0;
     std::uint64_t next_generation_ = 0;
+    std::uint64_t next_sequence_ = 0;  // Batch::sequence of the next sealed batch
     std::size_t pending_items_ = 0;
     std::size_t in_flight_ = 0;
     std::size_t posters_ = 0;  // threads inside an executor call made for this batcher
@@ -8684,6 +8688,20 @@ SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::wait_for_space(Lock
         if (pending_items_ < capacity_) {
             return SubmitStatus::accepted;
         }
+        if (in_flight_ == 0 && stats_.queued_batches == 0) {
+            // Every pending item sits in a partial batch, and nothing running will free space:
+            // without a time bound that would never change (with one, only at max_delay).
+            // Seal them all (reason full: the batcher is), so that the wait below ends.
+            BatchList ready;
+            seal_all(DispatchReason::full, ready);
+            if (!ready.empty()) {
+                ++posters_;
+                lock.unlock();
+                post_batches(ready, 0);
+                lock.lock();
+                continue;
+            }
+        }
         if (mode == wait_never) {
             return SubmitStatus::full;
         }
@@ -8810,7 +8828,7 @@ KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::seal(State* state, DispatchReaso
     state->open = nullptr;
     state->open_due = false;
     batch->reason = reason;
-    batch->sequence = state->next_sequence++;
+    batch->sequence = next_sequence_++;
     switch (reason) {
         case DispatchReason::full:
             ++stats_.batches_full;

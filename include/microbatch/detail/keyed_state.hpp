@@ -41,7 +41,7 @@ struct KeyedBatch {
     std::int64_t opened_at = 0;                    ///< Clock ticks of its first item.
     std::uint64_t generation = 0;                  ///< Unique per opening (timer entries).
     std::uint64_t first_ticket = 0;                ///< Acceptance number of its first item.
-    std::uint64_t sequence = 0;                    ///< Per-key number, assigned when sealed.
+    std::uint64_t sequence = 0;                    ///< Seal order over all keys (Batch::sequence).
     DispatchReason reason = DispatchReason::full;  ///< Why it was sealed.
 
     /// Prepares a recycled (or new) batch for @p key with size bound @p size_bound.
@@ -81,7 +81,6 @@ struct KeyState {
     bool in_ring = false;                       ///< In the round-robin ring.
     std::size_t in_flight = 0;                  ///< Its batches running now.
     std::size_t pending = 0;                    ///< Accepted, unfinished items.
-    std::uint64_t next_sequence = 0;            ///< Number of its next sealed batch.
     std::int64_t idle_since = 0;                ///< When it last became idle (ticks).
     bool reclaim_scheduled = false;             ///< A reclaim_key entry is in the heap.
     std::size_t timer_entries = 0;              ///< Timer entries pointing at it.

@@ -128,6 +128,20 @@ SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::wait_for_space(Lock
         if (pending_items_ < capacity_) {
             return SubmitStatus::accepted;
         }
+        if (in_flight_ == 0 && stats_.queued_batches == 0) {
+            // Every pending item sits in a partial batch, and nothing running will free space:
+            // without a time bound that would never change (with one, only at max_delay).
+            // Seal them all (reason full: the batcher is), so that the wait below ends.
+            BatchList ready;
+            seal_all(DispatchReason::full, ready);
+            if (!ready.empty()) {
+                ++posters_;
+                lock.unlock();
+                post_batches(ready, 0);
+                lock.lock();
+                continue;
+            }
+        }
         if (mode == wait_never) {
             return SubmitStatus::full;
         }
@@ -254,7 +268,7 @@ KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::seal(State* state, DispatchReaso
     state->open = nullptr;
     state->open_due = false;
     batch->reason = reason;
-    batch->sequence = state->next_sequence++;
+    batch->sequence = next_sequence_++;
     switch (reason) {
         case DispatchReason::full:
             ++stats_.batches_full;
