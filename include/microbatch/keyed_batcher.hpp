@@ -484,6 +484,19 @@ private:
     std::size_t bound_for(const Key& key) const;
     std::int64_t delay_for(const Key& key) const;
     std::int64_t now_ticks() const { return clock_.now().time_since_epoch().count(); }
+    // Locks mutex_, trying a few times before blocking: critical sections are short, and a
+    // worker that sleeps on the mutex while producers take it per item falls behind.
+    Lock acquire() {
+        Lock lock(mutex_, std::defer_lock);
+        for (int attempt = 0; attempt < 64; ++attempt) {
+            if (lock.try_lock()) {
+                return lock;
+            }
+            detail::cpu_relax();
+        }
+        lock.lock();
+        return lock;
+    }
     std::int64_t to_ticks(std::chrono::nanoseconds value) const noexcept;
 
     void run_batches(KeyBatch* batch) noexcept;  // detail/keyed_run.hpp
@@ -519,8 +532,9 @@ private:
     std::uint64_t next_sequence_ = 0;  // Batch::sequence of the next sealed batch
     std::size_t pending_items_ = 0;
     std::size_t in_flight_ = 0;
-    std::size_t posters_ = 0;  // threads inside an executor call made for this batcher
-    KeyedStats stats_;
+    std::size_t posters_ = 0;          // threads inside an executor call made for this batcher
+    KeyedStats stats_;                 // the fields workers count live in counters_ instead
+    detail::WorkerCounters counters_;  // atomic, not guarded
     bool closed_ = false;
     bool timer_stop_ = false;
     std::int64_t timer_wake_at_ = never;  // when the sleeping timer wakes; min() while awake

@@ -36,7 +36,9 @@ struct KeyStats {
 /**
  * @brief A snapshot of a `KeyedBatcher`'s counters over all keys (`KeyedBatcher::stats()`).
  *
- * Taken under the batcher's mutex, so the fields are one consistent instant. After `close()`
+ * Taken under the batcher's mutex, except the counters workers update without it (items
+ * processed and failed, batches completed and failed, callback exceptions), which may be a
+ * batch ahead of the rest while batches finish. After `close()`
  * (or `wait_idle()` with no concurrent submitters) they add up:
  * `items_accepted == items_processed + items_failed`, and `batches_completed` equals the sum of
  * the per-reason batch counts. Thread safety: a plain value type.

@@ -7246,6 +7246,7 @@ inline bool worker_free(std::size_t in_flight, std::size_t max_in_flight) noexce
  *        except a batch's items and completions, which belong to the one worker running it.
  */
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
@@ -7256,6 +7257,29 @@ namespace microbatch::detail {
 
 template <class Key, class T, class R>
 struct KeyState;
+
+/// The counters a worker updates when its batch ran, without taking the batcher's mutex (one
+/// lock per batch fewer, where producers take it per item). relaxed: independent counters; a
+/// producer that saw an item's result reads them after the handle's or callback's
+/// synchronisation, which orders the increments (made before the items complete) before it.
+struct WorkerCounters {
+    std::atomic<std::uint64_t> items_processed{0};      ///< Items whose batch succeeded.
+    std::atomic<std::uint64_t> items_failed{0};         ///< Items whose batch failed.
+    std::atomic<std::uint64_t> batches_completed{0};    ///< Batches run.
+    std::atomic<std::uint64_t> batches_failed{0};       ///< Batches that failed.
+    std::atomic<std::uint64_t> callback_exceptions{0};  ///< Callbacks that threw.
+
+    /// Counts one batch of @p count items that failed or not.
+    void batch_ran(std::size_t count, bool failed) noexcept {
+        batches_completed.fetch_add(1, std::memory_order_relaxed);
+        if (failed) {
+            batches_failed.fetch_add(1, std::memory_order_relaxed);
+            items_failed.fetch_add(count, std::memory_order_relaxed);
+        } else {
+            items_processed.fetch_add(count, std::memory_order_relaxed);
+        }
+    }
+};
 
 /**
  * @brief One batch of one key: from its first item (open) through sealed and queued to running.
@@ -7320,13 +7344,10 @@ struct KeyState {
     std::int64_t idle_since = 0;                ///< When it last became idle (ticks).
     bool reclaim_scheduled = false;             ///< A reclaim_key entry is in the heap.
     std::size_t timer_entries = 0;              ///< Timer entries pointing at it.
-    bool reclaimed = false;  ///< Removed from the map; freed with its last timer entry.
-    // Per-key counters (KeyStats).
-    std::uint64_t items_accepted = 0;
-    std::uint64_t items_processed = 0;
-    std::uint64_t items_failed = 0;
-    std::uint64_t batches_completed = 0;
-    std::uint64_t batches_failed = 0;
+    bool reclaimed = false;            ///< Removed from the map; freed with its last timer entry.
+    std::uint64_t items_accepted = 0;  ///< KeyStats::items_accepted (under the mutex).
+    /// The counters workers update without the mutex (see WorkerCounters).
+    WorkerCounters counters;
 
     /// True if nothing of this key is pending.
     bool idle() const noexcept { return open == nullptr && queued.empty() && in_flight == 0; }
@@ -7665,7 +7686,9 @@ struct KeyStats {
 /**
  * @brief A snapshot of a `KeyedBatcher`'s counters over all keys (`KeyedBatcher::stats()`).
  *
- * Taken under the batcher's mutex, so the fields are one consistent instant. After `close()`
+ * Taken under the batcher's mutex, except the counters workers update without it (items
+ * processed and failed, batches completed and failed, callback exceptions), which may be a
+ * batch ahead of the rest while batches finish. After `close()`
  * (or `wait_idle()` with no concurrent submitters) they add up:
  * `items_accepted == items_processed + items_failed`, and `batches_completed` equals the sum of
  * the per-reason batch counts. Thread safety: a plain value type.
@@ -8147,6 +8170,19 @@ private:
     std::size_t bound_for(const Key& key) const;
     std::int64_t delay_for(const Key& key) const;
     std::int64_t now_ticks() const { return clock_.now().time_since_epoch().count(); }
+    // Locks mutex_, trying a few times before blocking: critical sections are short, and a
+    // worker that sleeps on the mutex while producers take it per item falls behind.
+    Lock acquire() {
+        Lock lock(mutex_, std::defer_lock);
+        for (int attempt = 0; attempt < 64; ++attempt) {
+            if (lock.try_lock()) {
+                return lock;
+            }
+            detail::cpu_relax();
+        }
+        lock.lock();
+        return lock;
+    }
     std::int64_t to_ticks(std::chrono::nanoseconds value) const noexcept;
 
     void run_batches(KeyBatch* batch) noexcept;  // detail/keyed_run.hpp
@@ -8182,8 +8218,9 @@ private:
     std::uint64_t next_sequence_ = 0;  // Batch::sequence of the next sealed batch
     std::size_t pending_items_ = 0;
     std::size_t in_flight_ = 0;
-    std::size_t posters_ = 0;  // threads inside an executor call made for this batcher
-    KeyedStats stats_;
+    std::size_t posters_ = 0;          // threads inside an executor call made for this batcher
+    KeyedStats stats_;                 // the fields workers count live in counters_ instead
+    detail::WorkerCounters counters_;  // atomic, not guarded
     bool closed_ = false;
     bool timer_stop_ = false;
     std::int64_t timer_wake_at_ = never;  // when the sleeping timer wakes; min() while awake
@@ -8208,9 +8245,9 @@ private:
  * @brief KeyedBatcher internals: construction, running batches on the workers, the one timer
  *        thread, wait_idle, close and the stats snapshots.
  *
- * A worker runs a batch outside the mutex, takes the mutex once to count it (before any item
+ * A worker runs a batch outside the mutex, counts it in atomic counters (before any item
  * completes, so a producer that saw a result sees it counted), completes the items, then takes
- * the mutex again to retire it and to pick the next batch round-robin, which it runs itself.
+ * the mutex once to retire it and to pick the next batch round-robin, which it runs itself.
  */
 
 #if defined(__linux__) && __has_include(<sys/prctl.h>)
@@ -8290,20 +8327,9 @@ void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::run_one(KeyBatch* batch) no
     MICROBATCH_CATCH_ALL {
         error = std::current_exception();
     }
-    {
-        Lock lock(mutex_);
-        ++stats_.batches_completed;
-        ++state->batches_completed;
-        if (error) {
-            ++stats_.batches_failed;
-            ++state->batches_failed;
-            stats_.items_failed += count;
-            state->items_failed += count;
-        } else {
-            stats_.items_processed += count;
-            state->items_processed += count;
-        }
-    }
+    // Counted before any item completes (see WorkerCounters).
+    counters_.batch_ran(count, static_cast<bool>(error));
+    state->counters.batch_ran(count, static_cast<bool>(error));
     if (batch->any_completion) {
         std::size_t last = count;
         for (std::size_t i = count; i-- > 0;) {
@@ -8346,8 +8372,8 @@ void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::complete(
         completion.complete(std::move(*outcome));
     }
     MICROBATCH_CATCH_ALL {
-        Lock lock(mutex_);
-        ++stats_.callback_exceptions;
+        // relaxed: a statistic (see WorkerCounters).
+        counters_.callback_exceptions.fetch_add(1, std::memory_order_relaxed);
     }
 }
 
@@ -8362,7 +8388,7 @@ KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::finish(KeyBatch* batch, bool tak
     KeyBatch* mine = nullptr;
     std::size_t first = 0;
     {
-        Lock lock(mutex_);
+        Lock lock = acquire();
         State* const state = batch->key;
         pending_items_ -= batch->count;
         state->pending -= batch->count;
@@ -8507,6 +8533,12 @@ template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
 KeyedStats KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::stats() const {
     Lock lock(mutex_);
     KeyedStats snapshot = stats_;
+    // relaxed: see WorkerCounters.
+    snapshot.items_processed = counters_.items_processed.load(std::memory_order_relaxed);
+    snapshot.items_failed = counters_.items_failed.load(std::memory_order_relaxed);
+    snapshot.batches_completed = counters_.batches_completed.load(std::memory_order_relaxed);
+    snapshot.batches_failed = counters_.batches_failed.load(std::memory_order_relaxed);
+    snapshot.callback_exceptions = counters_.callback_exceptions.load(std::memory_order_relaxed);
     snapshot.keys_live = keys_.size();
     snapshot.pending = pending_items_;
     snapshot.in_flight = in_flight_;
@@ -8524,10 +8556,11 @@ std::optional<KeyStats> KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::key_stat
     const State& state = *found->second;
     KeyStats snapshot;
     snapshot.items_accepted = state.items_accepted;
-    snapshot.items_processed = state.items_processed;
-    snapshot.items_failed = state.items_failed;
-    snapshot.batches_completed = state.batches_completed;
-    snapshot.batches_failed = state.batches_failed;
+    // relaxed: see WorkerCounters.
+    snapshot.items_processed = state.counters.items_processed.load(std::memory_order_relaxed);
+    snapshot.items_failed = state.counters.items_failed.load(std::memory_order_relaxed);
+    snapshot.batches_completed = state.counters.batches_completed.load(std::memory_order_relaxed);
+    snapshot.batches_failed = state.counters.batches_failed.load(std::memory_order_relaxed);
     snapshot.pending = state.pending;
     snapshot.queued_batches = state.queued.size();
     snapshot.in_flight = state.in_flight;
@@ -8616,7 +8649,7 @@ SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::submit_core(Key key
                                                                          Store&& store) {
     BatchList ready;
     {
-        Lock lock(mutex_);
+        Lock lock = acquire();
         const SubmitStatus space = wait_for_space(lock, mode, deadline);
         if (space != SubmitStatus::accepted) {
             ++(space == SubmitStatus::full ? stats_.items_rejected_full

@@ -4,9 +4,9 @@
  * @brief KeyedBatcher internals: construction, running batches on the workers, the one timer
  *        thread, wait_idle, close and the stats snapshots.
  *
- * A worker runs a batch outside the mutex, takes the mutex once to count it (before any item
+ * A worker runs a batch outside the mutex, counts it in atomic counters (before any item
  * completes, so a producer that saw a result sees it counted), completes the items, then takes
- * the mutex again to retire it and to pick the next batch round-robin, which it runs itself.
+ * the mutex once to retire it and to pick the next batch round-robin, which it runs itself.
  */
 
 #if defined(__linux__) && __has_include(<sys/prctl.h>)
@@ -89,20 +89,9 @@ void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::run_one(KeyBatch* batch) no
     MICROBATCH_CATCH_ALL {
         error = std::current_exception();
     }
-    {
-        Lock lock(mutex_);
-        ++stats_.batches_completed;
-        ++state->batches_completed;
-        if (error) {
-            ++stats_.batches_failed;
-            ++state->batches_failed;
-            stats_.items_failed += count;
-            state->items_failed += count;
-        } else {
-            stats_.items_processed += count;
-            state->items_processed += count;
-        }
-    }
+    // Counted before any item completes (see WorkerCounters).
+    counters_.batch_ran(count, static_cast<bool>(error));
+    state->counters.batch_ran(count, static_cast<bool>(error));
     if (batch->any_completion) {
         std::size_t last = count;
         for (std::size_t i = count; i-- > 0;) {
@@ -145,8 +134,8 @@ void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::complete(
         completion.complete(std::move(*outcome));
     }
     MICROBATCH_CATCH_ALL {
-        Lock lock(mutex_);
-        ++stats_.callback_exceptions;
+        // relaxed: a statistic (see WorkerCounters).
+        counters_.callback_exceptions.fetch_add(1, std::memory_order_relaxed);
     }
 }
 
@@ -161,7 +150,7 @@ KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::finish(KeyBatch* batch, bool tak
     KeyBatch* mine = nullptr;
     std::size_t first = 0;
     {
-        Lock lock(mutex_);
+        Lock lock = acquire();
         State* const state = batch->key;
         pending_items_ -= batch->count;
         state->pending -= batch->count;
@@ -306,6 +295,12 @@ template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
 KeyedStats KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::stats() const {
     Lock lock(mutex_);
     KeyedStats snapshot = stats_;
+    // relaxed: see WorkerCounters.
+    snapshot.items_processed = counters_.items_processed.load(std::memory_order_relaxed);
+    snapshot.items_failed = counters_.items_failed.load(std::memory_order_relaxed);
+    snapshot.batches_completed = counters_.batches_completed.load(std::memory_order_relaxed);
+    snapshot.batches_failed = counters_.batches_failed.load(std::memory_order_relaxed);
+    snapshot.callback_exceptions = counters_.callback_exceptions.load(std::memory_order_relaxed);
     snapshot.keys_live = keys_.size();
     snapshot.pending = pending_items_;
     snapshot.in_flight = in_flight_;
@@ -323,10 +318,11 @@ std::optional<KeyStats> KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::key_stat
     const State& state = *found->second;
     KeyStats snapshot;
     snapshot.items_accepted = state.items_accepted;
-    snapshot.items_processed = state.items_processed;
-    snapshot.items_failed = state.items_failed;
-    snapshot.batches_completed = state.batches_completed;
-    snapshot.batches_failed = state.batches_failed;
+    // relaxed: see WorkerCounters.
+    snapshot.items_processed = state.counters.items_processed.load(std::memory_order_relaxed);
+    snapshot.items_failed = state.counters.items_failed.load(std::memory_order_relaxed);
+    snapshot.batches_completed = state.counters.batches_completed.load(std::memory_order_relaxed);
+    snapshot.batches_failed = state.counters.batches_failed.load(std::memory_order_relaxed);
     snapshot.pending = state.pending;
     snapshot.queued_batches = state.queued.size();
     snapshot.in_flight = state.in_flight;

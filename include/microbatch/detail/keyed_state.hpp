@@ -6,6 +6,7 @@
  *        except a batch's items and completions, which belong to the one worker running it.
  */
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
@@ -20,6 +21,29 @@ namespace microbatch::detail {
 
 template <class Key, class T, class R>
 struct KeyState;
+
+/// The counters a worker updates when its batch ran, without taking the batcher's mutex (one
+/// lock per batch fewer, where producers take it per item). relaxed: independent counters; a
+/// producer that saw an item's result reads them after the handle's or callback's
+/// synchronisation, which orders the increments (made before the items complete) before it.
+struct WorkerCounters {
+    std::atomic<std::uint64_t> items_processed{0};      ///< Items whose batch succeeded.
+    std::atomic<std::uint64_t> items_failed{0};         ///< Items whose batch failed.
+    std::atomic<std::uint64_t> batches_completed{0};    ///< Batches run.
+    std::atomic<std::uint64_t> batches_failed{0};       ///< Batches that failed.
+    std::atomic<std::uint64_t> callback_exceptions{0};  ///< Callbacks that threw.
+
+    /// Counts one batch of @p count items that failed or not.
+    void batch_ran(std::size_t count, bool failed) noexcept {
+        batches_completed.fetch_add(1, std::memory_order_relaxed);
+        if (failed) {
+            batches_failed.fetch_add(1, std::memory_order_relaxed);
+            items_failed.fetch_add(count, std::memory_order_relaxed);
+        } else {
+            items_processed.fetch_add(count, std::memory_order_relaxed);
+        }
+    }
+};
 
 /**
  * @brief One batch of one key: from its first item (open) through sealed and queued to running.
@@ -84,13 +108,10 @@ struct KeyState {
     std::int64_t idle_since = 0;                ///< When it last became idle (ticks).
     bool reclaim_scheduled = false;             ///< A reclaim_key entry is in the heap.
     std::size_t timer_entries = 0;              ///< Timer entries pointing at it.
-    bool reclaimed = false;  ///< Removed from the map; freed with its last timer entry.
-    // Per-key counters (KeyStats).
-    std::uint64_t items_accepted = 0;
-    std::uint64_t items_processed = 0;
-    std::uint64_t items_failed = 0;
-    std::uint64_t batches_completed = 0;
-    std::uint64_t batches_failed = 0;
+    bool reclaimed = false;            ///< Removed from the map; freed with its last timer entry.
+    std::uint64_t items_accepted = 0;  ///< KeyStats::items_accepted (under the mutex).
+    /// The counters workers update without the mutex (see WorkerCounters).
+    WorkerCounters counters;
 
     /// True if nothing of this key is pending.
     bool idle() const noexcept { return open == nullptr && queued.empty() && in_flight == 0; }
