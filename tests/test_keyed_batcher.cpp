@@ -521,14 +521,15 @@ TEST_CASE("KeyedBatcher close processes every accepted item and wakes blocked pr
     ManualClock clock;
     Recorder recorder;
     StringKeyed batcher(
-        manual_options(executor).max_batch_size(2).capacity(2).max_delay(1h),
+        manual_options(executor).max_batch_size(2).capacity(3).max_delay(1h),
         [&](const std::string& key, Batch<int>& batch) { recorder.record(key, batch); }, clock);
     batcher.post("a", 1);
-    batcher.post("b", 2);                 // full: a and b each hold a partial batch of one
+    batcher.post("a", 2);  // full: dispatched, waits in the executor
+    batcher.post("b", 3);  // at capacity; b's partial batch stays open (a batch is in flight)
     std::atomic<int> producer_result{0};  // 1: ClosedError
     std::thread producer([&] {
         try {
-            batcher.post("c", 3);  // blocks until close
+            batcher.post("c", 4);  // blocks until close
             producer_result = 2;
         } catch (const microbatch::ClosedError&) {
             producer_result = 1;
@@ -539,7 +540,10 @@ TEST_CASE("KeyedBatcher close processes every accepted item and wakes blocked pr
         batcher.close();
         closed = true;
     });
-    while (!closed) {  // close waits for the batches it sealed; this thread runs them
+    while (!batcher.is_closed()) {  // run nothing before close began: c must not get room
+        std::this_thread::yield();
+    }
+    while (!closed) {  // close waits for the batches; this thread runs them
         executor.run_all();
         std::this_thread::yield();
     }
@@ -548,14 +552,44 @@ TEST_CASE("KeyedBatcher close processes every accepted item and wakes blocked pr
     CHECK(producer_result == 1);
     const auto seen = recorder.take();
     REQUIRE(seen.size() == 2);
-    for (const auto& batch : seen) {
-        CHECK(batch.reason == DispatchReason::close);
-        CHECK(batch.items.size() == 1);
-    }
+    CHECK(seen[0].key == "a");
+    CHECK(seen[0].reason == DispatchReason::full);
+    CHECK(seen[1].key == "b");
+    CHECK(seen[1].items == std::vector<int>{3});
+    CHECK(seen[1].reason == DispatchReason::close);
     CHECK(batcher.is_closed());
     batcher.close();  // idempotent
-    CHECK(batcher.stats().items_rejected_closed >= 1);
-    CHECK(batcher.stats().batches_close == 2);
+    CHECK(batcher.stats().items_rejected_closed == 1);
+    CHECK(batcher.stats().batches_close == 1);
+    CHECK_THROWS_AS(batcher.submit("a", 5), microbatch::ClosedError);
+    executor.run_inline();
+}
+
+TEST_CASE("KeyedBatcher seals partial batches when they hold the whole capacity",
+          "[keyed][backpressure]") {
+    // Three keys' partial batches fill the capacity, nothing runs and there is no time bound:
+    // without the rule, a blocking submit would wait forever.
+    ManualExecutor executor;
+    ManualClock clock;
+    Recorder recorder;
+    StringKeyed batcher(
+        manual_options(executor).max_in_flight(3).max_batch_size(4).capacity(4).max_delay(
+            std::chrono::nanoseconds::max()),
+        [&](const std::string& key, Batch<int>& batch) { recorder.record(key, batch); }, clock);
+    batcher.post("a", 1);
+    batcher.post("a", 2);
+    batcher.post("b", 3);
+    batcher.post("c", 4);
+    CHECK(batcher.in_flight() == 0);
+    CHECK(batcher.try_submit("d", 5) == SubmitStatus::full);  // sealed a, b, c
+    CHECK(batcher.in_flight() == 3);
+    executor.run_all();
+    const auto seen = recorder.take();
+    REQUIRE(seen.size() == 3);
+    for (const auto& batch : seen) {
+        CHECK(batch.reason == DispatchReason::full);
+    }
+    CHECK(batcher.try_submit("d", 5) == SubmitStatus::accepted);
     executor.run_inline();
 }
 
