@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Turns the Google Benchmark JSON of bench_batcher, bench_latency, bench_cost_model and
-bench_load into bench/results/REPORT.md (tables, ratios, goals) and PNG plots drawn by the
+"""Turns the Google Benchmark JSON of bench_batcher, bench_latency, bench_cost_model,
+bench_load and bench_keyed into bench/results/REPORT.md (tables, ratios, goals) and PNG plots drawn by the
 gnuplot scripts next to this file. Python 3 standard library only.
 
     make_report.py --raw bench/results/raw --out bench/results [--gnuplot gnuplot]
                    [--compiler "GNU 12.2.0"] [--source-dir .]
 
---raw holds throughput.json, latency.json, cost_model.json, load.json (any may be missing:
+--raw holds throughput.json, latency.json, cost_model.json, load.json, keyed.json (any may be
+missing:
 its section says so) and run_info.json (start time, measured source state and total run time, written by
 --record-start / --record-run when the bench_report target runs). Plot data goes to
 <out>/data/, PNGs to <out>/.
@@ -815,6 +816,59 @@ def formation_throughput_section(results):
     return text, goals
 
 
+# ---------------------------------------------------------------------------------------------
+# Keyed batching (bench_keyed, issue 12)
+
+
+def keyed_section(results):
+    """KeyedBatcher vs one Batcher per key on a shared ThreadPool(2): threads, throughput, p99."""
+    if not results.present:
+        return "_bench_keyed results missing (keyed.json)._\n", []
+    index = index_runs(results)
+    rows, worst, thread_counts = [], None, set()
+    for keys in (1, 10, 100, 1000):
+        keyed = lookup(index, "Keyed", keys=keys)
+        separate = lookup(index, "Separate", keys=keys)
+        if keyed is None or separate is None:
+            continue
+        keyed_rate = results.value(keyed, "per_s")
+        separate_rate = results.value(separate, "per_s")
+        r = ratio(keyed_rate, separate_rate)
+        if r is not None:
+            worst = r if worst is None or r < worst else worst
+        keyed_threads = results.value(keyed, "threads_created")
+        separate_threads = results.value(separate, "threads_created")
+        if keyed_threads is not None:
+            thread_counts.add(int(keyed_threads))
+        rows.append([str(keys),
+                     f"{keyed_threads:.0f}" if keyed_threads is not None else "n/a",
+                     f"{separate_threads:.0f}" if separate_threads is not None else "n/a",
+                     fmt_rate(keyed_rate), fmt_rate(separate_rate), fmt_ratio(r),
+                     fmt_us_unit(results.value(keyed, "p99_us")),
+                     fmt_us_unit(results.value(separate, "p99_us")),
+                     f"{results.value(keyed, 'mean_batch'):.1f}",
+                     f"{results.value(separate, 'mean_batch'):.1f}"])
+    if not rows:
+        return "_no BM_Keyed / BM_Separate rows in keyed.json._\n", []
+    load = [results.value(name, "load_1m") for name in results.runs()]
+    load = [value for value in load if value is not None]
+    text = ("One KeyedBatcher vs one Batcher per key, both on one shared ThreadPool(2): B = 64, "
+            "max_delay 1 ms, max_in_flight 2, the same total capacity, two producers, uniform "
+            "keys, process_batch 5 us + 0.1 us/item. Medians over repetitions of one "
+            "interleaved run" + (f" (1-minute load {min(load):.2f}-{max(load):.2f})" if load
+                                else "") + ".\n\n" +
+            table(["keys", "threads keyed", "threads separate", "keyed items/s",
+                   "separate items/s", "ratio", "keyed p99", "separate p99", "keyed batch",
+                   "separate batch"], rows,
+                  ["r", "r", "r", "r", "r", "r", "r", "r", "r", "r"]))
+    goals = [["keyed: threads created independent of the key count",
+              ", ".join(str(count) for count in sorted(thread_counts)),
+              verdict(len(thread_counts) == 1)],
+             ["keyed throughput >= separate Batchers, every key count",
+              f"worst {fmt_ratio(worst)}", verdict(worst is not None and worst >= 1.0)]]
+    return text, goals
+
+
 def goals_section(ratios, latency, cost):
     rows = []
 
@@ -948,6 +1002,7 @@ def main():
     latency = Results(os.path.join(args.raw, "latency.json"))
     cost_model = Results(os.path.join(args.raw, "cost_model.json"))
     load = Results(os.path.join(args.raw, "load.json"))
+    keyed = Results(os.path.join(args.raw, "keyed.json"))
 
     throughput_text, ratios = throughput_section(throughput, data_dir)
     latency_text, latency_found = latency_section(latency, data_dir)
@@ -956,6 +1011,9 @@ def main():
     formation_throughput_text, formation_throughput_goals = formation_throughput_section(throughput)
     formation_goals = formation_goals + formation_throughput_goals
     for goal, measured, verdict_text in formation_goals:
+        print(f"make_report: {verdict_text.strip('*')}: {goal}: {measured}")
+    keyed_text, keyed_goals = keyed_section(keyed)
+    for goal, measured, verdict_text in keyed_goals:
         print(f"make_report: {verdict_text.strip('*')}: {goal}: {measured}")
 
     # Run time and source state belong to the run: recorded by --record-start before the
@@ -989,7 +1047,8 @@ def main():
         machine_section([("bench_batcher", throughput.context),
                          ("bench_latency", latency.context),
                          ("bench_cost_model", cost_model.context),
-                         ("bench_load", load.context)],
+                         ("bench_load", load.context),
+                         ("bench_keyed", keyed.context)],
                         args.compiler, info.get("source", "")),
         "",
         "## Goals",
@@ -1027,6 +1086,13 @@ def main():
         "### Streaming throughput: default formation vs the 357efd2 rule (bench_batcher)",
         "",
         formation_throughput_text,
+        "",
+        "## Keyed batching (bench_keyed, issue 12)",
+        "",
+        table(["goal", "measured", "status"], keyed_goals, ["l", "l", "l"])
+        if keyed_goals else "",
+        "",
+        keyed_text,
     ]
     if args.notes and os.path.exists(args.notes):
         with open(args.notes, encoding="utf-8") as stream:
