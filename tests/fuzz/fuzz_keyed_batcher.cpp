@@ -1,0 +1,336 @@
+// libFuzzer target for microbatch::KeyedBatcher (issue 12, item 4). The input bytes choose the
+// options (default batch size and delay, capacity, key cap, idle timeout), then at most 200
+// operations on up to 6 keys: submits (handle, post, try_submit), flush(), flush(key), clock
+// advances, per-key limits and poison items. The batcher runs batches inline (an inline
+// executor) on a ManualClock, so every run is deterministic, and a sequential reference model
+// predicts every batch of every key (items and reason), every acceptance or KeyLimitError, every
+// handle's outcome and the stats after close().
+//
+// Build: clang++ -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude
+//        tests/fuzz/fuzz_keyed_batcher.cpp -o fuzz_keyed_batcher
+// Run:   ./fuzz_keyed_batcher -max_total_time=60 <scratch-corpus-dir> tests/fuzz/keyed_corpus
+// -DMICROBATCH_FUZZ_STANDALONE builds a main() that replays files (any compiler).
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <stdexcept>
+#include <utility>
+#include <vector>
+
+#include "microbatch/clock.hpp"
+#include "microbatch/keyed_batcher.hpp"
+
+#define FUZZ_CHECK(condition)                                                                   \
+    do {                                                                                        \
+        if (!(condition)) {                                                                     \
+            std::fprintf(stderr, "fuzz_keyed_batcher: check failed at line %d: %s\n", __LINE__, \
+                         #condition);                                                           \
+            std::abort();                                                                       \
+        }                                                                                       \
+    } while (false)
+
+namespace {
+
+using microbatch::Batch;
+using microbatch::DispatchReason;
+using microbatch::KeyedOptions;
+using microbatch::ManualClock;
+using Millis = std::chrono::milliseconds;
+
+constexpr std::size_t max_operations = 200;
+constexpr int key_count = 6;
+constexpr std::int64_t no_delay = -1;  // no time bound
+
+class Input {
+public:
+    Input(const std::uint8_t* data, std::size_t size) : data_(data), size_(size) {}
+    std::uint8_t byte() { return position_ < size_ ? data_[position_++] : 0; }
+    bool done() const { return position_ >= size_; }
+
+private:
+    const std::uint8_t* data_;
+    std::size_t size_;
+    std::size_t position_ = 0;
+};
+
+struct SeenBatch {
+    std::vector<int> items;
+    DispatchReason reason;
+    bool operator==(const SeenBatch& other) const {
+        return items == other.items && reason == other.reason;
+    }
+};
+
+// The sequential reference model. Times in milliseconds.
+struct Model {
+    struct Key {
+        std::vector<int> open;  // the open batch's items
+        std::size_t bound = 0;
+        std::int64_t due_at = 0;  // no_delay: never
+        bool live = false;
+        std::int64_t idle_since = 0;
+        std::vector<SeenBatch> batches;
+    };
+    std::size_t default_size = 1;
+    std::int64_t default_delay = no_delay;
+    std::size_t capacity = 1;
+    std::size_t max_keys = 1;
+    std::int64_t idle_timeout = no_delay;
+    std::map<int, std::pair<std::size_t, std::int64_t>> limits;
+    Key keys[key_count];
+    std::int64_t now = 0;
+    std::size_t pending = 0;
+    std::vector<int> poisoned;       // ids
+    std::map<int, bool> outcome_ok;  // id -> batch succeeded
+    std::uint64_t accepted = 0, rejected_key_limit = 0, failed_items = 0;
+    std::uint64_t by_reason[6] = {};
+
+    std::size_t bound_of(int key) const {
+        const auto found = limits.find(key);
+        return found != limits.end() ? found->second.first : default_size;
+    }
+    std::int64_t delay_of(int key) const {
+        const auto found = limits.find(key);
+        return found != limits.end() ? found->second.second : default_delay;
+    }
+    bool expired(const Key& key) const {
+        return idle_timeout != no_delay && key.open.empty() && key.idle_since + idle_timeout <= now;
+    }
+    void seal(int k, DispatchReason reason) {
+        Key& key = keys[k];
+        const bool poison = std::any_of(key.open.begin(), key.open.end(), [&](int id) {
+            return std::find(poisoned.begin(), poisoned.end(), id) != poisoned.end();
+        });
+        for (int id : key.open) {
+            outcome_ok[id] = !poison;
+        }
+        failed_items += poison ? key.open.size() : 0;
+        pending -= key.open.size();
+        key.batches.push_back(SeenBatch{std::exchange(key.open, {}), reason});
+        ++by_reason[static_cast<int>(reason)];
+        key.idle_since = now;
+        if (idle_timeout == 0) {
+            key.live = false;  // reclaimed at once (by the timer or the next submit)
+        }
+    }
+    // Returns false if the submit is rejected with KeyLimitError.
+    bool submit(int k, int id) {
+        if (pending >= capacity) {
+            for (int other = 0; other < key_count; ++other) {
+                if (!keys[other].open.empty()) {
+                    seal(other, DispatchReason::full);
+                }
+            }
+        }
+        Key& key = keys[k];
+        const bool live = key.live && !expired(key);
+        if (!live) {
+            std::size_t in_use = 0;
+            for (const Key& other : keys) {
+                in_use += other.live && !expired(other) ? 1 : 0;
+            }
+            if (in_use >= max_keys) {
+                ++rejected_key_limit;
+                return false;
+            }
+            for (Key& other : keys) {  // reclaimed, on demand or by the timer
+                other.live = other.live && !expired(other);
+            }
+            key.live = true;
+        }
+        ++accepted;
+        ++pending;
+        if (key.open.empty()) {
+            key.bound = bound_of(k);
+            const std::int64_t delay = delay_of(k);
+            key.due_at = delay == no_delay ? no_delay : now + delay;
+        }
+        key.open.push_back(id);
+        if (key.open.size() >= key.bound) {
+            seal(k, DispatchReason::full);
+        } else if (key.due_at != no_delay && key.due_at <= now) {
+            seal(k, DispatchReason::deadline);
+        }
+        return true;
+    }
+    void advance(std::int64_t step) {
+        now += step;
+        for (int k = 0; k < key_count; ++k) {
+            if (!keys[k].open.empty() && keys[k].due_at != no_delay && keys[k].due_at <= now) {
+                seal(k, DispatchReason::deadline);
+            }
+        }
+        for (Key& key : keys) {
+            key.live = key.live && !expired(key);
+        }
+    }
+};
+
+std::int64_t decode_delay(std::uint8_t byte) {
+    return byte % 5 == 4 ? no_delay : byte % 5;  // 0..3 ms or none
+}
+
+std::chrono::nanoseconds to_duration(std::int64_t delay) {
+    return delay == no_delay ? std::chrono::nanoseconds::max()
+                             : std::chrono::nanoseconds(Millis(delay));
+}
+
+void run_one(const std::uint8_t* data, std::size_t size) {
+    Input input(data, size);
+    Model model;
+    model.default_size = 1 + input.byte() % 6;
+    model.default_delay = decode_delay(input.byte());
+    model.capacity = 6 + input.byte() % 12;
+    model.max_keys = 1 + input.byte() % 4;
+    const std::uint8_t timeout = input.byte();
+    model.idle_timeout = timeout % 4 == 3 ? no_delay : timeout % 4;
+
+    ManualClock clock;
+    std::mutex mutex;
+    std::map<int, std::vector<SeenBatch>> seen;
+    std::vector<int> poisoned;  // shared with process_batch (read under mutex)
+    auto batcher = std::make_unique<microbatch::KeyedBatcher<int, int, int, ManualClock>>(
+        KeyedOptions{}
+            .max_batch_size(model.default_size)
+            .max_delay(to_duration(model.default_delay))
+            .capacity(model.capacity)
+            .max_keys(model.max_keys)
+            .key_idle_timeout(to_duration(model.idle_timeout))
+            .max_in_flight(KeyedOptions::unlimited_in_flight)
+            .executor([](microbatch::Task task) { task(); }),
+        [&](const int& key, Batch<int>& batch) {
+            std::lock_guard<std::mutex> lock(mutex);
+            seen[key].push_back(
+                SeenBatch{std::vector<int>(batch.begin(), batch.end()), batch.reason()});
+            std::vector<int> results;
+            for (int id : batch) {
+                if (std::find(poisoned.begin(), poisoned.end(), id) != poisoned.end()) {
+                    throw std::runtime_error("poison");
+                }
+                results.push_back(id * 2);
+            }
+            return results;
+        },
+        clock);
+
+    std::vector<std::pair<int, microbatch::Handle<int>>> handles;
+    int next_id = 0;
+    for (std::size_t operation = 0; operation < max_operations && !input.done(); ++operation) {
+        const std::uint8_t op = input.byte();
+        const int key = input.byte() % key_count;
+        switch (op % 8) {
+            case 0:
+            case 1:
+            case 2: {
+                const int id = next_id++;
+                const bool expected = model.submit(key, id);
+                bool accepted = true;
+                try {
+                    if (op % 8 == 0) {
+                        handles.emplace_back(id, batcher->submit(key, id));
+                    } else if (op % 8 == 1) {
+                        batcher->post(key, id);
+                    } else {
+                        FUZZ_CHECK(batcher->try_submit(key, id) ==
+                                   microbatch::SubmitStatus::accepted);
+                    }
+                } catch (const microbatch::KeyLimitError&) {
+                    accepted = false;
+                }
+                FUZZ_CHECK(accepted == expected);
+                break;
+            }
+            case 3:
+                batcher->flush();
+                for (int k = 0; k < key_count; ++k) {
+                    if (!model.keys[k].open.empty()) {
+                        model.seal(k, DispatchReason::flush);
+                    }
+                }
+                break;
+            case 4:
+                batcher->flush(key);
+                if (!model.keys[key].open.empty()) {
+                    model.seal(key, DispatchReason::flush);
+                }
+                break;
+            case 5: {
+                const std::int64_t step = 1 + input.byte() % 3;
+                clock.advance(Millis(step));
+                model.advance(step);
+                break;
+            }
+            case 6: {
+                const std::size_t bound = 1 + input.byte() % 6;
+                const std::int64_t delay = decode_delay(input.byte());
+                batcher->set_key_limits(key, microbatch::KeyLimits{bound, to_duration(delay)});
+                model.limits[key] = {bound, delay};
+                break;
+            }
+            default: {
+                std::lock_guard<std::mutex> lock(mutex);
+                poisoned.push_back(next_id);  // the next item poisons its batch
+                model.poisoned.push_back(next_id);
+                break;
+            }
+        }
+    }
+    batcher->close();
+    for (int k = 0; k < key_count; ++k) {
+        if (!model.keys[k].open.empty()) {
+            model.seal(k, DispatchReason::close);
+        }
+    }
+    for (auto& entry : handles) {
+        bool ok = true;
+        try {
+            FUZZ_CHECK(entry.second.get() == entry.first * 2);
+        } catch (const std::runtime_error&) {
+            ok = false;
+        }
+        FUZZ_CHECK(ok == model.outcome_ok.at(entry.first));
+    }
+    for (int k = 0; k < key_count; ++k) {
+        FUZZ_CHECK(seen[k] == model.keys[k].batches);
+    }
+    const auto stats = batcher->stats();
+    FUZZ_CHECK(stats.items_accepted == model.accepted);
+    FUZZ_CHECK(stats.items_rejected_key_limit == model.rejected_key_limit);
+    FUZZ_CHECK(stats.items_failed == model.failed_items);
+    FUZZ_CHECK(stats.items_processed + stats.items_failed == stats.items_accepted);
+    FUZZ_CHECK(stats.batches_full == model.by_reason[static_cast<int>(DispatchReason::full)]);
+    FUZZ_CHECK(stats.batches_deadline ==
+               model.by_reason[static_cast<int>(DispatchReason::deadline)]);
+    FUZZ_CHECK(stats.batches_flush == model.by_reason[static_cast<int>(DispatchReason::flush)]);
+    FUZZ_CHECK(stats.batches_close == model.by_reason[static_cast<int>(DispatchReason::close)]);
+    FUZZ_CHECK(stats.pending == 0);
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+    run_one(data, size);
+    return 0;
+}
+
+#if defined(MICROBATCH_FUZZ_STANDALONE)
+#include <fstream>
+#include <iterator>
+
+int main(int argc, char** argv) {
+    for (int i = 1; i < argc; ++i) {
+        std::ifstream file(argv[i], std::ios::binary);
+        const std::vector<char> bytes((std::istreambuf_iterator<char>(file)),
+                                      std::istreambuf_iterator<char>());
+        run_one(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size());
+        std::printf("%s: ok\n", argv[i]);
+    }
+    return 0;
+}
+#endif
