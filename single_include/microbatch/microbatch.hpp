@@ -7238,6 +7238,77 @@ inline bool worker_free(std::size_t in_flight, std::size_t max_in_flight) noexce
 }  // namespace microbatch::detail
 
 // ---- end microbatch/detail/keyed_policy.hpp ----
+// ---- begin microbatch/detail/keyed_process.hpp ----
+/**
+ * @file detail/keyed_process.hpp
+ * @brief KeyedBatcher internals: storing process_batch (with or without the key argument, its
+ *        return type checked at compile time) and taking the batcher's mutex.
+ */
+
+#include <mutex>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace microbatch::detail {
+
+/// What a keyed batcher's process_batch returns: `std::vector<R>`, or nothing for `R = void`.
+template <class R>
+using keyed_batch_result_t = std::conditional_t<std::is_void_v<R>, void, std::vector<R>>;
+
+/// Fails to compile, with a message naming the rule, unless @p Result is what process_batch of
+/// a `KeyedBatcher<Key, T, R>` must return.
+template <class R, class Result>
+constexpr void check_keyed_result() noexcept {
+    if constexpr (std::is_void_v<R>) {
+        static_assert(std::is_void_v<Result>,
+                      "microbatch::KeyedBatcher<Key, T, void>: process_batch must return void");
+    } else {
+        static_assert(std::is_convertible_v<Result, std::vector<R>>,
+                      "microbatch::KeyedBatcher<Key, T, R>: process_batch must return "
+                      "std::vector<R> with one result per item");
+    }
+}
+
+/// Stores @p process as a function of (key, batch): as it is when it takes the key, else
+/// wrapped so that the key is dropped.
+template <class Key, class T, class R, class F>
+UniqueFunction<keyed_batch_result_t<R>(const Key&, Batch<T>&)> wrap_keyed_process(F&& process) {
+    using Stored = std::decay_t<F>;
+    using Function = UniqueFunction<keyed_batch_result_t<R>(const Key&, Batch<T>&)>;
+    if constexpr (std::is_invocable_v<Stored&, const Key&, Batch<T>&>) {
+        check_keyed_result<R, std::invoke_result_t<Stored&, const Key&, Batch<T>&>>();
+        return Function(std::forward<F>(process));
+    } else {
+        static_assert(std::is_invocable_v<Stored&, Batch<T>&>,
+                      "microbatch::KeyedBatcher: process_batch must be callable as "
+                      "f(const Key&, microbatch::Batch<T>&) or f(microbatch::Batch<T>&)");
+        check_keyed_result<R, std::invoke_result_t<Stored&, Batch<T>&>>();
+        return Function([function = Stored(std::forward<F>(process))](
+                            const Key&, Batch<T>& batch) mutable -> keyed_batch_result_t<R> {
+            return function(batch);
+        });
+    }
+}
+
+/// Locks @p mutex, trying a few times before blocking: the batcher's critical sections are
+/// short, and a worker that goes to sleep on the mutex while producers take it once per item
+/// can fall behind them.
+inline std::unique_lock<std::mutex> lock_spinning(std::mutex& mutex) {
+    std::unique_lock<std::mutex> lock(mutex, std::defer_lock);
+    for (int attempt = 0; attempt < 64; ++attempt) {
+        if (lock.try_lock()) {
+            return lock;
+        }
+        cpu_relax();
+    }
+    lock.lock();
+    return lock;
+}
+
+}  // namespace microbatch::detail
+
+// ---- end microbatch/detail/keyed_process.hpp ----
 // ---- begin microbatch/detail/keyed_state.hpp ----
 /**
  * @file detail/keyed_state.hpp
@@ -7812,7 +7883,7 @@ class KeyedBatcher {
     static constexpr bool is_item = std::is_constructible_v<T, U&&>;
     template <class K, class U>
     static constexpr bool is_key_item =
-        std::is_constructible_v<Key, K&&>&& is_item<U> && !is_callback<U>;
+        is_item<U> && !is_callback<U> && std::is_constructible_v<Key, K&&>;
 
 public:
     using key_type = Key;      ///< The key type.
@@ -7838,7 +7909,7 @@ public:
     template <class F, class = std::enable_if_t<!std::is_same_v<std::decay_t<F>, KeyedBatcher>>>
     KeyedBatcher(KeyedOptions options, F&& process, Clock clock = Clock{})
         : options_(std::move(options)), clock_(std::move(clock)) {
-        process_ = wrap_process(std::forward<F>(process));
+        process_ = detail::wrap_keyed_process<Key, T, R>(std::forward<F>(process));
         initialise();
     }
 
@@ -7857,7 +7928,7 @@ public:
                       "microbatch::KeyedBatcher: the key function must be callable as "
                       "Key(const T&)");
         key_of_ = key_function(std::forward<KeyOf>(key_of));
-        process_ = wrap_process(std::forward<F>(process));
+        process_ = detail::wrap_keyed_process<Key, T, R>(std::forward<F>(process));
         initialise();
     }
 
@@ -8088,35 +8159,6 @@ private:
     /// Batches a worker runs in a row before handing the next one to the executor.
     static constexpr unsigned max_batches_per_task = 16;
 
-    template <class F>
-    static process_function wrap_process(F&& process) {
-        using Stored = std::decay_t<F>;
-        if constexpr (std::is_invocable_v<Stored&, const Key&, Batch<T>&>) {
-            check_result<std::invoke_result_t<Stored&, const Key&, Batch<T>&>>();
-            return process_function(std::forward<F>(process));
-        } else {
-            static_assert(std::is_invocable_v<Stored&, Batch<T>&>,
-                          "microbatch::KeyedBatcher: process_batch must be callable as "
-                          "f(const Key&, microbatch::Batch<T>&) or f(microbatch::Batch<T>&)");
-            check_result<std::invoke_result_t<Stored&, Batch<T>&>>();
-            return process_function([function = Stored(std::forward<F>(process))](
-                                        const Key&, Batch<T>& batch) mutable -> batch_result_type {
-                return function(batch);
-            });
-        }
-    }
-    template <class Result>
-    static void check_result() {
-        if constexpr (std::is_void_v<R>) {
-            static_assert(std::is_void_v<Result>,
-                          "microbatch::KeyedBatcher<Key, T, void>: process_batch must return void");
-        } else {
-            static_assert(std::is_convertible_v<Result, std::vector<R>>,
-                          "microbatch::KeyedBatcher<Key, T, R>: process_batch must return "
-                          "std::vector<R> with one result per item");
-        }
-    }
-
     static bool no_completion(detail::Completion<R>&) noexcept { return false; }
     template <class F>
     static auto emplacer(std::remove_reference_t<F>& callback) {
@@ -8141,7 +8183,7 @@ private:
             return key_of_(T(item));
         }
     }
-    void throw_if_closed(SubmitStatus status) const {
+    static void throw_if_closed(SubmitStatus status) {
         if (status == SubmitStatus::closed) {
             MICROBATCH_THROW(ClosedError("microbatch::KeyedBatcher: submit on a closed batcher"));
         }
@@ -8170,19 +8212,7 @@ private:
     std::size_t bound_for(const Key& key) const;
     std::int64_t delay_for(const Key& key) const;
     std::int64_t now_ticks() const { return clock_.now().time_since_epoch().count(); }
-    // Locks mutex_, trying a few times before blocking: critical sections are short, and a
-    // worker that sleeps on the mutex while producers take it per item falls behind.
-    Lock acquire() {
-        Lock lock(mutex_, std::defer_lock);
-        for (int attempt = 0; attempt < 64; ++attempt) {
-            if (lock.try_lock()) {
-                return lock;
-            }
-            detail::cpu_relax();
-        }
-        lock.lock();
-        return lock;
-    }
+    Lock acquire() { return detail::lock_spinning(mutex_); }
     std::int64_t to_ticks(std::chrono::nanoseconds value) const noexcept;
 
     void run_batches(KeyBatch* batch) noexcept;  // detail/keyed_run.hpp

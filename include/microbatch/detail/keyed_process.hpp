@@ -1,0 +1,73 @@
+#pragma once
+/**
+ * @file detail/keyed_process.hpp
+ * @brief KeyedBatcher internals: storing process_batch (with or without the key argument, its
+ *        return type checked at compile time) and taking the batcher's mutex.
+ */
+
+#include <mutex>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "microbatch/batch.hpp"
+#include "microbatch/detail/config.hpp"
+#include "microbatch/detail/unique_function.hpp"
+
+namespace microbatch::detail {
+
+/// What a keyed batcher's process_batch returns: `std::vector<R>`, or nothing for `R = void`.
+template <class R>
+using keyed_batch_result_t = std::conditional_t<std::is_void_v<R>, void, std::vector<R>>;
+
+/// Fails to compile, with a message naming the rule, unless @p Result is what process_batch of
+/// a `KeyedBatcher<Key, T, R>` must return.
+template <class R, class Result>
+constexpr void check_keyed_result() noexcept {
+    if constexpr (std::is_void_v<R>) {
+        static_assert(std::is_void_v<Result>,
+                      "microbatch::KeyedBatcher<Key, T, void>: process_batch must return void");
+    } else {
+        static_assert(std::is_convertible_v<Result, std::vector<R>>,
+                      "microbatch::KeyedBatcher<Key, T, R>: process_batch must return "
+                      "std::vector<R> with one result per item");
+    }
+}
+
+/// Stores @p process as a function of (key, batch): as it is when it takes the key, else
+/// wrapped so that the key is dropped.
+template <class Key, class T, class R, class F>
+UniqueFunction<keyed_batch_result_t<R>(const Key&, Batch<T>&)> wrap_keyed_process(F&& process) {
+    using Stored = std::decay_t<F>;
+    using Function = UniqueFunction<keyed_batch_result_t<R>(const Key&, Batch<T>&)>;
+    if constexpr (std::is_invocable_v<Stored&, const Key&, Batch<T>&>) {
+        check_keyed_result<R, std::invoke_result_t<Stored&, const Key&, Batch<T>&>>();
+        return Function(std::forward<F>(process));
+    } else {
+        static_assert(std::is_invocable_v<Stored&, Batch<T>&>,
+                      "microbatch::KeyedBatcher: process_batch must be callable as "
+                      "f(const Key&, microbatch::Batch<T>&) or f(microbatch::Batch<T>&)");
+        check_keyed_result<R, std::invoke_result_t<Stored&, Batch<T>&>>();
+        return Function([function = Stored(std::forward<F>(process))](
+                            const Key&, Batch<T>& batch) mutable -> keyed_batch_result_t<R> {
+            return function(batch);
+        });
+    }
+}
+
+/// Locks @p mutex, trying a few times before blocking: the batcher's critical sections are
+/// short, and a worker that goes to sleep on the mutex while producers take it once per item
+/// can fall behind them.
+inline std::unique_lock<std::mutex> lock_spinning(std::mutex& mutex) {
+    std::unique_lock<std::mutex> lock(mutex, std::defer_lock);
+    for (int attempt = 0; attempt < 64; ++attempt) {
+        if (lock.try_lock()) {
+            return lock;
+        }
+        cpu_relax();
+    }
+    lock.lock();
+    return lock;
+}
+
+}  // namespace microbatch::detail
