@@ -7317,6 +7317,7 @@ inline std::unique_lock<std::mutex> lock_spinning(std::mutex& mutex) {
  *        except a batch's items and completions, which belong to the one worker running it.
  */
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -7355,15 +7356,15 @@ struct WorkerCounters {
 /**
  * @brief One batch of one key: from its first item (open) through sealed and queued to running.
  *
- * Items are contiguous (`items`, reserved to the bound when the batch opens, so adding one never
- * reallocates); `completions[i]` holds item i's callback or handle, if any. Recycled through the
- * batcher's free list: `items` keeps its capacity, completions are reallocated only when a
- * larger bound needs more.
+ * Items are contiguous (`items`); `completions[i]` holds item i's callback or handle, if any.
+ * Both grow with the items (doubling from 16, up to the bound) instead of being reserved for the
+ * bound when the batch opens, so that many keys with small partial batches cost memory in
+ * proportion to their items. Recycled through the batcher's free list, keeping their storage.
  */
 template <class Key, class T, class R>
 struct KeyedBatch {
     std::vector<T> items;                          ///< The items, in acceptance order.
-    std::unique_ptr<Completion<R>[]> completions;  ///< One slot per possible item.
+    std::unique_ptr<Completion<R>[]> completions;  ///< At least one slot per item.
     std::size_t completion_slots = 0;              ///< Size of `completions`.
     std::size_t bound = 0;                         ///< Size bound it opened with.
     std::size_t count = 0;                         ///< Items it ran with (set by the worker).
@@ -7376,16 +7377,41 @@ struct KeyedBatch {
     DispatchReason reason = DispatchReason::full;  ///< Why it was sealed.
 
     /// Prepares a recycled (or new) batch for @p key with size bound @p size_bound.
-    void open(KeyState<Key, T, R>* owner, std::size_t size_bound) {
-        if (completion_slots < size_bound) {
-            completions.reset(new Completion<R>[size_bound]);
-            completion_slots = size_bound;
-        }
-        items.reserve(size_bound);
+    void open(KeyState<Key, T, R>* owner, std::size_t size_bound) noexcept {
         bound = size_bound;
         any_completion = false;
         key = owner;
     }
+
+    /// Makes room for one more item (`items.size() < bound`) and returns its completion slot.
+    /// @throws std::bad_alloc, or what moving `T` throws while `items` grows (then the
+    ///         batch is unchanged, unless T's move constructor throws and T is not copyable).
+    Completion<R>& next_slot() {
+        const std::size_t index = items.size();
+        if (index == items.capacity()) {
+            items.reserve(grown(items.capacity()));
+        }
+        if (index == completion_slots) {
+            const std::size_t size = grown(completion_slots);
+            std::unique_ptr<Completion<R>[]> larger(new Completion<R>[size]);
+            for (std::size_t i = 0; i < index; ++i) {
+                if (completions[i].has_value()) {
+                    larger[i].take(completions[i]);
+                }
+            }
+            completions = std::move(larger);
+            completion_slots = size;
+        }
+        return completions[index];
+    }
+
+private:
+    std::size_t grown(std::size_t current) const noexcept {
+        const std::size_t doubled = current < 8 ? 16 : 2 * current;
+        return doubled < bound ? doubled : bound;
+    }
+
+public:
 };
 
 /**
@@ -8693,16 +8719,19 @@ SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::submit_core(Key key
         if (opened) {
             batch = open_batch(state, now);
         }
-        detail::Completion<R>& slot = batch->completions[batch->items.size()];
+        detail::Completion<R>* slot = nullptr;
         MICROBATCH_TRY {
-            // The completion first: if storing it throws (a copied callback), the item is
-            // still untouched. Then the item; reserve() made room, so this cannot reallocate.
-            const bool has_completion = store(slot);
+            // Room first, then the completion: if storing it throws (a copied callback), the
+            // item is still untouched. Then the item, into room made, so nothing moves.
+            slot = &batch->next_slot();
+            const bool has_completion = store(*slot);
             batch->items.emplace_back(std::forward<U>(item));
             batch->any_completion = batch->any_completion || has_completion;
         }
         MICROBATCH_CATCH_ALL {
-            slot.reset();
+            if (slot != nullptr) {
+                slot->reset();
+            }
             if (opened) {  // undo the opening: nothing of this key is pending because of us
                 state->open = nullptr;
                 unfinished_tickets_.erase(batch->first_ticket);

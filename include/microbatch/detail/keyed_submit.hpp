@@ -70,16 +70,19 @@ SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::submit_core(Key key
         if (opened) {
             batch = open_batch(state, now);
         }
-        detail::Completion<R>& slot = batch->completions[batch->items.size()];
+        detail::Completion<R>* slot = nullptr;
         MICROBATCH_TRY {
-            // The completion first: if storing it throws (a copied callback), the item is
-            // still untouched. Then the item; reserve() made room, so this cannot reallocate.
-            const bool has_completion = store(slot);
+            // Room first, then the completion: if storing it throws (a copied callback), the
+            // item is still untouched. Then the item, into room made, so nothing moves.
+            slot = &batch->next_slot();
+            const bool has_completion = store(*slot);
             batch->items.emplace_back(std::forward<U>(item));
             batch->any_completion = batch->any_completion || has_completion;
         }
         MICROBATCH_CATCH_ALL {
-            slot.reset();
+            if (slot != nullptr) {
+                slot->reset();
+            }
             if (opened) {  // undo the opening: nothing of this key is pending because of us
                 state->open = nullptr;
                 unfinished_tickets_.erase(batch->first_ticket);
