@@ -402,6 +402,8 @@ private:
     static constexpr std::int64_t never = detail::KeyBatchCheck::never;
     /// Batches a worker runs in a row before handing the next one to the executor.
     static constexpr unsigned max_batches_per_task = 16;
+    /// Finished batches kept for reuse (with their storage).
+    static constexpr std::size_t max_free_batches = 256;
 
     static bool no_completion(detail::Completion<R>&) noexcept { return false; }
     template <class F>
@@ -452,6 +454,7 @@ private:
     void dispatch_ready(detail::KeyedTrigger trigger, BatchList& out);
     void post_batches(BatchList& batches, std::size_t first) noexcept;
     void seal_all(DispatchReason reason, BatchList& out);
+    void recycle(KeyBatch* batch) noexcept;
     void note_idle(State* state, std::int64_t now);
     std::size_t bound_for(const Key& key) const;
     std::int64_t delay_for(const Key& key) const;

@@ -8184,6 +8184,8 @@ private:
     static constexpr std::int64_t never = detail::KeyBatchCheck::never;
     /// Batches a worker runs in a row before handing the next one to the executor.
     static constexpr unsigned max_batches_per_task = 16;
+    /// Finished batches kept for reuse (with their storage).
+    static constexpr std::size_t max_free_batches = 256;
 
     static bool no_completion(detail::Completion<R>&) noexcept { return false; }
     template <class F>
@@ -8234,6 +8236,7 @@ private:
     void dispatch_ready(detail::KeyedTrigger trigger, BatchList& out);
     void post_batches(BatchList& batches, std::size_t first) noexcept;
     void seal_all(DispatchReason reason, BatchList& out);
+    void recycle(KeyBatch* batch) noexcept;
     void note_idle(State* state, std::int64_t now);
     std::size_t bound_for(const Key& key) const;
     std::int64_t delay_for(const Key& key) const;
@@ -8330,6 +8333,7 @@ void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::initialise() {
         pool_ = std::make_unique<ThreadPool>(options_.workers());
         executor_ = pool_->executor();
     }
+    free_batches_.reserve(max_free_batches);  // recycle() never allocates
     sleeper_.emplace(clock_, mutex_, timer_condition_);
     timer_wake_at_ = std::numeric_limits<std::int64_t>::min();  // awake until it first sleeps
     timer_ = std::thread([this] { run_timer(); });
@@ -8451,12 +8455,7 @@ KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::finish(KeyBatch* batch, bool tak
         --in_flight_;
         --state->in_flight;
         unfinished_tickets_.erase(batch->first_ticket);
-        batch->key = nullptr;
-        if (free_batches_.size() < 256) {
-            free_batches_.emplace_back(batch);
-        } else {
-            delete batch;
-        }
+        recycle(batch);
         if (state->idle()) {
             note_idle(state, now);
         }
@@ -8735,7 +8734,7 @@ SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::submit_core(Key key
             if (opened) {  // undo the opening: nothing of this key is pending because of us
                 state->open = nullptr;
                 unfinished_tickets_.erase(batch->first_ticket);
-                free_batches_.emplace_back(batch);
+                recycle(batch);
                 if (state->idle()) {
                     note_idle(state, now);
                 }
@@ -9019,6 +9018,16 @@ void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::post_batches(BatchList& bat
     Lock lock(mutex_);
     if (--posters_ == 0 && idle_waiters_ != 0) {
         idle_condition_.notify_all();
+    }
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::recycle(KeyBatch* batch) noexcept {
+    batch->key = nullptr;
+    if (free_batches_.size() < max_free_batches) {
+        free_batches_.emplace_back(batch);  // reserved in initialise(): does not allocate
+    } else {
+        delete batch;
     }
 }
 

@@ -36,6 +36,7 @@ void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::initialise() {
         pool_ = std::make_unique<ThreadPool>(options_.workers());
         executor_ = pool_->executor();
     }
+    free_batches_.reserve(max_free_batches);  // recycle() never allocates
     sleeper_.emplace(clock_, mutex_, timer_condition_);
     timer_wake_at_ = std::numeric_limits<std::int64_t>::min();  // awake until it first sleeps
     timer_ = std::thread([this] { run_timer(); });
@@ -157,12 +158,7 @@ KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::finish(KeyBatch* batch, bool tak
         --in_flight_;
         --state->in_flight;
         unfinished_tickets_.erase(batch->first_ticket);
-        batch->key = nullptr;
-        if (free_batches_.size() < 256) {
-            free_batches_.emplace_back(batch);
-        } else {
-            delete batch;
-        }
+        recycle(batch);
         if (state->idle()) {
             note_idle(state, now);
         }

@@ -86,7 +86,7 @@ SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::submit_core(Key key
             if (opened) {  // undo the opening: nothing of this key is pending because of us
                 state->open = nullptr;
                 unfinished_tickets_.erase(batch->first_ticket);
-                free_batches_.emplace_back(batch);
+                recycle(batch);
                 if (state->idle()) {
                     note_idle(state, now);
                 }
@@ -370,6 +370,16 @@ void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::post_batches(BatchList& bat
     Lock lock(mutex_);
     if (--posters_ == 0 && idle_waiters_ != 0) {
         idle_condition_.notify_all();
+    }
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::recycle(KeyBatch* batch) noexcept {
+    batch->key = nullptr;
+    if (free_batches_.size() < max_free_batches) {
+        free_batches_.emplace_back(batch);  // reserved in initialise(): does not allocate
+    } else {
+        delete batch;
     }
 }
 
