@@ -675,6 +675,10 @@ TEST_CASE("KeyedBatcher with 100 keys uses one timer thread and its pool", "[key
         CHECK(batcher.live_keys() == 100);
         CHECK(thread_count() - before == 3);  // 2 workers + 1 timer
     }
+    // Joined threads may linger in /proc for a moment: wait for them to go (not a timing check).
+    for (int i = 0; i < 2000 && thread_count() != before; ++i) {
+        std::this_thread::sleep_for(1ms);
+    }
     CHECK(thread_count() == before);
 }
 #endif
