@@ -665,7 +665,16 @@ std::size_t thread_count() {
 }  // namespace
 
 TEST_CASE("KeyedBatcher with 100 keys uses one timer thread and its pool", "[keyed][threads]") {
-    const std::size_t before = thread_count();
+    // Threads joined by earlier tests may still be leaving /proc: wait until the count settles.
+    std::size_t before = thread_count();
+    for (int i = 0; i < 500; ++i) {
+        std::this_thread::sleep_for(2ms);
+        const std::size_t now = thread_count();
+        if (now == before) {
+            break;
+        }
+        before = now;
+    }
     {
         KeyedBatcher<int, int> batcher(KeyedOptions{}.max_batch_size(4).workers(2),
                                        [](Batch<int>&) {});
