@@ -2,10 +2,9 @@
 /**
  * @file detail/keyed_process.hpp
  * @brief KeyedBatcher internals: storing process_batch (with or without the key argument, its
- *        return type checked at compile time) and taking the batcher's mutex.
+ *        return type checked at compile time).
  */
 
-#include <mutex>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -53,21 +52,6 @@ UniqueFunction<keyed_batch_result_t<R>(const Key&, Batch<T>&)> wrap_keyed_proces
             return function(batch);
         });
     }
-}
-
-/// Locks @p mutex, trying a few times before blocking: the batcher's critical sections are
-/// short, and a worker that goes to sleep on the mutex while producers take it once per item
-/// can fall behind them.
-inline std::unique_lock<std::mutex> lock_spinning(std::mutex& mutex) {
-    std::unique_lock<std::mutex> lock(mutex, std::defer_lock);
-    for (int attempt = 0; attempt < 64; ++attempt) {
-        if (lock.try_lock()) {
-            return lock;
-        }
-        cpu_relax();
-    }
-    lock.lock();
-    return lock;
 }
 
 }  // namespace microbatch::detail

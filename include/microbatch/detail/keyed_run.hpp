@@ -151,7 +151,7 @@ KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::finish(KeyBatch* batch, bool tak
     KeyBatch* mine = nullptr;
     std::size_t first = 0;
     {
-        Lock lock = acquire();
+        Lock lock(mutex_);
         State* const state = batch->key;
         pending_items_ -= batch->count;
         state->pending -= batch->count;

@@ -56,7 +56,7 @@ SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::submit_core(Key key
                                                                          Store&& store) {
     BatchList ready;
     {
-        Lock lock = acquire();
+        Lock lock(mutex_);
         const SubmitStatus space = wait_for_space(lock, mode, deadline);
         if (space != SubmitStatus::accepted) {
             ++(space == SubmitStatus::full ? stats_.items_rejected_full
