@@ -7873,8 +7873,8 @@ namespace microbatch {
  * while a batch's storage grows), which must not call back into this batcher. A worker that
  * finishes a batch takes the next one itself (up to 16 in a row, then it hands the next to the
  * executor and returns the thread to the pool). Measured (bench_keyed, two producers, shared
- * ThreadPool(2)): at 1 and 10 keys one KeyedBatcher is slower than as many Batchers (0.55x and
- * 0.93x), at 100 and 1,000 keys faster (1.95x, 2.62x); for one hot stream use Batcher.
+ * ThreadPool(2), README "Keyed batching"): about 0.5x the throughput of one Batcher at one key,
+ * about 1x as many Batchers at 10 keys, 1.4-2x at 100; for one hot stream use Batcher.
  *
  * Thread safety: every member function may be called concurrently from any thread, except that
  * the destructor must not run concurrently with calls that are not blocked inside the batcher.
