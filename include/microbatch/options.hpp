@@ -4,6 +4,7 @@
  * @brief `microbatch::Options`: the run-time configuration of a Batcher.
  */
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <stdexcept>
@@ -31,13 +32,14 @@ namespace microbatch {
  * |------------------|---------|-------------------------------------------------------------|
  * | `max_batch_size` | 64      | a batch is dispatched as soon as it holds this many items    |
  * | `max_delay`      | 1 ms    | ...or when its oldest item has waited this long              |
- * | `capacity`       | 0 = 4 x max_batch_size x lanes | items accepted but not yet completed  |
+ * | `capacity`       | 0 = auto | items accepted but not yet completed: per lane max(4 x      |
+ * |                  |         | max_batch_size, 1024) (less for many lanes, see `capacity`)  |
  * | `lanes`          | 1       | independent fill lanes; producers spread over them           |
  * | `workers`        | 1       | threads of the batcher's own pool (ignored with `executor`)  |
  * | `executor`       | none    | run batches on this executor instead of an owned pool        |
- * | `max_in_flight`  | 0 = workers (owned pool) or hardware threads (executor) | batches running
- * before partial batches are held back | | `seal_early`     | true    | seal a partial batch before
- * max_delay when waiting cannot pay |
+ * | `max_in_flight`  | 0 = auto | batches running before partial batches are held back:      |
+ * |                  |         | the owned pool's workers, or hardware threads (executor)     |
+ * | `seal_early`     | true    | seal a partial batch before max_delay when waiting cannot pay |
  *
  * Thread safety: a plain value type; no internal synchronisation.
  */
@@ -84,7 +86,14 @@ public:
     /**
      * @brief The bound on items accepted but not yet completed (queued, filling or processing).
      *
-     * 0 (the default) means 4 x max_batch_size per lane. Counted in items: each lane accepts
+     * 0 (the default) means `default_lane_capacity(max_batch_size, lanes)` per lane: max(4 x
+     * max_batch_size, 1024) items, the floor lowered only where 1024 one-item batches per lane
+     * would not fit the buffer limit (more than 32 lanes at max_batch_size 1). The floor is
+     * measured, not a multiple of B: at small B a bound of a few batches makes every batch wait
+     * for its predecessor's hand-off to a worker (4 items at B = 1 ran 3-7x slower than a
+     * hand-written batcher); 1024 items keep producers and workers apart at every B while memory
+     * stays about 1024 x (sizeof(T) + 64) bytes per lane (bench/results/REPORT.md, "default
+     * capacity"). Counted in items: each lane accepts
      * ceil(capacity / lanes) items not yet finished, whatever the sizes of the batches they are
      * in; when a producer's lane holds that many, blocking submits wait and `try_submit` reports
      * `full`. Storage is reserved up front and never grows: per lane, ceil(ceil(capacity /
@@ -219,10 +228,29 @@ public:
         return std::move(*this);
     }
 
-    /// @brief The capacity asked for: `capacity()`, or 4 x max_batch_size x lanes when it is 0
-    ///        (the batcher rounds it up to whole batches per lane, see `capacity`).
+    /// The default capacity's floor per lane, in items (see `capacity`).
+    static constexpr std::size_t default_capacity_floor = 1024;
+
+    /// @brief The automatic capacity of one lane: max(4 x @p batch_size, 1024), the floor
+    ///        lowered to what half the buffer limit allows per lane (see `capacity`).
+    ///        Complexity O(1); never throws.
+    static constexpr std::size_t default_lane_capacity(std::size_t batch_size,
+                                                       std::size_t lanes) noexcept {
+        const std::size_t lane_buffers = max_supported_batch_buffers / (lanes == 0 ? 1 : lanes) / 2;
+        const std::size_t floor_batches = (default_capacity_floor + batch_size - 1) / batch_size;
+        const std::size_t floor = batch_size * std::min(floor_batches, lane_buffers);
+        return std::max(4 * batch_size, floor);
+    }
+
+    /// @brief The capacity asked for: `capacity()`, or `default_lane_capacity(max_batch_size,
+    ///        lanes) x lanes` when it is 0 (the batcher rounds it up to whole batches per lane,
+    ///        see `capacity`).
     std::size_t effective_capacity() const noexcept {
-        return capacity_ != 0 ? capacity_ : 4 * max_batch_size_ * (lanes_ == 0 ? 1 : lanes_);
+        const std::size_t lanes = lanes_ == 0 ? 1 : lanes_;
+        return capacity_ != 0
+                   ? capacity_
+                   : default_lane_capacity(max_batch_size_ == 0 ? 1 : max_batch_size_, lanes) *
+                         lanes;
     }
 
     /**
