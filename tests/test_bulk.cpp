@@ -217,8 +217,9 @@ TEST_CASE("bulk submissions on a closed batcher", "[bulk][close]") {
     try {
         batcher.post_n(items.begin(), items.size());
         FAIL("post_n on a closed batcher did not throw");
-    } catch (const ClosedError& error) {
+    } catch (const microbatch::BulkClosedError& error) {
         CHECK(std::string(error.what()).find("0 of 3 items were accepted") != std::string::npos);
+        CHECK(error.accepted() == 0);
     }
     const BulkResult result = batcher.try_post_n(items.begin(), items.size());
     CHECK(result.status == SubmitStatus::closed);

@@ -366,10 +366,10 @@ public:
     /**
      * @brief Bulk fire-and-forget: submits the @p n items at @p first, blocking while the
      *        batcher is full, until every item is accepted. Allocates nothing.
-     * @throws ClosedError if the batcher is closed before every item was accepted (the items
-     *         accepted before that are processed; the message says how many; use
-     *         `post_n_for`/`try_post_n` to learn the count as a value); ReentrancyError as
-     *         `submit(item)`; whatever constructing `T` from `*first` throws (see above).
+     * @throws BulkClosedError (a ClosedError) if the batcher is closed before every item was
+     *         accepted: its `accepted()` items were accepted and are processed, the rest were
+     *         left untouched; ReentrancyError as `submit(item)`; whatever constructing `T` from
+     *         `*first` throws (see above).
      */
     template <class InputIt, class = std::enable_if_t<is_item_iterator<InputIt>>>
     void post_n(InputIt first, std::size_t n) {

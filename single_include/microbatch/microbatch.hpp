@@ -1715,6 +1715,7 @@ inline ParkingSpot& parking_spot_for(const void* address) noexcept {
  * @brief The exception types microbatch throws and the status codes of non-throwing calls.
  */
 
+#include <cstddef>
 #include <stdexcept>
 #include <string>
 
@@ -1739,6 +1740,25 @@ public:
 class ClosedError : public Error {
 public:
     using Error::Error;
+};
+
+/**
+ * @brief Thrown by the blocking bulk submissions (`Batcher::post_n`, `Batcher::submit_n`) when
+ *        the batcher is closed before every item was accepted.
+ *
+ * The first `accepted()` items of the range were accepted (they are processed as usual); the
+ * rest were left untouched. Catching `ClosedError` catches it too.
+ */
+class BulkClosedError : public ClosedError {
+public:
+    /// @brief @p message as `what()`; @p accepted items of the range were accepted.
+    BulkClosedError(const std::string& message, std::size_t accepted)
+        : ClosedError(message), accepted_(accepted) {}
+    /// @brief How many items of the range (a prefix) were accepted before the close.
+    std::size_t accepted() const noexcept { return accepted_; }
+
+private:
+    std::size_t accepted_;
 };
 
 /**
@@ -5415,10 +5435,10 @@ public:
     /**
      * @brief Bulk fire-and-forget: submits the @p n items at @p first, blocking while the
      *        batcher is full, until every item is accepted. Allocates nothing.
-     * @throws ClosedError if the batcher is closed before every item was accepted (the items
-     *         accepted before that are processed; the message says how many; use
-     *         `post_n_for`/`try_post_n` to learn the count as a value); ReentrancyError as
-     *         `submit(item)`; whatever constructing `T` from `*first` throws (see above).
+     * @throws BulkClosedError (a ClosedError) if the batcher is closed before every item was
+     *         accepted: its `accepted()` items were accepted and are processed, the rest were
+     *         left untouched; ReentrancyError as `submit(item)`; whatever constructing `T` from
+     *         `*first` throws (see above).
      */
     template <class InputIt, class = std::enable_if_t<is_item_iterator<InputIt>>>
     void post_n(InputIt first, std::size_t n) {
@@ -5952,9 +5972,10 @@ auto Batcher<T, R, Clock>::bulk_store(Sink& sink) {
 template <class T, class R, class Clock>
 void Batcher<T, R, Clock>::throw_if_bulk_rejected(const BulkResult& result, std::size_t n) const {
     if (result.status == SubmitStatus::closed) {
-        MICROBATCH_THROW(ClosedError("microbatch::Batcher: bulk submit on a closed batcher (" +
-                                     std::to_string(result.accepted) + " of " + std::to_string(n) +
-                                     " items were accepted)"));
+        MICROBATCH_THROW(BulkClosedError("microbatch::Batcher: bulk submit on a closed batcher (" +
+                                             std::to_string(result.accepted) + " of " +
+                                             std::to_string(n) + " items were accepted)",
+                                         result.accepted));
     }
 }
 

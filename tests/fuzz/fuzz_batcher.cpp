@@ -21,6 +21,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <iterator>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -61,6 +62,9 @@ using microbatch::Outcome;
 using microbatch::SubmitStatus;
 
 constexpr std::size_t max_operations = 200;
+// Items: one per single submission, up to max_bulk per bulk operation (issue 13).
+constexpr std::size_t max_bulk = 8;
+constexpr std::size_t max_items = max_operations * max_bulk;
 constexpr auto tiny_delay = std::chrono::microseconds(1);
 
 enum Flag : std::uint8_t {
@@ -110,7 +114,16 @@ int expected_value(std::uint32_t id) {
 
 enum Verdict : std::uint8_t { not_run, succeeded, failed_injected, failed_count };
 enum Delivery : std::uint8_t { none, by_callback, by_handle };
-enum Status : std::uint8_t { unknown, accepted, rejected_full, rejected_closed, rejected_hole };
+// not_tried: an item of a bulk submission after the one whose construction threw (never
+// submitted: in no counter).
+enum Status : std::uint8_t {
+    unknown,
+    accepted,
+    rejected_full,
+    rejected_closed,
+    rejected_hole,
+    not_tried
+};
 
 /// Everything one input's run records. Workers write `processed`, `verdict` and the batch log;
 /// callbacks write `completions` and `bad_outcomes`; the driver reads them after close().
@@ -352,14 +365,14 @@ void run_one(const std::uint8_t* data, std::size_t size) {
                                delay_mode != DelayMode::zero &&
                                (!options.seal_early() || delay_mode == DelayMode::none);
 
-    Run run(max_operations);
+    Run run(max_items);
     const bool single_buffer =
         buffers == 1 && options.max_in_flight() == Options::unlimited_in_flight;
     Model model{batch_size, batch_size * buffers, batch_size, batch_size, single_buffer, {}, {},
                 {}};
-    std::vector<Status> status(max_operations, unknown);
-    std::vector<Delivery> delivery(max_operations, none);
-    std::vector<std::uint8_t> flags(max_operations, 0);
+    std::vector<Status> status(max_items, unknown);
+    std::vector<Delivery> delivery(max_items, none);
+    std::vector<std::uint8_t> flags(max_items, 0);
     std::vector<std::pair<std::uint32_t, Handle<int>>> handles;
     std::uint32_t next_id = 0;
     bool closed = false;
@@ -403,9 +416,8 @@ void run_one(const std::uint8_t* data, std::size_t size) {
                                                : rejected_closed;
         };
 
-        for (std::size_t op = 0; op < max_operations && !input.done(); ++op) {
-            const unsigned operation = input.byte() % 16U;
-            const std::uint8_t item_byte = operation < 9 ? input.byte() : 0;
+        // An item's flags from one input byte.
+        const auto flags_of = [](std::uint8_t item_byte) {
             std::uint8_t item_flags = 0;
             switch (item_byte & 0x0F) {
                 case 1:
@@ -423,6 +435,118 @@ void run_one(const std::uint8_t* data, std::size_t size) {
             if ((item_byte >> 4) == 1) {
                 item_flags |= fragile;
             }
+            return item_flags;
+        };
+
+        // A bulk submission (issue 13) of 1..max_bulk items in one of four forms; the model
+        // claims them as single claims would, except that a construction failure ends the run:
+        // the failed item and the rest of its claimed run become holes, later items are never
+        // tried.
+        const auto submit_bulk = [&](std::uint8_t bulk_byte) {
+            const std::size_t count = 1 + bulk_byte % max_bulk;
+            const unsigned form = (bulk_byte >> 3) % 4;
+            const Delivery how = form == 2 ? by_handle : form == 3 ? by_callback : none;
+            const std::uint32_t base = next_id;
+            std::vector<Spec> specs;
+            for (std::size_t i = 0; i < count; ++i) {
+                const std::uint32_t id = next_id++;
+                specs.push_back(Spec{id, flags_of(input.byte())});
+                flags[id] = specs.back().flags;
+                delivery[id] = how;
+            }
+            std::size_t accepted_count = count;
+            SubmitStatus result = SubmitStatus::accepted;
+            bool threw_hole = false;
+            std::vector<Handle<int>> bulk_handles;
+            try {
+                switch (form) {
+                    case 0:
+                        batcher.post_n(specs.begin(), count);
+                        break;
+                    case 1: {
+                        const microbatch::BulkResult r = batcher.try_post_n(specs.begin(), count);
+                        accepted_count = r.accepted;
+                        result = r.status;
+                        break;
+                    }
+                    case 2:
+                        batcher.submit_n(specs.begin(), count, std::back_inserter(bulk_handles));
+                        break;
+                    default:
+                        batcher.submit_n(
+                            specs.begin(), count,
+                            [runp = &run, base](std::size_t index, Outcome<int>&& outcome) {
+                                Recorder{runp, base + static_cast<std::uint32_t>(index)}(
+                                    std::move(outcome));
+                            });
+                        break;
+                }
+            } catch (const ConstructionFailure&) {
+                threw_hole = true;
+            } catch (const microbatch::ClosedError&) {
+                result = SubmitStatus::closed;
+                accepted_count = 0;
+            }
+            if (threw_hole) {
+                accepted_count = 0;
+                while ((specs[accepted_count].flags & hole) == 0) {
+                    ++accepted_count;
+                }
+            }
+            if (form == 2) {
+                FUZZ_CHECK(bulk_handles.size() == accepted_count);
+                for (std::size_t i = 0; i < bulk_handles.size(); ++i) {
+                    handles.emplace_back(specs[i].id, std::move(bulk_handles[i]));
+                }
+            }
+            for (std::size_t i = 0; i < count; ++i) {
+                const std::uint32_t id = specs[i].id;
+                if (i < accepted_count) {
+                    status[id] = accepted;
+                } else if (threw_hole) {
+                    status[id] = i == accepted_count ? rejected_hole : not_tried;
+                } else {
+                    status[id] = result == SubmitStatus::closed ? rejected_closed : rejected_full;
+                }
+            }
+            if (result == SubmitStatus::closed) {
+                FUZZ_CHECK(closed);
+                return;
+            }
+            FUZZ_CHECK(!closed);
+            if (result == SubmitStatus::full && deterministic) {
+                FUZZ_CHECK(false);  // an inline executor always has room
+            }
+            // The model: runs of min(left, free slots of the open batch) claims.
+            std::size_t at = 0;
+            while (at < count && at <= accepted_count) {
+                const std::size_t run_length =
+                    std::min(count - at, model.bound - model.open.size());
+                bool ended = false;
+                for (std::size_t i = at; i < at + run_length; ++i) {
+                    if (i < accepted_count) {
+                        model.claim(specs[i]);
+                    } else if (threw_hole) {
+                        Spec filler = specs[i];
+                        filler.flags |= hole;  // claimed, published as a hole
+                        model.claim(filler);
+                        ended = true;
+                    } else {
+                        ended = true;  // try_post_n stopped here (not in deterministic runs)
+                        break;
+                    }
+                }
+                if (ended) {
+                    break;
+                }
+                at += run_length;
+            }
+            (void)base;
+        };
+
+        for (std::size_t op = 0; op < max_operations && !input.done(); ++op) {
+            const unsigned operation = input.byte() % 16U;
+            const std::uint8_t item_flags = operation < 9 ? flags_of(input.byte()) : 0;
             Handle<int> handle;
             const auto keep_handle = [&handles, &handle](std::uint32_t id) {
                 if (handle.valid()) {
@@ -538,10 +662,16 @@ void run_one(const std::uint8_t* data, std::size_t size) {
                     FUZZ_CHECK(batcher.max_in_flight() >= 1);
                     break;
                 }
-                default:
-                    (void)batcher.stats();
-                    (void)batcher.pending();
+                default: {
+                    const std::uint8_t bulk_byte = input.byte();
+                    if (bulk_byte < 64) {
+                        (void)batcher.stats();
+                        (void)batcher.pending();
+                    } else {
+                        submit_bulk(bulk_byte);
+                    }
                     break;
+                }
             }
         }
         batcher.close();
@@ -574,6 +704,7 @@ void run_one(const std::uint8_t* data, std::size_t size) {
         std::uint64_t closed_count = 0;
         std::uint64_t hole_count = 0;
         std::uint64_t move_failures = 0;
+        std::uint64_t not_tried_count = 0;
         for (std::uint32_t id = 0; id < next_id; ++id) {
             const int processed = run.processed[id].load();
             const int completions = run.completions[id].load();
@@ -601,13 +732,18 @@ void run_one(const std::uint8_t* data, std::size_t size) {
                     FUZZ_CHECK(processed == 0);
                     FUZZ_CHECK(completions == 0);
                     break;
+                case not_tried:
+                    ++not_tried_count;
+                    FUZZ_CHECK(processed == 0);
+                    FUZZ_CHECK(completions == 0);
+                    break;
                 case unknown:
                     FUZZ_CHECK(false);
             }
         }
 
         const microbatch::Stats stats = batcher.stats();
-        FUZZ_CHECK(stats.items_submitted == next_id);
+        FUZZ_CHECK(stats.items_submitted == next_id - not_tried_count);
         FUZZ_CHECK(stats.items_accepted == accepted_count);
         FUZZ_CHECK(stats.items_rejected_full == full_count);
         FUZZ_CHECK(stats.items_rejected_closed == closed_count);

@@ -29,6 +29,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <random>
@@ -308,8 +309,18 @@ enum class Op {
     submit_for,
     submit_for_callback,
     submit_for_handle,
+    // Bulk submissions (issue 13): a run of 1..16 consecutive ids in one call.
+    post_n,
+    try_post_n,
+    post_n_for,
+    submit_n_handles,
+    submit_n_callback,
     count
 };
+
+bool is_bulk(Op op) {
+    return op >= Op::post_n && op < Op::count;
+}
 
 /// Per-round weights, so some rounds are dominated by one kind of call.
 struct OpMix {
@@ -368,7 +379,7 @@ struct Producer {
         // Two wait_idle() bugs (issue 5, fixed) hung it: it spun forever after close() with a
         // single buffer, and it could wait for a batch that had already finished.
         const bool may_wait_idle = MICROBATCH_STRESS_AVOID_KNOWN_BUGS == 0;
-        for (std::size_t k = 0; k < config.items_per_producer; ++k) {
+        for (std::size_t k = 0; k < config.items_per_producer;) {
             const std::uint32_t id = first + static_cast<std::uint32_t>(k);
             if (op_mix.flush_percent != 0 && random.chance(op_mix.flush_percent)) {
                 batcher.flush();
@@ -377,8 +388,71 @@ struct Producer {
                 random.between(0, 999) < op_mix.wait_idle_per_mille) {
                 batcher.wait_idle();
             }
-            ledger.status[id] = perform(op_mix.pick(random), id);
-            ledger.ops_done.fetch_add(1, std::memory_order_relaxed);
+            const Op op = op_mix.pick(random);
+            if (is_bulk(op)) {
+                const std::size_t n = std::min<std::size_t>(
+                    static_cast<std::size_t>(random.between(1, 16)), config.items_per_producer - k);
+                perform_bulk(op, id, n);
+                ledger.ops_done.fetch_add(n, std::memory_order_relaxed);
+                k += n;
+            } else {
+                ledger.status[id] = perform(op, id);
+                ledger.ops_done.fetch_add(1, std::memory_order_relaxed);
+                ++k;
+            }
+        }
+    }
+
+    // Submits ids [first, first + n) with one bulk call and records each id's status: a prefix
+    // accepted, the rest rejected with the call's status.
+    void perform_bulk(Op op, std::uint32_t first, std::size_t n) {
+        std::vector<std::uint32_t> ids(n);
+        for (std::size_t i = 0; i < n; ++i) {
+            ids[i] = first + static_cast<std::uint32_t>(i);
+        }
+        const Delivery how = op == Op::submit_n_handles    ? by_handle
+                             : op == Op::submit_n_callback ? by_callback
+                                                           : none;
+        for (std::uint32_t id : ids) {
+            ledger.delivery[id] = how;
+        }
+        const auto timeout = std::chrono::microseconds(random.between(0, 300));
+        microbatch::BulkResult result{SubmitStatus::accepted, n};
+        std::vector<Handle<R>> bulk_handles;
+        try {
+            switch (op) {
+                case Op::post_n:
+                    batcher.post_n(ids.begin(), n);
+                    break;
+                case Op::try_post_n:
+                    result = batcher.try_post_n(ids.begin(), n);
+                    break;
+                case Op::post_n_for:
+                    result = batcher.post_n_for(ids.begin(), n, timeout);
+                    break;
+                case Op::submit_n_handles:
+                    batcher.submit_n(ids.begin(), n, std::back_inserter(bulk_handles));
+                    break;
+                default:
+                    batcher.submit_n(
+                        ids.begin(), n,
+                        [ledger_ptr = &ledger, first](std::size_t at, Outcome<R>&& outcome) {
+                            Recorder<R>{ledger_ptr,
+                                        first + static_cast<std::uint32_t>(at)}(std::move(outcome));
+                        });
+                    break;
+            }
+        } catch (const microbatch::BulkClosedError& error) {
+            result = microbatch::BulkResult{SubmitStatus::closed, error.accepted()};
+        }
+        if (how == by_handle && bulk_handles.size() != result.accepted) {
+            handle_missing = true;
+        }
+        for (std::size_t i = 0; i < bulk_handles.size(); ++i) {
+            handles.emplace_back(ids[i], std::move(bulk_handles[i]));
+        }
+        for (std::size_t i = 0; i < n; ++i) {
+            ledger.status[ids[i]] = i < result.accepted ? accepted : from(result.status);
         }
     }
 
@@ -420,6 +494,11 @@ struct Producer {
                 ledger.delivery[id] = by_handle;
                 status = from(batcher.submit_for(Item(id), handle, timeout));
                 break;
+            case Op::post_n:  // bulk: see perform_bulk
+            case Op::try_post_n:
+            case Op::post_n_for:
+            case Op::submit_n_handles:
+            case Op::submit_n_callback:
             case Op::count:
                 break;
         }

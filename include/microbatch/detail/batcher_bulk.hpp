@@ -99,9 +99,10 @@ auto Batcher<T, R, Clock>::bulk_store(Sink& sink) {
 template <class T, class R, class Clock>
 void Batcher<T, R, Clock>::throw_if_bulk_rejected(const BulkResult& result, std::size_t n) const {
     if (result.status == SubmitStatus::closed) {
-        MICROBATCH_THROW(ClosedError("microbatch::Batcher: bulk submit on a closed batcher (" +
-                                     std::to_string(result.accepted) + " of " + std::to_string(n) +
-                                     " items were accepted)"));
+        MICROBATCH_THROW(BulkClosedError("microbatch::Batcher: bulk submit on a closed batcher (" +
+                                             std::to_string(result.accepted) + " of " +
+                                             std::to_string(n) + " items were accepted)",
+                                         result.accepted));
     }
 }
 
