@@ -11,8 +11,8 @@
 //   - the Batcher's worker thread processes one batch at a time: the work (a downstream call
 //     costing about the same for 1 or 100 entries, simulated with a sleep of --work-us, and
 //     one counter per entry id, HINCRBY, in one pipeline), then one XACK for the whole batch;
-//   - every so often the read loop also claims entries that have been pending for more than
-//     --min-idle-ms with another consumer (XAUTOCLAIM): that consumer died or hangs.
+//   - every so often the read loop also claims entries that have been pending (delivered, not
+//     acknowledged) for more than --min-idle-ms (XAUTOCLAIM): their consumer died or hangs.
 // Entries are acknowledged only after their batch was processed, so delivery is at least
 // once: a worker that dies between processing a batch and its XACK leaves the entries pending,
 // another worker claims them and processes them again (duplicates). The entry counters make
@@ -26,6 +26,9 @@
 // of which one is killed with SIGKILL while it holds unacknowledged entries. After each run it
 // checks that every entry was processed at least once and acknowledged exactly once, and that
 // nothing is left pending; it counts the duplicates. Exit status 1 on any failed check.
+//
+// The worker is run_worker() below; the rest is the driver that starts workers and checks
+// what they did, and redis_support.hpp holds the hiredis plumbing.
 //
 //   redis_streams --spawn-redis              # the three runs against a private redis-server
 //   redis_streams --port 6379                # against a running server (its keys are deleted)
@@ -166,8 +169,11 @@ int run_worker(const Config& config) {
         microbatch::Options{}
             .max_batch_size(config.batch_size)
             .max_delay(std::chrono::microseconds(config.delay_us))
-            // The default capacity (4 batches) also bounds how many entries this worker holds
-            // unacknowledged, and so how many a crash leaves for the others to claim.
+            // The default capacity (4 batches) bounds the entries this worker holds
+            // unacknowledged to capacity + COUNT (one more read waits in post()): what a crash
+            // leaves for the others to claim. They must be processed well within
+            // --min-idle-ms, or the others claim a live worker's entries too (duplicates,
+            // never losses).
             .workers(1),
         [&config, &keys, &failed,
          connection = std::make_unique<redis::Connection>(config.host, config.port),
@@ -234,7 +240,7 @@ int run_worker(const Config& config) {
     const std::string count = std::to_string(config.count);
     const std::string min_idle = std::to_string(config.min_idle_ms);
     // Look for abandoned entries a few times per idle period: a dead worker's entries are
-    // claimed between min_idle and 1.25 x min_idle after their delivery.
+    // claimed about min_idle to 1.25 x min_idle after they were delivered to it.
     const auto claim_interval = std::chrono::milliseconds(config.min_idle_ms / 4);
     Clock::time_point next_claim = Clock::now();
     std::string claim_cursor = "0-0";
@@ -804,8 +810,8 @@ constexpr const char* usage_text =
     "       redis_streams worker --run NAME --consumer NAME [options]\n"
     "\n"
     "Worker processes, each embedding a microbatch::Batcher, consume one Redis Stream through\n"
-    "a consumer group: XREADGROUP COUNT n, process a batch, XACK the batch; entries pending\n"
-    "too long with a dead worker are claimed by the others (XAUTOCLAIM).\n"
+    "a consumer group: XREADGROUP COUNT n, process a batch, XACK the batch; entries a dead\n"
+    "worker left unacknowledged are claimed by the others (XAUTOCLAIM).\n"
     "\n"
     "Without 'worker', runs 1 worker, then N workers, then N workers of which one is killed\n"
     "with SIGKILL mid-run, over the same entries; prints entries/s and checks that every entry\n"
@@ -818,8 +824,7 @@ constexpr const char* usage_text =
     "  --batch-size N        the Batcher's max_batch_size (default 100)\n"
     "  --delay-us N          the Batcher's max_delay in microseconds (default 1000)\n"
     "  --work-us N           simulated cost of one batch's downstream call (default 2000)\n"
-    "  --min-idle-ms N       claim entries pending this long with another consumer\n"
-    "                        (default 1000)\n"
+    "  --min-idle-ms N       claim entries left unacknowledged this long (default 1000)\n"
     "driver options:\n"
     "  --spawn-redis         start a private redis-server on a free loopback port and stop it\n"
     "                        at the end; exit status 77 if redis-server is not installed\n"
