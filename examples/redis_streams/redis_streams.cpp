@@ -53,6 +53,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <iterator>
 #include <memory>
 #include <set>
 #include <stdexcept>
@@ -169,11 +170,13 @@ int run_worker(const Config& config) {
         microbatch::Options{}
             .max_batch_size(config.batch_size)
             .max_delay(std::chrono::microseconds(config.delay_us))
-            // The default capacity (4 batches) bounds the entries this worker holds
-            // unacknowledged to capacity + COUNT (one more read waits in post()): what a crash
-            // leaves for the others to claim. They must be processed well within
-            // --min-idle-ms, or the others claim a live worker's entries too (duplicates,
-            // never losses).
+            // The capacity (4 batches) bounds the entries this worker holds unacknowledged
+            // to capacity + COUNT (one more read waits in post_n()): what a crash leaves for
+            // the others to claim. They must be processed well within --min-idle-ms, or the
+            // others claim a live worker's entries too (duplicates, never losses). Set here
+            // rather than left to the default (at least 1,024 items), which is sized for
+            // throughput, not for how much a crash may redeliver.
+            .capacity(4 * config.batch_size)
             .workers(1),
         [&config, &keys, &failed,
          connection = std::make_unique<redis::Connection>(config.host, config.port),
@@ -276,11 +279,9 @@ int run_worker(const Config& config) {
                 }
             }
         }
-        for (std::string& id : ids) {
-            // Blocks while the Batcher is full: the reader never runs ahead of the work by
-            // more than the Batcher's capacity.
-            batcher.post(std::move(id));
-        }
+        // One bulk hand-over per read (the ids are moved out): blocks while the Batcher is
+        // full, so the reader never runs ahead of the work by more than its capacity.
+        batcher.post_n(std::make_move_iterator(ids.begin()), ids.size());
     }
     batcher.close();  // processes and acknowledges every entry it accepted
     return failed.load() ? 1 : 0;
