@@ -258,10 +258,13 @@ def describe_source(source_dir):
 
 IMPLEMENTATIONS = [
     ("Microbatch_Post", "microbatch post (fire-and-forget)"),
+    ("Microbatch_Post_Cap4B", "microbatch post, capacity 4 B (old default)"),
+    ("Microbatch_PostN", "microbatch post_n (bulk runs)"),
     ("Microbatch_Post_Lanes", "microbatch post, lanes = P"),
     ("Microbatch_Callback", "microbatch submit + callback"),
     ("Microbatch_Handle", "microbatch submit -> Handle"),
     ("Moodycamel", "moodycamel hand-off (raw floor)"),
+    ("Moodycamel_Bulk", "moodycamel enqueue_bulk (bulk runs)"),
     ("MutexBatcher", "mutex + condvar batcher"),
     ("MutexPromise", "mutex batcher + promise/future"),
     ("PerItemDispatch", "per-item dispatch on ThreadPool"),
@@ -328,6 +331,10 @@ def throughput_section(results, data_dir):
     comparisons = [
         ("post / moodycamel", "Microbatch_Post", "Moodycamel"),
         ("post / mutex batcher", "Microbatch_Post", "MutexBatcher"),
+        ("post / post with capacity 4 B", "Microbatch_Post", "Microbatch_Post_Cap4B"),
+        ("post_n / moodycamel enqueue_bulk", "Microbatch_PostN", "Moodycamel_Bulk"),
+        ("post_n / post", "Microbatch_PostN", "Microbatch_Post"),
+        ("handle / mutex batcher", "Microbatch_Handle", "MutexBatcher"),
         ("post / per-item dispatch", "Microbatch_Post", "PerItemDispatch"),
         ("post lanes=P / moodycamel", "Microbatch_Post_Lanes", "Moodycamel"),
         ("post lanes=P / mutex batcher", "Microbatch_Post_Lanes", "MutexBatcher"),
@@ -368,7 +375,8 @@ def throughput_section(results, data_dir):
         ratios[("post / mutex, both cap 64B", 256, p, w)] = ratio(post64, mutex64)
     if rows:
         out.append("\n### Capacity sensitivity at B = 256\n")
-        out.append("The bounded batchers above get max(4 B, 1024) items of capacity; the "
+        out.append("The bounded batchers above get max(4 B, 1024) items of capacity (microbatch "
+                   "as its default, the mutex batchers as an option); the "
                    "moodycamel and per-item baselines are unbounded. The same runs with a "
                    "capacity of 64 B (16384 items) show how much of a gap is the bound (producers "
                    "blocking while the workers are descheduled) rather than the hand-off.\n")
@@ -376,7 +384,47 @@ def throughput_section(results, data_dir):
                           "mutex, cap 64B", "moodycamel (unbounded)", "post 64B / moodycamel",
                           "post / mutex, both 64B"], rows))
         out.append("")
+    out.append(issue13_goals(results, index))
     return "\n".join(out), ratios
+
+
+def issue13_goals(results, index):
+    """Issue 13's goals as same-run ratios at every (B, P, W), defaults as the headline."""
+    goals = [
+        ("post >= 1.5x mutex batcher (every B)", "Microbatch_Post", "MutexBatcher", 1.5,
+         BATCH_SIZES),
+        ("post >= 1.0x moodycamel hand-off (B >= 256)", "Microbatch_Post", "Moodycamel", 1.0,
+         [256, 4096]),
+        ("post_n >= 1.0x moodycamel enqueue_bulk", "Microbatch_PostN", "Moodycamel_Bulk", 1.0,
+         BATCH_SIZES),
+        ("handle >= 1.0x mutex batcher (no results)", "Microbatch_Handle", "MutexBatcher", 1.0,
+         BATCH_SIZES),
+        ("per-batch cost at B = 1 <= mutex batcher (post / mutex >= 1.0x)", "Microbatch_Post",
+         "MutexBatcher", 1.0, [1]),
+    ]
+    rows = []
+    for label, numerator, denominator, target, sizes in goals:
+        met, total, worst = 0, 0, None
+        cells = []
+        for b in sizes:
+            for p, w in THREADS:
+                value = ratio(throughput_value(results, index, numerator, b, p, w),
+                              throughput_value(results, index, denominator, b, p, w))
+                if value is None:
+                    continue
+                total += 1
+                met += 1 if value >= target else 0
+                worst = value if worst is None else min(worst, value)
+                if value < target:
+                    cells.append(f"B={b} P={p} W={w}: {value:.2f}x")
+        if total == 0:
+            continue
+        rows.append([label, f"{met} of {total}", fmt_ratio(worst),
+                     "; ".join(cells) if cells else "-"])
+    if not rows:
+        return ""
+    return ("\n### Issue 13 goals (default options; same run)\n\n"
+            + table(["goal", "met", "worst ratio", "misses"], rows) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
