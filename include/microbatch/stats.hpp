@@ -195,7 +195,8 @@ struct Stats {
      * completed. One sample per batch keeps clock reads off the per-item path.
      */
     LatencySummary item_latency;
-    /// Per completed batch, how long process_batch ran (Clock; ~0 for a batch of holes).
+    /// Per completed batch, how long process_batch ran (Clock; ~0 for a batch of holes; with
+    /// `Options::isolate_failures`, a failed batch's re-runs included).
     DurationSummary processing_time;
 
     std::uint64_t callback_exceptions = 0;  ///< Exceptions thrown by per-item callbacks.
