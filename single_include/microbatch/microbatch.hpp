@@ -5144,8 +5144,7 @@ struct CloseResult {
  * @tparam R     the per-item result type: `process_batch` returns `std::vector<R>` with one
  *               result per item, in item order. With `R = void` (the default) it returns
  *               nothing and items only report success or failure. Either way it may return
- *               `std::vector<Outcome<R>>` instead, one outcome per item (see
- * `outcome_result_type`).
+ *               one `Outcome<R>` per item instead (`outcome_result_type`).
  * @tparam Clock the clock `max_delay` is measured with (`SteadyClock`, or `ManualClock` in
  *               tests; see clock.hpp for the requirements).
  *
