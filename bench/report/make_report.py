@@ -6,7 +6,7 @@ gnuplot scripts next to this file. Python 3 standard library only.
     make_report.py --raw bench/results/raw --out bench/results [--gnuplot gnuplot]
                    [--compiler "GNU 12.2.0"] [--source-dir .]
 
---raw holds throughput.json, latency.json, cost_model.json, load.json (any may be missing:
+--raw holds throughput.json, latency.json, cost_model.json, load.json, isolation.json (any may be missing:
 its section says so) and run_info.json (start time, measured source state and total run time, written by
 --record-start / --record-run when the bench_report target runs). Plot data goes to
 <out>/data/, PNGs to <out>/.
@@ -923,6 +923,43 @@ def goals_section(ratios, latency, cost):
 # ---------------------------------------------------------------------------------------------
 
 
+def isolation_section(results):
+    """bench_isolation (issue 12): process_batch calls and items saved per batch of 256."""
+    if not results.present:
+        return "_bench_isolation results missing (isolation.json)._\n"
+    rows = []
+    goal = None
+    for run_name in results.runs():
+        implementation, parameters = parse_run_name(run_name)
+        if implementation != "Isolation" or run_name in results.errors:
+            continue
+        poison, depth = parameters.get("poison"), parameters.get("depth")
+        values = [results.value(run_name, field) for field in
+                  ("calls", "extra_calls", "succeeded", "failed", "bound")]
+        if None in values:
+            continue
+        calls, extra, succeeded, failed, bound = values
+        rows.append((poison, depth, [str(poison), "off" if depth == 0 else str(depth),
+                                     f"{calls:.0f}", f"{extra:.0f}", f"{succeeded:.0f}",
+                                     f"{failed:.0f}", f"{bound:.0f}"]))
+        if poison == 1 and depth == 64:
+            goal = succeeded
+    rows.sort(key=lambda row: (row[1] != 0 and row[1] != 64, row[0], row[1]))
+    text = []
+    if goal is not None:
+        text += [f"Goal (issue 12): a batch of 256 with 1 poison item: {goal:.0f} items succeed "
+                 f"(goal 255): {verdict(goal == 255)}.", ""]
+    for name, message in sorted(results.errors.items()):
+        text += [f"- `{name}`: error: {message}"]
+    text += [table(["poison items", "depth", "calls", "extra calls", "succeeded", "failed",
+                    "2 x poison x log2(256)"], [row[2] for row in rows],
+                   ["r", "r", "r", "r", "r", "r", "r"]), "",
+             "Counts per batch of 256 items, exact (batches run inline). Depth `off`: "
+             "isolation off (default); 64: down to single items; smaller depths stop "
+             "splitting earlier and fail the whole failing sub-batch."]
+    return "\n".join(text) + "\n"
+
+
 def run_gnuplot(gnuplot, script_dir, data_dir, out_dir):
     """Runs each gnuplot script whose data files exist; returns the scripts that succeeded."""
     drawn = []
@@ -996,6 +1033,7 @@ def main():
     latency = Results(os.path.join(args.raw, "latency.json"))
     cost_model = Results(os.path.join(args.raw, "cost_model.json"))
     load = Results(os.path.join(args.raw, "load.json"))
+    isolation = Results(os.path.join(args.raw, "isolation.json"))
 
     throughput_text, ratios = throughput_section(throughput, data_dir)
     latency_text, latency_found = latency_section(latency, data_dir)
@@ -1075,6 +1113,10 @@ def main():
         "### Streaming throughput: default formation vs the 357efd2 rule (bench_batcher)",
         "",
         formation_throughput_text,
+        "",
+        "## Poison-item isolation (bench_isolation, issue 12)",
+        "",
+        isolation_section(isolation),
     ]
     if args.notes and os.path.exists(args.notes):
         with open(args.notes, encoding="utf-8") as stream:

@@ -42,6 +42,11 @@
 
 namespace microbatch {
 
+namespace detail {
+template <class R>
+struct BatchOutcomes;  // detail/batcher_outcomes.hpp
+}  // namespace detail
+
 /**
  * @brief What `Batcher::close_for` reports.
  */
@@ -58,7 +63,8 @@ struct CloseResult {
  * @tparam T     the item type; may be move-only (e.g. `std::unique_ptr`).
  * @tparam R     the per-item result type: `process_batch` returns `std::vector<R>` with one
  *               result per item, in item order. With `R = void` (the default) it returns
- *               nothing and items only report success or failure.
+ *               nothing and items only report success or failure. Either way it may return
+ *               one `Outcome<R>` per item instead (`outcome_result_type`).
  * @tparam Clock the clock `max_delay` is measured with (`SteadyClock`, or `ManualClock` in
  *               tests; see clock.hpp for the requirements).
  *
@@ -121,7 +127,8 @@ struct CloseResult {
  * process_batch with only its items, so a `full` batch may hold fewer than max_batch_size; a
  * batch made only of holes never reaches process_batch, which then sees a gap in
  * `Batch::sequence()` numbers. All items of a failed batch share one exception object (see
- * README "Reliability" on ThreadSanitizer).
+ * README "Reliability" on ThreadSanitizer). Per item instead: return `outcome_result_type`, or
+ * let `Options::isolate_failures` re-run a failed batch in halves to fail only its poison items.
  *
  * **Shutdown.** `close()` stops accepting (later submits fail with `ClosedError`, and producers
  * blocked on a full batcher wake with it), dispatches the partial batch, and waits for every
@@ -176,6 +183,20 @@ public:
     template <class It>
     static constexpr bool is_item_iterator =
         std::is_constructible_v<T, decltype(*std::declval<It&>())>;
+    /**
+     * @brief The per-item form of process_batch's result: one `Outcome<R>` per item, in item
+     *        order, so that one item's failure reaches that item only (`Outcome<void>` for
+     *        `R = void`: success, or the item's exception).
+     *
+     * The form is chosen at compile time from what process_batch returns. A vector of the wrong
+     * length fails every item of the batch with `ResultCountError`, as in the plain form; so
+     * does, for that item only, an `Outcome<R>` holding neither a value nor an exception (a
+     * moved-from one). The batch counts as succeeded (not in `Stats::batches_failed`); its
+     * failed outcomes are in `Stats::items_failed` and `Stats::items_failed_individually`.
+     */
+    using outcome_result_type = std::vector<Outcome<R>>;
+    /// The stored batch function of the per-item form.
+    using outcome_function = detail::UniqueFunction<outcome_result_type(Batch<T>&)>;
 
     /**
      * @brief Creates the batcher and starts its timer thread (unless max_delay is
@@ -183,27 +204,15 @@ public:
      *
      * @param options  validated here: `std::invalid_argument` naming the option and its value.
      * @param process  `process_batch`, called as `process(batch)` with a `Batch<T>&`; returns
-     *                 `std::vector<R>` (one result per item) or, for `R = void`, nothing.
+     *                 `std::vector<R>` (one result per item) or, for `R = void`, nothing; or
+     *                 `outcome_result_type` (one `Outcome<R>` per item). Checked at compile time.
      * @param clock    the clock instance (a `ManualClock` handle in tests).
      * @throws std::invalid_argument on invalid options; `std::bad_alloc`, `std::system_error`.
      */
     template <class F, class = std::enable_if_t<!std::is_same_v<std::decay_t<F>, Batcher>>>
     Batcher(Options options, F&& process, Clock clock = Clock{})
         : options_(std::move(options)), clock_(std::move(clock)) {
-        static_assert(std::is_invocable_v<F&, Batch<T>&>,
-                      "microbatch::Batcher: process_batch must be callable with "
-                      "microbatch::Batch<T>&");
-        if constexpr (std::is_void_v<R>) {
-            static_assert(std::is_void_v<std::invoke_result_t<F&, Batch<T>&>>,
-                          "microbatch::Batcher<T, void>: process_batch must return void; use "
-                          "Batcher<T, R> for one result per item");
-        } else {
-            static_assert(
-                std::is_convertible_v<std::invoke_result_t<F&, Batch<T>&>, std::vector<R>>,
-                "microbatch::Batcher<T, R>: process_batch must return std::vector<R> with one "
-                "result per item");
-        }
-        process_ = process_function(std::forward<F>(process));
+        store_process(std::forward<F>(process));  // checks its signature at compile time
         initialise();
     }
 
@@ -696,6 +705,20 @@ private:
     void complete(detail::Completion<R>& completion, std::exception_ptr error,
                   batch_result_type_or_empty& results, std::size_t index) noexcept;
     static std::uint8_t wait_for_slot(std::atomic<std::uint8_t>& state) noexcept;
+
+    // ---- process_batch's forms, per-item outcomes, isolation: detail/batcher_outcomes.hpp --
+
+    template <class F>
+    void store_process(F&& process);
+    void call_process(Batch<T>& batch, std::exception_ptr& error,
+                      batch_result_type_or_empty& results,
+                      detail::BatchOutcomes<R>& outcomes) noexcept;
+    void call_part(Batch<T>& part, std::size_t level, detail::BatchOutcomes<R>& outcomes) noexcept;
+    void isolate(Batch<T>& part, std::size_t level, std::exception_ptr error,
+                 detail::BatchOutcomes<R>& outcomes) noexcept;
+    void record_outcomes(const detail::BatchOutcomes<R>& outcomes) noexcept;
+    void complete_outcomes(detail::Completion<R>* completions,
+                           detail::BatchOutcomes<R>& outcomes) noexcept;
     std::size_t compact(T* items, detail::Completion<R>* completions,
                         std::atomic<std::uint8_t>* states, std::size_t size,
                         std::size_t& failed) noexcept;
@@ -729,6 +752,7 @@ private:
     // ---- Members --------------------------------------------------------------------------
     Options options_;
     process_function process_;
+    outcome_function process_outcomes_;  // instead of process_ for the per-item form
     Clock clock_;
     std::uint32_t batch_size_ = 0;
     std::uint32_t lane_count_ = 1;
@@ -808,6 +832,7 @@ private:
 #include "microbatch/detail/batcher_bulk.hpp"
 #include "microbatch/detail/batcher_close.hpp"
 #include "microbatch/detail/batcher_control.hpp"
+#include "microbatch/detail/batcher_outcomes.hpp"
 #include "microbatch/detail/batcher_policy.hpp"
 #include "microbatch/detail/batcher_run.hpp"
 #include "microbatch/detail/batcher_seal.hpp"

@@ -54,7 +54,9 @@ private:
 
 /**
  * @brief Delivered to every item of a batch whose `process_batch` returned a result vector
- *        whose length differs from the batch size.
+ *        whose length differs from the batch size; in the per-item form
+ *        (`Batcher::outcome_result_type`), also to the one item whose `Outcome` holds neither a
+ *        value nor an exception.
  */
 class ResultCountError : public Error {
 public:

@@ -1200,6 +1200,9 @@ constexpr const char* to_string(DispatchReason reason) noexcept {
  * Items are contiguous and in the order the batcher accepted them. `process_batch` may read
  * them, modify them, or move from them (e.g. `std::move(batch[i])` for move-only types); the
  * batcher destroys them after `process_batch` returns. The view is valid only during that call.
+ * With `Options::isolate_failures`, the items of a call that throws are passed again (a re-run
+ * sees a sub-range of them, with the same `reason()` and `sequence()`): such a call must leave
+ * them unmoved.
  *
  * Thread safety: a plain view; the batch belongs to the one `process_batch` call it is given to.
  * @tparam T the item type.
@@ -1763,7 +1766,9 @@ private:
 
 /**
  * @brief Delivered to every item of a batch whose `process_batch` returned a result vector
- *        whose length differs from the batch size.
+ *        whose length differs from the batch size; in the per-item form
+ *        (`Batcher::outcome_result_type`), also to the one item whose `Outcome` holds neither a
+ *        value nor an exception.
  */
 class ResultCountError : public Error {
 public:
@@ -2567,7 +2572,8 @@ class UniqueFunction;
  *        too (e.g. a lambda capturing a `std::unique_ptr`).
  *
  * The callable lives on the heap (one allocation when constructed; moves just pass the
- * pointer). Calling an empty UniqueFunction is undefined: the Batcher never holds an empty one.
+ * pointer). Calling an empty UniqueFunction is undefined: the Batcher calls only the one of its
+ * two batch functions (plain or per-item form) that it stored.
  * Not thread-safe to move or destroy while called; concurrent calls are as safe as concurrent
  * calls of the callable itself (the batcher's workers call it concurrently).
  */
@@ -2687,6 +2693,8 @@ namespace microbatch {
  * | `lanes`          | 1       | independent fill lanes; producers spread over them           |
  * | `workers`        | 1       | threads of the batcher's own pool (ignored with `executor`)  |
  * | `executor`       | none    | run batches on this executor instead of an owned pool        |
+ * | `isolate_failures` | false | re-run a batch that threw in halves to isolate poison items   |
+ * | `isolation_depth` | 64     | most halvings per failed batch (64: down to single items)    |
  * | `max_in_flight`  | 0 = auto | batches running before partial batches are held back:      |
  * |                  |         | the owned pool's workers, or hardware threads (executor)     |
  * | `seal_early`     | true    | seal a partial batch before max_delay when waiting cannot pay |
@@ -2878,6 +2886,62 @@ public:
         return std::move(*this);
     }
 
+    /**
+     * @brief Whether a batch whose `process_batch` threw is re-run in halves to isolate the
+     *        items that make it fail (poison items); default false.
+     *
+     * Turning it on declares that `process_batch` is safe to call again on part of a batch it
+     * threw for: idempotent (or at least harmless to repeat) for the items it was given, and it
+     * must leave the items it was given valid and unmoved when it throws, because those same
+     * items are passed again. (A call that returns normally is never repeated, so it may still
+     * move from its items.) When a call throws, the batcher calls `process_batch` on the first
+     * half of the items (`size / 2`), then on the second half, on the same worker thread; each
+     * half that throws is split again, down to single items or `isolation_depth` splits. Only
+     * the items of a failing sub-batch that is not split further get an exception, the one its
+     * last call threw; every other item gets its result from the sub-batch call that succeeded.
+     * A re-run's `Batch` is a sub-range of the same items, with the same `reason()` and
+     * `sequence()`. Only exceptions trigger re-runs: a `ResultCountError` fails its (sub-)batch.
+     *
+     * Cost: for one poison item in a batch of n items, 2 x ceil(log2(n)) extra calls (16 for
+     * n = 256); at most about 2 x log2(n) per poison item with several. If every item fails
+     * (say the backend is down), a batch costs up to 2n - 2 extra calls, or 2^(d+1) - 2 with
+     * `isolation_depth` d: bound the depth when failures may be transient. `Stats` counts the
+     * re-runs (`isolation_runs`).
+     */
+    bool isolate_failures() const noexcept { return isolate_failures_; }
+    /// @brief Turns failure isolation on or off (see `isolate_failures()`).
+    Options& isolate_failures(bool value) & noexcept {
+        isolate_failures_ = value;
+        return *this;
+    }
+    /// @brief Rvalue overload, so that `auto o = Options{}.isolate_failures(...)` moves.
+    Options&& isolate_failures(bool value) && noexcept {
+        isolate_failures_ = value;
+        return std::move(*this);
+    }
+
+    /// Most splits `isolation_depth` accepts (and its default): deeper than any batch needs
+    /// (max_supported_batch_size reaches single items after 22), so "down to single items".
+    static constexpr std::size_t max_isolation_depth = 64;
+
+    /**
+     * @brief How many times `isolate_failures` may halve a failed batch along one path (default
+     *        `max_isolation_depth`: down to single items). With depth d, a failing sub-batch of
+     *        the d-th split is not split again: all its items get its exception. Ignored while
+     *        `isolate_failures` is off.
+     */
+    std::size_t isolation_depth() const noexcept { return isolation_depth_; }
+    /// @brief Sets the split depth; must be in [1, max_isolation_depth].
+    Options& isolation_depth(std::size_t value) & noexcept {
+        isolation_depth_ = value;
+        return *this;
+    }
+    /// @brief Rvalue overload, so that `auto o = Options{}.isolation_depth(...)` moves.
+    Options&& isolation_depth(std::size_t value) && noexcept {
+        isolation_depth_ = value;
+        return std::move(*this);
+    }
+
     /// The default capacity's floor per lane, in items (see `capacity`).
     static constexpr std::size_t default_capacity_floor = 1024;
 
@@ -2908,7 +2972,8 @@ public:
      *
      * Checks: max_batch_size in [1, max_supported_batch_size]; max_delay >= 0; capacity 0 or
      * >= max_batch_size; lanes in [1, max_supported_lanes]; at most max_supported_batch_buffers
-     * batch buffers over all lanes (see `capacity`); workers >= 1 when no executor is set.
+     * batch buffers over all lanes (see `capacity`); workers >= 1 when no executor is set;
+     * isolation_depth in [1, max_isolation_depth].
      */
     void validate() const {
         if (max_batch_size_ == 0 || max_batch_size_ > max_supported_batch_size) {
@@ -2943,6 +3008,10 @@ public:
         if (!executor_ && workers_ == 0) {
             fail("workers must be >= 1 when no executor is set (got 0)");
         }
+        if (isolation_depth_ == 0 || isolation_depth_ > max_isolation_depth) {
+            fail("isolation_depth must be in [1, " + std::to_string(max_isolation_depth) +
+                 "] (got " + std::to_string(isolation_depth_) + ")");
+        }
     }
 
 private:
@@ -2958,6 +3027,8 @@ private:
     std::size_t max_in_flight_ = 0;
     bool seal_early_ = true;
     Executor executor_;
+    bool isolate_failures_ = false;
+    std::size_t isolation_depth_ = max_isolation_depth;
 };
 
 }  // namespace microbatch
@@ -4137,8 +4208,9 @@ struct Stats {
     /// Submits whose item construction (or callback copy) threw; each left a hole in its batch.
     std::uint64_t items_rejected_error = 0;
     std::uint64_t items_processed = 0;  ///< Items of batches that succeeded.
-    /// Items of failed batches (see `batches_failed`), and items whose move constructor threw
-    /// while their batch was compacted.
+    /// Items of failed batches (see `batches_failed`) that isolation did not save, items with
+    /// a failed per-item `Outcome` (see `items_failed_individually`), and items whose move
+    /// constructor threw while their batch was compacted.
     std::uint64_t items_failed = 0;
 
     /// Batches dispatched because all their slots were claimed (holes included, so such a
@@ -4154,7 +4226,9 @@ struct Stats {
     /// Batches whose processing finished (including batches made only of holes).
     std::uint64_t batches_completed = 0;
     /// Completed batches whose process_batch threw or returned the wrong number of results
-    /// (`ResultCountError`).
+    /// (`ResultCountError`): the first call on the whole batch, whatever isolation re-runs
+    /// then saved (`batches_isolated`). A per-item result with failed outcomes is no failed
+    /// batch.
     std::uint64_t batches_failed = 0;
 
     /// Smallest completed batch holding items (0 before the first).
@@ -4179,10 +4253,29 @@ struct Stats {
      * completed. One sample per batch keeps clock reads off the per-item path.
      */
     LatencySummary item_latency;
-    /// Per completed batch, how long process_batch ran (Clock; ~0 for a batch of holes).
+    /// Per completed batch, how long process_batch ran (Clock; ~0 for a batch of holes; with
+    /// `Options::isolate_failures`, a failed batch's re-runs included).
     DurationSummary processing_time;
 
     std::uint64_t callback_exceptions = 0;  ///< Exceptions thrown by per-item callbacks.
+
+    // ---- Per-item outcomes and failure isolation (Options::isolate_failures) ----------------
+    /**
+     * Items that failed on their own while their batch's process_batch call did not fail for
+     * all of them: a failed `Outcome` in a per-item result vector, or (with
+     * `Options::isolate_failures`) the exception of a failing re-run. Part of `items_failed`;
+     * the rest of `items_failed` are items of failed batches that were not re-run and items
+     * whose move threw during compaction.
+     */
+    std::uint64_t items_failed_individually = 0;
+    /// Failed batches (counted in `batches_failed`: their first call threw) that were re-run in
+    /// halves to isolate the failing items.
+    std::uint64_t batches_isolated = 0;
+    /// Extra process_batch calls made by isolation, on sub-batches. Calls made in all: batches
+    /// holding items (the batch-size histogram's total) plus this.
+    std::uint64_t isolation_runs = 0;
+    /// Those of `isolation_runs` that threw or returned the wrong number of results.
+    std::uint64_t isolation_runs_failed = 0;
 
     /**
      * @brief (batch size, processing time) of every successful batch, as least-squares
@@ -4338,6 +4431,19 @@ public:
         batches_completed_.fetch_add(1, std::memory_order_relaxed);
     }
 
+    /// Per-item outcomes of a batch, before its completed(): @p individually failed items
+    /// (also passed to completed() as failed), whether it was @p isolated, and isolation's
+    /// @p runs and @p runs_failed.
+    void outcomes(std::size_t individually, bool isolated, std::size_t runs,
+                  std::size_t runs_failed) noexcept {
+        failed_individually_.fetch_add(individually, std::memory_order_relaxed);
+        if (isolated) {
+            batches_isolated_.fetch_add(1, std::memory_order_relaxed);
+        }
+        isolation_runs_.fetch_add(runs, std::memory_order_relaxed);
+        isolation_runs_failed_.fetch_add(runs_failed, std::memory_order_relaxed);
+    }
+
     /// One end-to-end latency sample (ns), see Stats::item_latency.
     void item_latency(std::int64_t nanoseconds) noexcept {
         if (nanoseconds < 0) {
@@ -4404,6 +4510,10 @@ public:
         stats.item_latency.total = std::chrono::nanoseconds(load(latency_total_));
         stats.item_latency.max = std::chrono::nanoseconds(load(latency_max_));
         stats.callback_exceptions = load(callback_exceptions_);
+        stats.items_failed_individually = load(failed_individually_);
+        stats.batches_isolated = load(batches_isolated_);
+        stats.isolation_runs = load(isolation_runs_);
+        stats.isolation_runs_failed = load(isolation_runs_failed_);
         std::lock_guard<std::mutex> lock(fit_mutex_);
         stats.batch_cost = batch_cost_;
     }
@@ -4435,6 +4545,11 @@ private:
     CostModelFitter batch_cost_;  // guarded by fit_mutex_
     std::atomic<double> fitted_per_batch_ns_{0.0};
     std::atomic<double> fitted_per_item_ns_{0.0};
+    // Per-item outcomes and isolation: written once per batch that has them, by its worker.
+    std::atomic<std::uint64_t> failed_individually_{0};
+    std::atomic<std::uint64_t> batches_isolated_{0};
+    std::atomic<std::uint64_t> isolation_runs_{0};
+    std::atomic<std::uint64_t> isolation_runs_failed_{0};
 };
 
 }  // namespace detail
@@ -5111,6 +5226,11 @@ private:
 
 namespace microbatch {
 
+namespace detail {
+template <class R>
+struct BatchOutcomes;  // detail/batcher_outcomes.hpp
+}  // namespace detail
+
 /**
  * @brief What `Batcher::close_for` reports.
  */
@@ -5127,7 +5247,8 @@ struct CloseResult {
  * @tparam T     the item type; may be move-only (e.g. `std::unique_ptr`).
  * @tparam R     the per-item result type: `process_batch` returns `std::vector<R>` with one
  *               result per item, in item order. With `R = void` (the default) it returns
- *               nothing and items only report success or failure.
+ *               nothing and items only report success or failure. Either way it may return
+ *               one `Outcome<R>` per item instead (`outcome_result_type`).
  * @tparam Clock the clock `max_delay` is measured with (`SteadyClock`, or `ManualClock` in
  *               tests; see clock.hpp for the requirements).
  *
@@ -5190,7 +5311,8 @@ struct CloseResult {
  * process_batch with only its items, so a `full` batch may hold fewer than max_batch_size; a
  * batch made only of holes never reaches process_batch, which then sees a gap in
  * `Batch::sequence()` numbers. All items of a failed batch share one exception object (see
- * README "Reliability" on ThreadSanitizer).
+ * README "Reliability" on ThreadSanitizer). Per item instead: return `outcome_result_type`, or
+ * let `Options::isolate_failures` re-run a failed batch in halves to fail only its poison items.
  *
  * **Shutdown.** `close()` stops accepting (later submits fail with `ClosedError`, and producers
  * blocked on a full batcher wake with it), dispatches the partial batch, and waits for every
@@ -5245,6 +5367,20 @@ public:
     template <class It>
     static constexpr bool is_item_iterator =
         std::is_constructible_v<T, decltype(*std::declval<It&>())>;
+    /**
+     * @brief The per-item form of process_batch's result: one `Outcome<R>` per item, in item
+     *        order, so that one item's failure reaches that item only (`Outcome<void>` for
+     *        `R = void`: success, or the item's exception).
+     *
+     * The form is chosen at compile time from what process_batch returns. A vector of the wrong
+     * length fails every item of the batch with `ResultCountError`, as in the plain form; so
+     * does, for that item only, an `Outcome<R>` holding neither a value nor an exception (a
+     * moved-from one). The batch counts as succeeded (not in `Stats::batches_failed`); its
+     * failed outcomes are in `Stats::items_failed` and `Stats::items_failed_individually`.
+     */
+    using outcome_result_type = std::vector<Outcome<R>>;
+    /// The stored batch function of the per-item form.
+    using outcome_function = detail::UniqueFunction<outcome_result_type(Batch<T>&)>;
 
     /**
      * @brief Creates the batcher and starts its timer thread (unless max_delay is
@@ -5252,27 +5388,15 @@ public:
      *
      * @param options  validated here: `std::invalid_argument` naming the option and its value.
      * @param process  `process_batch`, called as `process(batch)` with a `Batch<T>&`; returns
-     *                 `std::vector<R>` (one result per item) or, for `R = void`, nothing.
+     *                 `std::vector<R>` (one result per item) or, for `R = void`, nothing; or
+     *                 `outcome_result_type` (one `Outcome<R>` per item). Checked at compile time.
      * @param clock    the clock instance (a `ManualClock` handle in tests).
      * @throws std::invalid_argument on invalid options; `std::bad_alloc`, `std::system_error`.
      */
     template <class F, class = std::enable_if_t<!std::is_same_v<std::decay_t<F>, Batcher>>>
     Batcher(Options options, F&& process, Clock clock = Clock{})
         : options_(std::move(options)), clock_(std::move(clock)) {
-        static_assert(std::is_invocable_v<F&, Batch<T>&>,
-                      "microbatch::Batcher: process_batch must be callable with "
-                      "microbatch::Batch<T>&");
-        if constexpr (std::is_void_v<R>) {
-            static_assert(std::is_void_v<std::invoke_result_t<F&, Batch<T>&>>,
-                          "microbatch::Batcher<T, void>: process_batch must return void; use "
-                          "Batcher<T, R> for one result per item");
-        } else {
-            static_assert(
-                std::is_convertible_v<std::invoke_result_t<F&, Batch<T>&>, std::vector<R>>,
-                "microbatch::Batcher<T, R>: process_batch must return std::vector<R> with one "
-                "result per item");
-        }
-        process_ = process_function(std::forward<F>(process));
+        store_process(std::forward<F>(process));  // checks its signature at compile time
         initialise();
     }
 
@@ -5765,6 +5889,20 @@ private:
     void complete(detail::Completion<R>& completion, std::exception_ptr error,
                   batch_result_type_or_empty& results, std::size_t index) noexcept;
     static std::uint8_t wait_for_slot(std::atomic<std::uint8_t>& state) noexcept;
+
+    // ---- process_batch's forms, per-item outcomes, isolation: detail/batcher_outcomes.hpp --
+
+    template <class F>
+    void store_process(F&& process);
+    void call_process(Batch<T>& batch, std::exception_ptr& error,
+                      batch_result_type_or_empty& results,
+                      detail::BatchOutcomes<R>& outcomes) noexcept;
+    void call_part(Batch<T>& part, std::size_t level, detail::BatchOutcomes<R>& outcomes) noexcept;
+    void isolate(Batch<T>& part, std::size_t level, std::exception_ptr error,
+                 detail::BatchOutcomes<R>& outcomes) noexcept;
+    void record_outcomes(const detail::BatchOutcomes<R>& outcomes) noexcept;
+    void complete_outcomes(detail::Completion<R>* completions,
+                           detail::BatchOutcomes<R>& outcomes) noexcept;
     std::size_t compact(T* items, detail::Completion<R>* completions,
                         std::atomic<std::uint8_t>* states, std::size_t size,
                         std::size_t& failed) noexcept;
@@ -5798,6 +5936,7 @@ private:
     // ---- Members --------------------------------------------------------------------------
     Options options_;
     process_function process_;
+    outcome_function process_outcomes_;  // instead of process_ for the per-item form
     Clock clock_;
     std::uint32_t batch_size_ = 0;
     std::uint32_t lane_count_ = 1;
@@ -6365,6 +6504,277 @@ std::size_t Batcher<T, R, Clock>::max_in_flight() const noexcept {
 }  // namespace microbatch
 
 // ---- end microbatch/detail/batcher_control.hpp ----
+// ---- begin microbatch/detail/batcher_outcomes.hpp ----
+/**
+ * @file detail/batcher_outcomes.hpp
+ * @brief Batcher internals, step 3 continued: calling process_batch in its plain or per-item
+ *        form, and isolating poison items by re-running a failed batch in halves
+ *        (`Options::isolate_failures`).
+ *
+ * run_batch() calls call_process(). While every item of a batch shares one fate (the results
+ * of one successful call, or one exception), nothing here allocates and run_batch completes
+ * the items as before. When their fates differ (a per-item result vector, or a batch that
+ * isolation re-ran) call_process() leaves one Outcome per item in a BatchOutcomes, which
+ * complete_outcomes() hands out instead.
+ */
+
+#include <cstddef>
+#include <exception>
+#include <new>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace microbatch {
+namespace detail {
+
+/// One Outcome per item of a batch whose items' fates differ. Lives on the worker's stack for
+/// one batch; unused (`active` false, nothing allocated) on the common path.
+template <class R>
+struct BatchOutcomes {
+    std::vector<Outcome<R>> items;  // in item order once `active`
+    bool active = false;            // items holds one outcome per item of the batch
+    bool isolated = false;          // the first call threw and the batch was re-run in halves
+    std::size_t failed = 0;         // outcomes holding an exception (set by call_process)
+    std::size_t runs = 0;           // process_batch calls made by isolation
+    std::size_t runs_failed = 0;    // ...that threw or returned the wrong number of results
+
+    // The helpers below never throw: isolation reserves room for every item first, and an
+    // outcome whose value cannot be moved in becomes that exception, so the items stay
+    // aligned with their outcomes whatever happens.
+    void add_error(const std::exception_ptr& error, std::size_t count) noexcept {
+        for (std::size_t i = 0; i < count; ++i) {
+            items.emplace_back(error);
+        }
+    }
+    template <class Value>
+    void add(Value&& value) noexcept {
+        MICROBATCH_TRY {
+            items.emplace_back(std::forward<Value>(value));
+        }
+        MICROBATCH_CATCH_ALL {
+            items.emplace_back(std::current_exception());
+        }
+    }
+};
+
+inline std::exception_ptr result_count_error(std::size_t results, std::size_t items) {
+    return make_error_ptr(ResultCountError("microbatch::Batcher: process_batch returned " +
+                                           std::to_string(results) + " results for a batch of " +
+                                           std::to_string(items) + " items"));
+}
+
+}  // namespace detail
+
+// Chooses the form from what process_batch returns: the plain form when it converts to
+// batch_result_type (so a Batcher<T, Outcome<X>> returning std::vector<Outcome<X>> keeps
+// the plain form), else the per-item form.
+template <class T, class R, class Clock>
+template <class F>
+void Batcher<T, R, Clock>::store_process(F&& process) {
+    static_assert(std::is_invocable_v<F&, Batch<T>&>,
+                  "microbatch::Batcher: process_batch must be callable with "
+                  "microbatch::Batch<T>&");
+    if constexpr (std::is_invocable_v<F&, Batch<T>&>) {
+        using Result = std::invoke_result_t<F&, Batch<T>&>;
+        if constexpr (std::is_convertible_v<Result, batch_result_type>) {
+            process_ = process_function(std::forward<F>(process));
+        } else if constexpr (std::is_convertible_v<Result, outcome_result_type>) {
+            process_outcomes_ = outcome_function(std::forward<F>(process));
+        } else if constexpr (std::is_void_v<R>) {
+            static_assert(std::is_convertible_v<Result, outcome_result_type>,
+                          "microbatch::Batcher<T, void>: process_batch must return void, or "
+                          "std::vector<microbatch::Outcome<void>> with one outcome per item; "
+                          "use Batcher<T, R> for one result per item");
+        } else {
+            static_assert(std::is_convertible_v<Result, outcome_result_type>,
+                          "microbatch::Batcher<T, R>: process_batch must return std::vector<R> "
+                          "with one result per item, or std::vector<microbatch::Outcome<R>> "
+                          "with one outcome per item");
+        }
+    }
+}
+
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::call_process(Batch<T>& batch, std::exception_ptr& error,
+                                        batch_result_type_or_empty& results,
+                                        detail::BatchOutcomes<R>& outcomes) noexcept {
+    const std::size_t count = batch.size();
+    bool threw = false;
+    MICROBATCH_TRY {
+        if (process_outcomes_) {
+            outcomes.items = process_outcomes_(batch);
+            if (outcomes.items.size() == count) {
+                outcomes.active = true;
+            } else {
+                error = detail::result_count_error(outcomes.items.size(), count);
+                outcomes.items.clear();  // nothing was handed out yet: the batch fails as one
+            }
+        } else if constexpr (std::is_void_v<R>) {
+            process_(batch);
+        } else {
+            results = process_(batch);
+            if (results.size() != count) {
+                error = detail::result_count_error(results.size(), count);
+            }
+        }
+    }
+    MICROBATCH_CATCH_ALL {
+        error = std::current_exception();
+        threw = true;
+    }
+    // Isolation starts outside the handler, so that re-runs do not nest inside it. Only a
+    // thrown exception is retried: a wrong result count is a bug that halves would repeat.
+    if (threw && options_.isolate_failures() && count > 1) {
+        bool reserved = false;
+        MICROBATCH_TRY {
+            outcomes.items.reserve(count);
+            reserved = true;
+        }
+        MICROBATCH_CATCH_ALL {
+            // No room for per-item outcomes: the batch fails as a whole, as without isolation.
+        }
+        if (reserved) {
+            outcomes.active = true;
+            outcomes.isolated = true;
+            // Our reference to the first exception goes before any item is completed (see
+            // run_batch on exception_ptr references and ThreadSanitizer).
+            isolate(batch, 0, std::move(error), outcomes);
+            error = nullptr;
+        }
+    }
+    if (!outcomes.active) {
+        return;
+    }
+    for (std::size_t i = 0; i < count; ++i) {
+        Outcome<R>& outcome = outcomes.items[i];
+        if (outcome.has_value()) {
+            continue;
+        }
+        ++outcomes.failed;
+        if constexpr (!std::is_void_v<R>) {
+            if (!outcome.error()) {
+                // Neither a value nor an exception (a moved-from failed Outcome): reading it
+                // would be undefined, so the item fails with a clear error instead.
+                std::exception_ptr replacement;
+                MICROBATCH_TRY {
+                    replacement = detail::make_error_ptr(ResultCountError(
+                        "microbatch::Batcher: process_batch returned an Outcome holding neither "
+                        "a value nor an exception for item " +
+                        std::to_string(i) + " of a batch of " + std::to_string(count)));
+                }
+                MICROBATCH_CATCH_ALL {
+                    replacement = std::current_exception();  // std::bad_alloc
+                }
+                // Replaced in place: Outcome<R> need not be assignable.
+                outcome.~Outcome<R>();
+                ::new (static_cast<void*>(&outcome)) Outcome<R>(std::move(replacement));
+            }
+        }
+    }
+}
+
+// The call on @p part (after @p level splits of the batch) threw @p error: split it in two
+// halves and run each, or, at a single item or the depth cap, fail its items with @p error.
+// Appends one outcome per item of @p part, in order (left half first).
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::isolate(Batch<T>& part, std::size_t level, std::exception_ptr error,
+                                   detail::BatchOutcomes<R>& outcomes) noexcept {
+    if (part.size() == 1 || level >= options_.isolation_depth()) {
+        outcomes.add_error(error, part.size());
+        return;
+    }
+    error = nullptr;  // each half reports its own exception
+    const std::size_t half = part.size() / 2;
+    Batch<T> first(part.data(), half, part.reason(), part.sequence());
+    Batch<T> second(part.data() + half, part.size() - half, part.reason(), part.sequence());
+    call_part(first, level + 1, outcomes);
+    call_part(second, level + 1, outcomes);
+}
+
+// One re-run: calls process_batch on @p part and appends its items' outcomes, isolating
+// further if it throws. Recursion depth is at most log2(max_batch_size) + 1 (about 23).
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::call_part(Batch<T>& part, std::size_t level,
+                                     detail::BatchOutcomes<R>& outcomes) noexcept {
+    ++outcomes.runs;
+    std::exception_ptr error;
+    bool threw = false;
+    MICROBATCH_TRY {
+        if (process_outcomes_) {
+            outcome_result_type part_outcomes = process_outcomes_(part);
+            if (part_outcomes.size() == part.size()) {
+                for (Outcome<R>& outcome : part_outcomes) {
+                    outcomes.add(std::move(outcome));
+                }
+                return;
+            }
+            error = detail::result_count_error(part_outcomes.size(), part.size());
+        } else if constexpr (std::is_void_v<R>) {
+            process_(part);
+            outcomes.add_error(nullptr, part.size());  // Outcome<void>(null): success
+            return;
+        } else {
+            batch_result_type part_results = process_(part);
+            if (part_results.size() == part.size()) {
+                for (R& result : part_results) {
+                    outcomes.add(std::move(result));
+                }
+                return;
+            }
+            error = detail::result_count_error(part_results.size(), part.size());
+        }
+    }
+    MICROBATCH_CATCH_ALL {
+        error = std::current_exception();
+        threw = true;
+    }
+    ++outcomes.runs_failed;
+    if (threw) {
+        isolate(part, level, std::move(error), outcomes);
+    } else {
+        outcomes.add_error(error, part.size());  // a wrong result count is not split further
+    }
+}
+
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::record_outcomes(const detail::BatchOutcomes<R>& outcomes) noexcept {
+    if (outcomes.active) {
+        stats_.outcomes(outcomes.failed, outcomes.isolated, outcomes.runs, outcomes.runs_failed);
+    }
+}
+
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::complete_outcomes(detail::Completion<R>* completions,
+                                             detail::BatchOutcomes<R>& outcomes) noexcept {
+    std::vector<Outcome<R>>& items = outcomes.items;
+    // Items nobody waits for drop their reference to a shared exception first: this thread
+    // must not drop one after handing out the others (see run_batch: ThreadSanitizer cannot
+    // see libstdc++'s reference counts). Completed items hand theirs over by move.
+    for (std::size_t i = 0; i < items.size(); ++i) {
+        if (!completions[i].has_value() && items[i].error()) {
+            MICROBATCH_TRY {
+                const Outcome<R> dropped(std::move(items[i]));  // holds no value: cannot throw
+            }
+            MICROBATCH_CATCH_ALL {}
+        }
+    }
+    for (std::size_t i = 0; i < items.size(); ++i) {
+        if (completions[i].has_value()) {
+            MICROBATCH_TRY {
+                completions[i].complete(std::move(items[i]));
+            }
+            MICROBATCH_CATCH_ALL {
+                stats_.callback_exception();
+            }
+        }
+    }
+}
+
+}  // namespace microbatch
+
+// ---- end microbatch/detail/batcher_outcomes.hpp ----
 // ---- begin microbatch/detail/batcher_policy.hpp ----
 /**
  * @file batcher_policy.hpp
@@ -6574,8 +6984,9 @@ void Batcher<T, R, Clock>::seal_for_free_worker(std::int64_t now) {
  * @file batcher_run.hpp
  * @brief Batcher internals, step 3: running a batch on a worker and completing its items.
  *
- * run_batch() waits for late writers, compacts holes, calls process_batch, records stats, then
- * completes every item's handle or callback; finish_party() frees the buffer.
+ * run_batch() waits for late writers, compacts holes, calls process_batch (in one of its forms,
+ * isolating poison items if asked: detail/batcher_outcomes.hpp), records stats, then completes
+ * every item's handle or callback; finish_party() frees the buffer.
  */
 
 namespace microbatch {
@@ -6614,38 +7025,27 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
 
     std::exception_ptr error;
     [[maybe_unused]] batch_result_type_or_empty results{};
+    // One outcome per item when the items' fates differ (per-item form, isolation).
+    detail::BatchOutcomes<R> outcomes;
     const auto started = clock_.now();
     if (count != 0) {
         Batch<T> batch(items, count, buffer.reason, buffer.number);
-        MICROBATCH_TRY {
-            if constexpr (std::is_void_v<R>) {
-                process_(batch);
-            } else {
-                results = process_(batch);
-                if (results.size() != count) {
-                    error = detail::make_error_ptr(ResultCountError(
-                        "microbatch::Batcher: process_batch returned " +
-                        std::to_string(results.size()) + " results for a batch of " +
-                        std::to_string(count) + " items"));
-                }
-            }
-        }
-        MICROBATCH_CATCH_ALL {
-            error = std::current_exception();
-        }
+        call_process(batch, error, results, outcomes);  // detail/batcher_outcomes.hpp
     }
     const auto processed_at = clock_.now();
     const auto processing = to_nanoseconds((processed_at - started).count());
     const std::int64_t dispatch_wait =
         to_nanoseconds(started.time_since_epoch().count() - buffer.dispatched_at);
 
-    const bool batch_failed = static_cast<bool>(error);
+    // An isolated batch failed its first call, whatever the re-runs saved.
+    const bool batch_failed = static_cast<bool>(error) || outcomes.isolated;
     // Stats first: a producer that sees its item's result then also sees it counted.
     if (holes != 0) {
         stats_.holes(holes);
     }
     // Items that failed in compaction were counted (failed_early) before they completed.
-    const std::size_t failed = batch_failed ? count : 0;
+    const std::size_t failed = outcomes.active ? outcomes.failed : batch_failed ? count : 0;
+    record_outcomes(outcomes);
     stats_.completed(count - failed, failed, batch_failed, queue_delay, dispatch_wait, processing,
                      failed_in_compaction);
     // The population sample of seal_policy.hpp rule 5c, taken before this batch's items are
@@ -6654,7 +7054,9 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
     // Only here, not at seals: a seal sees the items in flight but not those waiting in other
     // lanes, and in a closed loop a batch sealed early would make the samples disagree.
     note_population(pending());
-    if (any_completion) {
+    if (any_completion && outcomes.active) {
+        complete_outcomes(completions, outcomes);
+    } else if (any_completion) {
         std::size_t last = count;
         for (std::size_t i = count; i-- > 0;) {
             if (completions[i].has_value()) {
