@@ -10,8 +10,10 @@
 //
 // Implementations (benchmark names are parsed by bench/report/make_report.py):
 //   Microbatch_Post        Batcher<Item>        post(item)            fire-and-forget
-//   Microbatch_Post_Lanes  the same with Options::lanes(P): one fill lane per producer, same
-//                          total capacity
+//   Microbatch_Post_Cap4B  the same with capacity 4 B (the default before issue 13)
+//   Microbatch_Post_357efd2  the same with batch formation as at 357efd2 (size and time only)
+//   Microbatch_PostN       Batcher<Item>        post_n(run of K)      bulk fire-and-forget
+//   Microbatch_Post_Lanes  the same as Post with Options::lanes(P): one fill lane per producer
 //   Microbatch_Callback    Batcher<Item, Item>  submit(item, cb)      cb merges its result
 //   Microbatch_Handle      Batcher<Item, Item>  submit(item) -> get() producer sums its results
 //   MutexBatcher           baselines/mutex_batcher.hpp (mutex + condvars + dispatcher thread)
@@ -19,21 +21,26 @@
 //   PerItemDispatch        baselines/per_item_dispatch.hpp on microbatch::ThreadPool (no B)
 //   Sequential             baselines/sequential.hpp: slices of B on the producer (P = 1, no W)
 //   Moodycamel             baselines/moodycamel_handoff.hpp: the raw lock-free hand-off floor
+//   Moodycamel_Bulk        the same with enqueue_bulk(run of K)
 // Handle/Callback and MutexPromise run the same process function (copy the batch out as the
 // results); Post and the other baselines run the same one (sum the batch).
 //
-// Arguments: B = max batch size, P = producer threads, W = worker threads. The batchers with a
-// bound (microbatch, MutexBatcher, MutexPromise) get the same capacity, max(4 B, 1024) items,
-// and the same max_delay (1 ms); Moodycamel and PerItemDispatch queues are unbounded. Two extra
-// runs at B = 256, Microbatch_Post_Cap64B and MutexBatcher_Cap64B, use a capacity of 64 B to
-// show how much of a gap to the unbounded queues is the capacity bound.
+// Arguments: B = max batch size, P = producer threads, W = worker threads. microbatch runs with
+// its DEFAULT options except B and W (issue 13: the headline is a user's first experience;
+// max_delay's default is 1 ms, the capacity's max(4 B, 1024)); rows that set more say so in
+// their name. The mutex baselines get capacity max(4 B, 1024) items and max_delay 1 ms;
+// Moodycamel and PerItemDispatch queues are unbounded. Two extra runs at B = 256,
+// Microbatch_Post_Cap64B and MutexBatcher_Cap64B, use a capacity of 64 B to show how much of a
+// gap to the unbounded queues is the capacity bound. Bulk rows hand over runs of K = --bulk
+// (default 256) items from a vector built before the clock starts.
 //
 // Defaults (any of them can be overridden on the command line, later flags win):
 //   --benchmark_min_time=0.05 --benchmark_repetitions=5 --benchmark_enable_random_interleaving
 //   --benchmark_display_aggregates_only
 // Extra flags: --items=N (items per iteration, default 131072; for the batchers at B = 1 a
 // quarter of it, since those run 10-100x slower and are only there to show why batching
-// matters); --capacity=N (items, for microbatch and the mutex baselines; default max(4 B, 1024)).
+// matters); --capacity=N (items, for microbatch and the mutex baselines; default: microbatch's
+// own, max(4 B, 1024) for the mutex baselines); --bulk=K (run length of the bulk rows, 256).
 //
 //   ./bench_batcher                                            # the whole matrix, < 3 min
 //   ./bench_batcher --benchmark_filter='/B:256/P:2/W:2$' --benchmark_min_time=0.2
@@ -76,7 +83,8 @@ using Item = std::uint64_t;
 using Clock = std::chrono::steady_clock;
 
 std::size_t base_items_per_run = std::size_t{1} << 17;  // --items=N
-std::size_t capacity_override = 0;                      // --capacity=N, 0: max(4 B, 1024)
+std::size_t capacity_override = 0;                      // --capacity=N, 0: see library_options
+std::size_t bulk_run = 256;                             // --bulk=K: run length of the bulk rows
 
 // ---- The shared sink every implementation sums into ----------------------------------------
 
@@ -121,6 +129,7 @@ struct Shape {
     std::size_t capacity_batches = 0;  // nonzero: capacity = this many batches (the *_Cap64B runs)
     std::size_t lanes = 1;             // microbatch only: Options::lanes
     bool size_time_rule = false;       // microbatch only: the 357efd2 rule (issue 10 baseline)
+    bool capacity_4b = false;          // microbatch only: capacity 4 B (the 357efd2 default)
 
     /// Capacity given to every bounded implementation (--capacity=N overrides, rounded up to
     /// a multiple of B).
@@ -216,13 +225,16 @@ void drive(benchmark::State& state, const Shape& shape, Run&& run) {
     state.counters["items"] = static_cast<double>(shape.items);
 }
 
+// The library gets its default options except B, W (and lanes where a row says so): the
+// headline is a user's first experience (issue 13). Rows that set a capacity say so.
 microbatch::Options library_options(const Shape& shape) {
     auto options = microbatch::Options{}
                        .max_batch_size(shape.batch_size)
-                       .max_delay(max_delay)
-                       .capacity(shape.capacity())
                        .lanes(shape.lanes)
                        .workers(shape.workers);
+    if (shape.capacity_batches != 0 || capacity_override != 0 || shape.capacity_4b) {
+        options.capacity(shape.capacity_4b ? 4 * shape.batch_size : shape.capacity());
+    }
     if (shape.size_time_rule) {
         // Batch formation as shipped at 357efd2: seal on full or max_delay whatever the workers
         // do, never early.
@@ -238,6 +250,18 @@ microbatch_bench::MutexBatcherOptions mutex_options(const Shape& shape) {
     options.capacity = shape.capacity();
     options.workers = shape.workers;
     return options;
+}
+
+/// Each producer's values as a vector (the bulk rows hand ranges of it over).
+std::vector<std::vector<Item>> producer_runs(const Shape& shape) {
+    std::vector<std::vector<Item>> runs(shape.producers);
+    for (std::size_t index = 0; index < shape.producers; ++index) {
+        const auto [first, last] = shape.share(index);
+        for (Item value = first; value != last; ++value) {
+            runs[index].push_back(value);
+        }
+    }
+    return runs;
 }
 
 // ---- microbatch -------------------------------------------------------------------------------
@@ -288,6 +312,38 @@ void BM_Microbatch_Post_Cap64B(benchmark::State& state) {
     Shape shape = shape_bpw(state);
     shape.capacity_batches = 64;
     run_microbatch_post(state, shape);
+}
+
+/// Post with the default capacity before issue 13 (4 B): why the default changed.
+void BM_Microbatch_Post_Cap4B(benchmark::State& state) {
+    Shape shape = shape_bpw(state);
+    shape.capacity_4b = true;
+    run_microbatch_post(state, shape);
+}
+
+/// Bulk fire-and-forget: each producer hands its items over in runs of --bulk=K (default 256)
+/// with post_n; compare with Moodycamel_Bulk (enqueue_bulk with the same runs).
+void BM_Microbatch_PostN(benchmark::State& state) {
+    const Shape shape = shape_bpw(state);
+    drive(state, shape, [&](Item& checksum) {
+        Sink sink;
+        microbatch::Batcher<Item> batcher(
+            library_options(shape),
+            [&sink](microbatch::Batch<Item>& batch) { sink.merge(sum_of(batch)); });
+        const auto runs = producer_runs(shape);  // built before the clock starts
+        const double seconds = timed_run(
+            shape.producers,
+            [&](std::size_t index) {
+                const std::vector<Item>& mine = runs[index];
+                for (std::size_t at = 0; at < mine.size(); at += bulk_run) {
+                    batcher.post_n(mine.begin() + static_cast<std::ptrdiff_t>(at),
+                                   std::min(bulk_run, mine.size() - at));
+                }
+            },
+            [&] { batcher.close(); });
+        checksum = sink.value();
+        return seconds;
+    });
 }
 
 /// Handle/Callback and MutexPromise share this process function: one result per item.
@@ -487,6 +543,33 @@ void BM_Moodycamel(benchmark::State& state) {
 }
 #endif
 
+#if MICROBATCH_HAVE_CONCURRENTQUEUE
+/// The moodycamel hand-off with producers enqueuing runs of --bulk=K items (enqueue_bulk).
+void BM_Moodycamel_Bulk(benchmark::State& state) {
+    const Shape shape = shape_bpw(state);
+    drive(state, shape, [&](Item& checksum) {
+        Sink sink;
+        microbatch_bench::MoodycamelHandoff<Item> handoff(
+            shape.batch_size, shape.workers,
+            [&sink](std::vector<Item>& batch) { sink.merge(sum_of(batch)); });
+        const auto runs = producer_runs(shape);
+        const double seconds = timed_run(
+            shape.producers,
+            [&](std::size_t index) {
+                auto producer = handoff.make_producer();
+                const std::vector<Item>& mine = runs[index];
+                for (std::size_t at = 0; at < mine.size(); at += bulk_run) {
+                    producer.submit_bulk(mine.begin() + static_cast<std::ptrdiff_t>(at),
+                                         std::min(bulk_run, mine.size() - at));
+                }
+            },
+            [&] { handoff.close(); });
+        checksum = sink.value();
+        return seconds;
+    });
+}
+#endif
+
 // ---- Registration -----------------------------------------------------------------------------
 
 const std::vector<std::int64_t> batch_sizes = {1, 16, 256, 4096};
@@ -509,6 +592,8 @@ void bw_two_producers(benchmark::internal::Benchmark* benchmark) {
 
 BENCHMARK(BM_Microbatch_Post)->Apply(bpw);
 BENCHMARK(BM_Microbatch_Post_357efd2)->Apply(bpw);
+BENCHMARK(BM_Microbatch_Post_Cap4B)->Apply(bpw);
+BENCHMARK(BM_Microbatch_PostN)->Apply(bpw);
 BENCHMARK(BM_Microbatch_Post_Lanes)->Apply(bw_two_producers);
 BENCHMARK(BM_Microbatch_Callback)->Apply(bpw);
 BENCHMARK(BM_Microbatch_Handle)->Apply(bpw);
@@ -516,6 +601,7 @@ BENCHMARK(BM_MutexBatcher)->Apply(bpw);
 BENCHMARK(BM_MutexPromise)->Apply(bpw);
 #if MICROBATCH_HAVE_CONCURRENTQUEUE
 BENCHMARK(BM_Moodycamel)->Apply(bpw);
+BENCHMARK(BM_Moodycamel_Bulk)->Apply(bpw);
 #endif
 // Capacity sensitivity, at B = 256 only (the goals' batch size).
 void cap64(benchmark::internal::Benchmark* benchmark) {
@@ -553,9 +639,17 @@ int main(int argc, char** argv) {
     for (int i = 1; i < argc; ++i) {
         constexpr const char* items_flag = "--items=";
         constexpr const char* capacity_flag = "--capacity=";
+        constexpr const char* bulk_flag = "--bulk=";
         if (std::strncmp(argv[i], capacity_flag, std::strlen(capacity_flag)) == 0) {
             capacity_override =
                 static_cast<std::size_t>(std::atoll(argv[i] + std::strlen(capacity_flag)));
+        } else if (std::strncmp(argv[i], bulk_flag, std::strlen(bulk_flag)) == 0) {
+            const long long value = std::atoll(argv[i] + std::strlen(bulk_flag));
+            if (value < 1) {
+                std::fprintf(stderr, "bench_batcher: --bulk must be >= 1\n");
+                return 1;
+            }
+            bulk_run = static_cast<std::size_t>(value);
         } else if (std::strncmp(argv[i], items_flag, std::strlen(items_flag)) == 0) {
             const long long value = std::atoll(argv[i] + std::strlen(items_flag));
             if (value < 8) {
@@ -577,11 +671,12 @@ int main(int argc, char** argv) {
     benchmark::AddCustomContext("items_per_run", std::to_string(base_items_per_run));
     benchmark::AddCustomContext(
         "capacity", capacity_override == 0
-                        ? std::string("max(4*B, 1024) for microbatch and mutex baselines")
+                        ? std::string("microbatch: its default; mutex baselines: max(4*B, 1024)")
                         : std::to_string(capacity_override) +
                               " (rounded up to a multiple of B) for microbatch and mutex "
                               "baselines");
-    benchmark::AddCustomContext("max_delay", "1 ms");
+    benchmark::AddCustomContext("max_delay", "1 ms (microbatch: its default, also 1 ms)");
+    benchmark::AddCustomContext("bulk_run", std::to_string(bulk_run));
     benchmark::RunSpecifiedBenchmarks();
     benchmark::Shutdown();
     return 0;

@@ -7,7 +7,7 @@
 //                         Batcher, its own timer thread); items go to batchers[key]->submit
 //
 // Both: B = 64, max_delay = 1 ms, max_in_flight 2, callbacks, the same total capacity: each
-// Batcher has its default 4 x B items, the KeyedBatcher 4 x B x K over all keys. Two producer
+// Batcher 4 x B items, the KeyedBatcher 4 x B x K over all keys. Two producer
 // threads submit --items (200,000) items in total, each to a uniformly random key. process_batch
 // busy-waits alpha + beta n on the steady clock, alpha = 5 us, beta = 0.1 us (a cheap call per
 // batch, like a small INSERT). The pool and the batchers are built before the clock starts; the
@@ -192,6 +192,7 @@ void BM_Separate(benchmark::State& state) {
                 microbatch::Options{}
                     .max_batch_size(batch_size)
                     .max_delay(max_delay)
+                    .capacity(4 * batch_size)
                     .executor(pool->executor())
                     .max_in_flight(2),
                 [&run](microbatch::Batch<std::uint32_t>& batch) {

@@ -6,6 +6,7 @@
 #   examples/http_service/    HTTP service (cpp-httplib + nlohmann json), load generator
 #   examples/sqlite_writer/   one SQLite transaction per microbatch
 #   examples/redis_pipeline/  one Redis pipeline per microbatch (hiredis)
+#   examples/redis_streams/   scale-out: worker processes share a Redis Stream consumer group
 #   examples/telemetry/       per-window statistics with the lock-free Aggregator
 #
 # Every example is built when its dependencies are found; otherwise configure prints one line
@@ -61,7 +62,7 @@ function(microbatch_add_example_tests target)
         TIMEOUT 90 LABELS example)
 endfunction()
 
-foreach(_example IN ITEMS http_service sqlite_writer redis_pipeline telemetry)
+foreach(_example IN ITEMS http_service sqlite_writer redis_pipeline redis_streams telemetry)
     add_subdirectory("${CMAKE_CURRENT_LIST_DIR}/${_example}"
                      "${CMAKE_CURRENT_BINARY_DIR}/${_example}")
 endforeach()

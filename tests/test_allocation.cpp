@@ -145,7 +145,11 @@ private:
     std::uint64_t process_start_;
 };
 
-enum class Path { post, try_submit, submit_for, callback, handle, handle_get };
+enum class Path { post, try_submit, submit_for, callback, handle, handle_get, post_n, callback_n };
+
+/// Items per call on the bulk paths (issue 13); not a divisor of the batch size, so runs
+/// straddle batches.
+constexpr int bulk_run = 10;
 
 /// Handles kept by the handle_get path before it waits for them: one batch in the tests below.
 constexpr std::size_t handle_window = 64;
@@ -164,6 +168,10 @@ const char* to_string(Path path) {
             return "handle submit, dropped at once";
         case Path::handle_get:
             return "handle submit, then get";
+        case Path::post_n:
+            return "post_n";
+        case Path::callback_n:
+            return "submit_n with a callback";
     }
     return "?";
 }
@@ -194,6 +202,23 @@ void submit_many(B& batcher, Path path, int count, std::atomic<int>& callbacks) 
         submit_and_get(batcher, count);
         return;
     }
+    if (path == Path::post_n || path == Path::callback_n) {
+        std::array<int, bulk_run> run{};  // on the stack: the test allocates nothing itself
+        for (int at = 0; at < count; at += bulk_run) {
+            const auto n = static_cast<std::size_t>(std::min(bulk_run, count - at));
+            for (std::size_t k = 0; k < n; ++k) {
+                run[k] = at + static_cast<int>(k);
+            }
+            if (path == Path::post_n) {
+                batcher.post_n(run.begin(), n);
+            } else {
+                batcher.submit_n(run.begin(), n, [&callbacks](std::size_t, Outcome<void>&&) {
+                    callbacks.fetch_add(1, std::memory_order_relaxed);
+                });
+            }
+        }
+        return;
+    }
     for (int i = 0; i < count; ++i) {
         switch (path) {
             case Path::post:
@@ -217,6 +242,8 @@ void submit_many(B& batcher, Path path, int count, std::atomic<int>& callbacks) 
                 (void)batcher.submit(i);  // the handle is dropped: the item is still processed
                 break;
             case Path::handle_get:
+            case Path::post_n:
+            case Path::callback_n:
                 break;  // handled above
         }
     }
@@ -233,8 +260,8 @@ TEST_CASE("Batcher submits without allocating when batches run on an inline exec
     // come back to its pool and are reused. The pool grows to the most blocks ever in use at
     // once, which depends on how batches line up with blocks; the warm-up is whole batches and
     // whole blocks, as the measured run, so that it meets the same peak.
-    const Path path = GENERATE(Path::post, Path::try_submit, Path::submit_for, Path::callback,
-                               Path::handle, Path::handle_get);
+    const Path path = GENERATE(Path::post, Path::post_n, Path::callback_n, Path::try_submit,
+                               Path::submit_for, Path::callback, Path::handle, Path::handle_get);
     INFO("path " << to_string(path));
     constexpr int items = 10'000;
     constexpr int warm_up = 1024;
@@ -263,7 +290,8 @@ TEST_CASE("Batcher submits without allocating when batches run on an inline exec
     CHECK(allocated == 0);
     batcher.close();
     CHECK(processed.load() == items + warm_up);
-    CHECK(callbacks.load() == (path == Path::callback ? items + warm_up : 0));
+    CHECK(callbacks.load() ==
+          (path == Path::callback || path == Path::callback_n ? items + warm_up : 0));
 }
 
 TEST_CASE("Batcher producers and workers allocate nothing per item with the owned pool",
@@ -278,8 +306,8 @@ TEST_CASE("Batcher producers and workers allocate nothing per item with the owne
     // reference depends on timing here (the worker's completion or the producer's handle), and
     // a block is reused by the thread that retires it last, so the producer allocates anything
     // from no block at all to one per states_per_block items; never more.
-    const Path path = GENERATE(Path::post, Path::try_submit, Path::submit_for, Path::callback,
-                               Path::handle, Path::handle_get);
+    const Path path = GENERATE(Path::post, Path::post_n, Path::callback_n, Path::try_submit,
+                               Path::submit_for, Path::callback, Path::handle, Path::handle_get);
     INFO("path " << to_string(path));
     using StatePool = microbatch::detail::HandleStatePool<void>;
     counting::tracked_size = sizeof(StatePool::Block);

@@ -28,7 +28,7 @@ TEST_CASE("Options have documented defaults", "[options]") {
     CHECK(options.max_batch_size() == 64);
     CHECK(options.max_delay() == 1ms);
     CHECK(options.capacity() == 0);
-    CHECK(options.effective_capacity() == 4 * 64);
+    CHECK(options.effective_capacity() == 1024);  // max(4 x 64, 1024): issue 13
     CHECK(options.workers() == 1);
     CHECK(options.lanes() == 1);
     CHECK_FALSE(options.executor());
@@ -47,9 +47,31 @@ TEST_CASE("Options setters chain and store values", "[options]") {
     CHECK(Options{}.lanes(3).lanes() == 3);
 }
 
-TEST_CASE("Options default capacity is four batches per lane", "[options]") {
-    CHECK(Options{}.max_batch_size(8).lanes(3).effective_capacity() == 4 * 8 * 3);
+// Issue 13: the default capacity is max(4 B, 1024) items per lane (it was 4 B, which made every
+// small batch wait for a hand-off), the floor lowered where the buffers would not fit.
+TEST_CASE("Options default capacity is max(4 batches, 1024 items) per lane", "[options][issue13]") {
+    CHECK(Options{}.max_batch_size(1).effective_capacity() == 1024);
+    CHECK(Options{}.max_batch_size(16).effective_capacity() == 1024);
+    CHECK(Options{}.max_batch_size(100).effective_capacity() == 1100);  // whole batches: 11
+    CHECK(Options{}.max_batch_size(256).effective_capacity() == 1024);
+    CHECK(Options{}.max_batch_size(257).effective_capacity() == 4 * 257);
+    CHECK(Options{}.max_batch_size(4096).effective_capacity() == 4 * 4096);
+    CHECK(Options{}.max_batch_size(8).lanes(3).effective_capacity() == 1024 * 3);
     CHECK(Options{}.max_batch_size(8).lanes(3).capacity(10).effective_capacity() == 10);
+    // 256 lanes of one-item batches: 1024 buffers per lane would exceed the 65,536 buffers;
+    // the floor drops to half a lane's share (128).
+    CHECK(Options{}.max_batch_size(1).lanes(256).effective_capacity() == 128 * 256);
+    CHECK(Options::default_lane_capacity(1, 256) == 128);
+    CHECK(Options::default_lane_capacity(1, 32) == 1024);
+    CHECK(Options::default_lane_capacity(1, 33) == 992);
+    // The defaults are valid for every batch size and lane count.
+    for (std::size_t lanes : {1, 2, 7, 64, 255, 256}) {
+        for (std::size_t b : {std::size_t{1}, std::size_t{3}, std::size_t{64}, std::size_t{1000},
+                              std::size_t{1} << 16, Options::max_supported_batch_size}) {
+            INFO("lanes " << lanes << ", max_batch_size " << b);
+            CHECK_NOTHROW(Options{}.max_batch_size(b).lanes(lanes).validate());
+        }
+    }
 }
 
 TEST_CASE("Options validation names the option and the value", "[options]") {

@@ -89,6 +89,15 @@ public:
             }
         }
 
+        /// @brief Enqueues the @p count items at @p first with one enqueue_bulk (may allocate).
+        /// @throws std::bad_alloc if the queue cannot allocate.
+        template <typename It>
+        void submit_bulk(It first, std::size_t count) {
+            if (!queue_->enqueue_bulk(token_, first, count)) {
+                throw std::bad_alloc();
+            }
+        }
+
     private:
         friend class MoodycamelHandoff;
         explicit Producer(Queue& queue) : queue_(&queue), token_(queue) {}

@@ -6,8 +6,8 @@ gnuplot scripts next to this file. Python 3 standard library only.
     make_report.py --raw bench/results/raw --out bench/results [--gnuplot gnuplot]
                    [--compiler "GNU 12.2.0"] [--source-dir .]
 
---raw holds throughput.json, latency.json, cost_model.json, load.json, keyed.json (any may be
-missing:
+--raw holds throughput.json, latency.json, cost_model.json, load.json, isolation.json,
+keyed.json (any may be missing:
 its section says so) and run_info.json (start time, measured source state and total run time, written by
 --record-start / --record-run when the bench_report target runs). Plot data goes to
 <out>/data/, PNGs to <out>/.
@@ -259,10 +259,13 @@ def describe_source(source_dir):
 
 IMPLEMENTATIONS = [
     ("Microbatch_Post", "microbatch post (fire-and-forget)"),
+    ("Microbatch_Post_Cap4B", "microbatch post, capacity 4 B (old default)"),
+    ("Microbatch_PostN", "microbatch post_n (bulk runs)"),
     ("Microbatch_Post_Lanes", "microbatch post, lanes = P"),
     ("Microbatch_Callback", "microbatch submit + callback"),
     ("Microbatch_Handle", "microbatch submit -> Handle"),
     ("Moodycamel", "moodycamel hand-off (raw floor)"),
+    ("Moodycamel_Bulk", "moodycamel enqueue_bulk (bulk runs)"),
     ("MutexBatcher", "mutex + condvar batcher"),
     ("MutexPromise", "mutex batcher + promise/future"),
     ("PerItemDispatch", "per-item dispatch on ThreadPool"),
@@ -329,6 +332,10 @@ def throughput_section(results, data_dir):
     comparisons = [
         ("post / moodycamel", "Microbatch_Post", "Moodycamel"),
         ("post / mutex batcher", "Microbatch_Post", "MutexBatcher"),
+        ("post / post with capacity 4 B", "Microbatch_Post", "Microbatch_Post_Cap4B"),
+        ("post_n / moodycamel enqueue_bulk", "Microbatch_PostN", "Moodycamel_Bulk"),
+        ("post_n / post", "Microbatch_PostN", "Microbatch_Post"),
+        ("handle / mutex batcher", "Microbatch_Handle", "MutexBatcher"),
         ("post / per-item dispatch", "Microbatch_Post", "PerItemDispatch"),
         ("post lanes=P / moodycamel", "Microbatch_Post_Lanes", "Moodycamel"),
         ("post lanes=P / mutex batcher", "Microbatch_Post_Lanes", "MutexBatcher"),
@@ -369,7 +376,8 @@ def throughput_section(results, data_dir):
         ratios[("post / mutex, both cap 64B", 256, p, w)] = ratio(post64, mutex64)
     if rows:
         out.append("\n### Capacity sensitivity at B = 256\n")
-        out.append("The bounded batchers above get max(4 B, 1024) items of capacity; the "
+        out.append("The bounded batchers above get max(4 B, 1024) items of capacity (microbatch "
+                   "as its default, the mutex batchers as an option); the "
                    "moodycamel and per-item baselines are unbounded. The same runs with a "
                    "capacity of 64 B (16384 items) show how much of a gap is the bound (producers "
                    "blocking while the workers are descheduled) rather than the hand-off.\n")
@@ -377,7 +385,47 @@ def throughput_section(results, data_dir):
                           "mutex, cap 64B", "moodycamel (unbounded)", "post 64B / moodycamel",
                           "post / mutex, both 64B"], rows))
         out.append("")
+    out.append(issue13_goals(results, index))
     return "\n".join(out), ratios
+
+
+def issue13_goals(results, index):
+    """Issue 13's goals as same-run ratios at every (B, P, W), defaults as the headline."""
+    goals = [
+        ("post >= 1.5x mutex batcher (every B)", "Microbatch_Post", "MutexBatcher", 1.5,
+         BATCH_SIZES),
+        ("post >= 1.0x moodycamel hand-off (B >= 256)", "Microbatch_Post", "Moodycamel", 1.0,
+         [256, 4096]),
+        ("post_n >= 1.0x moodycamel enqueue_bulk", "Microbatch_PostN", "Moodycamel_Bulk", 1.0,
+         BATCH_SIZES),
+        ("handle >= 1.0x mutex batcher (no results)", "Microbatch_Handle", "MutexBatcher", 1.0,
+         BATCH_SIZES),
+        ("per-batch cost at B = 1 <= mutex batcher (post / mutex >= 1.0x)", "Microbatch_Post",
+         "MutexBatcher", 1.0, [1]),
+    ]
+    rows = []
+    for label, numerator, denominator, target, sizes in goals:
+        met, total, worst = 0, 0, None
+        cells = []
+        for b in sizes:
+            for p, w in THREADS:
+                value = ratio(throughput_value(results, index, numerator, b, p, w),
+                              throughput_value(results, index, denominator, b, p, w))
+                if value is None:
+                    continue
+                total += 1
+                met += 1 if value >= target else 0
+                worst = value if worst is None else min(worst, value)
+                if value < target:
+                    cells.append(f"B={b} P={p} W={w}: {value:.2f}x")
+        if total == 0:
+            continue
+        rows.append([label, f"{met} of {total}", fmt_ratio(worst),
+                     "; ".join(cells) if cells else "-"])
+    if not rows:
+        return ""
+    return ("\n### Issue 13 goals (default options; same run)\n\n"
+            + table(["goal", "met", "worst ratio", "misses"], rows) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -929,6 +977,43 @@ def goals_section(ratios, latency, cost):
 # ---------------------------------------------------------------------------------------------
 
 
+def isolation_section(results):
+    """bench_isolation (issue 12): process_batch calls and items saved per batch of 256."""
+    if not results.present:
+        return "_bench_isolation results missing (isolation.json)._\n"
+    rows = []
+    goal = None
+    for run_name in results.runs():
+        implementation, parameters = parse_run_name(run_name)
+        if implementation != "Isolation" or run_name in results.errors:
+            continue
+        poison, depth = parameters.get("poison"), parameters.get("depth")
+        values = [results.value(run_name, field) for field in
+                  ("calls", "extra_calls", "succeeded", "failed", "bound")]
+        if None in values:
+            continue
+        calls, extra, succeeded, failed, bound = values
+        rows.append((poison, depth, [str(poison), "off" if depth == 0 else str(depth),
+                                     f"{calls:.0f}", f"{extra:.0f}", f"{succeeded:.0f}",
+                                     f"{failed:.0f}", f"{bound:.0f}"]))
+        if poison == 1 and depth == 64:
+            goal = succeeded
+    rows.sort(key=lambda row: (row[1] != 0 and row[1] != 64, row[0], row[1]))
+    text = []
+    if goal is not None:
+        text += [f"Goal (issue 12): a batch of 256 with 1 poison item: {goal:.0f} items succeed "
+                 f"(goal 255): {verdict(goal == 255)}.", ""]
+    for name, message in sorted(results.errors.items()):
+        text += [f"- `{name}`: error: {message}"]
+    text += [table(["poison items", "depth", "calls", "extra calls", "succeeded", "failed",
+                    "2 x poison x log2(256)"], [row[2] for row in rows],
+                   ["r", "r", "r", "r", "r", "r", "r"]), "",
+             "Counts per batch of 256 items, exact (batches run inline). Depth `off`: "
+             "isolation off (default); 64: down to single items; smaller depths stop "
+             "splitting earlier and fail the whole failing sub-batch."]
+    return "\n".join(text) + "\n"
+
+
 def run_gnuplot(gnuplot, script_dir, data_dir, out_dir):
     """Runs each gnuplot script whose data files exist; returns the scripts that succeeded."""
     drawn = []
@@ -1002,6 +1087,7 @@ def main():
     latency = Results(os.path.join(args.raw, "latency.json"))
     cost_model = Results(os.path.join(args.raw, "cost_model.json"))
     load = Results(os.path.join(args.raw, "load.json"))
+    isolation = Results(os.path.join(args.raw, "isolation.json"))
     keyed = Results(os.path.join(args.raw, "keyed.json"))
 
     throughput_text, ratios = throughput_section(throughput, data_dir)
@@ -1086,6 +1172,10 @@ def main():
         "### Streaming throughput: default formation vs the 357efd2 rule (bench_batcher)",
         "",
         formation_throughput_text,
+        "",
+        "## Poison-item isolation (bench_isolation, issue 12)",
+        "",
+        isolation_section(isolation),
         "",
         "## Keyed batching (bench_keyed, issue 12)",
         "",

@@ -23,12 +23,15 @@ set style line 6 lw 1.5 pt 6 ps 1.0 lc rgb '#2ca02c' dt 2
 set style line 7 lw 1.5 pt 8 ps 1.0 lc rgb '#9467bd' dt 2
 set style line 8 lw 1.5 pt 1 ps 1.0 lc rgb '#7f7f7f' dt 3
 set style line 9 lw 1.5 pt 2 ps 1.0 lc rgb '#8c564b' dt 4
+set style line 10 lw 1.5 pt 3 ps 1.0 lc rgb '#17becf' dt 2
+set style line 11 lw 1.5 pt 10 ps 1.0 lc rgb '#393b79' dt 4
+set style line 12 lw 1.5 pt 12 ps 1.0 lc rgb '#637939' dt 3
 
 set multiplot layout 2,2 title "microbatch throughput vs B, trivial per-batch work (shared, noisy 2-core machine)" font ',13'
 do for [pw in "P1_W1 P1_W2 P2_W1 P2_W2"] {
     p = substr(pw, 2, 2)
     w = substr(pw, 5, 5)
     set title sprintf('P = %s producer(s), W = %s worker(s)', p, w)
-    plot for [i=2:10] data.'/throughput_'.pw.'.dat' using 1:i with linespoints ls (i-1) title columnhead(i)
+    plot for [i=2:13] data.'/throughput_'.pw.'.dat' using 1:i with linespoints ls (i-1) title columnhead(i)
 }
 unset multiplot

@@ -1,7 +1,7 @@
 // http_service: an HTTP service whose endpoints are served through microbatch batchers.
 //
-// Every request's items are submitted one by one to a microbatch::Batcher and the handler waits
-// on their handles, so concurrent requests share batches:
+// Every request's items are submitted together (submit_n) to a microbatch::Batcher and the handler
+// waits on their handles, so concurrent requests share batches:
 //
 //   POST /v1/double   a number or a JSON array of numbers -> {"result": 2x or [2x, ...]}
 //   POST /v1/model    the same input -> {"result": model(x) or [...]}: a simulated model call
@@ -598,9 +598,10 @@ private:
         std::vector<microbatch::Handle<double>> handles;
         handles.reserve(items.size());
         try {
-            for (const double item : items) {
-                handles.push_back(batcher.submit(item));  // blocks while the batcher is full
-            }
+            // One bulk submission for the request's items: they claim their slots together
+            // (as few batches as possible) instead of queueing item by item behind other
+            // requests' items when the batcher is full. Blocks while it is full.
+            batcher.submit_n(items.begin(), items.size(), std::back_inserter(handles));
             Json results = Json::array();
             for (microbatch::Handle<double>& handle : handles) {
                 results.push_back(handle.get());

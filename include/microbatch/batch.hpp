@@ -54,6 +54,9 @@ constexpr const char* to_string(DispatchReason reason) noexcept {
  * Items are contiguous and in the order the batcher accepted them. `process_batch` may read
  * them, modify them, or move from them (e.g. `std::move(batch[i])` for move-only types); the
  * batcher destroys them after `process_batch` returns. The view is valid only during that call.
+ * With `Options::isolate_failures`, the items of a call that throws are passed again (a re-run
+ * sees a sub-range of them, with the same `reason()` and `sequence()`): such a call must leave
+ * them unmoved.
  *
  * Thread safety: a plain view; the batch belongs to the one `process_batch` call it is given to.
  * @tparam T the item type.

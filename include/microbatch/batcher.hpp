@@ -42,6 +42,11 @@
 
 namespace microbatch {
 
+namespace detail {
+template <class R>
+struct BatchOutcomes;  // detail/batcher_outcomes.hpp
+}  // namespace detail
+
 /**
  * @brief What `Batcher::close_for` reports.
  */
@@ -58,7 +63,8 @@ struct CloseResult {
  * @tparam T     the item type; may be move-only (e.g. `std::unique_ptr`).
  * @tparam R     the per-item result type: `process_batch` returns `std::vector<R>` with one
  *               result per item, in item order. With `R = void` (the default) it returns
- *               nothing and items only report success or failure.
+ *               nothing and items only report success or failure. Either way it may return
+ *               one `Outcome<R>` per item instead (`outcome_result_type`).
  * @tparam Clock the clock `max_delay` is measured with (`SteadyClock`, or `ManualClock` in
  *               tests; see clock.hpp for the requirements).
  *
@@ -121,7 +127,8 @@ struct CloseResult {
  * process_batch with only its items, so a `full` batch may hold fewer than max_batch_size; a
  * batch made only of holes never reaches process_batch, which then sees a gap in
  * `Batch::sequence()` numbers. All items of a failed batch share one exception object (see
- * README "Reliability" on ThreadSanitizer).
+ * README "Reliability" on ThreadSanitizer). Per item instead: return `outcome_result_type`, or
+ * let `Options::isolate_failures` re-run a failed batch in halves to fail only its poison items.
  *
  * **Shutdown.** `close()` stops accepting (later submits fail with `ClosedError`, and producers
  * blocked on a full batcher wake with it), dispatches the partial batch, and waits for every
@@ -171,6 +178,25 @@ public:
     /// The stored batch function. Move-only, so process_batch may be too (e.g. a lambda that
     /// owns a `std::unique_ptr<Connection>`).
     using process_function = detail::UniqueFunction<batch_result_type(Batch<T>&)>;
+    /// True if `T` can be constructed from `*it` for an iterator `it` of type @p It (the bulk
+    /// submissions' requirement on their item range).
+    template <class It>
+    static constexpr bool is_item_iterator =
+        std::is_constructible_v<T, decltype(*std::declval<It&>())>;
+    /**
+     * @brief The per-item form of process_batch's result: one `Outcome<R>` per item, in item
+     *        order, so that one item's failure reaches that item only (`Outcome<void>` for
+     *        `R = void`: success, or the item's exception).
+     *
+     * The form is chosen at compile time from what process_batch returns. A vector of the wrong
+     * length fails every item of the batch with `ResultCountError`, as in the plain form; so
+     * does, for that item only, an `Outcome<R>` holding neither a value nor an exception (a
+     * moved-from one). The batch counts as succeeded (not in `Stats::batches_failed`); its
+     * failed outcomes are in `Stats::items_failed` and `Stats::items_failed_individually`.
+     */
+    using outcome_result_type = std::vector<Outcome<R>>;
+    /// The stored batch function of the per-item form.
+    using outcome_function = detail::UniqueFunction<outcome_result_type(Batch<T>&)>;
 
     /**
      * @brief Creates the batcher and starts its timer thread (unless max_delay is
@@ -178,27 +204,15 @@ public:
      *
      * @param options  validated here: `std::invalid_argument` naming the option and its value.
      * @param process  `process_batch`, called as `process(batch)` with a `Batch<T>&`; returns
-     *                 `std::vector<R>` (one result per item) or, for `R = void`, nothing.
+     *                 `std::vector<R>` (one result per item) or, for `R = void`, nothing; or
+     *                 `outcome_result_type` (one `Outcome<R>` per item). Checked at compile time.
      * @param clock    the clock instance (a `ManualClock` handle in tests).
      * @throws std::invalid_argument on invalid options; `std::bad_alloc`, `std::system_error`.
      */
     template <class F, class = std::enable_if_t<!std::is_same_v<std::decay_t<F>, Batcher>>>
     Batcher(Options options, F&& process, Clock clock = Clock{})
         : options_(std::move(options)), clock_(std::move(clock)) {
-        static_assert(std::is_invocable_v<F&, Batch<T>&>,
-                      "microbatch::Batcher: process_batch must be callable with "
-                      "microbatch::Batch<T>&");
-        if constexpr (std::is_void_v<R>) {
-            static_assert(std::is_void_v<std::invoke_result_t<F&, Batch<T>&>>,
-                          "microbatch::Batcher<T, void>: process_batch must return void; use "
-                          "Batcher<T, R> for one result per item");
-        } else {
-            static_assert(
-                std::is_convertible_v<std::invoke_result_t<F&, Batch<T>&>, std::vector<R>>,
-                "microbatch::Batcher<T, R>: process_batch must return std::vector<R> with one "
-                "result per item");
-        }
-        process_ = process_function(std::forward<F>(process));
+        store_process(std::forward<F>(process));  // checks its signature at compile time
         initialise();
     }
 
@@ -338,6 +352,92 @@ public:
         result.status = submit_with_handle(std::forward<U>(item), wait_until_deadline,
                                            deadline_after(timeout), result.handle);
         return result;
+    }
+
+    // ---- Bulk submission (bodies: detail/batcher_bulk.hpp) -----------------------------------
+    //
+    // The `_n` forms submit the n items *first, *(first + 1), ... in order, as n single
+    // submissions would, but claim each batch's slots with one atomic operation (at most
+    // `max_bulk_claim` slots per claim), so a producer pays the shared-counter cost once per
+    // run of items rather than once per item. Items are constructed from `*it` (pass a
+    // `std::move_iterator` to move them); the iterator is advanced once per accepted item and
+    // never dereferenced beyond the accepted prefix. The items may span several batches; items
+    // of other threads may fall between two of those batches, never inside this call's run of
+    // slots in one batch. Per-producer order and exactly-once hold as for single submissions.
+    // Acceptance is by prefix: the first `accepted` items were accepted, the rest untouched.
+    // If constructing an item (or copying the callback) throws, the items before it were
+    // accepted, it and the rest were not, and the exception propagates.
+
+    /// Most slots one bulk claim takes (a larger run takes several claims). Bounds the stray
+    /// increments a claim racing a seal can leave on the head word.
+    static constexpr std::size_t max_bulk_claim = 256;
+
+    /**
+     * @brief Bulk fire-and-forget: submits the @p n items at @p first, blocking while the
+     *        batcher is full, until every item is accepted. Allocates nothing.
+     * @throws BulkClosedError (a ClosedError) if the batcher is closed before every item was
+     *         accepted: its `accepted()` items were accepted and are processed, the rest were
+     *         left untouched; ReentrancyError as `submit(item)`; whatever constructing `T` from
+     *         `*first` throws (see above).
+     */
+    template <class InputIt, class = std::enable_if_t<is_item_iterator<InputIt>>>
+    void post_n(InputIt first, std::size_t n) {
+        throw_if_bulk_rejected(submit_bulk(first, n, wait_forever, {}, BulkPostStore{}), n);
+    }
+
+    /// @brief Bulk fire-and-forget without blocking: accepts the longest prefix of the @p n
+    ///        items that fits now (see BulkResult). Never throws `ClosedError`.
+    /// @throws whatever constructing `T` from `*first` throws.
+    template <class InputIt, class = std::enable_if_t<is_item_iterator<InputIt>>>
+    [[nodiscard]] BulkResult try_post_n(InputIt first, std::size_t n) {
+        return submit_bulk(first, n, wait_never, {}, BulkPostStore{});
+    }
+
+    /// @brief Bulk fire-and-forget, waiting at most @p timeout in all for space: the status and
+    ///        the number of items accepted (a prefix).
+    /// @throws ReentrancyError as `submit_for`; whatever constructing `T` throws.
+    template <class InputIt, class Rep, class Period,
+              class = std::enable_if_t<is_item_iterator<InputIt>>>
+    [[nodiscard]] BulkResult post_n_for(InputIt first, std::size_t n,
+                                        const std::chrono::duration<Rep, Period>& timeout) {
+        return submit_bulk(first, n, wait_until_deadline, deadline_after(timeout), BulkPostStore{});
+    }
+
+    /**
+     * @brief Bulk submission with per-item results, blocking until every item is accepted.
+     *
+     * @p sink is either
+     * - a callable `void(std::size_t index, Outcome<R>&&)`: copied into each item's slot and
+     *   invoked on a worker with the item's index in the range (0 for `*first`) and its
+     *   outcome; the copy plus an index must fit the 48-byte inline callback storage and be
+     *   nothrow move constructible; allocates nothing; or
+     * - an output iterator of `Handle<R>`: receives each accepted item's handle, in order
+     *   (one pooled handle state per item, as `submit(item)`).
+     * @return the output iterator past the last handle written (for a callable sink, the sink).
+     * @throws as `post_n`.
+     */
+    template <class InputIt, class Sink, class = std::enable_if_t<is_item_iterator<InputIt>>>
+    Sink submit_n(InputIt first, std::size_t n, Sink sink) {
+        auto store = bulk_store(sink);
+        throw_if_bulk_rejected(submit_bulk(first, n, wait_forever, {}, store), n);
+        return store.release();
+    }
+
+    /// @brief As `submit_n`, without blocking: the longest prefix that fits now is accepted;
+    ///        @p sink receives the handles (or callbacks) of exactly those items.
+    template <class InputIt, class Sink, class = std::enable_if_t<is_item_iterator<InputIt>>>
+    [[nodiscard]] BulkResult try_submit_n(InputIt first, std::size_t n, Sink sink) {
+        auto store = bulk_store(sink);
+        return submit_bulk(first, n, wait_never, {}, store);
+    }
+
+    /// @brief As `submit_n`, waiting at most @p timeout in all for space.
+    template <class InputIt, class Sink, class Rep, class Period,
+              class = std::enable_if_t<is_item_iterator<InputIt>>>
+    [[nodiscard]] BulkResult submit_n_for(InputIt first, std::size_t n, Sink sink,
+                                          const std::chrono::duration<Rep, Period>& timeout) {
+        auto store = bulk_store(sink);
+        return submit_bulk(first, n, wait_until_deadline, deadline_after(timeout), store);
     }
 
     /**
@@ -550,13 +650,32 @@ private:
         return lane_count_ == 1 ? lanes_[0] : lanes_[detail::producer_number() % lane_count_];
     }
 
+    // ---- Bulk submission: detail/batcher_bulk.hpp ------------------------------------------
+    struct BulkPostStore;
+    template <class F>
+    class BulkCallbackStore;
+    template <class OutputIt>
+    class BulkHandleStore;
+    template <class Sink>
+    auto bulk_store(Sink& sink);
+    void throw_if_bulk_rejected(const BulkResult& result, std::size_t n) const;
+    template <class InputIt, class Store>
+    BulkResult submit_bulk(InputIt& first, std::size_t n, WaitMode mode, Deadline deadline,
+                           Store&& store);
+    template <class InputIt, class Store>
+    std::uint32_t fill_run(Lane& lane, std::uint64_t head, std::uint32_t index, std::uint32_t count,
+                           InputIt& first, std::size_t done, Store& store);
+    void after_fill(Lane& lane, std::uint64_t head, std::uint32_t buffer, std::uint32_t start,
+                    std::uint32_t end, std::int64_t opened_now);
+
     template <class U, class Store>
     SubmitStatus submit_impl(U&& item, WaitMode mode, Deadline deadline, Store&& store);
     template <class U, class Store>
     SubmitStatus fill_slot(Lane& lane, std::uint64_t head, std::uint32_t index, U&& item,
                            Store& store);
-    void note_batch_opened(Buffer& buffer, bool needs_timer);
-    SubmitStatus wait_for_space(Lane& lane, WaitMode mode, Deadline deadline);
+    std::int64_t note_batch_opened(Buffer& buffer, bool needs_timer);
+    SubmitStatus wait_for_space(Lane& lane, WaitMode mode, Deadline deadline,
+                                std::size_t items = 1);
     SubmitStatus wait_for_space_registered(Lane& lane, WaitMode mode, Deadline deadline);
 
     // ---- Sealing, dispatch, buffer ring: detail/batcher_seal.hpp ---------------------------
@@ -565,8 +684,9 @@ private:
                       bool at_arrival = false);
     // at_arrival: the sealer is the producer whose item just joined the batch, so the seal time
     // is the last arrival's (a burst-gap sample, see note_sealed).
+    // @p now: the caller's fresh clock reading, or unset_time to read the clock.
     void seal_and_dispatch(std::uint32_t buffer, std::uint32_t size, DispatchReason reason,
-                           bool at_arrival = false);
+                           bool at_arrival = false, std::int64_t now = unset_time);
     void post_batch(std::uint32_t buffer);
     void arrive(std::uint32_t index);
     void open_buffer(std::uint32_t index);
@@ -585,6 +705,20 @@ private:
     void complete(detail::Completion<R>& completion, std::exception_ptr error,
                   batch_result_type_or_empty& results, std::size_t index) noexcept;
     static std::uint8_t wait_for_slot(std::atomic<std::uint8_t>& state) noexcept;
+
+    // ---- process_batch's forms, per-item outcomes, isolation: detail/batcher_outcomes.hpp --
+
+    template <class F>
+    void store_process(F&& process);
+    void call_process(Batch<T>& batch, std::exception_ptr& error,
+                      batch_result_type_or_empty& results,
+                      detail::BatchOutcomes<R>& outcomes) noexcept;
+    void call_part(Batch<T>& part, std::size_t level, detail::BatchOutcomes<R>& outcomes) noexcept;
+    void isolate(Batch<T>& part, std::size_t level, std::exception_ptr error,
+                 detail::BatchOutcomes<R>& outcomes) noexcept;
+    void record_outcomes(const detail::BatchOutcomes<R>& outcomes) noexcept;
+    void complete_outcomes(detail::Completion<R>* completions,
+                           detail::BatchOutcomes<R>& outcomes) noexcept;
     std::size_t compact(T* items, detail::Completion<R>* completions,
                         std::atomic<std::uint8_t>* states, std::size_t size,
                         std::size_t& failed) noexcept;
@@ -618,6 +752,7 @@ private:
     // ---- Members --------------------------------------------------------------------------
     Options options_;
     process_function process_;
+    outcome_function process_outcomes_;  // instead of process_ for the per-item form
     Clock clock_;
     std::uint32_t batch_size_ = 0;
     std::uint32_t lane_count_ = 1;
@@ -694,8 +829,10 @@ private:
 }  // namespace microbatch
 
 // The member functions, one file per step of an item's path (see each file's header comment).
+#include "microbatch/detail/batcher_bulk.hpp"
 #include "microbatch/detail/batcher_close.hpp"
 #include "microbatch/detail/batcher_control.hpp"
+#include "microbatch/detail/batcher_outcomes.hpp"
 #include "microbatch/detail/batcher_policy.hpp"
 #include "microbatch/detail/batcher_run.hpp"
 #include "microbatch/detail/batcher_seal.hpp"

@@ -6,6 +6,7 @@
 
 #include "microbatch/version.hpp"  // the C++17 check
 
+#include <cstddef>
 #include <stdexcept>
 #include <string>
 
@@ -33,8 +34,29 @@ public:
 };
 
 /**
+ * @brief Thrown by the blocking bulk submissions (`Batcher::post_n`, `Batcher::submit_n`) when
+ *        the batcher is closed before every item was accepted.
+ *
+ * The first `accepted()` items of the range were accepted (they are processed as usual); the
+ * rest were left untouched. Catching `ClosedError` catches it too.
+ */
+class BulkClosedError : public ClosedError {
+public:
+    /// @brief @p message as `what()`; @p accepted items of the range were accepted.
+    BulkClosedError(const std::string& message, std::size_t accepted)
+        : ClosedError(message), accepted_(accepted) {}
+    /// @brief How many items of the range (a prefix) were accepted before the close.
+    std::size_t accepted() const noexcept { return accepted_; }
+
+private:
+    std::size_t accepted_;
+};
+
+/**
  * @brief Delivered to every item of a batch whose `process_batch` returned a result vector
- *        whose length differs from the batch size.
+ *        whose length differs from the batch size; in the per-item form
+ *        (`Batcher::outcome_result_type`), also to the one item whose `Outcome` holds neither a
+ *        value nor an exception.
  */
 class ResultCountError : public Error {
 public:

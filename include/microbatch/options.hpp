@@ -4,6 +4,7 @@
  * @brief `microbatch::Options`: the run-time configuration of a Batcher.
  */
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <stdexcept>
@@ -31,13 +32,16 @@ namespace microbatch {
  * |------------------|---------|-------------------------------------------------------------|
  * | `max_batch_size` | 64      | a batch is dispatched as soon as it holds this many items    |
  * | `max_delay`      | 1 ms    | ...or when its oldest item has waited this long              |
- * | `capacity`       | 0 = 4 x max_batch_size x lanes | items accepted but not yet completed  |
+ * | `capacity`       | 0 = auto | items accepted but not yet completed: per lane max(4 x      |
+ * |                  |         | max_batch_size, 1024) (less for many lanes, see `capacity`)  |
  * | `lanes`          | 1       | independent fill lanes; producers spread over them           |
  * | `workers`        | 1       | threads of the batcher's own pool (ignored with `executor`)  |
  * | `executor`       | none    | run batches on this executor instead of an owned pool        |
- * | `max_in_flight`  | 0 = workers (owned pool) or hardware threads (executor) | batches running
- * before partial batches are held back | | `seal_early`     | true    | seal a partial batch before
- * max_delay when waiting cannot pay |
+ * | `isolate_failures` | false | re-run a batch that threw in halves to isolate poison items   |
+ * | `isolation_depth` | 64     | most halvings per failed batch (64: down to single items)    |
+ * | `max_in_flight`  | 0 = auto | batches running before partial batches are held back:      |
+ * |                  |         | the owned pool's workers, or hardware threads (executor)     |
+ * | `seal_early`     | true    | seal a partial batch before max_delay when waiting cannot pay |
  *
  * Thread safety: a plain value type; no internal synchronisation.
  */
@@ -84,7 +88,14 @@ public:
     /**
      * @brief The bound on items accepted but not yet completed (queued, filling or processing).
      *
-     * 0 (the default) means 4 x max_batch_size per lane. Counted in items: each lane accepts
+     * 0 (the default) means `default_lane_capacity(max_batch_size, lanes)` per lane: max(4 x
+     * max_batch_size, 1024) items, the floor lowered only where 1024 one-item batches per lane
+     * would not fit the buffer limit (more than 32 lanes at max_batch_size 1). The floor is
+     * measured, not a multiple of B: at small B a bound of a few batches makes every batch wait
+     * for its predecessor's hand-off to a worker (4 items at B = 1 ran 3-7x slower than a
+     * hand-written batcher); 1024 items keep producers and workers apart at every B while memory
+     * stays about 1024 x (sizeof(T) + 64) bytes per lane (bench/results/REPORT.md, "default
+     * capacity"). Counted in items: each lane accepts
      * ceil(capacity / lanes) items not yet finished, whatever the sizes of the batches they are
      * in; when a producer's lane holds that many, blocking submits wait and `try_submit` reports
      * `full`. Storage is reserved up front and never grows: per lane, ceil(ceil(capacity /
@@ -219,10 +230,85 @@ public:
         return std::move(*this);
     }
 
-    /// @brief The capacity asked for: `capacity()`, or 4 x max_batch_size x lanes when it is 0
-    ///        (the batcher rounds it up to whole batches per lane, see `capacity`).
+    /**
+     * @brief Whether a batch whose `process_batch` threw is re-run in halves to isolate the
+     *        items that make it fail (poison items); default false.
+     *
+     * Turning it on declares that `process_batch` is safe to call again on part of a batch it
+     * threw for: idempotent (or at least harmless to repeat) for the items it was given, and it
+     * must leave the items it was given valid and unmoved when it throws, because those same
+     * items are passed again. (A call that returns normally is never repeated, so it may still
+     * move from its items.) When a call throws, the batcher calls `process_batch` on the first
+     * half of the items (`size / 2`), then on the second half, on the same worker thread; each
+     * half that throws is split again, down to single items or `isolation_depth` splits. Only
+     * the items of a failing sub-batch that is not split further get an exception, the one its
+     * last call threw; every other item gets its result from the sub-batch call that succeeded.
+     * A re-run's `Batch` is a sub-range of the same items, with the same `reason()` and
+     * `sequence()`. Only exceptions trigger re-runs: a `ResultCountError` fails its (sub-)batch.
+     *
+     * Cost: for one poison item in a batch of n items, 2 x ceil(log2(n)) extra calls (16 for
+     * n = 256); at most about 2 x log2(n) per poison item with several. If every item fails
+     * (say the backend is down), a batch costs up to 2n - 2 extra calls, or 2^(d+1) - 2 with
+     * `isolation_depth` d: bound the depth when failures may be transient. `Stats` counts the
+     * re-runs (`isolation_runs`).
+     */
+    bool isolate_failures() const noexcept { return isolate_failures_; }
+    /// @brief Turns failure isolation on or off (see `isolate_failures()`).
+    Options& isolate_failures(bool value) & noexcept {
+        isolate_failures_ = value;
+        return *this;
+    }
+    /// @brief Rvalue overload, so that `auto o = Options{}.isolate_failures(...)` moves.
+    Options&& isolate_failures(bool value) && noexcept {
+        isolate_failures_ = value;
+        return std::move(*this);
+    }
+
+    /// Most splits `isolation_depth` accepts (and its default): deeper than any batch needs
+    /// (max_supported_batch_size reaches single items after 22), so "down to single items".
+    static constexpr std::size_t max_isolation_depth = 64;
+
+    /**
+     * @brief How many times `isolate_failures` may halve a failed batch along one path (default
+     *        `max_isolation_depth`: down to single items). With depth d, a failing sub-batch of
+     *        the d-th split is not split again: all its items get its exception. Ignored while
+     *        `isolate_failures` is off.
+     */
+    std::size_t isolation_depth() const noexcept { return isolation_depth_; }
+    /// @brief Sets the split depth; must be in [1, max_isolation_depth].
+    Options& isolation_depth(std::size_t value) & noexcept {
+        isolation_depth_ = value;
+        return *this;
+    }
+    /// @brief Rvalue overload, so that `auto o = Options{}.isolation_depth(...)` moves.
+    Options&& isolation_depth(std::size_t value) && noexcept {
+        isolation_depth_ = value;
+        return std::move(*this);
+    }
+
+    /// The default capacity's floor per lane, in items (see `capacity`).
+    static constexpr std::size_t default_capacity_floor = 1024;
+
+    /// @brief The automatic capacity of one lane: max(4 x @p batch_size, 1024), the floor
+    ///        lowered to what half the buffer limit allows per lane (see `capacity`).
+    ///        Complexity O(1); never throws.
+    static constexpr std::size_t default_lane_capacity(std::size_t batch_size,
+                                                       std::size_t lanes) noexcept {
+        const std::size_t lane_buffers = max_supported_batch_buffers / (lanes == 0 ? 1 : lanes) / 2;
+        const std::size_t floor_batches = (default_capacity_floor + batch_size - 1) / batch_size;
+        const std::size_t floor = batch_size * std::min(floor_batches, lane_buffers);
+        return std::max(4 * batch_size, floor);
+    }
+
+    /// @brief The capacity asked for: `capacity()`, or `default_lane_capacity(max_batch_size,
+    ///        lanes) x lanes` when it is 0 (the batcher rounds it up to whole batches per lane,
+    ///        see `capacity`).
     std::size_t effective_capacity() const noexcept {
-        return capacity_ != 0 ? capacity_ : 4 * max_batch_size_ * (lanes_ == 0 ? 1 : lanes_);
+        const std::size_t lanes = lanes_ == 0 ? 1 : lanes_;
+        return capacity_ != 0
+                   ? capacity_
+                   : default_lane_capacity(max_batch_size_ == 0 ? 1 : max_batch_size_, lanes) *
+                         lanes;
     }
 
     /**
@@ -230,7 +316,8 @@ public:
      *
      * Checks: max_batch_size in [1, max_supported_batch_size]; max_delay >= 0; capacity 0 or
      * >= max_batch_size; lanes in [1, max_supported_lanes]; at most max_supported_batch_buffers
-     * batch buffers over all lanes (see `capacity`); workers >= 1 when no executor is set.
+     * batch buffers over all lanes (see `capacity`); workers >= 1 when no executor is set;
+     * isolation_depth in [1, max_isolation_depth].
      */
     void validate() const {
         if (max_batch_size_ == 0 || max_batch_size_ > max_supported_batch_size) {
@@ -265,6 +352,10 @@ public:
         if (!executor_ && workers_ == 0) {
             fail("workers must be >= 1 when no executor is set (got 0)");
         }
+        if (isolation_depth_ == 0 || isolation_depth_ > max_isolation_depth) {
+            fail("isolation_depth must be in [1, " + std::to_string(max_isolation_depth) +
+                 "] (got " + std::to_string(isolation_depth_) + ")");
+        }
     }
 
 private:
@@ -280,6 +371,8 @@ private:
     std::size_t max_in_flight_ = 0;
     bool seal_early_ = true;
     Executor executor_;
+    bool isolate_failures_ = false;
+    std::size_t isolation_depth_ = max_isolation_depth;
 };
 
 }  // namespace microbatch

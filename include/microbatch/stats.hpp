@@ -17,8 +17,27 @@
 #include "microbatch/batch.hpp"
 #include "microbatch/cost_model.hpp"
 #include "microbatch/detail/config.hpp"
+#include "microbatch/errors.hpp"
 
 namespace microbatch {
+
+namespace detail {
+/// The index of the highest set bit of @p value (> 0). One instruction where the compiler has a
+/// builtin (it runs once per batch on the worker: the portable loop cost ~150 instructions).
+inline std::size_t highest_bit(std::uint64_t value) noexcept {
+#if defined(__GNUC__) || defined(__clang__)
+    return 63 - static_cast<std::size_t>(__builtin_clzll(value));
+#else
+    std::size_t msb = 0;
+    for (unsigned step = 32; step != 0; step /= 2) {
+        if ((value >> (msb + step)) != 0) {
+            msb += step;
+        }
+    }
+    return msb;
+#endif
+}
+}  // namespace detail
 
 /**
  * @brief Count, minimum, maximum and total of a set of durations.
@@ -63,10 +82,7 @@ struct LatencySummary {
             return nanoseconds < 0 ? 0 : static_cast<std::size_t>(nanoseconds);
         }
         const auto value = static_cast<std::uint64_t>(nanoseconds);
-        std::size_t msb = 63;
-        while ((value >> msb) == 0) {
-            --msb;
-        }
+        const std::size_t msb = detail::highest_bit(value);
         const std::size_t quarter = static_cast<std::size_t>((value >> (msb - 2)) & 3);
         return msb * 4 + quarter;
     }
@@ -150,8 +166,9 @@ struct Stats {
     /// Submits whose item construction (or callback copy) threw; each left a hole in its batch.
     std::uint64_t items_rejected_error = 0;
     std::uint64_t items_processed = 0;  ///< Items of batches that succeeded.
-    /// Items of failed batches (see `batches_failed`), and items whose move constructor threw
-    /// while their batch was compacted.
+    /// Items of failed batches (see `batches_failed`) that isolation did not save, items with
+    /// a failed per-item `Outcome` (see `items_failed_individually`), and items whose move
+    /// constructor threw while their batch was compacted.
     std::uint64_t items_failed = 0;
 
     /// Batches dispatched because all their slots were claimed (holes included, so such a
@@ -167,7 +184,9 @@ struct Stats {
     /// Batches whose processing finished (including batches made only of holes).
     std::uint64_t batches_completed = 0;
     /// Completed batches whose process_batch threw or returned the wrong number of results
-    /// (`ResultCountError`).
+    /// (`ResultCountError`): the first call on the whole batch, whatever isolation re-runs
+    /// then saved (`batches_isolated`). A per-item result with failed outcomes is no failed
+    /// batch.
     std::uint64_t batches_failed = 0;
 
     /// Smallest completed batch holding items (0 before the first).
@@ -192,10 +211,29 @@ struct Stats {
      * completed. One sample per batch keeps clock reads off the per-item path.
      */
     LatencySummary item_latency;
-    /// Per completed batch, how long process_batch ran (Clock; ~0 for a batch of holes).
+    /// Per completed batch, how long process_batch ran (Clock; ~0 for a batch of holes; with
+    /// `Options::isolate_failures`, a failed batch's re-runs included).
     DurationSummary processing_time;
 
     std::uint64_t callback_exceptions = 0;  ///< Exceptions thrown by per-item callbacks.
+
+    // ---- Per-item outcomes and failure isolation (Options::isolate_failures) ----------------
+    /**
+     * Items that failed on their own while their batch's process_batch call did not fail for
+     * all of them: a failed `Outcome` in a per-item result vector, or (with
+     * `Options::isolate_failures`) the exception of a failing re-run. Part of `items_failed`;
+     * the rest of `items_failed` are items of failed batches that were not re-run and items
+     * whose move threw during compaction.
+     */
+    std::uint64_t items_failed_individually = 0;
+    /// Failed batches (counted in `batches_failed`: their first call threw) that were re-run in
+    /// halves to isolate the failing items.
+    std::uint64_t batches_isolated = 0;
+    /// Extra process_batch calls made by isolation, on sub-batches. Calls made in all: batches
+    /// holding items (the batch-size histogram's total) plus this.
+    std::uint64_t isolation_runs = 0;
+    /// Those of `isolation_runs` that threw or returned the wrong number of results.
+    std::uint64_t isolation_runs_failed = 0;
 
     /**
      * @brief (batch size, processing time) of every successful batch, as least-squares
@@ -281,6 +319,11 @@ class StatsRecorder {
 public:
     void rejected_full() noexcept { rejected_full_.fetch_add(1, std::memory_order_relaxed); }
     void rejected_closed() noexcept { rejected_closed_.fetch_add(1, std::memory_order_relaxed); }
+    /// @p count more items refused with @p status (`full` or `closed`): a bulk submission's rest.
+    void rejected(SubmitStatus status, std::size_t count) noexcept {
+        (status == SubmitStatus::closed ? rejected_closed_ : rejected_full_)
+            .fetch_add(count, std::memory_order_relaxed);
+    }
     void rejected_error() noexcept { rejected_error_.fetch_add(1, std::memory_order_relaxed); }
     void callback_exception() noexcept {
         callback_exceptions_.fetch_add(1, std::memory_order_relaxed);
@@ -344,6 +387,19 @@ public:
         }
         // Last, so that a snapshot seeing a batch as completed tends to see its items too.
         batches_completed_.fetch_add(1, std::memory_order_relaxed);
+    }
+
+    /// Per-item outcomes of a batch, before its completed(): @p individually failed items
+    /// (also passed to completed() as failed), whether it was @p isolated, and isolation's
+    /// @p runs and @p runs_failed.
+    void outcomes(std::size_t individually, bool isolated, std::size_t runs,
+                  std::size_t runs_failed) noexcept {
+        failed_individually_.fetch_add(individually, std::memory_order_relaxed);
+        if (isolated) {
+            batches_isolated_.fetch_add(1, std::memory_order_relaxed);
+        }
+        isolation_runs_.fetch_add(runs, std::memory_order_relaxed);
+        isolation_runs_failed_.fetch_add(runs_failed, std::memory_order_relaxed);
     }
 
     /// One end-to-end latency sample (ns), see Stats::item_latency.
@@ -412,6 +468,10 @@ public:
         stats.item_latency.total = std::chrono::nanoseconds(load(latency_total_));
         stats.item_latency.max = std::chrono::nanoseconds(load(latency_max_));
         stats.callback_exceptions = load(callback_exceptions_);
+        stats.items_failed_individually = load(failed_individually_);
+        stats.batches_isolated = load(batches_isolated_);
+        stats.isolation_runs = load(isolation_runs_);
+        stats.isolation_runs_failed = load(isolation_runs_failed_);
         std::lock_guard<std::mutex> lock(fit_mutex_);
         stats.batch_cost = batch_cost_;
     }
@@ -443,6 +503,11 @@ private:
     CostModelFitter batch_cost_;  // guarded by fit_mutex_
     std::atomic<double> fitted_per_batch_ns_{0.0};
     std::atomic<double> fitted_per_item_ns_{0.0};
+    // Per-item outcomes and isolation: written once per batch that has them, by its worker.
+    std::atomic<std::uint64_t> failed_individually_{0};
+    std::atomic<std::uint64_t> batches_isolated_{0};
+    std::atomic<std::uint64_t> isolation_runs_{0};
+    std::atomic<std::uint64_t> isolation_runs_failed_{0};
 };
 
 }  // namespace detail

@@ -1200,6 +1200,9 @@ constexpr const char* to_string(DispatchReason reason) noexcept {
  * Items are contiguous and in the order the batcher accepted them. `process_batch` may read
  * them, modify them, or move from them (e.g. `std::move(batch[i])` for move-only types); the
  * batcher destroys them after `process_batch` returns. The view is valid only during that call.
+ * With `Options::isolate_failures`, the items of a call that throws are passed again (a re-run
+ * sees a sub-range of them, with the same `reason()` and `sequence()`): such a call must leave
+ * them unmoved.
  *
  * Thread safety: a plain view; the batch belongs to the one `process_batch` call it is given to.
  * @tparam T the item type.
@@ -1715,6 +1718,7 @@ inline ParkingSpot& parking_spot_for(const void* address) noexcept {
  * @brief The exception types microbatch throws and the status codes of non-throwing calls.
  */
 
+#include <cstddef>
 #include <stdexcept>
 #include <string>
 
@@ -1742,8 +1746,29 @@ public:
 };
 
 /**
+ * @brief Thrown by the blocking bulk submissions (`Batcher::post_n`, `Batcher::submit_n`) when
+ *        the batcher is closed before every item was accepted.
+ *
+ * The first `accepted()` items of the range were accepted (they are processed as usual); the
+ * rest were left untouched. Catching `ClosedError` catches it too.
+ */
+class BulkClosedError : public ClosedError {
+public:
+    /// @brief @p message as `what()`; @p accepted items of the range were accepted.
+    BulkClosedError(const std::string& message, std::size_t accepted)
+        : ClosedError(message), accepted_(accepted) {}
+    /// @brief How many items of the range (a prefix) were accepted before the close.
+    std::size_t accepted() const noexcept { return accepted_; }
+
+private:
+    std::size_t accepted_;
+};
+
+/**
  * @brief Delivered to every item of a batch whose `process_batch` returned a result vector
- *        whose length differs from the batch size.
+ *        whose length differs from the batch size; in the per-item form
+ *        (`Batcher::outcome_result_type`), also to the one item whose `Outcome` holds neither a
+ *        value nor an exception.
  */
 class ResultCountError : public Error {
 public:
@@ -2563,7 +2588,8 @@ class UniqueFunction;
  *        too (e.g. a lambda capturing a `std::unique_ptr`).
  *
  * The callable lives on the heap (one allocation when constructed; moves just pass the
- * pointer). Calling an empty UniqueFunction is undefined: the Batcher never holds an empty one.
+ * pointer). Calling an empty UniqueFunction is undefined: the Batcher calls only the one of its
+ * two batch functions (plain or per-item form) that it stored.
  * Not thread-safe to move or destroy while called; concurrent calls are as safe as concurrent
  * calls of the callable itself (the batcher's workers call it concurrently).
  */
@@ -2653,6 +2679,7 @@ using Executor = std::function<void(Task)>;
  * @brief `microbatch::Options`: the run-time configuration of a Batcher.
  */
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <stdexcept>
@@ -2677,13 +2704,16 @@ namespace microbatch {
  * |------------------|---------|-------------------------------------------------------------|
  * | `max_batch_size` | 64      | a batch is dispatched as soon as it holds this many items    |
  * | `max_delay`      | 1 ms    | ...or when its oldest item has waited this long              |
- * | `capacity`       | 0 = 4 x max_batch_size x lanes | items accepted but not yet completed  |
+ * | `capacity`       | 0 = auto | items accepted but not yet completed: per lane max(4 x      |
+ * |                  |         | max_batch_size, 1024) (less for many lanes, see `capacity`)  |
  * | `lanes`          | 1       | independent fill lanes; producers spread over them           |
  * | `workers`        | 1       | threads of the batcher's own pool (ignored with `executor`)  |
  * | `executor`       | none    | run batches on this executor instead of an owned pool        |
- * | `max_in_flight`  | 0 = workers (owned pool) or hardware threads (executor) | batches running
- * before partial batches are held back | | `seal_early`     | true    | seal a partial batch before
- * max_delay when waiting cannot pay |
+ * | `isolate_failures` | false | re-run a batch that threw in halves to isolate poison items   |
+ * | `isolation_depth` | 64     | most halvings per failed batch (64: down to single items)    |
+ * | `max_in_flight`  | 0 = auto | batches running before partial batches are held back:      |
+ * |                  |         | the owned pool's workers, or hardware threads (executor)     |
+ * | `seal_early`     | true    | seal a partial batch before max_delay when waiting cannot pay |
  *
  * Thread safety: a plain value type; no internal synchronisation.
  */
@@ -2730,7 +2760,14 @@ public:
     /**
      * @brief The bound on items accepted but not yet completed (queued, filling or processing).
      *
-     * 0 (the default) means 4 x max_batch_size per lane. Counted in items: each lane accepts
+     * 0 (the default) means `default_lane_capacity(max_batch_size, lanes)` per lane: max(4 x
+     * max_batch_size, 1024) items, the floor lowered only where 1024 one-item batches per lane
+     * would not fit the buffer limit (more than 32 lanes at max_batch_size 1). The floor is
+     * measured, not a multiple of B: at small B a bound of a few batches makes every batch wait
+     * for its predecessor's hand-off to a worker (4 items at B = 1 ran 3-7x slower than a
+     * hand-written batcher); 1024 items keep producers and workers apart at every B while memory
+     * stays about 1024 x (sizeof(T) + 64) bytes per lane (bench/results/REPORT.md, "default
+     * capacity"). Counted in items: each lane accepts
      * ceil(capacity / lanes) items not yet finished, whatever the sizes of the batches they are
      * in; when a producer's lane holds that many, blocking submits wait and `try_submit` reports
      * `full`. Storage is reserved up front and never grows: per lane, ceil(ceil(capacity /
@@ -2865,10 +2902,85 @@ public:
         return std::move(*this);
     }
 
-    /// @brief The capacity asked for: `capacity()`, or 4 x max_batch_size x lanes when it is 0
-    ///        (the batcher rounds it up to whole batches per lane, see `capacity`).
+    /**
+     * @brief Whether a batch whose `process_batch` threw is re-run in halves to isolate the
+     *        items that make it fail (poison items); default false.
+     *
+     * Turning it on declares that `process_batch` is safe to call again on part of a batch it
+     * threw for: idempotent (or at least harmless to repeat) for the items it was given, and it
+     * must leave the items it was given valid and unmoved when it throws, because those same
+     * items are passed again. (A call that returns normally is never repeated, so it may still
+     * move from its items.) When a call throws, the batcher calls `process_batch` on the first
+     * half of the items (`size / 2`), then on the second half, on the same worker thread; each
+     * half that throws is split again, down to single items or `isolation_depth` splits. Only
+     * the items of a failing sub-batch that is not split further get an exception, the one its
+     * last call threw; every other item gets its result from the sub-batch call that succeeded.
+     * A re-run's `Batch` is a sub-range of the same items, with the same `reason()` and
+     * `sequence()`. Only exceptions trigger re-runs: a `ResultCountError` fails its (sub-)batch.
+     *
+     * Cost: for one poison item in a batch of n items, 2 x ceil(log2(n)) extra calls (16 for
+     * n = 256); at most about 2 x log2(n) per poison item with several. If every item fails
+     * (say the backend is down), a batch costs up to 2n - 2 extra calls, or 2^(d+1) - 2 with
+     * `isolation_depth` d: bound the depth when failures may be transient. `Stats` counts the
+     * re-runs (`isolation_runs`).
+     */
+    bool isolate_failures() const noexcept { return isolate_failures_; }
+    /// @brief Turns failure isolation on or off (see `isolate_failures()`).
+    Options& isolate_failures(bool value) & noexcept {
+        isolate_failures_ = value;
+        return *this;
+    }
+    /// @brief Rvalue overload, so that `auto o = Options{}.isolate_failures(...)` moves.
+    Options&& isolate_failures(bool value) && noexcept {
+        isolate_failures_ = value;
+        return std::move(*this);
+    }
+
+    /// Most splits `isolation_depth` accepts (and its default): deeper than any batch needs
+    /// (max_supported_batch_size reaches single items after 22), so "down to single items".
+    static constexpr std::size_t max_isolation_depth = 64;
+
+    /**
+     * @brief How many times `isolate_failures` may halve a failed batch along one path (default
+     *        `max_isolation_depth`: down to single items). With depth d, a failing sub-batch of
+     *        the d-th split is not split again: all its items get its exception. Ignored while
+     *        `isolate_failures` is off.
+     */
+    std::size_t isolation_depth() const noexcept { return isolation_depth_; }
+    /// @brief Sets the split depth; must be in [1, max_isolation_depth].
+    Options& isolation_depth(std::size_t value) & noexcept {
+        isolation_depth_ = value;
+        return *this;
+    }
+    /// @brief Rvalue overload, so that `auto o = Options{}.isolation_depth(...)` moves.
+    Options&& isolation_depth(std::size_t value) && noexcept {
+        isolation_depth_ = value;
+        return std::move(*this);
+    }
+
+    /// The default capacity's floor per lane, in items (see `capacity`).
+    static constexpr std::size_t default_capacity_floor = 1024;
+
+    /// @brief The automatic capacity of one lane: max(4 x @p batch_size, 1024), the floor
+    ///        lowered to what half the buffer limit allows per lane (see `capacity`).
+    ///        Complexity O(1); never throws.
+    static constexpr std::size_t default_lane_capacity(std::size_t batch_size,
+                                                       std::size_t lanes) noexcept {
+        const std::size_t lane_buffers = max_supported_batch_buffers / (lanes == 0 ? 1 : lanes) / 2;
+        const std::size_t floor_batches = (default_capacity_floor + batch_size - 1) / batch_size;
+        const std::size_t floor = batch_size * std::min(floor_batches, lane_buffers);
+        return std::max(4 * batch_size, floor);
+    }
+
+    /// @brief The capacity asked for: `capacity()`, or `default_lane_capacity(max_batch_size,
+    ///        lanes) x lanes` when it is 0 (the batcher rounds it up to whole batches per lane,
+    ///        see `capacity`).
     std::size_t effective_capacity() const noexcept {
-        return capacity_ != 0 ? capacity_ : 4 * max_batch_size_ * (lanes_ == 0 ? 1 : lanes_);
+        const std::size_t lanes = lanes_ == 0 ? 1 : lanes_;
+        return capacity_ != 0
+                   ? capacity_
+                   : default_lane_capacity(max_batch_size_ == 0 ? 1 : max_batch_size_, lanes) *
+                         lanes;
     }
 
     /**
@@ -2876,7 +2988,8 @@ public:
      *
      * Checks: max_batch_size in [1, max_supported_batch_size]; max_delay >= 0; capacity 0 or
      * >= max_batch_size; lanes in [1, max_supported_lanes]; at most max_supported_batch_buffers
-     * batch buffers over all lanes (see `capacity`); workers >= 1 when no executor is set.
+     * batch buffers over all lanes (see `capacity`); workers >= 1 when no executor is set;
+     * isolation_depth in [1, max_isolation_depth].
      */
     void validate() const {
         if (max_batch_size_ == 0 || max_batch_size_ > max_supported_batch_size) {
@@ -2911,6 +3024,10 @@ public:
         if (!executor_ && workers_ == 0) {
             fail("workers must be >= 1 when no executor is set (got 0)");
         }
+        if (isolation_depth_ == 0 || isolation_depth_ > max_isolation_depth) {
+            fail("isolation_depth must be in [1, " + std::to_string(max_isolation_depth) +
+                 "] (got " + std::to_string(isolation_depth_) + ")");
+        }
     }
 
 private:
@@ -2926,6 +3043,8 @@ private:
     std::size_t max_in_flight_ = 0;
     bool seal_early_ = true;
     Executor executor_;
+    bool isolate_failures_ = false;
+    std::size_t isolation_depth_ = max_isolation_depth;
 };
 
 }  // namespace microbatch
@@ -3960,6 +4079,24 @@ private:
 
 namespace microbatch {
 
+namespace detail {
+/// The index of the highest set bit of @p value (> 0). One instruction where the compiler has a
+/// builtin (it runs once per batch on the worker: the portable loop cost ~150 instructions).
+inline std::size_t highest_bit(std::uint64_t value) noexcept {
+#if defined(__GNUC__) || defined(__clang__)
+    return 63 - static_cast<std::size_t>(__builtin_clzll(value));
+#else
+    std::size_t msb = 0;
+    for (unsigned step = 32; step != 0; step /= 2) {
+        if ((value >> (msb + step)) != 0) {
+            msb += step;
+        }
+    }
+    return msb;
+#endif
+}
+}  // namespace detail
+
 /**
  * @brief Count, minimum, maximum and total of a set of durations.
  *
@@ -4003,10 +4140,7 @@ struct LatencySummary {
             return nanoseconds < 0 ? 0 : static_cast<std::size_t>(nanoseconds);
         }
         const auto value = static_cast<std::uint64_t>(nanoseconds);
-        std::size_t msb = 63;
-        while ((value >> msb) == 0) {
-            --msb;
-        }
+        const std::size_t msb = detail::highest_bit(value);
         const std::size_t quarter = static_cast<std::size_t>((value >> (msb - 2)) & 3);
         return msb * 4 + quarter;
     }
@@ -4090,8 +4224,9 @@ struct Stats {
     /// Submits whose item construction (or callback copy) threw; each left a hole in its batch.
     std::uint64_t items_rejected_error = 0;
     std::uint64_t items_processed = 0;  ///< Items of batches that succeeded.
-    /// Items of failed batches (see `batches_failed`), and items whose move constructor threw
-    /// while their batch was compacted.
+    /// Items of failed batches (see `batches_failed`) that isolation did not save, items with
+    /// a failed per-item `Outcome` (see `items_failed_individually`), and items whose move
+    /// constructor threw while their batch was compacted.
     std::uint64_t items_failed = 0;
 
     /// Batches dispatched because all their slots were claimed (holes included, so such a
@@ -4107,7 +4242,9 @@ struct Stats {
     /// Batches whose processing finished (including batches made only of holes).
     std::uint64_t batches_completed = 0;
     /// Completed batches whose process_batch threw or returned the wrong number of results
-    /// (`ResultCountError`).
+    /// (`ResultCountError`): the first call on the whole batch, whatever isolation re-runs
+    /// then saved (`batches_isolated`). A per-item result with failed outcomes is no failed
+    /// batch.
     std::uint64_t batches_failed = 0;
 
     /// Smallest completed batch holding items (0 before the first).
@@ -4132,10 +4269,29 @@ struct Stats {
      * completed. One sample per batch keeps clock reads off the per-item path.
      */
     LatencySummary item_latency;
-    /// Per completed batch, how long process_batch ran (Clock; ~0 for a batch of holes).
+    /// Per completed batch, how long process_batch ran (Clock; ~0 for a batch of holes; with
+    /// `Options::isolate_failures`, a failed batch's re-runs included).
     DurationSummary processing_time;
 
     std::uint64_t callback_exceptions = 0;  ///< Exceptions thrown by per-item callbacks.
+
+    // ---- Per-item outcomes and failure isolation (Options::isolate_failures) ----------------
+    /**
+     * Items that failed on their own while their batch's process_batch call did not fail for
+     * all of them: a failed `Outcome` in a per-item result vector, or (with
+     * `Options::isolate_failures`) the exception of a failing re-run. Part of `items_failed`;
+     * the rest of `items_failed` are items of failed batches that were not re-run and items
+     * whose move threw during compaction.
+     */
+    std::uint64_t items_failed_individually = 0;
+    /// Failed batches (counted in `batches_failed`: their first call threw) that were re-run in
+    /// halves to isolate the failing items.
+    std::uint64_t batches_isolated = 0;
+    /// Extra process_batch calls made by isolation, on sub-batches. Calls made in all: batches
+    /// holding items (the batch-size histogram's total) plus this.
+    std::uint64_t isolation_runs = 0;
+    /// Those of `isolation_runs` that threw or returned the wrong number of results.
+    std::uint64_t isolation_runs_failed = 0;
 
     /**
      * @brief (batch size, processing time) of every successful batch, as least-squares
@@ -4221,6 +4377,11 @@ class StatsRecorder {
 public:
     void rejected_full() noexcept { rejected_full_.fetch_add(1, std::memory_order_relaxed); }
     void rejected_closed() noexcept { rejected_closed_.fetch_add(1, std::memory_order_relaxed); }
+    /// @p count more items refused with @p status (`full` or `closed`): a bulk submission's rest.
+    void rejected(SubmitStatus status, std::size_t count) noexcept {
+        (status == SubmitStatus::closed ? rejected_closed_ : rejected_full_)
+            .fetch_add(count, std::memory_order_relaxed);
+    }
     void rejected_error() noexcept { rejected_error_.fetch_add(1, std::memory_order_relaxed); }
     void callback_exception() noexcept {
         callback_exceptions_.fetch_add(1, std::memory_order_relaxed);
@@ -4284,6 +4445,19 @@ public:
         }
         // Last, so that a snapshot seeing a batch as completed tends to see its items too.
         batches_completed_.fetch_add(1, std::memory_order_relaxed);
+    }
+
+    /// Per-item outcomes of a batch, before its completed(): @p individually failed items
+    /// (also passed to completed() as failed), whether it was @p isolated, and isolation's
+    /// @p runs and @p runs_failed.
+    void outcomes(std::size_t individually, bool isolated, std::size_t runs,
+                  std::size_t runs_failed) noexcept {
+        failed_individually_.fetch_add(individually, std::memory_order_relaxed);
+        if (isolated) {
+            batches_isolated_.fetch_add(1, std::memory_order_relaxed);
+        }
+        isolation_runs_.fetch_add(runs, std::memory_order_relaxed);
+        isolation_runs_failed_.fetch_add(runs_failed, std::memory_order_relaxed);
     }
 
     /// One end-to-end latency sample (ns), see Stats::item_latency.
@@ -4352,6 +4526,10 @@ public:
         stats.item_latency.total = std::chrono::nanoseconds(load(latency_total_));
         stats.item_latency.max = std::chrono::nanoseconds(load(latency_max_));
         stats.callback_exceptions = load(callback_exceptions_);
+        stats.items_failed_individually = load(failed_individually_);
+        stats.batches_isolated = load(batches_isolated_);
+        stats.isolation_runs = load(isolation_runs_);
+        stats.isolation_runs_failed = load(isolation_runs_failed_);
         std::lock_guard<std::mutex> lock(fit_mutex_);
         stats.batch_cost = batch_cost_;
     }
@@ -4383,6 +4561,11 @@ private:
     CostModelFitter batch_cost_;  // guarded by fit_mutex_
     std::atomic<double> fitted_per_batch_ns_{0.0};
     std::atomic<double> fitted_per_item_ns_{0.0};
+    // Per-item outcomes and isolation: written once per batch that has them, by its worker.
+    std::atomic<std::uint64_t> failed_individually_{0};
+    std::atomic<std::uint64_t> batches_isolated_{0};
+    std::atomic<std::uint64_t> isolation_runs_{0};
+    std::atomic<std::uint64_t> isolation_runs_failed_{0};
 };
 
 }  // namespace detail
@@ -4393,8 +4576,11 @@ private:
 /**
  * @file submit_result.hpp
  * @brief `microbatch::SubmitResult<R>`: what `Batcher::try_submit_handle` and
- *        `Batcher::submit_for_handle` return, the status and, on acceptance, the item's handle.
+ *        `Batcher::submit_for_handle` return, the status and, on acceptance, the item's handle;
+ *        `microbatch::BulkResult`: what the non-blocking and timed bulk submissions return.
  */
+
+#include <cstddef>
 
 namespace microbatch {
 
@@ -4424,6 +4610,36 @@ struct SubmitResult {
     bool accepted() const noexcept { return status == SubmitStatus::accepted; }
     /// @brief Same as accepted().
     explicit operator bool() const noexcept { return accepted(); }
+};
+
+/**
+ * @brief The outcome of a non-blocking or timed bulk submission (`Batcher::try_post_n`,
+ *        `Batcher::post_n_for`, ...): how many of the items were accepted, and why the rest
+ *        were not.
+ *
+ * Bulk submissions accept a prefix: items `[0, accepted)` of the range were accepted (each
+ * will be processed exactly once, in order), items `[accepted, n)` were left untouched.
+ *
+ * @code
+ * auto result = batcher.try_post_n(rows.begin(), rows.size());
+ * if (!result) {
+ *     retry_later(rows.begin() + result.accepted, rows.end());  // status says why
+ * }
+ * @endcode
+ *
+ * A plain value type; not synchronised.
+ */
+struct BulkResult {
+    /// `accepted` if every item was accepted; otherwise why the first rejected item was
+    /// rejected (`full`: capacity, or the timeout ran out; `closed`).
+    SubmitStatus status = SubmitStatus::accepted;
+    /// The number of items accepted: a prefix of the range.
+    std::size_t accepted = 0;
+
+    /// @brief True if every item of the range was accepted.
+    bool all_accepted() const noexcept { return status == SubmitStatus::accepted; }
+    /// @brief Same as all_accepted().
+    explicit operator bool() const noexcept { return all_accepted(); }
 };
 
 }  // namespace microbatch
@@ -5026,6 +5242,11 @@ private:
 
 namespace microbatch {
 
+namespace detail {
+template <class R>
+struct BatchOutcomes;  // detail/batcher_outcomes.hpp
+}  // namespace detail
+
 /**
  * @brief What `Batcher::close_for` reports.
  */
@@ -5042,7 +5263,8 @@ struct CloseResult {
  * @tparam T     the item type; may be move-only (e.g. `std::unique_ptr`).
  * @tparam R     the per-item result type: `process_batch` returns `std::vector<R>` with one
  *               result per item, in item order. With `R = void` (the default) it returns
- *               nothing and items only report success or failure.
+ *               nothing and items only report success or failure. Either way it may return
+ *               one `Outcome<R>` per item instead (`outcome_result_type`).
  * @tparam Clock the clock `max_delay` is measured with (`SteadyClock`, or `ManualClock` in
  *               tests; see clock.hpp for the requirements).
  *
@@ -5105,7 +5327,8 @@ struct CloseResult {
  * process_batch with only its items, so a `full` batch may hold fewer than max_batch_size; a
  * batch made only of holes never reaches process_batch, which then sees a gap in
  * `Batch::sequence()` numbers. All items of a failed batch share one exception object (see
- * README "Reliability" on ThreadSanitizer).
+ * README "Reliability" on ThreadSanitizer). Per item instead: return `outcome_result_type`, or
+ * let `Options::isolate_failures` re-run a failed batch in halves to fail only its poison items.
  *
  * **Shutdown.** `close()` stops accepting (later submits fail with `ClosedError`, and producers
  * blocked on a full batcher wake with it), dispatches the partial batch, and waits for every
@@ -5155,6 +5378,25 @@ public:
     /// The stored batch function. Move-only, so process_batch may be too (e.g. a lambda that
     /// owns a `std::unique_ptr<Connection>`).
     using process_function = detail::UniqueFunction<batch_result_type(Batch<T>&)>;
+    /// True if `T` can be constructed from `*it` for an iterator `it` of type @p It (the bulk
+    /// submissions' requirement on their item range).
+    template <class It>
+    static constexpr bool is_item_iterator =
+        std::is_constructible_v<T, decltype(*std::declval<It&>())>;
+    /**
+     * @brief The per-item form of process_batch's result: one `Outcome<R>` per item, in item
+     *        order, so that one item's failure reaches that item only (`Outcome<void>` for
+     *        `R = void`: success, or the item's exception).
+     *
+     * The form is chosen at compile time from what process_batch returns. A vector of the wrong
+     * length fails every item of the batch with `ResultCountError`, as in the plain form; so
+     * does, for that item only, an `Outcome<R>` holding neither a value nor an exception (a
+     * moved-from one). The batch counts as succeeded (not in `Stats::batches_failed`); its
+     * failed outcomes are in `Stats::items_failed` and `Stats::items_failed_individually`.
+     */
+    using outcome_result_type = std::vector<Outcome<R>>;
+    /// The stored batch function of the per-item form.
+    using outcome_function = detail::UniqueFunction<outcome_result_type(Batch<T>&)>;
 
     /**
      * @brief Creates the batcher and starts its timer thread (unless max_delay is
@@ -5162,27 +5404,15 @@ public:
      *
      * @param options  validated here: `std::invalid_argument` naming the option and its value.
      * @param process  `process_batch`, called as `process(batch)` with a `Batch<T>&`; returns
-     *                 `std::vector<R>` (one result per item) or, for `R = void`, nothing.
+     *                 `std::vector<R>` (one result per item) or, for `R = void`, nothing; or
+     *                 `outcome_result_type` (one `Outcome<R>` per item). Checked at compile time.
      * @param clock    the clock instance (a `ManualClock` handle in tests).
      * @throws std::invalid_argument on invalid options; `std::bad_alloc`, `std::system_error`.
      */
     template <class F, class = std::enable_if_t<!std::is_same_v<std::decay_t<F>, Batcher>>>
     Batcher(Options options, F&& process, Clock clock = Clock{})
         : options_(std::move(options)), clock_(std::move(clock)) {
-        static_assert(std::is_invocable_v<F&, Batch<T>&>,
-                      "microbatch::Batcher: process_batch must be callable with "
-                      "microbatch::Batch<T>&");
-        if constexpr (std::is_void_v<R>) {
-            static_assert(std::is_void_v<std::invoke_result_t<F&, Batch<T>&>>,
-                          "microbatch::Batcher<T, void>: process_batch must return void; use "
-                          "Batcher<T, R> for one result per item");
-        } else {
-            static_assert(
-                std::is_convertible_v<std::invoke_result_t<F&, Batch<T>&>, std::vector<R>>,
-                "microbatch::Batcher<T, R>: process_batch must return std::vector<R> with one "
-                "result per item");
-        }
-        process_ = process_function(std::forward<F>(process));
+        store_process(std::forward<F>(process));  // checks its signature at compile time
         initialise();
     }
 
@@ -5322,6 +5552,92 @@ public:
         result.status = submit_with_handle(std::forward<U>(item), wait_until_deadline,
                                            deadline_after(timeout), result.handle);
         return result;
+    }
+
+    // ---- Bulk submission (bodies: detail/batcher_bulk.hpp) -----------------------------------
+    //
+    // The `_n` forms submit the n items *first, *(first + 1), ... in order, as n single
+    // submissions would, but claim each batch's slots with one atomic operation (at most
+    // `max_bulk_claim` slots per claim), so a producer pays the shared-counter cost once per
+    // run of items rather than once per item. Items are constructed from `*it` (pass a
+    // `std::move_iterator` to move them); the iterator is advanced once per accepted item and
+    // never dereferenced beyond the accepted prefix. The items may span several batches; items
+    // of other threads may fall between two of those batches, never inside this call's run of
+    // slots in one batch. Per-producer order and exactly-once hold as for single submissions.
+    // Acceptance is by prefix: the first `accepted` items were accepted, the rest untouched.
+    // If constructing an item (or copying the callback) throws, the items before it were
+    // accepted, it and the rest were not, and the exception propagates.
+
+    /// Most slots one bulk claim takes (a larger run takes several claims). Bounds the stray
+    /// increments a claim racing a seal can leave on the head word.
+    static constexpr std::size_t max_bulk_claim = 256;
+
+    /**
+     * @brief Bulk fire-and-forget: submits the @p n items at @p first, blocking while the
+     *        batcher is full, until every item is accepted. Allocates nothing.
+     * @throws BulkClosedError (a ClosedError) if the batcher is closed before every item was
+     *         accepted: its `accepted()` items were accepted and are processed, the rest were
+     *         left untouched; ReentrancyError as `submit(item)`; whatever constructing `T` from
+     *         `*first` throws (see above).
+     */
+    template <class InputIt, class = std::enable_if_t<is_item_iterator<InputIt>>>
+    void post_n(InputIt first, std::size_t n) {
+        throw_if_bulk_rejected(submit_bulk(first, n, wait_forever, {}, BulkPostStore{}), n);
+    }
+
+    /// @brief Bulk fire-and-forget without blocking: accepts the longest prefix of the @p n
+    ///        items that fits now (see BulkResult). Never throws `ClosedError`.
+    /// @throws whatever constructing `T` from `*first` throws.
+    template <class InputIt, class = std::enable_if_t<is_item_iterator<InputIt>>>
+    [[nodiscard]] BulkResult try_post_n(InputIt first, std::size_t n) {
+        return submit_bulk(first, n, wait_never, {}, BulkPostStore{});
+    }
+
+    /// @brief Bulk fire-and-forget, waiting at most @p timeout in all for space: the status and
+    ///        the number of items accepted (a prefix).
+    /// @throws ReentrancyError as `submit_for`; whatever constructing `T` throws.
+    template <class InputIt, class Rep, class Period,
+              class = std::enable_if_t<is_item_iterator<InputIt>>>
+    [[nodiscard]] BulkResult post_n_for(InputIt first, std::size_t n,
+                                        const std::chrono::duration<Rep, Period>& timeout) {
+        return submit_bulk(first, n, wait_until_deadline, deadline_after(timeout), BulkPostStore{});
+    }
+
+    /**
+     * @brief Bulk submission with per-item results, blocking until every item is accepted.
+     *
+     * @p sink is either
+     * - a callable `void(std::size_t index, Outcome<R>&&)`: copied into each item's slot and
+     *   invoked on a worker with the item's index in the range (0 for `*first`) and its
+     *   outcome; the copy plus an index must fit the 48-byte inline callback storage and be
+     *   nothrow move constructible; allocates nothing; or
+     * - an output iterator of `Handle<R>`: receives each accepted item's handle, in order
+     *   (one pooled handle state per item, as `submit(item)`).
+     * @return the output iterator past the last handle written (for a callable sink, the sink).
+     * @throws as `post_n`.
+     */
+    template <class InputIt, class Sink, class = std::enable_if_t<is_item_iterator<InputIt>>>
+    Sink submit_n(InputIt first, std::size_t n, Sink sink) {
+        auto store = bulk_store(sink);
+        throw_if_bulk_rejected(submit_bulk(first, n, wait_forever, {}, store), n);
+        return store.release();
+    }
+
+    /// @brief As `submit_n`, without blocking: the longest prefix that fits now is accepted;
+    ///        @p sink receives the handles (or callbacks) of exactly those items.
+    template <class InputIt, class Sink, class = std::enable_if_t<is_item_iterator<InputIt>>>
+    [[nodiscard]] BulkResult try_submit_n(InputIt first, std::size_t n, Sink sink) {
+        auto store = bulk_store(sink);
+        return submit_bulk(first, n, wait_never, {}, store);
+    }
+
+    /// @brief As `submit_n`, waiting at most @p timeout in all for space.
+    template <class InputIt, class Sink, class Rep, class Period,
+              class = std::enable_if_t<is_item_iterator<InputIt>>>
+    [[nodiscard]] BulkResult submit_n_for(InputIt first, std::size_t n, Sink sink,
+                                          const std::chrono::duration<Rep, Period>& timeout) {
+        auto store = bulk_store(sink);
+        return submit_bulk(first, n, wait_until_deadline, deadline_after(timeout), store);
     }
 
     /**
@@ -5534,13 +5850,32 @@ private:
         return lane_count_ == 1 ? lanes_[0] : lanes_[detail::producer_number() % lane_count_];
     }
 
+    // ---- Bulk submission: detail/batcher_bulk.hpp ------------------------------------------
+    struct BulkPostStore;
+    template <class F>
+    class BulkCallbackStore;
+    template <class OutputIt>
+    class BulkHandleStore;
+    template <class Sink>
+    auto bulk_store(Sink& sink);
+    void throw_if_bulk_rejected(const BulkResult& result, std::size_t n) const;
+    template <class InputIt, class Store>
+    BulkResult submit_bulk(InputIt& first, std::size_t n, WaitMode mode, Deadline deadline,
+                           Store&& store);
+    template <class InputIt, class Store>
+    std::uint32_t fill_run(Lane& lane, std::uint64_t head, std::uint32_t index, std::uint32_t count,
+                           InputIt& first, std::size_t done, Store& store);
+    void after_fill(Lane& lane, std::uint64_t head, std::uint32_t buffer, std::uint32_t start,
+                    std::uint32_t end, std::int64_t opened_now);
+
     template <class U, class Store>
     SubmitStatus submit_impl(U&& item, WaitMode mode, Deadline deadline, Store&& store);
     template <class U, class Store>
     SubmitStatus fill_slot(Lane& lane, std::uint64_t head, std::uint32_t index, U&& item,
                            Store& store);
-    void note_batch_opened(Buffer& buffer, bool needs_timer);
-    SubmitStatus wait_for_space(Lane& lane, WaitMode mode, Deadline deadline);
+    std::int64_t note_batch_opened(Buffer& buffer, bool needs_timer);
+    SubmitStatus wait_for_space(Lane& lane, WaitMode mode, Deadline deadline,
+                                std::size_t items = 1);
     SubmitStatus wait_for_space_registered(Lane& lane, WaitMode mode, Deadline deadline);
 
     // ---- Sealing, dispatch, buffer ring: detail/batcher_seal.hpp ---------------------------
@@ -5549,8 +5884,9 @@ private:
                       bool at_arrival = false);
     // at_arrival: the sealer is the producer whose item just joined the batch, so the seal time
     // is the last arrival's (a burst-gap sample, see note_sealed).
+    // @p now: the caller's fresh clock reading, or unset_time to read the clock.
     void seal_and_dispatch(std::uint32_t buffer, std::uint32_t size, DispatchReason reason,
-                           bool at_arrival = false);
+                           bool at_arrival = false, std::int64_t now = unset_time);
     void post_batch(std::uint32_t buffer);
     void arrive(std::uint32_t index);
     void open_buffer(std::uint32_t index);
@@ -5569,6 +5905,20 @@ private:
     void complete(detail::Completion<R>& completion, std::exception_ptr error,
                   batch_result_type_or_empty& results, std::size_t index) noexcept;
     static std::uint8_t wait_for_slot(std::atomic<std::uint8_t>& state) noexcept;
+
+    // ---- process_batch's forms, per-item outcomes, isolation: detail/batcher_outcomes.hpp --
+
+    template <class F>
+    void store_process(F&& process);
+    void call_process(Batch<T>& batch, std::exception_ptr& error,
+                      batch_result_type_or_empty& results,
+                      detail::BatchOutcomes<R>& outcomes) noexcept;
+    void call_part(Batch<T>& part, std::size_t level, detail::BatchOutcomes<R>& outcomes) noexcept;
+    void isolate(Batch<T>& part, std::size_t level, std::exception_ptr error,
+                 detail::BatchOutcomes<R>& outcomes) noexcept;
+    void record_outcomes(const detail::BatchOutcomes<R>& outcomes) noexcept;
+    void complete_outcomes(detail::Completion<R>* completions,
+                           detail::BatchOutcomes<R>& outcomes) noexcept;
     std::size_t compact(T* items, detail::Completion<R>* completions,
                         std::atomic<std::uint8_t>* states, std::size_t size,
                         std::size_t& failed) noexcept;
@@ -5602,6 +5952,7 @@ private:
     // ---- Members --------------------------------------------------------------------------
     Options options_;
     process_function process_;
+    outcome_function process_outcomes_;  // instead of process_ for the per-item form
     Clock clock_;
     std::uint32_t batch_size_ = 0;
     std::uint32_t lane_count_ = 1;
@@ -5678,6 +6029,229 @@ private:
 }  // namespace microbatch
 
 // The member functions, one file per step of an item's path (see each file's header comment).
+// ---- begin microbatch/detail/batcher_bulk.hpp ----
+/**
+ * @file batcher_bulk.hpp
+ * @brief Batcher internals, step 1 for a run of items: claiming a batch's slots for several
+ *        items with one fetch_add (post_n, submit_n and their try/timed forms).
+ *
+ * submit_bulk() loops: claim min(left, free slots seen, max_bulk_claim) slots with one
+ * fetch_add on the lane's head word, fill_run() constructs the items in place and publishes
+ * each slot, after_fill() seals as a single claim's fill_slot() would; when no batch is open,
+ * wait_for_space() blocks exactly as for single submissions (detail/batcher_submit.hpp).
+ */
+
+#include <algorithm>
+#include <iterator>
+#include <string>
+
+namespace microbatch {
+
+// ---- What a bulk submission stores in each slot ------------------------------------------------
+// A store offers store(completion, index) (may throw; returns whether it stored a
+// completion), accept(index) once the item is constructed, and release() for the caller.
+
+// Fire-and-forget: nothing per item.
+template <class T, class R, class Clock>
+struct Batcher<T, R, Clock>::BulkPostStore {
+    static bool store(detail::Completion<R>&, std::size_t) noexcept { return false; }
+    static void accept(std::size_t) noexcept {}
+};
+
+// One copy of the user's callback per item, invoked with the item's index in the range.
+template <class T, class R, class Clock>
+template <class F>
+class Batcher<T, R, Clock>::BulkCallbackStore {
+public:
+    explicit BulkCallbackStore(F& callback) noexcept : callback_(callback) {}
+    bool store(detail::Completion<R>& slot, std::size_t index) {
+        slot.emplace(Indexed{callback_, index});  // copies the callback: may throw
+        return true;
+    }
+    static void accept(std::size_t) noexcept {}
+    F release() { return callback_; }
+
+private:
+    struct Indexed {
+        F callback;
+        std::size_t index;
+        void operator()(Outcome<R>&& outcome) { callback(index, std::move(outcome)); }
+    };
+    F& callback_;
+};
+
+// One pooled handle state per item; the handle goes to the output iterator once the item is
+// accepted (never for an item that was not).
+template <class T, class R, class Clock>
+template <class OutputIt>
+class Batcher<T, R, Clock>::BulkHandleStore {
+public:
+    explicit BulkHandleStore(OutputIt out) : out_(std::move(out)) {}
+    bool store(detail::Completion<R>& slot, std::size_t) {
+        // create() hands out two references: one for the slot's completion, one for the
+        // handle; pending_ keeps the handle's until accept() (or drops it, if the item fails).
+        detail::HandleState<R>* const state = detail::HandleState<R>::create();
+        pending_ = Handle<R>(state);
+        slot.emplace(detail::HandleCompletion<R>(state));
+        return true;
+    }
+    void accept(std::size_t) {
+        *out_ = std::move(pending_);
+        ++out_;
+    }
+    OutputIt release() { return std::move(out_); }
+
+private:
+    OutputIt out_;
+    Handle<R> pending_;
+};
+
+template <class T, class R, class Clock>
+template <class Sink>
+auto Batcher<T, R, Clock>::bulk_store(Sink& sink) {
+    if constexpr (std::is_invocable_v<Sink&, std::size_t, Outcome<R>&&>) {
+        static_assert(
+            std::is_copy_constructible_v<Sink> && std::is_nothrow_move_constructible_v<Sink>,
+            "microbatch::Batcher::submit_n: the callback is copied into each item's "
+            "slot: it must be copy constructible and nothrow move constructible");
+        return BulkCallbackStore<Sink>(sink);
+    } else {
+        static_assert(std::is_assignable_v<decltype(*std::declval<Sink&>()), Handle<R>&&>,
+                      "microbatch::Batcher::submit_n: the sink must be callable as "
+                      "void(std::size_t index, microbatch::Outcome<R>&&) or be an output "
+                      "iterator of microbatch::Handle<R>");
+        return BulkHandleStore<Sink>(sink);
+    }
+}
+
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::throw_if_bulk_rejected(const BulkResult& result, std::size_t n) const {
+    if (result.status == SubmitStatus::closed) {
+        MICROBATCH_THROW(BulkClosedError("microbatch::Batcher: bulk submit on a closed batcher (" +
+                                             std::to_string(result.accepted) + " of " +
+                                             std::to_string(n) + " items were accepted)",
+                                         result.accepted));
+    }
+}
+
+template <class T, class R, class Clock>
+template <class InputIt, class Store>
+BulkResult Batcher<T, R, Clock>::submit_bulk(InputIt& first, std::size_t n, WaitMode mode,
+                                             Deadline deadline, Store&& store) {
+    Lane& lane = lane_for_this_thread();
+    std::size_t done = 0;
+    while (done < n) {
+        // Test before claiming, as submit_impl does: a claim on a sealed or closed head is a
+        // stray increment. relaxed: only a filter; the fetch_add below decides.
+        const std::uint64_t seen = lane.head.load(std::memory_order_relaxed);
+        const std::uint64_t seen_count = seen & count_mask;
+        if (seen_count < batch_size_ && (seen & closed_bit) == 0) {
+            // Claim no more than the slots seen free: a claim that lands on a fuller (or newly
+            // opened) batch keeps what fits and leaves the rest as stray increments, at most
+            // max_bulk_claim per producer per seal, far below the head word's headroom
+            // (sealed_count leaves 2^23).
+            const std::uint64_t want = std::min<std::uint64_t>(
+                {static_cast<std::uint64_t>(n - done), batch_size_ - seen_count,
+                 static_cast<std::uint64_t>(max_bulk_claim)});
+            // seq_cst: as submit_impl's claim (orders it before note_batch_opened's handshake).
+            const std::uint64_t head = lane.head.fetch_add(want, std::memory_order_seq_cst);
+            const std::uint64_t index = head & count_mask;
+            if (index < batch_size_) {
+                const auto count =
+                    static_cast<std::uint32_t>(std::min<std::uint64_t>(want, batch_size_ - index));
+                done += fill_run(lane, head, static_cast<std::uint32_t>(index), count, first, done,
+                                 store);
+                continue;
+            }
+        }
+        const SubmitStatus status = wait_for_space(lane, mode, deadline, n - done);
+        if (status != SubmitStatus::accepted) {
+            return BulkResult{status, done};  // the n - done rejected items are counted there
+        }
+    }
+    return BulkResult{SubmitStatus::accepted, done};
+}
+
+// Fills the claimed slots [index, index + count) of the batch @p head describes with the next
+// @p count items. Returns the number accepted (count, unless constructing one throws: then the
+// slots from it on are published as holes and the exception propagates after the seal logic).
+template <class T, class R, class Clock>
+template <class InputIt, class Store>
+std::uint32_t Batcher<T, R, Clock>::fill_run(Lane& lane, std::uint64_t head, std::uint32_t index,
+                                             std::uint32_t count, InputIt& first, std::size_t done,
+                                             Store& store) {
+    const std::uint32_t buffer = buffer_of(head);
+    const std::size_t base = static_cast<std::size_t>(buffer) * batch_size_;
+    const std::uint32_t end = index + count;
+    // relaxed: written before the head CAS our claim synchronised with (see Buffer::start).
+    const std::uint32_t start = buffers_[buffer].start.load(std::memory_order_relaxed);
+    const std::int64_t opened_now =
+        index == start ? note_batch_opened(buffers_[buffer], end < batch_size_) : unset_time;
+    using Reference = decltype(*first);
+    std::uint32_t slot = index;
+    std::exception_ptr error;
+    if constexpr (std::is_nothrow_constructible_v<T, Reference>&& noexcept(store.store(
+                      std::declval<detail::Completion<R>&>(), 0))&& noexcept(store.accept(0))) {
+        for (; slot != end; ++slot) {
+            const std::size_t i = done + (slot - index);
+            const std::uint8_t state = store.store(completions_[base + slot], i)
+                                           ? detail::slot_item_completion
+                                           : detail::slot_item;
+            ::new (static_cast<void*>(items_.get() + base + slot)) T(*first);
+            ++first;
+            // release: publishes the item and completion to the worker that runs this batch.
+            slot_states_[base + slot].store(state, std::memory_order_release);
+            store.accept(i);
+        }
+    } else {
+        MICROBATCH_TRY {
+            for (; slot != end; ++slot) {
+                const std::size_t i = done + (slot - index);
+                detail::Completion<R>& completion = completions_[base + slot];
+                // The completion first: if storing it throws, the item is not touched.
+                const std::uint8_t state =
+                    store.store(completion, i) ? detail::slot_item_completion : detail::slot_item;
+                MICROBATCH_TRY {
+                    ::new (static_cast<void*>(items_.get() + base + slot)) T(*first);
+                }
+                MICROBATCH_CATCH_ALL {
+                    completion.reset();  // never invoked: the item was not accepted
+                    MICROBATCH_RETHROW;
+                }
+                ++first;
+                // release: publishes the item and completion to the worker.
+                slot_states_[base + slot].store(state, std::memory_order_release);
+                store.accept(i);
+            }
+        }
+        MICROBATCH_CATCH_ALL {
+            error = std::current_exception();
+        }
+    }
+    if (error) {
+        // Every claimed slot must be published or the batch would wait for it forever: the
+        // failed item's and those after it become holes, which the worker skips. Holes are no
+        // accepted items: take them off close_for()'s in-flight count (see fill_slot).
+        for (std::uint32_t rest = slot; rest != end; ++rest) {
+            slot_states_[base + rest].store(detail::slot_hole, std::memory_order_release);
+        }
+        // relaxed: a statistic; nothing is published through it.
+        in_flight_items_.fetch_sub(static_cast<std::uint64_t>(end - slot),
+                                   std::memory_order_relaxed);
+    }
+    // The opening reading can stand for the seal time only if no item constructor ran long
+    // in between: true for the nothrow path's plain copies, not promised otherwise.
+    after_fill(lane, head, buffer, start, end, count == 1 ? opened_now : unset_time);
+    if (error) {
+        stats_.rejected_error();
+        std::rethrow_exception(error);
+    }
+    return slot - index;
+}
+
+}  // namespace microbatch
+
+// ---- end microbatch/detail/batcher_bulk.hpp ----
 // ---- begin microbatch/detail/batcher_close.hpp ----
 /**
  * @file batcher_close.hpp
@@ -5946,6 +6520,277 @@ std::size_t Batcher<T, R, Clock>::max_in_flight() const noexcept {
 }  // namespace microbatch
 
 // ---- end microbatch/detail/batcher_control.hpp ----
+// ---- begin microbatch/detail/batcher_outcomes.hpp ----
+/**
+ * @file detail/batcher_outcomes.hpp
+ * @brief Batcher internals, step 3 continued: calling process_batch in its plain or per-item
+ *        form, and isolating poison items by re-running a failed batch in halves
+ *        (`Options::isolate_failures`).
+ *
+ * run_batch() calls call_process(). While every item of a batch shares one fate (the results
+ * of one successful call, or one exception), nothing here allocates and run_batch completes
+ * the items as before. When their fates differ (a per-item result vector, or a batch that
+ * isolation re-ran) call_process() leaves one Outcome per item in a BatchOutcomes, which
+ * complete_outcomes() hands out instead.
+ */
+
+#include <cstddef>
+#include <exception>
+#include <new>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace microbatch {
+namespace detail {
+
+/// One Outcome per item of a batch whose items' fates differ. Lives on the worker's stack for
+/// one batch; unused (`active` false, nothing allocated) on the common path.
+template <class R>
+struct BatchOutcomes {
+    std::vector<Outcome<R>> items;  // in item order once `active`
+    bool active = false;            // items holds one outcome per item of the batch
+    bool isolated = false;          // the first call threw and the batch was re-run in halves
+    std::size_t failed = 0;         // outcomes holding an exception (set by call_process)
+    std::size_t runs = 0;           // process_batch calls made by isolation
+    std::size_t runs_failed = 0;    // ...that threw or returned the wrong number of results
+
+    // The helpers below never throw: isolation reserves room for every item first, and an
+    // outcome whose value cannot be moved in becomes that exception, so the items stay
+    // aligned with their outcomes whatever happens.
+    void add_error(const std::exception_ptr& error, std::size_t count) noexcept {
+        for (std::size_t i = 0; i < count; ++i) {
+            items.emplace_back(error);
+        }
+    }
+    template <class Value>
+    void add(Value&& value) noexcept {
+        MICROBATCH_TRY {
+            items.emplace_back(std::forward<Value>(value));
+        }
+        MICROBATCH_CATCH_ALL {
+            items.emplace_back(std::current_exception());
+        }
+    }
+};
+
+inline std::exception_ptr result_count_error(std::size_t results, std::size_t items) {
+    return make_error_ptr(ResultCountError("microbatch::Batcher: process_batch returned " +
+                                           std::to_string(results) + " results for a batch of " +
+                                           std::to_string(items) + " items"));
+}
+
+}  // namespace detail
+
+// Chooses the form from what process_batch returns: the plain form when it converts to
+// batch_result_type (so a Batcher<T, Outcome<X>> returning std::vector<Outcome<X>> keeps
+// the plain form), else the per-item form.
+template <class T, class R, class Clock>
+template <class F>
+void Batcher<T, R, Clock>::store_process(F&& process) {
+    static_assert(std::is_invocable_v<F&, Batch<T>&>,
+                  "microbatch::Batcher: process_batch must be callable with "
+                  "microbatch::Batch<T>&");
+    if constexpr (std::is_invocable_v<F&, Batch<T>&>) {
+        using Result = std::invoke_result_t<F&, Batch<T>&>;
+        if constexpr (std::is_convertible_v<Result, batch_result_type>) {
+            process_ = process_function(std::forward<F>(process));
+        } else if constexpr (std::is_convertible_v<Result, outcome_result_type>) {
+            process_outcomes_ = outcome_function(std::forward<F>(process));
+        } else if constexpr (std::is_void_v<R>) {
+            static_assert(std::is_convertible_v<Result, outcome_result_type>,
+                          "microbatch::Batcher<T, void>: process_batch must return void, or "
+                          "std::vector<microbatch::Outcome<void>> with one outcome per item; "
+                          "use Batcher<T, R> for one result per item");
+        } else {
+            static_assert(std::is_convertible_v<Result, outcome_result_type>,
+                          "microbatch::Batcher<T, R>: process_batch must return std::vector<R> "
+                          "with one result per item, or std::vector<microbatch::Outcome<R>> "
+                          "with one outcome per item");
+        }
+    }
+}
+
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::call_process(Batch<T>& batch, std::exception_ptr& error,
+                                        batch_result_type_or_empty& results,
+                                        detail::BatchOutcomes<R>& outcomes) noexcept {
+    const std::size_t count = batch.size();
+    bool threw = false;
+    MICROBATCH_TRY {
+        if (process_outcomes_) {
+            outcomes.items = process_outcomes_(batch);
+            if (outcomes.items.size() == count) {
+                outcomes.active = true;
+            } else {
+                error = detail::result_count_error(outcomes.items.size(), count);
+                outcomes.items.clear();  // nothing was handed out yet: the batch fails as one
+            }
+        } else if constexpr (std::is_void_v<R>) {
+            process_(batch);
+        } else {
+            results = process_(batch);
+            if (results.size() != count) {
+                error = detail::result_count_error(results.size(), count);
+            }
+        }
+    }
+    MICROBATCH_CATCH_ALL {
+        error = std::current_exception();
+        threw = true;
+    }
+    // Isolation starts outside the handler, so that re-runs do not nest inside it. Only a
+    // thrown exception is retried: a wrong result count is a bug that halves would repeat.
+    if (threw && options_.isolate_failures() && count > 1) {
+        bool reserved = false;
+        MICROBATCH_TRY {
+            outcomes.items.reserve(count);
+            reserved = true;
+        }
+        MICROBATCH_CATCH_ALL {
+            // No room for per-item outcomes: the batch fails as a whole, as without isolation.
+        }
+        if (reserved) {
+            outcomes.active = true;
+            outcomes.isolated = true;
+            // Our reference to the first exception goes before any item is completed (see
+            // run_batch on exception_ptr references and ThreadSanitizer).
+            isolate(batch, 0, std::move(error), outcomes);
+            error = nullptr;
+        }
+    }
+    if (!outcomes.active) {
+        return;
+    }
+    for (std::size_t i = 0; i < count; ++i) {
+        Outcome<R>& outcome = outcomes.items[i];
+        if (outcome.has_value()) {
+            continue;
+        }
+        ++outcomes.failed;
+        if constexpr (!std::is_void_v<R>) {
+            if (!outcome.error()) {
+                // Neither a value nor an exception (a moved-from failed Outcome): reading it
+                // would be undefined, so the item fails with a clear error instead.
+                std::exception_ptr replacement;
+                MICROBATCH_TRY {
+                    replacement = detail::make_error_ptr(ResultCountError(
+                        "microbatch::Batcher: process_batch returned an Outcome holding neither "
+                        "a value nor an exception for item " +
+                        std::to_string(i) + " of a batch of " + std::to_string(count)));
+                }
+                MICROBATCH_CATCH_ALL {
+                    replacement = std::current_exception();  // std::bad_alloc
+                }
+                // Replaced in place: Outcome<R> need not be assignable.
+                outcome.~Outcome<R>();
+                ::new (static_cast<void*>(&outcome)) Outcome<R>(std::move(replacement));
+            }
+        }
+    }
+}
+
+// The call on @p part (after @p level splits of the batch) threw @p error: split it in two
+// halves and run each, or, at a single item or the depth cap, fail its items with @p error.
+// Appends one outcome per item of @p part, in order (left half first).
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::isolate(Batch<T>& part, std::size_t level, std::exception_ptr error,
+                                   detail::BatchOutcomes<R>& outcomes) noexcept {
+    if (part.size() == 1 || level >= options_.isolation_depth()) {
+        outcomes.add_error(error, part.size());
+        return;
+    }
+    error = nullptr;  // each half reports its own exception
+    const std::size_t half = part.size() / 2;
+    Batch<T> first(part.data(), half, part.reason(), part.sequence());
+    Batch<T> second(part.data() + half, part.size() - half, part.reason(), part.sequence());
+    call_part(first, level + 1, outcomes);
+    call_part(second, level + 1, outcomes);
+}
+
+// One re-run: calls process_batch on @p part and appends its items' outcomes, isolating
+// further if it throws. Recursion depth is at most log2(max_batch_size) + 1 (about 23).
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::call_part(Batch<T>& part, std::size_t level,
+                                     detail::BatchOutcomes<R>& outcomes) noexcept {
+    ++outcomes.runs;
+    std::exception_ptr error;
+    bool threw = false;
+    MICROBATCH_TRY {
+        if (process_outcomes_) {
+            outcome_result_type part_outcomes = process_outcomes_(part);
+            if (part_outcomes.size() == part.size()) {
+                for (Outcome<R>& outcome : part_outcomes) {
+                    outcomes.add(std::move(outcome));
+                }
+                return;
+            }
+            error = detail::result_count_error(part_outcomes.size(), part.size());
+        } else if constexpr (std::is_void_v<R>) {
+            process_(part);
+            outcomes.add_error(nullptr, part.size());  // Outcome<void>(null): success
+            return;
+        } else {
+            batch_result_type part_results = process_(part);
+            if (part_results.size() == part.size()) {
+                for (R& result : part_results) {
+                    outcomes.add(std::move(result));
+                }
+                return;
+            }
+            error = detail::result_count_error(part_results.size(), part.size());
+        }
+    }
+    MICROBATCH_CATCH_ALL {
+        error = std::current_exception();
+        threw = true;
+    }
+    ++outcomes.runs_failed;
+    if (threw) {
+        isolate(part, level, std::move(error), outcomes);
+    } else {
+        outcomes.add_error(error, part.size());  // a wrong result count is not split further
+    }
+}
+
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::record_outcomes(const detail::BatchOutcomes<R>& outcomes) noexcept {
+    if (outcomes.active) {
+        stats_.outcomes(outcomes.failed, outcomes.isolated, outcomes.runs, outcomes.runs_failed);
+    }
+}
+
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::complete_outcomes(detail::Completion<R>* completions,
+                                             detail::BatchOutcomes<R>& outcomes) noexcept {
+    std::vector<Outcome<R>>& items = outcomes.items;
+    // Items nobody waits for drop their reference to a shared exception first: this thread
+    // must not drop one after handing out the others (see run_batch: ThreadSanitizer cannot
+    // see libstdc++'s reference counts). Completed items hand theirs over by move.
+    for (std::size_t i = 0; i < items.size(); ++i) {
+        if (!completions[i].has_value() && items[i].error()) {
+            MICROBATCH_TRY {
+                const Outcome<R> dropped(std::move(items[i]));  // holds no value: cannot throw
+            }
+            MICROBATCH_CATCH_ALL {}
+        }
+    }
+    for (std::size_t i = 0; i < items.size(); ++i) {
+        if (completions[i].has_value()) {
+            MICROBATCH_TRY {
+                completions[i].complete(std::move(items[i]));
+            }
+            MICROBATCH_CATCH_ALL {
+                stats_.callback_exception();
+            }
+        }
+    }
+}
+
+}  // namespace microbatch
+
+// ---- end microbatch/detail/batcher_outcomes.hpp ----
 // ---- begin microbatch/detail/batcher_policy.hpp ----
 /**
  * @file batcher_policy.hpp
@@ -6016,6 +6861,11 @@ SealInputs Batcher<T, R, Clock>::policy_inputs(SealTrigger trigger, std::int64_t
 template <class T, class R, class Clock>
 void Batcher<T, R, Clock>::note_sealed(std::uint32_t size, std::int64_t now, std::int64_t opened_at,
                                        bool at_arrival) noexcept {
+    if (batch_size_ == 1) {
+        // Every claim fills its batch: no partial batch, so the rate and the thresholds these
+        // samples feed are never asked for; skip ~150 instructions per (one-item) batch.
+        return;
+    }
     if (at_arrival && size >= 2 && opened_at != unset_time && now >= opened_at) {
         const double gap =
             static_cast<double>(to_nanoseconds(now - opened_at)) / static_cast<double>(size - 1);
@@ -6150,8 +7000,9 @@ void Batcher<T, R, Clock>::seal_for_free_worker(std::int64_t now) {
  * @file batcher_run.hpp
  * @brief Batcher internals, step 3: running a batch on a worker and completing its items.
  *
- * run_batch() waits for late writers, compacts holes, calls process_batch, records stats, then
- * completes every item's handle or callback; finish_party() frees the buffer.
+ * run_batch() waits for late writers, compacts holes, calls process_batch (in one of its forms,
+ * isolating poison items if asked: detail/batcher_outcomes.hpp), records stats, then completes
+ * every item's handle or callback; finish_party() frees the buffer.
  */
 
 namespace microbatch {
@@ -6190,37 +7041,27 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
 
     std::exception_ptr error;
     [[maybe_unused]] batch_result_type_or_empty results{};
+    // One outcome per item when the items' fates differ (per-item form, isolation).
+    detail::BatchOutcomes<R> outcomes;
     const auto started = clock_.now();
     if (count != 0) {
         Batch<T> batch(items, count, buffer.reason, buffer.number);
-        MICROBATCH_TRY {
-            if constexpr (std::is_void_v<R>) {
-                process_(batch);
-            } else {
-                results = process_(batch);
-                if (results.size() != count) {
-                    error = detail::make_error_ptr(ResultCountError(
-                        "microbatch::Batcher: process_batch returned " +
-                        std::to_string(results.size()) + " results for a batch of " +
-                        std::to_string(count) + " items"));
-                }
-            }
-        }
-        MICROBATCH_CATCH_ALL {
-            error = std::current_exception();
-        }
+        call_process(batch, error, results, outcomes);  // detail/batcher_outcomes.hpp
     }
-    const auto processing = to_nanoseconds((clock_.now() - started).count());
+    const auto processed_at = clock_.now();
+    const auto processing = to_nanoseconds((processed_at - started).count());
     const std::int64_t dispatch_wait =
         to_nanoseconds(started.time_since_epoch().count() - buffer.dispatched_at);
 
-    const bool batch_failed = static_cast<bool>(error);
+    // An isolated batch failed its first call, whatever the re-runs saved.
+    const bool batch_failed = static_cast<bool>(error) || outcomes.isolated;
     // Stats first: a producer that sees its item's result then also sees it counted.
     if (holes != 0) {
         stats_.holes(holes);
     }
     // Items that failed in compaction were counted (failed_early) before they completed.
-    const std::size_t failed = batch_failed ? count : 0;
+    const std::size_t failed = outcomes.active ? outcomes.failed : batch_failed ? count : 0;
+    record_outcomes(outcomes);
     stats_.completed(count - failed, failed, batch_failed, queue_delay, dispatch_wait, processing,
                      failed_in_compaction);
     // The population sample of seal_policy.hpp rule 5c, taken before this batch's items are
@@ -6229,7 +7070,9 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
     // Only here, not at seals: a seal sees the items in flight but not those waiting in other
     // lanes, and in a closed loop a batch sealed early would make the samples disagree.
     note_population(pending());
-    if (any_completion) {
+    if (any_completion && outcomes.active) {
+        complete_outcomes(completions, outcomes);
+    } else if (any_completion) {
         std::size_t last = count;
         for (std::size_t i = count; i-- > 0;) {
             if (completions[i].has_value()) {
@@ -6256,8 +7099,11 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
         // relaxed: published to the next producers by arrive()'s acq_rel and the open CAS.
         states[i].store(detail::slot_empty, std::memory_order_relaxed);
     }
-    // One clock read serves the latency sample and the decision the free worker takes below.
-    const std::int64_t finished = clock_.now().time_since_epoch().count();
+    // One clock read serves the latency sample and the decision the free worker takes below;
+    // without completions to run, results were "delivered" when process_batch returned, and
+    // that reading serves too (a clock read is ~10% of a 1-item batch's cost).
+    const std::int64_t finished = any_completion ? clock_.now().time_since_epoch().count()
+                                                 : processed_at.time_since_epoch().count();
     if (count != 0 && opened_at != unset_time) {
         // One end-to-end sample per batch: its oldest item, accepted at opened_at, has now had
         // its result delivered (Stats::item_latency).
@@ -6520,11 +7366,14 @@ bool Batcher<T, R, Clock>::seal_current(Lane& lane, DispatchReason reason, std::
 // Called exactly once per batch by whoever sealed it, with its final number of items.
 template <class T, class R, class Clock>
 void Batcher<T, R, Clock>::seal_and_dispatch(std::uint32_t buffer, std::uint32_t size,
-                                             DispatchReason reason, bool at_arrival) {
+                                             DispatchReason reason, bool at_arrival,
+                                             std::int64_t now) {
     Buffer& current = buffers_[buffer];
     current.size = size;
     current.reason = reason;
-    current.dispatched_at = clock_.now().time_since_epoch().count();
+    // A producer that opened and filled the batch in one claim (B = 1, or a bulk run) read the
+    // clock a moment ago: one reading serves both (a clock read is ~10% of a 1-item batch).
+    current.dispatched_at = now != unset_time ? now : clock_.now().time_since_epoch().count();
     // relaxed: distinct numbers suffice; the lane's next batch is numbered only after the
     // arrive() below opened it, so numbers grow along each lane.
     current.number = dispatched_batches_.fetch_add(1, std::memory_order_relaxed);
@@ -6779,10 +7628,9 @@ SubmitStatus Batcher<T, R, Clock>::fill_slot(Lane& lane, std::uint64_t head, std
     const std::size_t slot = static_cast<std::size_t>(buffer) * batch_size_ + index;
     // relaxed: written before the head CAS our claim synchronised with (see Buffer::start).
     const std::uint32_t start = buffers_[buffer].start.load(std::memory_order_relaxed);
-    if (index == start) {
-        // With a batch size of 1 this very claim seals the batch: no deadline to time.
-        note_batch_opened(buffers_[buffer], index + 1 < batch_size_);
-    }
+    // With a batch size of 1 this very claim seals the batch: no deadline to time.
+    const std::int64_t opened_now =
+        index == start ? note_batch_opened(buffers_[buffer], index + 1 < batch_size_) : unset_time;
     T* place = items_.get() + slot;
     detail::Completion<R>& completion = completions_[slot];
     std::uint8_t state = detail::slot_item;
@@ -6821,23 +7669,7 @@ SubmitStatus Batcher<T, R, Clock>::fill_slot(Lane& lane, std::uint64_t head, std
     }
     // release: publishes the item and completion to the worker that runs this batch.
     slot_states_[slot].store(state, std::memory_order_release);
-    if (index + 1 == batch_size_) {
-        seal_and_dispatch(buffer, batch_size_ - start, DispatchReason::full, true);
-    } else if ((index + 1 - start >= producer_threshold_.load(std::memory_order_relaxed) ||
-                reaches_population(index + 1 - start)) &&
-               in_flight_batches_.load(std::memory_order_relaxed) <
-                   max_in_flight_.load(std::memory_order_relaxed)) {
-        // A worker is free and the batch reached the size the policy seals at without a clock
-        // (max_delay 0, or early sealing's target): confirm with the policy and seal it here,
-        // rather than wait for the timer to wake. relaxed loads: policy inputs, see
-        // in_flight_batches_; a stale value only delays the seal to the timer or a worker.
-        const SealDecision decision = decide_seal(policy_inputs(
-            SealTrigger::producer, 0, index + 1 - start, pending_with(index + 1 - start),
-            batch_size_ - start, unset_time, unset_time));
-        if (decision.seal) {
-            seal_current(lane, decision.reason, head & ~count_mask, true, true);
-        }
-    }
+    after_fill(lane, head, buffer, start, index + 1, opened_now);
     if (error) {
         stats_.rejected_error();
         std::rethrow_exception(error);
@@ -6845,24 +7677,58 @@ SubmitStatus Batcher<T, R, Clock>::fill_slot(Lane& lane, std::uint64_t head, std
     return SubmitStatus::accepted;
 }
 
-// The producer of slot 0 stamps the batch's start time and wakes an idle timer.
+// After a producer published the slots of the batch @p head describes up to @p end: the
+// producer of the last slot seals the batch; otherwise it may seal early (see below).
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::note_batch_opened(Buffer& buffer, bool needs_timer) {
+inline void Batcher<T, R, Clock>::after_fill(Lane& lane, std::uint64_t head, std::uint32_t buffer,
+                                             std::uint32_t start, std::uint32_t end,
+                                             std::int64_t opened_now) {
+    if (end == batch_size_) {
+        seal_and_dispatch(buffer, batch_size_ - start, DispatchReason::full, true, opened_now);
+    } else if ((end - start >= producer_threshold_.load(std::memory_order_relaxed) ||
+                reaches_population(end - start)) &&
+               in_flight_batches_.load(std::memory_order_relaxed) <
+                   max_in_flight_.load(std::memory_order_relaxed)) {
+        // A worker is free and the batch reached the size the policy seals at without a clock
+        // (max_delay 0, or early sealing's target): confirm with the policy and seal it here,
+        // rather than wait for the timer to wake. relaxed loads: policy inputs, see
+        // in_flight_batches_; a stale value only delays the seal to the timer or a worker.
+        const SealDecision decision = decide_seal(
+            policy_inputs(SealTrigger::producer, 0, end - start, pending_with(end - start),
+                          batch_size_ - start, unset_time, unset_time));
+        if (decision.seal) {
+            seal_current(lane, decision.reason, head & ~count_mask, true, true);
+        }
+    }
+}
+
+// The producer of slot 0 stamps the batch's start time and wakes an idle timer. Returns the
+// time it stamped.
+template <class T, class R, class Clock>
+std::int64_t Batcher<T, R, Clock>::note_batch_opened(Buffer& buffer, bool needs_timer) {
+    const std::int64_t now = clock_.now().time_since_epoch().count();
     // seq_cst (store and load): a Dekker handshake with run_timer(), which sets
     // timer_idle_ and then re-reads the heads and opened_at; one side always sees the other.
-    buffer.opened_at.store(clock_.now().time_since_epoch().count(), std::memory_order_seq_cst);
+    buffer.opened_at.store(now, std::memory_order_seq_cst);
     if (needs_timer && timer_idle_.load(std::memory_order_seq_cst)) {
         { std::lock_guard<std::mutex> lock(timer_mutex_); }
         timer_condition_.notify_one();
     }
+    return now;
 }
 
 // Waits until a batch is open again (returns accepted), the batcher closed, or the mode's
 // patience runs out (full). Rejections are counted here, while this producer is still
 // registered: close() may let the batcher be destroyed as soon as it has left.
+// @p items: the items this rejection would refuse (a bulk submission's rest); one is counted
+// by wait_for_space_registered, the others here, still registered.
 template <class T, class R, class Clock>
-SubmitStatus Batcher<T, R, Clock>::wait_for_space(Lane& lane, WaitMode mode, Deadline deadline) {
+SubmitStatus Batcher<T, R, Clock>::wait_for_space(Lane& lane, WaitMode mode, Deadline deadline,
+                                                  std::size_t items) {
     const SubmitStatus status = wait_for_space_registered(lane, mode, deadline);
+    if (items > 1 && status != SubmitStatus::accepted) {
+        stats_.rejected(status, items - 1);
+    }
     slow_producers_.fetch_sub(1, std::memory_order_release);  // our last touch: see close
     return status;
 }

@@ -7,6 +7,12 @@
 // batch earned, and the stats add up. When the run is deterministic (inline executor, no time
 // bound or a manual-clock bound) the model also predicts every batch exactly.
 //
+// Issue 12: the options byte also chooses process_batch's form (one result per item, or one
+// Outcome per item, where "bad" items fail on their own) and poison-item isolation with a split
+// depth. Items may then be passed to process_batch several times: the model replays the
+// bisection of every batch (grouping calls by Batch::sequence()) and checks each call, each
+// item's final fate and the isolation counters.
+//
 // Build: clang++ -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude
 //        tests/fuzz/fuzz_batcher.cpp -o fuzz_batcher
 // Run:   ./fuzz_batcher -max_total_time=60 <scratch-corpus-dir> tests/fuzz/corpus
@@ -21,8 +27,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <iterator>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <type_traits>
 #include <utility>
@@ -61,6 +70,9 @@ using microbatch::Outcome;
 using microbatch::SubmitStatus;
 
 constexpr std::size_t max_operations = 200;
+// Items: one per single submission, up to max_bulk per bulk operation (issue 13).
+constexpr std::size_t max_bulk = 8;
+constexpr std::size_t max_items = max_operations * max_bulk;
 constexpr auto tiny_delay = std::chrono::microseconds(1);
 
 enum Flag : std::uint8_t {
@@ -68,6 +80,7 @@ enum Flag : std::uint8_t {
     short_ = 2,   // process_batch returns one result too few for this item's batch
     hole = 4,     // constructing the item throws ConstructionFailure (submit rejects it)
     fragile = 8,  // the item's move constructor throws MoveFailure (only compaction moves)
+    bad = 16,     // per-item form: the item's own Outcome is an ItemFailure
 };
 
 struct InjectedFailure : std::runtime_error {
@@ -78,6 +91,9 @@ struct ConstructionFailure : std::runtime_error {
 };
 struct MoveFailure : std::runtime_error {
     MoveFailure() : std::runtime_error("item move failed") {}
+};
+struct ItemFailure : std::runtime_error {
+    ItemFailure() : std::runtime_error("item failed on its own") {}
 };
 
 struct Spec {
@@ -108,9 +124,18 @@ int expected_value(std::uint32_t id) {
     return static_cast<int>(id) * 7 + 3;
 }
 
-enum Verdict : std::uint8_t { not_run, succeeded, failed_injected, failed_count };
+enum Verdict : std::uint8_t { not_run, succeeded, failed_injected, failed_count, failed_item };
 enum Delivery : std::uint8_t { none, by_callback, by_handle };
-enum Status : std::uint8_t { unknown, accepted, rejected_full, rejected_closed, rejected_hole };
+// not_tried: an item of a bulk submission after the one whose construction threw (never
+// submitted: in no counter).
+enum Status : std::uint8_t {
+    unknown,
+    accepted,
+    rejected_full,
+    rejected_closed,
+    rejected_hole,
+    not_tried
+};
 
 /// Everything one input's run records. Workers write `processed`, `verdict` and the batch log;
 /// callbacks write `completions` and `bad_outcomes`; the driver reads them after close().
@@ -135,10 +160,10 @@ struct Run {
     std::atomic<int> empty_batches{0};
     std::atomic<int> oversized_batches{0};
     std::atomic<int> batches{0};
-    std::atomic<int> failed_batches{0};
-    std::atomic<int> items_in_failed_batches{0};
     std::mutex log_mutex;
     std::vector<std::vector<std::uint32_t>> log;  // processed ids of each batch, in run order
+    // Every call's ids by batch sequence number: the first is the batch, then its re-runs.
+    std::map<std::uint64_t, std::vector<std::vector<std::uint32_t>>> calls;
 };
 
 /// Checks an outcome against what process_batch did with the item (or the move failure).
@@ -161,6 +186,8 @@ bool outcome_fits(Run& run, std::uint32_t id, const Outcome<int>& outcome) {
             return error_is(static_cast<InjectedFailure*>(nullptr));
         case failed_count:
             return error_is(static_cast<microbatch::ResultCountError*>(nullptr));
+        case failed_item:
+            return error_is(static_cast<ItemFailure*>(nullptr));
         case not_run:
             if (error_is(static_cast<MoveFailure*>(nullptr))) {
                 run.move_failed[id].store(1);
@@ -182,7 +209,11 @@ struct Recorder {
     }
 };
 
-std::vector<int> process(Run& run, std::size_t batch_size, Batch<Item>& batch) {
+/// process_batch in both forms: one result per item, or (@p per_item) one Outcome per item.
+/// Throws for a batch holding a poison item, returns one result too few for one holding a
+/// short_ item; records the call and each item's verdict (the last call holding it decides).
+std::vector<Outcome<int>> process(Run& run, std::size_t batch_size, Batch<Item>& batch,
+                                  bool per_item) {
     run.batches.fetch_add(1);
     if (batch.empty()) {
         run.empty_batches.fetch_add(1);
@@ -201,27 +232,69 @@ std::vector<int> process(Run& run, std::size_t batch_size, Batch<Item>& batch) {
     const Verdict verdict = poisoned ? failed_injected : shortened ? failed_count : succeeded;
     for (const Item& item : batch) {
         run.processed[item.id].fetch_add(1);
-        run.verdict[item.id].store(verdict);
+        run.verdict[item.id].store(
+            verdict == succeeded && per_item && (item.flags & bad) != 0 ? failed_item : verdict);
     }
     {
         std::lock_guard<std::mutex> lock(run.log_mutex);
-        run.log.push_back(std::move(ids));
-    }
-    if (verdict != succeeded) {
-        run.failed_batches.fetch_add(1);
-        run.items_in_failed_batches.fetch_add(static_cast<int>(batch.size()));
+        std::vector<std::vector<std::uint32_t>>& calls = run.calls[batch.sequence()];
+        if (calls.empty()) {
+            run.log.push_back(ids);  // the batch's first call; re-runs follow it
+        }
+        calls.push_back(std::move(ids));
     }
     if (poisoned) {
         throw InjectedFailure();
     }
-    std::vector<int> results;
+    std::vector<Outcome<int>> results;
     for (const Item& item : batch) {
-        results.push_back(expected_value(item.id));
+        if (per_item && (item.flags & bad) != 0) {
+            results.emplace_back(std::make_exception_ptr(ItemFailure()));
+        } else {
+            results.emplace_back(expected_value(item.id));
+        }
     }
     if (shortened) {
         results.pop_back();
     }
     return results;
+}
+
+/// What the model expects of one batch and its re-runs.
+struct Expected {
+    std::vector<std::vector<std::uint32_t>> calls;
+    std::map<std::uint32_t, Verdict> verdicts;
+    bool isolated = false;
+    std::size_t runs_failed = 0;
+};
+
+/// Replays Options::isolate_failures on the items @p ids of one call at @p level splits.
+void expect_calls(const std::vector<std::uint32_t>& ids, std::size_t level,
+                  const std::vector<std::uint8_t>& flags, bool per_item, bool isolate,
+                  std::size_t depth, Expected& expected) {
+    expected.calls.push_back(ids);
+    bool poisoned = false;
+    bool shortened = false;
+    for (const std::uint32_t id : ids) {
+        poisoned = poisoned || (flags[id] & poison) != 0;
+        shortened = shortened || (flags[id] & short_) != 0;
+    }
+    if (level > 0 && (poisoned || shortened)) {
+        ++expected.runs_failed;
+    }
+    if (poisoned && isolate && ids.size() > 1 && level < depth) {
+        expected.isolated = expected.isolated || level == 0;
+        const auto middle = ids.begin() + static_cast<std::ptrdiff_t>(ids.size() / 2);
+        expect_calls({ids.begin(), middle}, level + 1, flags, per_item, isolate, depth, expected);
+        expect_calls({middle, ids.end()}, level + 1, flags, per_item, isolate, depth, expected);
+        return;
+    }
+    for (const std::uint32_t id : ids) {
+        expected.verdicts[id] = poisoned                             ? failed_injected
+                                : shortened                          ? failed_count
+                                : per_item && (flags[id] & bad) != 0 ? failed_item
+                                                                     : succeeded;
+    }
 }
 
 /// Reads the input byte by byte; zeros once it is exhausted.
@@ -334,6 +407,13 @@ void run_one(const std::uint8_t* data, std::size_t size) {
             options.max_delay(std::chrono::nanoseconds(0));
             break;
     }
+    // Issue 12, from the executor byte's upper bits: per-item form (bit 3), isolation (bit 4)
+    // with a split depth of 1 to 7 or down to single items (bits 5-7).
+    const bool per_item = ((executor_byte >> 3) & 1) != 0;
+    const bool isolate = ((executor_byte >> 4) & 1) != 0;
+    const std::size_t depth_bits = static_cast<std::size_t>(executor_byte >> 5);
+    const std::size_t depth = depth_bits == 0 ? Options::max_isolation_depth : depth_bits;
+    options.isolate_failures(isolate).isolation_depth(depth);
     switch (executor_mode) {
         case ExecutorMode::inline_:
             options.executor([](microbatch::Task task) { task(); });
@@ -352,24 +432,43 @@ void run_one(const std::uint8_t* data, std::size_t size) {
                                delay_mode != DelayMode::zero &&
                                (!options.seal_early() || delay_mode == DelayMode::none);
 
-    Run run(max_operations);
+    Run run(max_items);
     const bool single_buffer =
         buffers == 1 && options.max_in_flight() == Options::unlimited_in_flight;
     Model model{batch_size, batch_size * buffers, batch_size, batch_size, single_buffer, {}, {},
                 {}};
-    std::vector<Status> status(max_operations, unknown);
-    std::vector<Delivery> delivery(max_operations, none);
-    std::vector<std::uint8_t> flags(max_operations, 0);
+    std::vector<Status> status(max_items, unknown);
+    std::vector<Delivery> delivery(max_items, none);
+    std::vector<std::uint8_t> flags(max_items, 0);
     std::vector<std::pair<std::uint32_t, Handle<int>>> handles;
     std::uint32_t next_id = 0;
     bool closed = false;
 
     ManualClock clock;
     {
-        microbatch::Batcher<Item, int, ManualClock> batcher(
-            options,
-            [&run, batch_size](Batch<Item>& batch) { return process(run, batch_size, batch); },
-            clock);
+        // The form is chosen at compile time from process_batch's return type: two lambdas.
+        using FuzzBatcher = microbatch::Batcher<Item, int, ManualClock>;
+        std::optional<FuzzBatcher> holder;
+        if (per_item) {
+            holder.emplace(
+                options,
+                [&run, batch_size](Batch<Item>& batch) {
+                    return process(run, batch_size, batch, true);
+                },
+                clock);
+        } else {
+            holder.emplace(
+                options,
+                [&run, batch_size](Batch<Item>& batch) {
+                    std::vector<int> results;
+                    for (Outcome<int>& outcome : process(run, batch_size, batch, false)) {
+                        results.push_back(outcome.value());
+                    }
+                    return results;
+                },
+                clock);
+        }
+        FuzzBatcher& batcher = *holder;
 
         // Submits one item through @p call (which returns the status) and records the outcome.
         const auto submit_item = [&](std::uint8_t item_flags, Delivery how, auto call) {
@@ -403,9 +502,8 @@ void run_one(const std::uint8_t* data, std::size_t size) {
                                                : rejected_closed;
         };
 
-        for (std::size_t op = 0; op < max_operations && !input.done(); ++op) {
-            const unsigned operation = input.byte() % 16U;
-            const std::uint8_t item_byte = operation < 9 ? input.byte() : 0;
+        // An item's flags from one input byte.
+        const auto flags_of = [](std::uint8_t item_byte) {
             std::uint8_t item_flags = 0;
             switch (item_byte & 0x0F) {
                 case 1:
@@ -417,12 +515,127 @@ void run_one(const std::uint8_t* data, std::size_t size) {
                 case 3:
                     item_flags |= hole;
                     break;
+                case 4:
+                    item_flags |= bad;
+                    break;
                 default:
                     break;
             }
             if ((item_byte >> 4) == 1) {
                 item_flags |= fragile;
             }
+            return item_flags;
+        };
+
+        // A bulk submission (issue 13) of 1..max_bulk items in one of four forms; the model
+        // claims them as single claims would, except that a construction failure ends the run:
+        // the failed item and the rest of its claimed run become holes, later items are never
+        // tried.
+        const auto submit_bulk = [&](std::uint8_t bulk_byte) {
+            const std::size_t count = 1 + bulk_byte % max_bulk;
+            const unsigned form = (bulk_byte >> 3) % 4;
+            const Delivery how = form == 2 ? by_handle : form == 3 ? by_callback : none;
+            const std::uint32_t base = next_id;
+            std::vector<Spec> specs;
+            for (std::size_t i = 0; i < count; ++i) {
+                const std::uint32_t id = next_id++;
+                specs.push_back(Spec{id, flags_of(input.byte())});
+                flags[id] = specs.back().flags;
+                delivery[id] = how;
+            }
+            std::size_t accepted_count = count;
+            SubmitStatus result = SubmitStatus::accepted;
+            bool threw_hole = false;
+            std::vector<Handle<int>> bulk_handles;
+            try {
+                switch (form) {
+                    case 0:
+                        batcher.post_n(specs.begin(), count);
+                        break;
+                    case 1: {
+                        const microbatch::BulkResult r = batcher.try_post_n(specs.begin(), count);
+                        accepted_count = r.accepted;
+                        result = r.status;
+                        break;
+                    }
+                    case 2:
+                        batcher.submit_n(specs.begin(), count, std::back_inserter(bulk_handles));
+                        break;
+                    default:
+                        batcher.submit_n(
+                            specs.begin(), count,
+                            [runp = &run, base](std::size_t index, Outcome<int>&& outcome) {
+                                Recorder{runp, base + static_cast<std::uint32_t>(index)}(
+                                    std::move(outcome));
+                            });
+                        break;
+                }
+            } catch (const ConstructionFailure&) {
+                threw_hole = true;
+            } catch (const microbatch::ClosedError&) {
+                result = SubmitStatus::closed;
+                accepted_count = 0;
+            }
+            if (threw_hole) {
+                accepted_count = 0;
+                while ((specs[accepted_count].flags & hole) == 0) {
+                    ++accepted_count;
+                }
+            }
+            if (form == 2) {
+                FUZZ_CHECK(bulk_handles.size() == accepted_count);
+                for (std::size_t i = 0; i < bulk_handles.size(); ++i) {
+                    handles.emplace_back(specs[i].id, std::move(bulk_handles[i]));
+                }
+            }
+            for (std::size_t i = 0; i < count; ++i) {
+                const std::uint32_t id = specs[i].id;
+                if (i < accepted_count) {
+                    status[id] = accepted;
+                } else if (threw_hole) {
+                    status[id] = i == accepted_count ? rejected_hole : not_tried;
+                } else {
+                    status[id] = result == SubmitStatus::closed ? rejected_closed : rejected_full;
+                }
+            }
+            if (result == SubmitStatus::closed) {
+                FUZZ_CHECK(closed);
+                return;
+            }
+            FUZZ_CHECK(!closed);
+            if (result == SubmitStatus::full && deterministic) {
+                FUZZ_CHECK(false);  // an inline executor always has room
+            }
+            // The model: runs of min(left, free slots of the open batch) claims.
+            std::size_t at = 0;
+            while (at < count && at <= accepted_count) {
+                const std::size_t run_length =
+                    std::min(count - at, model.bound - model.open.size());
+                bool ended = false;
+                for (std::size_t i = at; i < at + run_length; ++i) {
+                    if (i < accepted_count) {
+                        model.claim(specs[i]);
+                    } else if (threw_hole) {
+                        Spec filler = specs[i];
+                        filler.flags |= hole;  // claimed, published as a hole
+                        model.claim(filler);
+                        ended = true;
+                    } else {
+                        ended = true;  // try_post_n stopped here (not in deterministic runs)
+                        break;
+                    }
+                }
+                if (ended) {
+                    break;
+                }
+                at += run_length;
+            }
+            (void)base;
+        };
+
+        for (std::size_t op = 0; op < max_operations && !input.done(); ++op) {
+            const unsigned operation = input.byte() % 16U;
+            const std::uint8_t item_flags = operation < 9 ? flags_of(input.byte()) : 0;
             Handle<int> handle;
             const auto keep_handle = [&handles, &handle](std::uint32_t id) {
                 if (handle.valid()) {
@@ -538,10 +751,16 @@ void run_one(const std::uint8_t* data, std::size_t size) {
                     FUZZ_CHECK(batcher.max_in_flight() >= 1);
                     break;
                 }
-                default:
-                    (void)batcher.stats();
-                    (void)batcher.pending();
+                default: {
+                    const std::uint8_t bulk_byte = input.byte();
+                    if (bulk_byte < 64) {
+                        (void)batcher.stats();
+                        (void)batcher.pending();
+                    } else {
+                        submit_bulk(bulk_byte);
+                    }
                     break;
+                }
             }
         }
         batcher.close();
@@ -574,6 +793,7 @@ void run_one(const std::uint8_t* data, std::size_t size) {
         std::uint64_t closed_count = 0;
         std::uint64_t hole_count = 0;
         std::uint64_t move_failures = 0;
+        std::uint64_t not_tried_count = 0;
         for (std::uint32_t id = 0; id < next_id; ++id) {
             const int processed = run.processed[id].load();
             const int completions = run.completions[id].load();
@@ -588,7 +808,9 @@ void run_one(const std::uint8_t* data, std::size_t size) {
                             FUZZ_CHECK(run.move_failed[id].load() == 1);
                         }
                     } else {
-                        FUZZ_CHECK(processed == 1);
+                        // Isolation passes the items of a failed batch again (checked call by
+                        // call below).
+                        FUZZ_CHECK(processed == 1 || (isolate && processed > 1));
                     }
                     FUZZ_CHECK(completions == (delivery[id] == none ? 0 : 1));
                     break;
@@ -601,21 +823,64 @@ void run_one(const std::uint8_t* data, std::size_t size) {
                     FUZZ_CHECK(processed == 0);
                     FUZZ_CHECK(completions == 0);
                     break;
+                case not_tried:
+                    ++not_tried_count;
+                    FUZZ_CHECK(processed == 0);
+                    FUZZ_CHECK(completions == 0);
+                    break;
                 case unknown:
                     FUZZ_CHECK(false);
             }
         }
 
+        // Each batch's calls (the batch, then its re-runs) and its items' fates, replayed.
+        std::uint64_t failed_batches = 0;
+        std::uint64_t isolated_batches = 0;
+        std::uint64_t runs = 0;
+        std::uint64_t runs_failed = 0;
+        std::uint64_t items_failed = move_failures;
+        std::uint64_t items_failed_individually = 0;
+        {
+            std::lock_guard<std::mutex> lock(run.log_mutex);
+            for (const auto& entry : run.calls) {
+                const std::vector<std::vector<std::uint32_t>>& calls = entry.second;
+                Expected expected;
+                expect_calls(calls.front(), 0, flags, per_item, isolate, depth, expected);
+                FUZZ_CHECK(calls == expected.calls);
+                bool batch_failed = false;
+                for (const std::uint32_t id : calls.front()) {
+                    batch_failed = batch_failed || (flags[id] & (poison | short_)) != 0;
+                }
+                failed_batches += batch_failed ? 1 : 0;
+                isolated_batches += expected.isolated ? 1 : 0;
+                runs += calls.size() - 1;
+                runs_failed += expected.runs_failed;
+                for (const auto& fate : expected.verdicts) {
+                    FUZZ_CHECK(run.verdict[fate.first].load() == fate.second);
+                    if (fate.second == succeeded) {
+                        continue;
+                    }
+                    ++items_failed;
+                    // Alone: by its own outcome in a batch that returned, or in a re-run.
+                    items_failed_individually +=
+                        expected.isolated || fate.second == failed_item ? 1 : 0;
+                }
+            }
+        }
+
         const microbatch::Stats stats = batcher.stats();
-        FUZZ_CHECK(stats.items_submitted == next_id);
+        FUZZ_CHECK(stats.items_failed_individually == items_failed_individually);
+        FUZZ_CHECK(stats.batches_isolated == isolated_batches);
+        FUZZ_CHECK(stats.isolation_runs == runs);
+        FUZZ_CHECK(stats.isolation_runs_failed == runs_failed);
+        FUZZ_CHECK(stats.items_submitted == next_id - not_tried_count);
         FUZZ_CHECK(stats.items_accepted == accepted_count);
         FUZZ_CHECK(stats.items_rejected_full == full_count);
         FUZZ_CHECK(stats.items_rejected_closed == closed_count);
         FUZZ_CHECK(stats.items_rejected_error == hole_count);
         FUZZ_CHECK(stats.items_accepted == stats.items_processed + stats.items_failed);
-        FUZZ_CHECK(stats.items_failed ==
-                   static_cast<std::uint64_t>(run.items_in_failed_batches.load()) + move_failures);
-        FUZZ_CHECK(stats.batches_failed == static_cast<std::uint64_t>(run.failed_batches.load()));
+        FUZZ_CHECK(stats.items_failed == items_failed);
+        FUZZ_CHECK(stats.batches_failed == failed_batches);
         FUZZ_CHECK(stats.batch_size_max <= batch_size);
         FUZZ_CHECK(stats.callback_exceptions == 0);
         // Issue 15: every counter agrees on batches, including batches made only of holes,

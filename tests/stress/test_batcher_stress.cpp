@@ -29,6 +29,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <random>
@@ -308,8 +309,18 @@ enum class Op {
     submit_for,
     submit_for_callback,
     submit_for_handle,
+    // Bulk submissions (issue 13): a run of 1..16 consecutive ids in one call.
+    post_n,
+    try_post_n,
+    post_n_for,
+    submit_n_handles,
+    submit_n_callback,
     count
 };
+
+bool is_bulk(Op op) {
+    return op >= Op::post_n && op < Op::count;
+}
 
 /// Per-round weights, so some rounds are dominated by one kind of call.
 struct OpMix {
@@ -368,7 +379,7 @@ struct Producer {
         // Two wait_idle() bugs (issue 5, fixed) hung it: it spun forever after close() with a
         // single buffer, and it could wait for a batch that had already finished.
         const bool may_wait_idle = MICROBATCH_STRESS_AVOID_KNOWN_BUGS == 0;
-        for (std::size_t k = 0; k < config.items_per_producer; ++k) {
+        for (std::size_t k = 0; k < config.items_per_producer;) {
             const std::uint32_t id = first + static_cast<std::uint32_t>(k);
             if (op_mix.flush_percent != 0 && random.chance(op_mix.flush_percent)) {
                 batcher.flush();
@@ -377,8 +388,71 @@ struct Producer {
                 random.between(0, 999) < op_mix.wait_idle_per_mille) {
                 batcher.wait_idle();
             }
-            ledger.status[id] = perform(op_mix.pick(random), id);
-            ledger.ops_done.fetch_add(1, std::memory_order_relaxed);
+            const Op op = op_mix.pick(random);
+            if (is_bulk(op)) {
+                const std::size_t n = std::min<std::size_t>(
+                    static_cast<std::size_t>(random.between(1, 16)), config.items_per_producer - k);
+                perform_bulk(op, id, n);
+                ledger.ops_done.fetch_add(n, std::memory_order_relaxed);
+                k += n;
+            } else {
+                ledger.status[id] = perform(op, id);
+                ledger.ops_done.fetch_add(1, std::memory_order_relaxed);
+                ++k;
+            }
+        }
+    }
+
+    // Submits ids [first, first + n) with one bulk call and records each id's status: a prefix
+    // accepted, the rest rejected with the call's status.
+    void perform_bulk(Op op, std::uint32_t first, std::size_t n) {
+        std::vector<std::uint32_t> ids(n);
+        for (std::size_t i = 0; i < n; ++i) {
+            ids[i] = first + static_cast<std::uint32_t>(i);
+        }
+        const Delivery how = op == Op::submit_n_handles    ? by_handle
+                             : op == Op::submit_n_callback ? by_callback
+                                                           : none;
+        for (std::uint32_t id : ids) {
+            ledger.delivery[id] = how;
+        }
+        const auto timeout = std::chrono::microseconds(random.between(0, 300));
+        microbatch::BulkResult result{SubmitStatus::accepted, n};
+        std::vector<Handle<R>> bulk_handles;
+        try {
+            switch (op) {
+                case Op::post_n:
+                    batcher.post_n(ids.begin(), n);
+                    break;
+                case Op::try_post_n:
+                    result = batcher.try_post_n(ids.begin(), n);
+                    break;
+                case Op::post_n_for:
+                    result = batcher.post_n_for(ids.begin(), n, timeout);
+                    break;
+                case Op::submit_n_handles:
+                    batcher.submit_n(ids.begin(), n, std::back_inserter(bulk_handles));
+                    break;
+                default:
+                    batcher.submit_n(
+                        ids.begin(), n,
+                        [ledger_ptr = &ledger, first](std::size_t at, Outcome<R>&& outcome) {
+                            Recorder<R>{ledger_ptr,
+                                        first + static_cast<std::uint32_t>(at)}(std::move(outcome));
+                        });
+                    break;
+            }
+        } catch (const microbatch::BulkClosedError& error) {
+            result = microbatch::BulkResult{SubmitStatus::closed, error.accepted()};
+        }
+        if (how == by_handle && bulk_handles.size() != result.accepted) {
+            handle_missing = true;
+        }
+        for (std::size_t i = 0; i < bulk_handles.size(); ++i) {
+            handles.emplace_back(ids[i], std::move(bulk_handles[i]));
+        }
+        for (std::size_t i = 0; i < n; ++i) {
+            ledger.status[ids[i]] = i < result.accepted ? accepted : from(result.status);
         }
     }
 
@@ -420,6 +494,11 @@ struct Producer {
                 ledger.delivery[id] = by_handle;
                 status = from(batcher.submit_for(Item(id), handle, timeout));
                 break;
+            case Op::post_n:  // bulk: see perform_bulk
+            case Op::try_post_n:
+            case Op::post_n_for:
+            case Op::submit_n_handles:
+            case Op::submit_n_callback:
             case Op::count:
                 break;
         }
@@ -1018,5 +1097,165 @@ TEST_CASE(
         CHECK(stats.batches_completed == stats.batches_dispatched());
         CHECK(batcher.pending() == 0);
         CHECK(batcher.in_flight() == 0);
+    }
+}
+
+TEST_CASE("Batcher isolation and per-item outcomes fail exactly the poison and bad items",
+          "[batcher][stress][isolation]") {
+    // Issue 12: random batch sizes, delays, lanes, workers (own pool or the shared one), depth
+    // caps, both result forms, racing producers with handles and callbacks. Poison ids (one in
+    // poison_one_in) make every call holding them throw; bad ids fail by their own Outcome.
+    // Afterwards each id completed exactly once, with success exactly when neither poison nor
+    // bad nor in a sub-batch cut off by the depth cap (then InjectedFailure), and the counters
+    // add up.
+    const std::uint64_t seed = stress_seed();
+    std::printf("[stress] isolation seed=%" PRIu64 "\n", seed);
+    std::fflush(stdout);
+    Random random(seed);
+    const std::size_t rounds = 6;
+    const auto per_producer = static_cast<std::uint32_t>(std::max(200.0, 3000.0 * stress_scale()));
+    static microbatch::ThreadPool shared(2);
+    for (std::size_t round = 0; round < rounds; ++round) {
+        const std::size_t producers = static_cast<std::size_t>(random.between(1, 4));
+        const std::size_t batch_size = static_cast<std::size_t>(random.between(1, 300));
+        const std::uint64_t poison_one_in = random.between(5, 200);
+        const bool per_item = random.chance(50);
+        const std::size_t depth = random.chance(50)
+                                      ? Options::max_isolation_depth
+                                      : static_cast<std::size_t>(random.between(1, 6));
+        Options options = Options{}
+                              .max_batch_size(batch_size)
+                              .max_delay(std::chrono::microseconds(random.between(0, 200)))
+                              .lanes(static_cast<std::size_t>(random.between(1, 2)))
+                              .isolate_failures(true)
+                              .isolation_depth(depth);
+        if (random.chance(30)) {
+            options.executor(shared.executor());
+        } else {
+            options.workers(static_cast<std::size_t>(random.between(1, 3)));
+        }
+        const std::uint32_t total = static_cast<std::uint32_t>(producers) * per_producer;
+        const auto poisoned = [poison_one_in](std::uint32_t id) {
+            return mix(id, 12) % poison_one_in == 0;
+        };
+        const auto bad = [per_item](std::uint32_t id) { return per_item && mix(id, 34) % 7 == 0; };
+        // Per id: completions, and the outcome seen: 1 success, 2 InjectedFailure, 3 own
+        // failure, 4 anything else.
+        std::unique_ptr<std::atomic<int>[]> completions(new std::atomic<int>[total]);
+        std::unique_ptr<std::atomic<int>[]> seen(new std::atomic<int>[total]);
+        for (std::uint32_t id = 0; id < total; ++id) {
+            completions[id].store(0);
+            seen[id].store(0);
+        }
+        const auto classify = [](const Outcome<std::uint64_t>& outcome, std::uint32_t id) {
+            if (outcome.has_value()) {
+                return outcome.value() == expected_result(id) ? 1 : 4;
+            }
+            try {
+                std::rethrow_exception(outcome.error());
+            } catch (const InjectedFailure&) {
+                return 2;
+            } catch (const std::invalid_argument&) {
+                return 3;
+            } catch (...) {
+                return 4;
+            }
+        };
+        const auto results = [&](Batch<Item>& batch) {
+            std::vector<Outcome<std::uint64_t>> outcomes;
+            for (const Item& item : batch) {
+                if (poisoned(item.id)) {
+                    throw InjectedFailure();
+                }
+                if (bad(item.id)) {
+                    outcomes.emplace_back(std::make_exception_ptr(std::invalid_argument("bad")));
+                } else {
+                    outcomes.emplace_back(expected_result(item.id));
+                }
+            }
+            return outcomes;
+        };
+        std::optional<Batcher<Item, std::uint64_t>> holder;
+        if (per_item) {
+            holder.emplace(options, results);
+        } else {
+            holder.emplace(options, [&results](Batch<Item>& batch) {
+                std::vector<std::uint64_t> values;
+                for (Outcome<std::uint64_t>& outcome : results(batch)) {
+                    values.push_back(outcome.value());
+                }
+                return values;
+            });
+        }
+        Batcher<Item, std::uint64_t>& batcher = *holder;
+        std::vector<std::thread> threads;
+        for (std::size_t p = 0; p < producers; ++p) {
+            threads.emplace_back([&, p] {
+                std::vector<std::pair<std::uint32_t, Handle<std::uint64_t>>> handles;
+                for (std::uint32_t i = 0; i < per_producer; ++i) {
+                    const std::uint32_t id = static_cast<std::uint32_t>(p) * per_producer + i;
+                    if (i % 2 == 0) {
+                        handles.emplace_back(id, batcher.submit(Item(id)));
+                    } else {
+                        batcher.submit(Item(id), [&, id](Outcome<std::uint64_t>&& outcome) {
+                            seen[id].store(classify(outcome, id));
+                            completions[id].fetch_add(1);
+                        });
+                    }
+                }
+                for (auto& entry : handles) {
+                    Outcome<std::uint64_t> outcome = [&entry] {
+                        try {
+                            return Outcome<std::uint64_t>(entry.second.get());
+                        } catch (...) {
+                            return Outcome<std::uint64_t>(std::current_exception());
+                        }
+                    }();
+                    seen[entry.first].store(classify(outcome, entry.first));
+                    completions[entry.first].fetch_add(1);
+                }
+            });
+        }
+        for (auto& thread : threads) {
+            thread.join();
+        }
+        batcher.close();
+        const microbatch::Stats stats = batcher.stats();
+        std::uint64_t wrong = 0;
+        std::uint64_t failed = 0;
+        std::uint64_t poison_count = 0;
+        std::uint64_t bad_count = 0;
+        for (std::uint32_t id = 0; id < total; ++id) {
+            const int outcome = seen[id].load();
+            wrong += completions[id].load() == 1 ? 0 : 1;
+            poison_count += poisoned(id) ? 1 : 0;
+            bad_count += !poisoned(id) && bad(id) ? 1 : 0;
+            failed += outcome == 1 ? 0 : 1;
+            // A poison item always fails with InjectedFailure; a bad one by itself unless a
+            // poison neighbour's sub-batch at the depth cap took it down; any other item
+            // succeeds, or (depth cap, or a lone batch) fails with InjectedFailure.
+            if (poisoned(id)) {
+                wrong += outcome == 2 ? 0 : 1;
+            } else if (bad(id)) {
+                wrong += outcome == 3 || outcome == 2 ? 0 : 1;
+            } else {
+                wrong +=
+                    outcome == 1 || (outcome == 2 && depth < Options::max_isolation_depth) ? 0 : 1;
+            }
+        }
+        INFO("round " << round << " producers=" << producers << " batch=" << batch_size
+                      << " poison 1/" << poison_one_in << " per_item=" << per_item
+                      << " depth=" << depth);
+        CHECK(wrong == 0);
+        CHECK(stats.items_accepted == total);
+        CHECK(stats.items_failed == failed);
+        CHECK(stats.items_processed == total - failed);
+        CHECK(stats.batches_isolated <= stats.batches_failed);
+        CHECK(stats.isolation_runs_failed <= stats.isolation_runs);
+        CHECK(stats.items_failed_individually <= stats.items_failed);
+        if (depth == Options::max_isolation_depth) {
+            // Down to single items: only poison and bad items fail.
+            CHECK(failed == poison_count + bad_count);
+        }
     }
 }

@@ -140,11 +140,14 @@ bool Batcher<T, R, Clock>::seal_current(Lane& lane, DispatchReason reason, std::
 // Called exactly once per batch by whoever sealed it, with its final number of items.
 template <class T, class R, class Clock>
 void Batcher<T, R, Clock>::seal_and_dispatch(std::uint32_t buffer, std::uint32_t size,
-                                             DispatchReason reason, bool at_arrival) {
+                                             DispatchReason reason, bool at_arrival,
+                                             std::int64_t now) {
     Buffer& current = buffers_[buffer];
     current.size = size;
     current.reason = reason;
-    current.dispatched_at = clock_.now().time_since_epoch().count();
+    // A producer that opened and filled the batch in one claim (B = 1, or a bulk run) read the
+    // clock a moment ago: one reading serves both (a clock read is ~10% of a 1-item batch).
+    current.dispatched_at = now != unset_time ? now : clock_.now().time_since_epoch().count();
     // relaxed: distinct numbers suffice; the lane's next batch is numbered only after the
     // arrive() below opened it, so numbers grow along each lane.
     current.number = dispatched_batches_.fetch_add(1, std::memory_order_relaxed);

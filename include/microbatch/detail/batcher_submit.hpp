@@ -73,10 +73,9 @@ SubmitStatus Batcher<T, R, Clock>::fill_slot(Lane& lane, std::uint64_t head, std
     const std::size_t slot = static_cast<std::size_t>(buffer) * batch_size_ + index;
     // relaxed: written before the head CAS our claim synchronised with (see Buffer::start).
     const std::uint32_t start = buffers_[buffer].start.load(std::memory_order_relaxed);
-    if (index == start) {
-        // With a batch size of 1 this very claim seals the batch: no deadline to time.
-        note_batch_opened(buffers_[buffer], index + 1 < batch_size_);
-    }
+    // With a batch size of 1 this very claim seals the batch: no deadline to time.
+    const std::int64_t opened_now =
+        index == start ? note_batch_opened(buffers_[buffer], index + 1 < batch_size_) : unset_time;
     T* place = items_.get() + slot;
     detail::Completion<R>& completion = completions_[slot];
     std::uint8_t state = detail::slot_item;
@@ -115,23 +114,7 @@ SubmitStatus Batcher<T, R, Clock>::fill_slot(Lane& lane, std::uint64_t head, std
     }
     // release: publishes the item and completion to the worker that runs this batch.
     slot_states_[slot].store(state, std::memory_order_release);
-    if (index + 1 == batch_size_) {
-        seal_and_dispatch(buffer, batch_size_ - start, DispatchReason::full, true);
-    } else if ((index + 1 - start >= producer_threshold_.load(std::memory_order_relaxed) ||
-                reaches_population(index + 1 - start)) &&
-               in_flight_batches_.load(std::memory_order_relaxed) <
-                   max_in_flight_.load(std::memory_order_relaxed)) {
-        // A worker is free and the batch reached the size the policy seals at without a clock
-        // (max_delay 0, or early sealing's target): confirm with the policy and seal it here,
-        // rather than wait for the timer to wake. relaxed loads: policy inputs, see
-        // in_flight_batches_; a stale value only delays the seal to the timer or a worker.
-        const SealDecision decision = decide_seal(policy_inputs(
-            SealTrigger::producer, 0, index + 1 - start, pending_with(index + 1 - start),
-            batch_size_ - start, unset_time, unset_time));
-        if (decision.seal) {
-            seal_current(lane, decision.reason, head & ~count_mask, true, true);
-        }
-    }
+    after_fill(lane, head, buffer, start, index + 1, opened_now);
     if (error) {
         stats_.rejected_error();
         std::rethrow_exception(error);
@@ -139,24 +122,58 @@ SubmitStatus Batcher<T, R, Clock>::fill_slot(Lane& lane, std::uint64_t head, std
     return SubmitStatus::accepted;
 }
 
-// The producer of slot 0 stamps the batch's start time and wakes an idle timer.
+// After a producer published the slots of the batch @p head describes up to @p end: the
+// producer of the last slot seals the batch; otherwise it may seal early (see below).
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::note_batch_opened(Buffer& buffer, bool needs_timer) {
+inline void Batcher<T, R, Clock>::after_fill(Lane& lane, std::uint64_t head, std::uint32_t buffer,
+                                             std::uint32_t start, std::uint32_t end,
+                                             std::int64_t opened_now) {
+    if (end == batch_size_) {
+        seal_and_dispatch(buffer, batch_size_ - start, DispatchReason::full, true, opened_now);
+    } else if ((end - start >= producer_threshold_.load(std::memory_order_relaxed) ||
+                reaches_population(end - start)) &&
+               in_flight_batches_.load(std::memory_order_relaxed) <
+                   max_in_flight_.load(std::memory_order_relaxed)) {
+        // A worker is free and the batch reached the size the policy seals at without a clock
+        // (max_delay 0, or early sealing's target): confirm with the policy and seal it here,
+        // rather than wait for the timer to wake. relaxed loads: policy inputs, see
+        // in_flight_batches_; a stale value only delays the seal to the timer or a worker.
+        const SealDecision decision = decide_seal(
+            policy_inputs(SealTrigger::producer, 0, end - start, pending_with(end - start),
+                          batch_size_ - start, unset_time, unset_time));
+        if (decision.seal) {
+            seal_current(lane, decision.reason, head & ~count_mask, true, true);
+        }
+    }
+}
+
+// The producer of slot 0 stamps the batch's start time and wakes an idle timer. Returns the
+// time it stamped.
+template <class T, class R, class Clock>
+std::int64_t Batcher<T, R, Clock>::note_batch_opened(Buffer& buffer, bool needs_timer) {
+    const std::int64_t now = clock_.now().time_since_epoch().count();
     // seq_cst (store and load): a Dekker handshake with run_timer(), which sets
     // timer_idle_ and then re-reads the heads and opened_at; one side always sees the other.
-    buffer.opened_at.store(clock_.now().time_since_epoch().count(), std::memory_order_seq_cst);
+    buffer.opened_at.store(now, std::memory_order_seq_cst);
     if (needs_timer && timer_idle_.load(std::memory_order_seq_cst)) {
         { std::lock_guard<std::mutex> lock(timer_mutex_); }
         timer_condition_.notify_one();
     }
+    return now;
 }
 
 // Waits until a batch is open again (returns accepted), the batcher closed, or the mode's
 // patience runs out (full). Rejections are counted here, while this producer is still
 // registered: close() may let the batcher be destroyed as soon as it has left.
+// @p items: the items this rejection would refuse (a bulk submission's rest); one is counted
+// by wait_for_space_registered, the others here, still registered.
 template <class T, class R, class Clock>
-SubmitStatus Batcher<T, R, Clock>::wait_for_space(Lane& lane, WaitMode mode, Deadline deadline) {
+SubmitStatus Batcher<T, R, Clock>::wait_for_space(Lane& lane, WaitMode mode, Deadline deadline,
+                                                  std::size_t items) {
     const SubmitStatus status = wait_for_space_registered(lane, mode, deadline);
+    if (items > 1 && status != SubmitStatus::accepted) {
+        stats_.rejected(status, items - 1);
+    }
     slow_producers_.fetch_sub(1, std::memory_order_release);  // our last touch: see close
     return status;
 }

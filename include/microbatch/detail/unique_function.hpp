@@ -21,7 +21,8 @@ class UniqueFunction;
  *        too (e.g. a lambda capturing a `std::unique_ptr`).
  *
  * The callable lives on the heap (one allocation when constructed; moves just pass the
- * pointer). Calling an empty UniqueFunction is undefined: the Batcher never holds an empty one.
+ * pointer). Calling an empty UniqueFunction is undefined: the Batcher calls only the one of its
+ * two batch functions (plain or per-item form) that it stored.
  * Not thread-safe to move or destroy while called; concurrent calls are as safe as concurrent
  * calls of the callable itself (the batcher's workers call it concurrently).
  */

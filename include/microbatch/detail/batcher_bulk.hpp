@@ -1,0 +1,224 @@
+#pragma once
+/**
+ * @file batcher_bulk.hpp
+ * @brief Batcher internals, step 1 for a run of items: claiming a batch's slots for several
+ *        items with one fetch_add (post_n, submit_n and their try/timed forms).
+ *
+ * submit_bulk() loops: claim min(left, free slots seen, max_bulk_claim) slots with one
+ * fetch_add on the lane's head word, fill_run() constructs the items in place and publishes
+ * each slot, after_fill() seals as a single claim's fill_slot() would; when no batch is open,
+ * wait_for_space() blocks exactly as for single submissions (detail/batcher_submit.hpp).
+ */
+
+#include <algorithm>
+#include <iterator>
+#include <string>
+
+#include "microbatch/batcher.hpp"
+#include "microbatch/detail/config.hpp"
+
+namespace microbatch {
+
+// ---- What a bulk submission stores in each slot ------------------------------------------------
+// A store offers store(completion, index) (may throw; returns whether it stored a
+// completion), accept(index) once the item is constructed, and release() for the caller.
+
+// Fire-and-forget: nothing per item.
+template <class T, class R, class Clock>
+struct Batcher<T, R, Clock>::BulkPostStore {
+    static bool store(detail::Completion<R>&, std::size_t) noexcept { return false; }
+    static void accept(std::size_t) noexcept {}
+};
+
+// One copy of the user's callback per item, invoked with the item's index in the range.
+template <class T, class R, class Clock>
+template <class F>
+class Batcher<T, R, Clock>::BulkCallbackStore {
+public:
+    explicit BulkCallbackStore(F& callback) noexcept : callback_(callback) {}
+    bool store(detail::Completion<R>& slot, std::size_t index) {
+        slot.emplace(Indexed{callback_, index});  // copies the callback: may throw
+        return true;
+    }
+    static void accept(std::size_t) noexcept {}
+    F release() { return callback_; }
+
+private:
+    struct Indexed {
+        F callback;
+        std::size_t index;
+        void operator()(Outcome<R>&& outcome) { callback(index, std::move(outcome)); }
+    };
+    F& callback_;
+};
+
+// One pooled handle state per item; the handle goes to the output iterator once the item is
+// accepted (never for an item that was not).
+template <class T, class R, class Clock>
+template <class OutputIt>
+class Batcher<T, R, Clock>::BulkHandleStore {
+public:
+    explicit BulkHandleStore(OutputIt out) : out_(std::move(out)) {}
+    bool store(detail::Completion<R>& slot, std::size_t) {
+        // create() hands out two references: one for the slot's completion, one for the
+        // handle; pending_ keeps the handle's until accept() (or drops it, if the item fails).
+        detail::HandleState<R>* const state = detail::HandleState<R>::create();
+        pending_ = Handle<R>(state);
+        slot.emplace(detail::HandleCompletion<R>(state));
+        return true;
+    }
+    void accept(std::size_t) {
+        *out_ = std::move(pending_);
+        ++out_;
+    }
+    OutputIt release() { return std::move(out_); }
+
+private:
+    OutputIt out_;
+    Handle<R> pending_;
+};
+
+template <class T, class R, class Clock>
+template <class Sink>
+auto Batcher<T, R, Clock>::bulk_store(Sink& sink) {
+    if constexpr (std::is_invocable_v<Sink&, std::size_t, Outcome<R>&&>) {
+        static_assert(
+            std::is_copy_constructible_v<Sink> && std::is_nothrow_move_constructible_v<Sink>,
+            "microbatch::Batcher::submit_n: the callback is copied into each item's "
+            "slot: it must be copy constructible and nothrow move constructible");
+        return BulkCallbackStore<Sink>(sink);
+    } else {
+        static_assert(std::is_assignable_v<decltype(*std::declval<Sink&>()), Handle<R>&&>,
+                      "microbatch::Batcher::submit_n: the sink must be callable as "
+                      "void(std::size_t index, microbatch::Outcome<R>&&) or be an output "
+                      "iterator of microbatch::Handle<R>");
+        return BulkHandleStore<Sink>(sink);
+    }
+}
+
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::throw_if_bulk_rejected(const BulkResult& result, std::size_t n) const {
+    if (result.status == SubmitStatus::closed) {
+        MICROBATCH_THROW(BulkClosedError("microbatch::Batcher: bulk submit on a closed batcher (" +
+                                             std::to_string(result.accepted) + " of " +
+                                             std::to_string(n) + " items were accepted)",
+                                         result.accepted));
+    }
+}
+
+template <class T, class R, class Clock>
+template <class InputIt, class Store>
+BulkResult Batcher<T, R, Clock>::submit_bulk(InputIt& first, std::size_t n, WaitMode mode,
+                                             Deadline deadline, Store&& store) {
+    Lane& lane = lane_for_this_thread();
+    std::size_t done = 0;
+    while (done < n) {
+        // Test before claiming, as submit_impl does: a claim on a sealed or closed head is a
+        // stray increment. relaxed: only a filter; the fetch_add below decides.
+        const std::uint64_t seen = lane.head.load(std::memory_order_relaxed);
+        const std::uint64_t seen_count = seen & count_mask;
+        if (seen_count < batch_size_ && (seen & closed_bit) == 0) {
+            // Claim no more than the slots seen free: a claim that lands on a fuller (or newly
+            // opened) batch keeps what fits and leaves the rest as stray increments, at most
+            // max_bulk_claim per producer per seal, far below the head word's headroom
+            // (sealed_count leaves 2^23).
+            const std::uint64_t want = std::min<std::uint64_t>(
+                {static_cast<std::uint64_t>(n - done), batch_size_ - seen_count,
+                 static_cast<std::uint64_t>(max_bulk_claim)});
+            // seq_cst: as submit_impl's claim (orders it before note_batch_opened's handshake).
+            const std::uint64_t head = lane.head.fetch_add(want, std::memory_order_seq_cst);
+            const std::uint64_t index = head & count_mask;
+            if (index < batch_size_) {
+                const auto count =
+                    static_cast<std::uint32_t>(std::min<std::uint64_t>(want, batch_size_ - index));
+                done += fill_run(lane, head, static_cast<std::uint32_t>(index), count, first, done,
+                                 store);
+                continue;
+            }
+        }
+        const SubmitStatus status = wait_for_space(lane, mode, deadline, n - done);
+        if (status != SubmitStatus::accepted) {
+            return BulkResult{status, done};  // the n - done rejected items are counted there
+        }
+    }
+    return BulkResult{SubmitStatus::accepted, done};
+}
+
+// Fills the claimed slots [index, index + count) of the batch @p head describes with the next
+// @p count items. Returns the number accepted (count, unless constructing one throws: then the
+// slots from it on are published as holes and the exception propagates after the seal logic).
+template <class T, class R, class Clock>
+template <class InputIt, class Store>
+std::uint32_t Batcher<T, R, Clock>::fill_run(Lane& lane, std::uint64_t head, std::uint32_t index,
+                                             std::uint32_t count, InputIt& first, std::size_t done,
+                                             Store& store) {
+    const std::uint32_t buffer = buffer_of(head);
+    const std::size_t base = static_cast<std::size_t>(buffer) * batch_size_;
+    const std::uint32_t end = index + count;
+    // relaxed: written before the head CAS our claim synchronised with (see Buffer::start).
+    const std::uint32_t start = buffers_[buffer].start.load(std::memory_order_relaxed);
+    const std::int64_t opened_now =
+        index == start ? note_batch_opened(buffers_[buffer], end < batch_size_) : unset_time;
+    using Reference = decltype(*first);
+    std::uint32_t slot = index;
+    std::exception_ptr error;
+    if constexpr (std::is_nothrow_constructible_v<T, Reference>&& noexcept(store.store(
+                      std::declval<detail::Completion<R>&>(), 0))&& noexcept(store.accept(0))) {
+        for (; slot != end; ++slot) {
+            const std::size_t i = done + (slot - index);
+            const std::uint8_t state = store.store(completions_[base + slot], i)
+                                           ? detail::slot_item_completion
+                                           : detail::slot_item;
+            ::new (static_cast<void*>(items_.get() + base + slot)) T(*first);
+            ++first;
+            // release: publishes the item and completion to the worker that runs this batch.
+            slot_states_[base + slot].store(state, std::memory_order_release);
+            store.accept(i);
+        }
+    } else {
+        MICROBATCH_TRY {
+            for (; slot != end; ++slot) {
+                const std::size_t i = done + (slot - index);
+                detail::Completion<R>& completion = completions_[base + slot];
+                // The completion first: if storing it throws, the item is not touched.
+                const std::uint8_t state =
+                    store.store(completion, i) ? detail::slot_item_completion : detail::slot_item;
+                MICROBATCH_TRY {
+                    ::new (static_cast<void*>(items_.get() + base + slot)) T(*first);
+                }
+                MICROBATCH_CATCH_ALL {
+                    completion.reset();  // never invoked: the item was not accepted
+                    MICROBATCH_RETHROW;
+                }
+                ++first;
+                // release: publishes the item and completion to the worker.
+                slot_states_[base + slot].store(state, std::memory_order_release);
+                store.accept(i);
+            }
+        }
+        MICROBATCH_CATCH_ALL {
+            error = std::current_exception();
+        }
+    }
+    if (error) {
+        // Every claimed slot must be published or the batch would wait for it forever: the
+        // failed item's and those after it become holes, which the worker skips. Holes are no
+        // accepted items: take them off close_for()'s in-flight count (see fill_slot).
+        for (std::uint32_t rest = slot; rest != end; ++rest) {
+            slot_states_[base + rest].store(detail::slot_hole, std::memory_order_release);
+        }
+        // relaxed: a statistic; nothing is published through it.
+        in_flight_items_.fetch_sub(static_cast<std::uint64_t>(end - slot),
+                                   std::memory_order_relaxed);
+    }
+    // The opening reading can stand for the seal time only if no item constructor ran long
+    // in between: true for the nothrow path's plain copies, not promised otherwise.
+    after_fill(lane, head, buffer, start, end, count == 1 ? opened_now : unset_time);
+    if (error) {
+        stats_.rejected_error();
+        std::rethrow_exception(error);
+    }
+    return slot - index;
+}
+
+}  // namespace microbatch
