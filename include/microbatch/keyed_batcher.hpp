@@ -108,7 +108,7 @@ namespace microbatch {
  * finishes a batch takes the next one itself (up to 16 in a row, then it hands the next to the
  * executor and returns the thread to the pool). Measured (bench_keyed, two producers, shared
  * ThreadPool(2), README "Keyed batching"): about 0.5x the throughput of one Batcher at one key,
- * about 1x as many Batchers at 10 keys, 1.4-2x at 100; for one hot stream use Batcher.
+ * about 1x as many Batchers at 10 keys, 1.4-2.3x at 100; for one hot stream use Batcher.
  *
  * Thread safety: every member function may be called concurrently from any thread, except that
  * the destructor must not run concurrently with calls that are not blocked inside the batcher.
