@@ -18,6 +18,7 @@
 #include "microbatch/errors.hpp"
 #include "microbatch/executor.hpp"
 #include "microbatch/handle.hpp"
+#include "microbatch/item_deadline.hpp"
 #include "microbatch/merge_into.hpp"
 #include "microbatch/options.hpp"
 #include "microbatch/ordered_collector.hpp"
