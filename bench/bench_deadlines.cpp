@@ -1,7 +1,8 @@
 // Per-item deadlines under open-loop load (GitHub issue 11), and fair admission of blocked
-// producers. process_batch costs alpha + beta * n (slept to ~20 us before the end, then
-// busy-waited on steady_clock, so two workers and the generator fit on two cores), at the cost
-// points of bench_load: (alpha, beta) = (1 ms, 10 us) and (50 us, 1 us); B = 32.
+// producers. process_batch costs alpha + beta * n at the cost points of bench_load:
+// (alpha, beta) = (1 ms, 10 us), slept to ~20 us before the end and then busy-waited on
+// steady_clock (so two workers and the generator fit on two cores), and (50 us, 1 us),
+// busy-waited throughout (a sleep's wake-up latency would be a large part of it); B = 32.
 //
 // 1. Deadlines_<mode>/alpha_us:A/W:W/load:L  Poisson arrivals at L % of the maximum throughput
 //    W B / (alpha + beta B), one generator thread with precomputed arrival times (the same
@@ -24,9 +25,11 @@
 //    submitted: the generator fell --grace_s behind), p50_us / p99_us of completed items
 //    (scheduled arrival to the end of their batch), offered_per_s, max_per_s, load_1m.
 //
-// 2. ProducerWait/N:N  N producer threads block in post() on a batcher overloaded 4x
-//    (alpha 1 ms, beta 10 us, B 32, W 1, capacity 64) for --wait_s (1 s); counters p50_us,
-//    p99_us and max_us of the time one post() call blocked, and p99_over_p50.
+// 2. ProducerWait/N:N  N producer threads post() as fast as they can into one batcher
+//    (alpha 1 ms, beta 10 us, B 32, W 1, capacity 64), so most of them are blocked on it, for
+//    --wait_s (2 s). Counters over the post() calls that blocked (> 50 us): p50_us, p99_us,
+//    max_us, p99_over_p50; and posts_min / posts_max, the fewest and most posts one producer
+//    completed (max_over_min: 1 when every producer gets its turn equally often).
 //
 //   ./bench_deadlines --benchmark_filter='Deadlines_.*/alpha_us:1000/W:1/load:120'
 
@@ -65,7 +68,7 @@ constexpr double budget_batches = 5.0;                   // deadline = 5 (alpha 
 
 double open_s = 1.0;    // --open_s (halved at the cheap cost point)
 double grace_s = 0.25;  // --grace_s
-double wait_s = 1.0;    // --wait_s
+double wait_s = 2.0;    // --wait_s
 
 std::int64_t now_ns() {
     return std::chrono::duration_cast<nanoseconds>(Clock::now().time_since_epoch()).count();
@@ -97,6 +100,17 @@ struct Cost {
 
 Cost cost_for(std::int64_t alpha_us) {
     return alpha_us >= 1000 ? Cost{1000000, 10000} : Cost{50000, 1000};
+}
+
+/// Runs one batch of @p n items: sleeps most of a long batch, spins a short one.
+void run_batch(const Cost& cost, std::size_t n) {
+    const std::int64_t end = now_ns() + cost.of(n);
+    if (cost.alpha_ns >= 1000000) {
+        wait_until(end);
+    } else {
+        while (now_ns() < end) {
+        }
+    }
 }
 
 double load_average() {
@@ -172,7 +186,7 @@ void deadlines(benchmark::State& state, Mode mode) {
                     static thread_local bool precise = (precise_timer_slack(), true);
                     (void)precise;
                     const std::int64_t begin = now_ns();
-                    wait_until(begin + cost.of(batch.size()));
+                    run_batch(cost, batch.size());
                     const std::int64_t end = now_ns();
                     for (const std::uint32_t index : batch) {
                         began[index] = begin;
@@ -260,27 +274,17 @@ void producer_wait(benchmark::State& state) {
                 [cost](microbatch::Batch<std::uint32_t>& batch) {
                     static thread_local bool precise = (precise_timer_slack(), true);
                     (void)precise;
-                    wait_until(now_ns() + cost.of(batch.size()));
+                    run_batch(cost, batch.size());
                 });
-            // 4x the maximum throughput, spread over the producers.
-            const double per_producer_gap_ns = static_cast<double>(cost.of(batch_size)) /
-                                               static_cast<double>(batch_size) / 4.0 *
-                                               static_cast<double>(producers);
             const std::int64_t stop = now_ns() + static_cast<std::int64_t>(wait_s * 1e9);
             std::vector<std::thread> threads;
             for (std::size_t p = 0; p < producers; ++p) {
                 threads.emplace_back([&, p] {
-                    precise_timer_slack();
-                    std::int64_t next = now_ns();
                     std::uint32_t item = 0;
                     while (now_ns() < stop) {
-                        wait_until(next);
                         const std::int64_t before = now_ns();
                         batcher.post(item++);
-                        const std::int64_t after = now_ns();
-                        waits[p].push_back(static_cast<double>(after - before) * 1e-3);
-                        next =
-                            std::max(after, next + static_cast<std::int64_t>(per_producer_gap_ns));
+                        waits[p].push_back(static_cast<double>(now_ns() - before) * 1e-3);
                     }
                 });
             }
@@ -288,19 +292,31 @@ void producer_wait(benchmark::State& state) {
                 thread.join();
             }
         }
-        std::vector<double> all;
+        std::vector<double> blocked;
+        std::size_t fewest = static_cast<std::size_t>(-1);
+        std::size_t most = 0;
         for (const auto& w : waits) {
-            all.insert(all.end(), w.begin(), w.end());
+            fewest = std::min(fewest, w.size());
+            most = std::max(most, w.size());
+            for (const double x : w) {
+                if (x > 50.0) {
+                    blocked.push_back(x);
+                }
+            }
         }
-        std::sort(all.begin(), all.end());
-        const double p50 = percentile(all, 0.50);
-        const double p99 = percentile(all, 0.99);
+        std::sort(blocked.begin(), blocked.end());
+        const double p50 = percentile(blocked, 0.50);
+        const double p99 = percentile(blocked, 0.99);
         state.SetIterationTime(wait_s);
-        state.counters["posts"] = static_cast<double>(all.size());
+        state.counters["blocked_posts"] = static_cast<double>(blocked.size());
         state.counters["p50_us"] = p50;
         state.counters["p99_us"] = p99;
-        state.counters["max_us"] = all.empty() ? 0.0 : all.back();
+        state.counters["max_us"] = blocked.empty() ? 0.0 : blocked.back();
         state.counters["p99_over_p50"] = p50 > 0.0 ? p99 / p50 : 0.0;
+        state.counters["posts_min"] = static_cast<double>(fewest);
+        state.counters["posts_max"] = static_cast<double>(most);
+        state.counters["max_over_min"] =
+            fewest > 0 ? static_cast<double>(most) / static_cast<double>(fewest) : 0.0;
     }
 }
 

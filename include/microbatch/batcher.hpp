@@ -654,6 +654,7 @@ private:
     SubmitStatus submit_due_with_handle(const deadline_type& due, U&& item, WaitMode mode,
                                         Deadline wait, Handle<R>& out);
     bool admissible(std::int64_t deadline, std::int64_t now) const noexcept;
+    std::int64_t predicted_batch_ticks(std::size_t size) const noexcept;
     void note_item_deadline(std::size_t slot, std::int64_t deadline) noexcept;
     SealInputs with_item_deadline(SealInputs in, std::uint32_t buffer) const noexcept;
     std::size_t screen(T* items, detail::Completion<R>* completions,

@@ -55,7 +55,8 @@ public:
 
 /**
  * @brief Delivered (through the item's handle or callback) to an item whose deadline had passed
- *        when its batch was formed: the item was removed from the batch and never reached
+ *        when its batch was formed (with `Options::admission_control`: would pass before the
+ *        batch's predicted end): the item was removed from the batch and never reached
  *        `process_batch` (see README "Deadlines").
  */
 class DeadlineExceeded : public Error {

@@ -239,6 +239,8 @@ public:
      *        fit; see detail/batcher_deadlines.hpp) is after its deadline is refused at once,
      *        with `SubmitStatus::infeasible` or a `DeadlineInfeasible` exception, and counted in
      *        `Stats::items_rejected_infeasible`. Items without a deadline are never refused.
+     *        When a batch starts, items due before its predicted end (now + alpha + beta *
+     *        slots) are also removed as expired (`DeadlineExceeded`): they could only be late.
      */
     bool admission_control() const noexcept { return admission_control_; }
     /// @brief Turns admission control on or off.

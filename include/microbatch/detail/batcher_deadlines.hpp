@@ -214,6 +214,22 @@ bool Batcher<T, R, Clock>::admissible(std::int64_t deadline, std::int64_t now) c
     return predicted <= static_cast<double>(deadline) * ns_per_tick;
 }
 
+// Admission control's prediction of one batch of @p size items, alpha + beta * size from the
+// online cost fit, in clock ticks (0 before the fit exists).
+template <class T, class R, class Clock>
+std::int64_t Batcher<T, R, Clock>::predicted_batch_ticks(std::size_t size) const noexcept {
+    double alpha = 0.0;
+    double beta = 0.0;
+    stats_.fitted_cost(alpha, beta);
+    const double nanoseconds =
+        std::max(0.0, alpha) + std::max(0.0, beta) * static_cast<double>(size);
+    constexpr double ticks_per_ns =
+        static_cast<double>(Clock::period::den) / (1e9 * static_cast<double>(Clock::period::num));
+    const double ticks = nanoseconds * ticks_per_ns;
+    // Far below any overflow: a batch is predicted to take less than an hour.
+    return static_cast<std::int64_t>(std::min(ticks, 3.6e12 * ticks_per_ns));
+}
+
 // A deadline submit's item is in @p slot: lower its buffer's earliest deadline, and wake the
 // timer when it did, so that rule 4b of seal_policy.hpp is timed from the new deadline.
 template <class T, class R, class Clock>
@@ -253,14 +269,18 @@ SealInputs Batcher<T, R, Clock>::with_item_deadline(SealInputs in,
 
 // Called by run_batch on a batch with completions, before process_batch: claims every
 // cancellable item (a cancel after this fails), and turns cancelled items and items whose
-// deadline has passed into holes, destroying the items and completing the expired ones with
-// DeadlineExceeded. Returns how many it removed; compact() then closes the holes.
+// deadline has passed (with admission control: is before the batch's predicted end) into holes,
+// destroying the items and completing the expired ones with DeadlineExceeded. Returns how many it
+// removed; compact() then closes the holes.
 template <class T, class R, class Clock>
 std::size_t Batcher<T, R, Clock>::screen(T* items, detail::Completion<R>* completions,
                                          std::atomic<std::uint8_t>* states,
                                          std::size_t size) noexcept {
     constexpr std::uint8_t slot_expired = 0xFF;  // between the two passes below only
     std::int64_t now = unset_time;
+    // With admission control, items that can only finish late go too: those due before the
+    // batch's predicted end, now + alpha + beta * size (size counts every slot, an upper bound).
+    std::int64_t cutoff = unset_time;
     std::size_t expired = 0;
     std::size_t cancelled = 0;
     for (std::size_t i = 0; i < size; ++i) {
@@ -281,8 +301,9 @@ std::size_t Batcher<T, R, Clock>::screen(T* items, detail::Completion<R>* comple
         }
         if (now == unset_time) {
             now = clock_.now().time_since_epoch().count();  // once per batch with deadlines
+            cutoff = admission_control_ ? now + predicted_batch_ticks(size) : now;
         }
-        if (deadline <= now) {
+        if (deadline <= cutoff) {
             items[i].~T();
             states[i].store(slot_expired, std::memory_order_relaxed);
             ++expired;
@@ -294,7 +315,8 @@ std::size_t Batcher<T, R, Clock>::screen(T* items, detail::Completion<R>* comple
     stats_.removed(expired, cancelled);  // before completing: whoever sees it sees it counted
     if (expired != 0) {
         std::exception_ptr error = detail::make_error_ptr(
-            DeadlineExceeded("microbatch: the item's deadline passed before its batch ran"));
+            DeadlineExceeded("microbatch: the item's deadline passed (or, with admission control, "
+                             "would pass before its batch finished) before its batch ran"));
         std::size_t left = expired;
         for (std::size_t i = 0; i < size && left != 0; ++i) {
             if (states[i].load(std::memory_order_relaxed) != slot_expired) {
