@@ -429,3 +429,24 @@ TEST_CASE("A cancelled item with a deadline counts as cancelled, not expired",
     CHECK(batcher.stats().items_cancelled == 1);
     CHECK(batcher.stats().items_expired == 0);
 }
+
+TEST_CASE("ItemDeadline resolves timeouts without overflow", "[deadlines]") {
+    using Due = microbatch::ItemDeadline<ManualClock>;
+    const ManualClock::time_point now(5ms);
+    CHECK(Due(now + 1ms).resolve(now) == now + 1ms);  // absolute: ignores now
+    CHECK_FALSE(Due(now).relative());
+    CHECK(Due(2ms).relative());
+    CHECK(Due(2ms).resolve(now) == now + 2ms);
+    CHECK(Due(-3ms).resolve(now) == now - 3ms);  // already due
+    CHECK(Due(std::chrono::hours::max()).resolve(now) == ManualClock::time_point::max());
+    CHECK(Due(std::chrono::nanoseconds::max()).resolve(now) == ManualClock::time_point::max());
+    CHECK(Due(std::chrono::duration<double>(1e300)).resolve(now) == ManualClock::time_point::max());
+    // A deadline at time_point::max() never expires.
+    ManualClock clock;
+    Recorder recorder;
+    auto batcher = make(recorder, clock, Options{}.max_batch_size(4));
+    auto handle = batcher.submit(std::chrono::hours::max(), 7);
+    clock.advance(24h);
+    batcher.wait_idle();
+    CHECK(handle.get() == 14);
+}

@@ -117,7 +117,14 @@ int expected_value(std::uint32_t id) {
 
 enum Verdict : std::uint8_t { not_run, succeeded, failed_injected, failed_count };
 enum Delivery : std::uint8_t { none, by_callback, by_handle };
-enum Status : std::uint8_t { unknown, accepted, rejected_full, rejected_closed, rejected_hole };
+enum Status : std::uint8_t {
+    unknown,
+    accepted,
+    rejected_full,
+    rejected_closed,
+    rejected_hole,
+    rejected_infeasible,  // admission control (issue 11)
+};
 
 /// Everything one input's run records. Workers write `processed`, `verdict` and the batch log;
 /// callbacks write `completions` and `bad_outcomes`; the driver reads them after close().
@@ -385,8 +392,9 @@ void run_one(const std::uint8_t* data, std::size_t size) {
     // predicted only without it (off, or no time bound, which turns it off).
     // Issue 11: deadline sealing (on or off) seals a batch holding a due item from the timer
     // thread, which the model does not time: such a run stops being deterministic at its first
-    // due item. Admission control measures nothing on a manual clock (batches take no time),
-    // so it admits everything; it is switched on to run its code.
+    // due item. Admission control refuses only once a batch was measured to take time, which on
+    // a manual clock needs an advance while a batch runs on another thread: never in a
+    // deterministic run (inline executor), where it admits everything.
     options.deadline_sealing(((executor_byte >> 3) & 1) != 0);
     options.admission_control(((executor_byte >> 4) & 1) != 0);
     bool deterministic = executor_mode == ExecutorMode::inline_ && delay_mode != DelayMode::zero &&
@@ -429,6 +437,8 @@ void run_one(const std::uint8_t* data, std::size_t size) {
                 result = rejected_hole;
             } catch (const microbatch::ClosedError&) {
                 result = rejected_closed;
+            } catch (const microbatch::DeadlineInfeasible&) {
+                result = rejected_infeasible;
             }
             status[id] = result;
             // The model: a hole still takes its slot; a closed batcher takes nothing.
@@ -437,14 +447,19 @@ void run_one(const std::uint8_t* data, std::size_t size) {
             } else if (result == accepted || result == rejected_hole) {
                 FUZZ_CHECK(!closed);
                 model.claim(spec);
+            } else if (result == rejected_infeasible) {
+                FUZZ_CHECK(options.admission_control() &&
+                           (item_flags & (due_now | due_later)) != 0);
+                FUZZ_CHECK(!deterministic);
             } else if (deterministic) {
                 FUZZ_CHECK(false);  // an inline executor always has room
             }
         };
         const auto from = [](SubmitStatus s) {
-            return s == SubmitStatus::accepted ? accepted
-                   : s == SubmitStatus::full   ? rejected_full
-                                               : rejected_closed;
+            return s == SubmitStatus::accepted     ? accepted
+                   : s == SubmitStatus::full       ? rejected_full
+                   : s == SubmitStatus::infeasible ? rejected_infeasible
+                                                   : rejected_closed;
         };
 
         for (std::size_t op = 0; op < max_operations && !input.done(); ++op) {
@@ -691,6 +706,7 @@ void run_one(const std::uint8_t* data, std::size_t size) {
         std::uint64_t hole_count = 0;
         std::uint64_t move_failures = 0;
         std::uint64_t expired_count = 0;
+        std::uint64_t infeasible_count = 0;
         std::uint64_t cancelled_count = 0;
         for (std::uint32_t id = 0; id < next_id; ++id) {
             const int processed = run.processed[id].load();
@@ -717,6 +733,8 @@ void run_one(const std::uint8_t* data, std::size_t size) {
                 case rejected_full:
                 case rejected_closed:
                 case rejected_hole:
+                case rejected_infeasible:
+                    infeasible_count += status[id] == rejected_infeasible ? 1 : 0;
                     full_count += status[id] == rejected_full ? 1 : 0;
                     closed_count += status[id] == rejected_closed ? 1 : 0;
                     hole_count += status[id] == rejected_hole ? 1 : 0;
@@ -736,7 +754,7 @@ void run_one(const std::uint8_t* data, std::size_t size) {
         FUZZ_CHECK(stats.items_rejected_error == hole_count);
         FUZZ_CHECK(stats.items_expired == expired_count);
         FUZZ_CHECK(stats.items_cancelled == cancelled_count);
-        FUZZ_CHECK(stats.items_rejected_infeasible == 0);
+        FUZZ_CHECK(stats.items_rejected_infeasible == infeasible_count);
         FUZZ_CHECK(stats.items_accepted == stats.items_processed + stats.items_failed +
                                                stats.items_expired + stats.items_cancelled);
         FUZZ_CHECK(stats.items_failed ==
