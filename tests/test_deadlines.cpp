@@ -305,12 +305,14 @@ TEST_CASE("Admission control refuses an item predicted to finish after its deadl
     }
     train(batcher, recorder, clock);
 
-    // Nothing pending: predicted completion = now + alpha + beta = now + 1.01 ms.
-    CHECK(batcher.try_submit(1010us - 1us, 2) == SubmitStatus::infeasible);
-    CHECK(batcher.try_submit(1010us + 1us, 3) == SubmitStatus::accepted);
+    // Items without a deadline are never refused.
+    CHECK(batcher.try_submit(11) == SubmitStatus::accepted);
     // One item pending: drain (1 ms + 10 us) + own batch (1 ms + 2 * 10 us) = 2.03 ms.
-    CHECK(batcher.try_submit(2030us - 1us, 4) == SubmitStatus::infeasible);
-    CHECK(batcher.try_submit(2030us + 1us, 5) == SubmitStatus::accepted);
+    CHECK(batcher.try_submit(2030us - 1us, 2) == SubmitStatus::infeasible);
+    CHECK(batcher.try_submit(2030us + 1us, 3) == SubmitStatus::accepted);
+    // Two pending: drain (1 ms + 2 * 10 us) + own batch (1 ms + 3 * 10 us) = 2.05 ms.
+    CHECK(batcher.try_submit(2050us - 1us, 4) == SubmitStatus::infeasible);
+    CHECK(batcher.try_submit(2050us + 1us, 5) == SubmitStatus::accepted);
     // Every form reports it: a status, or DeadlineInfeasible from the throwing ones.
     CHECK(batcher.try_submit_handle(1us, 6).status == SubmitStatus::infeasible);
     CHECK(batcher.submit_for(1us, 7, 1s) == SubmitStatus::infeasible);
@@ -319,8 +321,6 @@ TEST_CASE("Admission control refuses an item predicted to finish after its deadl
     bool called = false;
     CHECK_THROWS_AS(batcher.submit(1us, 10, [&called](Outcome<int>&&) { called = true; }),
                     microbatch::DeadlineInfeasible);
-    // Items without a deadline are never refused.
-    CHECK(batcher.try_submit(11) == SubmitStatus::accepted);
     batcher.flush();
     batcher.wait_idle();
     CHECK_FALSE(called);
@@ -331,11 +331,11 @@ TEST_CASE("Admission control refuses an item predicted to finish after its deadl
     CHECK(std::count(items.begin(), items.end(), 2) == 0);
     CHECK(std::count(items.begin(), items.end(), 4) == 0);
     CHECK(std::count(items.begin(), items.end(), 11) == 1);
-    // Items 3 and 5 were admitted alone; in one batch of three, item 3 is due before the
-    // batch's predicted end (1.03 ms) and expires when it starts, item 5 runs.
-    CHECK(std::count(items.begin(), items.end(), 3) == 0);
+    // Items 3 and 5 were admitted behind the queue; in one batch with item 11 both finish in
+    // time (predicted end 1.25 * (1 ms + 3 * 10 us)), so both run.
+    CHECK(std::count(items.begin(), items.end(), 3) == 1);
     CHECK(std::count(items.begin(), items.end(), 5) == 1);
-    CHECK(stats.items_expired == 1);
+    CHECK(stats.items_expired == 0);
 }
 
 TEST_CASE(
@@ -353,8 +353,9 @@ TEST_CASE(
                             .deadline_sealing(false)
                             .admission_control(admission));
     train(batcher, recorder, clock);
-    // Admitted: predicted completion now + 1.01 ms <= now + 1.5 ms.
+    // Admitted (idle); item 5 keeps the batch alive when item 1 is removed.
     auto handle = batcher.submit(1500us, 1);
+    auto other = batcher.submit(5);
     clock.advance(600us);  // the batch would now end at 0.6 + 1.01 ms: after the deadline
     batcher.flush();
     batcher.wait_idle();
@@ -365,6 +366,34 @@ TEST_CASE(
         CHECK(handle.get() == 2);  // due at 1.5 ms, alive at 0.6 ms: processed (and late)
         CHECK(batcher.stats().items_expired == 0);
     }
+    CHECK(other.get() == 10);
+}
+
+TEST_CASE("Admission control cannot lock itself out with a fit that overestimates",
+          "[deadlines][admission]") {
+    ManualClock clock;
+    Recorder recorder;
+    auto batcher = make(recorder, clock,
+                        Options{}
+                            .max_batch_size(16)
+                            .max_delay(100ms)
+                            .seal_early(false)
+                            .deadline_sealing(false)
+                            .admission_control(true));
+    train(batcher, recorder, clock);  // alpha 1 ms: a 0.5 ms deadline looks hopeless
+    // Idle: admitted anyway, and alone in its batch it runs (the batch refreshes the fit).
+    auto alone = batcher.submit(500us, 1);
+    batcher.flush();
+    batcher.wait_idle();
+    CHECK(alone.get() == 2);
+    // With an item that can finish in its batch, the hopeless one is removed.
+    auto hopeless = batcher.submit(500us, 3);  // idle again: admitted
+    auto fine = batcher.submit(4);             // no deadline: never refused
+    batcher.flush();
+    batcher.wait_idle();
+    CHECK(fails_with<microbatch::DeadlineExceeded>(hopeless));
+    CHECK(fine.get() == 8);
+    CHECK(batcher.stats().items_expired == 1);
 }
 
 TEST_CASE("Handle::cancel before dispatch: the item is never processed", "[deadlines][cancel]") {

@@ -853,6 +853,10 @@ def deadlines_section(results):
                                  fmt_us_unit(get('p99_us')), fmt_us_unit(get('deadline_us')),
                                  f"{get('load_1m'):.1f}"])
                     if mode == "Admission":
+                        started = get("started_late")
+                        goals.append((f"0 items run after their deadline (α {alpha} µs, W {w}, "
+                                      f"{pct} %, admission control)", f"{started:.0f}",
+                                      verdict(started == 0)))
                         late = get("late")
                         goals.append((f"0 items completed after their deadline (α {alpha} µs, "
                                       f"W {w}, {pct} %, admission control)", f"{late:.0f}",

@@ -235,12 +235,21 @@ public:
 
     /**
      * @brief Admission control (default false): a submit with a deadline whose predicted
-     *        completion (the work already accepted plus its own batch, from the online cost
-     *        fit; see detail/batcher_deadlines.hpp) is after its deadline is refused at once,
+     *        completion is after its deadline is refused at once,
      *        with `SubmitStatus::infeasible` or a `DeadlineInfeasible` exception, and counted in
      *        `Stats::items_rejected_infeasible`. Items without a deadline are never refused.
-     *        When a batch starts, items due before its predicted end (now + alpha + beta *
-     *        slots) are also removed as expired (`DeadlineExceeded`): they could only be late.
+     *        When a batch starts, items due before its predicted end (now + 1.25 (alpha +
+     *        beta * slots)) are also removed as expired (`DeadlineExceeded`): they could only be
+     *        late (unless that would leave the batch empty: then they run, and refresh the fit).
+     *
+     * The prediction: now + (ceil(P / B) * alpha + P * beta) / W + alpha + beta * min(B, P + 1),
+     * with P = `Batcher::pending()` (accepted, unfinished items: the work ahead), B the batch
+     * size in force, W the batches that run at once (the in-flight limit, at most the workers)
+     * and alpha, beta the online cost fit (`Stats::batch_cost`; both 0, so everything is
+     * admitted, until a batch has run). An idle batcher (P = 0) admits every item, so that a
+     * fit that overestimates is corrected by the batches that run. It ignores the progress of
+     * running batches, so it errs late by up to one batch time. Costs one clock read and O(lanes)
+     * per deadline submit.
      */
     bool admission_control() const noexcept { return admission_control_; }
     /// @brief Turns admission control on or off.

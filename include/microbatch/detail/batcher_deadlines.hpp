@@ -188,9 +188,10 @@ SubmitStatus Batcher<T, R, Clock>::submit_due_with_handle(const deadline_type& d
  *     drain = (ceil(P / B) * alpha + P * beta) / W
  * and the item's own batch then takes alpha + beta * min(B, P + 1), so
  *     predicted completion = now + drain + alpha + beta * min(B, P + 1).
- * The item is refused when that is after its deadline. It ignores the progress of batches
- * already running (pessimistic by up to one batch time) and arrivals after the item (they queue
- * behind it, except in other lanes).
+ * The item is refused when that is after its deadline, except on an idle batcher (P = 0),
+ * which admits every item so that an overestimating fit is corrected by the batches that run.
+ * It ignores the progress of batches already running (pessimistic by up to one batch time) and
+ * arrivals after the item (they queue behind it, except in other lanes).
  */
 template <class T, class R, class Clock>
 bool Batcher<T, R, Clock>::admissible(std::int64_t deadline, std::int64_t now) const noexcept {
@@ -201,6 +202,12 @@ bool Batcher<T, R, Clock>::admissible(std::int64_t deadline, std::int64_t now) c
         return true;  // nothing measured yet
     }
     const double pending = static_cast<double>(this->pending());
+    if (pending == 0.0) {
+        // Idle: the item's batch starts as soon as it is sealed. Admitted whatever the fit
+        // says, so that a fit that overestimates is corrected by the batches that then run
+        // (refusing everything would keep it stale for good).
+        return true;
+    }
     // relaxed: a setting.
     const double size = static_cast<double>(
         std::max<std::uint32_t>(1, current_batch_size_.load(std::memory_order_relaxed)));
@@ -214,15 +221,16 @@ bool Batcher<T, R, Clock>::admissible(std::int64_t deadline, std::int64_t now) c
     return predicted <= static_cast<double>(deadline) * ns_per_tick;
 }
 
-// Admission control's prediction of one batch of @p size items, alpha + beta * size from the
-// online cost fit, in clock ticks (0 before the fit exists).
+// Admission control's prediction of one batch of @p size items at formation, 1.25 (alpha + beta
+// * size) from the online cost fit, in clock ticks (0 before the fit exists).
 template <class T, class R, class Clock>
 std::int64_t Batcher<T, R, Clock>::predicted_batch_ticks(std::size_t size) const noexcept {
     double alpha = 0.0;
     double beta = 0.0;
     stats_.fitted_cost(alpha, beta);
     const double nanoseconds =
-        std::max(0.0, alpha) + std::max(0.0, beta) * static_cast<double>(size);
+        SealPolicyConstants::deadline_safety *
+        (std::max(0.0, alpha) + std::max(0.0, beta) * static_cast<double>(size));
     constexpr double ticks_per_ns =
         static_cast<double>(Clock::period::den) / (1e9 * static_cast<double>(Clock::period::num));
     const double ticks = nanoseconds * ticks_per_ns;
@@ -276,16 +284,23 @@ template <class T, class R, class Clock>
 std::size_t Batcher<T, R, Clock>::screen(T* items, detail::Completion<R>* completions,
                                          std::atomic<std::uint8_t>* states,
                                          std::size_t size) noexcept {
-    constexpr std::uint8_t slot_expired = 0xFF;  // between the two passes below only
+    // Marks between the two passes below only.
+    constexpr std::uint8_t slot_expired = 0xFF;  // deadline passed
+    constexpr std::uint8_t slot_doomed = 0xFE;   // due before the batch's predicted end
     std::int64_t now = unset_time;
     // With admission control, items that can only finish late go too: those due before the
-    // batch's predicted end, now + alpha + beta * size (size counts every slot, an upper bound).
+    // batch's predicted end, now + 1.25 (alpha + beta * size) (size counts every slot, an upper
+    // bound; 1.25 = rule 4b's safety factor, for batches slower than the fitted mean).
     std::int64_t cutoff = unset_time;
     std::size_t expired = 0;
+    std::size_t doomed = 0;
     std::size_t cancelled = 0;
+    std::size_t live = 0;
     for (std::size_t i = 0; i < size; ++i) {
         // relaxed: run_batch acquired every state already; only this thread writes them now.
-        if (states[i].load(std::memory_order_relaxed) != detail::slot_item_completion) {
+        const std::uint8_t state = states[i].load(std::memory_order_relaxed);
+        if (state != detail::slot_item_completion) {
+            live += state == detail::slot_item ? 1 : 0;
             continue;
         }
         detail::Completion<R>& completion = completions[i];
@@ -297,43 +312,65 @@ std::size_t Batcher<T, R, Clock>::screen(T* items, detail::Completion<R>* comple
         }
         const std::int64_t deadline = completion.deadline();
         if (deadline == detail::Completion<R>::no_deadline) {
+            ++live;
             continue;
         }
         if (now == unset_time) {
             now = clock_.now().time_since_epoch().count();  // once per batch with deadlines
             cutoff = admission_control_ ? now + predicted_batch_ticks(size) : now;
         }
-        if (deadline <= cutoff) {
-            items[i].~T();
+        if (deadline <= now) {
             states[i].store(slot_expired, std::memory_order_relaxed);
             ++expired;
+        } else if (deadline <= cutoff) {
+            states[i].store(slot_doomed, std::memory_order_relaxed);
+            ++doomed;
+        } else {
+            ++live;
         }
     }
-    if (expired + cancelled == 0) {
+    // A batch of doomed items only still runs: the prediction may be stale (the fit learns
+    // only from batches that run), and a fit that overestimates must not starve the batcher.
+    const bool keep_doomed = live == 0;
+    const std::size_t removed = expired + (keep_doomed ? 0 : doomed);
+    if (removed + cancelled == 0) {
+        for (std::size_t i = 0; i < size && doomed != 0; ++i) {
+            if (states[i].load(std::memory_order_relaxed) == slot_doomed) {
+                states[i].store(detail::slot_item_completion, std::memory_order_relaxed);
+            }
+        }
         return 0;
     }
-    stats_.removed(expired, cancelled);  // before completing: whoever sees it sees it counted
-    if (expired != 0) {
-        std::exception_ptr error = detail::make_error_ptr(
+    stats_.removed(removed, cancelled);  // before completing: whoever sees it sees it counted
+    std::exception_ptr error;
+    if (removed != 0) {
+        error = detail::make_error_ptr(
             DeadlineExceeded("microbatch: the item's deadline passed (or, with admission control, "
                              "would pass before its batch finished) before its batch ran"));
-        std::size_t left = expired;
-        for (std::size_t i = 0; i < size && left != 0; ++i) {
-            if (states[i].load(std::memory_order_relaxed) != slot_expired) {
-                continue;
-            }
-            states[i].store(detail::slot_hole, std::memory_order_relaxed);
-            --left;
-            // The last one takes our reference (see run_batch on exception_ptr and TSan).
-            MICROBATCH_TRY {
-                completions[i].complete(Outcome<R>(left == 0 ? std::move(error) : error));
-            }
-            MICROBATCH_CATCH_ALL {
-                stats_.callback_exception();
-            }
+    }
+    std::size_t left = removed;
+    for (std::size_t i = 0; i < size && (left != 0 || (keep_doomed && doomed != 0)); ++i) {
+        const std::uint8_t state = states[i].load(std::memory_order_relaxed);
+        if (state == slot_doomed && keep_doomed) {
+            states[i].store(detail::slot_item_completion, std::memory_order_relaxed);
+            --doomed;
+            continue;
+        }
+        if (state != slot_expired && state != slot_doomed) {
+            continue;
+        }
+        items[i].~T();
+        states[i].store(detail::slot_hole, std::memory_order_relaxed);
+        --left;
+        // The last one takes our reference (see run_batch on exception_ptr and TSan).
+        MICROBATCH_TRY {
+            completions[i].complete(Outcome<R>(left == 0 ? std::move(error) : error));
+        }
+        MICROBATCH_CATCH_ALL {
+            stats_.callback_exception();
         }
     }
-    return expired + cancelled;
+    return removed + cancelled;
 }
 
 }  // namespace microbatch
