@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""Turns the Google Benchmark JSON of bench_batcher, bench_latency, bench_cost_model and
-bench_load into bench/results/REPORT.md (tables, ratios, goals) and PNG plots drawn by the
+"""Turns the Google Benchmark JSON of bench_batcher, bench_latency, bench_cost_model,
+bench_load and bench_deadlines into bench/results/REPORT.md (tables, ratios, goals) and PNG plots drawn by the
 gnuplot scripts next to this file. Python 3 standard library only.
 
     make_report.py --raw bench/results/raw --out bench/results [--gnuplot gnuplot]
                    [--compiler "GNU 12.2.0"] [--source-dir .]
 
---raw holds throughput.json, latency.json, cost_model.json, load.json (any may be missing:
+--raw holds throughput.json, latency.json, cost_model.json, load.json, deadlines.json (any may be missing:
 its section says so) and run_info.json (start time, measured source state and total run time, written by
 --record-start / --record-run when the bench_report target runs). Plot data goes to
 <out>/data/, PNGs to <out>/.
