@@ -1565,7 +1565,9 @@ private:
 };
 
 /// Held by an admitted producer from leaving the queue until it claimed its slot (or gave up):
-/// release() passes the turn to the next waiter. Empty (no queue) on the fast path.
+/// release() passes the turn to the next waiter. Empty (no queue) on the fast path. A producer
+/// that gives up releases it while still registered as a slow producer (the batcher may be
+/// destroyed as soon as it has left), so the destructor only ever finds it empty.
 class AdmissionTurn {
 public:
     AdmissionTurn() noexcept = default;
@@ -8015,6 +8017,10 @@ SubmitStatus Batcher<T, R, Clock>::wait_for_space_registered(Lane& lane, WaitMod
         }
     } leave{slow_producers_};
     const auto finish = [&](SubmitStatus status) {
+        if (status != SubmitStatus::accepted) {
+            // Giving up: pass the turn on while still registered (fair admission).
+            turn.release();
+        }
         if (status == SubmitStatus::full) {
             stats_.rejected_full();
         } else if (status == SubmitStatus::closed) {
@@ -8050,6 +8056,7 @@ SubmitStatus Batcher<T, R, Clock>::wait_for_space_registered(Lane& lane, WaitMod
         return finish(SubmitStatus::full);
     }
     if (detail::is_running_on_this_thread(this)) {
+        turn.release();
         MICROBATCH_THROW(ReentrancyError(
             "microbatch::Batcher: blocking submit from inside process_batch found the "
             "batcher full (it could wait for its own batch); use try_submit"));

@@ -85,7 +85,9 @@ private:
 };
 
 /// Held by an admitted producer from leaving the queue until it claimed its slot (or gave up):
-/// release() passes the turn to the next waiter. Empty (no queue) on the fast path.
+/// release() passes the turn to the next waiter. Empty (no queue) on the fast path. A producer
+/// that gives up releases it while still registered as a slow producer (the batcher may be
+/// destroyed as soon as it has left), so the destructor only ever finds it empty.
 class AdmissionTurn {
 public:
     AdmissionTurn() noexcept = default;

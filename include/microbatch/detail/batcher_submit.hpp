@@ -187,6 +187,10 @@ SubmitStatus Batcher<T, R, Clock>::wait_for_space_registered(Lane& lane, WaitMod
         }
     } leave{slow_producers_};
     const auto finish = [&](SubmitStatus status) {
+        if (status != SubmitStatus::accepted) {
+            // Giving up: pass the turn on while still registered (fair admission).
+            turn.release();
+        }
         if (status == SubmitStatus::full) {
             stats_.rejected_full();
         } else if (status == SubmitStatus::closed) {
@@ -222,6 +226,7 @@ SubmitStatus Batcher<T, R, Clock>::wait_for_space_registered(Lane& lane, WaitMod
         return finish(SubmitStatus::full);
     }
     if (detail::is_running_on_this_thread(this)) {
+        turn.release();
         MICROBATCH_THROW(ReentrancyError(
             "microbatch::Batcher: blocking submit from inside process_batch found the "
             "batcher full (it could wait for its own batch); use try_submit"));
