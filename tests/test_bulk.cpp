@@ -420,3 +420,45 @@ TEST_CASE("bulk submissions from many producers: exactly once, per-producer orde
     CHECK(ordered);
     CHECK(count == std::vector<int>(producers * per_producer, 1));
 }
+
+// Issue 11 x 13: bulk submissions honour Options::default_timeout (their items expire unprocessed
+// like single ones), and a bulk submission's handles can cancel their items.
+TEST_CASE("bulk items take the default timeout and their handles can cancel", "[bulk][deadlines]") {
+    ManualClock clock;
+    std::mutex mutex;
+    std::vector<int> processed;
+    Batcher<int, int, ManualClock> batcher(
+        Options{}
+            .max_batch_size(8)
+            .max_delay(1h)
+            .seal_early(false)
+            .default_timeout(1ms)
+            .deadline_sealing(false),
+        [&](Batch<int>& batch) {
+            std::lock_guard<std::mutex> lock(mutex);
+            processed.insert(processed.end(), batch.begin(), batch.end());
+            return std::vector<int>(batch.begin(), batch.end());
+        },
+        clock);
+    const auto stale = iota(0, 3);
+    std::vector<Handle<int>> stale_handles;
+    batcher.submit_n(stale.begin(), stale.size(), std::back_inserter(stale_handles));
+    clock.advance(1ms);  // the first three are due now
+    const auto fresh = iota(10, 3);
+    std::vector<Handle<int>> fresh_handles;
+    batcher.submit_n(fresh.begin(), fresh.size(), std::back_inserter(fresh_handles));
+    REQUIRE(fresh_handles.size() == 3);
+    CHECK(fresh_handles[1].cancel());  // before its batch started: never processed
+    batcher.flush();
+    batcher.wait_idle();
+    for (auto& handle : stale_handles) {
+        CHECK_THROWS_AS(handle.get(), microbatch::DeadlineExceeded);
+    }
+    CHECK(fresh_handles[0].get() == 10);
+    CHECK_THROWS_AS(fresh_handles[1].get(), microbatch::Cancelled);
+    CHECK(fresh_handles[2].get() == 12);
+    CHECK(processed == std::vector<int>{10, 12});
+    const auto stats = batcher.stats();
+    CHECK(stats.items_expired == 3);
+    CHECK(stats.items_cancelled == 1);
+}

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 
 #include "catch_shim.hpp"
 #include "microbatch/seal_policy.hpp"
@@ -319,4 +320,90 @@ TEST_CASE("Seal policy knows a population only while its samples keep reaching t
     CHECK(microbatch::stable_population(4.0, 3.7) == 4.0);   // within 10 %
     CHECK(microbatch::stable_population(12.0, 5.0) == 0.0);  // independent arrivals: a tail
     CHECK(microbatch::stable_population(0.5, 0.5) == 0.0);   // less than one item
+}
+
+// ---- Rule 4b: item deadlines (issue 11) -----------------------------------------------------
+
+TEST_CASE("Seal policy seals for an item deadline at the deadline minus the predicted batch time",
+          "[seal_policy][deadlines]") {
+    using microbatch::deadline_seal_time;
+    using microbatch::SealPolicyConstants;
+    SealInputs in = base();
+    in.seal_early = false;
+    in.max_delay = 100 * ms;  // far away: only rule 4b can seal
+    in.load = busy_load();    // alpha 1 ms, beta 10 us
+    in.count = 3;
+    in.earliest_deadline = 10 * ms;
+    // Predicted batch time: 1 ms + 3 * 10 us = 1.03 ms, stretched by 1.25, plus 50 us slack.
+    const std::int64_t lead = static_cast<std::int64_t>(SealPolicyConstants::deadline_safety *
+                                                        (1.0 * ms + 3 * 10.0 * us)) +
+                              SealPolicyConstants::deadline_slack_ns;
+    const std::int64_t seal_by = 10 * ms - lead;
+    REQUIRE(deadline_seal_time(10 * ms, in.load, 3) == seal_by);
+    REQUIRE(seal_by == 10 * ms - 1'337'500);
+
+    in.now = seal_by - 1;
+    SealDecision decision = decide_seal(in);
+    REQUIRE_FALSE(decision.seal);
+    REQUIRE(decision.wake_at == seal_by);  // earlier than opened_at + D
+
+    in.now = seal_by;
+    decision = decide_seal(in);
+    REQUIRE(decision.seal);
+    REQUIRE(decision.reason == DispatchReason::item_deadline);
+
+    // A larger batch has to leave earlier.
+    in.count = 20;
+    in.now = seal_by - 100 * us;
+    REQUIRE(deadline_seal_time(10 * ms, in.load, 20) < seal_by - 100 * us);
+    REQUIRE(decide_seal(in).seal);
+}
+
+TEST_CASE("Seal policy's deadline rule without a cost estimate keeps only the slack",
+          "[seal_policy][deadlines]") {
+    SealInputs in = base();
+    in.max_delay = -1;  // no time bound at all
+    in.earliest_deadline = 5 * ms;
+    in.now = 1 * ms;
+    SealDecision decision = decide_seal(in);
+    REQUIRE_FALSE(decision.seal);
+    REQUIRE(decision.wake_at == 5 * ms - microbatch::SealPolicyConstants::deadline_slack_ns);
+    in.now = decision.wake_at;
+    decision = decide_seal(in);
+    REQUIRE(decision.seal);
+    REQUIRE(decision.reason == DispatchReason::item_deadline);
+}
+
+TEST_CASE("Seal policy's deadline rule waits for a worker like the time bound",
+          "[seal_policy][deadlines]") {
+    SealInputs in = base();
+    in.in_flight = 1;  // the only worker is busy
+    in.max_delay = 100 * ms;
+    in.earliest_deadline = 5 * ms;
+    in.now = 1 * ms;
+    SealDecision decision = decide_seal(in);
+    REQUIRE_FALSE(decision.seal);
+    REQUIRE(decision.wake_at == 5 * ms - microbatch::SealPolicyConstants::deadline_slack_ns);
+    in.now = 6 * ms;  // past due, still busy: hold, and no wake-up in the past
+    decision = decide_seal(in);
+    REQUIRE_FALSE(decision.seal);
+    REQUIRE(decision.wake_at == 100 * ms);
+    in.trigger = SealTrigger::worker_finished;
+    in.in_flight = 0;
+    decision = decide_seal(in);
+    REQUIRE(decision.seal);
+    REQUIRE(decision.reason == DispatchReason::item_deadline);
+}
+
+TEST_CASE("Seal policy ignores the deadline rule without item deadlines",
+          "[seal_policy][deadlines]") {
+    SealInputs in = base();
+    in.seal_early = false;
+    REQUIRE(in.earliest_deadline == SealInputs::unset);
+    const SealDecision decision = decide_seal(in);
+    REQUIRE_FALSE(decision.seal);
+    REQUIRE(decision.wake_at == 1 * ms);
+    // A deadline so far in the past that subtracting the lead would overflow still seals.
+    in.earliest_deadline = std::numeric_limits<std::int64_t>::min() + 2;
+    REQUIRE(decide_seal(in).seal);
 }

@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Turns the Google Benchmark JSON of bench_batcher, bench_latency, bench_cost_model,
-bench_load and bench_keyed into bench/results/REPORT.md (tables, ratios, goals) and PNG plots drawn by the
+bench_load, bench_deadlines, bench_isolation and bench_keyed into bench/results/REPORT.md (tables, ratios, goals) and PNG plots drawn by the
 gnuplot scripts next to this file. Python 3 standard library only.
 
     make_report.py --raw bench/results/raw --out bench/results [--gnuplot gnuplot]
                    [--compiler "GNU 12.2.0"] [--source-dir .]
 
---raw holds throughput.json, latency.json, cost_model.json, load.json, isolation.json,
-keyed.json (any may be missing:
+--raw holds throughput.json, latency.json, cost_model.json, load.json, deadlines.json,
+isolation.json, keyed.json (any may be missing:
 its section says so) and run_info.json (start time, measured source state and total run time, written by
 --record-start / --record-run when the bench_report target runs). Plot data goes to
 <out>/data/, PNGs to <out>/.
@@ -917,6 +917,84 @@ def keyed_section(results):
     return text, goals
 
 
+DEADLINE_MODES = ["NoDeadlines", "Purge", "Sealing", "Admission"]
+DEADLINE_MODE_TEXT = {
+    "NoDeadlines": "no deadlines",
+    "Purge": "purge only",
+    "Sealing": "+ deadline sealing",
+    "Admission": "+ admission control",
+}
+
+
+def deadlines_section(results):
+    """bench_deadlines (issue 11): goodput, late, refused and p99 per load and mode, the goals,
+    and the blocked producers' waits."""
+    if not results.present:
+        return "_bench_deadlines results missing (deadlines.json)._\n", []
+    index = index_runs(results)
+    lines = []
+    goals = []
+    for alpha in (1000, 50):
+        for w in (1, 2):
+            rows = []
+            for pct in (70, 90, 120, 200):
+                for mode in DEADLINE_MODES:
+                    run = lookup(index, "Deadlines_" + mode, alpha_us=alpha, W=w, load=pct)
+                    if run is None:
+                        continue
+
+                    def get(field, run=run):
+                        value = results.value(run, field)
+                        return 0.0 if value is None else value
+                    rows.append([f"{pct} %", DEADLINE_MODE_TEXT[mode],
+                                 f"{get('goodput_per_s'):,.0f}",
+                                 f"{get('goodput_fraction'):.2f}",
+                                 f"{get('late'):.0f}", f"{get('started_late'):.0f}",
+                                 f"{get('expired'):.0f}", f"{get('refused'):.0f}",
+                                 f"{get('full'):.0f}",
+                                 fmt_us_unit(get('p99_us')), fmt_us_unit(get('deadline_us')),
+                                 f"{get('load_1m'):.1f}"])
+                    if mode == "Admission":
+                        started = get("started_late")
+                        goals.append((f"0 items run after their deadline (α {alpha} µs, W {w}, "
+                                      f"{pct} %, admission control)", f"{started:.0f}",
+                                      verdict(started == 0)))
+                        late = get("late")
+                        goals.append((f"0 items completed after their deadline (α {alpha} µs, "
+                                      f"W {w}, {pct} %, admission control)", f"{late:.0f}",
+                                      verdict(late == 0)))
+                        if pct >= 120:
+                            fraction = get("goodput_fraction")
+                            goals.append((f"goodput ≥ 0.9 × max at {pct} % (α {alpha} µs, "
+                                          f"W {w}, admission control)", f"{fraction:.2f}",
+                                          verdict(fraction >= 0.9)))
+                        p99 = get("p99_us")
+                        goals.append((f"p99 of completed items ≤ deadline (α {alpha} µs, W {w}, "
+                                      f"{pct} %, admission control)",
+                                      f"{fmt_us_unit(p99)} vs {fmt_us_unit(get('deadline_us'))}",
+                                      verdict(p99 <= get("deadline_us"))))
+            if not rows:
+                continue
+            lines += [f"#### α = {alpha} µs, W = {w}", "",
+                      table(["load", "mode", "goodput/s", "of max", "late", "started late",
+                             "expired", "refused", "full", "p99", "deadline", "load avg"],
+                            rows, ["r", "l", "r", "r", "r", "r", "r", "r", "r", "r", "r", "r"]),
+                      ""]
+    wait = [r for r in results.runs() if r.startswith("BM_ProducerWait")]
+    if wait:
+        run = wait[0]
+        value = lambda field: results.value(run, field) or 0.0
+        lines += ["#### Blocked producers (16 producers posting into one overloaded batcher)", "",
+                  table(["blocked posts", "wait p50", "wait p99", "max", "p99 / p50",
+                         "posts per producer (min-max)"],
+                        [[f"{value('blocked_posts'):.0f}", fmt_us(value("p50_us")),
+                          fmt_us(value("p99_us")), fmt_us(value("max_us")),
+                          f"{value('p99_over_p50'):.1f}",
+                          f"{value('posts_min'):.0f}-{value('posts_max'):.0f}"]]),
+                  ""]
+    return "\n".join(lines) + "\n", goals
+
+
 def goals_section(ratios, latency, cost):
     rows = []
 
@@ -1089,6 +1167,7 @@ def main():
     load = Results(os.path.join(args.raw, "load.json"))
     isolation = Results(os.path.join(args.raw, "isolation.json"))
     keyed = Results(os.path.join(args.raw, "keyed.json"))
+    deadlines = Results(os.path.join(args.raw, "deadlines.json"))
 
     throughput_text, ratios = throughput_section(throughput, data_dir)
     latency_text, latency_found = latency_section(latency, data_dir)
@@ -1096,6 +1175,9 @@ def main():
     formation_text, formation_goals = formation_section(load, data_dir)
     formation_throughput_text, formation_throughput_goals = formation_throughput_section(throughput)
     formation_goals = formation_goals + formation_throughput_goals
+    deadlines_text, deadline_goals = deadlines_section(deadlines)
+    for goal, measured, verdict_text in deadline_goals:
+        print(f"make_report: {verdict_text.strip('*')}: {goal}: {measured}")
     for goal, measured, verdict_text in formation_goals:
         print(f"make_report: {verdict_text.strip('*')}: {goal}: {measured}")
     keyed_text, keyed_goals = keyed_section(keyed)
@@ -1134,7 +1216,8 @@ def main():
                          ("bench_latency", latency.context),
                          ("bench_cost_model", cost_model.context),
                          ("bench_load", load.context),
-                         ("bench_keyed", keyed.context)],
+                         ("bench_keyed", keyed.context),
+                         ("bench_deadlines", deadlines.context)],
                         args.compiler, info.get("source", "")),
         "",
         "## Goals",
@@ -1183,6 +1266,18 @@ def main():
         if keyed_goals else "",
         "",
         keyed_text,
+        "",
+        "## Deadlines under load (bench_deadlines, issue 11)",
+        "",
+        "Open loop, B = 32, capacity 1,024 items, every item due 5 × (α + β·B) after its "
+        "scheduled arrival; goodput counts items completed by their deadline.",
+        "",
+        "### Goals (issue 11)",
+        "",
+        table(["goal", "measured", "status"], deadline_goals, ["l", "l", "l"])
+        if deadline_goals else "_not measured_",
+        "",
+        deadlines_text,
     ]
     if args.notes and os.path.exists(args.notes):
         with open(args.notes, encoding="utf-8") as stream:

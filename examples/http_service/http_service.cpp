@@ -13,6 +13,13 @@
 //
 // Another method on one of these paths gets 405 with an Allow header; an unknown path, 404.
 //
+// Deadlines (issue 11): a POST may carry `X-Request-Timeout-Ms: N`; its items are then
+// submitted with the deadline now + N ms. An item whose deadline passed before its batch ran
+// answers 504; with admission control (on unless --no-admission-control) a request predicted
+// to finish late is refused at once with 503, a reason and Retry-After. The other items of such
+// a request are cancelled. /metrics counts both (http_deadline_requests_total{outcome=...}) and
+// the batchers' expired, cancelled and refused items.
+//
 // SIGINT/SIGTERM stop accepting connections, let in-flight requests finish (their batches run
 // to completion), close the batchers, and exit 0.
 //
@@ -41,6 +48,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -79,6 +87,8 @@ constexpr const char* usage_text =
     "  --model-beta-us N   cost per item of a model call in microseconds (default 10)\n"
     "  --http-threads N    HTTP connection threads (default 64)\n"
     "  --max-items N       largest array accepted per request (default 1000)\n"
+    "  --no-admission-control  accept requests with X-Request-Timeout-Ms even when they are\n"
+    "                      predicted to finish late (they then expire: 504)\n"
     "\n"
     "load options (--load starts its own servers on ephemeral loopback ports, one with B=1,\n"
     "one with B=--batch-size, and drives POST /v1/model over keep-alive connections):\n"
@@ -98,6 +108,7 @@ struct ServiceConfig {
     std::size_t model_beta_us = 10;
     std::size_t http_threads = 64;
     std::size_t max_items = 1000;
+    bool admission_control = true;
 };
 
 struct LoadConfig {
@@ -196,6 +207,9 @@ Config parse_command_line(int argc, char** argv) {
             service.http_threads = parse_count(flag, take_value(), 1, 1024);
         } else if (flag == "--max-items") {
             service.max_items = parse_count(flag, take_value(), 1, 1000000);
+        } else if (flag == "--no-admission-control") {
+            no_value();
+            service.admission_control = false;
         } else if (flag == "--requests") {
             config.load.requests = parse_count(flag, take_value(), 1, 10000000);
         } else if (flag == "--concurrency") {
@@ -292,22 +306,33 @@ void write_batcher_metrics(MetricsWriter& out, const std::vector<BatcherMetrics>
               [](const Stats& s) { return s.items_processed; });
     each_stat("microbatch_items_failed_total", "counter", "Items whose batch failed.",
               [](const Stats& s) { return s.items_failed; });
+    each_stat("microbatch_items_expired_total", "counter",
+              "Items whose deadline passed before their batch ran (never processed).",
+              [](const Stats& s) { return s.items_expired; });
+    each_stat("microbatch_items_cancelled_total", "counter",
+              "Items cancelled through their handle before their batch ran.",
+              [](const Stats& s) { return s.items_cancelled; });
 
     out.family("microbatch_items_rejected_total", "counter",
                "Submits the batcher refused, by reason: full (try/timed submit at capacity), "
-               "closed, error (the item's construction threw).");
+               "closed, error (the item's construction threw), infeasible (admission control: "
+               "predicted to finish after its deadline).");
     for (const BatcherMetrics& b : batchers) {
         const std::pair<const char*, std::uint64_t> reasons[] = {
             {"full", b.stats.items_rejected_full},
             {"closed", b.stats.items_rejected_closed},
-            {"error", b.stats.items_rejected_error}};
+            {"error", b.stats.items_rejected_error},
+            {"infeasible", b.stats.items_rejected_infeasible}};
         for (const auto& [reason, count] : reasons) {
             out.sample("microbatch_items_rejected_total",
                        "batcher=\"" + b.batcher + "\",reason=\"" + reason + "\"", count);
         }
     }
     each_stat("microbatch_items_in_flight", "gauge", "Items accepted and not finished yet.",
-              [](const Stats& s) { return s.items_accepted - s.items_processed - s.items_failed; });
+              [](const Stats& s) {
+                  return s.items_accepted - s.items_processed - s.items_failed - s.items_expired -
+                         s.items_cancelled;
+              });
     each("microbatch_capacity_items", "gauge",
          "Items the batcher holds (accepted, not finished) before submits block.",
          [](const BatcherMetrics& b) { return static_cast<std::uint64_t>(b.capacity); });
@@ -323,7 +348,10 @@ void write_batcher_metrics(MetricsWriter& out, const std::vector<BatcherMetrics>
             {"full", stats.batches_full},
             {"deadline", stats.batches_deadline},
             {"flush", stats.batches_flush},
-            {"close", stats.batches_close}};
+            {"close", stats.batches_close},
+            {"worker_free", stats.batches_worker_free},
+            {"early", stats.batches_early},
+            {"item_deadline", stats.batches_item_deadline}};
         for (const auto& [reason, count] : reasons) {
             out.sample("microbatch_batches_total",
                        "batcher=\"" + batcher + "\",reason=\"" + reason + "\"", count);
@@ -535,6 +563,14 @@ public:
                        "path=\"" + key.first + "\",code=\"" + std::to_string(key.second) + "\"",
                        count);
         }
+        out.family("http_deadline_requests_total", "counter",
+                   "Requests with X-Request-Timeout-Ms that failed their deadline, by outcome: "
+                   "expired (an item's deadline passed before its batch ran: 504), refused "
+                   "(admission control predicted a late finish: 503).");
+        out.sample("http_deadline_requests_total", "outcome=\"expired\"",
+                   static_cast<std::uint64_t>(deadline_expired_.load()));
+        out.sample("http_deadline_requests_total", "outcome=\"refused\"",
+                   static_cast<std::uint64_t>(deadline_refused_.load()));
         out.family("http_requests_in_flight", "gauge", "Batched requests being served.");
         out.sample("http_requests_in_flight", "", static_cast<std::uint64_t>(in_flight()));
         return out.text();
@@ -554,7 +590,8 @@ private:
             .max_delay(std::chrono::microseconds(config.delay_us))
             .workers(config.workers)
             .capacity(config.capacity != 0 ? std::max(config.capacity, config.batch_size)
-                                           : std::max(4 * config.batch_size, config.http_threads));
+                                           : std::max(4 * config.batch_size, config.http_threads))
+            .admission_control(config.admission_control);
     }
 
     static void reply_error(httplib::Response& response, int status, const std::string& message) {
@@ -595,13 +632,46 @@ private:
             }
         }
 
+        // X-Request-Timeout-Ms: every item gets the deadline now + that many milliseconds.
+        std::optional<Clock::time_point> deadline;
+        if (request.has_header("X-Request-Timeout-Ms")) {
+            const std::string value = request.get_header_value("X-Request-Timeout-Ms");
+            char* end = nullptr;
+            errno = 0;
+            const unsigned long long ms = std::strtoull(value.c_str(), &end, 10);
+            if (value.empty() || value[0] == '-' || *end != '\0' || errno != 0 || ms > 86400000) {
+                return reply_error(response, 400,
+                                   "X-Request-Timeout-Ms must be a number of milliseconds in "
+                                   "[0, 86400000] (got \"" +
+                                       value + "\")");
+            }
+            deadline = Clock::now() + std::chrono::milliseconds(ms);
+        }
+
         std::vector<microbatch::Handle<double>> handles;
         handles.reserve(items.size());
+        // A request that fails its deadline withdraws its other items (Handle::cancel): they
+        // would only take batch slots and model time from requests that can still make it.
+        const auto cancel_rest = [&handles] {
+            for (microbatch::Handle<double>& handle : handles) {
+                if (handle.valid()) {
+                    handle.cancel();
+                }
+            }
+        };
         try {
-            // One bulk submission for the request's items: they claim their slots together
-            // (as few batches as possible) instead of queueing item by item behind other
-            // requests' items when the batcher is full. Blocks while it is full.
-            batcher.submit_n(items.begin(), items.size(), std::back_inserter(handles));
+            if (deadline) {
+                // With a deadline, item by item: each goes through admission control (bulk
+                // submissions take no deadline yet). Blocks while the batcher is full.
+                for (const double item : items) {
+                    handles.push_back(batcher.submit(*deadline, item));
+                }
+            } else {
+                // One bulk submission for the request's items: they claim their slots together
+                // (as few batches as possible) instead of queueing item by item behind other
+                // requests' items when the batcher is full. Blocks while it is full.
+                batcher.submit_n(items.begin(), items.size(), std::back_inserter(handles));
+            }
             Json results = Json::array();
             for (microbatch::Handle<double>& handle : handles) {
                 results.push_back(handle.get());
@@ -609,11 +679,41 @@ private:
             Json answer;
             answer["result"] = body.is_number() ? results.front() : results;
             response.set_content(answer.dump() + "\n", "application/json");
+        } catch (const microbatch::DeadlineInfeasible&) {
+            cancel_rest();
+            deadline_refused_.fetch_add(1);
+            const long long retry = retry_after_seconds(batcher);
+            response.set_header("Retry-After", std::to_string(retry));
+            reply_error(response, 503,
+                        "cannot finish within X-Request-Timeout-Ms: the work already queued "
+                        "would make it late (admission control); retry in " +
+                            std::to_string(retry) + " s or with a longer timeout");
+        } catch (const microbatch::DeadlineExceeded&) {
+            cancel_rest();
+            deadline_expired_.fetch_add(1);
+            reply_error(response, 504,
+                        "X-Request-Timeout-Ms passed before the items were processed");
         } catch (const microbatch::ClosedError&) {
             reply_error(response, 503, "shutting down");
         } catch (const std::exception& error) {
             reply_error(response, 500, error.what());
         }
+    }
+
+    // Retry-After for a refused request: how long the items already pending take to drain, from
+    // the batcher's online cost fit (alpha per batch, beta per item), rounded up to whole seconds.
+    static long long retry_after_seconds(const DoubleBatcher& batcher) {
+        const microbatch::Stats stats = batcher.stats();
+        const auto fit = stats.batch_cost.fit();
+        const double pending = static_cast<double>(batcher.pending());
+        const double size = static_cast<double>(batcher.max_batch_size());
+        double seconds = 0.0;
+        if (fit) {
+            seconds = (std::ceil(pending / size) * std::max(0.0, fit->per_batch.count()) +
+                       pending * std::max(0.0, fit->per_item.count())) /
+                      static_cast<double>(std::max<std::size_t>(1, batcher.max_in_flight()));
+        }
+        return std::max(1LL, static_cast<long long>(std::ceil(seconds)));
     }
 
     void count_request(const std::string& path, int status) {
@@ -629,6 +729,8 @@ private:
     DoubleBatcher doubler_;
     DoubleBatcher model_;
     std::atomic<std::size_t> in_flight_{0};
+    std::atomic<std::uint64_t> deadline_expired_{0};  // requests answered 504
+    std::atomic<std::uint64_t> deadline_refused_{0};  // requests answered 503 by admission control
     mutable std::mutex requests_mutex_;
     std::map<std::pair<std::string, int>, std::uint64_t> requests_;
     std::mutex run_mutex_;
@@ -1110,12 +1212,71 @@ void test_endpoints(Checker& checker) {
                   "metrics: 400s counted");
     checker.check(text.find("# TYPE microbatch_batch_size_items histogram") != std::string::npos,
                   "metrics: TYPE lines");
+
+    // Deadlines: the model has run batches (a fit with alpha = 200 us), so a request that must
+    // finish now is refused at once by admission control.
+    httplib::Headers now_header = {{"X-Request-Timeout-Ms", "0"}};
+    const auto refused = client.Post("/v1/model", now_header, "[1, 2]", "application/json");
+    checker.check(
+        refused && refused->status == 503 && !refused->get_header_value("Retry-After").empty(),
+        "503 with Retry-After for X-Request-Timeout-Ms: 0 (admission control)");
+    httplib::Headers long_header = {{"X-Request-Timeout-Ms", "60000"}};
+    checker.check(check_answer(client.Post("/v1/model", long_header, "0", "application/json"),
+                               {0.5}, true, error),
+                  "POST /v1/model with a 60 s timeout: " + error);
+    httplib::Headers bad_header = {{"X-Request-Timeout-Ms", "soon"}};
+    const auto bad_timeout = client.Post("/v1/model", bad_header, "0", "application/json");
+    checker.check(bad_timeout && bad_timeout->status == 400, "400 for a bad X-Request-Timeout-Ms");
+    service.wait_idle();
+    const std::string after = "\n" + client.Get("/metrics")->body;
+    checker.check(metric(after, "http_deadline_requests_total{outcome=\"refused\"}") == 1.0,
+                  "metrics: refused deadline requests");
+    checker.check(metric(after,
+                         "microbatch_items_rejected_total{batcher=\"model\","
+                         "reason=\"infeasible\"}") == 1.0,
+                  "metrics: infeasible items (the first item of the refused request)");
     std::printf(
         "endpoints: /healthz, /v1/double, /v1/model, /metrics answered correctly "
         "(%llu model items in %llu batches)\n",
         static_cast<unsigned long long>(model.items_processed),
         static_cast<unsigned long long>(model.batches_completed));
 
+    service.stop();
+    server.join();
+    service.close();
+}
+
+// Without admission control a request whose timeout has already run out is accepted, and its
+// items expire when their batch forms: 504. The items not expired yet are cancelled.
+void test_deadline_expiry(Checker& checker) {
+    ServiceConfig config;
+    config.batch_size = 8;
+    config.http_threads = 4;
+    config.admission_control = false;
+    Service service(config);
+    const int port = service.bind("127.0.0.1", 0);
+    checker.check(port > 0, "bind an ephemeral port");
+    if (port <= 0) {
+        return;
+    }
+    std::thread server([&service] { service.run(); });
+    httplib::Client client("127.0.0.1", port);
+    client.set_read_timeout(10, 0);
+    httplib::Headers now_header = {{"X-Request-Timeout-Ms", "0"}};
+    const auto expired = client.Post("/v1/double", now_header, "[1, 2, 3]", "application/json");
+    checker.check(expired && expired->status == 504, "504 for items whose deadline passed");
+    service.wait_idle();
+    const auto page = client.Get("/metrics");
+    const std::string text = page ? "\n" + page->body : std::string();
+    checker.check(metric(text, "http_deadline_requests_total{outcome=\"expired\"}") == 1.0,
+                  "metrics: expired deadline requests");
+    checker.check(metric(text, "microbatch_items_expired_total{batcher=\"double\"}") +
+                          metric(text, "microbatch_items_cancelled_total{batcher=\"double\"}") ==
+                      3.0,
+                  "metrics: the request's items expired or were cancelled");
+    checker.check(metric(text, "microbatch_items_processed_total{batcher=\"double\"}") == 0.0,
+                  "metrics: no expired item processed");
+    std::printf("deadlines: 503 + Retry-After when refused, 504 when expired, counted\n");
     service.stop();
     server.join();
     service.close();
@@ -1213,6 +1374,7 @@ int self_test() {
     ShutdownSignals signals;  // before any thread starts, as in serve()
     Checker checker;
     test_endpoints(checker);
+    test_deadline_expiry(checker);
     std::printf("\n");
     test_load(checker);
     std::printf("\n");

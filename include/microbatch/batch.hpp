@@ -26,10 +26,13 @@ enum class DispatchReason {
     /// (seal_policy.hpp, rule 5): it held as many items as arrive while one batch runs, or no
     /// item had arrived for several mean gaps.
     early,
+    /// Sealed while a worker was free because an item's deadline was near: the batch's earliest
+    /// deadline minus its predicted processing time (seal_policy.hpp, rule 4b).
+    item_deadline,
 };
 
 /// Returns a stable lower-case name for @p reason ("full", "deadline", "flush", "close",
-/// "worker_free", "early").
+/// "worker_free", "early", "item_deadline").
 constexpr const char* to_string(DispatchReason reason) noexcept {
     switch (reason) {
         case DispatchReason::full:
@@ -44,6 +47,8 @@ constexpr const char* to_string(DispatchReason reason) noexcept {
             return "worker_free";
         case DispatchReason::early:
             return "early";
+        case DispatchReason::item_deadline:
+            return "item_deadline";
     }
     return "unknown";
 }

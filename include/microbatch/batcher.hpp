@@ -25,6 +25,7 @@
 
 #include "microbatch/batch.hpp"
 #include "microbatch/clock.hpp"
+#include "microbatch/detail/admission_queue.hpp"
 #include "microbatch/detail/batcher_ring.hpp"
 #include "microbatch/detail/batcher_slots.hpp"
 #include "microbatch/detail/completion.hpp"
@@ -33,6 +34,7 @@
 #include "microbatch/errors.hpp"
 #include "microbatch/executor.hpp"
 #include "microbatch/handle.hpp"
+#include "microbatch/item_deadline.hpp"
 #include "microbatch/options.hpp"
 #include "microbatch/outcome.hpp"
 #include "microbatch/seal_policy.hpp"
@@ -100,7 +102,12 @@ struct CloseResult {
  * **Backpressure.** At most `capacity` items (ceil(capacity / lanes) per lane) are accepted and
  * not yet finished, counted in items whatever the batch sizes. When a producer's lane is full,
  * `submit`/`post` block, `try_submit` returns `SubmitStatus::full` at once, `submit_for` waits
- * up to its timeout.
+ * up to its timeout. Blocked producers are admitted in arrival order (detail/admission_queue.hpp).
+ *
+ * **Deadlines** (README "Deadlines"). Every submit form has a variant taking an item deadline
+ * first; an item past its deadline when its batch starts never reaches process_batch and
+ * completes with `DeadlineExceeded`; `Handle::cancel()` withdraws an item before its batch
+ * starts; `Options::admission_control` refuses items predicted to finish late.
  *
  * **Forming batches under load** (seal_policy.hpp has the exact rules). While
  * `max_in_flight` batches are running (default: one per worker), a partial batch is not
@@ -173,6 +180,8 @@ public:
     using item_type = T;       ///< The item type.
     using result_type = R;     ///< The per-item result type.
     using clock_type = Clock;  ///< The clock max_delay is measured with.
+    /// An item's deadline: a `Clock::time_point` or a timeout (see item_deadline.hpp).
+    using deadline_type = ItemDeadline<Clock>;
     /// What process_batch returns: `std::vector<R>`, or nothing for `R = void`.
     using batch_result_type = std::conditional_t<std::is_void_v<R>, void, std::vector<R>>;
     /// The stored batch function. Move-only, so process_batch may be too (e.g. a lambda that
@@ -441,6 +450,58 @@ public:
     }
 
     /**
+     * @name Submitting with a deadline (README "Deadlines")
+     * Each form above with an item deadline first: a `Clock::time_point` or a timeout from
+     * this call. An item still in its batch when the deadline passes is removed when the batch
+     * is formed (it never reaches process_batch) and completes with `DeadlineExceeded`; with
+     * `Options::deadline_sealing` the batch is sealed early enough for it to finish in time.
+     * With `Options::admission_control`, a submit predicted to finish after its deadline is
+     * refused at once: `SubmitStatus::infeasible`, or `DeadlineInfeasible` from the forms that
+     * throw (the item is left untouched). Blocking forms still wait for space as without a
+     * deadline. Otherwise as the form without a deadline (same exceptions).
+     * @{
+     */
+    /// @brief `submit(item)` with a deadline.
+    template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
+    Handle<R> submit(deadline_type deadline, U&& item);
+    /// @brief `submit(item, callback)` with a deadline.
+    template <class U, class F,
+              class = std::enable_if_t<std::is_constructible_v<T, U&&> &&
+                                       !std::is_same_v<std::decay_t<F>, Handle<R>>>>
+    void submit(deadline_type deadline, U&& item, F&& callback);
+    /// @brief `post(item)` with a deadline (an expired item is only counted).
+    template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
+    void post(deadline_type deadline, U&& item);
+    /// @brief `try_submit(item)` with a deadline.
+    template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
+    [[nodiscard]] SubmitStatus try_submit(deadline_type deadline, U&& item);
+    /// @brief `try_submit(item, callback)` with a deadline.
+    template <class U, class F,
+              class = std::enable_if_t<std::is_constructible_v<T, U&&> &&
+                                       !std::is_same_v<std::decay_t<F>, Handle<R>>>>
+    [[nodiscard]] SubmitStatus try_submit(deadline_type deadline, U&& item, F&& callback);
+    /// @brief `try_submit_handle(item)` with a deadline.
+    template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
+    [[nodiscard]] SubmitResult<R> try_submit_handle(deadline_type deadline, U&& item);
+    /// @brief `submit_for(item, timeout)` with a deadline (@p timeout bounds the wait for space).
+    template <class U, class Rep, class Period,
+              class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
+    [[nodiscard]] SubmitStatus submit_for(deadline_type deadline, U&& item,
+                                          const std::chrono::duration<Rep, Period>& timeout);
+    /// @brief `submit_for(item, callback, timeout)` with a deadline.
+    template <class U, class F, class Rep, class Period,
+              class = std::enable_if_t<std::is_constructible_v<T, U&&> &&
+                                       !std::is_same_v<std::decay_t<F>, Handle<R>>>>
+    [[nodiscard]] SubmitStatus submit_for(deadline_type deadline, U&& item, F&& callback,
+                                          const std::chrono::duration<Rep, Period>& timeout);
+    /// @brief `submit_for_handle(item, timeout)` with a deadline.
+    template <class U, class Rep, class Period,
+              class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
+    [[nodiscard]] SubmitResult<R> submit_for_handle(
+        deadline_type deadline, U&& item, const std::chrono::duration<Rep, Period>& timeout);
+    /// @}
+
+    /**
      * @brief Dispatches the partial batch now (reason `flush`), if it holds any item.
      *        Never blocks (beyond handing the batch to the executor).
      */
@@ -481,6 +542,13 @@ public:
         // first, so this turns true as soon as close() has begun.
         return (lanes_[0].head.load(std::memory_order_acquire) & closed_bit) != 0;
     }
+
+    /**
+     * @brief Producers blocked in a submit because their lane is full, queued to be admitted
+     *        in arrival order (README "Deadlines", fair admission). Thread-safe; takes the
+     *        mutex blocked producers wait on; a snapshot.
+     */
+    std::size_t waiting_producers() const;
 
     /// @brief A snapshot of the counters (see `Stats` for its consistency). Thread-safe, O(1).
     ///        Not lock-free: it reads the atomic counters, then copies the cost-model fit under
@@ -643,6 +711,10 @@ private:
         if (status == SubmitStatus::closed) {
             MICROBATCH_THROW(ClosedError("microbatch::Batcher: submit on a closed batcher"));
         }
+        if (status == SubmitStatus::infeasible) {  // admission control (deadlines)
+            MICROBATCH_THROW(DeadlineInfeasible(
+                "microbatch::Batcher: the item cannot finish by its deadline (admission control)"));
+        }
     }
 
     // The calling thread's lane: fixed per thread, so one producer's items stay in order.
@@ -659,9 +731,14 @@ private:
     template <class Sink>
     auto bulk_store(Sink& sink);
     void throw_if_bulk_rejected(const BulkResult& result, std::size_t n) const;
+    template <class Inner>
+    struct BulkDeadlineStore;  // Options::default_timeout for bulk items
     template <class InputIt, class Store>
     BulkResult submit_bulk(InputIt& first, std::size_t n, WaitMode mode, Deadline deadline,
                            Store&& store);
+    template <class InputIt, class Store>
+    BulkResult claim_bulk(InputIt& first, std::size_t n, WaitMode mode, Deadline deadline,
+                          Store& store);
     template <class InputIt, class Store>
     std::uint32_t fill_run(Lane& lane, std::uint64_t head, std::uint32_t index, std::uint32_t count,
                            InputIt& first, std::size_t done, Store& store);
@@ -674,9 +751,38 @@ private:
     SubmitStatus fill_slot(Lane& lane, std::uint64_t head, std::uint32_t index, U&& item,
                            Store& store);
     std::int64_t note_batch_opened(Buffer& buffer, bool needs_timer);
+    // @p items: the items a rejection refuses (a bulk submission's rest), see detail/.
     SubmitStatus wait_for_space(Lane& lane, WaitMode mode, Deadline deadline,
-                                std::size_t items = 1);
-    SubmitStatus wait_for_space_registered(Lane& lane, WaitMode mode, Deadline deadline);
+                                detail::AdmissionTurn& turn, std::size_t items = 1);
+    SubmitStatus wait_for_space(Lane& lane, WaitMode mode, Deadline deadline) {
+        detail::AdmissionTurn turn;  // callers that do not pass the turn on to their claim
+        return wait_for_space(lane, mode, deadline, turn);
+    }
+    SubmitStatus wait_for_space_registered(Lane& lane, WaitMode mode, Deadline deadline,
+                                           detail::AdmissionTurn& turn);
+    // Fair admission: detail/batcher_admission.hpp.
+    SubmitStatus wait_in_line(Lane& lane, WaitMode mode, Deadline deadline,
+                              detail::AdmissionTurn& turn);
+    void wake_first_waiter(Lane& lane);
+    void wake_all_waiters();
+
+    // ---- Deadlines, cancellation, admission control: detail/batcher_deadlines.hpp ----------
+
+    void initialise_deadlines();
+    template <class Store>
+    struct DeadlineStore;  // wraps a Store: also records the item's deadline in its slot
+    template <class U, class Store>
+    SubmitStatus submit_due(const deadline_type& due, U&& item, WaitMode mode, Deadline wait,
+                            Store&& store);
+    template <class U>
+    SubmitStatus submit_due_with_handle(const deadline_type& due, U&& item, WaitMode mode,
+                                        Deadline wait, Handle<R>& out);
+    bool admissible(std::int64_t deadline, std::int64_t now) const noexcept;
+    std::int64_t predicted_batch_ticks(std::size_t size) const noexcept;
+    void note_item_deadline(std::size_t slot, std::int64_t deadline) noexcept;
+    SealInputs with_item_deadline(SealInputs in, std::uint32_t buffer) const noexcept;
+    std::size_t screen(T* items, detail::Completion<R>* completions,
+                       std::atomic<std::uint8_t>* states, std::size_t size) noexcept;
 
     // ---- Sealing, dispatch, buffer ring: detail/batcher_seal.hpp ---------------------------
 
@@ -758,6 +864,11 @@ private:
     std::uint32_t lane_count_ = 1;
     std::uint32_t buffers_per_lane_ = 0;
     bool seal_early_ = true;
+    bool deadline_sealing_ = true;    // Options::deadline_sealing
+    bool admission_control_ = false;  // Options::admission_control
+    bool has_default_timeout_ = false;
+    deadline_type default_deadline_{std::chrono::nanoseconds(0)};  // Options::default_timeout
+    std::size_t admission_workers_ = 1;  // batches that run at once, for admissible()
 
     // Settings changeable at run time (relaxed: each is one independent value).
     std::atomic<std::uint32_t> current_batch_size_{0};
@@ -809,8 +920,9 @@ private:
     std::condition_variable timer_condition_;
     bool timer_stop_ = false;  // guarded by timer_mutex_
     std::optional<typename Clock::Sleeper> sleeper_;
-    std::mutex space_mutex_;
-    std::condition_variable space_condition_;
+    mutable std::mutex space_mutex_;
+    std::condition_variable space_condition_;              // blocked producers sleep here
+    std::unique_ptr<detail::AdmissionQueue[]> admission_;  // per lane, guarded by space_mutex_
     std::mutex idle_mutex_;
     std::condition_variable idle_condition_;
     std::uint32_t idle_waiters_ = 0;  // guarded by idle_mutex_
@@ -829,9 +941,11 @@ private:
 }  // namespace microbatch
 
 // The member functions, one file per step of an item's path (see each file's header comment).
+#include "microbatch/detail/batcher_admission.hpp"
 #include "microbatch/detail/batcher_bulk.hpp"
 #include "microbatch/detail/batcher_close.hpp"
 #include "microbatch/detail/batcher_control.hpp"
+#include "microbatch/detail/batcher_deadlines.hpp"
 #include "microbatch/detail/batcher_outcomes.hpp"
 #include "microbatch/detail/batcher_policy.hpp"
 #include "microbatch/detail/batcher_run.hpp"

@@ -76,15 +76,50 @@ public:
 };
 
 /**
+ * @brief Delivered (through the item's handle or callback) to an item whose deadline had passed
+ *        when its batch was formed (with `Options::admission_control`: would pass before the
+ *        batch's predicted end): the item was removed from the batch and never reached
+ *        `process_batch` (see README "Deadlines").
+ */
+class DeadlineExceeded : public Error {
+public:
+    using Error::Error;
+};
+
+/**
+ * @brief Delivered through its handle to an item cancelled with `Handle::cancel()` before its
+ *        batch was dispatched: the item never reached `process_batch`.
+ */
+class Cancelled : public Error {
+public:
+    using Error::Error;
+};
+
+/**
+ * @brief Thrown by the throwing submit forms (`submit`, `post`) with a deadline when admission
+ *        control (`Options::admission_control`) predicts the item cannot finish by its deadline;
+ *        the non-throwing forms return `SubmitStatus::infeasible` instead. The item is left
+ *        untouched (not moved from).
+ */
+class DeadlineInfeasible : public Error {
+public:
+    using Error::Error;
+};
+
+/**
  * @brief Outcome of a non-throwing submission (`try_submit`, `submit_for`).
  */
 enum class SubmitStatus {
     accepted,  ///< The item was accepted and will be processed exactly once.
     full,      ///< Rejected: the batcher was at capacity (or the timeout expired while it was).
     closed,    ///< Rejected: the batcher is closed.
+    /// Rejected by admission control (`Options::admission_control`): the item's predicted
+    /// completion is after its deadline.
+    infeasible,
 };
 
-/// Returns a stable lower-case name for @p status ("accepted", "full", "closed").
+/// Returns a stable lower-case name for @p status ("accepted", "full", "closed",
+/// "infeasible").
 constexpr const char* to_string(SubmitStatus status) noexcept {
     switch (status) {
         case SubmitStatus::accepted:
@@ -93,6 +128,8 @@ constexpr const char* to_string(SubmitStatus status) noexcept {
             return "full";
         case SubmitStatus::closed:
             return "closed";
+        case SubmitStatus::infeasible:
+            return "infeasible";
     }
     return "unknown";
 }

@@ -41,7 +41,8 @@ struct HandleAccess;
  * most about 18 KB per result type, freed when the thread exits; a block in use lives as long as
  * any of its handles (so a long-lived handle keeps about 2 KB alive). A state's result and
  * exception are destroyed as soon as its handle and its completion are gone. Destroying a
- * handle without calling `get()` is fine; the item is still processed.
+ * handle without calling `get()` is fine; the item is still processed (only `cancel()`
+ * withdraws it).
  *
  * Thread safety: one handle must not be used from two threads at once (like `std::future`); the
  * producing side (the batcher's worker) runs concurrently and safely.
@@ -98,6 +99,25 @@ public:
         check();
         return state_->wait_until(deadline) ? std::future_status::ready
                                             : std::future_status::timeout;
+    }
+
+    /**
+     * @brief Cancels the item if its batch has not started running: the item is then never
+     *        given to `process_batch`, and this handle completes at once with a `Cancelled`
+     *        error (get() throws it). Returns true if the cancel won.
+     *
+     * Returns false when the worker already claimed the item (it does so for every item of a
+     * batch as the batch starts, before calling process_batch), or when the item has already
+     * completed (processed, failed, expired): the item then runs or has run normally and its
+     * result is delivered to this handle as usual. A cancelled item still occupies its slot
+     * until its batch is formed, where it is dropped and counted in `Stats::items_cancelled`.
+     * Dropping a handle does not cancel its item. Never blocks; allocates the error object.
+     * @throws Error if the handle is not valid().
+     */
+    bool cancel() {
+        check();
+        return state_->cancel(Outcome<R>(detail::make_error_ptr(
+            Cancelled("microbatch: item cancelled before its batch started"))));
     }
 
     /**

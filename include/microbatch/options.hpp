@@ -43,6 +43,9 @@ namespace microbatch {
  * |                  |         | the owned pool's workers, or hardware threads (executor)     |
  * | `seal_early`     | true    | seal a partial batch before max_delay when waiting cannot pay |
  *
+ * Per-item deadlines (README "Deadlines"): `default_timeout` (0 = none), `deadline_sealing`
+ * (true), `admission_control` (false).
+ *
  * Thread safety: a plain value type; no internal synchronisation.
  */
 class Options {
@@ -204,6 +207,73 @@ public:
         return std::move(*this);
     }
 
+    // ---- Deadlines (README "Deadlines") ------------------------------------------------------
+
+    /**
+     * @brief The deadline given to items submitted without one: accepted-time + this timeout
+     *        (0, the default: none). Items past their deadline when their batch is formed are
+     *        not processed and complete with `DeadlineExceeded`. Costs one clock read per submit
+     *        when set; nothing when 0.
+     */
+    std::chrono::nanoseconds default_timeout() const noexcept { return default_timeout_; }
+    /// @brief Sets the default timeout; must not be negative (0 = no default deadline).
+    Options& default_timeout(std::chrono::nanoseconds value) & noexcept {
+        default_timeout_ = value;
+        return *this;
+    }
+    /// @brief Rvalue overload, so that `auto o = Options{}.default_timeout(...)` moves.
+    Options&& default_timeout(std::chrono::nanoseconds value) && noexcept {
+        default_timeout_ = value;
+        return std::move(*this);
+    }
+
+    /**
+     * @brief Whether a partial batch holding an item with a deadline is sealed early enough for
+     *        that item to finish in time (default true; seal_policy.hpp, rule 4b): at its
+     *        earliest deadline minus the predicted batch time, while a worker is free.
+     */
+    bool deadline_sealing() const noexcept { return deadline_sealing_; }
+    /// @brief Turns deadline-aware sealing on or off.
+    Options& deadline_sealing(bool value) & noexcept {
+        deadline_sealing_ = value;
+        return *this;
+    }
+    /// @brief Rvalue overload, so that `auto o = Options{}.deadline_sealing(...)` moves.
+    Options&& deadline_sealing(bool value) && noexcept {
+        deadline_sealing_ = value;
+        return std::move(*this);
+    }
+
+    /**
+     * @brief Admission control (default false): a submit with a deadline whose predicted
+     *        completion is after its deadline is refused at once,
+     *        with `SubmitStatus::infeasible` or a `DeadlineInfeasible` exception, and counted in
+     *        `Stats::items_rejected_infeasible`. Items without a deadline are never refused.
+     *        When a batch starts, items due before its predicted end (now + 1.25 (alpha +
+     *        beta * slots)) are also removed as expired (`DeadlineExceeded`): they could only be
+     *        late (unless that would leave the batch empty: then they run, and refresh the fit).
+     *
+     * The prediction: now + (ceil(P / B) * alpha + P * beta) / W + alpha + beta * min(B, P + 1),
+     * with P = `Batcher::pending()` (accepted, unfinished items: the work ahead), B the batch
+     * size in force, W the batches that run at once (the in-flight limit, at most the workers)
+     * and alpha, beta the online cost fit (`Stats::batch_cost`; both 0, so everything is
+     * admitted, until a batch has run). An idle batcher (P = 0) admits every item, so that a
+     * fit that overestimates is corrected by the batches that run. It ignores the progress of
+     * running batches, so it errs late by up to one batch time. Costs one clock read and O(lanes)
+     * per deadline submit.
+     */
+    bool admission_control() const noexcept { return admission_control_; }
+    /// @brief Turns admission control on or off.
+    Options& admission_control(bool value) & noexcept {
+        admission_control_ = value;
+        return *this;
+    }
+    /// @brief Rvalue overload, so that `auto o = Options{}.admission_control(...)` moves.
+    Options&& admission_control(bool value) && noexcept {
+        admission_control_ = value;
+        return std::move(*this);
+    }
+
     /// @brief The in-flight limit the batcher uses: `max_in_flight()`, or when it is 0 the
     ///        owned pool's workers (no executor) or the hardware threads (executor), at least 1.
     std::size_t effective_max_in_flight() const noexcept {
@@ -349,6 +419,10 @@ public:
                  ", max_batch_size " + std::to_string(max_batch_size_) + ", lanes " +
                  std::to_string(lanes_) + ")");
         }
+        if (default_timeout_.count() < 0) {
+            fail("default_timeout must not be negative (got " +
+                 std::to_string(default_timeout_.count()) + "ns)");
+        }
         if (!executor_ && workers_ == 0) {
             fail("workers must be >= 1 when no executor is set (got 0)");
         }
@@ -370,6 +444,9 @@ private:
     std::size_t lanes_ = 1;
     std::size_t max_in_flight_ = 0;
     bool seal_early_ = true;
+    std::chrono::nanoseconds default_timeout_{0};
+    bool deadline_sealing_ = true;
+    bool admission_control_ = false;
     Executor executor_;
     bool isolate_failures_ = false;
     std::size_t isolation_depth_ = max_isolation_depth;

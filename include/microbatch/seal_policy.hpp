@@ -20,6 +20,13 @@
  *    also names its deadline, so that the timer looks again then.)
  * 4. age >= D: seal (`deadline`, or `worker_free` when asked by a worker that just finished,
  *    i.e. the batch was held past D because every worker was busy).
+ *    b. Item deadlines (Options::deadline_sealing, issue 11): with d the earliest deadline of
+ *    the batch's items, seal (`item_deadline`) once now >= d - (s * (alpha + beta * n) + m),
+ *    with alpha, beta the fitted batch cost (0 before the first batch), s =
+ *    SealPolicyConstants::deadline_safety and m = deadline_slack_ns (a timer wake-up, the
+ *    hand-over to the worker): sealed then, the batch is predicted to finish by d. Until then
+ *    the answer names that time (rule 6). While every worker is busy (rule 3) a seal would
+ *    only queue the batch, so the rule waits for a worker like rule 4.
  * 5. Early sealing (Options::seal_early, on by default), only with a time bound (without one
  *    the user asked for batches that fill up) and once the estimates are ready. Rules a and c
  *    apply only to slow streams, where a whole batch takes at least 100 us to fill at the
@@ -41,7 +48,8 @@
  *       batch size it started with); with independent arrivals the count varies and the rule
  *       is off.
  *    All three are reported as `early`.
- * 6. Otherwise wait, and ask again at the earlier of (first item + D) and (last change + q).
+ * 6. Otherwise wait, and ask again at the earliest of (first item + D), (last change + q) and
+ *    rule 4b's seal time.
  *
  * D stays a hard bound on waiting while a worker is free; `max_delay(0)` means "seal as soon as
  * a worker can take it" (rule 4 holds at once, rule 3 still lets the batch grow while busy).
@@ -107,8 +115,10 @@ struct SealInputs {
     std::size_t in_flight = 0;            ///< Batches dispatched and not finished.
     std::size_t max_in_flight = 1;        ///< M; SIZE_MAX: no limit.
     std::size_t lanes = 1;                ///< Lanes sharing the arrival rate.
-    bool seal_early = true;               ///< Options::seal_early.
-    LoadEstimate load;                    ///< The measured load.
+    /// Earliest deadline of the batch's items (unset: none, or deadline sealing is off).
+    std::int64_t earliest_deadline = unset;
+    bool seal_early = true;  ///< Options::seal_early.
+    LoadEstimate load;       ///< The measured load.
 };
 
 /// @brief What `decide_seal` answers. Thread safety: a plain value type.
@@ -133,6 +143,12 @@ struct SealPolicyConstants {
     /// before waiting could cost anything, and sealing them early would only multiply the
     /// per-batch overhead (measured: batches of ~10 instead of 256 at 20-50 M items/s).
     static constexpr double min_fill_time_ns = 100'000.0;
+    /// Rule 4b: the predicted batch time alpha + beta * n is stretched by this factor (the fit
+    /// is a mean; batches vary around it).
+    static constexpr double deadline_safety = 1.25;
+    /// Rule 4b: plus this fixed margin (ns): the timer's wake-up latency and the hand-over of
+    /// the sealed batch to a worker.
+    static constexpr std::int64_t deadline_slack_ns = 50'000;
 };
 
 /**
@@ -216,6 +232,25 @@ inline std::int64_t saturating_add(std::int64_t a, std::int64_t b) noexcept {
 }
 
 /**
+ * @brief Rule 4b's seal time for a batch of @p count items whose earliest deadline is
+ *        @p deadline (ns): deadline - (deadline_safety * (alpha + beta * count) +
+ *        deadline_slack_ns), saturating at the lowest time. Pure; O(1).
+ */
+inline std::int64_t deadline_seal_time(std::int64_t deadline, const LoadEstimate& load,
+                                       std::size_t count) noexcept {
+    const double alpha = load.per_batch_ns > 0.0 ? load.per_batch_ns : 0.0;
+    const double beta = load.per_item_ns > 0.0 ? load.per_item_ns : 0.0;
+    const double lead =
+        SealPolicyConstants::deadline_safety * (alpha + beta * static_cast<double>(count)) +
+        static_cast<double>(SealPolicyConstants::deadline_slack_ns);
+    const double lowest = static_cast<double>(std::numeric_limits<std::int64_t>::min());
+    if (static_cast<double>(deadline) - lead <= lowest) {
+        return std::numeric_limits<std::int64_t>::min() + 1;  // above SealInputs::unset
+    }
+    return deadline - static_cast<std::int64_t>(lead);
+}
+
+/**
  * @brief The smallest batch size at which a producer, which reads no clock, should ask
  *        `decide_seal` after adding an item while a worker is free: 1 with max_delay 0 (rule 4),
  *        else rule 5a's target when early sealing is on and ready, else max_batch_size (rule 2).
@@ -250,6 +285,9 @@ inline SealDecision decide_seal(const SealInputs& in) noexcept {
     }
     const bool timed = in.max_delay >= 0;
     const bool known_start = in.opened_at != SealInputs::unset;
+    const std::int64_t due = in.earliest_deadline == SealInputs::unset  // rule 4b's seal time
+                                 ? SealDecision::never
+                                 : deadline_seal_time(in.earliest_deadline, in.load, in.count);
     if (in.in_flight >= in.max_in_flight) {
         // Rule 3: every worker busy, grow; a finishing worker asks again. Until the batch is
         // due, ask again at its deadline too: a worker that frees before then need not wake
@@ -258,6 +296,9 @@ inline SealDecision decide_seal(const SealInputs& in) noexcept {
         if (timed && known_start && in.now - in.opened_at < in.max_delay) {
             decision.wake_at = saturating_add(in.opened_at, in.max_delay);
         }
+        if (in.now < due) {  // likewise for rule 4b's seal time
+            decision.wake_at = std::min(decision.wake_at, due);
+        }
         return decision;
     }
     if (timed &&
@@ -265,6 +306,11 @@ inline SealDecision decide_seal(const SealInputs& in) noexcept {
         decision.seal = true;
         decision.reason = in.trigger == SealTrigger::worker_finished ? DispatchReason::worker_free
                                                                      : DispatchReason::deadline;
+        return decision;
+    }
+    if (in.now >= due) {  // rule 4b
+        decision.seal = true;
+        decision.reason = DispatchReason::item_deadline;
         return decision;
     }
     std::int64_t quiet = -1;
@@ -307,6 +353,7 @@ inline SealDecision decide_seal(const SealInputs& in) noexcept {
             in.last_change_at != SealInputs::unset ? in.last_change_at : in.now;
         decision.wake_at = std::min(decision.wake_at, saturating_add(from, quiet));
     }
+    decision.wake_at = std::min(decision.wake_at, due);
     return decision;
 }
 

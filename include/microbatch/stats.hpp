@@ -151,8 +151,12 @@ struct LatencySummary {
  * Each field is read atomically, but the snapshot is not one instant across fields: while the
  * batcher runs, a batch completing during the snapshot may be counted in one field and not yet
  * in another. After `close()` or `wait_idle()` with no concurrent submitters the figures are
- * exact and add up: `items_accepted == items_processed + items_failed` and
- * `items_submitted == items_accepted + items_rejected()`.
+ * exact and add up: `items_accepted == items_processed + items_failed + items_expired +
+ * items_cancelled` and `items_submitted == items_accepted + items_rejected()`.
+ *
+ * Expired and cancelled items (README "Deadlines") are counted when their batch is formed, just
+ * before the worker completes them (an expired item's handle or callback therefore sees it
+ * counted; a cancelled handle completed itself earlier, in `Handle::cancel()`).
  *
  * Thread safety: a plain value type.
  */
@@ -165,11 +169,19 @@ struct Stats {
     std::uint64_t items_rejected_closed = 0;  ///< Submits refused because the batcher was closed.
     /// Submits whose item construction (or callback copy) threw; each left a hole in its batch.
     std::uint64_t items_rejected_error = 0;
+    /// Submits with a deadline refused by admission control (`SubmitStatus::infeasible`).
+    std::uint64_t items_rejected_infeasible = 0;
     std::uint64_t items_processed = 0;  ///< Items of batches that succeeded.
     /// Items of failed batches (see `batches_failed`) that isolation did not save, items with
     /// a failed per-item `Outcome` (see `items_failed_individually`), and items whose move
     /// constructor threw while their batch was compacted.
     std::uint64_t items_failed = 0;
+    /// Accepted items whose deadline had passed when their batch was formed: removed from the
+    /// batch, completed with `DeadlineExceeded`, never given to process_batch.
+    std::uint64_t items_expired = 0;
+    /// Accepted items cancelled through `Handle::cancel()` before their batch started: removed
+    /// from the batch, never given to process_batch.
+    std::uint64_t items_cancelled = 0;
 
     /// Batches dispatched because all their slots were claimed (holes included, so such a
     /// batch may reach process_batch with fewer than max_batch_size items).
@@ -181,6 +193,9 @@ struct Stats {
     std::uint64_t batches_worker_free = 0;
     /// Partial batches sealed before max_delay because waiting could not pay (seal_policy.hpp).
     std::uint64_t batches_early = 0;
+    /// Partial batches sealed while a worker was free because an item's deadline was near
+    /// (seal_policy.hpp, rule 4b).
+    std::uint64_t batches_item_deadline = 0;
     /// Batches whose processing finished (including batches made only of holes).
     std::uint64_t batches_completed = 0;
     /// Completed batches whose process_batch threw or returned the wrong number of results
@@ -244,12 +259,13 @@ struct Stats {
 
     /// @brief All rejected submits.
     std::uint64_t items_rejected() const noexcept {
-        return items_rejected_full + items_rejected_closed + items_rejected_error;
+        return items_rejected_full + items_rejected_closed + items_rejected_error +
+               items_rejected_infeasible;
     }
     /// @brief All dispatched batches.
     std::uint64_t batches_dispatched() const noexcept {
         return batches_full + batches_deadline + batches_flush + batches_close +
-               batches_worker_free + batches_early;
+               batches_worker_free + batches_early + batches_item_deadline;
     }
     /// @brief Mean size of completed batches holding items (0 before the first).
     double batch_size_mean() const noexcept {
@@ -325,6 +341,19 @@ public:
             .fetch_add(count, std::memory_order_relaxed);
     }
     void rejected_error() noexcept { rejected_error_.fetch_add(1, std::memory_order_relaxed); }
+    void rejected_infeasible() noexcept {
+        rejected_infeasible_.fetch_add(1, std::memory_order_relaxed);
+    }
+    /// Items of a batch being formed removed because their deadline passed (@p expired) or
+    /// their handle cancelled them (@p cancelled); counted before they complete.
+    void removed(std::size_t expired, std::size_t cancelled) noexcept {
+        if (expired != 0) {
+            expired_.fetch_add(expired, std::memory_order_relaxed);
+        }
+        if (cancelled != 0) {
+            cancelled_.fetch_add(cancelled, std::memory_order_relaxed);
+        }
+    }
     void callback_exception() noexcept {
         callback_exceptions_.fetch_add(1, std::memory_order_relaxed);
     }
@@ -439,6 +468,9 @@ public:
         stats.items_rejected_full = load(rejected_full_);
         stats.items_rejected_closed = load(rejected_closed_);
         stats.items_rejected_error = load(rejected_error_);
+        stats.items_rejected_infeasible = load(rejected_infeasible_);
+        stats.items_expired = load(expired_);
+        stats.items_cancelled = load(cancelled_);
         stats.items_submitted = stats.items_accepted + stats.items_rejected();
         stats.batches_full = load(by_reason_[static_cast<std::size_t>(DispatchReason::full)]);
         stats.batches_deadline =
@@ -448,6 +480,8 @@ public:
         stats.batches_worker_free =
             load(by_reason_[static_cast<std::size_t>(DispatchReason::worker_free)]);
         stats.batches_early = load(by_reason_[static_cast<std::size_t>(DispatchReason::early)]);
+        stats.batches_item_deadline =
+            load(by_reason_[static_cast<std::size_t>(DispatchReason::item_deadline)]);
         // size_min_ keeps its initial maximum until a batch holding items completed; batches
         // made only of holes complete without a size sample.
         const std::int64_t size_min = load(size_min_);
@@ -481,15 +515,18 @@ private:
     alignas(cache_line_size) std::atomic<std::uint64_t> rejected_full_{0};
     std::atomic<std::uint64_t> rejected_closed_{0};
     std::atomic<std::uint64_t> rejected_error_{0};
+    std::atomic<std::uint64_t> rejected_infeasible_{0};
     // Written once per batch by whoever seals it.
     alignas(cache_line_size) std::atomic<std::uint64_t> sealed_items_{0};
-    std::array<std::atomic<std::uint64_t>, 6> by_reason_{};
+    std::array<std::atomic<std::uint64_t>, 7> by_reason_{};
     // Written once per batch by the worker that ran it.
     alignas(cache_line_size) std::atomic<std::uint64_t> processed_{0};
     std::atomic<std::uint64_t> failed_{0};
     std::atomic<std::uint64_t> batches_failed_{0};
     std::atomic<std::uint64_t> batches_completed_{0};
     std::atomic<std::uint64_t> callback_exceptions_{0};
+    std::atomic<std::uint64_t> expired_{0};
+    std::atomic<std::uint64_t> cancelled_{0};
     std::atomic<std::int64_t> size_min_{std::numeric_limits<std::int64_t>::max()};
     std::atomic<std::int64_t> size_max_{0};
     std::array<std::atomic<std::uint64_t>, 24> histogram_{};

@@ -1172,10 +1172,13 @@ enum class DispatchReason {
     /// (seal_policy.hpp, rule 5): it held as many items as arrive while one batch runs, or no
     /// item had arrived for several mean gaps.
     early,
+    /// Sealed while a worker was free because an item's deadline was near: the batch's earliest
+    /// deadline minus its predicted processing time (seal_policy.hpp, rule 4b).
+    item_deadline,
 };
 
 /// Returns a stable lower-case name for @p reason ("full", "deadline", "flush", "close",
-/// "worker_free", "early").
+/// "worker_free", "early", "item_deadline").
 constexpr const char* to_string(DispatchReason reason) noexcept {
     switch (reason) {
         case DispatchReason::full:
@@ -1190,6 +1193,8 @@ constexpr const char* to_string(DispatchReason reason) noexcept {
             return "worker_free";
         case DispatchReason::early:
             return "early";
+        case DispatchReason::item_deadline:
+            return "item_deadline";
     }
     return "unknown";
 }
@@ -1478,6 +1483,136 @@ private:
 }  // namespace microbatch
 
 // ---- end microbatch/clock.hpp ----
+// ---- begin microbatch/detail/admission_queue.hpp ----
+/**
+ * @file admission_queue.hpp
+ * @brief Fair admission (issue 11): producers blocked on a full batcher lane wait in a FIFO queue
+ *        and are let in one at a time, in arrival order.
+ *
+ * Each blocked producer queues a waiter node on its own stack. They all sleep on the batcher's
+ * condition variable (inside the batcher object, where tools and tests expect blocked producers
+ * to wait), and a wake-up lets only the producer whose turn it is in; the others look and sleep
+ * again. The front waiter is admitted when its lane has room and no earlier producer
+ * still holds the turn; it holds the turn (AdmissionTurn) until it has claimed its slot, then
+ * passes it on by waking the next waiter. A producer whose claim lost a race keeps its place at
+ * the front. Everything here is guarded by the batcher's space mutex.
+ */
+
+#include <condition_variable>
+#include <cstddef>
+#include <mutex>
+
+namespace microbatch::detail {
+
+/// One blocked producer; lives on its stack while it waits.
+struct AdmissionWaiter {
+    AdmissionWaiter* previous = nullptr;
+    AdmissionWaiter* next = nullptr;
+};
+
+/// The FIFO of one lane's blocked producers. Not thread-safe: guarded by the batcher's mutex.
+class AdmissionQueue {
+public:
+    /// Queues @p waiter last (or first: a producer that held the turn keeps its place).
+    void push(AdmissionWaiter& waiter, bool first) noexcept {
+        if (first) {
+            waiter.next = head_;
+            waiter.previous = nullptr;
+            (head_ != nullptr ? head_->previous : tail_) = &waiter;
+            head_ = &waiter;
+        } else {
+            waiter.previous = tail_;
+            waiter.next = nullptr;
+            (tail_ != nullptr ? tail_->next : head_) = &waiter;
+            tail_ = &waiter;
+        }
+        ++size_;
+    }
+
+    /// Takes @p waiter (queued) out of the queue.
+    void remove(AdmissionWaiter& waiter) noexcept {
+        (waiter.previous != nullptr ? waiter.previous->next : head_) = waiter.next;
+        (waiter.next != nullptr ? waiter.next->previous : tail_) = waiter.previous;
+        waiter.previous = waiter.next = nullptr;
+        --size_;
+    }
+
+    /// The waiter whose turn comes next, or nullptr.
+    AdmissionWaiter* front() const noexcept { return head_; }
+    /// Waiters queued.
+    std::size_t size() const noexcept { return size_; }
+
+    /// Wakes the front waiter, unless a producer still holds the turn (it wakes it on release).
+    void wake_front() noexcept {
+        if (head_ != nullptr && !turn_held) {
+            condition->notify_all();  // shared by every waiter: the others sleep again
+        }
+    }
+    /// Wakes every waiter (the batcher is closing).
+    void wake_all() noexcept {
+        if (head_ != nullptr) {
+            condition->notify_all();
+        }
+    }
+
+    /// The condition variable the waiters sleep on (the batcher's), set once at construction.
+    std::condition_variable* condition = nullptr;
+
+    /// An admitted producer has not claimed its slot yet: nobody else is admitted meanwhile.
+    bool turn_held = false;
+
+private:
+    AdmissionWaiter* head_ = nullptr;
+    AdmissionWaiter* tail_ = nullptr;
+    std::size_t size_ = 0;
+};
+
+/// Held by an admitted producer from leaving the queue until it claimed its slot (or gave up):
+/// release() passes the turn to the next waiter. Empty (no queue) on the fast path. A producer
+/// that gives up releases it while still registered as a slow producer (the batcher may be
+/// destroyed as soon as it has left), so the destructor only ever finds it empty.
+class AdmissionTurn {
+public:
+    AdmissionTurn() noexcept = default;
+    AdmissionTurn(const AdmissionTurn&) = delete;
+    AdmissionTurn& operator=(const AdmissionTurn&) = delete;
+    ~AdmissionTurn() { release(); }
+
+    /// True while this producer holds its lane's turn.
+    bool held() const noexcept { return queue_ != nullptr; }
+
+    /// Takes the turn of @p queue (called under @p mutex).
+    void take(AdmissionQueue& queue, std::mutex& mutex) noexcept {
+        queue.turn_held = true;
+        queue_ = &queue;
+        mutex_ = &mutex;
+    }
+
+    /// Gives the turn back without waking anyone (called under the mutex, by a producer that
+    /// queues again at the front).
+    void give_back() noexcept {
+        queue_->turn_held = false;
+        queue_ = nullptr;
+    }
+
+    /// Passes the turn to the next waiter, if held. Takes the mutex.
+    void release() noexcept {
+        if (queue_ != nullptr) {
+            std::lock_guard<std::mutex> lock(*mutex_);
+            queue_->turn_held = false;
+            queue_->wake_front();
+            queue_ = nullptr;
+        }
+    }
+
+private:
+    AdmissionQueue* queue_ = nullptr;
+    std::mutex* mutex_ = nullptr;
+};
+
+}  // namespace microbatch::detail
+
+// ---- end microbatch/detail/admission_queue.hpp ----
 // ---- begin microbatch/detail/batcher_ring.hpp ----
 /**
  * @file batcher_ring.hpp
@@ -1593,6 +1728,9 @@ struct alignas(cache_line_size) BatcherBuffer {
     std::atomic<std::uint64_t> finished_sequence{0};  // batch number of the last finished use
     std::atomic<std::uint32_t> arrivals{0};           // "free" + "predecessor sealed" events
     std::atomic<std::uint32_t> finish_parties{0};     // worker + poster, see finish_party()
+    // Earliest item deadline (clock ticks) of the current use, max() if none: lowered only by
+    // submits with a deadline (Batcher::note_item_deadline), reset when the buffer opens.
+    std::atomic<std::int64_t> earliest_deadline{std::numeric_limits<std::int64_t>::max()};
     // Written by the sealer before the batch is handed to the executor, read by the worker.
     std::uint32_t size = 0;
     DispatchReason reason = DispatchReason::full;
@@ -1614,6 +1752,7 @@ struct alignas(cache_line_size) BatcherBuffer {
 #include <atomic>
 #include <cstdint>
 #include <exception>
+#include <type_traits>
 #include <utility>
 
 // ---- begin microbatch/detail/handle_state.hpp ----
@@ -1788,15 +1927,50 @@ public:
 };
 
 /**
+ * @brief Delivered (through the item's handle or callback) to an item whose deadline had passed
+ *        when its batch was formed (with `Options::admission_control`: would pass before the
+ *        batch's predicted end): the item was removed from the batch and never reached
+ *        `process_batch` (see README "Deadlines").
+ */
+class DeadlineExceeded : public Error {
+public:
+    using Error::Error;
+};
+
+/**
+ * @brief Delivered through its handle to an item cancelled with `Handle::cancel()` before its
+ *        batch was dispatched: the item never reached `process_batch`.
+ */
+class Cancelled : public Error {
+public:
+    using Error::Error;
+};
+
+/**
+ * @brief Thrown by the throwing submit forms (`submit`, `post`) with a deadline when admission
+ *        control (`Options::admission_control`) predicts the item cannot finish by its deadline;
+ *        the non-throwing forms return `SubmitStatus::infeasible` instead. The item is left
+ *        untouched (not moved from).
+ */
+class DeadlineInfeasible : public Error {
+public:
+    using Error::Error;
+};
+
+/**
  * @brief Outcome of a non-throwing submission (`try_submit`, `submit_for`).
  */
 enum class SubmitStatus {
     accepted,  ///< The item was accepted and will be processed exactly once.
     full,      ///< Rejected: the batcher was at capacity (or the timeout expired while it was).
     closed,    ///< Rejected: the batcher is closed.
+    /// Rejected by admission control (`Options::admission_control`): the item's predicted
+    /// completion is after its deadline.
+    infeasible,
 };
 
-/// Returns a stable lower-case name for @p status ("accepted", "full", "closed").
+/// Returns a stable lower-case name for @p status ("accepted", "full", "closed",
+/// "infeasible").
 constexpr const char* to_string(SubmitStatus status) noexcept {
     switch (status) {
         case SubmitStatus::accepted:
@@ -1805,6 +1979,8 @@ constexpr const char* to_string(SubmitStatus status) noexcept {
             return "full";
         case SubmitStatus::closed:
             return "closed";
+        case SubmitStatus::infeasible:
+            return "infeasible";
     }
     return "unknown";
 }
@@ -1978,6 +2154,33 @@ public:
         return (status_.load(std::memory_order_acquire) & ready_bit) != 0;
     }
 
+    /**
+     * @brief Called by the worker before the item's batch runs: claims the item for processing.
+     *        False if the handle cancelled it first (cancel() then completed the state itself).
+     */
+    bool try_claim() noexcept {
+        // relaxed: only the order of the two read-modify-writes on status_ decides who won; the
+        // loser reads nothing the winner wrote (the worker does not touch outcome_).
+        return (status_.fetch_or(claimed_bit, std::memory_order_relaxed) & cancelled_bit) == 0;
+    }
+
+    /**
+     * @brief Called through the handle: completes the state with @p outcome unless the worker
+     *        already claimed the item (or it is complete). True if the cancel won.
+     */
+    bool cancel(Outcome<R>&& outcome) noexcept {
+        // relaxed: see try_claim(); set() below publishes the outcome with release.
+        std::uint32_t status = status_.load(std::memory_order_relaxed);
+        do {
+            if ((status & (claimed_bit | cancelled_bit | ready_bit)) != 0) {
+                return false;
+            }
+        } while (!status_.compare_exchange_weak(status, status | cancelled_bit,
+                                                std::memory_order_relaxed));
+        set(std::move(outcome));
+        return true;
+    }
+
     /// Blocks until set() has run. The caller must own a reference.
     void wait() noexcept {
         if (spin_until_ready()) {
@@ -2024,6 +2227,8 @@ private:
 
     static constexpr std::uint32_t ready_bit = 1;
     static constexpr std::uint32_t waiting_bit = 2;
+    static constexpr std::uint32_t claimed_bit = 4;    // the worker took the item (try_claim)
+    static constexpr std::uint32_t cancelled_bit = 8;  // the handle cancelled it first
 
     explicit HandleState(HandleStateBlock<R>* block) noexcept : block_(block) {}
     ~HandleState() = default;
@@ -2251,7 +2456,8 @@ struct HandleAccess;
  * most about 18 KB per result type, freed when the thread exits; a block in use lives as long as
  * any of its handles (so a long-lived handle keeps about 2 KB alive). A state's result and
  * exception are destroyed as soon as its handle and its completion are gone. Destroying a
- * handle without calling `get()` is fine; the item is still processed.
+ * handle without calling `get()` is fine; the item is still processed (only `cancel()`
+ * withdraws it).
  *
  * Thread safety: one handle must not be used from two threads at once (like `std::future`); the
  * producing side (the batcher's worker) runs concurrently and safely.
@@ -2308,6 +2514,25 @@ public:
         check();
         return state_->wait_until(deadline) ? std::future_status::ready
                                             : std::future_status::timeout;
+    }
+
+    /**
+     * @brief Cancels the item if its batch has not started running: the item is then never
+     *        given to `process_batch`, and this handle completes at once with a `Cancelled`
+     *        error (get() throws it). Returns true if the cancel won.
+     *
+     * Returns false when the worker already claimed the item (it does so for every item of a
+     * batch as the batch starts, before calling process_batch), or when the item has already
+     * completed (processed, failed, expired): the item then runs or has run normally and its
+     * result is delivered to this handle as usual. A cancelled item still occupies its slot
+     * until its batch is formed, where it is dropped and counted in `Stats::items_cancelled`.
+     * Dropping a handle does not cancel its item. Never blocks; allocates the error object.
+     * @throws Error if the handle is not valid().
+     */
+    bool cancel() {
+        check();
+        return state_->cancel(Outcome<R>(detail::make_error_ptr(
+            Cancelled("microbatch: item cancelled before its batch started"))));
     }
 
     /**
@@ -2434,6 +2659,15 @@ public:
             state_->release();
         }
     }
+    /// Claims the item for processing (see HandleState::try_claim); when the handle cancelled
+    /// it first, lets go of the state, which the cancel already completed.
+    bool try_claim() noexcept {
+        if (state_->try_claim()) {
+            return true;
+        }
+        std::exchange(state_, nullptr)->release();
+        return false;
+    }
     void operator()(Outcome<R>&& outcome) noexcept {
         HandleState<R>* state = std::exchange(state_, nullptr);
         state->set(std::move(outcome));
@@ -2442,6 +2676,18 @@ public:
 
 private:
     HandleState<R>* state_;
+};
+
+/// True for completion stores that already record an item deadline (Batcher::DeadlineStore).
+template <class Store, class = void>
+struct carries_deadline : std::false_type {};
+template <class Store>
+struct carries_deadline<Store, std::void_t<decltype(Store::carries_deadline)>> : std::true_type {};
+
+/// The completion of a fire-and-forget item with a deadline: carries the deadline, does nothing.
+template <class R>
+struct NoCompletion {
+    void operator()(Outcome<R>&&) noexcept {}
 };
 
 }  // namespace detail
@@ -2457,6 +2703,8 @@ private:
  */
 
 #include <cstddef>
+#include <cstdint>
+#include <limits>
 #include <new>
 #include <type_traits>
 #include <utility>
@@ -2470,6 +2718,12 @@ namespace microbatch::detail {
  * over-aligned; this is checked at compile time, so storing one never allocates.
  * Not thread-safe: each slot is written by one producer and later read by one worker, with the
  * batcher's slot flags ordering the two.
+ *
+ * An item's deadline (issue 11) lives here too, in the padding between the operations pointer
+ * and the over-aligned storage, so it costs no memory; which completions carry one is told by
+ * their operations table (`with_deadline`), so items without a deadline never write it.
+ * A callable with a `try_claim()` member (the handle completion) can be cancelled: the worker
+ * claims it before the batch runs (see claim()).
  */
 template <class R>
 class Completion {
@@ -2507,6 +2761,43 @@ public:
 
     bool has_value() const noexcept { return operations_ != nullptr; }
 
+    /// No deadline (the value deadline() reports for completions without one).
+    static constexpr std::int64_t no_deadline = std::numeric_limits<std::int64_t>::max();
+
+    /// Attaches a deadline (clock ticks) to the stored callable (the slot must be non-empty).
+    void set_deadline(std::int64_t ticks) noexcept {
+        deadline_ = ticks;
+        if (!operations_->has_deadline) {
+            operations_ = operations_->with_deadline;
+        }
+    }
+
+    /// The deadline attached with set_deadline(), or no_deadline. Reads deadline_ only when one
+    /// was attached (the field is stale otherwise). The slot must be non-empty.
+    std::int64_t deadline() const noexcept {
+        return operations_->has_deadline ? deadline_ : no_deadline;
+    }
+
+    /// True if the callable can be cancelled (it has a `try_claim()` member).
+    bool cancellable() const noexcept {
+        return operations_ != nullptr && operations_->claim != nullptr;
+    }
+
+    /**
+     * @brief Claims a cancellable callable for processing: true if nobody cancelled it first
+     *        (from then on a cancel fails). On false the callable was cancelled: it has already
+     *        let go of what it completes, and the slot is emptied without invoking it. A
+     *        callable that cannot be cancelled is always claimed. Must be non-empty.
+     */
+    bool claim() noexcept {
+        if (operations_->claim == nullptr || operations_->claim(storage_)) {
+            return true;
+        }
+        operations_->destroy(storage_);
+        operations_ = nullptr;
+        return false;
+    }
+
     /// Invokes the callable with @p outcome and destroys it, even if it throws (the exception
     /// propagates).
     void complete(Outcome<R>&& outcome) {
@@ -2525,6 +2816,7 @@ public:
 
     /// Moves the callable of @p other (which must be non-empty) into this empty slot.
     void take(Completion& other) noexcept {
+        deadline_ = other.deadline_;
         operations_ = other.operations_;
         other.operations_ = nullptr;
         operations_->relocate(storage_, other.storage_);
@@ -2535,7 +2827,15 @@ private:
         void (*invoke_and_destroy)(void* storage, Outcome<R>&& outcome);
         void (*destroy)(void* storage) noexcept;
         void (*relocate)(void* target, void* source) noexcept;
+        bool (*claim)(void* storage) noexcept;  // null: cannot be cancelled
+        bool has_deadline;                      // deadline_ is meaningful
+        const Operations* with_deadline;        // the same with has_deadline (null if it is set)
     };
+
+    template <class F, class = void>
+    struct Claimable : std::false_type {};
+    template <class F>
+    struct Claimable<F, std::void_t<decltype(std::declval<F&>().try_claim())>> : std::true_type {};
 
     template <class F>
     static void invoke_and_destroy(void* storage, Outcome<R>&& outcome) {
@@ -2558,9 +2858,28 @@ private:
     }
 
     template <class F>
-    static constexpr Operations operations_for{&invoke_and_destroy<F>, &destroy<F>, &relocate<F>};
+    static bool claim_callable(void* storage) noexcept {
+        return static_cast<F*>(storage)->try_claim();
+    }
+    template <class F>
+    static constexpr bool (*claim_for())(void*) noexcept {
+        if constexpr (Claimable<F>::value) {
+            return &claim_callable<F>;
+        } else {
+            return nullptr;
+        }
+    }
+
+    template <class F>
+    static constexpr Operations operations_with_deadline_for{
+        &invoke_and_destroy<F>, &destroy<F>, &relocate<F>, claim_for<F>(), true, nullptr};
+    template <class F>
+    static constexpr Operations operations_for{
+        &invoke_and_destroy<F>, &destroy<F>, &relocate<F>,
+        claim_for<F>(),         false,       &operations_with_deadline_for<F>};
 
     const Operations* operations_ = nullptr;
+    std::int64_t deadline_ = 0;  // clock ticks; meaningful only when operations_->has_deadline
     alignas(std::max_align_t) unsigned char storage_[inline_size];
 };
 
@@ -2673,6 +2992,87 @@ using Executor = std::function<void(Task)>;
 }  // namespace microbatch
 
 // ---- end microbatch/executor.hpp ----
+// ---- begin microbatch/item_deadline.hpp ----
+/**
+ * @file item_deadline.hpp
+ * @brief `microbatch::ItemDeadline<Clock>`: the deadline of one submitted item, a time point of
+ *        the batcher's clock or a timeout counted from the submit call.
+ */
+
+#include <chrono>
+#include <cstdint>
+
+namespace microbatch {
+
+/**
+ * @brief The deadline of one item, as passed to the deadline forms of `Batcher` submits
+ *        (`batcher.submit(deadline, item)`, README "Deadlines").
+ *
+ * Converts implicitly from a `Clock::time_point` (an absolute deadline on the batcher's clock)
+ * and from any `std::chrono::duration` (a timeout: the deadline is the batcher clock's time when
+ * the submit call reads it, plus the timeout). A zero or negative timeout makes an item that is
+ * already due; a timeout too large to add saturates at the clock's largest time point.
+ *
+ * @code
+ * batcher.submit(std::chrono::milliseconds(5), item);           // 5 ms from now
+ * batcher.post(batcher.clock().now() + std::chrono::seconds(1), item);
+ * @endcode
+ *
+ * Thread safety: a plain value type.
+ * @tparam Clock the batcher's clock (see clock.hpp).
+ */
+template <class Clock>
+class ItemDeadline {
+public:
+    using time_point = typename Clock::time_point;  ///< The clock's time point type.
+    using duration = typename Clock::duration;      ///< The clock's duration type.
+
+    /// @brief An absolute deadline: the item is due at @p at.
+    ItemDeadline(time_point at) noexcept  // NOLINT(google-explicit-constructor): by design
+        : at_(at) {}
+
+    /// @brief A timeout: the item is due @p timeout after the submit call reads the clock.
+    template <class Rep, class Period>
+    ItemDeadline(const std::chrono::duration<Rep, Period>& timeout) noexcept  // NOLINT: by design
+        : relative_(true), timeout_(saturate(timeout)) {}
+
+    /// @brief True for a timeout, false for an absolute time point.
+    bool relative() const noexcept { return relative_; }
+
+    /// @brief The deadline for an item accepted at @p now (saturating, never overflowing).
+    time_point resolve(time_point now) const noexcept {
+        if (!relative_) {
+            return at_;
+        }
+        if (timeout_ > duration::zero() && now > time_point::max() - timeout_) {
+            return time_point::max();
+        }
+        return now + timeout_;
+    }
+
+private:
+    // @p timeout in the clock's ticks, rounded up; one too large saturates at duration::max().
+    template <class Rep, class Period>
+    static duration saturate(const std::chrono::duration<Rep, Period>& timeout) noexcept {
+        // Compared in floating point, so that no integer conversion of a huge value overflows.
+        const double seconds = std::chrono::duration<double>(timeout).count();
+        if (seconds >= std::chrono::duration<double>(duration::max()).count()) {
+            return duration::max();
+        }
+        if (seconds <= std::chrono::duration<double>(duration::min()).count()) {
+            return duration::min();
+        }
+        return std::chrono::ceil<duration>(timeout);
+    }
+
+    time_point at_{};
+    bool relative_ = false;
+    duration timeout_{0};
+};
+
+}  // namespace microbatch
+
+// ---- end microbatch/item_deadline.hpp ----
 // ---- begin microbatch/options.hpp ----
 /**
  * @file options.hpp
@@ -2714,6 +3114,9 @@ namespace microbatch {
  * | `max_in_flight`  | 0 = auto | batches running before partial batches are held back:      |
  * |                  |         | the owned pool's workers, or hardware threads (executor)     |
  * | `seal_early`     | true    | seal a partial batch before max_delay when waiting cannot pay |
+ *
+ * Per-item deadlines (README "Deadlines"): `default_timeout` (0 = none), `deadline_sealing`
+ * (true), `admission_control` (false).
  *
  * Thread safety: a plain value type; no internal synchronisation.
  */
@@ -2876,6 +3279,73 @@ public:
         return std::move(*this);
     }
 
+    // ---- Deadlines (README "Deadlines") ------------------------------------------------------
+
+    /**
+     * @brief The deadline given to items submitted without one: accepted-time + this timeout
+     *        (0, the default: none). Items past their deadline when their batch is formed are
+     *        not processed and complete with `DeadlineExceeded`. Costs one clock read per submit
+     *        when set; nothing when 0.
+     */
+    std::chrono::nanoseconds default_timeout() const noexcept { return default_timeout_; }
+    /// @brief Sets the default timeout; must not be negative (0 = no default deadline).
+    Options& default_timeout(std::chrono::nanoseconds value) & noexcept {
+        default_timeout_ = value;
+        return *this;
+    }
+    /// @brief Rvalue overload, so that `auto o = Options{}.default_timeout(...)` moves.
+    Options&& default_timeout(std::chrono::nanoseconds value) && noexcept {
+        default_timeout_ = value;
+        return std::move(*this);
+    }
+
+    /**
+     * @brief Whether a partial batch holding an item with a deadline is sealed early enough for
+     *        that item to finish in time (default true; seal_policy.hpp, rule 4b): at its
+     *        earliest deadline minus the predicted batch time, while a worker is free.
+     */
+    bool deadline_sealing() const noexcept { return deadline_sealing_; }
+    /// @brief Turns deadline-aware sealing on or off.
+    Options& deadline_sealing(bool value) & noexcept {
+        deadline_sealing_ = value;
+        return *this;
+    }
+    /// @brief Rvalue overload, so that `auto o = Options{}.deadline_sealing(...)` moves.
+    Options&& deadline_sealing(bool value) && noexcept {
+        deadline_sealing_ = value;
+        return std::move(*this);
+    }
+
+    /**
+     * @brief Admission control (default false): a submit with a deadline whose predicted
+     *        completion is after its deadline is refused at once,
+     *        with `SubmitStatus::infeasible` or a `DeadlineInfeasible` exception, and counted in
+     *        `Stats::items_rejected_infeasible`. Items without a deadline are never refused.
+     *        When a batch starts, items due before its predicted end (now + 1.25 (alpha +
+     *        beta * slots)) are also removed as expired (`DeadlineExceeded`): they could only be
+     *        late (unless that would leave the batch empty: then they run, and refresh the fit).
+     *
+     * The prediction: now + (ceil(P / B) * alpha + P * beta) / W + alpha + beta * min(B, P + 1),
+     * with P = `Batcher::pending()` (accepted, unfinished items: the work ahead), B the batch
+     * size in force, W the batches that run at once (the in-flight limit, at most the workers)
+     * and alpha, beta the online cost fit (`Stats::batch_cost`; both 0, so everything is
+     * admitted, until a batch has run). An idle batcher (P = 0) admits every item, so that a
+     * fit that overestimates is corrected by the batches that run. It ignores the progress of
+     * running batches, so it errs late by up to one batch time. Costs one clock read and O(lanes)
+     * per deadline submit.
+     */
+    bool admission_control() const noexcept { return admission_control_; }
+    /// @brief Turns admission control on or off.
+    Options& admission_control(bool value) & noexcept {
+        admission_control_ = value;
+        return *this;
+    }
+    /// @brief Rvalue overload, so that `auto o = Options{}.admission_control(...)` moves.
+    Options&& admission_control(bool value) && noexcept {
+        admission_control_ = value;
+        return std::move(*this);
+    }
+
     /// @brief The in-flight limit the batcher uses: `max_in_flight()`, or when it is 0 the
     ///        owned pool's workers (no executor) or the hardware threads (executor), at least 1.
     std::size_t effective_max_in_flight() const noexcept {
@@ -3021,6 +3491,10 @@ public:
                  ", max_batch_size " + std::to_string(max_batch_size_) + ", lanes " +
                  std::to_string(lanes_) + ")");
         }
+        if (default_timeout_.count() < 0) {
+            fail("default_timeout must not be negative (got " +
+                 std::to_string(default_timeout_.count()) + "ns)");
+        }
         if (!executor_ && workers_ == 0) {
             fail("workers must be >= 1 when no executor is set (got 0)");
         }
@@ -3042,6 +3516,9 @@ private:
     std::size_t lanes_ = 1;
     std::size_t max_in_flight_ = 0;
     bool seal_early_ = true;
+    std::chrono::nanoseconds default_timeout_{0};
+    bool deadline_sealing_ = true;
+    bool admission_control_ = false;
     Executor executor_;
     bool isolate_failures_ = false;
     std::size_t isolation_depth_ = max_isolation_depth;
@@ -3072,6 +3549,13 @@ private:
  *    also names its deadline, so that the timer looks again then.)
  * 4. age >= D: seal (`deadline`, or `worker_free` when asked by a worker that just finished,
  *    i.e. the batch was held past D because every worker was busy).
+ *    b. Item deadlines (Options::deadline_sealing, issue 11): with d the earliest deadline of
+ *    the batch's items, seal (`item_deadline`) once now >= d - (s * (alpha + beta * n) + m),
+ *    with alpha, beta the fitted batch cost (0 before the first batch), s =
+ *    SealPolicyConstants::deadline_safety and m = deadline_slack_ns (a timer wake-up, the
+ *    hand-over to the worker): sealed then, the batch is predicted to finish by d. Until then
+ *    the answer names that time (rule 6). While every worker is busy (rule 3) a seal would
+ *    only queue the batch, so the rule waits for a worker like rule 4.
  * 5. Early sealing (Options::seal_early, on by default), only with a time bound (without one
  *    the user asked for batches that fill up) and once the estimates are ready. Rules a and c
  *    apply only to slow streams, where a whole batch takes at least 100 us to fill at the
@@ -3093,7 +3577,8 @@ private:
  *       batch size it started with); with independent arrivals the count varies and the rule
  *       is off.
  *    All three are reported as `early`.
- * 6. Otherwise wait, and ask again at the earlier of (first item + D) and (last change + q).
+ * 6. Otherwise wait, and ask again at the earliest of (first item + D), (last change + q) and
+ *    rule 4b's seal time.
  *
  * D stays a hard bound on waiting while a worker is free; `max_delay(0)` means "seal as soon as
  * a worker can take it" (rule 4 holds at once, rule 3 still lets the batch grow while busy).
@@ -3157,8 +3642,10 @@ struct SealInputs {
     std::size_t in_flight = 0;            ///< Batches dispatched and not finished.
     std::size_t max_in_flight = 1;        ///< M; SIZE_MAX: no limit.
     std::size_t lanes = 1;                ///< Lanes sharing the arrival rate.
-    bool seal_early = true;               ///< Options::seal_early.
-    LoadEstimate load;                    ///< The measured load.
+    /// Earliest deadline of the batch's items (unset: none, or deadline sealing is off).
+    std::int64_t earliest_deadline = unset;
+    bool seal_early = true;  ///< Options::seal_early.
+    LoadEstimate load;       ///< The measured load.
 };
 
 /// @brief What `decide_seal` answers. Thread safety: a plain value type.
@@ -3183,6 +3670,12 @@ struct SealPolicyConstants {
     /// before waiting could cost anything, and sealing them early would only multiply the
     /// per-batch overhead (measured: batches of ~10 instead of 256 at 20-50 M items/s).
     static constexpr double min_fill_time_ns = 100'000.0;
+    /// Rule 4b: the predicted batch time alpha + beta * n is stretched by this factor (the fit
+    /// is a mean; batches vary around it).
+    static constexpr double deadline_safety = 1.25;
+    /// Rule 4b: plus this fixed margin (ns): the timer's wake-up latency and the hand-over of
+    /// the sealed batch to a worker.
+    static constexpr std::int64_t deadline_slack_ns = 50'000;
 };
 
 /**
@@ -3266,6 +3759,25 @@ inline std::int64_t saturating_add(std::int64_t a, std::int64_t b) noexcept {
 }
 
 /**
+ * @brief Rule 4b's seal time for a batch of @p count items whose earliest deadline is
+ *        @p deadline (ns): deadline - (deadline_safety * (alpha + beta * count) +
+ *        deadline_slack_ns), saturating at the lowest time. Pure; O(1).
+ */
+inline std::int64_t deadline_seal_time(std::int64_t deadline, const LoadEstimate& load,
+                                       std::size_t count) noexcept {
+    const double alpha = load.per_batch_ns > 0.0 ? load.per_batch_ns : 0.0;
+    const double beta = load.per_item_ns > 0.0 ? load.per_item_ns : 0.0;
+    const double lead =
+        SealPolicyConstants::deadline_safety * (alpha + beta * static_cast<double>(count)) +
+        static_cast<double>(SealPolicyConstants::deadline_slack_ns);
+    const double lowest = static_cast<double>(std::numeric_limits<std::int64_t>::min());
+    if (static_cast<double>(deadline) - lead <= lowest) {
+        return std::numeric_limits<std::int64_t>::min() + 1;  // above SealInputs::unset
+    }
+    return deadline - static_cast<std::int64_t>(lead);
+}
+
+/**
  * @brief The smallest batch size at which a producer, which reads no clock, should ask
  *        `decide_seal` after adding an item while a worker is free: 1 with max_delay 0 (rule 4),
  *        else rule 5a's target when early sealing is on and ready, else max_batch_size (rule 2).
@@ -3300,6 +3812,9 @@ inline SealDecision decide_seal(const SealInputs& in) noexcept {
     }
     const bool timed = in.max_delay >= 0;
     const bool known_start = in.opened_at != SealInputs::unset;
+    const std::int64_t due = in.earliest_deadline == SealInputs::unset  // rule 4b's seal time
+                                 ? SealDecision::never
+                                 : deadline_seal_time(in.earliest_deadline, in.load, in.count);
     if (in.in_flight >= in.max_in_flight) {
         // Rule 3: every worker busy, grow; a finishing worker asks again. Until the batch is
         // due, ask again at its deadline too: a worker that frees before then need not wake
@@ -3308,6 +3823,9 @@ inline SealDecision decide_seal(const SealInputs& in) noexcept {
         if (timed && known_start && in.now - in.opened_at < in.max_delay) {
             decision.wake_at = saturating_add(in.opened_at, in.max_delay);
         }
+        if (in.now < due) {  // likewise for rule 4b's seal time
+            decision.wake_at = std::min(decision.wake_at, due);
+        }
         return decision;
     }
     if (timed &&
@@ -3315,6 +3833,11 @@ inline SealDecision decide_seal(const SealInputs& in) noexcept {
         decision.seal = true;
         decision.reason = in.trigger == SealTrigger::worker_finished ? DispatchReason::worker_free
                                                                      : DispatchReason::deadline;
+        return decision;
+    }
+    if (in.now >= due) {  // rule 4b
+        decision.seal = true;
+        decision.reason = DispatchReason::item_deadline;
         return decision;
     }
     std::int64_t quiet = -1;
@@ -3357,6 +3880,7 @@ inline SealDecision decide_seal(const SealInputs& in) noexcept {
             in.last_change_at != SealInputs::unset ? in.last_change_at : in.now;
         decision.wake_at = std::min(decision.wake_at, saturating_add(from, quiet));
     }
+    decision.wake_at = std::min(decision.wake_at, due);
     return decision;
 }
 
@@ -4209,8 +4733,12 @@ struct LatencySummary {
  * Each field is read atomically, but the snapshot is not one instant across fields: while the
  * batcher runs, a batch completing during the snapshot may be counted in one field and not yet
  * in another. After `close()` or `wait_idle()` with no concurrent submitters the figures are
- * exact and add up: `items_accepted == items_processed + items_failed` and
- * `items_submitted == items_accepted + items_rejected()`.
+ * exact and add up: `items_accepted == items_processed + items_failed + items_expired +
+ * items_cancelled` and `items_submitted == items_accepted + items_rejected()`.
+ *
+ * Expired and cancelled items (README "Deadlines") are counted when their batch is formed, just
+ * before the worker completes them (an expired item's handle or callback therefore sees it
+ * counted; a cancelled handle completed itself earlier, in `Handle::cancel()`).
  *
  * Thread safety: a plain value type.
  */
@@ -4223,11 +4751,19 @@ struct Stats {
     std::uint64_t items_rejected_closed = 0;  ///< Submits refused because the batcher was closed.
     /// Submits whose item construction (or callback copy) threw; each left a hole in its batch.
     std::uint64_t items_rejected_error = 0;
+    /// Submits with a deadline refused by admission control (`SubmitStatus::infeasible`).
+    std::uint64_t items_rejected_infeasible = 0;
     std::uint64_t items_processed = 0;  ///< Items of batches that succeeded.
     /// Items of failed batches (see `batches_failed`) that isolation did not save, items with
     /// a failed per-item `Outcome` (see `items_failed_individually`), and items whose move
     /// constructor threw while their batch was compacted.
     std::uint64_t items_failed = 0;
+    /// Accepted items whose deadline had passed when their batch was formed: removed from the
+    /// batch, completed with `DeadlineExceeded`, never given to process_batch.
+    std::uint64_t items_expired = 0;
+    /// Accepted items cancelled through `Handle::cancel()` before their batch started: removed
+    /// from the batch, never given to process_batch.
+    std::uint64_t items_cancelled = 0;
 
     /// Batches dispatched because all their slots were claimed (holes included, so such a
     /// batch may reach process_batch with fewer than max_batch_size items).
@@ -4239,6 +4775,9 @@ struct Stats {
     std::uint64_t batches_worker_free = 0;
     /// Partial batches sealed before max_delay because waiting could not pay (seal_policy.hpp).
     std::uint64_t batches_early = 0;
+    /// Partial batches sealed while a worker was free because an item's deadline was near
+    /// (seal_policy.hpp, rule 4b).
+    std::uint64_t batches_item_deadline = 0;
     /// Batches whose processing finished (including batches made only of holes).
     std::uint64_t batches_completed = 0;
     /// Completed batches whose process_batch threw or returned the wrong number of results
@@ -4302,12 +4841,13 @@ struct Stats {
 
     /// @brief All rejected submits.
     std::uint64_t items_rejected() const noexcept {
-        return items_rejected_full + items_rejected_closed + items_rejected_error;
+        return items_rejected_full + items_rejected_closed + items_rejected_error +
+               items_rejected_infeasible;
     }
     /// @brief All dispatched batches.
     std::uint64_t batches_dispatched() const noexcept {
         return batches_full + batches_deadline + batches_flush + batches_close +
-               batches_worker_free + batches_early;
+               batches_worker_free + batches_early + batches_item_deadline;
     }
     /// @brief Mean size of completed batches holding items (0 before the first).
     double batch_size_mean() const noexcept {
@@ -4383,6 +4923,19 @@ public:
             .fetch_add(count, std::memory_order_relaxed);
     }
     void rejected_error() noexcept { rejected_error_.fetch_add(1, std::memory_order_relaxed); }
+    void rejected_infeasible() noexcept {
+        rejected_infeasible_.fetch_add(1, std::memory_order_relaxed);
+    }
+    /// Items of a batch being formed removed because their deadline passed (@p expired) or
+    /// their handle cancelled them (@p cancelled); counted before they complete.
+    void removed(std::size_t expired, std::size_t cancelled) noexcept {
+        if (expired != 0) {
+            expired_.fetch_add(expired, std::memory_order_relaxed);
+        }
+        if (cancelled != 0) {
+            cancelled_.fetch_add(cancelled, std::memory_order_relaxed);
+        }
+    }
     void callback_exception() noexcept {
         callback_exceptions_.fetch_add(1, std::memory_order_relaxed);
     }
@@ -4497,6 +5050,9 @@ public:
         stats.items_rejected_full = load(rejected_full_);
         stats.items_rejected_closed = load(rejected_closed_);
         stats.items_rejected_error = load(rejected_error_);
+        stats.items_rejected_infeasible = load(rejected_infeasible_);
+        stats.items_expired = load(expired_);
+        stats.items_cancelled = load(cancelled_);
         stats.items_submitted = stats.items_accepted + stats.items_rejected();
         stats.batches_full = load(by_reason_[static_cast<std::size_t>(DispatchReason::full)]);
         stats.batches_deadline =
@@ -4506,6 +5062,8 @@ public:
         stats.batches_worker_free =
             load(by_reason_[static_cast<std::size_t>(DispatchReason::worker_free)]);
         stats.batches_early = load(by_reason_[static_cast<std::size_t>(DispatchReason::early)]);
+        stats.batches_item_deadline =
+            load(by_reason_[static_cast<std::size_t>(DispatchReason::item_deadline)]);
         // size_min_ keeps its initial maximum until a batch holding items completed; batches
         // made only of holes complete without a size sample.
         const std::int64_t size_min = load(size_min_);
@@ -4539,15 +5097,18 @@ private:
     alignas(cache_line_size) std::atomic<std::uint64_t> rejected_full_{0};
     std::atomic<std::uint64_t> rejected_closed_{0};
     std::atomic<std::uint64_t> rejected_error_{0};
+    std::atomic<std::uint64_t> rejected_infeasible_{0};
     // Written once per batch by whoever seals it.
     alignas(cache_line_size) std::atomic<std::uint64_t> sealed_items_{0};
-    std::array<std::atomic<std::uint64_t>, 6> by_reason_{};
+    std::array<std::atomic<std::uint64_t>, 7> by_reason_{};
     // Written once per batch by the worker that ran it.
     alignas(cache_line_size) std::atomic<std::uint64_t> processed_{0};
     std::atomic<std::uint64_t> failed_{0};
     std::atomic<std::uint64_t> batches_failed_{0};
     std::atomic<std::uint64_t> batches_completed_{0};
     std::atomic<std::uint64_t> callback_exceptions_{0};
+    std::atomic<std::uint64_t> expired_{0};
+    std::atomic<std::uint64_t> cancelled_{0};
     std::atomic<std::int64_t> size_min_{std::numeric_limits<std::int64_t>::max()};
     std::atomic<std::int64_t> size_max_{0};
     std::array<std::atomic<std::uint64_t>, 24> histogram_{};
@@ -5300,7 +5861,12 @@ struct CloseResult {
  * **Backpressure.** At most `capacity` items (ceil(capacity / lanes) per lane) are accepted and
  * not yet finished, counted in items whatever the batch sizes. When a producer's lane is full,
  * `submit`/`post` block, `try_submit` returns `SubmitStatus::full` at once, `submit_for` waits
- * up to its timeout.
+ * up to its timeout. Blocked producers are admitted in arrival order (detail/admission_queue.hpp).
+ *
+ * **Deadlines** (README "Deadlines"). Every submit form has a variant taking an item deadline
+ * first; an item past its deadline when its batch starts never reaches process_batch and
+ * completes with `DeadlineExceeded`; `Handle::cancel()` withdraws an item before its batch
+ * starts; `Options::admission_control` refuses items predicted to finish late.
  *
  * **Forming batches under load** (seal_policy.hpp has the exact rules). While
  * `max_in_flight` batches are running (default: one per worker), a partial batch is not
@@ -5373,6 +5939,8 @@ public:
     using item_type = T;       ///< The item type.
     using result_type = R;     ///< The per-item result type.
     using clock_type = Clock;  ///< The clock max_delay is measured with.
+    /// An item's deadline: a `Clock::time_point` or a timeout (see item_deadline.hpp).
+    using deadline_type = ItemDeadline<Clock>;
     /// What process_batch returns: `std::vector<R>`, or nothing for `R = void`.
     using batch_result_type = std::conditional_t<std::is_void_v<R>, void, std::vector<R>>;
     /// The stored batch function. Move-only, so process_batch may be too (e.g. a lambda that
@@ -5641,6 +6209,58 @@ public:
     }
 
     /**
+     * @name Submitting with a deadline (README "Deadlines")
+     * Each form above with an item deadline first: a `Clock::time_point` or a timeout from
+     * this call. An item still in its batch when the deadline passes is removed when the batch
+     * is formed (it never reaches process_batch) and completes with `DeadlineExceeded`; with
+     * `Options::deadline_sealing` the batch is sealed early enough for it to finish in time.
+     * With `Options::admission_control`, a submit predicted to finish after its deadline is
+     * refused at once: `SubmitStatus::infeasible`, or `DeadlineInfeasible` from the forms that
+     * throw (the item is left untouched). Blocking forms still wait for space as without a
+     * deadline. Otherwise as the form without a deadline (same exceptions).
+     * @{
+     */
+    /// @brief `submit(item)` with a deadline.
+    template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
+    Handle<R> submit(deadline_type deadline, U&& item);
+    /// @brief `submit(item, callback)` with a deadline.
+    template <class U, class F,
+              class = std::enable_if_t<std::is_constructible_v<T, U&&> &&
+                                       !std::is_same_v<std::decay_t<F>, Handle<R>>>>
+    void submit(deadline_type deadline, U&& item, F&& callback);
+    /// @brief `post(item)` with a deadline (an expired item is only counted).
+    template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
+    void post(deadline_type deadline, U&& item);
+    /// @brief `try_submit(item)` with a deadline.
+    template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
+    [[nodiscard]] SubmitStatus try_submit(deadline_type deadline, U&& item);
+    /// @brief `try_submit(item, callback)` with a deadline.
+    template <class U, class F,
+              class = std::enable_if_t<std::is_constructible_v<T, U&&> &&
+                                       !std::is_same_v<std::decay_t<F>, Handle<R>>>>
+    [[nodiscard]] SubmitStatus try_submit(deadline_type deadline, U&& item, F&& callback);
+    /// @brief `try_submit_handle(item)` with a deadline.
+    template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
+    [[nodiscard]] SubmitResult<R> try_submit_handle(deadline_type deadline, U&& item);
+    /// @brief `submit_for(item, timeout)` with a deadline (@p timeout bounds the wait for space).
+    template <class U, class Rep, class Period,
+              class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
+    [[nodiscard]] SubmitStatus submit_for(deadline_type deadline, U&& item,
+                                          const std::chrono::duration<Rep, Period>& timeout);
+    /// @brief `submit_for(item, callback, timeout)` with a deadline.
+    template <class U, class F, class Rep, class Period,
+              class = std::enable_if_t<std::is_constructible_v<T, U&&> &&
+                                       !std::is_same_v<std::decay_t<F>, Handle<R>>>>
+    [[nodiscard]] SubmitStatus submit_for(deadline_type deadline, U&& item, F&& callback,
+                                          const std::chrono::duration<Rep, Period>& timeout);
+    /// @brief `submit_for_handle(item, timeout)` with a deadline.
+    template <class U, class Rep, class Period,
+              class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
+    [[nodiscard]] SubmitResult<R> submit_for_handle(
+        deadline_type deadline, U&& item, const std::chrono::duration<Rep, Period>& timeout);
+    /// @}
+
+    /**
      * @brief Dispatches the partial batch now (reason `flush`), if it holds any item.
      *        Never blocks (beyond handing the batch to the executor).
      */
@@ -5681,6 +6301,13 @@ public:
         // first, so this turns true as soon as close() has begun.
         return (lanes_[0].head.load(std::memory_order_acquire) & closed_bit) != 0;
     }
+
+    /**
+     * @brief Producers blocked in a submit because their lane is full, queued to be admitted
+     *        in arrival order (README "Deadlines", fair admission). Thread-safe; takes the
+     *        mutex blocked producers wait on; a snapshot.
+     */
+    std::size_t waiting_producers() const;
 
     /// @brief A snapshot of the counters (see `Stats` for its consistency). Thread-safe, O(1).
     ///        Not lock-free: it reads the atomic counters, then copies the cost-model fit under
@@ -5843,6 +6470,10 @@ private:
         if (status == SubmitStatus::closed) {
             MICROBATCH_THROW(ClosedError("microbatch::Batcher: submit on a closed batcher"));
         }
+        if (status == SubmitStatus::infeasible) {  // admission control (deadlines)
+            MICROBATCH_THROW(DeadlineInfeasible(
+                "microbatch::Batcher: the item cannot finish by its deadline (admission control)"));
+        }
     }
 
     // The calling thread's lane: fixed per thread, so one producer's items stay in order.
@@ -5859,9 +6490,14 @@ private:
     template <class Sink>
     auto bulk_store(Sink& sink);
     void throw_if_bulk_rejected(const BulkResult& result, std::size_t n) const;
+    template <class Inner>
+    struct BulkDeadlineStore;  // Options::default_timeout for bulk items
     template <class InputIt, class Store>
     BulkResult submit_bulk(InputIt& first, std::size_t n, WaitMode mode, Deadline deadline,
                            Store&& store);
+    template <class InputIt, class Store>
+    BulkResult claim_bulk(InputIt& first, std::size_t n, WaitMode mode, Deadline deadline,
+                          Store& store);
     template <class InputIt, class Store>
     std::uint32_t fill_run(Lane& lane, std::uint64_t head, std::uint32_t index, std::uint32_t count,
                            InputIt& first, std::size_t done, Store& store);
@@ -5874,9 +6510,38 @@ private:
     SubmitStatus fill_slot(Lane& lane, std::uint64_t head, std::uint32_t index, U&& item,
                            Store& store);
     std::int64_t note_batch_opened(Buffer& buffer, bool needs_timer);
+    // @p items: the items a rejection refuses (a bulk submission's rest), see detail/.
     SubmitStatus wait_for_space(Lane& lane, WaitMode mode, Deadline deadline,
-                                std::size_t items = 1);
-    SubmitStatus wait_for_space_registered(Lane& lane, WaitMode mode, Deadline deadline);
+                                detail::AdmissionTurn& turn, std::size_t items = 1);
+    SubmitStatus wait_for_space(Lane& lane, WaitMode mode, Deadline deadline) {
+        detail::AdmissionTurn turn;  // callers that do not pass the turn on to their claim
+        return wait_for_space(lane, mode, deadline, turn);
+    }
+    SubmitStatus wait_for_space_registered(Lane& lane, WaitMode mode, Deadline deadline,
+                                           detail::AdmissionTurn& turn);
+    // Fair admission: detail/batcher_admission.hpp.
+    SubmitStatus wait_in_line(Lane& lane, WaitMode mode, Deadline deadline,
+                              detail::AdmissionTurn& turn);
+    void wake_first_waiter(Lane& lane);
+    void wake_all_waiters();
+
+    // ---- Deadlines, cancellation, admission control: detail/batcher_deadlines.hpp ----------
+
+    void initialise_deadlines();
+    template <class Store>
+    struct DeadlineStore;  // wraps a Store: also records the item's deadline in its slot
+    template <class U, class Store>
+    SubmitStatus submit_due(const deadline_type& due, U&& item, WaitMode mode, Deadline wait,
+                            Store&& store);
+    template <class U>
+    SubmitStatus submit_due_with_handle(const deadline_type& due, U&& item, WaitMode mode,
+                                        Deadline wait, Handle<R>& out);
+    bool admissible(std::int64_t deadline, std::int64_t now) const noexcept;
+    std::int64_t predicted_batch_ticks(std::size_t size) const noexcept;
+    void note_item_deadline(std::size_t slot, std::int64_t deadline) noexcept;
+    SealInputs with_item_deadline(SealInputs in, std::uint32_t buffer) const noexcept;
+    std::size_t screen(T* items, detail::Completion<R>* completions,
+                       std::atomic<std::uint8_t>* states, std::size_t size) noexcept;
 
     // ---- Sealing, dispatch, buffer ring: detail/batcher_seal.hpp ---------------------------
 
@@ -5958,6 +6623,11 @@ private:
     std::uint32_t lane_count_ = 1;
     std::uint32_t buffers_per_lane_ = 0;
     bool seal_early_ = true;
+    bool deadline_sealing_ = true;    // Options::deadline_sealing
+    bool admission_control_ = false;  // Options::admission_control
+    bool has_default_timeout_ = false;
+    deadline_type default_deadline_{std::chrono::nanoseconds(0)};  // Options::default_timeout
+    std::size_t admission_workers_ = 1;  // batches that run at once, for admissible()
 
     // Settings changeable at run time (relaxed: each is one independent value).
     std::atomic<std::uint32_t> current_batch_size_{0};
@@ -6009,8 +6679,9 @@ private:
     std::condition_variable timer_condition_;
     bool timer_stop_ = false;  // guarded by timer_mutex_
     std::optional<typename Clock::Sleeper> sleeper_;
-    std::mutex space_mutex_;
-    std::condition_variable space_condition_;
+    mutable std::mutex space_mutex_;
+    std::condition_variable space_condition_;              // blocked producers sleep here
+    std::unique_ptr<detail::AdmissionQueue[]> admission_;  // per lane, guarded by space_mutex_
     std::mutex idle_mutex_;
     std::condition_variable idle_condition_;
     std::uint32_t idle_waiters_ = 0;  // guarded by idle_mutex_
@@ -6029,6 +6700,98 @@ private:
 }  // namespace microbatch
 
 // The member functions, one file per step of an item's path (see each file's header comment).
+// ---- begin microbatch/detail/batcher_admission.hpp ----
+/**
+ * @file batcher_admission.hpp
+ * @brief Batcher internals: fair admission of producers blocked on a full lane, in arrival
+ *        order (the queue itself is detail/admission_queue.hpp).
+ *
+ * A blocking submit that finds its lane full (after a short spin, skipped when others already
+ * wait) queues in the lane's AdmissionQueue. When a batch opens, try_open() wakes the queued
+ * producers, of whom only the queue's front one goes on; it is admitted if the lane has room and
+ * holds the turn until it has claimed a slot (submit_impl releases it), which wakes the next one.
+ * Producers that arrive while nobody is queued still take free slots directly: a submit's fast path
+ * never looks at the queue.
+ */
+
+namespace microbatch {
+
+template <class T, class R, class Clock>
+SubmitStatus Batcher<T, R, Clock>::wait_in_line(Lane& lane, WaitMode mode, Deadline deadline,
+                                                detail::AdmissionTurn& turn) {
+    detail::AdmissionQueue& queue = admission_[static_cast<std::size_t>(&lane - lanes_.get())];
+    std::unique_lock<std::mutex> lock(space_mutex_);
+    // seq_cst: Dekker handshake with try_open(), which publishes the head then reads this.
+    space_waiters_.fetch_add(1, std::memory_order_seq_cst);
+    detail::AdmissionWaiter self;
+    // A producer admitted before whose claim lost a race keeps its place at the front.
+    const bool first = turn.held();
+    if (first) {
+        turn.give_back();
+    }
+    queue.push(self, first);
+    const auto admit = [&](std::uint64_t head) {
+        if ((head & closed_bit) != 0) {
+            return SubmitStatus::closed;
+        }
+        if ((head & count_mask) < batch_size_ && queue.front() == &self && !queue.turn_held) {
+            turn.take(queue, space_mutex_);
+            return SubmitStatus::accepted;
+        }
+        return SubmitStatus::full;
+    };
+    SubmitStatus status = SubmitStatus::full;
+    for (;;) {
+        status = admit(lane.head.load(std::memory_order_seq_cst));
+        if (status != SubmitStatus::full) {
+            break;
+        }
+        if (mode == wait_forever) {
+            space_condition_.wait(lock);
+        } else if (space_condition_.wait_until(lock, deadline) == std::cv_status::timeout) {
+            status = admit(lane.head.load(std::memory_order_seq_cst));
+            break;
+        }
+    }
+    const bool was_front = queue.front() == &self;
+    queue.remove(self);
+    if (was_front && status != SubmitStatus::accepted) {
+        queue.wake_front();  // leaving without the turn: the next one may have room
+    }
+    // relaxed: only a hint for try_open(); a stale non-zero costs one spare lock.
+    space_waiters_.fetch_sub(1, std::memory_order_relaxed);
+    return status;
+}
+
+// A batch opened in @p lane: wake the producer whose turn it is.
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::wake_first_waiter(Lane& lane) {
+    std::lock_guard<std::mutex> lock(space_mutex_);
+    admission_[static_cast<std::size_t>(&lane - lanes_.get())].wake_front();
+}
+
+// The batcher is closing: every blocked producer must see it.
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::wake_all_waiters() {
+    std::lock_guard<std::mutex> lock(space_mutex_);
+    for (std::uint32_t l = 0; l < lane_count_; ++l) {
+        admission_[l].wake_all();
+    }
+}
+
+template <class T, class R, class Clock>
+std::size_t Batcher<T, R, Clock>::waiting_producers() const {
+    std::lock_guard<std::mutex> lock(space_mutex_);
+    std::size_t waiting = 0;
+    for (std::uint32_t l = 0; l < lane_count_; ++l) {
+        waiting += admission_[l].size();
+    }
+    return waiting;
+}
+
+}  // namespace microbatch
+
+// ---- end microbatch/detail/batcher_admission.hpp ----
 // ---- begin microbatch/detail/batcher_bulk.hpp ----
 /**
  * @file batcher_bulk.hpp
@@ -6106,6 +6869,30 @@ private:
     Handle<R> pending_;
 };
 
+// Options::default_timeout applies to bulk items as to single ones: the wrapped store also
+// records the deadline in each item's slot (as DeadlineStore, detail/batcher_deadlines.hpp).
+template <class T, class R, class Clock>
+template <class Inner>
+struct Batcher<T, R, Clock>::BulkDeadlineStore {
+    Batcher* owner;
+    Inner* inner;
+    std::int64_t deadline;  // clock ticks
+
+    bool store(detail::Completion<R>& slot, std::size_t index) noexcept(
+        noexcept(std::declval<Inner&>().store(std::declval<detail::Completion<R>&>(), 0))) {
+        if (!inner->store(slot, index)) {
+            slot.emplace(detail::NoCompletion<R>{});  // somewhere to keep the deadline
+        }
+        slot.set_deadline(deadline);
+        owner->note_item_deadline(static_cast<std::size_t>(&slot - owner->completions_.get()),
+                                  deadline);
+        return true;
+    }
+    void accept(std::size_t index) noexcept(noexcept(std::declval<Inner&>().accept(0))) {
+        inner->accept(index);
+    }
+};
+
 template <class T, class R, class Clock>
 template <class Sink>
 auto Batcher<T, R, Clock>::bulk_store(Sink& sink) {
@@ -6138,7 +6925,21 @@ template <class T, class R, class Clock>
 template <class InputIt, class Store>
 BulkResult Batcher<T, R, Clock>::submit_bulk(InputIt& first, std::size_t n, WaitMode mode,
                                              Deadline deadline, Store&& store) {
+    if (has_default_timeout_ && n != 0) {
+        // One clock reading for the whole run: its items share the deadline.
+        const std::int64_t due = default_deadline_.resolve(clock_.now()).time_since_epoch().count();
+        BulkDeadlineStore<std::remove_reference_t<Store>> wrapped{this, &store, due};
+        return claim_bulk(first, n, mode, deadline, wrapped);
+    }
+    return claim_bulk(first, n, mode, deadline, store);
+}
+
+template <class T, class R, class Clock>
+template <class InputIt, class Store>
+BulkResult Batcher<T, R, Clock>::claim_bulk(InputIt& first, std::size_t n, WaitMode mode,
+                                            Deadline deadline, Store& store) {
     Lane& lane = lane_for_this_thread();
+    detail::AdmissionTurn turn;  // held while admitted from the queue of blocked producers
     std::size_t done = 0;
     while (done < n) {
         // Test before claiming, as submit_impl does: a claim on a sealed or closed head is a
@@ -6157,6 +6958,7 @@ BulkResult Batcher<T, R, Clock>::submit_bulk(InputIt& first, std::size_t n, Wait
             const std::uint64_t head = lane.head.fetch_add(want, std::memory_order_seq_cst);
             const std::uint64_t index = head & count_mask;
             if (index < batch_size_) {
+                turn.release();  // claimed: the next blocked producer may go (fair admission)
                 const auto count =
                     static_cast<std::uint32_t>(std::min<std::uint64_t>(want, batch_size_ - index));
                 done += fill_run(lane, head, static_cast<std::uint32_t>(index), count, first, done,
@@ -6164,7 +6966,7 @@ BulkResult Batcher<T, R, Clock>::submit_bulk(InputIt& first, std::size_t n, Wait
                 continue;
             }
         }
-        const SubmitStatus status = wait_for_space(lane, mode, deadline, n - done);
+        const SubmitStatus status = wait_for_space(lane, mode, deadline, turn, n - done);
         if (status != SubmitStatus::accepted) {
             return BulkResult{status, done};  // the n - done rejected items are counted there
         }
@@ -6389,8 +7191,7 @@ void Batcher<T, R, Clock>::begin_close() {
         timer_condition_.notify_all();
         timer_.join();
     }
-    { std::lock_guard<std::mutex> lock(space_mutex_); }
-    space_condition_.notify_all();
+    wake_all_waiters();  // blocked producers see the closed bit and leave
 }
 
 }  // namespace microbatch
@@ -6520,6 +7321,382 @@ std::size_t Batcher<T, R, Clock>::max_in_flight() const noexcept {
 }  // namespace microbatch
 
 // ---- end microbatch/detail/batcher_control.hpp ----
+// ---- begin microbatch/detail/batcher_deadlines.hpp ----
+/**
+ * @file batcher_deadlines.hpp
+ * @brief Batcher internals for per-item deadlines, cancellation and admission control
+ *        (README "Deadlines").
+ *
+ * A submit with a deadline wraps its completion store in a DeadlineStore, which also records
+ * the deadline in the slot's Completion (in padding, flagged by the completion's operations
+ * table) and lowers the buffer's earliest deadline (an atomic minimum that only deadline
+ * submits touch). Items without a deadline write nothing and read no clock. When a batch
+ * starts, screen() claims every cancellable item (a handle's) and removes the cancelled ones
+ * and those whose deadline has passed (one clock read per batch holding deadlines), marking
+ * them as holes that compact() closes, so process_batch sees only live items.
+ */
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <type_traits>
+
+namespace microbatch {
+// ---- The public deadline forms (documented in batcher.hpp) ---------------------------------
+
+template <class T, class R, class Clock>
+template <class U, class>
+Handle<R> Batcher<T, R, Clock>::submit(deadline_type deadline, U&& item) {
+    Handle<R> handle;
+    throw_if_rejected(
+        submit_due_with_handle(deadline, std::forward<U>(item), wait_forever, {}, handle));
+    return handle;
+}
+
+template <class T, class R, class Clock>
+template <class U, class F, class>
+void Batcher<T, R, Clock>::submit(deadline_type deadline, U&& item, F&& callback) {
+    throw_if_rejected(
+        submit_due(deadline, std::forward<U>(item), wait_forever, {}, emplacer<F>(callback)));
+}
+
+template <class T, class R, class Clock>
+template <class U, class>
+void Batcher<T, R, Clock>::post(deadline_type deadline, U&& item) {
+    throw_if_rejected(submit_due(deadline, std::forward<U>(item), wait_forever, {}, no_completion));
+}
+
+template <class T, class R, class Clock>
+template <class U, class>
+SubmitStatus Batcher<T, R, Clock>::try_submit(deadline_type deadline, U&& item) {
+    return submit_due(deadline, std::forward<U>(item), wait_never, {}, no_completion);
+}
+
+template <class T, class R, class Clock>
+template <class U, class F, class>
+SubmitStatus Batcher<T, R, Clock>::try_submit(deadline_type deadline, U&& item, F&& callback) {
+    return submit_due(deadline, std::forward<U>(item), wait_never, {}, emplacer<F>(callback));
+}
+
+template <class T, class R, class Clock>
+template <class U, class>
+SubmitResult<R> Batcher<T, R, Clock>::try_submit_handle(deadline_type deadline, U&& item) {
+    SubmitResult<R> result;
+    result.status =
+        submit_due_with_handle(deadline, std::forward<U>(item), wait_never, {}, result.handle);
+    return result;
+}
+
+template <class T, class R, class Clock>
+template <class U, class Rep, class Period, class>
+SubmitStatus Batcher<T, R, Clock>::submit_for(deadline_type deadline, U&& item,
+                                              const std::chrono::duration<Rep, Period>& timeout) {
+    return submit_due(deadline, std::forward<U>(item), wait_until_deadline, deadline_after(timeout),
+                      no_completion);
+}
+
+template <class T, class R, class Clock>
+template <class U, class F, class Rep, class Period, class>
+SubmitStatus Batcher<T, R, Clock>::submit_for(deadline_type deadline, U&& item, F&& callback,
+                                              const std::chrono::duration<Rep, Period>& timeout) {
+    return submit_due(deadline, std::forward<U>(item), wait_until_deadline, deadline_after(timeout),
+                      emplacer<F>(callback));
+}
+
+template <class T, class R, class Clock>
+template <class U, class Rep, class Period, class>
+SubmitResult<R> Batcher<T, R, Clock>::submit_for_handle(
+    deadline_type deadline, U&& item, const std::chrono::duration<Rep, Period>& timeout) {
+    SubmitResult<R> result;
+    result.status = submit_due_with_handle(deadline, std::forward<U>(item), wait_until_deadline,
+                                           deadline_after(timeout), result.handle);
+    return result;
+}
+
+// ---- Internals --------------------------------------------------------------------------
+
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::initialise_deadlines() {
+    deadline_sealing_ = options_.deadline_sealing();
+    admission_control_ = options_.admission_control();
+    has_default_timeout_ = options_.default_timeout().count() > 0;
+    default_deadline_ = deadline_type(options_.default_timeout());
+    // Batches that run at once: the in-flight limit, but never more than the pool's workers
+    // (or hardware threads with an executor), e.g. with unlimited_in_flight.
+    Options automatic = options_;
+    automatic.max_in_flight(0);
+    admission_workers_ = std::max<std::size_t>(
+        1, std::min(automatic.effective_max_in_flight(), options_.effective_max_in_flight()));
+    // Not a deadline matter, but issue 11 too: the queues of blocked producers.
+    admission_ = std::make_unique<detail::AdmissionQueue[]>(lane_count_);
+    for (std::uint32_t l = 0; l < lane_count_; ++l) {
+        admission_[l].condition = &space_condition_;
+    }
+}
+
+// Wraps the completion store of a submit with a deadline.
+template <class T, class R, class Clock>
+template <class Store>
+struct Batcher<T, R, Clock>::DeadlineStore {
+    static constexpr bool carries_deadline = true;  // see detail::carries_deadline
+    Batcher* owner;
+    Store* inner;
+    std::int64_t deadline;  // clock ticks
+
+    bool operator()(detail::Completion<R>& slot) noexcept(
+        std::is_nothrow_invocable_v<Store&, detail::Completion<R>&>) {
+        if (!(*inner)(slot)) {
+            slot.emplace(detail::NoCompletion<R>{});  // somewhere to keep the deadline
+        }
+        slot.set_deadline(deadline);
+        owner->note_item_deadline(static_cast<std::size_t>(&slot - owner->completions_.get()),
+                                  deadline);
+        return true;
+    }
+};
+
+template <class T, class R, class Clock>
+template <class U, class Store>
+SubmitStatus Batcher<T, R, Clock>::submit_due(const deadline_type& due, U&& item, WaitMode mode,
+                                              Deadline wait, Store&& store) {
+    // The clock is read only when needed: for a timeout, and for admission control.
+    typename Clock::time_point now{};
+    if (due.relative() || admission_control_) {
+        now = clock_.now();
+    }
+    const std::int64_t deadline = due.resolve(now).time_since_epoch().count();
+    if (admission_control_ && !is_closed() &&
+        !admissible(deadline, now.time_since_epoch().count())) {
+        stats_.rejected_infeasible();
+        return SubmitStatus::infeasible;  // the item is left untouched
+    }
+    DeadlineStore<std::remove_reference_t<Store>> wrapped{this, &store, deadline};
+    return submit_impl(std::forward<U>(item), mode, wait, wrapped);
+}
+
+template <class T, class R, class Clock>
+template <class U>
+SubmitStatus Batcher<T, R, Clock>::submit_due_with_handle(const deadline_type& due, U&& item,
+                                                          WaitMode mode, Deadline wait,
+                                                          Handle<R>& out) {
+    // As submit_with_handle (detail/batcher_submit.hpp), through submit_due.
+    Handle<R> handle(detail::HandleState<R>::create());
+    struct Unclaimed {  // releases the slot's reference if it was never handed out
+        detail::HandleState<R>* state;
+        ~Unclaimed() {
+            if (state != nullptr) {
+                state->release();
+            }
+        }
+    } unclaimed{handle.state_};
+    const auto store = [&unclaimed](detail::Completion<R>& slot) noexcept {
+        slot.emplace(detail::HandleCompletion<R>(std::exchange(unclaimed.state, nullptr)));
+        return true;
+    };
+    const SubmitStatus status = submit_due(due, std::forward<U>(item), mode, wait, store);
+    if (status == SubmitStatus::accepted) {
+        out = std::move(handle);
+    }
+    return status;
+}
+
+/*
+ * Admission control's prediction (Options::admission_control). Inputs: now, the item's
+ * deadline, P = pending() (items accepted and unfinished, the open batches' included), B = the
+ * batch size in force, W = batches that run at once (admission_workers_), and alpha, beta from
+ * the online cost fit (Stats::batch_cost; before the first successful batch both are 0 and
+ * every item is admitted). The work ahead is drained in full batches by W workers:
+ *     drain = (ceil(P / B) * alpha + P * beta) / W
+ * and the item's own batch then takes alpha + beta * min(B, P + 1), so
+ *     predicted completion = now + drain + alpha + beta * min(B, P + 1).
+ * The item is refused when that is after its deadline, except on an idle batcher (P = 0),
+ * which admits every item so that an overestimating fit is corrected by the batches that run.
+ * It ignores the progress of batches already running (pessimistic by up to one batch time) and
+ * arrivals after the item (they queue behind it, except in other lanes).
+ */
+template <class T, class R, class Clock>
+bool Batcher<T, R, Clock>::admissible(std::int64_t deadline, std::int64_t now) const noexcept {
+    const LoadEstimate load = load_estimate();
+    const double alpha = load.per_batch_ns > 0.0 ? load.per_batch_ns : 0.0;
+    const double beta = load.per_item_ns > 0.0 ? load.per_item_ns : 0.0;
+    if (alpha == 0.0 && beta == 0.0) {
+        return true;  // nothing measured yet
+    }
+    const double pending = static_cast<double>(this->pending());
+    if (pending == 0.0) {
+        // Idle: the item's batch starts as soon as it is sealed. Admitted whatever the fit
+        // says, so that a fit that overestimates is corrected by the batches that then run
+        // (refusing everything would keep it stale for good).
+        return true;
+    }
+    // relaxed: a setting.
+    const double size = static_cast<double>(
+        std::max<std::uint32_t>(1, current_batch_size_.load(std::memory_order_relaxed)));
+    const double drain = (std::ceil(pending / size) * alpha + pending * beta) /
+                         static_cast<double>(admission_workers_);
+    const double own = alpha + beta * std::min(size, pending + 1.0);
+    // In nanoseconds, as doubles: no overflow whatever the deadline.
+    constexpr double ns_per_tick =
+        1e9 * static_cast<double>(Clock::period::num) / static_cast<double>(Clock::period::den);
+    const double predicted = static_cast<double>(now) * ns_per_tick + drain + own;
+    return predicted <= static_cast<double>(deadline) * ns_per_tick;
+}
+
+// Admission control's prediction of one batch of @p size items at formation, 1.25 (alpha + beta
+// * size) from the online cost fit, in clock ticks (0 before the fit exists).
+template <class T, class R, class Clock>
+std::int64_t Batcher<T, R, Clock>::predicted_batch_ticks(std::size_t size) const noexcept {
+    double alpha = 0.0;
+    double beta = 0.0;
+    stats_.fitted_cost(alpha, beta);
+    const double nanoseconds =
+        SealPolicyConstants::deadline_safety *
+        (std::max(0.0, alpha) + std::max(0.0, beta) * static_cast<double>(size));
+    constexpr double ticks_per_ns =
+        static_cast<double>(Clock::period::den) / (1e9 * static_cast<double>(Clock::period::num));
+    const double ticks = nanoseconds * ticks_per_ns;
+    // Far below any overflow: a batch is predicted to take less than an hour.
+    return static_cast<std::int64_t>(std::min(ticks, 3.6e12 * ticks_per_ns));
+}
+
+// A deadline submit's item is in @p slot: lower its buffer's earliest deadline, and wake the
+// timer when it did, so that rule 4b of seal_policy.hpp is timed from the new deadline.
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::note_item_deadline(std::size_t slot, std::int64_t deadline) noexcept {
+    Buffer& buffer = buffers_[slot / batch_size_];
+    // relaxed: the timer reads it under timer_mutex_, which wake_timer() takes after this
+    // store, so it either sees the new minimum or is sleeping and gets the notify.
+    std::int64_t current = buffer.earliest_deadline.load(std::memory_order_relaxed);
+    while (deadline < current) {
+        if (buffer.earliest_deadline.compare_exchange_weak(current, deadline,
+                                                           std::memory_order_relaxed)) {
+            if (deadline_sealing_) {
+                wake_timer();
+            }
+            return;
+        }
+    }
+}
+
+// Adds the earliest item deadline of @p buffer's batch to @p in (rule 4b), when deadline
+// sealing is on and the batch holds an item with a deadline.
+template <class T, class R, class Clock>
+SealInputs Batcher<T, R, Clock>::with_item_deadline(SealInputs in,
+                                                    std::uint32_t buffer) const noexcept {
+    if (!deadline_sealing_) {
+        return in;
+    }
+    // relaxed: see note_item_deadline(); a worker that reads a stale value leaves the seal to
+    // the timer, which the submit woke.
+    const std::int64_t deadline =
+        buffers_[buffer].earliest_deadline.load(std::memory_order_relaxed);
+    if (deadline != std::numeric_limits<std::int64_t>::max()) {
+        in.earliest_deadline = to_nanoseconds(deadline);
+    }
+    return in;
+}
+
+// Called by run_batch on a batch with completions, before process_batch: claims every
+// cancellable item (a cancel after this fails), and turns cancelled items and items whose
+// deadline has passed (with admission control: is before the batch's predicted end) into holes,
+// destroying the items and completing the expired ones with DeadlineExceeded. Returns how many it
+// removed; compact() then closes the holes.
+template <class T, class R, class Clock>
+std::size_t Batcher<T, R, Clock>::screen(T* items, detail::Completion<R>* completions,
+                                         std::atomic<std::uint8_t>* states,
+                                         std::size_t size) noexcept {
+    // Marks between the two passes below only.
+    constexpr std::uint8_t slot_expired = 0xFF;  // deadline passed
+    constexpr std::uint8_t slot_doomed = 0xFE;   // due before the batch's predicted end
+    std::int64_t now = unset_time;
+    // With admission control, items that can only finish late go too: those due before the
+    // batch's predicted end, now + 1.25 (alpha + beta * size) (size counts every slot, an upper
+    // bound; 1.25 = rule 4b's safety factor, for batches slower than the fitted mean).
+    std::int64_t cutoff = unset_time;
+    std::size_t expired = 0;
+    std::size_t doomed = 0;
+    std::size_t cancelled = 0;
+    std::size_t live = 0;
+    for (std::size_t i = 0; i < size; ++i) {
+        // relaxed: run_batch acquired every state already; only this thread writes them now.
+        const std::uint8_t state = states[i].load(std::memory_order_relaxed);
+        if (state != detail::slot_item_completion) {
+            live += state == detail::slot_item ? 1 : 0;
+            continue;
+        }
+        detail::Completion<R>& completion = completions[i];
+        if (!completion.claim()) {  // cancelled: its handle is already complete
+            items[i].~T();
+            states[i].store(detail::slot_hole, std::memory_order_relaxed);
+            ++cancelled;
+            continue;
+        }
+        const std::int64_t deadline = completion.deadline();
+        if (deadline == detail::Completion<R>::no_deadline) {
+            ++live;
+            continue;
+        }
+        if (now == unset_time) {
+            now = clock_.now().time_since_epoch().count();  // once per batch with deadlines
+            cutoff = admission_control_ ? now + predicted_batch_ticks(size) : now;
+        }
+        if (deadline <= now) {
+            states[i].store(slot_expired, std::memory_order_relaxed);
+            ++expired;
+        } else if (deadline <= cutoff) {
+            states[i].store(slot_doomed, std::memory_order_relaxed);
+            ++doomed;
+        } else {
+            ++live;
+        }
+    }
+    // A batch of doomed items only still runs: the prediction may be stale (the fit learns
+    // only from batches that run), and a fit that overestimates must not starve the batcher.
+    const bool keep_doomed = live == 0;
+    const std::size_t removed = expired + (keep_doomed ? 0 : doomed);
+    if (removed + cancelled == 0) {
+        for (std::size_t i = 0; i < size && doomed != 0; ++i) {
+            if (states[i].load(std::memory_order_relaxed) == slot_doomed) {
+                states[i].store(detail::slot_item_completion, std::memory_order_relaxed);
+            }
+        }
+        return 0;
+    }
+    stats_.removed(removed, cancelled);  // before completing: whoever sees it sees it counted
+    std::exception_ptr error;
+    if (removed != 0) {
+        error = detail::make_error_ptr(
+            DeadlineExceeded("microbatch: the item's deadline passed (or, with admission control, "
+                             "would pass before its batch finished) before its batch ran"));
+    }
+    std::size_t left = removed;
+    for (std::size_t i = 0; i < size && (left != 0 || (keep_doomed && doomed != 0)); ++i) {
+        const std::uint8_t state = states[i].load(std::memory_order_relaxed);
+        if (state == slot_doomed && keep_doomed) {
+            states[i].store(detail::slot_item_completion, std::memory_order_relaxed);
+            --doomed;
+            continue;
+        }
+        if (state != slot_expired && state != slot_doomed) {
+            continue;
+        }
+        items[i].~T();
+        states[i].store(detail::slot_hole, std::memory_order_relaxed);
+        --left;
+        // The last one takes our reference (see run_batch on exception_ptr and TSan).
+        MICROBATCH_TRY {
+            completions[i].complete(Outcome<R>(left == 0 ? std::move(error) : error));
+        }
+        MICROBATCH_CATCH_ALL {
+            stats_.callback_exception();
+        }
+    }
+    return removed + cancelled;
+}
+
+}  // namespace microbatch
+
+// ---- end microbatch/detail/batcher_deadlines.hpp ----
 // ---- begin microbatch/detail/batcher_outcomes.hpp ----
 /**
  * @file detail/batcher_outcomes.hpp
@@ -6967,10 +8144,12 @@ void Batcher<T, R, Clock>::seal_for_free_worker(std::int64_t now) {
         if (now == unset_time || round != 0) {
             now = clock_.now().time_since_epoch().count();  // the caller's time, if fresh
         }
-        const SealDecision decision = decide_seal(policy_inputs(
-            SealTrigger::worker_finished, now, static_cast<std::size_t>(filling_count(oldest_head)),
-            pending_with(filling_count(oldest_head)), bound_of(buffer_of(oldest_head)),
-            oldest_opened, unset_time));
+        const SealDecision decision = decide_seal(with_item_deadline(
+            policy_inputs(SealTrigger::worker_finished, now,
+                          static_cast<std::size_t>(filling_count(oldest_head)),
+                          pending_with(filling_count(oldest_head)),
+                          bound_of(buffer_of(oldest_head)), oldest_opened, unset_time),
+            buffer_of(oldest_head)));
         if (!decision.seal) {
             waiting_batch =
                 to_nanoseconds(now - oldest_opened) >= SealPolicyConstants::min_quiet_ns;
@@ -7030,8 +8209,11 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
         any_completion = any_completion || state == detail::slot_item_completion;
     }
     std::size_t failed_in_compaction = 0;
-    const std::size_t count =
-        holes == 0 ? size : compact(items, completions, states, size, failed_in_compaction);
+    // Cancelled and expired items leave the batch here, as holes (detail/batcher_deadlines.hpp).
+    const std::size_t removed = any_completion ? screen(items, completions, states, size) : 0;
+    const std::size_t count = holes + removed == 0
+                                  ? size
+                                  : compact(items, completions, states, size, failed_in_compaction);
 
     // acquire not needed: opened_at was written by the slot-0 producer before its slot
     // state, which we acquired above.
@@ -7318,6 +8500,7 @@ void Batcher<T, R, Clock>::initialise() {
                                : std::chrono::ceil<typename Clock::duration>(delay).count(),
                            std::memory_order_relaxed);
     refresh_producer_threshold();
+    initialise_deadlines();
 
     if (options_.executor()) {
         executor_ = options_.executor();
@@ -7446,6 +8629,8 @@ void Batcher<T, R, Clock>::open_buffer(std::uint32_t index) {
     // relaxed stores: published to producers by the release CAS on the head in try_open().
     buffer.sequence.store(sequence, std::memory_order_relaxed);
     buffer.opened_at.store(unset_time, std::memory_order_relaxed);
+    buffer.earliest_deadline.store(std::numeric_limits<std::int64_t>::max(),
+                                   std::memory_order_relaxed);
     buffer.finish_parties.store(0, std::memory_order_relaxed);
     // relaxed: the count is only compared under idle_mutex_ after the decrements, which
     // are all ordered after this increment by the batch chain.
@@ -7497,8 +8682,7 @@ void Batcher<T, R, Clock>::try_open(std::uint32_t index) {
         }
     }
     if (space_waiters_.load(std::memory_order_seq_cst) != 0) {
-        { std::lock_guard<std::mutex> lock(space_mutex_); }
-        space_condition_.notify_all();
+        wake_first_waiter(lane);  // fair admission: only the producer whose turn it is
     }
 }
 
@@ -7596,7 +8780,13 @@ template <class T, class R, class Clock>
 template <class U, class Store>
 SubmitStatus Batcher<T, R, Clock>::submit_impl(U&& item, WaitMode mode, Deadline deadline,
                                                Store&& store) {
+    if constexpr (!detail::carries_deadline<std::decay_t<Store>>::value) {
+        if (has_default_timeout_) {  // Options::default_timeout: detail/batcher_deadlines.hpp
+            return submit_due(default_deadline_, std::forward<U>(item), mode, deadline, store);
+        }
+    }
     Lane& lane = lane_for_this_thread();
+    detail::AdmissionTurn turn;  // held while admitted from the queue of blocked producers
     for (;;) {
         // Test before claiming: a claim on a sealed or closed head is a stray increment of
         // the 24-bit count, and an unbounded run of them (a producer polling try_submit on
@@ -7609,10 +8799,11 @@ SubmitStatus Batcher<T, R, Clock>::submit_impl(U&& item, WaitMode mode, Deadline
             const std::uint64_t head = lane.head.fetch_add(1, std::memory_order_seq_cst);
             const std::uint32_t index = static_cast<std::uint32_t>(head & count_mask);
             if (index < batch_size_) {
+                turn.release();  // claimed: the next blocked producer may go (fair admission)
                 return fill_slot(lane, head, index, std::forward<U>(item), store);
             }
         }
-        const SubmitStatus status = wait_for_space(lane, mode, deadline);
+        const SubmitStatus status = wait_for_space(lane, mode, deadline, turn);
         if (status != SubmitStatus::accepted) {
             return status;  // counted in wait_for_space
         }
@@ -7724,8 +8915,8 @@ std::int64_t Batcher<T, R, Clock>::note_batch_opened(Buffer& buffer, bool needs_
 // by wait_for_space_registered, the others here, still registered.
 template <class T, class R, class Clock>
 SubmitStatus Batcher<T, R, Clock>::wait_for_space(Lane& lane, WaitMode mode, Deadline deadline,
-                                                  std::size_t items) {
-    const SubmitStatus status = wait_for_space_registered(lane, mode, deadline);
+                                                  detail::AdmissionTurn& turn, std::size_t items) {
+    const SubmitStatus status = wait_for_space_registered(lane, mode, deadline, turn);
     if (items > 1 && status != SubmitStatus::accepted) {
         stats_.rejected(status, items - 1);
     }
@@ -7735,7 +8926,8 @@ SubmitStatus Batcher<T, R, Clock>::wait_for_space(Lane& lane, WaitMode mode, Dea
 
 template <class T, class R, class Clock>
 SubmitStatus Batcher<T, R, Clock>::wait_for_space_registered(Lane& lane, WaitMode mode,
-                                                             Deadline deadline) {
+                                                             Deadline deadline,
+                                                             detail::AdmissionTurn& turn) {
     // Registered so that close() can wait for blocked producers to leave before the
     // batcher is destroyed.
     slow_producers_.fetch_add(1, std::memory_order_seq_cst);
@@ -7750,6 +8942,10 @@ SubmitStatus Batcher<T, R, Clock>::wait_for_space_registered(Lane& lane, WaitMod
         }
     } leave{slow_producers_};
     const auto finish = [&](SubmitStatus status) {
+        if (status != SubmitStatus::accepted) {
+            // Giving up: pass the turn on while still registered (fair admission).
+            turn.release();
+        }
         if (status == SubmitStatus::full) {
             stats_.rejected_full();
         } else if (status == SubmitStatus::closed) {
@@ -7761,7 +8957,11 @@ SubmitStatus Batcher<T, R, Clock>::wait_for_space_registered(Lane& lane, WaitMod
 
     // A batch hand-over (seal, then open the next buffer) takes nanoseconds when the next
     // buffer is free: spin briefly before treating the batcher as full.
-    const int spins = mode == wait_never ? 32 : 256;
+    // Not while producers are queued for this batcher: a blocking submit then queues behind
+    // them at once (fair admission, detail/admission_queue.hpp). relaxed: a hint.
+    const int spins = mode == wait_never                                                    ? 32
+                      : !turn.held() && space_waiters_.load(std::memory_order_relaxed) != 0 ? 0
+                                                                                            : 256;
     for (int spin = 0; spin < spins; ++spin) {
         // acquire: a batch we see open must be fully reset before we write into it.
         const std::uint64_t head = lane.head.load(std::memory_order_acquire);
@@ -7781,38 +8981,12 @@ SubmitStatus Batcher<T, R, Clock>::wait_for_space_registered(Lane& lane, WaitMod
         return finish(SubmitStatus::full);
     }
     if (detail::is_running_on_this_thread(this)) {
+        turn.release();
         MICROBATCH_THROW(ReentrancyError(
             "microbatch::Batcher: blocking submit from inside process_batch found the "
             "batcher full (it could wait for its own batch); use try_submit"));
     }
-    std::unique_lock<std::mutex> lock(space_mutex_);
-    // seq_cst: Dekker handshake with open_buffer(), which publishes the head then reads this.
-    space_waiters_.fetch_add(1, std::memory_order_seq_cst);
-    SubmitStatus status = SubmitStatus::full;
-    for (;;) {
-        const std::uint64_t head = lane.head.load(std::memory_order_seq_cst);
-        if ((head & closed_bit) != 0) {
-            status = SubmitStatus::closed;
-            break;
-        }
-        if ((head & count_mask) < batch_size_) {
-            status = SubmitStatus::accepted;
-            break;
-        }
-        if (mode == wait_forever) {
-            space_condition_.wait(lock);
-        } else if (space_condition_.wait_until(lock, deadline) == std::cv_status::timeout) {
-            const std::uint64_t last = lane.head.load(std::memory_order_seq_cst);
-            status = (last & closed_bit) != 0            ? SubmitStatus::closed
-                     : (last & count_mask) < batch_size_ ? SubmitStatus::accepted
-                                                         : SubmitStatus::full;
-            break;
-        }
-    }
-    // relaxed: only a hint for open_buffer(); a stale non-zero costs one spare notify.
-    space_waiters_.fetch_sub(1, std::memory_order_relaxed);
-    lock.unlock();
-    return finish(status);
+    return finish(wait_in_line(lane, mode, deadline, turn));  // detail/batcher_admission.hpp
 }
 
 }  // namespace microbatch
@@ -7869,9 +9043,11 @@ void Batcher<T, R, Clock>::run_timer() {
                 seen[l].count = count;
                 seen[l].changed_at = now;
             }
-            const SealDecision decision = decide_seal(policy_inputs(
-                SealTrigger::timer, now, static_cast<std::size_t>(count), pending_with(count),
-                bound_of(buffer_of(head)), opened_at, seen[l].changed_at));
+            const SealDecision decision = decide_seal(with_item_deadline(
+                policy_inputs(SealTrigger::timer, now, static_cast<std::size_t>(count),
+                              pending_with(count), bound_of(buffer_of(head)), opened_at,
+                              seen[l].changed_at),
+                buffer_of(head)));
             if (decision.seal) {
                 // Unlocked: dispatching may run the batch inline (an inline executor), and its
                 // submits may need to wake this timer.

@@ -6,6 +6,11 @@
 // rejected item was never processed, every handle and callback completed with the outcome its
 // batch earned, and the stats add up. When the run is deterministic (inline executor, no time
 // bound or a manual-clock bound) the model also predicts every batch exactly.
+// Issue 11: items may carry a deadline (already due, or an hour away, which the manual clock
+// never reaches), handles may be cancelled, and deadline sealing and admission control are
+// switched by the input. The model predicts which items expire (due ones, unless cancelled
+// first) and which cancels win (those of items whose batch has not formed, with the inline
+// executor), and that neither kind reaches process_batch.
 //
 // Issue 12: the options byte also chooses process_batch's form (one result per item, or one
 // Outcome per item, where "bad" items fail on their own) and poison-item isolation with a split
@@ -76,11 +81,13 @@ constexpr std::size_t max_items = max_operations * max_bulk;
 constexpr auto tiny_delay = std::chrono::microseconds(1);
 
 enum Flag : std::uint8_t {
-    poison = 1,   // process_batch throws InjectedFailure for this item's batch
-    short_ = 2,   // process_batch returns one result too few for this item's batch
-    hole = 4,     // constructing the item throws ConstructionFailure (submit rejects it)
-    fragile = 8,  // the item's move constructor throws MoveFailure (only compaction moves)
-    bad = 16,     // per-item form: the item's own Outcome is an ItemFailure
+    poison = 1,      // process_batch throws InjectedFailure for this item's batch
+    short_ = 2,      // process_batch returns one result too few for this item's batch
+    hole = 4,        // constructing the item throws ConstructionFailure (submit rejects it)
+    fragile = 8,     // the item's move constructor throws MoveFailure (only compaction moves)
+    bad = 16,        // per-item form: the item's own Outcome is an ItemFailure
+    due_now = 32,    // submitted with a deadline that has already come: expires, unprocessed
+    due_later = 64,  // submitted with a deadline an hour away: processed as usual
 };
 
 struct InjectedFailure : std::runtime_error {
@@ -134,6 +141,7 @@ enum Status : std::uint8_t {
     rejected_full,
     rejected_closed,
     rejected_hole,
+    rejected_infeasible,  // admission control (issue 11)
     not_tried
 };
 
@@ -144,8 +152,12 @@ struct Run {
         : processed(new std::atomic<int>[ids]),
           completions(new std::atomic<int>[ids]),
           verdict(new std::atomic<std::uint8_t>[ids]),
-          move_failed(new std::atomic<int>[ids]) {
+          move_failed(new std::atomic<int>[ids]),
+          due(new std::atomic<int>[ids]),
+          cancel_won(new std::atomic<int>[ids]) {
         for (std::size_t i = 0; i < ids; ++i) {
+            due[i].store(0);
+            cancel_won[i].store(0);
             processed[i].store(0);
             completions[i].store(0);
             verdict[i].store(not_run);
@@ -156,6 +168,8 @@ struct Run {
     std::unique_ptr<std::atomic<int>[]> completions;
     std::unique_ptr<std::atomic<std::uint8_t>[]> verdict;
     std::unique_ptr<std::atomic<int>[]> move_failed;  // its outcome was MoveFailure
+    std::unique_ptr<std::atomic<int>[]> due;          // submitted already due (set before)
+    std::unique_ptr<std::atomic<int>[]> cancel_won;   // Handle::cancel() returned true
     std::atomic<int> bad_outcomes{0};
     std::atomic<int> empty_batches{0};
     std::atomic<int> oversized_batches{0};
@@ -179,6 +193,12 @@ bool outcome_fits(Run& run, std::uint32_t id, const Outcome<int>& outcome) {
         }
         return false;
     };
+    if (run.cancel_won[id].load() != 0) {
+        return verdict == not_run && error_is(static_cast<microbatch::Cancelled*>(nullptr));
+    }
+    if (run.due[id].load() != 0) {
+        return verdict == not_run && error_is(static_cast<microbatch::DeadlineExceeded*>(nullptr));
+    }
     switch (verdict) {
         case succeeded:
             return outcome.has_value() && outcome.value() == expected_value(id);
@@ -332,7 +352,8 @@ struct Model {
     // One buffer in all (capacity == batch size and no in-flight limit, so no room for partial
     // batches): the next batch opens only after the sealed one ran, with every item free again.
     bool single_buffer;
-    std::vector<Spec> open;  // slots of the batch being filled (holes included)
+    std::vector<Spec> open;                // slots of the batch being filled (holes included)
+    std::vector<std::uint32_t> cancelled;  // ids whose cancel won (never sealed before it)
     std::vector<std::vector<std::uint32_t>> batches;
     std::vector<std::size_t> sizes;  // accepted items of every sealed batch (0: only holes)
     bool closed = false;
@@ -347,7 +368,11 @@ struct Model {
         bool hole_seen = false;
         std::size_t size = 0;
         for (const Spec& spec : open) {
-            if ((spec.flags & hole) != 0) {
+            // Cancelled and expired items leave the batch before compaction, as holes do.
+            const bool removed =
+                (spec.flags & due_now) != 0 ||
+                std::find(cancelled.begin(), cancelled.end(), spec.id) != cancelled.end();
+            if ((spec.flags & hole) != 0 || removed) {
                 hole_seen = true;
                 continue;
             }
@@ -364,6 +389,17 @@ struct Model {
         bound = left == 0 || single_buffer ? current : std::min(current, left);
         open.clear();
     }
+    // With the inline executor a sealed batch has run: a cancel wins only while the item is in
+    // the open batch.
+    bool cancel_wins(std::uint32_t id) const {
+        for (const Spec& spec : open) {
+            if (spec.id == id) {
+                return std::find(cancelled.begin(), cancelled.end(), id) == cancelled.end() &&
+                       (spec.flags & hole) == 0;
+            }
+        }
+        return false;
+    }
     void claim(const Spec& spec) {
         open.push_back(spec);
         if (open.size() == bound) {
@@ -378,7 +414,8 @@ void run_one(const std::uint8_t* data, std::size_t size) {
     const std::size_t batch_size = (size_byte & 0x80) != 0 ? 1 + size_byte % 64 : 1 + size_byte % 8;
     const std::uint8_t buffers_byte = input.byte();
     const std::size_t buffers = 1 + buffers_byte % 4;
-    const auto delay_mode = static_cast<DelayMode>(input.byte() % 3);
+    const std::uint8_t delay_byte = input.byte();
+    const auto delay_mode = static_cast<DelayMode>(delay_byte % 3);
     const std::uint8_t executor_byte = input.byte();
     const auto executor_mode = static_cast<ExecutorMode>(executor_byte % 3);
 
@@ -428,14 +465,21 @@ void run_one(const std::uint8_t* data, std::size_t size) {
     // Early sealing (seal_policy.hpp rule 5) decides from measured load (arrival rate, the
     // population of pending items), which the model does not track: exact batches are
     // predicted only without it (off, or no time bound, which turns it off).
-    const bool deterministic = executor_mode == ExecutorMode::inline_ &&
-                               delay_mode != DelayMode::zero &&
-                               (!options.seal_early() || delay_mode == DelayMode::none);
+    // Issue 11: deadline sealing (on or off) seals a batch holding a due item from the timer
+    // thread, which the model does not time: such a run stops being deterministic at its first
+    // due item. Admission control refuses only once a batch was measured to take time, which on
+    // a manual clock needs an advance while a batch runs on another thread: never in a
+    // deterministic run (inline executor), where it admits everything.
+    // The delay byte's high bits (the executor byte's carry the outcome form and isolation).
+    options.deadline_sealing(((delay_byte >> 3) & 1) != 0);
+    options.admission_control(((delay_byte >> 4) & 1) != 0);
+    bool deterministic = executor_mode == ExecutorMode::inline_ && delay_mode != DelayMode::zero &&
+                         (!options.seal_early() || delay_mode == DelayMode::none);
 
     Run run(max_items);
     const bool single_buffer =
         buffers == 1 && options.max_in_flight() == Options::unlimited_in_flight;
-    Model model{batch_size, batch_size * buffers, batch_size, batch_size, single_buffer, {}, {},
+    Model model{batch_size, batch_size * buffers, batch_size, batch_size, single_buffer, {}, {}, {},
                 {}};
     std::vector<Status> status(max_items, unknown);
     std::vector<Delivery> delivery(max_items, none);
@@ -475,6 +519,10 @@ void run_one(const std::uint8_t* data, std::size_t size) {
             const std::uint32_t id = next_id++;
             const Spec spec{id, item_flags};
             flags[id] = item_flags;
+            run.due[id].store((item_flags & due_now) != 0 ? 1 : 0);
+            if ((item_flags & due_now) != 0 && options.deadline_sealing()) {
+                deterministic = false;  // the timer seals its batch, see above
+            }
             delivery[id] = how;
             Status result = unknown;
             try {
@@ -484,6 +532,8 @@ void run_one(const std::uint8_t* data, std::size_t size) {
                 result = rejected_hole;
             } catch (const microbatch::ClosedError&) {
                 result = rejected_closed;
+            } catch (const microbatch::DeadlineInfeasible&) {
+                result = rejected_infeasible;
             }
             status[id] = result;
             // The model: a hole still takes its slot; a closed batcher takes nothing.
@@ -492,14 +542,19 @@ void run_one(const std::uint8_t* data, std::size_t size) {
             } else if (result == accepted || result == rejected_hole) {
                 FUZZ_CHECK(!closed);
                 model.claim(spec);
+            } else if (result == rejected_infeasible) {
+                FUZZ_CHECK(options.admission_control() &&
+                           (item_flags & (due_now | due_later)) != 0);
+                FUZZ_CHECK(!deterministic);
             } else if (deterministic) {
                 FUZZ_CHECK(false);  // an inline executor always has room
             }
         };
         const auto from = [](SubmitStatus s) {
-            return s == SubmitStatus::accepted ? accepted
-                   : s == SubmitStatus::full   ? rejected_full
-                                               : rejected_closed;
+            return s == SubmitStatus::accepted     ? accepted
+                   : s == SubmitStatus::full       ? rejected_full
+                   : s == SubmitStatus::infeasible ? rejected_infeasible
+                                                   : rejected_closed;
         };
 
         // An item's flags from one input byte.
@@ -521,8 +576,24 @@ void run_one(const std::uint8_t* data, std::size_t size) {
                 default:
                     break;
             }
-            if ((item_byte >> 4) == 1) {
-                item_flags |= fragile;
+            switch (item_byte >> 4) {
+                case 1:
+                    item_flags |= fragile;
+                    break;
+                case 2:
+                    item_flags |= due_now;
+                    break;
+                case 3:
+                    item_flags |= due_later;
+                    break;
+                case 4:
+                    item_flags |= fragile | due_now;
+                    break;
+                case 5:
+                    item_flags |= fragile | due_later;
+                    break;
+                default:
+                    break;
             }
             return item_flags;
         };
@@ -539,7 +610,9 @@ void run_one(const std::uint8_t* data, std::size_t size) {
             std::vector<Spec> specs;
             for (std::size_t i = 0; i < count; ++i) {
                 const std::uint32_t id = next_id++;
-                specs.push_back(Spec{id, flags_of(input.byte())});
+                // Bulk submissions take no deadline: the deadline flags do not apply.
+                specs.push_back(Spec{id, static_cast<std::uint8_t>(flags_of(input.byte()) &
+                                                                   ~(due_now | due_later))});
                 flags[id] = specs.back().flags;
                 delivery[id] = how;
             }
@@ -636,6 +709,12 @@ void run_one(const std::uint8_t* data, std::size_t size) {
         for (std::size_t op = 0; op < max_operations && !input.done(); ++op) {
             const unsigned operation = input.byte() % 16U;
             const std::uint8_t item_flags = operation < 9 ? flags_of(input.byte()) : 0;
+            // The item's deadline, for the deadline forms (used when `dated`).
+            const bool dated = (item_flags & (due_now | due_later)) != 0;
+            const microbatch::ItemDeadline<ManualClock> deadline =
+                (item_flags & due_now) != 0
+                    ? microbatch::ItemDeadline<ManualClock>(clock.now())
+                    : microbatch::ItemDeadline<ManualClock>(std::chrono::hours(1));
             Handle<int> handle;
             const auto keep_handle = [&handles, &handle](std::uint32_t id) {
                 if (handle.valid()) {
@@ -645,54 +724,85 @@ void run_one(const std::uint8_t* data, std::size_t size) {
             switch (operation) {
                 case 0:
                     submit_item(item_flags, by_handle, [&](const Spec& spec) {
-                        handle = batcher.submit(spec);
+                        handle = dated ? batcher.submit(deadline, spec) : batcher.submit(spec);
                         keep_handle(spec.id);
                         return accepted;
                     });
                     break;
                 case 1:
                     submit_item(item_flags, by_callback, [&](const Spec& spec) {
-                        batcher.submit(spec, Recorder{&run, spec.id});
+                        if (dated) {
+                            batcher.submit(deadline, spec, Recorder{&run, spec.id});
+                        } else {
+                            batcher.submit(spec, Recorder{&run, spec.id});
+                        }
                         return accepted;
                     });
                     break;
                 case 2:
                     submit_item(item_flags, none, [&](const Spec& spec) {
-                        batcher.post(spec);
+                        if (dated) {
+                            batcher.post(deadline, spec);
+                        } else {
+                            batcher.post(spec);
+                        }
                         return accepted;
                     });
                     break;
                 case 3:
-                    submit_item(item_flags, none,
-                                [&](const Spec& spec) { return from(batcher.try_submit(spec)); });
+                    submit_item(item_flags, none, [&](const Spec& spec) {
+                        return from(dated ? batcher.try_submit(deadline, spec)
+                                          : batcher.try_submit(spec));
+                    });
                     break;
                 case 4:
                     submit_item(item_flags, by_callback, [&](const Spec& spec) {
-                        return from(batcher.try_submit(spec, Recorder{&run, spec.id}));
+                        return from(
+                            dated ? batcher.try_submit(deadline, spec, Recorder{&run, spec.id})
+                                  : batcher.try_submit(spec, Recorder{&run, spec.id}));
                     });
                     break;
                 case 5:
                     submit_item(item_flags, by_handle, [&](const Spec& spec) {
-                        const Status s = from(batcher.try_submit(spec, handle));
+                        Status s = unknown;
+                        if (dated) {
+                            auto result = batcher.try_submit_handle(deadline, spec);
+                            s = from(result.status);
+                            handle = std::move(result.handle);
+                        } else {
+                            s = from(batcher.try_submit(spec, handle));
+                        }
                         keep_handle(spec.id);
                         return s;
                     });
                     break;
                 case 6:
                     submit_item(item_flags, none, [&](const Spec& spec) {
-                        return from(batcher.submit_for(spec, std::chrono::nanoseconds(0)));
+                        return from(
+                            dated ? batcher.submit_for(deadline, spec, std::chrono::nanoseconds(0))
+                                  : batcher.submit_for(spec, std::chrono::nanoseconds(0)));
                     });
                     break;
                 case 7:
                     submit_item(item_flags, by_callback, [&](const Spec& spec) {
-                        return from(batcher.submit_for(spec, Recorder{&run, spec.id},
-                                                       std::chrono::microseconds(10)));
+                        return from(dated ? batcher.submit_for(deadline, spec,
+                                                               Recorder{&run, spec.id},
+                                                               std::chrono::microseconds(10))
+                                          : batcher.submit_for(spec, Recorder{&run, spec.id},
+                                                               std::chrono::microseconds(10)));
                     });
                     break;
                 case 8:
                     submit_item(item_flags, by_handle, [&](const Spec& spec) {
-                        const Status s =
-                            from(batcher.submit_for(spec, handle, std::chrono::nanoseconds(0)));
+                        Status s = unknown;
+                        if (dated) {
+                            auto result = batcher.submit_for_handle(deadline, spec,
+                                                                    std::chrono::nanoseconds(0));
+                            s = from(result.status);
+                            handle = std::move(result.handle);
+                        } else {
+                            s = from(batcher.submit_for(spec, handle, std::chrono::nanoseconds(0)));
+                        }
                         keep_handle(spec.id);
                         return s;
                     });
@@ -752,12 +862,30 @@ void run_one(const std::uint8_t* data, std::size_t size) {
                     break;
                 }
                 default: {
-                    const std::uint8_t bulk_byte = input.byte();
-                    if (bulk_byte < 64) {
-                        (void)batcher.stats();
-                        (void)batcher.pending();
-                    } else {
-                        submit_bulk(bulk_byte);
+                    // Issue 13: a bulk submission for bytes >= 64; otherwise statistics and
+                    // (issue 11) a cancel of a kept handle, picked by the same byte.
+                    const std::uint8_t pick = input.byte();
+                    if (pick >= 64) {
+                        submit_bulk(pick);
+                        break;
+                    }
+                    (void)batcher.stats();
+                    (void)batcher.pending();
+                    if (handles.empty()) {
+                        break;
+                    }
+                    auto& entry = handles[pick % handles.size()];
+                    const std::uint32_t id = entry.first;
+                    const bool wins = deterministic && !closed && model.cancel_wins(id);
+                    const bool won = entry.second.cancel();
+                    if (deterministic) {
+                        FUZZ_CHECK(won == wins);
+                    }
+                    if (won) {
+                        FUZZ_CHECK(run.cancel_won[id].load() == 0);  // a second cancel loses
+                        FUZZ_CHECK(entry.second.ready());
+                        run.cancel_won[id].store(1);
+                        model.cancelled.push_back(id);
                     }
                     break;
                 }
@@ -794,13 +922,20 @@ void run_one(const std::uint8_t* data, std::size_t size) {
         std::uint64_t hole_count = 0;
         std::uint64_t move_failures = 0;
         std::uint64_t not_tried_count = 0;
+        std::uint64_t expired_count = 0;
+        std::uint64_t infeasible_count = 0;
+        std::uint64_t cancelled_count = 0;
         for (std::uint32_t id = 0; id < next_id; ++id) {
             const int processed = run.processed[id].load();
             const int completions = run.completions[id].load();
             switch (status[id]) {
                 case accepted:
                     ++accepted_count;
-                    if (processed == 0) {
+                    if (run.cancel_won[id].load() != 0 || run.due[id].load() != 0) {
+                        // Removed when its batch formed: never processed, never moved.
+                        FUZZ_CHECK(processed == 0);
+                        ++(run.cancel_won[id].load() != 0 ? cancelled_count : expired_count);
+                    } else if (processed == 0) {
                         // Not processed: only an item moved during compaction may fail so.
                         FUZZ_CHECK((flags[id] & fragile) != 0);
                         ++move_failures;
@@ -817,6 +952,8 @@ void run_one(const std::uint8_t* data, std::size_t size) {
                 case rejected_full:
                 case rejected_closed:
                 case rejected_hole:
+                case rejected_infeasible:
+                    infeasible_count += status[id] == rejected_infeasible ? 1 : 0;
                     full_count += status[id] == rejected_full ? 1 : 0;
                     closed_count += status[id] == rejected_closed ? 1 : 0;
                     hole_count += status[id] == rejected_hole ? 1 : 0;
@@ -878,7 +1015,11 @@ void run_one(const std::uint8_t* data, std::size_t size) {
         FUZZ_CHECK(stats.items_rejected_full == full_count);
         FUZZ_CHECK(stats.items_rejected_closed == closed_count);
         FUZZ_CHECK(stats.items_rejected_error == hole_count);
-        FUZZ_CHECK(stats.items_accepted == stats.items_processed + stats.items_failed);
+        FUZZ_CHECK(stats.items_expired == expired_count);
+        FUZZ_CHECK(stats.items_cancelled == cancelled_count);
+        FUZZ_CHECK(stats.items_rejected_infeasible == infeasible_count);
+        FUZZ_CHECK(stats.items_accepted == stats.items_processed + stats.items_failed +
+                                               stats.items_expired + stats.items_cancelled);
         FUZZ_CHECK(stats.items_failed == items_failed);
         FUZZ_CHECK(stats.batches_failed == failed_batches);
         FUZZ_CHECK(stats.batch_size_max <= batch_size);

@@ -528,6 +528,8 @@ struct Producer {
                 return rejected_full;
             case SubmitStatus::closed:
                 return rejected_closed;
+            case SubmitStatus::infeasible:  // admission control is off in these rounds
+                return unused;
         }
         return unused;
     }

@@ -78,6 +78,30 @@ private:
     Handle<R> pending_;
 };
 
+// Options::default_timeout applies to bulk items as to single ones: the wrapped store also
+// records the deadline in each item's slot (as DeadlineStore, detail/batcher_deadlines.hpp).
+template <class T, class R, class Clock>
+template <class Inner>
+struct Batcher<T, R, Clock>::BulkDeadlineStore {
+    Batcher* owner;
+    Inner* inner;
+    std::int64_t deadline;  // clock ticks
+
+    bool store(detail::Completion<R>& slot, std::size_t index) noexcept(
+        noexcept(std::declval<Inner&>().store(std::declval<detail::Completion<R>&>(), 0))) {
+        if (!inner->store(slot, index)) {
+            slot.emplace(detail::NoCompletion<R>{});  // somewhere to keep the deadline
+        }
+        slot.set_deadline(deadline);
+        owner->note_item_deadline(static_cast<std::size_t>(&slot - owner->completions_.get()),
+                                  deadline);
+        return true;
+    }
+    void accept(std::size_t index) noexcept(noexcept(std::declval<Inner&>().accept(0))) {
+        inner->accept(index);
+    }
+};
+
 template <class T, class R, class Clock>
 template <class Sink>
 auto Batcher<T, R, Clock>::bulk_store(Sink& sink) {
@@ -110,7 +134,21 @@ template <class T, class R, class Clock>
 template <class InputIt, class Store>
 BulkResult Batcher<T, R, Clock>::submit_bulk(InputIt& first, std::size_t n, WaitMode mode,
                                              Deadline deadline, Store&& store) {
+    if (has_default_timeout_ && n != 0) {
+        // One clock reading for the whole run: its items share the deadline.
+        const std::int64_t due = default_deadline_.resolve(clock_.now()).time_since_epoch().count();
+        BulkDeadlineStore<std::remove_reference_t<Store>> wrapped{this, &store, due};
+        return claim_bulk(first, n, mode, deadline, wrapped);
+    }
+    return claim_bulk(first, n, mode, deadline, store);
+}
+
+template <class T, class R, class Clock>
+template <class InputIt, class Store>
+BulkResult Batcher<T, R, Clock>::claim_bulk(InputIt& first, std::size_t n, WaitMode mode,
+                                            Deadline deadline, Store& store) {
     Lane& lane = lane_for_this_thread();
+    detail::AdmissionTurn turn;  // held while admitted from the queue of blocked producers
     std::size_t done = 0;
     while (done < n) {
         // Test before claiming, as submit_impl does: a claim on a sealed or closed head is a
@@ -129,6 +167,7 @@ BulkResult Batcher<T, R, Clock>::submit_bulk(InputIt& first, std::size_t n, Wait
             const std::uint64_t head = lane.head.fetch_add(want, std::memory_order_seq_cst);
             const std::uint64_t index = head & count_mask;
             if (index < batch_size_) {
+                turn.release();  // claimed: the next blocked producer may go (fair admission)
                 const auto count =
                     static_cast<std::uint32_t>(std::min<std::uint64_t>(want, batch_size_ - index));
                 done += fill_run(lane, head, static_cast<std::uint32_t>(index), count, first, done,
@@ -136,7 +175,7 @@ BulkResult Batcher<T, R, Clock>::submit_bulk(InputIt& first, std::size_t n, Wait
                 continue;
             }
         }
-        const SubmitStatus status = wait_for_space(lane, mode, deadline, n - done);
+        const SubmitStatus status = wait_for_space(lane, mode, deadline, turn, n - done);
         if (status != SubmitStatus::accepted) {
             return BulkResult{status, done};  // the n - done rejected items are counted there
         }

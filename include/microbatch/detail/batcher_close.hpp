@@ -137,8 +137,7 @@ void Batcher<T, R, Clock>::begin_close() {
         timer_condition_.notify_all();
         timer_.join();
     }
-    { std::lock_guard<std::mutex> lock(space_mutex_); }
-    space_condition_.notify_all();
+    wake_all_waiters();  // blocked producers see the closed bit and leave
 }
 
 }  // namespace microbatch

@@ -176,10 +176,12 @@ void Batcher<T, R, Clock>::seal_for_free_worker(std::int64_t now) {
         if (now == unset_time || round != 0) {
             now = clock_.now().time_since_epoch().count();  // the caller's time, if fresh
         }
-        const SealDecision decision = decide_seal(policy_inputs(
-            SealTrigger::worker_finished, now, static_cast<std::size_t>(filling_count(oldest_head)),
-            pending_with(filling_count(oldest_head)), bound_of(buffer_of(oldest_head)),
-            oldest_opened, unset_time));
+        const SealDecision decision = decide_seal(with_item_deadline(
+            policy_inputs(SealTrigger::worker_finished, now,
+                          static_cast<std::size_t>(filling_count(oldest_head)),
+                          pending_with(filling_count(oldest_head)),
+                          bound_of(buffer_of(oldest_head)), oldest_opened, unset_time),
+            buffer_of(oldest_head)));
         if (!decision.seal) {
             waiting_batch =
                 to_nanoseconds(now - oldest_opened) >= SealPolicyConstants::min_quiet_ns;

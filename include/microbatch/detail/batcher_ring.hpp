@@ -82,6 +82,9 @@ struct alignas(cache_line_size) BatcherBuffer {
     std::atomic<std::uint64_t> finished_sequence{0};  // batch number of the last finished use
     std::atomic<std::uint32_t> arrivals{0};           // "free" + "predecessor sealed" events
     std::atomic<std::uint32_t> finish_parties{0};     // worker + poster, see finish_party()
+    // Earliest item deadline (clock ticks) of the current use, max() if none: lowered only by
+    // submits with a deadline (Batcher::note_item_deadline), reset when the buffer opens.
+    std::atomic<std::int64_t> earliest_deadline{std::numeric_limits<std::int64_t>::max()};
     // Written by the sealer before the batch is handed to the executor, read by the worker.
     std::uint32_t size = 0;
     DispatchReason reason = DispatchReason::full;

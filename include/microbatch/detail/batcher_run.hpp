@@ -35,8 +35,11 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
         any_completion = any_completion || state == detail::slot_item_completion;
     }
     std::size_t failed_in_compaction = 0;
-    const std::size_t count =
-        holes == 0 ? size : compact(items, completions, states, size, failed_in_compaction);
+    // Cancelled and expired items leave the batch here, as holes (detail/batcher_deadlines.hpp).
+    const std::size_t removed = any_completion ? screen(items, completions, states, size) : 0;
+    const std::size_t count = holes + removed == 0
+                                  ? size
+                                  : compact(items, completions, states, size, failed_in_compaction);
 
     // acquire not needed: opened_at was written by the slot-0 producer before its slot
     // state, which we acquired above.

@@ -92,6 +92,7 @@ void Batcher<T, R, Clock>::initialise() {
                                : std::chrono::ceil<typename Clock::duration>(delay).count(),
                            std::memory_order_relaxed);
     refresh_producer_threshold();
+    initialise_deadlines();
 
     if (options_.executor()) {
         executor_ = options_.executor();
@@ -220,6 +221,8 @@ void Batcher<T, R, Clock>::open_buffer(std::uint32_t index) {
     // relaxed stores: published to producers by the release CAS on the head in try_open().
     buffer.sequence.store(sequence, std::memory_order_relaxed);
     buffer.opened_at.store(unset_time, std::memory_order_relaxed);
+    buffer.earliest_deadline.store(std::numeric_limits<std::int64_t>::max(),
+                                   std::memory_order_relaxed);
     buffer.finish_parties.store(0, std::memory_order_relaxed);
     // relaxed: the count is only compared under idle_mutex_ after the decrements, which
     // are all ordered after this increment by the batch chain.
@@ -271,8 +274,7 @@ void Batcher<T, R, Clock>::try_open(std::uint32_t index) {
         }
     }
     if (space_waiters_.load(std::memory_order_seq_cst) != 0) {
-        { std::lock_guard<std::mutex> lock(space_mutex_); }
-        space_condition_.notify_all();
+        wake_first_waiter(lane);  // fair admission: only the producer whose turn it is
     }
 }
 

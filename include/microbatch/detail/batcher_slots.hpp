@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdint>
 #include <exception>
+#include <type_traits>
 #include <utility>
 
 #include "microbatch/detail/config.hpp"
@@ -80,6 +81,15 @@ public:
             state_->release();
         }
     }
+    /// Claims the item for processing (see HandleState::try_claim); when the handle cancelled
+    /// it first, lets go of the state, which the cancel already completed.
+    bool try_claim() noexcept {
+        if (state_->try_claim()) {
+            return true;
+        }
+        std::exchange(state_, nullptr)->release();
+        return false;
+    }
     void operator()(Outcome<R>&& outcome) noexcept {
         HandleState<R>* state = std::exchange(state_, nullptr);
         state->set(std::move(outcome));
@@ -88,6 +98,18 @@ public:
 
 private:
     HandleState<R>* state_;
+};
+
+/// True for completion stores that already record an item deadline (Batcher::DeadlineStore).
+template <class Store, class = void>
+struct carries_deadline : std::false_type {};
+template <class Store>
+struct carries_deadline<Store, std::void_t<decltype(Store::carries_deadline)>> : std::true_type {};
+
+/// The completion of a fire-and-forget item with a deadline: carries the deadline, does nothing.
+template <class R>
+struct NoCompletion {
+    void operator()(Outcome<R>&&) noexcept {}
 };
 
 }  // namespace detail

@@ -41,7 +41,13 @@ template <class T, class R, class Clock>
 template <class U, class Store>
 SubmitStatus Batcher<T, R, Clock>::submit_impl(U&& item, WaitMode mode, Deadline deadline,
                                                Store&& store) {
+    if constexpr (!detail::carries_deadline<std::decay_t<Store>>::value) {
+        if (has_default_timeout_) {  // Options::default_timeout: detail/batcher_deadlines.hpp
+            return submit_due(default_deadline_, std::forward<U>(item), mode, deadline, store);
+        }
+    }
     Lane& lane = lane_for_this_thread();
+    detail::AdmissionTurn turn;  // held while admitted from the queue of blocked producers
     for (;;) {
         // Test before claiming: a claim on a sealed or closed head is a stray increment of
         // the 24-bit count, and an unbounded run of them (a producer polling try_submit on
@@ -54,10 +60,11 @@ SubmitStatus Batcher<T, R, Clock>::submit_impl(U&& item, WaitMode mode, Deadline
             const std::uint64_t head = lane.head.fetch_add(1, std::memory_order_seq_cst);
             const std::uint32_t index = static_cast<std::uint32_t>(head & count_mask);
             if (index < batch_size_) {
+                turn.release();  // claimed: the next blocked producer may go (fair admission)
                 return fill_slot(lane, head, index, std::forward<U>(item), store);
             }
         }
-        const SubmitStatus status = wait_for_space(lane, mode, deadline);
+        const SubmitStatus status = wait_for_space(lane, mode, deadline, turn);
         if (status != SubmitStatus::accepted) {
             return status;  // counted in wait_for_space
         }
@@ -169,8 +176,8 @@ std::int64_t Batcher<T, R, Clock>::note_batch_opened(Buffer& buffer, bool needs_
 // by wait_for_space_registered, the others here, still registered.
 template <class T, class R, class Clock>
 SubmitStatus Batcher<T, R, Clock>::wait_for_space(Lane& lane, WaitMode mode, Deadline deadline,
-                                                  std::size_t items) {
-    const SubmitStatus status = wait_for_space_registered(lane, mode, deadline);
+                                                  detail::AdmissionTurn& turn, std::size_t items) {
+    const SubmitStatus status = wait_for_space_registered(lane, mode, deadline, turn);
     if (items > 1 && status != SubmitStatus::accepted) {
         stats_.rejected(status, items - 1);
     }
@@ -180,7 +187,8 @@ SubmitStatus Batcher<T, R, Clock>::wait_for_space(Lane& lane, WaitMode mode, Dea
 
 template <class T, class R, class Clock>
 SubmitStatus Batcher<T, R, Clock>::wait_for_space_registered(Lane& lane, WaitMode mode,
-                                                             Deadline deadline) {
+                                                             Deadline deadline,
+                                                             detail::AdmissionTurn& turn) {
     // Registered so that close() can wait for blocked producers to leave before the
     // batcher is destroyed.
     slow_producers_.fetch_add(1, std::memory_order_seq_cst);
@@ -195,6 +203,10 @@ SubmitStatus Batcher<T, R, Clock>::wait_for_space_registered(Lane& lane, WaitMod
         }
     } leave{slow_producers_};
     const auto finish = [&](SubmitStatus status) {
+        if (status != SubmitStatus::accepted) {
+            // Giving up: pass the turn on while still registered (fair admission).
+            turn.release();
+        }
         if (status == SubmitStatus::full) {
             stats_.rejected_full();
         } else if (status == SubmitStatus::closed) {
@@ -206,7 +218,11 @@ SubmitStatus Batcher<T, R, Clock>::wait_for_space_registered(Lane& lane, WaitMod
 
     // A batch hand-over (seal, then open the next buffer) takes nanoseconds when the next
     // buffer is free: spin briefly before treating the batcher as full.
-    const int spins = mode == wait_never ? 32 : 256;
+    // Not while producers are queued for this batcher: a blocking submit then queues behind
+    // them at once (fair admission, detail/admission_queue.hpp). relaxed: a hint.
+    const int spins = mode == wait_never                                                    ? 32
+                      : !turn.held() && space_waiters_.load(std::memory_order_relaxed) != 0 ? 0
+                                                                                            : 256;
     for (int spin = 0; spin < spins; ++spin) {
         // acquire: a batch we see open must be fully reset before we write into it.
         const std::uint64_t head = lane.head.load(std::memory_order_acquire);
@@ -226,38 +242,12 @@ SubmitStatus Batcher<T, R, Clock>::wait_for_space_registered(Lane& lane, WaitMod
         return finish(SubmitStatus::full);
     }
     if (detail::is_running_on_this_thread(this)) {
+        turn.release();
         MICROBATCH_THROW(ReentrancyError(
             "microbatch::Batcher: blocking submit from inside process_batch found the "
             "batcher full (it could wait for its own batch); use try_submit"));
     }
-    std::unique_lock<std::mutex> lock(space_mutex_);
-    // seq_cst: Dekker handshake with open_buffer(), which publishes the head then reads this.
-    space_waiters_.fetch_add(1, std::memory_order_seq_cst);
-    SubmitStatus status = SubmitStatus::full;
-    for (;;) {
-        const std::uint64_t head = lane.head.load(std::memory_order_seq_cst);
-        if ((head & closed_bit) != 0) {
-            status = SubmitStatus::closed;
-            break;
-        }
-        if ((head & count_mask) < batch_size_) {
-            status = SubmitStatus::accepted;
-            break;
-        }
-        if (mode == wait_forever) {
-            space_condition_.wait(lock);
-        } else if (space_condition_.wait_until(lock, deadline) == std::cv_status::timeout) {
-            const std::uint64_t last = lane.head.load(std::memory_order_seq_cst);
-            status = (last & closed_bit) != 0            ? SubmitStatus::closed
-                     : (last & count_mask) < batch_size_ ? SubmitStatus::accepted
-                                                         : SubmitStatus::full;
-            break;
-        }
-    }
-    // relaxed: only a hint for open_buffer(); a stale non-zero costs one spare notify.
-    space_waiters_.fetch_sub(1, std::memory_order_relaxed);
-    lock.unlock();
-    return finish(status);
+    return finish(wait_in_line(lane, mode, deadline, turn));  // detail/batcher_admission.hpp
 }
 
 }  // namespace microbatch

@@ -51,9 +51,11 @@ void Batcher<T, R, Clock>::run_timer() {
                 seen[l].count = count;
                 seen[l].changed_at = now;
             }
-            const SealDecision decision = decide_seal(policy_inputs(
-                SealTrigger::timer, now, static_cast<std::size_t>(count), pending_with(count),
-                bound_of(buffer_of(head)), opened_at, seen[l].changed_at));
+            const SealDecision decision = decide_seal(with_item_deadline(
+                policy_inputs(SealTrigger::timer, now, static_cast<std::size_t>(count),
+                              pending_with(count), bound_of(buffer_of(head)), opened_at,
+                              seen[l].changed_at),
+                buffer_of(head)));
             if (decision.seal) {
                 // Unlocked: dispatching may run the batch inline (an inline executor), and its
                 // submits may need to wake this timer.

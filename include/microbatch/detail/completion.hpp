@@ -6,6 +6,8 @@
  */
 
 #include <cstddef>
+#include <cstdint>
+#include <limits>
 #include <new>
 #include <type_traits>
 #include <utility>
@@ -21,6 +23,12 @@ namespace microbatch::detail {
  * over-aligned; this is checked at compile time, so storing one never allocates.
  * Not thread-safe: each slot is written by one producer and later read by one worker, with the
  * batcher's slot flags ordering the two.
+ *
+ * An item's deadline (issue 11) lives here too, in the padding between the operations pointer
+ * and the over-aligned storage, so it costs no memory; which completions carry one is told by
+ * their operations table (`with_deadline`), so items without a deadline never write it.
+ * A callable with a `try_claim()` member (the handle completion) can be cancelled: the worker
+ * claims it before the batch runs (see claim()).
  */
 template <class R>
 class Completion {
@@ -58,6 +66,43 @@ public:
 
     bool has_value() const noexcept { return operations_ != nullptr; }
 
+    /// No deadline (the value deadline() reports for completions without one).
+    static constexpr std::int64_t no_deadline = std::numeric_limits<std::int64_t>::max();
+
+    /// Attaches a deadline (clock ticks) to the stored callable (the slot must be non-empty).
+    void set_deadline(std::int64_t ticks) noexcept {
+        deadline_ = ticks;
+        if (!operations_->has_deadline) {
+            operations_ = operations_->with_deadline;
+        }
+    }
+
+    /// The deadline attached with set_deadline(), or no_deadline. Reads deadline_ only when one
+    /// was attached (the field is stale otherwise). The slot must be non-empty.
+    std::int64_t deadline() const noexcept {
+        return operations_->has_deadline ? deadline_ : no_deadline;
+    }
+
+    /// True if the callable can be cancelled (it has a `try_claim()` member).
+    bool cancellable() const noexcept {
+        return operations_ != nullptr && operations_->claim != nullptr;
+    }
+
+    /**
+     * @brief Claims a cancellable callable for processing: true if nobody cancelled it first
+     *        (from then on a cancel fails). On false the callable was cancelled: it has already
+     *        let go of what it completes, and the slot is emptied without invoking it. A
+     *        callable that cannot be cancelled is always claimed. Must be non-empty.
+     */
+    bool claim() noexcept {
+        if (operations_->claim == nullptr || operations_->claim(storage_)) {
+            return true;
+        }
+        operations_->destroy(storage_);
+        operations_ = nullptr;
+        return false;
+    }
+
     /// Invokes the callable with @p outcome and destroys it, even if it throws (the exception
     /// propagates).
     void complete(Outcome<R>&& outcome) {
@@ -76,6 +121,7 @@ public:
 
     /// Moves the callable of @p other (which must be non-empty) into this empty slot.
     void take(Completion& other) noexcept {
+        deadline_ = other.deadline_;
         operations_ = other.operations_;
         other.operations_ = nullptr;
         operations_->relocate(storage_, other.storage_);
@@ -86,7 +132,15 @@ private:
         void (*invoke_and_destroy)(void* storage, Outcome<R>&& outcome);
         void (*destroy)(void* storage) noexcept;
         void (*relocate)(void* target, void* source) noexcept;
+        bool (*claim)(void* storage) noexcept;  // null: cannot be cancelled
+        bool has_deadline;                      // deadline_ is meaningful
+        const Operations* with_deadline;        // the same with has_deadline (null if it is set)
     };
+
+    template <class F, class = void>
+    struct Claimable : std::false_type {};
+    template <class F>
+    struct Claimable<F, std::void_t<decltype(std::declval<F&>().try_claim())>> : std::true_type {};
 
     template <class F>
     static void invoke_and_destroy(void* storage, Outcome<R>&& outcome) {
@@ -109,9 +163,28 @@ private:
     }
 
     template <class F>
-    static constexpr Operations operations_for{&invoke_and_destroy<F>, &destroy<F>, &relocate<F>};
+    static bool claim_callable(void* storage) noexcept {
+        return static_cast<F*>(storage)->try_claim();
+    }
+    template <class F>
+    static constexpr bool (*claim_for())(void*) noexcept {
+        if constexpr (Claimable<F>::value) {
+            return &claim_callable<F>;
+        } else {
+            return nullptr;
+        }
+    }
+
+    template <class F>
+    static constexpr Operations operations_with_deadline_for{
+        &invoke_and_destroy<F>, &destroy<F>, &relocate<F>, claim_for<F>(), true, nullptr};
+    template <class F>
+    static constexpr Operations operations_for{
+        &invoke_and_destroy<F>, &destroy<F>, &relocate<F>,
+        claim_for<F>(),         false,       &operations_with_deadline_for<F>};
 
     const Operations* operations_ = nullptr;
+    std::int64_t deadline_ = 0;  // clock ticks; meaningful only when operations_->has_deadline
     alignas(std::max_align_t) unsigned char storage_[inline_size];
 };
 

@@ -131,6 +131,33 @@ public:
         return (status_.load(std::memory_order_acquire) & ready_bit) != 0;
     }
 
+    /**
+     * @brief Called by the worker before the item's batch runs: claims the item for processing.
+     *        False if the handle cancelled it first (cancel() then completed the state itself).
+     */
+    bool try_claim() noexcept {
+        // relaxed: only the order of the two read-modify-writes on status_ decides who won; the
+        // loser reads nothing the winner wrote (the worker does not touch outcome_).
+        return (status_.fetch_or(claimed_bit, std::memory_order_relaxed) & cancelled_bit) == 0;
+    }
+
+    /**
+     * @brief Called through the handle: completes the state with @p outcome unless the worker
+     *        already claimed the item (or it is complete). True if the cancel won.
+     */
+    bool cancel(Outcome<R>&& outcome) noexcept {
+        // relaxed: see try_claim(); set() below publishes the outcome with release.
+        std::uint32_t status = status_.load(std::memory_order_relaxed);
+        do {
+            if ((status & (claimed_bit | cancelled_bit | ready_bit)) != 0) {
+                return false;
+            }
+        } while (!status_.compare_exchange_weak(status, status | cancelled_bit,
+                                                std::memory_order_relaxed));
+        set(std::move(outcome));
+        return true;
+    }
+
     /// Blocks until set() has run. The caller must own a reference.
     void wait() noexcept {
         if (spin_until_ready()) {
@@ -177,6 +204,8 @@ private:
 
     static constexpr std::uint32_t ready_bit = 1;
     static constexpr std::uint32_t waiting_bit = 2;
+    static constexpr std::uint32_t claimed_bit = 4;    // the worker took the item (try_claim)
+    static constexpr std::uint32_t cancelled_bit = 8;  // the handle cancelled it first
 
     explicit HandleState(HandleStateBlock<R>* block) noexcept : block_(block) {}
     ~HandleState() = default;
