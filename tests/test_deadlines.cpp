@@ -2,9 +2,11 @@
 // ManualClock; process_batch advances it to model the cost of a batch where a test needs the
 // online cost fit. Nothing here measures time: waits are for events.
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <exception>
+#include <iterator>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -478,4 +480,57 @@ TEST_CASE("ItemDeadline resolves timeouts without overflow", "[deadlines]") {
     clock.advance(24h);
     batcher.wait_idle();
     CHECK(handle.get() == 14);
+}
+
+// Bulk submissions (issue 13) with deadlines: every item of the run carries it; admission control
+// judges the run by its last item (the run's other items count as work ahead of it) and admits or
+// refuses it as a whole.
+TEST_CASE("Bulk submissions with a deadline: expiry, and admission of the run as a whole",
+          "[deadlines][admission][bulk]") {
+    ManualClock clock;
+    Recorder recorder;
+    auto batcher = make(recorder, clock,
+                        Options{}
+                            .max_batch_size(16)
+                            .max_delay(100ms)
+                            .seal_early(false)
+                            .deadline_sealing(false)
+                            .admission_control(true));
+    train(batcher, recorder, clock);
+    CHECK(batcher.try_submit(11) == SubmitStatus::accepted);  // one item pending
+    const std::vector<int> run{21, 22, 23};
+    // The run's last item: 3 ahead (1 pending + 2 of the run): drain (1 ms + 3 * 10 us) + its
+    // batch (1 ms + 4 * 10 us) = 2.07 ms.
+    const auto refused = batcher.try_post_n(2070us - 1us, run.begin(), run.size());
+    CHECK(refused.status == SubmitStatus::infeasible);
+    CHECK(refused.accepted == 0);
+    CHECK(batcher.stats().items_rejected_infeasible == 3);
+    CHECK_THROWS_AS(batcher.post_n(1us, run.begin(), run.size()), microbatch::DeadlineInfeasible);
+    std::vector<microbatch::Handle<int>> none;
+    CHECK_THROWS_AS(batcher.submit_n(1us, run.begin(), run.size(), std::back_inserter(none)),
+                    microbatch::DeadlineInfeasible);
+    CHECK(none.empty());
+    const auto admitted = batcher.try_post_n(2070us + 1us, run.begin(), run.size());
+    CHECK(admitted.all_accepted());
+    CHECK(admitted.accepted == 3);
+    CHECK(batcher.stats().items_rejected_infeasible == 9);
+    batcher.flush();
+    batcher.wait_idle();
+    const auto items = recorder.items();
+    CHECK(std::count(items.begin(), items.end(), 21) == 1);  // only the admitted run ran
+
+    // Expiry: a run admitted with a 10 ms deadline whose batch starts 20 ms later never reaches
+    // process_batch; its handles say why.
+    std::vector<microbatch::Handle<int>> handles;
+    const std::vector<int> stale{31, 32};
+    batcher.submit_n(clock.now() + 10ms, stale.begin(), stale.size(), std::back_inserter(handles));
+    clock.advance(20ms);  // below max_delay: still open
+    batcher.flush();
+    batcher.wait_idle();
+    REQUIRE(handles.size() == 2);
+    CHECK(fails_with<microbatch::DeadlineExceeded>(handles[0]));
+    CHECK(fails_with<microbatch::DeadlineExceeded>(handles[1]));
+    const auto after = recorder.items();
+    CHECK(std::count(after.begin(), after.end(), 31) == 0);
+    CHECK(batcher.stats().items_expired >= 2);
 }

@@ -660,16 +660,14 @@ private:
             }
         };
         try {
+            // One bulk submission for the request's items: they claim their slots together
+            // (as few batches as possible) instead of queueing item by item behind other
+            // requests' items when the batcher is full; with a deadline, admission control
+            // admits or refuses the request as a whole. Blocks while the batcher is full.
             if (deadline) {
-                // With a deadline, item by item: each goes through admission control (bulk
-                // submissions take no deadline yet). Blocks while the batcher is full.
-                for (const double item : items) {
-                    handles.push_back(batcher.submit(*deadline, item));
-                }
+                batcher.submit_n(*deadline, items.begin(), items.size(),
+                                 std::back_inserter(handles));
             } else {
-                // One bulk submission for the request's items: they claim their slots together
-                // (as few batches as possible) instead of queueing item by item behind other
-                // requests' items when the batcher is full. Blocks while it is full.
                 batcher.submit_n(items.begin(), items.size(), std::back_inserter(handles));
             }
             Json results = Json::array();
@@ -1233,8 +1231,9 @@ void test_endpoints(Checker& checker) {
                   "metrics: refused deadline requests");
     checker.check(metric(after,
                          "microbatch_items_rejected_total{batcher=\"model\","
-                         "reason=\"infeasible\"}") == 1.0,
-                  "metrics: infeasible items (the first item of the refused request)");
+                         "reason=\"infeasible\"}") == 2.0,
+                  "metrics: infeasible items (both items of the refused request: a request's "
+                  "items are admitted or refused together)");
     std::printf(
         "endpoints: /healthz, /v1/double, /v1/model, /metrics answered correctly "
         "(%llu model items in %llu batches)\n",

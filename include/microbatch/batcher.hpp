@@ -502,6 +502,58 @@ public:
     /// @}
 
     /**
+     * @brief The bulk forms with a deadline (README "Deadlines"): every item of the run gets
+     *        @p deadline (one clock read per call for a timeout); otherwise as the forms above.
+     *
+     * With admission control on, the run is admitted or refused as a whole, judged for its
+     * last item (the work ahead of it includes the run's other items): refused, nothing is
+     * accepted and the status is `SubmitStatus::infeasible` (`DeadlineInfeasible` from
+     * `post_n`/`submit_n`), each item counted in `Stats::items_rejected_infeasible`.
+     */
+    template <class InputIt, class = std::enable_if_t<is_item_iterator<InputIt>>>
+    void post_n(deadline_type deadline, InputIt first, std::size_t n) {
+        throw_if_bulk_rejected(
+            submit_bulk_due(deadline, first, n, wait_forever, {}, BulkPostStore{}), n);
+    }
+    /// @brief `try_post_n` with a deadline for every item (see `post_n(deadline, ...)`).
+    template <class InputIt, class = std::enable_if_t<is_item_iterator<InputIt>>>
+    [[nodiscard]] BulkResult try_post_n(deadline_type deadline, InputIt first, std::size_t n) {
+        return submit_bulk_due(deadline, first, n, wait_never, {}, BulkPostStore{});
+    }
+    /// @brief `post_n_for` with a deadline for every item (see `post_n(deadline, ...)`).
+    template <class InputIt, class Rep, class Period,
+              class = std::enable_if_t<is_item_iterator<InputIt>>>
+    [[nodiscard]] BulkResult post_n_for(deadline_type deadline, InputIt first, std::size_t n,
+                                        const std::chrono::duration<Rep, Period>& timeout) {
+        return submit_bulk_due(deadline, first, n, wait_until_deadline, deadline_after(timeout),
+                               BulkPostStore{});
+    }
+    /// @brief `submit_n` with a deadline for every item (see `post_n(deadline, ...)`).
+    template <class InputIt, class Sink, class = std::enable_if_t<is_item_iterator<InputIt>>>
+    Sink submit_n(deadline_type deadline, InputIt first, std::size_t n, Sink sink) {
+        auto store = bulk_store(sink);
+        throw_if_bulk_rejected(submit_bulk_due(deadline, first, n, wait_forever, {}, store), n);
+        return store.release();
+    }
+    /// @brief `try_submit_n` with a deadline for every item (see `post_n(deadline, ...)`).
+    template <class InputIt, class Sink, class = std::enable_if_t<is_item_iterator<InputIt>>>
+    [[nodiscard]] BulkResult try_submit_n(deadline_type deadline, InputIt first, std::size_t n,
+                                          Sink sink) {
+        auto store = bulk_store(sink);
+        return submit_bulk_due(deadline, first, n, wait_never, {}, store);
+    }
+    /// @brief `submit_n_for` with a deadline for every item (see `post_n(deadline, ...)`).
+    template <class InputIt, class Sink, class Rep, class Period,
+              class = std::enable_if_t<is_item_iterator<InputIt>>>
+    [[nodiscard]] BulkResult submit_n_for(deadline_type deadline, InputIt first, std::size_t n,
+                                          Sink sink,
+                                          const std::chrono::duration<Rep, Period>& timeout) {
+        auto store = bulk_store(sink);
+        return submit_bulk_due(deadline, first, n, wait_until_deadline, deadline_after(timeout),
+                               store);
+    }
+
+    /**
      * @brief Dispatches the partial batch now (reason `flush`), if it holds any item.
      *        Never blocks (beyond handing the batch to the executor).
      */
@@ -737,6 +789,9 @@ private:
     BulkResult submit_bulk(InputIt& first, std::size_t n, WaitMode mode, Deadline deadline,
                            Store&& store);
     template <class InputIt, class Store>
+    BulkResult submit_bulk_due(const deadline_type& due, InputIt& first, std::size_t n,
+                               WaitMode mode, Deadline wait, Store&& store);
+    template <class InputIt, class Store>
     BulkResult claim_bulk(InputIt& first, std::size_t n, WaitMode mode, Deadline deadline,
                           Store& store);
     template <class InputIt, class Store>
@@ -777,7 +832,7 @@ private:
     template <class U>
     SubmitStatus submit_due_with_handle(const deadline_type& due, U&& item, WaitMode mode,
                                         Deadline wait, Handle<R>& out);
-    bool admissible(std::int64_t deadline, std::int64_t now) const noexcept;
+    bool admissible(std::int64_t deadline, std::int64_t now, std::size_t ahead = 0) const noexcept;
     std::int64_t predicted_batch_ticks(std::size_t size) const noexcept;
     void note_item_deadline(std::size_t slot, std::int64_t deadline) noexcept;
     SealInputs with_item_deadline(SealInputs in, std::uint32_t buffer) const noexcept;

@@ -337,7 +337,9 @@ public:
     void rejected_closed() noexcept { rejected_closed_.fetch_add(1, std::memory_order_relaxed); }
     /// @p count more items refused with @p status (`full` or `closed`): a bulk submission's rest.
     void rejected(SubmitStatus status, std::size_t count) noexcept {
-        (status == SubmitStatus::closed ? rejected_closed_ : rejected_full_)
+        (status == SubmitStatus::closed       ? rejected_closed_
+         : status == SubmitStatus::infeasible ? rejected_infeasible_
+                                              : rejected_full_)
             .fetch_add(count, std::memory_order_relaxed);
     }
     void rejected_error() noexcept { rejected_error_.fetch_add(1, std::memory_order_relaxed); }

@@ -4919,7 +4919,9 @@ public:
     void rejected_closed() noexcept { rejected_closed_.fetch_add(1, std::memory_order_relaxed); }
     /// @p count more items refused with @p status (`full` or `closed`): a bulk submission's rest.
     void rejected(SubmitStatus status, std::size_t count) noexcept {
-        (status == SubmitStatus::closed ? rejected_closed_ : rejected_full_)
+        (status == SubmitStatus::closed       ? rejected_closed_
+         : status == SubmitStatus::infeasible ? rejected_infeasible_
+                                              : rejected_full_)
             .fetch_add(count, std::memory_order_relaxed);
     }
     void rejected_error() noexcept { rejected_error_.fetch_add(1, std::memory_order_relaxed); }
@@ -6261,6 +6263,58 @@ public:
     /// @}
 
     /**
+     * @brief The bulk forms with a deadline (README "Deadlines"): every item of the run gets
+     *        @p deadline (one clock read per call for a timeout); otherwise as the forms above.
+     *
+     * With admission control on, the run is admitted or refused as a whole, judged for its
+     * last item (the work ahead of it includes the run's other items): refused, nothing is
+     * accepted and the status is `SubmitStatus::infeasible` (`DeadlineInfeasible` from
+     * `post_n`/`submit_n`), each item counted in `Stats::items_rejected_infeasible`.
+     */
+    template <class InputIt, class = std::enable_if_t<is_item_iterator<InputIt>>>
+    void post_n(deadline_type deadline, InputIt first, std::size_t n) {
+        throw_if_bulk_rejected(
+            submit_bulk_due(deadline, first, n, wait_forever, {}, BulkPostStore{}), n);
+    }
+    /// @brief `try_post_n` with a deadline for every item (see `post_n(deadline, ...)`).
+    template <class InputIt, class = std::enable_if_t<is_item_iterator<InputIt>>>
+    [[nodiscard]] BulkResult try_post_n(deadline_type deadline, InputIt first, std::size_t n) {
+        return submit_bulk_due(deadline, first, n, wait_never, {}, BulkPostStore{});
+    }
+    /// @brief `post_n_for` with a deadline for every item (see `post_n(deadline, ...)`).
+    template <class InputIt, class Rep, class Period,
+              class = std::enable_if_t<is_item_iterator<InputIt>>>
+    [[nodiscard]] BulkResult post_n_for(deadline_type deadline, InputIt first, std::size_t n,
+                                        const std::chrono::duration<Rep, Period>& timeout) {
+        return submit_bulk_due(deadline, first, n, wait_until_deadline, deadline_after(timeout),
+                               BulkPostStore{});
+    }
+    /// @brief `submit_n` with a deadline for every item (see `post_n(deadline, ...)`).
+    template <class InputIt, class Sink, class = std::enable_if_t<is_item_iterator<InputIt>>>
+    Sink submit_n(deadline_type deadline, InputIt first, std::size_t n, Sink sink) {
+        auto store = bulk_store(sink);
+        throw_if_bulk_rejected(submit_bulk_due(deadline, first, n, wait_forever, {}, store), n);
+        return store.release();
+    }
+    /// @brief `try_submit_n` with a deadline for every item (see `post_n(deadline, ...)`).
+    template <class InputIt, class Sink, class = std::enable_if_t<is_item_iterator<InputIt>>>
+    [[nodiscard]] BulkResult try_submit_n(deadline_type deadline, InputIt first, std::size_t n,
+                                          Sink sink) {
+        auto store = bulk_store(sink);
+        return submit_bulk_due(deadline, first, n, wait_never, {}, store);
+    }
+    /// @brief `submit_n_for` with a deadline for every item (see `post_n(deadline, ...)`).
+    template <class InputIt, class Sink, class Rep, class Period,
+              class = std::enable_if_t<is_item_iterator<InputIt>>>
+    [[nodiscard]] BulkResult submit_n_for(deadline_type deadline, InputIt first, std::size_t n,
+                                          Sink sink,
+                                          const std::chrono::duration<Rep, Period>& timeout) {
+        auto store = bulk_store(sink);
+        return submit_bulk_due(deadline, first, n, wait_until_deadline, deadline_after(timeout),
+                               store);
+    }
+
+    /**
      * @brief Dispatches the partial batch now (reason `flush`), if it holds any item.
      *        Never blocks (beyond handing the batch to the executor).
      */
@@ -6496,6 +6550,9 @@ private:
     BulkResult submit_bulk(InputIt& first, std::size_t n, WaitMode mode, Deadline deadline,
                            Store&& store);
     template <class InputIt, class Store>
+    BulkResult submit_bulk_due(const deadline_type& due, InputIt& first, std::size_t n,
+                               WaitMode mode, Deadline wait, Store&& store);
+    template <class InputIt, class Store>
     BulkResult claim_bulk(InputIt& first, std::size_t n, WaitMode mode, Deadline deadline,
                           Store& store);
     template <class InputIt, class Store>
@@ -6536,7 +6593,7 @@ private:
     template <class U>
     SubmitStatus submit_due_with_handle(const deadline_type& due, U&& item, WaitMode mode,
                                         Deadline wait, Handle<R>& out);
-    bool admissible(std::int64_t deadline, std::int64_t now) const noexcept;
+    bool admissible(std::int64_t deadline, std::int64_t now, std::size_t ahead = 0) const noexcept;
     std::int64_t predicted_batch_ticks(std::size_t size) const noexcept;
     void note_item_deadline(std::size_t slot, std::int64_t deadline) noexcept;
     SealInputs with_item_deadline(SealInputs in, std::uint32_t buffer) const noexcept;
@@ -6919,19 +6976,46 @@ void Batcher<T, R, Clock>::throw_if_bulk_rejected(const BulkResult& result, std:
                                              std::to_string(n) + " items were accepted)",
                                          result.accepted));
     }
+    if (result.status == SubmitStatus::infeasible) {  // admission control (deadlines)
+        MICROBATCH_THROW(DeadlineInfeasible(
+            "microbatch::Batcher: the run's items cannot finish by their deadline (admission "
+            "control; none of the " +
+            std::to_string(n) + " items was accepted)"));
+    }
 }
 
 template <class T, class R, class Clock>
 template <class InputIt, class Store>
 BulkResult Batcher<T, R, Clock>::submit_bulk(InputIt& first, std::size_t n, WaitMode mode,
                                              Deadline deadline, Store&& store) {
-    if (has_default_timeout_ && n != 0) {
-        // One clock reading for the whole run: its items share the deadline.
-        const std::int64_t due = default_deadline_.resolve(clock_.now()).time_since_epoch().count();
-        BulkDeadlineStore<std::remove_reference_t<Store>> wrapped{this, &store, due};
-        return claim_bulk(first, n, mode, deadline, wrapped);
+    if (has_default_timeout_) {  // Options::default_timeout, as for single submissions
+        return submit_bulk_due(default_deadline_, first, n, mode, deadline, store);
     }
     return claim_bulk(first, n, mode, deadline, store);
+}
+
+// A run whose items all carry @p due: one clock reading for the whole run; with admission
+// control the run is judged for its last item and admitted or refused as a whole.
+template <class T, class R, class Clock>
+template <class InputIt, class Store>
+BulkResult Batcher<T, R, Clock>::submit_bulk_due(const deadline_type& due, InputIt& first,
+                                                 std::size_t n, WaitMode mode, Deadline wait,
+                                                 Store&& store) {
+    if (n == 0) {
+        return BulkResult{SubmitStatus::accepted, 0};
+    }
+    typename Clock::time_point now{};
+    if (due.relative() || admission_control_) {
+        now = clock_.now();
+    }
+    const std::int64_t deadline = due.resolve(now).time_since_epoch().count();
+    if (admission_control_ && !is_closed() &&
+        !admissible(deadline, now.time_since_epoch().count(), n - 1)) {
+        stats_.rejected(SubmitStatus::infeasible, n);
+        return BulkResult{SubmitStatus::infeasible, 0};  // the items are left untouched
+    }
+    BulkDeadlineStore<std::remove_reference_t<Store>> wrapped{this, &store, deadline};
+    return claim_bulk(first, n, mode, wait, wrapped);
 }
 
 template <class T, class R, class Clock>
@@ -7515,14 +7599,16 @@ SubmitStatus Batcher<T, R, Clock>::submit_due_with_handle(const deadline_type& d
  * arrivals after the item (they queue behind it, except in other lanes).
  */
 template <class T, class R, class Clock>
-bool Batcher<T, R, Clock>::admissible(std::int64_t deadline, std::int64_t now) const noexcept {
+bool Batcher<T, R, Clock>::admissible(std::int64_t deadline, std::int64_t now,
+                                      std::size_t ahead) const noexcept {
     const LoadEstimate load = load_estimate();
     const double alpha = load.per_batch_ns > 0.0 ? load.per_batch_ns : 0.0;
     const double beta = load.per_item_ns > 0.0 ? load.per_item_ns : 0.0;
     if (alpha == 0.0 && beta == 0.0) {
         return true;  // nothing measured yet
     }
-    const double pending = static_cast<double>(this->pending());
+    // @p ahead: items of the same bulk run submitted before the one judged.
+    const double pending = static_cast<double>(this->pending() + ahead);
     if (pending == 0.0) {
         // Idle: the item's batch starts as soon as it is sealed. Admitted whatever the fit
         // says, so that a fit that overestimates is corrected by the batches that then run

@@ -605,14 +605,25 @@ void run_one(const std::uint8_t* data, std::size_t size) {
         const auto submit_bulk = [&](std::uint8_t bulk_byte) {
             const std::size_t count = 1 + bulk_byte % max_bulk;
             const unsigned form = (bulk_byte >> 3) % 4;
+            // Bit 5: a deadline for the whole run (issue 11 x 13), due now if bit 7 is set too.
+            const bool dated = (bulk_byte & 0x20) != 0;
+            const std::uint8_t due_flag = (bulk_byte & 0x80) != 0 ? due_now : due_later;
+            const microbatch::ItemDeadline<ManualClock> run_deadline =
+                due_flag == due_now ? microbatch::ItemDeadline<ManualClock>(clock.now())
+                                    : microbatch::ItemDeadline<ManualClock>(std::chrono::hours(1));
+            if (dated && due_flag == due_now && options.deadline_sealing()) {
+                deterministic = false;  // the timer seals its batch, as for single items
+            }
             const Delivery how = form == 2 ? by_handle : form == 3 ? by_callback : none;
             const std::uint32_t base = next_id;
             std::vector<Spec> specs;
             for (std::size_t i = 0; i < count; ++i) {
                 const std::uint32_t id = next_id++;
-                // Bulk submissions take no deadline: the deadline flags do not apply.
-                specs.push_back(Spec{id, static_cast<std::uint8_t>(flags_of(input.byte()) &
-                                                                   ~(due_now | due_later))});
+                // The run's deadline, if any, replaces the items' own deadline flags.
+                const auto own =
+                    static_cast<std::uint8_t>(flags_of(input.byte()) & ~(due_now | due_later));
+                specs.push_back(Spec{id, static_cast<std::uint8_t>(dated ? own | due_flag : own)});
+                run.due[id].store(dated && due_flag == due_now ? 1 : 0);
                 flags[id] = specs.back().flags;
                 delivery[id] = how;
             }
@@ -623,30 +634,50 @@ void run_one(const std::uint8_t* data, std::size_t size) {
             try {
                 switch (form) {
                     case 0:
-                        batcher.post_n(specs.begin(), count);
+                        if (dated) {
+                            batcher.post_n(run_deadline, specs.begin(), count);
+                        } else {
+                            batcher.post_n(specs.begin(), count);
+                        }
                         break;
                     case 1: {
-                        const microbatch::BulkResult r = batcher.try_post_n(specs.begin(), count);
+                        const microbatch::BulkResult r =
+                            dated ? batcher.try_post_n(run_deadline, specs.begin(), count)
+                                  : batcher.try_post_n(specs.begin(), count);
                         accepted_count = r.accepted;
                         result = r.status;
                         break;
                     }
                     case 2:
-                        batcher.submit_n(specs.begin(), count, std::back_inserter(bulk_handles));
+                        if (dated) {
+                            batcher.submit_n(run_deadline, specs.begin(), count,
+                                             std::back_inserter(bulk_handles));
+                        } else {
+                            batcher.submit_n(specs.begin(), count,
+                                             std::back_inserter(bulk_handles));
+                        }
                         break;
-                    default:
-                        batcher.submit_n(
-                            specs.begin(), count,
-                            [runp = &run, base](std::size_t index, Outcome<int>&& outcome) {
-                                Recorder{runp, base + static_cast<std::uint32_t>(index)}(
-                                    std::move(outcome));
-                            });
+                    default: {
+                        const auto record = [runp = &run, base](std::size_t index,
+                                                                Outcome<int>&& outcome) {
+                            Recorder{runp,
+                                     base + static_cast<std::uint32_t>(index)}(std::move(outcome));
+                        };
+                        if (dated) {
+                            batcher.submit_n(run_deadline, specs.begin(), count, record);
+                        } else {
+                            batcher.submit_n(specs.begin(), count, record);
+                        }
                         break;
+                    }
                 }
             } catch (const ConstructionFailure&) {
                 threw_hole = true;
             } catch (const microbatch::ClosedError&) {
                 result = SubmitStatus::closed;
+                accepted_count = 0;
+            } catch (const microbatch::DeadlineInfeasible&) {
+                result = SubmitStatus::infeasible;
                 accepted_count = 0;
             }
             if (threw_hole) {
@@ -668,11 +699,16 @@ void run_one(const std::uint8_t* data, std::size_t size) {
                 } else if (threw_hole) {
                     status[id] = i == accepted_count ? rejected_hole : not_tried;
                 } else {
-                    status[id] = result == SubmitStatus::closed ? rejected_closed : rejected_full;
+                    status[id] = from(result);
                 }
             }
             if (result == SubmitStatus::closed) {
                 FUZZ_CHECK(closed);
+                return;
+            }
+            if (result == SubmitStatus::infeasible) {  // the run is refused as a whole
+                FUZZ_CHECK(options.admission_control() && dated && accepted_count == 0);
+                FUZZ_CHECK(!deterministic);
                 return;
             }
             FUZZ_CHECK(!closed);

@@ -128,19 +128,46 @@ void Batcher<T, R, Clock>::throw_if_bulk_rejected(const BulkResult& result, std:
                                              std::to_string(n) + " items were accepted)",
                                          result.accepted));
     }
+    if (result.status == SubmitStatus::infeasible) {  // admission control (deadlines)
+        MICROBATCH_THROW(DeadlineInfeasible(
+            "microbatch::Batcher: the run's items cannot finish by their deadline (admission "
+            "control; none of the " +
+            std::to_string(n) + " items was accepted)"));
+    }
 }
 
 template <class T, class R, class Clock>
 template <class InputIt, class Store>
 BulkResult Batcher<T, R, Clock>::submit_bulk(InputIt& first, std::size_t n, WaitMode mode,
                                              Deadline deadline, Store&& store) {
-    if (has_default_timeout_ && n != 0) {
-        // One clock reading for the whole run: its items share the deadline.
-        const std::int64_t due = default_deadline_.resolve(clock_.now()).time_since_epoch().count();
-        BulkDeadlineStore<std::remove_reference_t<Store>> wrapped{this, &store, due};
-        return claim_bulk(first, n, mode, deadline, wrapped);
+    if (has_default_timeout_) {  // Options::default_timeout, as for single submissions
+        return submit_bulk_due(default_deadline_, first, n, mode, deadline, store);
     }
     return claim_bulk(first, n, mode, deadline, store);
+}
+
+// A run whose items all carry @p due: one clock reading for the whole run; with admission
+// control the run is judged for its last item and admitted or refused as a whole.
+template <class T, class R, class Clock>
+template <class InputIt, class Store>
+BulkResult Batcher<T, R, Clock>::submit_bulk_due(const deadline_type& due, InputIt& first,
+                                                 std::size_t n, WaitMode mode, Deadline wait,
+                                                 Store&& store) {
+    if (n == 0) {
+        return BulkResult{SubmitStatus::accepted, 0};
+    }
+    typename Clock::time_point now{};
+    if (due.relative() || admission_control_) {
+        now = clock_.now();
+    }
+    const std::int64_t deadline = due.resolve(now).time_since_epoch().count();
+    if (admission_control_ && !is_closed() &&
+        !admissible(deadline, now.time_since_epoch().count(), n - 1)) {
+        stats_.rejected(SubmitStatus::infeasible, n);
+        return BulkResult{SubmitStatus::infeasible, 0};  // the items are left untouched
+    }
+    BulkDeadlineStore<std::remove_reference_t<Store>> wrapped{this, &store, deadline};
+    return claim_bulk(first, n, mode, wait, wrapped);
 }
 
 template <class T, class R, class Clock>

@@ -194,14 +194,16 @@ SubmitStatus Batcher<T, R, Clock>::submit_due_with_handle(const deadline_type& d
  * arrivals after the item (they queue behind it, except in other lanes).
  */
 template <class T, class R, class Clock>
-bool Batcher<T, R, Clock>::admissible(std::int64_t deadline, std::int64_t now) const noexcept {
+bool Batcher<T, R, Clock>::admissible(std::int64_t deadline, std::int64_t now,
+                                      std::size_t ahead) const noexcept {
     const LoadEstimate load = load_estimate();
     const double alpha = load.per_batch_ns > 0.0 ? load.per_batch_ns : 0.0;
     const double beta = load.per_item_ns > 0.0 ? load.per_item_ns : 0.0;
     if (alpha == 0.0 && beta == 0.0) {
         return true;  // nothing measured yet
     }
-    const double pending = static_cast<double>(this->pending());
+    // @p ahead: items of the same bulk run submitted before the one judged.
+    const double pending = static_cast<double>(this->pending() + ahead);
     if (pending == 0.0) {
         // Idle: the item's batch starts as soon as it is sealed. Admitted whatever the fit
         // says, so that a fit that overestimates is corrected by the batches that then run
