@@ -759,6 +759,8 @@ private:
 
     template <class U>
     SubmitStatus submit_with_handle(U&& item, WaitMode mode, Deadline deadline, Handle<R>& out);
+    template <class Submit>
+    SubmitStatus with_new_handle(Handle<R>& out, Submit&& submit);
     void throw_if_rejected(SubmitStatus status) const {
         if (status == SubmitStatus::closed) {
             MICROBATCH_THROW(ClosedError("microbatch::Batcher: submit on a closed batcher"));
@@ -835,6 +837,9 @@ private:
     bool admissible(std::int64_t deadline, std::int64_t now, std::size_t ahead = 0) const noexcept;
     std::int64_t predicted_batch_ticks(std::size_t size) const noexcept;
     void note_item_deadline(std::size_t slot, std::int64_t deadline) noexcept;
+    bool resolve_and_admit(const deadline_type& due, std::size_t count, std::int64_t& deadline);
+    void keep_deadline(detail::Completion<R>& slot, bool has_completion,
+                       std::int64_t deadline) noexcept;
     SealInputs with_item_deadline(SealInputs in, std::uint32_t buffer) const noexcept;
     std::size_t screen(T* items, detail::Completion<R>* completions,
                        std::atomic<std::uint8_t>* states, std::size_t size) noexcept;

@@ -335,7 +335,8 @@ class StatsRecorder {
 public:
     void rejected_full() noexcept { rejected_full_.fetch_add(1, std::memory_order_relaxed); }
     void rejected_closed() noexcept { rejected_closed_.fetch_add(1, std::memory_order_relaxed); }
-    /// @p count more items refused with @p status (`full` or `closed`): a bulk submission's rest.
+    /// @p count more items refused with @p status (`full`, `closed` or `infeasible`): e.g. a
+    /// bulk submission's rest.
     void rejected(SubmitStatus status, std::size_t count) noexcept {
         (status == SubmitStatus::closed       ? rejected_closed_
          : status == SubmitStatus::infeasible ? rejected_infeasible_
@@ -343,9 +344,6 @@ public:
             .fetch_add(count, std::memory_order_relaxed);
     }
     void rejected_error() noexcept { rejected_error_.fetch_add(1, std::memory_order_relaxed); }
-    void rejected_infeasible() noexcept {
-        rejected_infeasible_.fetch_add(1, std::memory_order_relaxed);
-    }
     /// Items of a batch being formed removed because their deadline passed (@p expired) or
     /// their handle cancelled them (@p cancelled); counted before they complete.
     void removed(std::size_t expired, std::size_t cancelled) noexcept {

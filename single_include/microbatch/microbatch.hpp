@@ -4917,7 +4917,8 @@ class StatsRecorder {
 public:
     void rejected_full() noexcept { rejected_full_.fetch_add(1, std::memory_order_relaxed); }
     void rejected_closed() noexcept { rejected_closed_.fetch_add(1, std::memory_order_relaxed); }
-    /// @p count more items refused with @p status (`full` or `closed`): a bulk submission's rest.
+    /// @p count more items refused with @p status (`full`, `closed` or `infeasible`): e.g. a
+    /// bulk submission's rest.
     void rejected(SubmitStatus status, std::size_t count) noexcept {
         (status == SubmitStatus::closed       ? rejected_closed_
          : status == SubmitStatus::infeasible ? rejected_infeasible_
@@ -4925,9 +4926,6 @@ public:
             .fetch_add(count, std::memory_order_relaxed);
     }
     void rejected_error() noexcept { rejected_error_.fetch_add(1, std::memory_order_relaxed); }
-    void rejected_infeasible() noexcept {
-        rejected_infeasible_.fetch_add(1, std::memory_order_relaxed);
-    }
     /// Items of a batch being formed removed because their deadline passed (@p expired) or
     /// their handle cancelled them (@p cancelled); counted before they complete.
     void removed(std::size_t expired, std::size_t cancelled) noexcept {
@@ -6520,6 +6518,8 @@ private:
 
     template <class U>
     SubmitStatus submit_with_handle(U&& item, WaitMode mode, Deadline deadline, Handle<R>& out);
+    template <class Submit>
+    SubmitStatus with_new_handle(Handle<R>& out, Submit&& submit);
     void throw_if_rejected(SubmitStatus status) const {
         if (status == SubmitStatus::closed) {
             MICROBATCH_THROW(ClosedError("microbatch::Batcher: submit on a closed batcher"));
@@ -6596,6 +6596,9 @@ private:
     bool admissible(std::int64_t deadline, std::int64_t now, std::size_t ahead = 0) const noexcept;
     std::int64_t predicted_batch_ticks(std::size_t size) const noexcept;
     void note_item_deadline(std::size_t slot, std::int64_t deadline) noexcept;
+    bool resolve_and_admit(const deadline_type& due, std::size_t count, std::int64_t& deadline);
+    void keep_deadline(detail::Completion<R>& slot, bool has_completion,
+                       std::int64_t deadline) noexcept;
     SealInputs with_item_deadline(SealInputs in, std::uint32_t buffer) const noexcept;
     std::size_t screen(T* items, detail::Completion<R>* completions,
                        std::atomic<std::uint8_t>* states, std::size_t size) noexcept;
@@ -6937,12 +6940,7 @@ struct Batcher<T, R, Clock>::BulkDeadlineStore {
 
     bool store(detail::Completion<R>& slot, std::size_t index) noexcept(
         noexcept(std::declval<Inner&>().store(std::declval<detail::Completion<R>&>(), 0))) {
-        if (!inner->store(slot, index)) {
-            slot.emplace(detail::NoCompletion<R>{});  // somewhere to keep the deadline
-        }
-        slot.set_deadline(deadline);
-        owner->note_item_deadline(static_cast<std::size_t>(&slot - owner->completions_.get()),
-                                  deadline);
+        owner->keep_deadline(slot, inner->store(slot, index), deadline);
         return true;
     }
     void accept(std::size_t index) noexcept(noexcept(std::declval<Inner&>().accept(0))) {
@@ -7004,14 +7002,8 @@ BulkResult Batcher<T, R, Clock>::submit_bulk_due(const deadline_type& due, Input
     if (n == 0) {
         return BulkResult{SubmitStatus::accepted, 0};
     }
-    typename Clock::time_point now{};
-    if (due.relative() || admission_control_) {
-        now = clock_.now();
-    }
-    const std::int64_t deadline = due.resolve(now).time_since_epoch().count();
-    if (admission_control_ && !is_closed() &&
-        !admissible(deadline, now.time_since_epoch().count(), n - 1)) {
-        stats_.rejected(SubmitStatus::infeasible, n);
+    std::int64_t deadline = 0;
+    if (!resolve_and_admit(due, n, deadline)) {
         return BulkResult{SubmitStatus::infeasible, 0};  // the items are left untouched
     }
     BulkDeadlineStore<std::remove_reference_t<Store>> wrapped{this, &store, deadline};
@@ -7529,29 +7521,49 @@ struct Batcher<T, R, Clock>::DeadlineStore {
 
     bool operator()(detail::Completion<R>& slot) noexcept(
         std::is_nothrow_invocable_v<Store&, detail::Completion<R>&>) {
-        if (!(*inner)(slot)) {
-            slot.emplace(detail::NoCompletion<R>{});  // somewhere to keep the deadline
-        }
-        slot.set_deadline(deadline);
-        owner->note_item_deadline(static_cast<std::size_t>(&slot - owner->completions_.get()),
-                                  deadline);
+        owner->keep_deadline(slot, (*inner)(slot), deadline);
         return true;
     }
 };
+
+// Resolves @p due into clock ticks (@p deadline) and, with admission control, decides whether
+// @p count items due then (one item, or a bulk run judged by its last item) are admitted;
+// refusals are counted here. The clock is read only when needed: for a timeout, and for
+// admission control.
+template <class T, class R, class Clock>
+bool Batcher<T, R, Clock>::resolve_and_admit(const deadline_type& due, std::size_t count,
+                                             std::int64_t& deadline) {
+    typename Clock::time_point now{};
+    if (due.relative() || admission_control_) {
+        now = clock_.now();
+    }
+    deadline = due.resolve(now).time_since_epoch().count();
+    if (admission_control_ && !is_closed() &&
+        !admissible(deadline, now.time_since_epoch().count(), count - 1)) {
+        stats_.rejected(SubmitStatus::infeasible, count);
+        return false;
+    }
+    return true;
+}
+
+// Records @p deadline in an item's slot (@p has_completion: the submit stored a completion
+// there; if not, an empty one keeps the deadline) and in its batch's earliest deadline.
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::keep_deadline(detail::Completion<R>& slot, bool has_completion,
+                                         std::int64_t deadline) noexcept {
+    if (!has_completion) {
+        slot.emplace(detail::NoCompletion<R>{});  // somewhere to keep the deadline
+    }
+    slot.set_deadline(deadline);
+    note_item_deadline(static_cast<std::size_t>(&slot - completions_.get()), deadline);
+}
 
 template <class T, class R, class Clock>
 template <class U, class Store>
 SubmitStatus Batcher<T, R, Clock>::submit_due(const deadline_type& due, U&& item, WaitMode mode,
                                               Deadline wait, Store&& store) {
-    // The clock is read only when needed: for a timeout, and for admission control.
-    typename Clock::time_point now{};
-    if (due.relative() || admission_control_) {
-        now = clock_.now();
-    }
-    const std::int64_t deadline = due.resolve(now).time_since_epoch().count();
-    if (admission_control_ && !is_closed() &&
-        !admissible(deadline, now.time_since_epoch().count())) {
-        stats_.rejected_infeasible();
+    std::int64_t deadline = 0;
+    if (!resolve_and_admit(due, 1, deadline)) {
         return SubmitStatus::infeasible;  // the item is left untouched
     }
     DeadlineStore<std::remove_reference_t<Store>> wrapped{this, &store, deadline};
@@ -7563,25 +7575,9 @@ template <class U>
 SubmitStatus Batcher<T, R, Clock>::submit_due_with_handle(const deadline_type& due, U&& item,
                                                           WaitMode mode, Deadline wait,
                                                           Handle<R>& out) {
-    // As submit_with_handle (detail/batcher_submit.hpp), through submit_due.
-    Handle<R> handle(detail::HandleState<R>::create());
-    struct Unclaimed {  // releases the slot's reference if it was never handed out
-        detail::HandleState<R>* state;
-        ~Unclaimed() {
-            if (state != nullptr) {
-                state->release();
-            }
-        }
-    } unclaimed{handle.state_};
-    const auto store = [&unclaimed](detail::Completion<R>& slot) noexcept {
-        slot.emplace(detail::HandleCompletion<R>(std::exchange(unclaimed.state, nullptr)));
-        return true;
-    };
-    const SubmitStatus status = submit_due(due, std::forward<U>(item), mode, wait, store);
-    if (status == SubmitStatus::accepted) {
-        out = std::move(handle);
-    }
-    return status;
+    return with_new_handle(out, [&](auto& store) {
+        return submit_due(due, std::forward<U>(item), mode, wait, store);
+    });
 }
 
 /*
@@ -8841,6 +8837,17 @@ template <class T, class R, class Clock>
 template <class U>
 SubmitStatus Batcher<T, R, Clock>::submit_with_handle(U&& item, WaitMode mode, Deadline deadline,
                                                       Handle<R>& out) {
+    return with_new_handle(out, [&](auto& store) {
+        return submit_impl(std::forward<U>(item), mode, deadline, store);
+    });
+}
+
+// Makes a handle and calls submit(store), where store puts the handle's completion into the
+// claimed slot; @p out receives the handle if the item was accepted. Every handle-returning
+// submission (with or without a deadline) comes through here.
+template <class T, class R, class Clock>
+template <class Submit>
+SubmitStatus Batcher<T, R, Clock>::with_new_handle(Handle<R>& out, Submit&& submit) {
     // The handle owns one reference; the slot's completion gets the other on acceptance.
     Handle<R> handle(detail::HandleState<R>::create());
     struct Unclaimed {  // releases the slot's reference if it was never handed out
@@ -8855,7 +8862,7 @@ SubmitStatus Batcher<T, R, Clock>::submit_with_handle(U&& item, WaitMode mode, D
         slot.emplace(detail::HandleCompletion<R>(std::exchange(unclaimed.state, nullptr)));
         return true;
     };
-    const SubmitStatus status = submit_impl(std::forward<U>(item), mode, deadline, store);
+    const SubmitStatus status = submit(store);
     if (status == SubmitStatus::accepted) {
         out = std::move(handle);
     }

@@ -739,7 +739,6 @@ void run_one(const std::uint8_t* data, std::size_t size) {
                 }
                 at += run_length;
             }
-            (void)base;
         };
 
         for (std::size_t op = 0; op < max_operations && !input.done(); ++op) {

@@ -89,12 +89,7 @@ struct Batcher<T, R, Clock>::BulkDeadlineStore {
 
     bool store(detail::Completion<R>& slot, std::size_t index) noexcept(
         noexcept(std::declval<Inner&>().store(std::declval<detail::Completion<R>&>(), 0))) {
-        if (!inner->store(slot, index)) {
-            slot.emplace(detail::NoCompletion<R>{});  // somewhere to keep the deadline
-        }
-        slot.set_deadline(deadline);
-        owner->note_item_deadline(static_cast<std::size_t>(&slot - owner->completions_.get()),
-                                  deadline);
+        owner->keep_deadline(slot, inner->store(slot, index), deadline);
         return true;
     }
     void accept(std::size_t index) noexcept(noexcept(std::declval<Inner&>().accept(0))) {
@@ -156,14 +151,8 @@ BulkResult Batcher<T, R, Clock>::submit_bulk_due(const deadline_type& due, Input
     if (n == 0) {
         return BulkResult{SubmitStatus::accepted, 0};
     }
-    typename Clock::time_point now{};
-    if (due.relative() || admission_control_) {
-        now = clock_.now();
-    }
-    const std::int64_t deadline = due.resolve(now).time_since_epoch().count();
-    if (admission_control_ && !is_closed() &&
-        !admissible(deadline, now.time_since_epoch().count(), n - 1)) {
-        stats_.rejected(SubmitStatus::infeasible, n);
+    std::int64_t deadline = 0;
+    if (!resolve_and_admit(due, n, deadline)) {
         return BulkResult{SubmitStatus::infeasible, 0};  // the items are left untouched
     }
     BulkDeadlineStore<std::remove_reference_t<Store>> wrapped{this, &store, deadline};

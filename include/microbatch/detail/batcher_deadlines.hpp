@@ -124,29 +124,49 @@ struct Batcher<T, R, Clock>::DeadlineStore {
 
     bool operator()(detail::Completion<R>& slot) noexcept(
         std::is_nothrow_invocable_v<Store&, detail::Completion<R>&>) {
-        if (!(*inner)(slot)) {
-            slot.emplace(detail::NoCompletion<R>{});  // somewhere to keep the deadline
-        }
-        slot.set_deadline(deadline);
-        owner->note_item_deadline(static_cast<std::size_t>(&slot - owner->completions_.get()),
-                                  deadline);
+        owner->keep_deadline(slot, (*inner)(slot), deadline);
         return true;
     }
 };
+
+// Resolves @p due into clock ticks (@p deadline) and, with admission control, decides whether
+// @p count items due then (one item, or a bulk run judged by its last item) are admitted;
+// refusals are counted here. The clock is read only when needed: for a timeout, and for
+// admission control.
+template <class T, class R, class Clock>
+bool Batcher<T, R, Clock>::resolve_and_admit(const deadline_type& due, std::size_t count,
+                                             std::int64_t& deadline) {
+    typename Clock::time_point now{};
+    if (due.relative() || admission_control_) {
+        now = clock_.now();
+    }
+    deadline = due.resolve(now).time_since_epoch().count();
+    if (admission_control_ && !is_closed() &&
+        !admissible(deadline, now.time_since_epoch().count(), count - 1)) {
+        stats_.rejected(SubmitStatus::infeasible, count);
+        return false;
+    }
+    return true;
+}
+
+// Records @p deadline in an item's slot (@p has_completion: the submit stored a completion
+// there; if not, an empty one keeps the deadline) and in its batch's earliest deadline.
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::keep_deadline(detail::Completion<R>& slot, bool has_completion,
+                                         std::int64_t deadline) noexcept {
+    if (!has_completion) {
+        slot.emplace(detail::NoCompletion<R>{});  // somewhere to keep the deadline
+    }
+    slot.set_deadline(deadline);
+    note_item_deadline(static_cast<std::size_t>(&slot - completions_.get()), deadline);
+}
 
 template <class T, class R, class Clock>
 template <class U, class Store>
 SubmitStatus Batcher<T, R, Clock>::submit_due(const deadline_type& due, U&& item, WaitMode mode,
                                               Deadline wait, Store&& store) {
-    // The clock is read only when needed: for a timeout, and for admission control.
-    typename Clock::time_point now{};
-    if (due.relative() || admission_control_) {
-        now = clock_.now();
-    }
-    const std::int64_t deadline = due.resolve(now).time_since_epoch().count();
-    if (admission_control_ && !is_closed() &&
-        !admissible(deadline, now.time_since_epoch().count())) {
-        stats_.rejected_infeasible();
+    std::int64_t deadline = 0;
+    if (!resolve_and_admit(due, 1, deadline)) {
         return SubmitStatus::infeasible;  // the item is left untouched
     }
     DeadlineStore<std::remove_reference_t<Store>> wrapped{this, &store, deadline};
@@ -158,25 +178,9 @@ template <class U>
 SubmitStatus Batcher<T, R, Clock>::submit_due_with_handle(const deadline_type& due, U&& item,
                                                           WaitMode mode, Deadline wait,
                                                           Handle<R>& out) {
-    // As submit_with_handle (detail/batcher_submit.hpp), through submit_due.
-    Handle<R> handle(detail::HandleState<R>::create());
-    struct Unclaimed {  // releases the slot's reference if it was never handed out
-        detail::HandleState<R>* state;
-        ~Unclaimed() {
-            if (state != nullptr) {
-                state->release();
-            }
-        }
-    } unclaimed{handle.state_};
-    const auto store = [&unclaimed](detail::Completion<R>& slot) noexcept {
-        slot.emplace(detail::HandleCompletion<R>(std::exchange(unclaimed.state, nullptr)));
-        return true;
-    };
-    const SubmitStatus status = submit_due(due, std::forward<U>(item), mode, wait, store);
-    if (status == SubmitStatus::accepted) {
-        out = std::move(handle);
-    }
-    return status;
+    return with_new_handle(out, [&](auto& store) {
+        return submit_due(due, std::forward<U>(item), mode, wait, store);
+    });
 }
 
 /*

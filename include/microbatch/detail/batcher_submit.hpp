@@ -16,6 +16,17 @@ template <class T, class R, class Clock>
 template <class U>
 SubmitStatus Batcher<T, R, Clock>::submit_with_handle(U&& item, WaitMode mode, Deadline deadline,
                                                       Handle<R>& out) {
+    return with_new_handle(out, [&](auto& store) {
+        return submit_impl(std::forward<U>(item), mode, deadline, store);
+    });
+}
+
+// Makes a handle and calls submit(store), where store puts the handle's completion into the
+// claimed slot; @p out receives the handle if the item was accepted. Every handle-returning
+// submission (with or without a deadline) comes through here.
+template <class T, class R, class Clock>
+template <class Submit>
+SubmitStatus Batcher<T, R, Clock>::with_new_handle(Handle<R>& out, Submit&& submit) {
     // The handle owns one reference; the slot's completion gets the other on acceptance.
     Handle<R> handle(detail::HandleState<R>::create());
     struct Unclaimed {  // releases the slot's reference if it was never handed out
@@ -30,7 +41,7 @@ SubmitStatus Batcher<T, R, Clock>::submit_with_handle(U&& item, WaitMode mode, D
         slot.emplace(detail::HandleCompletion<R>(std::exchange(unclaimed.state, nullptr)));
         return true;
     };
-    const SubmitStatus status = submit_impl(std::forward<U>(item), mode, deadline, store);
+    const SubmitStatus status = submit(store);
     if (status == SubmitStatus::accepted) {
         out = std::move(handle);
     }
