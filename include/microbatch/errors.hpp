@@ -107,6 +107,17 @@ public:
 };
 
 /**
+ * @brief Thrown by every submit form (the non-throwing ones included, since waiting could never
+ *        help) when an item's cost (`cost_by`) exceeds `max_pending_cost`, the bound on the total
+ *        cost of pending items: the item could never be admitted. The item is left untouched.
+ *        The message names the item's cost and the bound.
+ */
+class CostLimitError : public Error {
+public:
+    using Error::Error;
+};
+
+/**
  * @brief Outcome of a non-throwing submission (`try_submit`, `submit_for`).
  */
 enum class SubmitStatus {

@@ -18,6 +18,7 @@
 #include "microbatch/errors.hpp"
 #include "microbatch/executor.hpp"
 #include "microbatch/handle.hpp"
+#include "microbatch/item_cost.hpp"
 #include "microbatch/item_deadline.hpp"
 #include "microbatch/keyed_batcher.hpp"
 #include "microbatch/keyed_options.hpp"
