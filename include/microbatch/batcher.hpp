@@ -34,6 +34,7 @@
 #include "microbatch/errors.hpp"
 #include "microbatch/executor.hpp"
 #include "microbatch/handle.hpp"
+#include "microbatch/item_cost.hpp"
 #include "microbatch/item_deadline.hpp"
 #include "microbatch/options.hpp"
 #include "microbatch/outcome.hpp"
@@ -222,6 +223,34 @@ public:
     Batcher(Options options, F&& process, Clock clock = Clock{})
         : options_(std::move(options)), clock_(std::move(clock)) {
         store_process(std::forward<F>(process));  // checks its signature at compile time
+        initialise();
+    }
+
+    /**
+     * @brief Like the constructor above, with an item cost function (README "Weighted
+     *        batches"): `cost.function(item)` weighs each item once, on its submitting thread,
+     *        for `Options::max_batch_cost`, `Options::max_pending_cost` and the cost stats.
+     *
+     * Items are best submitted as `T`: an argument of another type is first copied into a
+     * temporary `T` to be weighed (one whose `T` can only be made by moving it makes the submit
+     * throw `std::invalid_argument`, the argument untouched).
+     * @param options  as above; `max_batch_cost` and `max_pending_cost` may be set.
+     * @param cost     `microbatch::cost_by(f)`, with `f` callable as `std::size_t(const T&)`
+     *                 (checked at compile time).
+     * @param process  as above.
+     * @param clock    as above.
+     * @throws as the constructor above.
+     */
+    template <class C, class F, class = std::enable_if_t<!std::is_same_v<std::decay_t<F>, Batcher>>>
+    Batcher(Options options, CostBy<C> cost, F&& process, Clock clock = Clock{})
+        : options_(std::move(options)), clock_(std::move(clock)) {
+        static_assert(detail::is_cost_function_v<C, T>,
+                      "microbatch::Batcher: the cost function (cost_by) must be callable as "
+                      "std::size_t(const T&)");
+        if constexpr (detail::is_cost_function_v<C, T>) {
+            cost_function_ = cost_function(std::move(cost.function));
+        }
+        store_process(std::forward<F>(process));
         initialise();
     }
 
@@ -596,9 +625,10 @@ public:
     }
 
     /**
-     * @brief Producers blocked in a submit because their lane is full, queued to be admitted
-     *        in arrival order (README "Deadlines", fair admission). Thread-safe; takes the
-     *        mutex blocked producers wait on; a snapshot.
+     * @brief Producers blocked in a submit because their lane is full, or because
+     *        `Options::max_pending_cost` is reached, queued to be admitted in arrival order
+     *        (README "Deadlines", fair admission). Thread-safe; takes the mutexes blocked
+     *        producers wait on; a snapshot.
      */
     std::size_t waiting_producers() const;
 
@@ -614,6 +644,17 @@ public:
      *        time it returns.
      */
     std::size_t pending() const noexcept;
+
+    /**
+     * @brief The total cost (`cost_by`) of accepted items not yet finished: the quantity
+     *        `Options::max_pending_cost` bounds (0 without a cost function). An item's cost
+     *        counts from its acceptance until its batch has completed every item. Thread-safe,
+     *        lock-free, O(1); a snapshot.
+     */
+    std::size_t pending_cost() const noexcept {
+        // relaxed: a snapshot; nothing is read through it.
+        return static_cast<std::size_t>(pending_cost_.load(std::memory_order_relaxed));
+    }
 
     /**
      * @brief Batches dispatched and not yet finished: the count `max_in_flight` limits. A
@@ -798,15 +839,17 @@ private:
                           Store& store);
     template <class InputIt, class Store>
     std::uint32_t fill_run(Lane& lane, std::uint64_t head, std::uint32_t index, std::uint32_t count,
-                           InputIt& first, std::size_t done, Store& store);
+                           InputIt& first, std::size_t done, Store& store, std::uint64_t cost = 0);
     void after_fill(Lane& lane, std::uint64_t head, std::uint32_t buffer, std::uint32_t start,
                     std::uint32_t end, std::int64_t opened_now);
 
     template <class U, class Store>
     SubmitStatus submit_impl(U&& item, WaitMode mode, Deadline deadline, Store&& store);
+    // @p cost: the item's cost (cost_by), taken off its batch again if the item turns into a
+    // hole. Likewise for fill_run's single item (weighed bulk submissions fill one at a time).
     template <class U, class Store>
     SubmitStatus fill_slot(Lane& lane, std::uint64_t head, std::uint32_t index, U&& item,
-                           Store& store);
+                           Store& store, std::uint64_t cost = 0);
     std::int64_t note_batch_opened(Buffer& buffer, bool needs_timer);
     // @p items: the items a rejection refuses (a bulk submission's rest), see detail/.
     SubmitStatus wait_for_space(Lane& lane, WaitMode mode, Deadline deadline,
@@ -822,6 +865,32 @@ private:
                               detail::AdmissionTurn& turn);
     void wake_first_waiter(Lane& lane);
     void wake_all_waiters();
+
+    // ---- Item costs (cost_by, max_batch_cost, max_pending_cost): detail/batcher_cost.hpp ---
+    using cost_function = detail::UniqueFunction<std::size_t(const T&)>;
+    void initialise_cost();
+    template <class U>
+    std::uint64_t weigh(const U& item) const;
+    void check_cost_limit(std::uint64_t cost) const;
+    struct CostClaim {
+        SubmitStatus status;
+        std::uint64_t head;
+        std::uint32_t index;
+        bool seal_after;  // the item filled its batch's cost bound: seal once it is written
+    };
+    CostClaim claim_weighed(Lane& lane, std::uint64_t cost, WaitMode mode, Deadline deadline,
+                            std::size_t items);
+    template <class U, class Store>
+    SubmitStatus submit_weighed(U&& item, WaitMode mode, Deadline deadline, Store& store);
+    template <class InputIt, class Store>
+    BulkResult submit_bulk_weighed(InputIt& first, std::size_t n, WaitMode mode, Deadline deadline,
+                                   Store& store);
+    SubmitStatus reserve_cost(std::uint64_t cost, WaitMode mode, Deadline deadline,
+                              std::size_t items);
+    bool try_reserve_cost(std::uint64_t cost) noexcept;
+    SubmitStatus wait_for_cost(std::uint64_t cost, WaitMode mode, Deadline deadline);
+    void release_cost(std::uint64_t cost);
+    void wake_cost_waiters();
 
     // ---- Deadlines, cancellation, admission control: detail/batcher_deadlines.hpp ----------
 
@@ -928,7 +997,10 @@ private:
     bool admission_control_ = false;  // Options::admission_control
     bool has_default_timeout_ = false;
     deadline_type default_deadline_{std::chrono::nanoseconds(0)};  // Options::default_timeout
-    std::size_t admission_workers_ = 1;  // batches that run at once, for admissible()
+    std::size_t admission_workers_ = 1;   // batches that run at once, for admissible()
+    cost_function cost_function_;         // empty without cost_by
+    std::uint64_t max_batch_cost_ = 0;    // Options::max_batch_cost (0: none)
+    std::uint64_t max_pending_cost_ = 0;  // Options::max_pending_cost (0: none)
 
     // Settings changeable at run time (relaxed: each is one independent value).
     std::atomic<std::uint32_t> current_batch_size_{0};
@@ -983,6 +1055,13 @@ private:
     mutable std::mutex space_mutex_;
     std::condition_variable space_condition_;              // blocked producers sleep here
     std::unique_ptr<detail::AdmissionQueue[]> admission_;  // per lane, guarded by space_mutex_
+    // Pending item costs (detail/batcher_cost.hpp): the total, and producers waiting for it to
+    // fall, queued in arrival order under cost_mutex_.
+    alignas(detail::cache_line_size) std::atomic<std::uint64_t> pending_cost_{0};
+    std::atomic<std::uint32_t> cost_waiters_{0};
+    mutable std::mutex cost_mutex_;
+    std::condition_variable cost_condition_;
+    detail::AdmissionQueue cost_queue_;  // guarded by cost_mutex_
     std::mutex idle_mutex_;
     std::condition_variable idle_condition_;
     std::uint32_t idle_waiters_ = 0;  // guarded by idle_mutex_
@@ -1005,6 +1084,7 @@ private:
 #include "microbatch/detail/batcher_bulk.hpp"
 #include "microbatch/detail/batcher_close.hpp"
 #include "microbatch/detail/batcher_control.hpp"
+#include "microbatch/detail/batcher_cost.hpp"
 #include "microbatch/detail/batcher_deadlines.hpp"
 #include "microbatch/detail/batcher_outcomes.hpp"
 #include "microbatch/detail/batcher_policy.hpp"

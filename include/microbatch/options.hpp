@@ -44,7 +44,8 @@ namespace microbatch {
  * | `seal_early`     | true    | seal a partial batch before max_delay when waiting cannot pay |
  *
  * Per-item deadlines (README "Deadlines"): `default_timeout` (0 = none), `deadline_sealing`
- * (true), `admission_control` (false).
+ * (true), `admission_control` (false). Item costs (with `cost_by`, README "Weighted
+ * batches"): `max_batch_cost` (0 = none), `max_pending_cost` (0 = none).
  *
  * Thread safety: a plain value type; no internal synchronisation.
  */
@@ -382,6 +383,54 @@ public:
     }
 
     /**
+     * @brief The bound on a batch's total item cost (0, the default: none). Needs a cost
+     *        function: pass `microbatch::cost_by(f)` to the Batcher constructor (it throws
+     *        `std::invalid_argument` otherwise).
+     *
+     * A batch is sealed (reason `full`) as soon as its items' costs add up to this bound, and
+     * before an item that would take the total above it: the item then opens the next batch.
+     * An item costing more than the bound on its own gets a batch of its own, sealed at once
+     * (counted in `Stats::items_oversized`). `max_batch_size` still bounds the item count. With
+     * this bound a lane's producers claim slots under a per-lane mutex (held for the claim
+     * only, never while waiting or constructing the item): the submit path is no longer
+     * lock-free, and bulk submissions claim one slot per item.
+     */
+    std::size_t max_batch_cost() const noexcept { return max_batch_cost_; }
+    /// @brief Sets the batch cost bound (0: none).
+    Options& max_batch_cost(std::size_t value) & noexcept {
+        max_batch_cost_ = value;
+        return *this;
+    }
+    /// @brief Rvalue overload, so that `auto o = Options{}.max_batch_cost(...)` moves.
+    Options&& max_batch_cost(std::size_t value) && noexcept {
+        max_batch_cost_ = value;
+        return std::move(*this);
+    }
+
+    /**
+     * @brief The bound on the total cost of pending items, accepted but not yet finished, like
+     *        Kafka's `buffer.memory` (0, the default: none). Needs a cost function, as
+     *        `max_batch_cost`.
+     *
+     * A submission that would take the total above it is treated as at capacity: blocking
+     * forms wait (in arrival order, so a heavy item is not starved by light ones), `try_` forms
+     * return `full` at once, timed forms wait up to their timeout. An item costing more than
+     * this bound on its own could never be admitted: every submit form throws
+     * `CostLimitError` for it, leaving it untouched. Applies in addition to `capacity`.
+     */
+    std::size_t max_pending_cost() const noexcept { return max_pending_cost_; }
+    /// @brief Sets the pending cost bound (0: none).
+    Options& max_pending_cost(std::size_t value) & noexcept {
+        max_pending_cost_ = value;
+        return *this;
+    }
+    /// @brief Rvalue overload, so that `auto o = Options{}.max_pending_cost(...)` moves.
+    Options&& max_pending_cost(std::size_t value) && noexcept {
+        max_pending_cost_ = value;
+        return std::move(*this);
+    }
+
+    /**
      * @brief Throws `std::invalid_argument` naming the first invalid option and its value.
      *
      * Checks: max_batch_size in [1, max_supported_batch_size]; max_delay >= 0; capacity 0 or
@@ -450,6 +499,8 @@ private:
     Executor executor_;
     bool isolate_failures_ = false;
     std::size_t isolation_depth_ = max_isolation_depth;
+    std::size_t max_batch_cost_ = 0;
+    std::size_t max_pending_cost_ = 0;
 };
 
 }  // namespace microbatch

@@ -250,6 +250,16 @@ struct Stats {
     /// Those of `isolation_runs` that threw or returned the wrong number of results.
     std::uint64_t isolation_runs_failed = 0;
 
+    /// Item costs (with a cost function, `cost_by`; all 0 without one). Not to be confused with
+    /// `batch_cost`, the fit of batch *processing time*. The total cost of the items of
+    /// completed batches (expired and cancelled items included: they were in the batch).
+    std::uint64_t item_cost_total = 0;
+    /// The largest total item cost of one completed batch.
+    std::uint64_t batch_item_cost_max = 0;
+    /// Items costing more than `Options::max_batch_cost` on their own, each given a batch of its
+    /// own.
+    std::uint64_t items_oversized = 0;
+
     /**
      * @brief (batch size, processing time) of every successful batch, as least-squares
      *        moments: `stats.batch_cost.fit()` estimates the cost model's α (per batch) and
@@ -266,6 +276,12 @@ struct Stats {
     std::uint64_t batches_dispatched() const noexcept {
         return batches_full + batches_deadline + batches_flush + batches_close +
                batches_worker_free + batches_early + batches_item_deadline;
+    }
+    /// @brief Mean total item cost (`cost_by`) of completed batches (0 before the first).
+    double batch_item_cost_mean() const noexcept {
+        return batches_completed == 0
+                   ? 0.0
+                   : static_cast<double>(item_cost_total) / static_cast<double>(batches_completed);
     }
     /// @brief Mean size of completed batches holding items (0 before the first).
     double batch_size_mean() const noexcept {
@@ -431,6 +447,18 @@ public:
         isolation_runs_failed_.fetch_add(runs_failed, std::memory_order_relaxed);
     }
 
+    /// A batch whose items' costs (cost_by) add up to @p cost finished; before completed().
+    void batch_item_cost(std::uint64_t cost) noexcept {
+        item_cost_total_.fetch_add(cost, std::memory_order_relaxed);
+        std::uint64_t max = item_cost_max_.load(std::memory_order_relaxed);
+        while (cost > max &&
+               !item_cost_max_.compare_exchange_weak(max, cost, std::memory_order_relaxed)) {
+        }
+    }
+
+    /// An item costing more than max_batch_cost was accepted (into a batch of its own).
+    void oversized() noexcept { oversized_.fetch_add(1, std::memory_order_relaxed); }
+
     /// One end-to-end latency sample (ns), see Stats::item_latency.
     void item_latency(std::int64_t nanoseconds) noexcept {
         if (nanoseconds < 0) {
@@ -506,6 +534,9 @@ public:
         stats.batches_isolated = load(batches_isolated_);
         stats.isolation_runs = load(isolation_runs_);
         stats.isolation_runs_failed = load(isolation_runs_failed_);
+        stats.item_cost_total = load(item_cost_total_);
+        stats.batch_item_cost_max = load(item_cost_max_);
+        stats.items_oversized = load(oversized_);
         std::lock_guard<std::mutex> lock(fit_mutex_);
         stats.batch_cost = batch_cost_;
     }
@@ -545,6 +576,10 @@ private:
     std::atomic<std::uint64_t> batches_isolated_{0};
     std::atomic<std::uint64_t> isolation_runs_{0};
     std::atomic<std::uint64_t> isolation_runs_failed_{0};
+    // Item costs: written once per batch by its worker (the oversized count by producers).
+    std::atomic<std::uint64_t> item_cost_total_{0};
+    std::atomic<std::uint64_t> item_cost_max_{0};
+    std::atomic<std::uint64_t> oversized_{0};
 };
 
 }  // namespace detail

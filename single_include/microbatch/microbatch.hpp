@@ -1625,6 +1625,7 @@ private:
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <mutex>
 
 // ---- begin microbatch/detail/deadline.hpp ----
 /**
@@ -1713,6 +1714,10 @@ struct BatcherLane {
     // The lane's next buffer, when it could not open for want of free items (no_buffer
     // otherwise): the thread returning items opens it. seq_cst handshake, see try_open().
     std::atomic<std::uint32_t> parked{head_word::no_buffer};
+    // With Options::max_batch_cost only: serialises the lane's claims, so that a batch's
+    // total item cost is known exactly when the next item asks whether it fits
+    // (detail/batcher_cost.hpp). Held for the claim only.
+    std::mutex fill_mutex;
 };
 
 struct alignas(cache_line_size) BatcherBuffer {
@@ -1731,6 +1736,9 @@ struct alignas(cache_line_size) BatcherBuffer {
     // Earliest item deadline (clock ticks) of the current use, max() if none: lowered only by
     // submits with a deadline (Batcher::note_item_deadline), reset when the buffer opens.
     std::atomic<std::int64_t> earliest_deadline{std::numeric_limits<std::int64_t>::max()};
+    // Total item cost (cost_by) of the current use: added by producers after their claim and
+    // before publishing their slot, taken (and reset to 0) by the worker when the batch ends.
+    std::atomic<std::uint64_t> cost{0};
     // Written by the sealer before the batch is handed to the executor, read by the worker.
     std::uint32_t size = 0;
     DispatchReason reason = DispatchReason::full;
@@ -3003,6 +3011,62 @@ using Executor = std::function<void(Task)>;
 }  // namespace microbatch
 
 // ---- end microbatch/executor.hpp ----
+// ---- begin microbatch/item_cost.hpp ----
+/**
+ * @file item_cost.hpp
+ * @brief `microbatch::cost_by`: weighs items (bytes, tokens, rows) so that batches and the
+ *        items pending in a batcher can be bounded by their total cost, not only by count.
+ *
+ * Not to be confused with cost_model.hpp, which fits the *time* a batch takes.
+ */
+
+#include <cstddef>
+#include <type_traits>
+#include <utility>
+
+namespace microbatch {
+
+/**
+ * @brief A cost function on items, as passed to the `Batcher` and `KeyedBatcher` constructors:
+ *        `function(item)` returns the item's cost (e.g. its size in bytes) as a `std::size_t`.
+ *
+ * Made with `cost_by(f)`. The batcher calls the function once per item, on the submitting
+ * thread, before the item is accepted, and never again (the cost of an item cannot change while
+ * it waits). Requirements: callable as `std::size_t(const T&)` for the batcher's item type `T`
+ * (checked at compile time); it may be called concurrently from several producer threads; if it
+ * throws, the submission propagates the exception and the item is not accepted.
+ *
+ * Thread safety: a plain value holding @p F.
+ */
+template <class F>
+struct CostBy {
+    F function;  ///< The cost function.
+};
+
+/**
+ * @brief Wraps @p function as an item cost function for a batcher constructor:
+ * @code
+ * microbatch::Batcher<std::string> writer(
+ *     microbatch::Options{}.max_batch_cost(64 * 1024),          // at most 64 KiB per batch
+ *     microbatch::cost_by([](const std::string& s) { return s.size(); }),
+ *     [](microbatch::Batch<std::string>& batch) { ... });
+ * @endcode
+ * Never throws unless moving or copying @p function throws.
+ */
+template <class F>
+CostBy<std::decay_t<F>> cost_by(F&& function) {
+    return CostBy<std::decay_t<F>>{std::forward<F>(function)};
+}
+
+namespace detail {
+/// True if @p F is callable as a cost function on const @p T lvalues.
+template <class F, class T>
+inline constexpr bool is_cost_function_v = std::is_invocable_r_v<std::size_t, const F&, const T&>;
+}  // namespace detail
+
+}  // namespace microbatch
+
+// ---- end microbatch/item_cost.hpp ----
 // ---- begin microbatch/item_deadline.hpp ----
 /**
  * @file item_deadline.hpp
@@ -3127,7 +3191,8 @@ namespace microbatch {
  * | `seal_early`     | true    | seal a partial batch before max_delay when waiting cannot pay |
  *
  * Per-item deadlines (README "Deadlines"): `default_timeout` (0 = none), `deadline_sealing`
- * (true), `admission_control` (false).
+ * (true), `admission_control` (false). Item costs (with `cost_by`, README "Weighted
+ * batches"): `max_batch_cost` (0 = none), `max_pending_cost` (0 = none).
  *
  * Thread safety: a plain value type; no internal synchronisation.
  */
@@ -3465,6 +3530,54 @@ public:
     }
 
     /**
+     * @brief The bound on a batch's total item cost (0, the default: none). Needs a cost
+     *        function: pass `microbatch::cost_by(f)` to the Batcher constructor (it throws
+     *        `std::invalid_argument` otherwise).
+     *
+     * A batch is sealed (reason `full`) as soon as its items' costs add up to this bound, and
+     * before an item that would take the total above it: the item then opens the next batch.
+     * An item costing more than the bound on its own gets a batch of its own, sealed at once
+     * (counted in `Stats::items_oversized`). `max_batch_size` still bounds the item count. With
+     * this bound a lane's producers claim slots under a per-lane mutex (held for the claim
+     * only, never while waiting or constructing the item): the submit path is no longer
+     * lock-free, and bulk submissions claim one slot per item.
+     */
+    std::size_t max_batch_cost() const noexcept { return max_batch_cost_; }
+    /// @brief Sets the batch cost bound (0: none).
+    Options& max_batch_cost(std::size_t value) & noexcept {
+        max_batch_cost_ = value;
+        return *this;
+    }
+    /// @brief Rvalue overload, so that `auto o = Options{}.max_batch_cost(...)` moves.
+    Options&& max_batch_cost(std::size_t value) && noexcept {
+        max_batch_cost_ = value;
+        return std::move(*this);
+    }
+
+    /**
+     * @brief The bound on the total cost of pending items, accepted but not yet finished, like
+     *        Kafka's `buffer.memory` (0, the default: none). Needs a cost function, as
+     *        `max_batch_cost`.
+     *
+     * A submission that would take the total above it is treated as at capacity: blocking
+     * forms wait (in arrival order, so a heavy item is not starved by light ones), `try_` forms
+     * return `full` at once, timed forms wait up to their timeout. An item costing more than
+     * this bound on its own could never be admitted: every submit form throws
+     * `CostLimitError` for it, leaving it untouched. Applies in addition to `capacity`.
+     */
+    std::size_t max_pending_cost() const noexcept { return max_pending_cost_; }
+    /// @brief Sets the pending cost bound (0: none).
+    Options& max_pending_cost(std::size_t value) & noexcept {
+        max_pending_cost_ = value;
+        return *this;
+    }
+    /// @brief Rvalue overload, so that `auto o = Options{}.max_pending_cost(...)` moves.
+    Options&& max_pending_cost(std::size_t value) && noexcept {
+        max_pending_cost_ = value;
+        return std::move(*this);
+    }
+
+    /**
      * @brief Throws `std::invalid_argument` naming the first invalid option and its value.
      *
      * Checks: max_batch_size in [1, max_supported_batch_size]; max_delay >= 0; capacity 0 or
@@ -3533,6 +3646,8 @@ private:
     Executor executor_;
     bool isolate_failures_ = false;
     std::size_t isolation_depth_ = max_isolation_depth;
+    std::size_t max_batch_cost_ = 0;
+    std::size_t max_pending_cost_ = 0;
 };
 
 }  // namespace microbatch
@@ -4843,6 +4958,16 @@ struct Stats {
     /// Those of `isolation_runs` that threw or returned the wrong number of results.
     std::uint64_t isolation_runs_failed = 0;
 
+    /// Item costs (with a cost function, `cost_by`; all 0 without one). Not to be confused with
+    /// `batch_cost`, the fit of batch *processing time*. The total cost of the items of
+    /// completed batches (expired and cancelled items included: they were in the batch).
+    std::uint64_t item_cost_total = 0;
+    /// The largest total item cost of one completed batch.
+    std::uint64_t batch_item_cost_max = 0;
+    /// Items costing more than `Options::max_batch_cost` on their own, each given a batch of its
+    /// own.
+    std::uint64_t items_oversized = 0;
+
     /**
      * @brief (batch size, processing time) of every successful batch, as least-squares
      *        moments: `stats.batch_cost.fit()` estimates the cost model's α (per batch) and
@@ -4859,6 +4984,12 @@ struct Stats {
     std::uint64_t batches_dispatched() const noexcept {
         return batches_full + batches_deadline + batches_flush + batches_close +
                batches_worker_free + batches_early + batches_item_deadline;
+    }
+    /// @brief Mean total item cost (`cost_by`) of completed batches (0 before the first).
+    double batch_item_cost_mean() const noexcept {
+        return batches_completed == 0
+                   ? 0.0
+                   : static_cast<double>(item_cost_total) / static_cast<double>(batches_completed);
     }
     /// @brief Mean size of completed batches holding items (0 before the first).
     double batch_size_mean() const noexcept {
@@ -5024,6 +5155,18 @@ public:
         isolation_runs_failed_.fetch_add(runs_failed, std::memory_order_relaxed);
     }
 
+    /// A batch whose items' costs (cost_by) add up to @p cost finished; before completed().
+    void batch_item_cost(std::uint64_t cost) noexcept {
+        item_cost_total_.fetch_add(cost, std::memory_order_relaxed);
+        std::uint64_t max = item_cost_max_.load(std::memory_order_relaxed);
+        while (cost > max &&
+               !item_cost_max_.compare_exchange_weak(max, cost, std::memory_order_relaxed)) {
+        }
+    }
+
+    /// An item costing more than max_batch_cost was accepted (into a batch of its own).
+    void oversized() noexcept { oversized_.fetch_add(1, std::memory_order_relaxed); }
+
     /// One end-to-end latency sample (ns), see Stats::item_latency.
     void item_latency(std::int64_t nanoseconds) noexcept {
         if (nanoseconds < 0) {
@@ -5099,6 +5242,9 @@ public:
         stats.batches_isolated = load(batches_isolated_);
         stats.isolation_runs = load(isolation_runs_);
         stats.isolation_runs_failed = load(isolation_runs_failed_);
+        stats.item_cost_total = load(item_cost_total_);
+        stats.batch_item_cost_max = load(item_cost_max_);
+        stats.items_oversized = load(oversized_);
         std::lock_guard<std::mutex> lock(fit_mutex_);
         stats.batch_cost = batch_cost_;
     }
@@ -5138,6 +5284,10 @@ private:
     std::atomic<std::uint64_t> batches_isolated_{0};
     std::atomic<std::uint64_t> isolation_runs_{0};
     std::atomic<std::uint64_t> isolation_runs_failed_{0};
+    // Item costs: written once per batch by its worker (the oversized count by producers).
+    std::atomic<std::uint64_t> item_cost_total_{0};
+    std::atomic<std::uint64_t> item_cost_max_{0};
+    std::atomic<std::uint64_t> oversized_{0};
 };
 
 }  // namespace detail
@@ -5995,6 +6145,34 @@ public:
         initialise();
     }
 
+    /**
+     * @brief Like the constructor above, with an item cost function (README "Weighted
+     *        batches"): `cost.function(item)` weighs each item once, on its submitting thread,
+     *        for `Options::max_batch_cost`, `Options::max_pending_cost` and the cost stats.
+     *
+     * Items are best submitted as `T`: an argument of another type is first copied into a
+     * temporary `T` to be weighed (one whose `T` can only be made by moving it makes the submit
+     * throw `std::invalid_argument`, the argument untouched).
+     * @param options  as above; `max_batch_cost` and `max_pending_cost` may be set.
+     * @param cost     `microbatch::cost_by(f)`, with `f` callable as `std::size_t(const T&)`
+     *                 (checked at compile time).
+     * @param process  as above.
+     * @param clock    as above.
+     * @throws as the constructor above.
+     */
+    template <class C, class F, class = std::enable_if_t<!std::is_same_v<std::decay_t<F>, Batcher>>>
+    Batcher(Options options, CostBy<C> cost, F&& process, Clock clock = Clock{})
+        : options_(std::move(options)), clock_(std::move(clock)) {
+        static_assert(detail::is_cost_function_v<C, T>,
+                      "microbatch::Batcher: the cost function (cost_by) must be callable as "
+                      "std::size_t(const T&)");
+        if constexpr (detail::is_cost_function_v<C, T>) {
+            cost_function_ = cost_function(std::move(cost.function));
+        }
+        store_process(std::forward<F>(process));
+        initialise();
+    }
+
     Batcher(const Batcher&) = delete;
     Batcher& operator=(const Batcher&) = delete;
 
@@ -6366,9 +6544,10 @@ public:
     }
 
     /**
-     * @brief Producers blocked in a submit because their lane is full, queued to be admitted
-     *        in arrival order (README "Deadlines", fair admission). Thread-safe; takes the
-     *        mutex blocked producers wait on; a snapshot.
+     * @brief Producers blocked in a submit because their lane is full, or because
+     *        `Options::max_pending_cost` is reached, queued to be admitted in arrival order
+     *        (README "Deadlines", fair admission). Thread-safe; takes the mutexes blocked
+     *        producers wait on; a snapshot.
      */
     std::size_t waiting_producers() const;
 
@@ -6384,6 +6563,17 @@ public:
      *        time it returns.
      */
     std::size_t pending() const noexcept;
+
+    /**
+     * @brief The total cost (`cost_by`) of accepted items not yet finished: the quantity
+     *        `Options::max_pending_cost` bounds (0 without a cost function). An item's cost
+     *        counts from its acceptance until its batch has completed every item. Thread-safe,
+     *        lock-free, O(1); a snapshot.
+     */
+    std::size_t pending_cost() const noexcept {
+        // relaxed: a snapshot; nothing is read through it.
+        return static_cast<std::size_t>(pending_cost_.load(std::memory_order_relaxed));
+    }
 
     /**
      * @brief Batches dispatched and not yet finished: the count `max_in_flight` limits. A
@@ -6568,15 +6758,17 @@ private:
                           Store& store);
     template <class InputIt, class Store>
     std::uint32_t fill_run(Lane& lane, std::uint64_t head, std::uint32_t index, std::uint32_t count,
-                           InputIt& first, std::size_t done, Store& store);
+                           InputIt& first, std::size_t done, Store& store, std::uint64_t cost = 0);
     void after_fill(Lane& lane, std::uint64_t head, std::uint32_t buffer, std::uint32_t start,
                     std::uint32_t end, std::int64_t opened_now);
 
     template <class U, class Store>
     SubmitStatus submit_impl(U&& item, WaitMode mode, Deadline deadline, Store&& store);
+    // @p cost: the item's cost (cost_by), taken off its batch again if the item turns into a
+    // hole. Likewise for fill_run's single item (weighed bulk submissions fill one at a time).
     template <class U, class Store>
     SubmitStatus fill_slot(Lane& lane, std::uint64_t head, std::uint32_t index, U&& item,
-                           Store& store);
+                           Store& store, std::uint64_t cost = 0);
     std::int64_t note_batch_opened(Buffer& buffer, bool needs_timer);
     // @p items: the items a rejection refuses (a bulk submission's rest), see detail/.
     SubmitStatus wait_for_space(Lane& lane, WaitMode mode, Deadline deadline,
@@ -6592,6 +6784,32 @@ private:
                               detail::AdmissionTurn& turn);
     void wake_first_waiter(Lane& lane);
     void wake_all_waiters();
+
+    // ---- Item costs (cost_by, max_batch_cost, max_pending_cost): detail/batcher_cost.hpp ---
+    using cost_function = detail::UniqueFunction<std::size_t(const T&)>;
+    void initialise_cost();
+    template <class U>
+    std::uint64_t weigh(const U& item) const;
+    void check_cost_limit(std::uint64_t cost) const;
+    struct CostClaim {
+        SubmitStatus status;
+        std::uint64_t head;
+        std::uint32_t index;
+        bool seal_after;  // the item filled its batch's cost bound: seal once it is written
+    };
+    CostClaim claim_weighed(Lane& lane, std::uint64_t cost, WaitMode mode, Deadline deadline,
+                            std::size_t items);
+    template <class U, class Store>
+    SubmitStatus submit_weighed(U&& item, WaitMode mode, Deadline deadline, Store& store);
+    template <class InputIt, class Store>
+    BulkResult submit_bulk_weighed(InputIt& first, std::size_t n, WaitMode mode, Deadline deadline,
+                                   Store& store);
+    SubmitStatus reserve_cost(std::uint64_t cost, WaitMode mode, Deadline deadline,
+                              std::size_t items);
+    bool try_reserve_cost(std::uint64_t cost) noexcept;
+    SubmitStatus wait_for_cost(std::uint64_t cost, WaitMode mode, Deadline deadline);
+    void release_cost(std::uint64_t cost);
+    void wake_cost_waiters();
 
     // ---- Deadlines, cancellation, admission control: detail/batcher_deadlines.hpp ----------
 
@@ -6698,7 +6916,10 @@ private:
     bool admission_control_ = false;  // Options::admission_control
     bool has_default_timeout_ = false;
     deadline_type default_deadline_{std::chrono::nanoseconds(0)};  // Options::default_timeout
-    std::size_t admission_workers_ = 1;  // batches that run at once, for admissible()
+    std::size_t admission_workers_ = 1;   // batches that run at once, for admissible()
+    cost_function cost_function_;         // empty without cost_by
+    std::uint64_t max_batch_cost_ = 0;    // Options::max_batch_cost (0: none)
+    std::uint64_t max_pending_cost_ = 0;  // Options::max_pending_cost (0: none)
 
     // Settings changeable at run time (relaxed: each is one independent value).
     std::atomic<std::uint32_t> current_batch_size_{0};
@@ -6753,6 +6974,13 @@ private:
     mutable std::mutex space_mutex_;
     std::condition_variable space_condition_;              // blocked producers sleep here
     std::unique_ptr<detail::AdmissionQueue[]> admission_;  // per lane, guarded by space_mutex_
+    // Pending item costs (detail/batcher_cost.hpp): the total, and producers waiting for it to
+    // fall, queued in arrival order under cost_mutex_.
+    alignas(detail::cache_line_size) std::atomic<std::uint64_t> pending_cost_{0};
+    std::atomic<std::uint32_t> cost_waiters_{0};
+    mutable std::mutex cost_mutex_;
+    std::condition_variable cost_condition_;
+    detail::AdmissionQueue cost_queue_;  // guarded by cost_mutex_
     std::mutex idle_mutex_;
     std::condition_variable idle_condition_;
     std::uint32_t idle_waiters_ = 0;  // guarded by idle_mutex_
@@ -6857,7 +7085,8 @@ std::size_t Batcher<T, R, Clock>::waiting_producers() const {
     for (std::uint32_t l = 0; l < lane_count_; ++l) {
         waiting += admission_[l].size();
     }
-    return waiting;
+    std::lock_guard<std::mutex> cost_lock(cost_mutex_);  // and those waiting for pending cost
+    return waiting + cost_queue_.size();
 }
 
 }  // namespace microbatch
@@ -7025,6 +7254,9 @@ template <class T, class R, class Clock>
 template <class InputIt, class Store>
 BulkResult Batcher<T, R, Clock>::claim_bulk(InputIt& first, std::size_t n, WaitMode mode,
                                             Deadline deadline, Store& store) {
+    if (cost_function_) {  // weighed items, one claim each: detail/batcher_cost.hpp
+        return submit_bulk_weighed(first, n, mode, deadline, store);
+    }
     Lane& lane = lane_for_this_thread();
     detail::AdmissionTurn turn;  // held while admitted from the queue of blocked producers
     std::size_t done = 0;
@@ -7068,7 +7300,7 @@ template <class T, class R, class Clock>
 template <class InputIt, class Store>
 std::uint32_t Batcher<T, R, Clock>::fill_run(Lane& lane, std::uint64_t head, std::uint32_t index,
                                              std::uint32_t count, InputIt& first, std::size_t done,
-                                             Store& store) {
+                                             Store& store, std::uint64_t cost) {
     const std::uint32_t buffer = buffer_of(head);
     const std::size_t base = static_cast<std::size_t>(buffer) * batch_size_;
     const std::uint32_t end = index + count;
@@ -7121,6 +7353,10 @@ std::uint32_t Batcher<T, R, Clock>::fill_run(Lane& lane, std::uint64_t head, std
         // Every claimed slot must be published or the batch would wait for it forever: the
         // failed item's and those after it become holes, which the worker skips. Holes are no
         // accepted items: take them off close_for()'s in-flight count (see fill_slot).
+        if (cost != 0) {  // a weighed item (count 1) became a hole: take its cost off the batch
+            // relaxed: published to the worker by the hole's release store below.
+            buffers_[buffer].cost.fetch_sub(cost, std::memory_order_relaxed);
+        }
         for (std::uint32_t rest = slot; rest != end; ++rest) {
             slot_states_[base + rest].store(detail::slot_hole, std::memory_order_release);
         }
@@ -7278,7 +7514,8 @@ void Batcher<T, R, Clock>::begin_close() {
         timer_condition_.notify_all();
         timer_.join();
     }
-    wake_all_waiters();  // blocked producers see the closed bit and leave
+    wake_all_waiters();   // blocked producers see the closed bit and leave
+    wake_cost_waiters();  // so do those waiting for pending cost (detail/batcher_cost.hpp)
 }
 
 }  // namespace microbatch
@@ -7408,6 +7645,330 @@ std::size_t Batcher<T, R, Clock>::max_in_flight() const noexcept {
 }  // namespace microbatch
 
 // ---- end microbatch/detail/batcher_control.hpp ----
+// ---- begin microbatch/detail/batcher_cost.hpp ----
+/**
+ * @file batcher_cost.hpp
+ * @brief Batcher internals, step 1 with a cost function (`cost_by`): weighing an item, the
+ *        bound on pending cost, and claiming a slot under the batch cost bound.
+ *
+ * submit_impl() and claim_bulk() hand a weighed batcher's items to submit_weighed() and
+ * submit_bulk_weighed(), which for each item:
+ *  1. weigh it (the cost function, once) and refuse it with CostLimitError if it exceeds
+ *     max_pending_cost on its own;
+ *  2. reserve its cost in pending_cost_ (reserve_cost: waits, in arrival order, like a full
+ *     batcher when the bound would be exceeded);
+ *  3. claim a slot (claim_weighed): with max_batch_cost, under the lane's fill_mutex, first
+ *     sealing the open batch if the item does not fit in it (the pure rule is
+ *     item_fits_batch()), then adding the cost to the batch it lands in;
+ *  4. write the item as an unweighed submit would (fill_slot / fill_run), and seal the batch
+ *     if the item brought it to the bound.
+ * The worker adds a finished batch's cost to the stats and releases it from pending_cost_
+ * (run_batch, detail/batcher_run.hpp).
+ */
+
+#include <string>
+
+namespace microbatch {
+namespace detail {
+
+/// The batch cost rule, pure: may an item costing @p cost join a batch that holds @p items
+/// items costing @p batch_cost in all, under the bound @p max_batch_cost (0: none)? An empty
+/// batch takes any item, so an item heavier than the bound gets a batch of its own.
+constexpr bool item_fits_batch(std::uint64_t batch_cost, std::uint64_t items, std::uint64_t cost,
+                               std::uint64_t max_batch_cost) noexcept {
+    return max_batch_cost == 0 || items == 0 || batch_cost + cost <= max_batch_cost;
+}
+
+/// Whether a batch whose items cost @p batch_cost in all is full by cost (sealed at once).
+constexpr bool batch_cost_full(std::uint64_t batch_cost, std::uint64_t max_batch_cost) noexcept {
+    return max_batch_cost != 0 && batch_cost >= max_batch_cost;
+}
+
+}  // namespace detail
+
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::initialise_cost() {
+    max_batch_cost_ = options_.max_batch_cost();
+    max_pending_cost_ = options_.max_pending_cost();
+    const auto needs = [this](const char* option, std::size_t value) {
+        if (value != 0 && !cost_function_) {
+            MICROBATCH_THROW(std::invalid_argument(
+                std::string("microbatch::Options: ") + option + " " + std::to_string(value) +
+                " needs a cost function (pass microbatch::cost_by(f) to the Batcher "
+                "constructor)"));
+        }
+    };
+    needs("max_batch_cost", options_.max_batch_cost());
+    needs("max_pending_cost", options_.max_pending_cost());
+    cost_queue_.condition = &cost_condition_;
+}
+
+template <class T, class R, class Clock>
+template <class U>
+std::uint64_t Batcher<T, R, Clock>::weigh(const U& item) const {
+    if constexpr (std::is_same_v<U, T>) {
+        return static_cast<std::uint64_t>(cost_function_(item));
+    } else if constexpr (std::is_constructible_v<T, const U&>) {
+        // Weighed as the T it will become: a copy, so that a rejected item stays untouched.
+        const T converted(item);
+        return static_cast<std::uint64_t>(cost_function_(converted));
+    } else {
+        MICROBATCH_THROW(std::invalid_argument(
+            "microbatch::Batcher: with a cost function (cost_by), submit items as T or as a "
+            "type T can be copied from: this argument could only be weighed by moving it"));
+    }
+}
+
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::check_cost_limit(std::uint64_t cost) const {
+    if (max_pending_cost_ != 0 && cost > max_pending_cost_) {
+        MICROBATCH_THROW(CostLimitError("microbatch::Batcher: item cost " + std::to_string(cost) +
+                                        " exceeds max_pending_cost " +
+                                        std::to_string(max_pending_cost_)));
+    }
+}
+
+template <class T, class R, class Clock>
+template <class U, class Store>
+SubmitStatus Batcher<T, R, Clock>::submit_weighed(U&& item, WaitMode mode, Deadline deadline,
+                                                  Store& store) {
+    const std::uint64_t cost = weigh(static_cast<const std::decay_t<U>&>(item));
+    check_cost_limit(cost);
+    SubmitStatus status = reserve_cost(cost, mode, deadline, 1);
+    if (status != SubmitStatus::accepted) {
+        return status;
+    }
+    Lane& lane = lane_for_this_thread();
+    const CostClaim claim = claim_weighed(lane, cost, mode, deadline, 1);
+    if (claim.status != SubmitStatus::accepted) {
+        release_cost(cost);
+        return claim.status;
+    }
+    MICROBATCH_TRY {
+        status = fill_slot(lane, claim.head, claim.index, std::forward<U>(item), store, cost);
+    }
+    MICROBATCH_CATCH_ALL {
+        release_cost(cost);  // the slot became a hole; fill_slot took its cost off the batch
+        MICROBATCH_RETHROW;
+    }
+    if (claim.seal_after) {
+        // Only if it is still that batch: another producer may have sealed it already.
+        seal_current(lane, DispatchReason::full, claim.head & ~count_mask, true, true);
+    }
+    return status;
+}
+
+template <class T, class R, class Clock>
+template <class InputIt, class Store>
+BulkResult Batcher<T, R, Clock>::submit_bulk_weighed(InputIt& first, std::size_t n, WaitMode mode,
+                                                     Deadline deadline, Store& store) {
+    Lane& lane = lane_for_this_thread();
+    for (std::size_t done = 0; done < n; ++done) {
+        // Dereferenced as a const lvalue: weighing never moves the item (a move_iterator's
+        // item is moved once, by fill_run, when it is accepted).
+        const std::uint64_t cost =
+            weigh(static_cast<const std::decay_t<decltype(*first)>&>(*first));
+        check_cost_limit(cost);
+        const SubmitStatus status = reserve_cost(cost, mode, deadline, n - done);
+        if (status != SubmitStatus::accepted) {
+            return BulkResult{status, done};
+        }
+        const CostClaim claim = claim_weighed(lane, cost, mode, deadline, n - done);
+        if (claim.status != SubmitStatus::accepted) {
+            release_cost(cost);
+            return BulkResult{claim.status, done};
+        }
+        MICROBATCH_TRY {
+            fill_run(lane, claim.head, claim.index, 1, first, done, store, cost);
+        }
+        MICROBATCH_CATCH_ALL {
+            release_cost(cost);
+            MICROBATCH_RETHROW;
+        }
+        if (claim.seal_after) {
+            seal_current(lane, DispatchReason::full, claim.head & ~count_mask, true, true);
+        }
+    }
+    return BulkResult{SubmitStatus::accepted, n};
+}
+
+// Claims one slot for an item costing @p cost. Without max_batch_cost this is submit_impl's
+// claim plus adding the cost to the batch. With it, claims are serialised per lane, so that the
+// open batch's item count and cost are exact while the item asks whether it fits: only holders
+// of fill_mutex claim, so a claim that lands in another batch than the one inspected (the timer
+// or a worker sealed it meanwhile) lands first in a fresh batch, which any item fits.
+// @p items: what a rejection refuses (a bulk submission's rest), for the stats.
+template <class T, class R, class Clock>
+typename Batcher<T, R, Clock>::CostClaim Batcher<T, R, Clock>::claim_weighed(
+    Lane& lane, std::uint64_t cost, WaitMode mode, Deadline deadline, std::size_t items) {
+    detail::AdmissionTurn turn;  // held while admitted from the queue of blocked producers
+    for (;;) {
+        std::uint64_t seal_first = 0;  // the head (without count) of a batch to seal, or 0
+        {
+            std::unique_lock<std::mutex> lock(lane.fill_mutex, std::defer_lock);
+            if (max_batch_cost_ != 0) {
+                lock.lock();
+            }
+            // acquire: the open batch's start and cost must be read after its opening.
+            const std::uint64_t seen = lane.head.load(std::memory_order_acquire);
+            const std::uint64_t seen_count = seen & count_mask;
+            if (seen_count < batch_size_ && (seen & closed_bit) == 0) {
+                const Buffer& open = buffers_[buffer_of(seen)];
+                // relaxed: start was written before the opening CAS we acquired; cost is only
+                // changed by holders of fill_mutex (we hold it) until the batch is sealed.
+                const std::uint64_t start = open.start.load(std::memory_order_relaxed);
+                const std::uint64_t held = seen_count > start ? seen_count - start : 0;
+                if (!detail::item_fits_batch(open.cost.load(std::memory_order_relaxed), held, cost,
+                                             max_batch_cost_)) {
+                    // Seal after unlocking: dispatching may run the batch on this thread
+                    // (an executor that refuses tasks), which must not happen under the lock.
+                    seal_first = (seen & ~count_mask) | 1;  // | 1: never 0 (the tag may be 0)
+                } else {
+                    // seq_cst: as submit_impl's claim (orders it before note_batch_opened).
+                    const std::uint64_t head = lane.head.fetch_add(1, std::memory_order_seq_cst);
+                    const auto index = static_cast<std::uint32_t>(head & count_mask);
+                    if (index < batch_size_) {
+                        turn.release();  // claimed: the next blocked producer may go
+                        // relaxed: published to the worker by our slot's release store; read
+                        // by the next claimer under fill_mutex.
+                        const std::uint64_t total = buffers_[buffer_of(head)].cost.fetch_add(
+                                                        cost, std::memory_order_relaxed) +
+                                                    cost;
+                        const bool alone = max_batch_cost_ != 0 && cost > max_batch_cost_;
+                        if (alone) {
+                            stats_.oversized();
+                        }
+                        return CostClaim{SubmitStatus::accepted, head, index,
+                                         detail::batch_cost_full(total, max_batch_cost_)};
+                    }
+                    continue;  // sealed between our look and our claim: look again
+                }
+            }
+        }
+        if (seal_first != 0) {
+            seal_current(lane, DispatchReason::full, seal_first & ~count_mask, true);
+            continue;
+        }
+        const SubmitStatus status = wait_for_space(lane, mode, deadline, turn, items);
+        if (status != SubmitStatus::accepted) {
+            return CostClaim{status, 0, 0, false};
+        }
+    }
+}
+
+// Reserves @p cost in pending_cost_, waiting (per @p mode) while max_pending_cost would be
+// exceeded. @p items: what a rejection refuses, for the stats.
+template <class T, class R, class Clock>
+SubmitStatus Batcher<T, R, Clock>::reserve_cost(std::uint64_t cost, WaitMode mode,
+                                                Deadline deadline, std::size_t items) {
+    if (max_pending_cost_ == 0) {
+        // relaxed: only pending_cost()'s snapshot reads it when there is no bound.
+        pending_cost_.fetch_add(cost, std::memory_order_relaxed);
+        return SubmitStatus::accepted;
+    }
+    // Producers already waiting go first (arrival order): do not overtake them.
+    // seq_cst: pairs with wait_for_cost's registration (see release_cost).
+    if (cost_waiters_.load(std::memory_order_seq_cst) == 0 && try_reserve_cost(cost)) {
+        return SubmitStatus::accepted;
+    }
+    SubmitStatus status = SubmitStatus::full;
+    if (is_closed()) {
+        status = SubmitStatus::closed;
+    } else if (mode != wait_never) {
+        if (detail::is_running_on_this_thread(this)) {
+            MICROBATCH_THROW(ReentrancyError(
+                "microbatch::Batcher: blocking submit from inside process_batch found "
+                "max_pending_cost reached (it could wait for its own batch); use try_submit"));
+        }
+        // Registered so that close() waits for us to leave before the batcher is destroyed.
+        slow_producers_.fetch_add(1, std::memory_order_seq_cst);
+        status = wait_for_cost(cost, mode, deadline);
+        if (status != SubmitStatus::accepted) {
+            stats_.rejected(status, items);
+        }
+        // release: our last touch of the batcher happens-before close() sees zero.
+        slow_producers_.fetch_sub(1, std::memory_order_release);
+        return status;
+    }
+    stats_.rejected(status, items);
+    return status;
+}
+
+template <class T, class R, class Clock>
+bool Batcher<T, R, Clock>::try_reserve_cost(std::uint64_t cost) noexcept {
+    // seq_cst: the load and CAS pair with release_cost's handshake (see there).
+    std::uint64_t pending = pending_cost_.load(std::memory_order_seq_cst);
+    // cost <= max_pending_cost_ (check_cost_limit), so an idle batcher always admits it.
+    while (pending + cost <= max_pending_cost_) {
+        if (pending_cost_.compare_exchange_weak(pending, pending + cost,
+                                                std::memory_order_seq_cst)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+template <class T, class R, class Clock>
+SubmitStatus Batcher<T, R, Clock>::wait_for_cost(std::uint64_t cost, WaitMode mode,
+                                                 Deadline deadline) {
+    std::unique_lock<std::mutex> lock(cost_mutex_);
+    // seq_cst: Dekker handshake with release_cost(), which lowers pending_cost_ then reads this;
+    // we raise this, then read pending_cost_ (try_reserve_cost): one side sees the other.
+    cost_waiters_.fetch_add(1, std::memory_order_seq_cst);
+    detail::AdmissionWaiter self;
+    cost_queue_.push(self, false);
+    const auto admit = [&] {
+        if (is_closed()) {
+            return SubmitStatus::closed;
+        }
+        // Only the front waiter may take pending cost: a heavy item is not overtaken.
+        return cost_queue_.front() == &self && try_reserve_cost(cost) ? SubmitStatus::accepted
+                                                                      : SubmitStatus::full;
+    };
+    SubmitStatus status = SubmitStatus::full;
+    for (;;) {
+        status = admit();
+        if (status != SubmitStatus::full) {
+            break;
+        }
+        if (mode == wait_forever) {
+            cost_condition_.wait(lock);
+        } else if (cost_condition_.wait_until(lock, deadline) == std::cv_status::timeout) {
+            status = admit();
+            break;
+        }
+    }
+    cost_queue_.remove(self);
+    // relaxed: only lowers the count; a stale non-zero read costs release_cost a spare lock.
+    cost_waiters_.fetch_sub(1, std::memory_order_relaxed);
+    // The next waiter may fit now (after our reservation) or is the front now (we gave up).
+    cost_condition_.notify_all();
+    return status;
+}
+
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::release_cost(std::uint64_t cost) {
+    if (max_pending_cost_ == 0) {
+        // relaxed: only pending_cost()'s snapshot reads it when there is no bound.
+        pending_cost_.fetch_sub(cost, std::memory_order_relaxed);
+        return;
+    }
+    // seq_cst (both): Dekker handshake with wait_for_cost (see there).
+    pending_cost_.fetch_sub(cost, std::memory_order_seq_cst);
+    if (cost_waiters_.load(std::memory_order_seq_cst) != 0) {
+        wake_cost_waiters();
+    }
+}
+
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::wake_cost_waiters() {
+    { std::lock_guard<std::mutex> lock(cost_mutex_); }
+    cost_condition_.notify_all();
+}
+
+}  // namespace microbatch
+
+// ---- end microbatch/detail/batcher_cost.hpp ----
 // ---- begin microbatch/detail/batcher_deadlines.hpp ----
 /**
  * @file batcher_deadlines.hpp
@@ -8337,6 +8898,13 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
     // Items that failed in compaction were counted (failed_early) before they completed.
     const std::size_t failed = outcomes.active ? outcomes.failed : batch_failed ? count : 0;
     record_outcomes(outcomes);
+    // relaxed: every producer added its item's cost before its slot's release store, which
+    // we acquired above.
+    const std::uint64_t batch_cost =
+        cost_function_ ? buffer.cost.load(std::memory_order_relaxed) : 0;
+    if (cost_function_) {
+        stats_.batch_item_cost(batch_cost);
+    }
     stats_.completed(count - failed, failed, batch_failed, queue_delay, dispatch_wait, processing,
                      failed_in_compaction);
     // The population sample of seal_policy.hpp rule 5c, taken before this batch's items are
@@ -8386,6 +8954,12 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
     }
     // Holes were taken off by their producers (fill_slot). relaxed: a statistic for close_for().
     in_flight_items_.fetch_sub(size - holes, std::memory_order_relaxed);
+    if (cost_function_) {
+        // The items are finished: their cost leaves the pending total. Reset for the buffer's
+        // next batch (relaxed: published to its producers by the buffer's reopening).
+        buffer.cost.store(0, std::memory_order_relaxed);
+        release_cost(batch_cost);
+    }
     // The batch's slots are free: their share of the capacity goes back to the lane (and may
     // open a buffer parked for want of items).
     return_items(lanes_[buffer_index / buffers_per_lane_], static_cast<std::int64_t>(size));
@@ -8594,6 +9168,7 @@ void Batcher<T, R, Clock>::initialise() {
                            std::memory_order_relaxed);
     refresh_producer_threshold();
     initialise_deadlines();
+    initialise_cost();
 
     if (options_.executor()) {
         executor_ = options_.executor();
@@ -8889,6 +9464,9 @@ SubmitStatus Batcher<T, R, Clock>::submit_impl(U&& item, WaitMode mode, Deadline
             return submit_due(default_deadline_, std::forward<U>(item), mode, deadline, store);
         }
     }
+    if (cost_function_) {  // weighed items: detail/batcher_cost.hpp
+        return submit_weighed(std::forward<U>(item), mode, deadline, store);
+    }
     Lane& lane = lane_for_this_thread();
     detail::AdmissionTurn turn;  // held while admitted from the queue of blocked producers
     for (;;) {
@@ -8918,7 +9496,7 @@ SubmitStatus Batcher<T, R, Clock>::submit_impl(U&& item, WaitMode mode, Deadline
 template <class T, class R, class Clock>
 template <class U, class Store>
 SubmitStatus Batcher<T, R, Clock>::fill_slot(Lane& lane, std::uint64_t head, std::uint32_t index,
-                                             U&& item, Store& store) {
+                                             U&& item, Store& store, std::uint64_t cost) {
     const std::uint32_t buffer = buffer_of(head);
     const std::size_t slot = static_cast<std::size_t>(buffer) * batch_size_ + index;
     // relaxed: written before the head CAS our claim synchronised with (see Buffer::start).
@@ -8960,6 +9538,10 @@ SubmitStatus Batcher<T, R, Clock>::fill_slot(Lane& lane, std::uint64_t head, std
             // yet, so the count can read one low for a moment (close_impl clamps at zero).
             // relaxed: a statistic; nothing is published through it.
             in_flight_items_.fetch_sub(1, std::memory_order_relaxed);
+            if (cost != 0) {
+                // relaxed: published to the worker by the hole's release store below.
+                buffers_[buffer].cost.fetch_sub(cost, std::memory_order_relaxed);
+            }
         }
     }
     // release: publishes the item and completion to the worker that runs this batch.
@@ -9213,62 +9795,6 @@ bool Batcher<T, R, Clock>::current_batch_start(const Lane& lane, std::uint64_t& 
 // ---- end microbatch/detail/batcher_timer.hpp ----
 
 // ---- end microbatch/batcher.hpp ----
-// ---- begin microbatch/item_cost.hpp ----
-/**
- * @file item_cost.hpp
- * @brief `microbatch::cost_by`: weighs items (bytes, tokens, rows) so that batches and the
- *        items pending in a batcher can be bounded by their total cost, not only by count.
- *
- * Not to be confused with cost_model.hpp, which fits the *time* a batch takes.
- */
-
-#include <cstddef>
-#include <type_traits>
-#include <utility>
-
-namespace microbatch {
-
-/**
- * @brief A cost function on items, as passed to the `Batcher` and `KeyedBatcher` constructors:
- *        `function(item)` returns the item's cost (e.g. its size in bytes) as a `std::size_t`.
- *
- * Made with `cost_by(f)`. The batcher calls the function once per item, on the submitting
- * thread, before the item is accepted, and never again (the cost of an item cannot change while
- * it waits). Requirements: callable as `std::size_t(const T&)` for the batcher's item type `T`
- * (checked at compile time); it may be called concurrently from several producer threads; if it
- * throws, the submission propagates the exception and the item is not accepted.
- *
- * Thread safety: a plain value holding @p F.
- */
-template <class F>
-struct CostBy {
-    F function;  ///< The cost function.
-};
-
-/**
- * @brief Wraps @p function as an item cost function for a batcher constructor:
- * @code
- * microbatch::Batcher<std::string> writer(
- *     microbatch::Options{}.max_batch_cost(64 * 1024),          // at most 64 KiB per batch
- *     microbatch::cost_by([](const std::string& s) { return s.size(); }),
- *     [](microbatch::Batch<std::string>& batch) { ... });
- * @endcode
- * Never throws unless moving or copying @p function throws.
- */
-template <class F>
-CostBy<std::decay_t<F>> cost_by(F&& function) {
-    return CostBy<std::decay_t<F>>{std::forward<F>(function)};
-}
-
-namespace detail {
-/// True if @p F is callable as a cost function on const @p T lvalues.
-template <class F, class T>
-inline constexpr bool is_cost_function_v = std::is_invocable_r_v<std::size_t, const F&, const T&>;
-}  // namespace detail
-
-}  // namespace microbatch
-
-// ---- end microbatch/item_cost.hpp ----
 // ---- begin microbatch/keyed_batcher.hpp ----
 /**
  * @file keyed_batcher.hpp

@@ -86,7 +86,8 @@ std::size_t Batcher<T, R, Clock>::waiting_producers() const {
     for (std::uint32_t l = 0; l < lane_count_; ++l) {
         waiting += admission_[l].size();
     }
-    return waiting;
+    std::lock_guard<std::mutex> cost_lock(cost_mutex_);  // and those waiting for pending cost
+    return waiting + cost_queue_.size();
 }
 
 }  // namespace microbatch

@@ -163,6 +163,9 @@ template <class T, class R, class Clock>
 template <class InputIt, class Store>
 BulkResult Batcher<T, R, Clock>::claim_bulk(InputIt& first, std::size_t n, WaitMode mode,
                                             Deadline deadline, Store& store) {
+    if (cost_function_) {  // weighed items, one claim each: detail/batcher_cost.hpp
+        return submit_bulk_weighed(first, n, mode, deadline, store);
+    }
     Lane& lane = lane_for_this_thread();
     detail::AdmissionTurn turn;  // held while admitted from the queue of blocked producers
     std::size_t done = 0;
@@ -206,7 +209,7 @@ template <class T, class R, class Clock>
 template <class InputIt, class Store>
 std::uint32_t Batcher<T, R, Clock>::fill_run(Lane& lane, std::uint64_t head, std::uint32_t index,
                                              std::uint32_t count, InputIt& first, std::size_t done,
-                                             Store& store) {
+                                             Store& store, std::uint64_t cost) {
     const std::uint32_t buffer = buffer_of(head);
     const std::size_t base = static_cast<std::size_t>(buffer) * batch_size_;
     const std::uint32_t end = index + count;
@@ -259,6 +262,10 @@ std::uint32_t Batcher<T, R, Clock>::fill_run(Lane& lane, std::uint64_t head, std
         // Every claimed slot must be published or the batch would wait for it forever: the
         // failed item's and those after it become holes, which the worker skips. Holes are no
         // accepted items: take them off close_for()'s in-flight count (see fill_slot).
+        if (cost != 0) {  // a weighed item (count 1) became a hole: take its cost off the batch
+            // relaxed: published to the worker by the hole's release store below.
+            buffers_[buffer].cost.fetch_sub(cost, std::memory_order_relaxed);
+        }
         for (std::uint32_t rest = slot; rest != end; ++rest) {
             slot_states_[base + rest].store(detail::slot_hole, std::memory_order_release);
         }

@@ -137,7 +137,8 @@ void Batcher<T, R, Clock>::begin_close() {
         timer_condition_.notify_all();
         timer_.join();
     }
-    wake_all_waiters();  // blocked producers see the closed bit and leave
+    wake_all_waiters();   // blocked producers see the closed bit and leave
+    wake_cost_waiters();  // so do those waiting for pending cost (detail/batcher_cost.hpp)
 }
 
 }  // namespace microbatch

@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <mutex>
 
 #include "microbatch/batch.hpp"
 #include "microbatch/detail/config.hpp"
@@ -67,6 +68,10 @@ struct BatcherLane {
     // The lane's next buffer, when it could not open for want of free items (no_buffer
     // otherwise): the thread returning items opens it. seq_cst handshake, see try_open().
     std::atomic<std::uint32_t> parked{head_word::no_buffer};
+    // With Options::max_batch_cost only: serialises the lane's claims, so that a batch's
+    // total item cost is known exactly when the next item asks whether it fits
+    // (detail/batcher_cost.hpp). Held for the claim only.
+    std::mutex fill_mutex;
 };
 
 struct alignas(cache_line_size) BatcherBuffer {
@@ -85,6 +90,9 @@ struct alignas(cache_line_size) BatcherBuffer {
     // Earliest item deadline (clock ticks) of the current use, max() if none: lowered only by
     // submits with a deadline (Batcher::note_item_deadline), reset when the buffer opens.
     std::atomic<std::int64_t> earliest_deadline{std::numeric_limits<std::int64_t>::max()};
+    // Total item cost (cost_by) of the current use: added by producers after their claim and
+    // before publishing their slot, taken (and reset to 0) by the worker when the batch ends.
+    std::atomic<std::uint64_t> cost{0};
     // Written by the sealer before the batch is handed to the executor, read by the worker.
     std::uint32_t size = 0;
     DispatchReason reason = DispatchReason::full;

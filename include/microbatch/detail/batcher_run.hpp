@@ -70,6 +70,13 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
     // Items that failed in compaction were counted (failed_early) before they completed.
     const std::size_t failed = outcomes.active ? outcomes.failed : batch_failed ? count : 0;
     record_outcomes(outcomes);
+    // relaxed: every producer added its item's cost before its slot's release store, which
+    // we acquired above.
+    const std::uint64_t batch_cost =
+        cost_function_ ? buffer.cost.load(std::memory_order_relaxed) : 0;
+    if (cost_function_) {
+        stats_.batch_item_cost(batch_cost);
+    }
     stats_.completed(count - failed, failed, batch_failed, queue_delay, dispatch_wait, processing,
                      failed_in_compaction);
     // The population sample of seal_policy.hpp rule 5c, taken before this batch's items are
@@ -119,6 +126,12 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
     }
     // Holes were taken off by their producers (fill_slot). relaxed: a statistic for close_for().
     in_flight_items_.fetch_sub(size - holes, std::memory_order_relaxed);
+    if (cost_function_) {
+        // The items are finished: their cost leaves the pending total. Reset for the buffer's
+        // next batch (relaxed: published to its producers by the buffer's reopening).
+        buffer.cost.store(0, std::memory_order_relaxed);
+        release_cost(batch_cost);
+    }
     // The batch's slots are free: their share of the capacity goes back to the lane (and may
     // open a buffer parked for want of items).
     return_items(lanes_[buffer_index / buffers_per_lane_], static_cast<std::int64_t>(size));

@@ -93,6 +93,7 @@ void Batcher<T, R, Clock>::initialise() {
                            std::memory_order_relaxed);
     refresh_producer_threshold();
     initialise_deadlines();
+    initialise_cost();
 
     if (options_.executor()) {
         executor_ = options_.executor();

@@ -57,6 +57,9 @@ SubmitStatus Batcher<T, R, Clock>::submit_impl(U&& item, WaitMode mode, Deadline
             return submit_due(default_deadline_, std::forward<U>(item), mode, deadline, store);
         }
     }
+    if (cost_function_) {  // weighed items: detail/batcher_cost.hpp
+        return submit_weighed(std::forward<U>(item), mode, deadline, store);
+    }
     Lane& lane = lane_for_this_thread();
     detail::AdmissionTurn turn;  // held while admitted from the queue of blocked producers
     for (;;) {
@@ -86,7 +89,7 @@ SubmitStatus Batcher<T, R, Clock>::submit_impl(U&& item, WaitMode mode, Deadline
 template <class T, class R, class Clock>
 template <class U, class Store>
 SubmitStatus Batcher<T, R, Clock>::fill_slot(Lane& lane, std::uint64_t head, std::uint32_t index,
-                                             U&& item, Store& store) {
+                                             U&& item, Store& store, std::uint64_t cost) {
     const std::uint32_t buffer = buffer_of(head);
     const std::size_t slot = static_cast<std::size_t>(buffer) * batch_size_ + index;
     // relaxed: written before the head CAS our claim synchronised with (see Buffer::start).
@@ -128,6 +131,10 @@ SubmitStatus Batcher<T, R, Clock>::fill_slot(Lane& lane, std::uint64_t head, std
             // yet, so the count can read one low for a moment (close_impl clamps at zero).
             // relaxed: a statistic; nothing is published through it.
             in_flight_items_.fetch_sub(1, std::memory_order_relaxed);
+            if (cost != 0) {
+                // relaxed: published to the worker by the hole's release store below.
+                buffers_[buffer].cost.fetch_sub(cost, std::memory_order_relaxed);
+            }
         }
     }
     // release: publishes the item and completion to the worker that runs this batch.
