@@ -278,6 +278,45 @@ TEST_CASE("weighted: a blocked submit waits for pending cost and goes on when a 
     CHECK(batcher.stats().items_rejected() == 0);
 }
 
+TEST_CASE("weighted: open batches are sealed while producers wait for pending cost") {
+    // No time bound (ManualClock never moves): without this the open batch would hold the
+    // pending cost forever and the blocked post below would never return.
+    ManualClock clock;
+    Recorder recorder;
+    {
+        Batcher<std::string, void, ManualClock> batcher(weighed(0, 10), by_length(),
+                                                        std::ref(recorder), clock);
+        batcher.post(std::string(6, 'a'));
+        CHECK(batcher.try_submit(std::string(6, 'b')) == SubmitStatus::full);
+        // The refusal sealed the open batch (reason full), so a polling producer gets room.
+        wait_until([&] { return recorder.snapshot().size() == 1; });
+        CHECK(batcher.stats().batches_full == 1);
+        batcher.post(std::string(6, 'c'));
+        batcher.post(std::string(6, 'd'));  // blocks: seals {c}, which runs and frees its cost
+        batcher.close();
+    }
+    CHECK(recorder.snapshot() ==
+          Batches{{std::string(6, 'a')}, {std::string(6, 'c')}, {std::string(6, 'd')}});
+    CHECK(recorder.snapshot_reasons() == std::vector<DispatchReason>{DispatchReason::full,
+                                                                     DispatchReason::full,
+                                                                     DispatchReason::close});
+}
+
+TEST_CASE("weighted: with an inline executor a blocked producer runs the open batch itself") {
+    ManualClock clock;
+    Recorder recorder;
+    {
+        auto options = weighed(0, 10);
+        options.executor([](microbatch::Task task) { task(); });
+        Batcher<std::string, void, ManualClock> batcher(options, by_length(), std::ref(recorder),
+                                                        clock);
+        for (int i = 0; i < 5; ++i) {
+            batcher.post(std::string(4, static_cast<char>('a' + i)));
+        }
+    }
+    CHECK(recorder.snapshot() == Batches{{"aaaa", "bbbb"}, {"cccc", "dddd"}, {"eeee"}});
+}
+
 TEST_CASE("weighted: producers waiting for pending cost are admitted in arrival order") {
     Recorder recorder;
     recorder.hold = true;
@@ -321,6 +360,7 @@ TEST_CASE("weighted: an item costing more than max_pending_cost throws CostLimit
     }
     std::vector<std::string> run{"a", std::string(11, 'y'), "b"};
     CHECK_THROWS_AS(batcher.post_n(run.begin(), run.size()), CostLimitError);  // "a" accepted
+    CHECK(batcher.stats().items_rejected_error == 4);  // refused before taking a slot
     batcher.close();
     CHECK(recorder.snapshot() == Batches{{"a"}});
     CHECK(batcher.pending_cost() == 0);
@@ -404,6 +444,7 @@ TEST_CASE("weighted: an item whose construction throws leaves no cost behind") {
     batcher.close();
     CHECK(processed == 2);
     const auto stats = batcher.stats();
+    CHECK(stats.items_rejected_error == 1);
     CHECK(stats.item_cost_total == 10);
     CHECK(batcher.pending_cost() == 0);
 }

@@ -871,7 +871,8 @@ private:
     void initialise_cost();
     template <class U>
     std::uint64_t weigh(const U& item) const;
-    void check_cost_limit(std::uint64_t cost) const;
+    template <class U>
+    std::uint64_t weigh_or_refuse(const U& item);
     struct CostClaim {
         SubmitStatus status;
         std::uint64_t head;
@@ -891,6 +892,8 @@ private:
     SubmitStatus wait_for_cost(std::uint64_t cost, WaitMode mode, Deadline deadline);
     void release_cost(std::uint64_t cost);
     void wake_cost_waiters();
+    void seal_for_cost();
+    bool cost_wanted() const noexcept;
 
     // ---- Deadlines, cancellation, admission control: detail/batcher_deadlines.hpp ----------
 

@@ -168,6 +168,8 @@ struct Stats {
     std::uint64_t items_rejected_full = 0;    ///< try/timed submits refused at capacity.
     std::uint64_t items_rejected_closed = 0;  ///< Submits refused because the batcher was closed.
     /// Submits whose item construction (or callback copy) threw; each left a hole in its batch.
+    /// With a cost function (`cost_by`) also items whose weighing threw or that exceed
+    /// `max_pending_cost` on their own (`CostLimitError`): refused before taking a slot.
     std::uint64_t items_rejected_error = 0;
     /// Submits with a deadline refused by admission control (`SubmitStatus::infeasible`).
     std::uint64_t items_rejected_infeasible = 0;

@@ -9,7 +9,10 @@
  *  1. weigh it (the cost function, once) and refuse it with CostLimitError if it exceeds
  *     max_pending_cost on its own;
  *  2. reserve its cost in pending_cost_ (reserve_cost: waits, in arrival order, like a full
- *     batcher when the bound would be exceeded);
+ *     batcher when the bound would be exceeded). While producers wait for pending cost, open
+ *     batches are sealed at once (reason full; as Kafka's producer sends every batch while its
+ *     buffer memory is exhausted): their cost can only be freed by running them, and waiting
+ *     for their time bound would idle the workers (or, without one, never end);
  *  3. claim a slot (claim_weighed): with max_batch_cost, under the lane's fill_mutex, first
  *     sealing the open batch if the item does not fit in it (the pure rule is
  *     item_fits_batch()), then adding the cost to the batch it lands in;
@@ -75,21 +78,32 @@ std::uint64_t Batcher<T, R, Clock>::weigh(const U& item) const {
     }
 }
 
+// The item's cost; throws, counted as a rejected item (Stats::items_rejected_error), if weighing
+// throws or the item exceeds max_pending_cost on its own (CostLimitError).
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::check_cost_limit(std::uint64_t cost) const {
-    if (max_pending_cost_ != 0 && cost > max_pending_cost_) {
-        MICROBATCH_THROW(CostLimitError("microbatch::Batcher: item cost " + std::to_string(cost) +
-                                        " exceeds max_pending_cost " +
-                                        std::to_string(max_pending_cost_)));
+template <class U>
+std::uint64_t Batcher<T, R, Clock>::weigh_or_refuse(const U& item) {
+    std::uint64_t cost = 0;
+    MICROBATCH_TRY {
+        cost = weigh(item);
+        if (max_pending_cost_ != 0 && cost > max_pending_cost_) {
+            MICROBATCH_THROW(CostLimitError("microbatch::Batcher: item cost " +
+                                            std::to_string(cost) + " exceeds max_pending_cost " +
+                                            std::to_string(max_pending_cost_)));
+        }
     }
+    MICROBATCH_CATCH_ALL {
+        stats_.rejected_error();
+        MICROBATCH_RETHROW;
+    }
+    return cost;
 }
 
 template <class T, class R, class Clock>
 template <class U, class Store>
 SubmitStatus Batcher<T, R, Clock>::submit_weighed(U&& item, WaitMode mode, Deadline deadline,
                                                   Store& store) {
-    const std::uint64_t cost = weigh(static_cast<const std::decay_t<U>&>(item));
-    check_cost_limit(cost);
+    const std::uint64_t cost = weigh_or_refuse(static_cast<const std::decay_t<U>&>(item));
     SubmitStatus status = reserve_cost(cost, mode, deadline, 1);
     if (status != SubmitStatus::accepted) {
         return status;
@@ -107,7 +121,7 @@ SubmitStatus Batcher<T, R, Clock>::submit_weighed(U&& item, WaitMode mode, Deadl
         release_cost(cost);  // the slot became a hole; fill_slot took its cost off the batch
         MICROBATCH_RETHROW;
     }
-    if (claim.seal_after) {
+    if (claim.seal_after || cost_wanted()) {
         // Only if it is still that batch: another producer may have sealed it already.
         seal_current(lane, DispatchReason::full, claim.head & ~count_mask, true, true);
     }
@@ -123,8 +137,7 @@ BulkResult Batcher<T, R, Clock>::submit_bulk_weighed(InputIt& first, std::size_t
         // Dereferenced as a const lvalue: weighing never moves the item (a move_iterator's
         // item is moved once, by fill_run, when it is accepted).
         const std::uint64_t cost =
-            weigh(static_cast<const std::decay_t<decltype(*first)>&>(*first));
-        check_cost_limit(cost);
+            weigh_or_refuse(static_cast<const std::decay_t<decltype(*first)>&>(*first));
         const SubmitStatus status = reserve_cost(cost, mode, deadline, n - done);
         if (status != SubmitStatus::accepted) {
             return BulkResult{status, done};
@@ -141,7 +154,7 @@ BulkResult Batcher<T, R, Clock>::submit_bulk_weighed(InputIt& first, std::size_t
             release_cost(cost);
             MICROBATCH_RETHROW;
         }
-        if (claim.seal_after) {
+        if (claim.seal_after || cost_wanted()) {
             seal_current(lane, DispatchReason::full, claim.head & ~count_mask, true, true);
         }
     }
@@ -238,16 +251,45 @@ SubmitStatus Batcher<T, R, Clock>::reserve_cost(std::uint64_t cost, WaitMode mod
         }
         // Registered so that close() waits for us to leave before the batcher is destroyed.
         slow_producers_.fetch_add(1, std::memory_order_seq_cst);
+        // seq_cst: from here on fast reservations stop and every new claim seals its batch
+        // (cost_wanted); the items already in open batches are sealed below. Dekker handshake:
+        // a claim either comes before our look at the heads (we seal it) or sees us.
+        cost_waiters_.fetch_add(1, std::memory_order_seq_cst);
+        seal_for_cost();  // before taking cost_mutex_: an inline executor runs the batch here
         status = wait_for_cost(cost, mode, deadline);
+        // relaxed: only lowers the count; a stale non-zero read costs a spare lock or seal.
+        cost_waiters_.fetch_sub(1, std::memory_order_relaxed);
         if (status != SubmitStatus::accepted) {
             stats_.rejected(status, items);
         }
         // release: our last touch of the batcher happens-before close() sees zero.
         slow_producers_.fetch_sub(1, std::memory_order_release);
         return status;
+    } else {
+        seal_for_cost();  // a try_ form that polls gets room once these batches ran
     }
     stats_.rejected(status, items);
     return status;
+}
+
+// Pending cost is wanted: seal every lane's open batch so that its cost can be freed.
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::seal_for_cost() {
+    for (std::uint32_t l = 0; l < lane_count_; ++l) {
+        // seq_cst: the load of the Dekker handshake in reserve_cost (seal_current's own loads,
+        // sequenced after it, see the same or a later head).
+        const std::uint64_t head = lanes_[l].head.load(std::memory_order_seq_cst);
+        if (filling_count(head) != 0) {
+            seal_current(lanes_[l], DispatchReason::full, 0, false);
+        }
+    }
+}
+
+// True while producers wait for pending cost (then each claim seals its batch).
+template <class T, class R, class Clock>
+bool Batcher<T, R, Clock>::cost_wanted() const noexcept {
+    // seq_cst: the claim side of reserve_cost's Dekker handshake (after our seq_cst claim).
+    return max_pending_cost_ != 0 && cost_waiters_.load(std::memory_order_seq_cst) != 0;
 }
 
 template <class T, class R, class Clock>
@@ -267,10 +309,10 @@ bool Batcher<T, R, Clock>::try_reserve_cost(std::uint64_t cost) noexcept {
 template <class T, class R, class Clock>
 SubmitStatus Batcher<T, R, Clock>::wait_for_cost(std::uint64_t cost, WaitMode mode,
                                                  Deadline deadline) {
+    // The caller raised cost_waiters_ (seq_cst) before: Dekker handshake with release_cost(),
+    // which lowers pending_cost_ then reads cost_waiters_, while we read pending_cost_ after
+    // (try_reserve_cost): one side sees the other.
     std::unique_lock<std::mutex> lock(cost_mutex_);
-    // seq_cst: Dekker handshake with release_cost(), which lowers pending_cost_ then reads this;
-    // we raise this, then read pending_cost_ (try_reserve_cost): one side sees the other.
-    cost_waiters_.fetch_add(1, std::memory_order_seq_cst);
     detail::AdmissionWaiter self;
     cost_queue_.push(self, false);
     const auto admit = [&] {
@@ -295,8 +337,6 @@ SubmitStatus Batcher<T, R, Clock>::wait_for_cost(std::uint64_t cost, WaitMode mo
         }
     }
     cost_queue_.remove(self);
-    // relaxed: only lowers the count; a stale non-zero read costs release_cost a spare lock.
-    cost_waiters_.fetch_sub(1, std::memory_order_relaxed);
     // The next waiter may fit now (after our reservation) or is the front now (we gave up).
     cost_condition_.notify_all();
     return status;
