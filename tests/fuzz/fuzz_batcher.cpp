@@ -18,6 +18,14 @@
 // bisection of every batch (grouping calls by Batch::sequence()) and checks each call, each
 // item's final fate and the isolation counters.
 //
+// Issue 12 item 1: with the size byte's bits 3-6 (batch sizes up to 8), items are weighed
+// (cost_by, a cost of 0-6 from the item's id) under a batch cost bound and/or a pending cost
+// bound. The model then predicts cost sealing (before an item that does not fit, at the bound,
+// an oversized item alone), the sealing of the open batch when pending cost is short, try forms
+// refused for pending cost, CostLimitError for items above the pending bound, and holes that
+// no longer take a slot (the item is weighed, so constructed, before it claims one); every run
+// checks that no batch of several items exceeds the cost bound and the cost stats.
+//
 // Build: clang++ -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude
 //        tests/fuzz/fuzz_batcher.cpp -o fuzz_batcher
 // Run:   ./fuzz_batcher -max_total_time=60 <scratch-corpus-dir> tests/fuzz/corpus
@@ -131,6 +139,11 @@ int expected_value(std::uint32_t id) {
     return static_cast<int>(id) * 7 + 3;
 }
 
+/// An item's cost in weighted runs (issue 12): 0 to 6, from its id.
+std::uint64_t item_cost(std::uint32_t id) {
+    return (static_cast<std::uint64_t>(id) * 5 + 3) % 7;
+}
+
 enum Verdict : std::uint8_t { not_run, succeeded, failed_injected, failed_count, failed_item };
 enum Delivery : std::uint8_t { none, by_callback, by_handle };
 // not_tried: an item of a bulk submission after the one whose construction threw (never
@@ -142,6 +155,7 @@ enum Status : std::uint8_t {
     rejected_closed,
     rejected_hole,
     rejected_infeasible,  // admission control (issue 11)
+    rejected_cost,        // CostLimitError: the item alone exceeds max_pending_cost (issue 12)
     not_tried
 };
 
@@ -173,6 +187,7 @@ struct Run {
     std::atomic<int> bad_outcomes{0};
     std::atomic<int> empty_batches{0};
     std::atomic<int> oversized_batches{0};
+    std::atomic<int> over_cost_batches{0};  // several items above max_batch_cost (issue 12)
     std::atomic<int> batches{0};
     std::mutex log_mutex;
     std::vector<std::vector<std::uint32_t>> log;  // processed ids of each batch, in run order
@@ -232,14 +247,21 @@ struct Recorder {
 /// process_batch in both forms: one result per item, or (@p per_item) one Outcome per item.
 /// Throws for a batch holding a poison item, returns one result too few for one holding a
 /// short_ item; records the call and each item's verdict (the last call holding it decides).
-std::vector<Outcome<int>> process(Run& run, std::size_t batch_size, Batch<Item>& batch,
-                                  bool per_item) {
+std::vector<Outcome<int>> process(Run& run, std::size_t batch_size, std::uint64_t max_cost,
+                                  Batch<Item>& batch, bool per_item) {
     run.batches.fetch_add(1);
     if (batch.empty()) {
         run.empty_batches.fetch_add(1);
     }
     if (batch.size() > batch_size) {
         run.oversized_batches.fetch_add(1);
+    }
+    std::uint64_t cost = 0;
+    for (const Item& item : batch) {
+        cost += item_cost(item.id);
+    }
+    if (max_cost != 0 && batch.size() > 1 && cost > max_cost) {
+        run.over_cost_batches.fetch_add(1);
     }
     bool poisoned = false;
     bool shortened = false;
@@ -357,11 +379,18 @@ struct Model {
     std::vector<std::vector<std::uint32_t>> batches;
     std::vector<std::size_t> sizes;  // accepted items of every sealed batch (0: only holes)
     bool closed = false;
+    // Weighted runs (issue 12): the bounds, the open batch's cost, the largest batch cost.
+    std::uint64_t max_batch_cost = 0;
+    std::uint64_t max_pending_cost = 0;
+    std::uint64_t open_cost = 0;
+    std::uint64_t max_cost_seen = 0;
 
     void seal() {
         if (open.empty()) {
             return;
         }
+        max_cost_seen = std::max(max_cost_seen, open_cost);
+        open_cost = 0;
         // The worker compacts holes: items after the first hole are moved, and a fragile one
         // fails there instead of being processed.
         std::vector<std::uint32_t> kept;
@@ -406,6 +435,28 @@ struct Model {
             seal();
         }
     }
+    // Weighted runs, before a claim: with an inline executor the pending cost is the open
+    // batch's. If the item does not fit the pending bound, the open batch is sealed (it runs
+    // and frees its cost) and true is returned: try forms are refused, the others go on.
+    bool pending_refuses(std::uint64_t cost) {
+        if (max_pending_cost != 0 && open_cost + cost > max_pending_cost) {
+            seal();
+            return true;
+        }
+        return false;
+    }
+    // A weighted claim: sealed first if the item does not fit, sealed after at either bound.
+    void claim_weighed(const Spec& spec) {
+        const std::uint64_t cost = item_cost(spec.id);
+        if (max_batch_cost != 0 && !open.empty() && open_cost + cost > max_batch_cost) {
+            seal();
+        }
+        open.push_back(spec);
+        open_cost += cost;
+        if (open.size() == bound || (max_batch_cost != 0 && open_cost >= max_batch_cost)) {
+            seal();
+        }
+    }
 };
 
 void run_one(const std::uint8_t* data, std::size_t size) {
@@ -420,6 +471,15 @@ void run_one(const std::uint8_t* data, std::size_t size) {
     const auto executor_mode = static_cast<ExecutorMode>(executor_byte % 3);
 
     Options options = Options{}.max_batch_size(batch_size).capacity(batch_size * buffers);
+    // Issue 12: weighted items, from the size byte's bits 3-6 when bit 7 is clear (unused by
+    // the batch size then; 0 keeps the batcher unweighed).
+    const unsigned cost_mode = (size_byte & 0x80) == 0 ? (size_byte >> 3) & 0x0F : 0;
+    const bool weighted = cost_mode != 0;
+    constexpr std::uint64_t batch_costs[4] = {0, 4, 8, 12};
+    constexpr std::uint64_t pending_costs[4] = {0, 5, 12, 30};
+    const std::uint64_t max_batch_cost = batch_costs[cost_mode & 3];
+    const std::uint64_t max_pending_cost = pending_costs[(cost_mode >> 2) & 3];
+    options.max_batch_cost(max_batch_cost).max_pending_cost(max_pending_cost);
     // Batch formation (issue 10): early sealing on or off, and the in-flight limit automatic,
     // 1, or none (the plain size/time rule).
     options.seal_early(((buffers_byte >> 2) & 1) == 0);
@@ -481,6 +541,8 @@ void run_one(const std::uint8_t* data, std::size_t size) {
         buffers == 1 && options.max_in_flight() == Options::unlimited_in_flight;
     Model model{batch_size, batch_size * buffers, batch_size, batch_size, single_buffer, {}, {}, {},
                 {}};
+    model.max_batch_cost = max_batch_cost;
+    model.max_pending_cost = max_pending_cost;
     std::vector<Status> status(max_items, unknown);
     std::vector<Delivery> delivery(max_items, none);
     std::vector<std::uint8_t> flags(max_items, 0);
@@ -493,29 +555,67 @@ void run_one(const std::uint8_t* data, std::size_t size) {
         // The form is chosen at compile time from process_batch's return type: two lambdas.
         using FuzzBatcher = microbatch::Batcher<Item, int, ManualClock>;
         std::optional<FuzzBatcher> holder;
-        if (per_item) {
-            holder.emplace(
-                options,
-                [&run, batch_size](Batch<Item>& batch) {
-                    return process(run, batch_size, batch, true);
-                },
-                clock);
+        const auto per_item_form = [&run, batch_size, max_batch_cost](Batch<Item>& batch) {
+            return process(run, batch_size, max_batch_cost, batch, true);
+        };
+        const auto plain_form = [&run, batch_size, max_batch_cost](Batch<Item>& batch) {
+            std::vector<int> results;
+            for (Outcome<int>& outcome : process(run, batch_size, max_batch_cost, batch, false)) {
+                results.push_back(outcome.value());
+            }
+            return results;
+        };
+        const auto weigh = microbatch::cost_by(
+            [](const Item& item) { return static_cast<std::size_t>(item_cost(item.id)); });
+        if (weighted && per_item) {
+            holder.emplace(options, weigh, per_item_form, clock);
+        } else if (weighted) {
+            holder.emplace(options, weigh, plain_form, clock);
+        } else if (per_item) {
+            holder.emplace(options, per_item_form, clock);
         } else {
-            holder.emplace(
-                options,
-                [&run, batch_size](Batch<Item>& batch) {
-                    std::vector<int> results;
-                    for (Outcome<int>& outcome : process(run, batch_size, batch, false)) {
-                        results.push_back(outcome.value());
-                    }
-                    return results;
-                },
-                clock);
+            holder.emplace(options, plain_form, clock);
         }
         FuzzBatcher& batcher = *holder;
 
         // Submits one item through @p call (which returns the status) and records the outcome.
-        const auto submit_item = [&](std::uint8_t item_flags, Delivery how, auto call) {
+        // A weighted item's outcome against the model (issue 12): weighing (so constructing) the
+        // item and the pending cost bound come before the claim; @p waits: a blocking or timed
+        // form (which seals the open batch and, with the inline executor, goes on).
+        const auto weighed_item = [&](const Spec& spec, Status result, bool waits) {
+            const std::uint64_t cost = item_cost(spec.id);
+            if (result == rejected_hole) {
+                FUZZ_CHECK((spec.flags & hole) != 0);  // weighed, so refused before a claim
+                return;
+            }
+            FUZZ_CHECK((spec.flags & hole) == 0);
+            if (result == rejected_cost) {
+                FUZZ_CHECK(max_pending_cost != 0 && cost > max_pending_cost);
+                return;
+            }
+            FUZZ_CHECK(max_pending_cost == 0 || cost <= max_pending_cost);
+            if (result == rejected_closed) {
+                FUZZ_CHECK(closed);
+                return;
+            }
+            if (result == rejected_infeasible) {
+                FUZZ_CHECK(options.admission_control() &&
+                           (spec.flags & (due_now | due_later)) != 0);
+                FUZZ_CHECK(!deterministic);
+                return;
+            }
+            FUZZ_CHECK(!closed);
+            const bool refused = model.pending_refuses(cost);
+            if (deterministic) {
+                FUZZ_CHECK(result == (refused && !waits ? rejected_full : accepted));
+            }
+            if (result == accepted) {
+                model.claim_weighed(spec);
+            }
+        };
+
+        const auto submit_item = [&](std::uint8_t item_flags, Delivery how, auto call,
+                                     bool waits = true) {
             const std::uint32_t id = next_id++;
             const Spec spec{id, item_flags};
             flags[id] = item_flags;
@@ -534,8 +634,15 @@ void run_one(const std::uint8_t* data, std::size_t size) {
                 result = rejected_closed;
             } catch (const microbatch::DeadlineInfeasible&) {
                 result = rejected_infeasible;
+            } catch (const microbatch::CostLimitError&) {
+                FUZZ_CHECK(weighted);
+                result = rejected_cost;
             }
             status[id] = result;
+            if (weighted) {
+                weighed_item(spec, result, waits);
+                return;
+            }
             // The model: a hole still takes its slot; a closed batcher takes nothing.
             if (result == rejected_closed) {
                 FUZZ_CHECK(closed);
@@ -630,6 +737,7 @@ void run_one(const std::uint8_t* data, std::size_t size) {
             std::size_t accepted_count = count;
             SubmitStatus result = SubmitStatus::accepted;
             bool threw_hole = false;
+            bool threw_cost = false;  // CostLimitError (weighted runs)
             std::vector<Handle<int>> bulk_handles;
             try {
                 switch (form) {
@@ -679,8 +787,21 @@ void run_one(const std::uint8_t* data, std::size_t size) {
             } catch (const microbatch::DeadlineInfeasible&) {
                 result = SubmitStatus::infeasible;
                 accepted_count = 0;
+            } catch (const microbatch::CostLimitError&) {
+                FUZZ_CHECK(weighted);
+                threw_cost = true;
             }
-            if (threw_hole) {
+            if (weighted && (threw_hole || threw_cost)) {
+                // Weighed one by one: the first item that cannot be weighed (a hole) or exceeds
+                // the pending bound ends the run; the items before it were accepted.
+                accepted_count = 0;
+                while ((specs[accepted_count].flags & hole) == 0 &&
+                       (max_pending_cost == 0 ||
+                        item_cost(specs[accepted_count].id) <= max_pending_cost)) {
+                    ++accepted_count;
+                }
+                FUZZ_CHECK(threw_hole == ((specs[accepted_count].flags & hole) != 0));
+            } else if (threw_hole) {
                 accepted_count = 0;
                 while ((specs[accepted_count].flags & hole) == 0) {
                     ++accepted_count;
@@ -698,6 +819,8 @@ void run_one(const std::uint8_t* data, std::size_t size) {
                     status[id] = accepted;
                 } else if (threw_hole) {
                     status[id] = i == accepted_count ? rejected_hole : not_tried;
+                } else if (threw_cost) {
+                    status[id] = i == accepted_count ? rejected_cost : not_tried;
                 } else {
                     status[id] = from(result);
                 }
@@ -709,6 +832,41 @@ void run_one(const std::uint8_t* data, std::size_t size) {
             if (result == SubmitStatus::infeasible) {  // the run is refused as a whole
                 FUZZ_CHECK(options.admission_control() && dated && accepted_count == 0);
                 FUZZ_CHECK(!deterministic);
+                return;
+            }
+            if (weighted) {
+                // Weighing comes first, so even a closed batcher refuses a hole or an item above
+                // the pending bound with its own error, having accepted nothing.
+                if (closed) {
+                    FUZZ_CHECK(accepted_count == 0 && (threw_hole || threw_cost));
+                    return;
+                }
+                // The model, item by item as the batcher claims them: the pending bound, then a
+                // weighted claim. In a deterministic run the run's end is predicted exactly.
+                const bool waits = form != 1;
+                std::size_t predicted = count;
+                bool predicted_full = false;
+                for (std::size_t i = 0; i < count && i <= accepted_count; ++i) {
+                    const std::uint64_t cost = item_cost(specs[i].id);
+                    if ((specs[i].flags & hole) != 0 ||
+                        (max_pending_cost != 0 && cost > max_pending_cost)) {
+                        predicted = i;
+                        break;
+                    }
+                    if (model.pending_refuses(cost) && !waits) {
+                        predicted = i;
+                        predicted_full = true;
+                        break;
+                    }
+                    if (i == accepted_count) {
+                        break;  // refused for want of room (not in deterministic runs)
+                    }
+                    model.claim_weighed(specs[i]);
+                }
+                if (deterministic) {
+                    FUZZ_CHECK(predicted == accepted_count);
+                    FUZZ_CHECK(predicted_full == (result == SubmitStatus::full));
+                }
                 return;
             }
             FUZZ_CHECK(!closed);
@@ -785,31 +943,40 @@ void run_one(const std::uint8_t* data, std::size_t size) {
                     });
                     break;
                 case 3:
-                    submit_item(item_flags, none, [&](const Spec& spec) {
-                        return from(dated ? batcher.try_submit(deadline, spec)
-                                          : batcher.try_submit(spec));
-                    });
+                    submit_item(
+                        item_flags, none,
+                        [&](const Spec& spec) {
+                            return from(dated ? batcher.try_submit(deadline, spec)
+                                              : batcher.try_submit(spec));
+                        },
+                        false);
                     break;
                 case 4:
-                    submit_item(item_flags, by_callback, [&](const Spec& spec) {
-                        return from(
-                            dated ? batcher.try_submit(deadline, spec, Recorder{&run, spec.id})
-                                  : batcher.try_submit(spec, Recorder{&run, spec.id}));
-                    });
+                    submit_item(
+                        item_flags, by_callback,
+                        [&](const Spec& spec) {
+                            return from(
+                                dated ? batcher.try_submit(deadline, spec, Recorder{&run, spec.id})
+                                      : batcher.try_submit(spec, Recorder{&run, spec.id}));
+                        },
+                        false);
                     break;
                 case 5:
-                    submit_item(item_flags, by_handle, [&](const Spec& spec) {
-                        Status s = unknown;
-                        if (dated) {
-                            auto result = batcher.try_submit_handle(deadline, spec);
-                            s = from(result.status);
-                            handle = std::move(result.handle);
-                        } else {
-                            s = from(batcher.try_submit(spec, handle));
-                        }
-                        keep_handle(spec.id);
-                        return s;
-                    });
+                    submit_item(
+                        item_flags, by_handle,
+                        [&](const Spec& spec) {
+                            Status s = unknown;
+                            if (dated) {
+                                auto result = batcher.try_submit_handle(deadline, spec);
+                                s = from(result.status);
+                                handle = std::move(result.handle);
+                            } else {
+                                s = from(batcher.try_submit(spec, handle));
+                            }
+                            keep_handle(spec.id);
+                            return s;
+                        },
+                        false);
                     break;
                 case 6:
                     submit_item(item_flags, none, [&](const Spec& spec) {
@@ -960,12 +1127,18 @@ void run_one(const std::uint8_t* data, std::size_t size) {
         std::uint64_t expired_count = 0;
         std::uint64_t infeasible_count = 0;
         std::uint64_t cancelled_count = 0;
+        std::uint64_t cost_count = 0;       // CostLimitError (issue 12)
+        std::uint64_t accepted_cost = 0;    // the cost of every accepted item
+        std::uint64_t oversized_count = 0;  // accepted items above max_batch_cost
         for (std::uint32_t id = 0; id < next_id; ++id) {
             const int processed = run.processed[id].load();
             const int completions = run.completions[id].load();
             switch (status[id]) {
                 case accepted:
                     ++accepted_count;
+                    accepted_cost += weighted ? item_cost(id) : 0;
+                    oversized_count +=
+                        weighted && max_batch_cost != 0 && item_cost(id) > max_batch_cost ? 1 : 0;
                     if (run.cancel_won[id].load() != 0 || run.due[id].load() != 0) {
                         // Removed when its batch formed: never processed, never moved.
                         FUZZ_CHECK(processed == 0);
@@ -988,6 +1161,8 @@ void run_one(const std::uint8_t* data, std::size_t size) {
                 case rejected_closed:
                 case rejected_hole:
                 case rejected_infeasible:
+                case rejected_cost:
+                    cost_count += status[id] == rejected_cost ? 1 : 0;
                     infeasible_count += status[id] == rejected_infeasible ? 1 : 0;
                     full_count += status[id] == rejected_full ? 1 : 0;
                     closed_count += status[id] == rejected_closed ? 1 : 0;
@@ -1049,7 +1224,16 @@ void run_one(const std::uint8_t* data, std::size_t size) {
         FUZZ_CHECK(stats.items_accepted == accepted_count);
         FUZZ_CHECK(stats.items_rejected_full == full_count);
         FUZZ_CHECK(stats.items_rejected_closed == closed_count);
-        FUZZ_CHECK(stats.items_rejected_error == hole_count);
+        FUZZ_CHECK(stats.items_rejected_error == hole_count + cost_count);
+        // Issue 12: every accepted item's cost went through a completed batch and left the
+        // pending total; no batch of several items exceeded the cost bound.
+        FUZZ_CHECK(run.over_cost_batches.load() == 0);
+        FUZZ_CHECK(stats.item_cost_total == accepted_cost);
+        FUZZ_CHECK(stats.items_oversized == oversized_count);
+        FUZZ_CHECK(batcher.pending_cost() == 0);
+        if (weighted && max_batch_cost != 0) {
+            FUZZ_CHECK(stats.batch_item_cost_max <= std::max<std::uint64_t>(max_batch_cost, 6));
+        }
         FUZZ_CHECK(stats.items_expired == expired_count);
         FUZZ_CHECK(stats.items_cancelled == cancelled_count);
         FUZZ_CHECK(stats.items_rejected_infeasible == infeasible_count);
@@ -1090,6 +1274,7 @@ void run_one(const std::uint8_t* data, std::size_t size) {
             FUZZ_CHECK(sized_batches == model_sized);
             FUZZ_CHECK(stats.batch_size_min == model_min);
             FUZZ_CHECK(stats.batch_size_max == model_max);
+            FUZZ_CHECK(stats.batch_item_cost_max == (weighted ? model.max_cost_seen : 0));
         }
     }
 }
