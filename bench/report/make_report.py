@@ -7,7 +7,7 @@ gnuplot scripts next to this file. Python 3 standard library only.
                    [--compiler "GNU 12.2.0"] [--source-dir .]
 
 --raw holds throughput.json, latency.json, cost_model.json, load.json, deadlines.json,
-isolation.json, keyed.json (any may be missing:
+isolation.json, keyed.json, weighted.json (any may be missing:
 its section says so) and run_info.json (start time, measured source state and total run time, written by
 --record-start / --record-run when the bench_report target runs). Plot data goes to
 <out>/data/, PNGs to <out>/.
@@ -1092,6 +1092,39 @@ def isolation_section(results):
     return "\n".join(text) + "\n"
 
 
+def weighted_section(results):
+    """bench_weighted (issue 12): the submit path with a cost function and cost bounds."""
+    if not results.present:
+        return "_bench_weighted results missing (weighted.json)._\n"
+    rates = {}
+    for run_name in results.runs():
+        implementation, parameters = parse_run_name(run_name)
+        value = results.value(run_name, "items_per_second")
+        if value is not None:
+            rates[(implementation, parameters.get("B"), parameters.get("P"))] = value
+    names = [("Post", "no cost function"), ("Post_Costed", "cost_by, no bound"),
+             ("Post_BatchCost", "+ max_batch_cost"), ("Post_Pending", "+ max_pending_cost"),
+             ("MutexBatcher", "mutex batcher")]
+    rows = []
+    for b in (16, 256):
+        for p in (1, 2):
+            base = rates.get(("Post", b, p))
+            mutex = rates.get(("MutexBatcher", b, p))
+            for name, label in names:
+                value = rates.get((name, b, p))
+                rows.append([str(b), str(p), label, fmt_rate(value), fmt_ratio(ratio(value, base)),
+                             fmt_ratio(ratio(value, mutex))])
+    text = [table(["B", "P", "row", "items/s (median)", "vs Post", "vs mutex batcher"], rows,
+                  ["r", "r", "l", "r", "r", "r"]), "",
+            "Default options except B, W = 1; item v costs v % 16 + 1 (mean 8.5); the batch "
+            "cost bound is 8.5 x B (it binds about as often as B), the pending bound 64 of "
+            "those. Weighing costs a call of the cost function and two counters per item; the "
+            "batch cost bound adds the lane's fill mutex to every claim."]
+    for name, message in sorted(results.errors.items()):
+        text += [f"- `{name}`: error: {message}"]
+    return "\n".join(text) + "\n"
+
+
 def run_gnuplot(gnuplot, script_dir, data_dir, out_dir):
     """Runs each gnuplot script whose data files exist; returns the scripts that succeeded."""
     drawn = []
@@ -1166,6 +1199,7 @@ def main():
     cost_model = Results(os.path.join(args.raw, "cost_model.json"))
     load = Results(os.path.join(args.raw, "load.json"))
     isolation = Results(os.path.join(args.raw, "isolation.json"))
+    weighted = Results(os.path.join(args.raw, "weighted.json"))
     keyed = Results(os.path.join(args.raw, "keyed.json"))
     deadlines = Results(os.path.join(args.raw, "deadlines.json"))
 
@@ -1259,6 +1293,10 @@ def main():
         "## Poison-item isolation (bench_isolation, issue 12)",
         "",
         isolation_section(isolation),
+        "",
+        "## Weighted batches (bench_weighted, issue 12)",
+        "",
+        weighted_section(weighted),
         "",
         "## Keyed batching (bench_keyed, issue 12)",
         "",
