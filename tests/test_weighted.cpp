@@ -185,8 +185,9 @@ TEST_CASE("weighted: zero-cost items never fill a batch by cost; max_batch_size 
 TEST_CASE("weighted: a cost function without bounds only counts") {
     ManualClock clock;
     Recorder recorder;
-    Batcher<std::string, void, ManualClock> batcher(Options{}.max_batch_size(2).max_delay(1h),
-                                                    by_length(), std::ref(recorder), clock);
+    Batcher<std::string, void, ManualClock> batcher(
+        Options{}.max_batch_size(2).max_delay(1h).seal_early(false), by_length(),
+        std::ref(recorder), clock);
     batcher.post(std::string(100, 'a'));
     batcher.post(std::string(200, 'b'));  // full by count
     batcher.post(std::string(7, 'c'));
