@@ -407,3 +407,28 @@ TEST_CASE("Seal policy ignores the deadline rule without item deadlines",
     in.earliest_deadline = std::numeric_limits<std::int64_t>::min() + 2;
     REQUIRE(decide_seal(in).seal);
 }
+
+TEST_CASE("Seal policy seals for producers waiting for pending cost once a worker is free",
+          "[seal_policy]") {
+    SealInputs in = base();
+    in.max_delay = -1;  // no time bound: without rule 4c the batch would wait for ever
+    in.seal_early = false;
+    CHECK_FALSE(decide_seal(in).seal);
+
+    in.cost_waiting = true;
+    const SealDecision sealed = decide_seal(in);
+    CHECK(sealed.seal);
+    CHECK(sealed.reason == DispatchReason::full);
+
+    in.in_flight = 1;  // every worker busy: grow; the finishing worker asks again
+    const SealDecision held = decide_seal(in);
+    CHECK_FALSE(held.seal);
+    CHECK(held.wake_at == SealDecision::never);
+
+    in.trigger = SealTrigger::worker_finished;
+    in.in_flight = 0;
+    CHECK(decide_seal(in).seal);
+
+    in.count = 0;  // nothing to seal
+    CHECK_FALSE(decide_seal(in).seal);
+}

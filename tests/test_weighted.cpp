@@ -303,6 +303,37 @@ TEST_CASE("weighted: open batches are sealed while producers wait for pending co
                                                                      DispatchReason::close});
 }
 
+TEST_CASE("weighted: while every worker is busy the open batch grows; a free worker seals it") {
+    ManualClock clock;
+    Recorder recorder;
+    recorder.hold = true;
+    auto options = weighed(0, 10);
+    options.workers(1);
+    Batcher<std::string, void, ManualClock> batcher(options, by_length(), std::ref(recorder),
+                                                    clock);
+    batcher.post(std::string(6, 'a'));
+    batcher.flush();  // {a} runs and holds the only worker
+    wait_until([&] { return recorder.started.load() == 1; });
+    batcher.post(std::string(3, 'b'));                                 // the open batch: 9 pending
+    std::thread producer([&] { batcher.post(std::string(5, 'c')); });  // 14 > 10: waits
+    wait_until([&] { return batcher.waiting_producers() == 1; });
+    // Sealing {b} now would only queue it behind {a}: rule 3 keeps it open (rule 4c waits for
+    // a free worker).
+    CHECK(batcher.stats().batches_dispatched() == 1);
+    CHECK(batcher.pending_cost() == 9);
+    recorder.gate.open();  // {a} ends: its cost leaves, the producer is admitted
+    producer.join();
+    batcher.close();
+    Batches batches = recorder.snapshot();
+    std::vector<std::string> items;
+    for (const auto& batch : batches) {
+        items.insert(items.end(), batch.begin(), batch.end());
+    }
+    CHECK(items ==
+          std::vector<std::string>{std::string(6, 'a'), std::string(3, 'b'), std::string(5, 'c')});
+    CHECK(batcher.pending_cost() == 0);
+}
+
 TEST_CASE("weighted: with an inline executor a blocked producer runs the open batch itself") {
     ManualClock clock;
     Recorder recorder;

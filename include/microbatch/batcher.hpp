@@ -892,7 +892,8 @@ private:
     SubmitStatus wait_for_cost(std::uint64_t cost, WaitMode mode, Deadline deadline);
     void release_cost(std::uint64_t cost);
     void wake_cost_waiters();
-    void seal_for_cost();
+    void seal_for_cost(Lane& lane);
+    void seal_for_cost_all();
     bool cost_wanted() const noexcept;
 
     // ---- Deadlines, cancellation, admission control: detail/batcher_deadlines.hpp ----------

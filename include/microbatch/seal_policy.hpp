@@ -27,6 +27,11 @@
  *    hand-over to the worker): sealed then, the batch is predicted to finish by d. Until then
  *    the answer names that time (rule 6). While every worker is busy (rule 3) a seal would
  *    only queue the batch, so the rule waits for a worker like rule 4.
+ *    c. Producers wait for pending cost (Options::max_pending_cost, issue 12): seal (`full`).
+ *    The open batch's cost is freed only by running it, and waiting for D (or, without a time
+ *    bound, for ever) would idle a free worker. While every worker is busy, rule 3 lets it grow
+ *    and the worker that finishes asks again (as Kafka's producer sends every batch while its
+ *    buffer memory is exhausted, but only when a worker can take it).
  * 5. Early sealing (Options::seal_early, on by default), only with a time bound (without one
  *    the user asked for batches that fill up) and once the estimates are ready. Rules a and c
  *    apply only to slow streams, where a whole batch takes at least 100 us to fill at the
@@ -118,7 +123,9 @@ struct SealInputs {
     /// Earliest deadline of the batch's items (unset: none, or deadline sealing is off).
     std::int64_t earliest_deadline = unset;
     bool seal_early = true;  ///< Options::seal_early.
-    LoadEstimate load;       ///< The measured load.
+    /// Producers wait for pending cost (Options::max_pending_cost): rule 4c.
+    bool cost_waiting = false;
+    LoadEstimate load;  ///< The measured load.
 };
 
 /// @brief What `decide_seal` answers. Thread safety: a plain value type.
@@ -311,6 +318,11 @@ inline SealDecision decide_seal(const SealInputs& in) noexcept {
     if (in.now >= due) {  // rule 4b
         decision.seal = true;
         decision.reason = DispatchReason::item_deadline;
+        return decision;
+    }
+    if (in.cost_waiting) {  // rule 4c
+        decision.seal = true;
+        decision.reason = DispatchReason::full;
         return decision;
     }
     std::int64_t quiet = -1;

@@ -3682,6 +3682,11 @@ private:
  *    hand-over to the worker): sealed then, the batch is predicted to finish by d. Until then
  *    the answer names that time (rule 6). While every worker is busy (rule 3) a seal would
  *    only queue the batch, so the rule waits for a worker like rule 4.
+ *    c. Producers wait for pending cost (Options::max_pending_cost, issue 12): seal (`full`).
+ *    The open batch's cost is freed only by running it, and waiting for D (or, without a time
+ *    bound, for ever) would idle a free worker. While every worker is busy, rule 3 lets it grow
+ *    and the worker that finishes asks again (as Kafka's producer sends every batch while its
+ *    buffer memory is exhausted, but only when a worker can take it).
  * 5. Early sealing (Options::seal_early, on by default), only with a time bound (without one
  *    the user asked for batches that fill up) and once the estimates are ready. Rules a and c
  *    apply only to slow streams, where a whole batch takes at least 100 us to fill at the
@@ -3771,7 +3776,9 @@ struct SealInputs {
     /// Earliest deadline of the batch's items (unset: none, or deadline sealing is off).
     std::int64_t earliest_deadline = unset;
     bool seal_early = true;  ///< Options::seal_early.
-    LoadEstimate load;       ///< The measured load.
+    /// Producers wait for pending cost (Options::max_pending_cost): rule 4c.
+    bool cost_waiting = false;
+    LoadEstimate load;  ///< The measured load.
 };
 
 /// @brief What `decide_seal` answers. Thread safety: a plain value type.
@@ -3964,6 +3971,11 @@ inline SealDecision decide_seal(const SealInputs& in) noexcept {
     if (in.now >= due) {  // rule 4b
         decision.seal = true;
         decision.reason = DispatchReason::item_deadline;
+        return decision;
+    }
+    if (in.cost_waiting) {  // rule 4c
+        decision.seal = true;
+        decision.reason = DispatchReason::full;
         return decision;
     }
     std::int64_t quiet = -1;
@@ -6813,7 +6825,8 @@ private:
     SubmitStatus wait_for_cost(std::uint64_t cost, WaitMode mode, Deadline deadline);
     void release_cost(std::uint64_t cost);
     void wake_cost_waiters();
-    void seal_for_cost();
+    void seal_for_cost(Lane& lane);
+    void seal_for_cost_all();
     bool cost_wanted() const noexcept;
 
     // ---- Deadlines, cancellation, admission control: detail/batcher_deadlines.hpp ----------
@@ -7662,9 +7675,10 @@ std::size_t Batcher<T, R, Clock>::max_in_flight() const noexcept {
  *     max_pending_cost on its own;
  *  2. reserve its cost in pending_cost_ (reserve_cost: waits, in arrival order, like a full
  *     batcher when the bound would be exceeded). While producers wait for pending cost, open
- *     batches are sealed at once (reason full; as Kafka's producer sends every batch while its
- *     buffer memory is exhausted): their cost can only be freed by running them, and waiting
- *     for their time bound would idle the workers (or, without one, never end);
+ *     batches are sealed as soon as a worker is free (seal_policy.hpp rule 4c, reason full):
+ *     their cost can only be freed by running them, and waiting for their time bound would
+ *     idle the worker (or, without one, never end). A waiting producer, every claim while
+ *     producers wait, and every worker that finishes a batch ask the policy;
  *  3. claim a slot (claim_weighed): with max_batch_cost, under the lane's fill_mutex, first
  *     sealing the open batch if the item does not fit in it (the pure rule is
  *     item_fits_batch()), then adding the cost to the batch it lands in;
@@ -7770,9 +7784,11 @@ SubmitStatus Batcher<T, R, Clock>::submit_weighed(U&& item, WaitMode mode, Deadl
         release_cost(cost);  // the slot became a hole; fill_slot took its cost off the batch
         MICROBATCH_RETHROW;
     }
-    if (claim.seal_after || cost_wanted()) {
+    if (claim.seal_after) {
         // Only if it is still that batch: another producer may have sealed it already.
         seal_current(lane, DispatchReason::full, claim.head & ~count_mask, true, true);
+    } else if (cost_wanted()) {
+        seal_for_cost(lane);
     }
     return status;
 }
@@ -7803,8 +7819,10 @@ BulkResult Batcher<T, R, Clock>::submit_bulk_weighed(InputIt& first, std::size_t
             release_cost(cost);
             MICROBATCH_RETHROW;
         }
-        if (claim.seal_after || cost_wanted()) {
+        if (claim.seal_after) {
             seal_current(lane, DispatchReason::full, claim.head & ~count_mask, true, true);
+        } else if (cost_wanted()) {
+            seal_for_cost(lane);
         }
     }
     return BulkResult{SubmitStatus::accepted, n};
@@ -7900,11 +7918,13 @@ SubmitStatus Batcher<T, R, Clock>::reserve_cost(std::uint64_t cost, WaitMode mod
         }
         // Registered so that close() waits for us to leave before the batcher is destroyed.
         slow_producers_.fetch_add(1, std::memory_order_seq_cst);
-        // seq_cst: from here on fast reservations stop and every new claim seals its batch
-        // (cost_wanted); the items already in open batches are sealed below. Dekker handshake:
-        // a claim either comes before our look at the heads (we seal it) or sees us.
+        // seq_cst: from here on fast reservations stop, and every new claim and every worker
+        // that finishes a batch asks the policy with cost_waiting set (rule 4c); the items
+        // already in open batches are asked about below. Dekker handshakes: a claim either
+        // comes before our look at the heads (we ask for its batch) or sees us; a worker's
+        // finish either comes before our look at in_flight_batches_ (we see it free) or sees us.
         cost_waiters_.fetch_add(1, std::memory_order_seq_cst);
-        seal_for_cost();  // before taking cost_mutex_: an inline executor runs the batch here
+        seal_for_cost_all();  // before cost_mutex_: an inline executor runs the batch here
         status = wait_for_cost(cost, mode, deadline);
         // relaxed: only lowers the count; a stale non-zero read costs a spare lock or seal.
         cost_waiters_.fetch_sub(1, std::memory_order_relaxed);
@@ -7915,22 +7935,41 @@ SubmitStatus Batcher<T, R, Clock>::reserve_cost(std::uint64_t cost, WaitMode mod
         slow_producers_.fetch_sub(1, std::memory_order_release);
         return status;
     } else {
-        seal_for_cost();  // a try_ form that polls gets room once these batches ran
+        seal_for_cost_all();  // a try_ form that polls gets room once these batches ran
     }
     stats_.rejected(status, items);
     return status;
 }
 
-// Pending cost is wanted: seal every lane's open batch so that its cost can be freed.
+// Pending cost is wanted: seal @p lane's open batch if the policy says so (a worker is free,
+// rule 4c), so that its cost can be freed.
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::seal_for_cost() {
+void Batcher<T, R, Clock>::seal_for_cost(Lane& lane) {
+    // seq_cst: the load of the Dekker handshake in reserve_cost (seal_current's own loads,
+    // sequenced after it, see the same or a later head).
+    const std::uint64_t head = lane.head.load(std::memory_order_seq_cst);
+    const std::uint64_t count = filling_count(head);
+    if (count == 0) {
+        return;
+    }
+    // relaxed: opened_at was stamped by the batch's first producer; an unset or stale value
+    // only affects the time rules, which are not why we ask.
+    const std::int64_t opened_at =
+        buffers_[buffer_of(head)].opened_at.load(std::memory_order_relaxed);
+    SealInputs in = policy_inputs(SealTrigger::producer, clock_.now().time_since_epoch().count(),
+                                  static_cast<std::size_t>(count), pending_with(count),
+                                  bound_of(buffer_of(head)), opened_at, unset_time);
+    in.cost_waiting = true;  // also for a refused try_ form, which does not wait
+    const SealDecision decision = decide_seal(in);
+    if (decision.seal) {
+        seal_current(lane, decision.reason, head & ~count_mask, true);
+    }
+}
+
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::seal_for_cost_all() {
     for (std::uint32_t l = 0; l < lane_count_; ++l) {
-        // seq_cst: the load of the Dekker handshake in reserve_cost (seal_current's own loads,
-        // sequenced after it, see the same or a later head).
-        const std::uint64_t head = lanes_[l].head.load(std::memory_order_seq_cst);
-        if (filling_count(head) != 0) {
-            seal_current(lanes_[l], DispatchReason::full, 0, false);
-        }
+        seal_for_cost(lanes_[l]);
     }
 }
 
@@ -8726,6 +8765,7 @@ SealInputs Batcher<T, R, Clock>::policy_inputs(SealTrigger trigger, std::int64_t
     in.max_in_flight = max_in_flight_.load(std::memory_order_relaxed);
     in.lanes = lane_count_;
     in.seal_early = seal_early_;
+    in.cost_waiting = cost_wanted();  // seq_cst: see reserve_cost's handshake
     in.load = load_estimate();
     return in;
 }

@@ -10,9 +10,10 @@
  *     max_pending_cost on its own;
  *  2. reserve its cost in pending_cost_ (reserve_cost: waits, in arrival order, like a full
  *     batcher when the bound would be exceeded). While producers wait for pending cost, open
- *     batches are sealed at once (reason full; as Kafka's producer sends every batch while its
- *     buffer memory is exhausted): their cost can only be freed by running them, and waiting
- *     for their time bound would idle the workers (or, without one, never end);
+ *     batches are sealed as soon as a worker is free (seal_policy.hpp rule 4c, reason full):
+ *     their cost can only be freed by running them, and waiting for their time bound would
+ *     idle the worker (or, without one, never end). A waiting producer, every claim while
+ *     producers wait, and every worker that finishes a batch ask the policy;
  *  3. claim a slot (claim_weighed): with max_batch_cost, under the lane's fill_mutex, first
  *     sealing the open batch if the item does not fit in it (the pure rule is
  *     item_fits_batch()), then adding the cost to the batch it lands in;
@@ -121,9 +122,11 @@ SubmitStatus Batcher<T, R, Clock>::submit_weighed(U&& item, WaitMode mode, Deadl
         release_cost(cost);  // the slot became a hole; fill_slot took its cost off the batch
         MICROBATCH_RETHROW;
     }
-    if (claim.seal_after || cost_wanted()) {
+    if (claim.seal_after) {
         // Only if it is still that batch: another producer may have sealed it already.
         seal_current(lane, DispatchReason::full, claim.head & ~count_mask, true, true);
+    } else if (cost_wanted()) {
+        seal_for_cost(lane);
     }
     return status;
 }
@@ -154,8 +157,10 @@ BulkResult Batcher<T, R, Clock>::submit_bulk_weighed(InputIt& first, std::size_t
             release_cost(cost);
             MICROBATCH_RETHROW;
         }
-        if (claim.seal_after || cost_wanted()) {
+        if (claim.seal_after) {
             seal_current(lane, DispatchReason::full, claim.head & ~count_mask, true, true);
+        } else if (cost_wanted()) {
+            seal_for_cost(lane);
         }
     }
     return BulkResult{SubmitStatus::accepted, n};
@@ -251,11 +256,13 @@ SubmitStatus Batcher<T, R, Clock>::reserve_cost(std::uint64_t cost, WaitMode mod
         }
         // Registered so that close() waits for us to leave before the batcher is destroyed.
         slow_producers_.fetch_add(1, std::memory_order_seq_cst);
-        // seq_cst: from here on fast reservations stop and every new claim seals its batch
-        // (cost_wanted); the items already in open batches are sealed below. Dekker handshake:
-        // a claim either comes before our look at the heads (we seal it) or sees us.
+        // seq_cst: from here on fast reservations stop, and every new claim and every worker
+        // that finishes a batch asks the policy with cost_waiting set (rule 4c); the items
+        // already in open batches are asked about below. Dekker handshakes: a claim either
+        // comes before our look at the heads (we ask for its batch) or sees us; a worker's
+        // finish either comes before our look at in_flight_batches_ (we see it free) or sees us.
         cost_waiters_.fetch_add(1, std::memory_order_seq_cst);
-        seal_for_cost();  // before taking cost_mutex_: an inline executor runs the batch here
+        seal_for_cost_all();  // before cost_mutex_: an inline executor runs the batch here
         status = wait_for_cost(cost, mode, deadline);
         // relaxed: only lowers the count; a stale non-zero read costs a spare lock or seal.
         cost_waiters_.fetch_sub(1, std::memory_order_relaxed);
@@ -266,22 +273,41 @@ SubmitStatus Batcher<T, R, Clock>::reserve_cost(std::uint64_t cost, WaitMode mod
         slow_producers_.fetch_sub(1, std::memory_order_release);
         return status;
     } else {
-        seal_for_cost();  // a try_ form that polls gets room once these batches ran
+        seal_for_cost_all();  // a try_ form that polls gets room once these batches ran
     }
     stats_.rejected(status, items);
     return status;
 }
 
-// Pending cost is wanted: seal every lane's open batch so that its cost can be freed.
+// Pending cost is wanted: seal @p lane's open batch if the policy says so (a worker is free,
+// rule 4c), so that its cost can be freed.
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::seal_for_cost() {
+void Batcher<T, R, Clock>::seal_for_cost(Lane& lane) {
+    // seq_cst: the load of the Dekker handshake in reserve_cost (seal_current's own loads,
+    // sequenced after it, see the same or a later head).
+    const std::uint64_t head = lane.head.load(std::memory_order_seq_cst);
+    const std::uint64_t count = filling_count(head);
+    if (count == 0) {
+        return;
+    }
+    // relaxed: opened_at was stamped by the batch's first producer; an unset or stale value
+    // only affects the time rules, which are not why we ask.
+    const std::int64_t opened_at =
+        buffers_[buffer_of(head)].opened_at.load(std::memory_order_relaxed);
+    SealInputs in = policy_inputs(SealTrigger::producer, clock_.now().time_since_epoch().count(),
+                                  static_cast<std::size_t>(count), pending_with(count),
+                                  bound_of(buffer_of(head)), opened_at, unset_time);
+    in.cost_waiting = true;  // also for a refused try_ form, which does not wait
+    const SealDecision decision = decide_seal(in);
+    if (decision.seal) {
+        seal_current(lane, decision.reason, head & ~count_mask, true);
+    }
+}
+
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::seal_for_cost_all() {
     for (std::uint32_t l = 0; l < lane_count_; ++l) {
-        // seq_cst: the load of the Dekker handshake in reserve_cost (seal_current's own loads,
-        // sequenced after it, see the same or a later head).
-        const std::uint64_t head = lanes_[l].head.load(std::memory_order_seq_cst);
-        if (filling_count(head) != 0) {
-            seal_current(lanes_[l], DispatchReason::full, 0, false);
-        }
+        seal_for_cost(lanes_[l]);
     }
 }
 

@@ -59,6 +59,7 @@ SealInputs Batcher<T, R, Clock>::policy_inputs(SealTrigger trigger, std::int64_t
     in.max_in_flight = max_in_flight_.load(std::memory_order_relaxed);
     in.lanes = lane_count_;
     in.seal_early = seal_early_;
+    in.cost_waiting = cost_wanted();  // seq_cst: see reserve_cost's handshake
     in.load = load_estimate();
     return in;
 }
