@@ -1111,3 +1111,52 @@ TEST_CASE("KeyedBatcher rejects cost bounds without a cost function, naming opti
     CHECK(batcher.stats().batch_cost_total == 0);  // no cost function: everything costs 0
     CHECK(batcher.stats().pending_cost == 0);
 }
+
+namespace {
+// An item whose copy may throw (after the cost function weighed it).
+struct Fragile {
+    int cost = 0;
+    bool throws = false;
+    Fragile(int c, bool t) : cost(c), throws(t) {}
+    Fragile(const Fragile& other) : cost(other.cost), throws(other.throws) {
+        if (throws) {
+            throw std::runtime_error("copy fails");
+        }
+    }
+    Fragile(Fragile&&) noexcept = default;
+    Fragile& operator=(const Fragile&) = default;
+    Fragile& operator=(Fragile&&) noexcept = default;
+    ~Fragile() = default;
+};
+}  // namespace
+
+TEST_CASE("KeyedBatcher: a batch sealed for an item whose copy then throws still runs",
+          "[keyed][cost][errors]") {
+    ManualExecutor executor;
+    ManualClock clock;
+    std::vector<int> seen;  // the executor runs batches on this thread
+    KeyedBatcher<int, Fragile, void, ManualClock> batcher(
+        manual_options(executor).max_batch_size(10).max_delay(1h).max_batch_cost(10),
+        microbatch::cost_by(
+            [](const Fragile& item) { return static_cast<std::size_t>(item.cost); }),
+        [&](Batch<Fragile>& batch) {
+            for (const Fragile& item : batch) {
+                seen.push_back(item.cost);
+            }
+        },
+        clock);
+    batcher.post(1, Fragile(8, false));
+    clock.advance(1ms);  // returns once the timer sleeps again (nothing due for an hour)
+    const Fragile fragile(5, true);
+    CHECK_THROWS_WITH(batcher.post(1, fragile), "copy fails");  // {8} was sealed first
+    CHECK(batcher.stats().items_accepted == 1);
+    CHECK(batcher.stats().batches_full == 1);
+    // Nobody submits again: the timer hands the sealed batch out.
+    for (int i = 0; i < 10000 && executor.queued() == 0; ++i) {
+        std::this_thread::sleep_for(1ms);
+    }
+    executor.run_all();
+    CHECK(seen == std::vector<int>{8});
+    CHECK(batcher.pending_cost() == 0);
+    executor.run_inline();
+}

@@ -11302,9 +11302,11 @@ SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::accept(Key key, U&&
             return space;
         }
         State* const state = find_or_create_key(key);  // throws KeyLimitError at the cap
-        if (state->open != nullptr &&
+        const bool sealed_first =
+            state->open != nullptr &&
             detail::cost_seals_first(state->open->items.size(), state->open->cost, cost,
-                                     state->open->cost_bound)) {
+                                     state->open->cost_bound);
+        if (sealed_first) {
             // The item would take the open batch above its cost bound: seal it first (full).
             queue_sealed(state, seal(state, DispatchReason::full));
         }
@@ -11334,6 +11336,12 @@ SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::accept(Key key, U&&
                 if (state->idle()) {
                     note_idle(state, now);
                 }
+            }
+            if (sealed_first) {
+                // The batch sealed for this item waits in the ring, and we leave without
+                // dispatching: wake the timer, which hands out what workers are free for.
+                timer_wake_at_ = std::numeric_limits<std::int64_t>::min();
+                timer_condition_.notify_one();
             }
             MICROBATCH_RETHROW;
         }
