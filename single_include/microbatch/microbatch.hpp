@@ -10233,8 +10233,8 @@ namespace microbatch {
  * **Design and cost.** Unlike Batcher's lock-free single-key path, a KeyedBatcher keeps its
  * state under one mutex: a submit takes it once (hash lookup, append to the key's batch); a
  * batch takes it once when it finishes (its counters are atomic). User code never runs under
- * it (process_batch, callbacks, the key function and the executor run outside), except the
- * key's hash and equality and the item's constructors (from the submitted argument, and moves
+ * it (process_batch, callbacks, the key and cost functions and the executor run outside), except
+ * the key's hash and equality and the item's constructors (from the submitted argument, and moves
  * while a batch's storage grows), which must not call back into this batcher. A worker that
  * finishes a batch takes the next one itself (up to 16 in a row, then it hands the next to the
  * executor and returns the thread to the pool). Measured (bench_keyed, two producers, shared
@@ -10614,16 +10614,16 @@ private:
     void initialise();  // detail/keyed_run.hpp
     template <class U>
     SubmitStatus with_handle(Key key, U&& item, WaitMode mode, Deadline deadline,
-                             Handle<R>& out);  // detail/keyed_submit.hpp
+                             Handle<R>& out);  // detail/keyed_admission.hpp
     template <class U, class Store>
     SubmitStatus submit_core(Key key, U&& item, WaitMode mode, Deadline deadline, Store&& store);
-    template <class U, class Store>
-    SubmitStatus accept(Key key, U&& item, std::size_t cost, WaitMode mode, Deadline deadline,
-                        Store&& store);
     void check_cost(std::size_t cost) const;
     SubmitStatus wait_for_space(Lock& lock, WaitMode mode, Deadline deadline, std::size_t cost);
     bool has_room(std::size_t cost) const noexcept;
     void leave_cost_queue(std::uint64_t ticket) noexcept;
+    template <class U, class Store>  // detail/keyed_submit.hpp
+    SubmitStatus accept(Key key, U&& item, std::size_t cost, WaitMode mode, Deadline deadline,
+                        Store&& store);
     State* find_or_create_key(const Key& key);
     void reclaim_expired(std::int64_t now);
     void reclaim(State* state);
