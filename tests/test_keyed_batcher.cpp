@@ -693,3 +693,470 @@ TEST_CASE("KeyedBatcher with 100 keys uses one timer thread and its pool", "[key
     CHECK(thread_count() == before);
 }
 #endif
+
+// ---- Item costs (issue 12 item 1: max_batch_cost, max_pending_cost) ---------------------------
+
+namespace {
+
+// Every int item costs its value.
+std::size_t int_cost(const int& item) {
+    return static_cast<std::size_t>(item);
+}
+
+using CostKeyed = KeyedBatcher<std::string, int, void, ManualClock>;
+
+std::vector<std::vector<int>> items_of(const std::vector<Seen>& seen, const std::string& key) {
+    std::vector<std::vector<int>> out;
+    for (const auto& batch : seen) {
+        if (batch.key == key) {
+            out.push_back(batch.items);
+        }
+    }
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("Cost policy: seal first, full, oversized and pending fit", "[keyed][policy][cost]") {
+    using detail::cost_full;
+    using detail::cost_oversized;
+    using detail::cost_seals_first;
+    using detail::pending_cost_fits;
+    CHECK_FALSE(cost_seals_first(0, 0, 50, 10));   // an empty batch takes anything
+    CHECK_FALSE(cost_seals_first(2, 6, 4, 10));    // reaches the bound exactly: joins
+    CHECK(cost_seals_first(2, 6, 5, 10));          // would go above: seal first
+    CHECK(cost_seals_first(1, 1, 11, 10));         // oversized after others: seal first
+    CHECK_FALSE(cost_seals_first(3, 6, 1000, 0));  // no bound
+    CHECK(cost_seals_first(1, 1, static_cast<std::size_t>(-1), 10));  // no overflow
+    CHECK(cost_full(10, 10));
+    CHECK(cost_full(11, 10));
+    CHECK_FALSE(cost_full(9, 10));
+    CHECK_FALSE(cost_full(0, 10));
+    CHECK_FALSE(cost_full(100, 0));
+    CHECK(cost_oversized(11, 10));
+    CHECK_FALSE(cost_oversized(10, 10));
+    CHECK_FALSE(cost_oversized(11, 0));
+    CHECK(pending_cost_fits(6, 4, 10));
+    CHECK_FALSE(pending_cost_fits(6, 5, 10));
+    CHECK(pending_cost_fits(1000, 1000, 0));
+    CHECK_FALSE(pending_cost_fits(1, static_cast<std::size_t>(-1), 10));  // no overflow
+}
+
+TEST_CASE("KeyedBatcher seals a key's batch at its cost bound and before an item above it",
+          "[keyed][cost]") {
+    ManualExecutor executor;
+    ManualClock clock;
+    Recorder recorder;
+    CostKeyed batcher(
+        manual_options(executor)
+            .max_in_flight(KeyedOptions::unlimited_in_flight)
+            .max_batch_size(100)
+            .max_delay(std::chrono::nanoseconds::max())
+            .max_batch_cost(10),
+        microbatch::cost_by(int_cost),
+        [&](const std::string& key, Batch<int>& batch) { recorder.record(key, batch); }, clock);
+    for (int item : {3, 3, 4}) {  // 10: full at exactly the bound
+        batcher.post("a", item);
+    }
+    CHECK(batcher.pending_cost() == 10);
+    for (int item : {5, 4, 2}) {  // 9, then 2 would make 11: {5, 4} is sealed first
+        batcher.post("a", item);
+    }
+    batcher.post("a", 25);  // oversized: {2} sealed first, then {25} alone, sealed at once
+    batcher.post("a", 1);
+    for (int i = 0; i < 5; ++i) {
+        batcher.post("z", 0);  // zero cost never fills a batch by cost
+    }
+    CHECK(batcher.pending_cost() == 47);
+    CHECK(batcher.stats().pending_cost == 47);
+    executor.run_all();
+    auto seen = recorder.take();
+    CHECK(items_of(seen, "a") == std::vector<std::vector<int>>{{3, 3, 4}, {5, 4}, {2}, {25}});
+    for (const auto& batch : seen) {
+        CHECK(batch.reason == DispatchReason::full);
+    }
+    CHECK(items_of(seen, "z").empty());
+    CHECK(batcher.pending_cost() == 1);
+    batcher.flush();
+    executor.run_all();
+    seen = recorder.take();
+    CHECK(items_of(seen, "a") == std::vector<std::vector<int>>{{1}});
+    CHECK(items_of(seen, "z") == std::vector<std::vector<int>>{{0, 0, 0, 0, 0}});
+    CHECK(batcher.pending_cost() == 0);
+
+    const auto stats = batcher.stats();
+    CHECK(stats.items_oversized == 1);
+    CHECK(stats.batch_cost_total == 47);
+    CHECK(stats.batch_cost_max == 25);
+    CHECK(stats.batches_full == 4);
+    CHECK(stats.batches_flush == 2);
+    CHECK(stats.pending_cost == 0);
+    const auto a = batcher.key_stats("a");
+    REQUIRE(a);
+    CHECK(a->items_oversized == 1);
+    CHECK(a->batch_cost_total == 47);
+    CHECK(a->batch_cost_max == 25);
+    CHECK(a->max_batch_cost == 10);
+    CHECK(a->pending_cost == 0);
+    const auto z = batcher.key_stats("z");
+    REQUIRE(z);
+    CHECK(z->batch_cost_total == 0);
+    CHECK(z->items_oversized == 0);
+    executor.run_inline();
+}
+
+TEST_CASE("KeyedBatcher: an oversized item runs alone between its neighbours' batches",
+          "[keyed][cost]") {
+    ManualExecutor executor;
+    ManualClock clock;
+    Recorder recorder;
+    CostKeyed batcher(
+        manual_options(executor)
+            .max_in_flight(KeyedOptions::unlimited_in_flight)
+            .max_batch_size(3)
+            .max_delay(std::chrono::nanoseconds::max())
+            .max_batch_cost(8),
+        microbatch::cost_by(int_cost),
+        [&](const std::string& key, Batch<int>& batch) { recorder.record(key, batch); }, clock);
+    batcher.post("k", 1);
+    batcher.post("k", 2);
+    batcher.post("k", 9);  // oversized
+    batcher.post("k", 1);
+    batcher.post("k", 1);
+    batcher.post("k", 1);  // three items: full by count (cost 3)
+    batcher.post("k", 8);  // exactly the bound: full by cost at once, not oversized
+    executor.run_all();
+    const auto seen = recorder.take();
+    CHECK(items_of(seen, "k") == std::vector<std::vector<int>>{{1, 2}, {9}, {1, 1, 1}, {8}});
+    CHECK(batcher.stats().items_oversized == 1);
+    CHECK(batcher.stats().batch_cost_max == 9);
+    executor.run_inline();
+}
+
+TEST_CASE("KeyedBatcher applies each key's own cost bound (set_key_limits)", "[keyed][cost]") {
+    ManualExecutor executor;
+    ManualClock clock;
+    Recorder recorder;
+    CostKeyed batcher(
+        manual_options(executor)
+            .max_in_flight(KeyedOptions::unlimited_in_flight)
+            .max_batch_size(100)
+            .max_delay(std::chrono::nanoseconds::max())
+            .max_batch_cost(10),
+        microbatch::cost_by(int_cost),
+        [&](const std::string& key, Batch<int>& batch) { recorder.record(key, batch); }, clock);
+    KeyLimits small;
+    small.max_batch_cost = 4;
+    batcher.set_key_limits("small", small);
+    KeyLimits unbounded;
+    unbounded.max_batch_cost = 0;  // no cost bound for this key
+    batcher.set_key_limits("free", unbounded);
+    KeyLimits by_count{2, std::nullopt};  // keeps the default cost bound
+    batcher.set_key_limits("count", by_count);
+    for (const char* key : {"small", "default", "free", "count"}) {
+        for (int item : {2, 2, 3, 3, 5}) {
+            batcher.post(key, item);
+        }
+    }
+    batcher.flush();
+    executor.run_all();
+    const auto seen = recorder.take();
+    CHECK(items_of(seen, "small") ==
+          std::vector<std::vector<int>>{{2, 2}, {3}, {3}, {5}});  // 5 > 4: oversized
+    CHECK(items_of(seen, "default") == std::vector<std::vector<int>>{{2, 2, 3, 3}, {5}});
+    CHECK(items_of(seen, "free") == std::vector<std::vector<int>>{{2, 2, 3, 3, 5}});
+    CHECK(items_of(seen, "count") == std::vector<std::vector<int>>{{2, 2}, {3, 3}, {5}});
+    CHECK(batcher.key_stats("small")->max_batch_cost == 4);
+    CHECK(batcher.key_stats("small")->items_oversized == 1);
+    CHECK(batcher.key_stats("free")->max_batch_cost == 0);
+    CHECK(batcher.key_stats("count")->max_batch_cost == 10);
+    CHECK(batcher.key_stats("default")->batch_cost_max == 10);
+    batcher.clear_key_limits("small");
+    CHECK(batcher.key_stats("small")->max_batch_cost == 10);
+    CHECK(batcher.stats().items_oversized == 1);
+    executor.run_inline();
+}
+
+TEST_CASE("KeyedBatcher bounds the pending cost: try reports full, timed waits then full",
+          "[keyed][cost][backpressure]") {
+    ManualExecutor executor;
+    ManualClock clock;
+    CostKeyed batcher(
+        manual_options(executor).max_batch_size(1).max_pending_cost(10),
+        microbatch::cost_by(int_cost), [](Batch<int>&) {}, clock);
+    CHECK(batcher.try_submit("a", 6) == SubmitStatus::accepted);  // runs (in flight)
+    CHECK(batcher.try_submit("b", 4) == SubmitStatus::accepted);  // queued: pending cost 10
+    CHECK(batcher.pending_cost() == 10);
+    CHECK(batcher.try_submit("c", 1) == SubmitStatus::full);
+    CHECK(batcher.try_submit_handle("c", 1).status == SubmitStatus::full);
+    CHECK(batcher.submit_for("c", 1, 1ms) == SubmitStatus::full);
+    CHECK(batcher.submit_for_handle("c", 1, 0ms).status == SubmitStatus::full);
+    CHECK(batcher.try_submit("c", 0) == SubmitStatus::accepted);  // costs nothing: fits
+    CHECK(batcher.stats().items_rejected_full == 4);
+    executor.run_all();
+    CHECK(batcher.pending_cost() == 0);
+    CHECK(batcher.try_submit("c", 10) == SubmitStatus::accepted);
+    CHECK(batcher.submit_for("c", 1, 1ms) == SubmitStatus::full);
+    executor.run_all();
+    CHECK(batcher.submit_for("c", 1, 1h) == SubmitStatus::accepted);  // room: no wait
+    executor.run_inline();
+    batcher.close();
+    CHECK(batcher.stats().pending_cost == 0);
+    CHECK(batcher.stats().batch_cost_total == 21);
+}
+
+TEST_CASE("KeyedBatcher seals partial batches when they hold the whole pending cost",
+          "[keyed][cost][backpressure]") {
+    ManualExecutor executor;
+    ManualClock clock;
+    Recorder recorder;
+    CostKeyed batcher(
+        manual_options(executor)
+            .max_in_flight(2)
+            .max_batch_size(10)
+            .max_delay(std::chrono::nanoseconds::max())
+            .max_pending_cost(10),
+        microbatch::cost_by(int_cost),
+        [&](const std::string& key, Batch<int>& batch) { recorder.record(key, batch); }, clock);
+    batcher.post("a", 4);
+    batcher.post("b", 4);
+    CHECK(batcher.in_flight() == 0);
+    CHECK(batcher.try_submit("c", 4) == SubmitStatus::full);  // sealed a and b
+    CHECK(batcher.in_flight() == 2);
+    executor.run_all();
+    const auto seen = recorder.take();
+    REQUIRE(seen.size() == 2);
+    for (const auto& batch : seen) {
+        CHECK(batch.reason == DispatchReason::full);
+    }
+    CHECK(batcher.try_submit("c", 4) == SubmitStatus::accepted);
+    executor.run_inline();
+}
+
+TEST_CASE("KeyedBatcher: a blocked heavy item is admitted before later lighter ones",
+          "[keyed][cost][backpressure]") {
+    ManualExecutor executor;
+    ManualClock clock;
+    Recorder recorder;
+    CostKeyed batcher(
+        manual_options(executor).max_batch_size(1).max_pending_cost(10),
+        microbatch::cost_by(int_cost),
+        [&](const std::string& key, Batch<int>& batch) { recorder.record(key, batch); }, clock);
+    batcher.post("a", 6);  // in flight until the executor runs it
+    std::atomic<bool> heavy_done{false};
+    std::thread heavy([&] {
+        batcher.post("h", 8);  // 6 + 8 > 10: waits
+        heavy_done = true;
+    });
+    // A zero-cost item always fits, so it is refused only while a waiter is queued ahead of
+    // it: once refused, the heavy producer is waiting.
+    while (batcher.try_submit("probe", 0) == SubmitStatus::accepted) {
+        std::this_thread::yield();
+    }
+    CHECK_FALSE(heavy_done);
+    CHECK(batcher.try_submit("light", 1) == SubmitStatus::full);  // fits, but not its turn
+    CHECK(batcher.submit_for("light", 1, 1ms) == SubmitStatus::full);
+    CHECK_FALSE(heavy_done);
+    while (!heavy_done) {  // a's batch finishes: the heavy item enters first
+        executor.run_all();
+        std::this_thread::yield();
+    }
+    heavy.join();
+    CHECK(batcher.try_submit("light", 1) == SubmitStatus::accepted);
+    executor.run_inline();
+    batcher.close();
+    std::vector<std::string> order;
+    for (const auto& batch : recorder.take()) {
+        if (batch.key != "probe") {
+            order.push_back(batch.key);
+        }
+    }
+    CHECK(order == std::vector<std::string>{"a", "h", "light"});
+}
+
+TEST_CASE("KeyedBatcher: close wakes producers waiting for pending cost", "[keyed][cost][close]") {
+    ManualExecutor executor;
+    ManualClock clock;
+    CostKeyed batcher(
+        manual_options(executor).max_batch_size(1).max_pending_cost(5),
+        microbatch::cost_by(int_cost), [](Batch<int>&) {}, clock);
+    batcher.post("a", 5);
+    std::atomic<int> result{0};  // 1: ClosedError
+    std::thread producer([&] {
+        try {
+            batcher.post("b", 1);
+            result = 2;
+        } catch (const microbatch::ClosedError&) {
+            result = 1;
+        }
+    });
+    while (batcher.try_submit("probe", 0) == SubmitStatus::accepted) {  // until b waits
+        std::this_thread::yield();
+    }
+    std::atomic<bool> closed{false};
+    std::thread closer([&] {
+        batcher.close();
+        closed = true;
+    });
+    while (!batcher.is_closed()) {
+        std::this_thread::yield();
+    }
+    while (!closed) {
+        executor.run_all();
+        std::this_thread::yield();
+    }
+    closer.join();
+    producer.join();
+    CHECK(result == 1);
+    CHECK(batcher.pending_cost() == 0);
+    executor.run_inline();
+}
+
+TEST_CASE("KeyedBatcher throws CostLimitError for an item above max_pending_cost, untouched",
+          "[keyed][cost][errors]") {
+    KeyedBatcher<int, std::string> batcher(
+        KeyedOptions{}.max_pending_cost(8).workers(1),
+        microbatch::cost_by([](const std::string& text) { return text.size(); }),
+        [](Batch<std::string>&) {});
+    std::string item = "nine char";
+    try {
+        (void)batcher.try_submit(1, std::move(item));
+        FAIL("no exception");
+    } catch (const microbatch::CostLimitError& error) {
+        CHECK(std::string(error.what()) ==
+              "microbatch::KeyedBatcher: item cost 9 exceeds max_pending_cost 8");
+    }
+    CHECK(item == "nine char");
+    CHECK_THROWS_AS(batcher.post(1, std::move(item)), microbatch::CostLimitError);
+    CHECK_THROWS_AS(batcher.submit(1, std::move(item)), microbatch::CostLimitError);
+    CHECK_THROWS_AS(batcher.try_submit_handle(1, std::move(item)), microbatch::CostLimitError);
+    CHECK_THROWS_AS(batcher.submit_for(1, std::move(item), 1ms), microbatch::CostLimitError);
+    CHECK_THROWS_AS(batcher.submit(1, std::move(item), [](Outcome<void>&&) {}),
+                    microbatch::CostLimitError);
+    CHECK(item == "nine char");
+    CHECK_THROWS_AS(batcher.post(1, "also nine"), microbatch::CostLimitError);  // converted
+    batcher.submit(1, std::string("eight ch")).get();                           // at the bound
+    batcher.close();
+    CHECK(batcher.stats().items_accepted == 1);
+    CHECK(batcher.stats().batch_cost_total == 8);
+}
+
+TEST_CASE("KeyedBatcher cost function: runs once per item, on converted items, may throw",
+          "[keyed][cost][api]") {
+    std::atomic<int> calls{0};
+    KeyedBatcher<std::string, std::string> batcher(
+        KeyedOptions{}.max_batch_size(100).max_batch_cost(6).max_delay(1h).workers(1),
+        [](const std::string& text) { return text.substr(0, 1); },  // key function
+        microbatch::cost_by([&calls](const std::string& text) -> std::size_t {
+            ++calls;
+            if (text == "xbad") {
+                throw std::runtime_error("cannot weigh");
+            }
+            return text.size();
+        }),
+        [](const std::string&, Batch<std::string>&) {});
+    batcher.post(std::string("abc"));
+    batcher.post("ab");  // a const char*: weighed as a std::string
+    CHECK(batcher.pending_cost() == 5);
+    std::string bad = "xbad";
+    CHECK_THROWS_WITH(batcher.post(std::move(bad)), "cannot weigh");
+    CHECK(bad == "xbad");
+    CHECK_THROWS_WITH(batcher.try_submit("x", "xbad"), "cannot weigh");
+    CHECK(calls == 4);
+    batcher.post("abcd");  // 5 + 4 > 6: a's {abc, ab} sealed first
+    batcher.wait_idle();
+    const auto stats = batcher.stats();
+    CHECK(stats.items_accepted == 3);
+    CHECK(stats.batch_cost_total == 9);
+    CHECK(stats.batch_cost_max == 5);
+    CHECK(stats.batches_full == 1);
+    CHECK(calls == 5);
+}
+
+TEST_CASE("KeyedBatcher rejects cost bounds without a cost function, naming option and value",
+          "[keyed][cost][options]") {
+    const auto fails_with = [](KeyedOptions options, const std::string& text) {
+        try {
+            KeyedBatcher<int, int> batcher(std::move(options), [](Batch<int>&) {});
+            FAIL("no exception");
+        } catch (const std::invalid_argument& error) {
+            CHECK(std::string(error.what()) == text);
+        }
+    };
+    fails_with(KeyedOptions{}.max_batch_cost(4096),
+               "microbatch::KeyedOptions: max_batch_cost 4096 needs a cost function (pass "
+               "microbatch::cost_by(f) to the constructor)");
+    fails_with(KeyedOptions{}.max_pending_cost(100),
+               "microbatch::KeyedOptions: max_pending_cost 100 needs a cost function (pass "
+               "microbatch::cost_by(f) to the constructor)");
+    try {
+        KeyedBatcher<int, int> keyed(
+            KeyedOptions{}.max_pending_cost(7), [](const int& item) { return item; },
+            [](Batch<int>&) {});
+        FAIL("no exception");
+    } catch (const std::invalid_argument& error) {
+        CHECK_THAT(std::string(error.what()), Catch::Matchers::Contains("max_pending_cost 7"));
+    }
+
+    KeyedBatcher<int, int> batcher(KeyedOptions{}, [](Batch<int>&) {});
+    KeyLimits limits;
+    limits.max_batch_cost = 64;
+    CHECK_THROWS_WITH(batcher.set_key_limits(1, limits),
+                      "microbatch::KeyedBatcher::set_key_limits: max_batch_cost 64 needs a cost "
+                      "function (pass microbatch::cost_by(f) to the constructor)");
+    limits.max_batch_cost = 0;
+    batcher.set_key_limits(1, limits);  // no bound: fine
+    batcher.post(1, 5);
+    batcher.close();
+    CHECK(batcher.stats().batch_cost_total == 0);  // no cost function: everything costs 0
+    CHECK(batcher.stats().pending_cost == 0);
+}
+
+namespace {
+// An item whose copy may throw (after the cost function weighed it).
+struct Fragile {
+    int cost = 0;
+    bool throws = false;
+    Fragile(int c, bool t) : cost(c), throws(t) {}
+    Fragile(const Fragile& other) : cost(other.cost), throws(other.throws) {
+        if (throws) {
+            throw std::runtime_error("copy fails");
+        }
+    }
+    Fragile(Fragile&&) noexcept = default;
+    Fragile& operator=(const Fragile&) = default;
+    Fragile& operator=(Fragile&&) noexcept = default;
+    ~Fragile() = default;
+};
+}  // namespace
+
+TEST_CASE("KeyedBatcher: a batch sealed for an item whose copy then throws still runs",
+          "[keyed][cost][errors]") {
+    ManualExecutor executor;
+    ManualClock clock;
+    std::vector<int> seen;  // the executor runs batches on this thread
+    KeyedBatcher<int, Fragile, void, ManualClock> batcher(
+        manual_options(executor).max_batch_size(10).max_delay(1h).max_batch_cost(10),
+        microbatch::cost_by(
+            [](const Fragile& item) { return static_cast<std::size_t>(item.cost); }),
+        [&](Batch<Fragile>& batch) {
+            for (const Fragile& item : batch) {
+                seen.push_back(item.cost);
+            }
+        },
+        clock);
+    batcher.post(1, Fragile(8, false));
+    clock.advance(1ms);  // returns once the timer sleeps again (nothing due for an hour)
+    const Fragile fragile(5, true);
+    CHECK_THROWS_WITH(batcher.post(1, fragile), "copy fails");  // {8} was sealed first
+    CHECK(batcher.stats().items_accepted == 1);
+    CHECK(batcher.stats().batches_full == 1);
+    // Nobody submits again: the timer hands the sealed batch out.
+    for (int i = 0; i < 10000 && executor.queued() == 0; ++i) {
+        std::this_thread::sleep_for(1ms);
+    }
+    executor.run_all();
+    CHECK(seen == std::vector<int>{8});
+    CHECK(batcher.pending_cost() == 0);
+    executor.run_inline();
+}

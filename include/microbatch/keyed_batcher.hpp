@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -32,6 +33,7 @@
 #include "microbatch/errors.hpp"
 #include "microbatch/executor.hpp"
 #include "microbatch/handle.hpp"
+#include "microbatch/item_cost.hpp"
 #include "microbatch/keyed_options.hpp"
 #include "microbatch/keyed_stats.hpp"
 #include "microbatch/outcome.hpp"
@@ -69,6 +71,22 @@ namespace microbatch {
  * carry increasing (not consecutive) numbers, also across the key's reclamation. Bounds per key:
  * `set_key_limits(key, limits)`, else the `KeyedOptions` defaults.
  *
+ * **Item costs.** With a cost function (`microbatch::cost_by(f)`, before the batch function in
+ * the constructor) each item has a cost (its bytes, tokens, rows), computed once on the
+ * submitting thread before it is accepted (if it throws, the submit throws and nothing is
+ * accepted). A key's batch is also sealed (reason `full`) when its total cost reaches the key's
+ * `max_batch_cost`, or before an item that would take it above; an item costing more than the
+ * bound on its own runs alone in a batch sealed at once (`KeyedStats::items_oversized`).
+ * `max_pending_cost` bounds the total cost of the pending items like `capacity` bounds their
+ * number (waiters admitted in arrival order); an item costing more than it throws
+ * `CostLimitError` from every submit form. Without a cost function every item costs 0.
+ * @code
+ * microbatch::KeyedBatcher<std::string, std::string> uploads(
+ *     microbatch::KeyedOptions{}.max_batch_cost(1 << 20).max_pending_cost(64 << 20),
+ *     microbatch::cost_by([](const std::string& body) { return body.size(); }),
+ *     [](const std::string& bucket, microbatch::Batch<std::string>& bodies) { ... });
+ * @endcode
+ *
  * **Dispatch and fairness.** At most `max_in_flight` batches run at once (default: the pool's
  * workers). Sealed batches beyond that wait in their key's queue, and free workers take them
  * round-robin between keys (detail/keyed_policy.hpp): with n keys waiting, each gets one batch
@@ -102,8 +120,8 @@ namespace microbatch {
  * **Design and cost.** Unlike Batcher's lock-free single-key path, a KeyedBatcher keeps its
  * state under one mutex: a submit takes it once (hash lookup, append to the key's batch); a
  * batch takes it once when it finishes (its counters are atomic). User code never runs under
- * it (process_batch, callbacks, the key function and the executor run outside), except the
- * key's hash and equality and the item's constructors (from the submitted argument, and moves
+ * it (process_batch, callbacks, the key and cost functions and the executor run outside), except
+ * the key's hash and equality and the item's constructors (from the submitted argument, and moves
  * while a batch's storage grows), which must not call back into this batcher. A worker that
  * finishes a batch takes the next one itself (up to 16 in a row, then it hands the next to the
  * executor and returns the thread to the pool). Measured (bench_keyed, two producers, shared
@@ -143,6 +161,8 @@ public:
     using process_function = detail::UniqueFunction<batch_result_type(const Key&, Batch<T>&)>;
     /// The stored key function.
     using key_function = detail::UniqueFunction<Key(const T&)>;
+    /// The stored cost function (`cost_by`).
+    using cost_function = detail::UniqueFunction<std::size_t(const T&)>;
 
     /**
      * @brief Creates the batcher without a key function (submits name the key), starts its
@@ -167,14 +187,48 @@ public:
      */
     template <
         class KeyOf, class F,
-        class = std::enable_if_t<std::is_invocable_v<std::decay_t<F>&, const Key&, Batch<T>&> ||
-                                 std::is_invocable_v<std::decay_t<F>&, Batch<T>&>>>
+        class = std::enable_if_t<!detail::is_keyed_cost_by<std::decay_t<KeyOf>>::value &&
+                                 (std::is_invocable_v<std::decay_t<F>&, const Key&, Batch<T>&> ||
+                                  std::is_invocable_v<std::decay_t<F>&, Batch<T>&>)>>
     KeyedBatcher(KeyedOptions options, KeyOf&& key_of, F&& process, Clock clock = Clock{})
         : options_(std::move(options)), clock_(std::move(clock)) {
-        static_assert(std::is_invocable_r_v<Key, std::decay_t<KeyOf>&, const T&>,
-                      "microbatch::KeyedBatcher: the key function must be callable as "
-                      "Key(const T&)");
-        key_of_ = key_function(std::forward<KeyOf>(key_of));
+        key_of_ = detail::keyed_key_function<Key, T>(std::forward<KeyOf>(key_of));
+        process_ = detail::wrap_keyed_process<Key, T, R>(std::forward<F>(process));
+        initialise();
+    }
+
+    /**
+     * @brief Like the first constructor, with a cost function (`microbatch::cost_by(f)`):
+     *        `f(item)` returns the item's cost as a `std::size_t`, weighed against
+     *        `max_batch_cost` and `max_pending_cost`. It runs once per item on the submitting
+     *        thread, outside the batcher's mutex, before the item is accepted.
+     * @throws std::invalid_argument on invalid options; `std::bad_alloc`, `std::system_error`.
+     */
+    template <
+        class C, class F,
+        class = std::enable_if_t<std::is_invocable_v<std::decay_t<F>&, const Key&, Batch<T>&> ||
+                                 std::is_invocable_v<std::decay_t<F>&, Batch<T>&>>>
+    KeyedBatcher(KeyedOptions options, CostBy<C> cost, F&& process, Clock clock = Clock{})
+        : options_(std::move(options)), clock_(std::move(clock)) {
+        cost_of_ = detail::keyed_cost_function<T>(std::move(cost));
+        process_ = detail::wrap_keyed_process<Key, T, R>(std::forward<F>(process));
+        initialise();
+    }
+
+    /**
+     * @brief With a key function and a cost function: `key_of(item)` as in the constructor
+     *        with a key function, `cost` as in the constructor with a cost function.
+     * @throws std::invalid_argument on invalid options; `std::bad_alloc`, `std::system_error`.
+     */
+    template <
+        class KeyOf, class C, class F,
+        class = std::enable_if_t<std::is_invocable_v<std::decay_t<F>&, const Key&, Batch<T>&> ||
+                                 std::is_invocable_v<std::decay_t<F>&, Batch<T>&>>>
+    KeyedBatcher(KeyedOptions options, KeyOf&& key_of, CostBy<C> cost, F&& process,
+                 Clock clock = Clock{})
+        : options_(std::move(options)), clock_(std::move(clock)) {
+        key_of_ = detail::keyed_key_function<Key, T>(std::forward<KeyOf>(key_of));
+        cost_of_ = detail::keyed_cost_function<T>(std::move(cost));
         process_ = detail::wrap_keyed_process<Key, T, R>(std::forward<F>(process));
         initialise();
     }
@@ -191,8 +245,10 @@ public:
      * @brief Submits @p item under @p key and returns a handle to its result. Blocks while the
      *        batcher is full.
      * @throws ClosedError if closed (also when it closes while blocked); KeyLimitError at the
-     *         key cap; ReentrancyError if it would block inside one of its own batches; whatever
-     *         constructing `Key` or `T` throws; `std::bad_alloc`.
+     *         key cap; CostLimitError if the item's cost exceeds `max_pending_cost` (every
+     *         form, the non-blocking ones too); ReentrancyError if it would block inside one of
+     *         its own batches; whatever constructing `Key` or `T` or the cost function throws;
+     *         `std::bad_alloc`.
      */
     template <class K, class U, std::enable_if_t<is_key_item<K, U>, int> = 0>
     Handle<R> submit(K&& key, U&& item) {
@@ -222,7 +278,8 @@ public:
     /**
      * @brief Fire-and-forget without blocking: `accepted`, or `full`/`closed` at once (the item
      *        is then left untouched).
-     * @throws KeyLimitError at the key cap; whatever constructing `Key` or `T` throws.
+     * @throws KeyLimitError at the key cap; CostLimitError if the item's cost exceeds
+     *         `max_pending_cost`; whatever constructing `Key` or `T` or the cost function throws.
      */
     template <class K, class U, std::enable_if_t<is_key_item<K, U>, int> = 0>
     [[nodiscard]] SubmitStatus try_submit(K&& key, U&& item) {
@@ -386,6 +443,9 @@ public:
     std::size_t live_keys() const;
     /// @brief Items accepted and not finished (all keys).
     std::size_t pending() const;
+    /// @brief Total cost of the items accepted and not finished (all keys), the quantity
+    ///        `max_pending_cost` bounds; 0 without a cost function. Takes the mutex; O(1).
+    std::size_t pending_cost() const;
     /// @brief Batches running now (the count max_in_flight limits).
     std::size_t in_flight() const;
 
@@ -441,10 +501,16 @@ private:
     void initialise();  // detail/keyed_run.hpp
     template <class U>
     SubmitStatus with_handle(Key key, U&& item, WaitMode mode, Deadline deadline,
-                             Handle<R>& out);  // detail/keyed_submit.hpp
+                             Handle<R>& out);  // detail/keyed_admission.hpp
     template <class U, class Store>
     SubmitStatus submit_core(Key key, U&& item, WaitMode mode, Deadline deadline, Store&& store);
-    SubmitStatus wait_for_space(Lock& lock, WaitMode mode, Deadline deadline);
+    void check_cost(std::size_t cost) const;
+    SubmitStatus wait_for_space(Lock& lock, WaitMode mode, Deadline deadline, std::size_t cost);
+    bool has_room(std::size_t cost) const noexcept;
+    void leave_cost_queue(std::uint64_t ticket) noexcept;
+    template <class U, class Store>  // detail/keyed_submit.hpp
+    SubmitStatus accept(Key key, U&& item, std::size_t cost, WaitMode mode, Deadline deadline,
+                        Store&& store);
     State* find_or_create_key(const Key& key);
     void reclaim_expired(std::int64_t now);
     void reclaim(State* state);
@@ -461,6 +527,7 @@ private:
     void note_idle(State* state, std::int64_t now);
     std::size_t bound_for(const Key& key) const;
     std::int64_t delay_for(const Key& key) const;
+    std::size_t cost_bound_for(const Key& key) const;
     std::int64_t now_ticks() const { return clock_.now().time_since_epoch().count(); }
     std::int64_t to_ticks(std::chrono::nanoseconds value) const noexcept;
 
@@ -478,7 +545,10 @@ private:
     Clock clock_;
     process_function process_;
     key_function key_of_;
+    cost_function cost_of_;               // empty: every item costs 0
     std::size_t capacity_ = 0;            // constant after construction
+    std::size_t max_pending_cost_ = 0;    // constant; 0: none
+    std::size_t default_batch_cost_ = 0;  // constant; 0: none
     std::size_t max_keys_ = 0;            // constant
     std::size_t max_in_flight_ = 1;       // constant
     std::size_t default_batch_size_ = 1;  // constant
@@ -496,6 +566,11 @@ private:
     std::uint64_t next_generation_ = 0;
     std::uint64_t next_sequence_ = 0;  // Batch::sequence of the next sealed batch
     std::size_t pending_items_ = 0;
+    std::size_t pending_cost_ = 0;  // total cost of the pending items
+    // Submits waiting for room while max_pending_cost is set, in arrival order: only the front
+    // one may enter, so that a heavy item is not overtaken forever by lighter ones.
+    std::deque<std::uint64_t> cost_queue_;
+    std::uint64_t next_cost_ticket_ = 0;
     std::size_t in_flight_ = 0;
     std::size_t posters_ = 0;          // threads inside an executor call made for this batcher
     KeyedStats stats_;                 // the fields workers count live in counters_ instead
@@ -518,5 +593,6 @@ private:
 
 }  // namespace microbatch
 
+#include "microbatch/detail/keyed_admission.hpp"
 #include "microbatch/detail/keyed_run.hpp"
 #include "microbatch/detail/keyed_submit.hpp"

@@ -35,21 +35,27 @@ public:
  * @brief Run-time configuration of a `KeyedBatcher`: a plain value with fluent setters, like
  *        `Options` (each option has a getter and a setter returning `*this`).
  *
- * | option             | default | meaning                                                   |
- * |--------------------|---------|-----------------------------------------------------------|
- * | `max_batch_size`   | 64      | a key's batch is sealed when it holds this many items      |
- * | `max_delay`        | 1 ms    | ...or when its oldest item has waited this long            |
- * | `capacity`         | 0 = max(65,536, 4 x max_batch_size) | items accepted, not finished (all
- * keys) | | `max_keys`         | 1024    | keys live at once (with pending items or not yet
- * reclaimed) | | `key_idle_timeout` | 1 s     | a key with nothing pending for this long is
- * reclaimed      | | `workers`          | 1       | threads of the batcher's own pool (ignored with
- * `executor`) | | `executor`         | none    | run batches on this executor instead of an owned
- * pool      | | `max_in_flight`    | 0 = workers (owned pool) or hardware threads (executor) |
- * batches running at once |
+ * | option             | default | meaning                                             |
+ * |--------------------|---------|-----------------------------------------------------|
+ * | `max_batch_size`   | 64      | a key's batch is sealed when it holds this many     |
+ * | `max_delay`        | 1 ms    | ...or when its oldest item has waited this long     |
+ * | `max_batch_cost`   | 0: none | ...or at this total item cost (needs `cost_by`)     |
+ * | `capacity`         | 0: auto | items accepted and not finished (all keys)          |
+ * | `max_pending_cost` | 0: none | total cost of those items (needs `cost_by`)         |
+ * | `max_keys`         | 1024    | keys live at once                                   |
+ * | `key_idle_timeout` | 1 s     | a key with nothing pending this long is reclaimed   |
+ * | `workers`          | 1       | threads of the owned pool (unused with `executor`)  |
+ * | `executor`         | none    | run batches on this executor, not an owned pool     |
+ * | `max_in_flight`    | 0: auto | batches running at once (all keys)                  |
  *
- * `max_batch_size` and `max_delay` are the defaults of every key; `KeyedBatcher::set_key_limits`
- * overrides them per key. `validate()` (called by the KeyedBatcher constructor) throws
- * `std::invalid_argument` naming the option and its value.
+ * Automatic values: `capacity` max(65,536, 4 x max_batch_size); `max_in_flight` the owned
+ * pool's `workers`, or the hardware threads with an `executor`. The cost options weigh items
+ * with the cost function passed to the KeyedBatcher constructor (`microbatch::cost_by(f)`);
+ * setting one without a cost function makes the constructor throw `std::invalid_argument`.
+ *
+ * `max_batch_size`, `max_delay` and `max_batch_cost` are the defaults of every key;
+ * `KeyedBatcher::set_key_limits` overrides them per key. `validate()` (called by the
+ * KeyedBatcher constructor) throws `std::invalid_argument` naming the option and its value.
  *
  * Thread safety: a plain value type; no internal synchronisation.
  */
@@ -83,6 +89,48 @@ public:
     /// @brief Rvalue overload of max_delay(value).
     KeyedOptions&& max_delay(std::chrono::nanoseconds value) && noexcept {
         max_delay_ = value;
+        return std::move(*this);
+    }
+
+    /**
+     * @brief The default cost bound of every key's batches (0 = none, the default): with a cost
+     *        function (`cost_by`), a key's batch is sealed (reason `full`) as soon as the total
+     *        cost of its items reaches this bound, and before an item whose cost would take the
+     *        total above it (the item then starts the key's next batch). An item whose cost
+     *        alone exceeds the bound gets a batch of its own, sealed at once (counted in
+     *        `KeyedStats::items_oversized`). Zero-cost items never fill a batch by cost;
+     *        `max_batch_size` still applies.
+     */
+    std::size_t max_batch_cost() const noexcept { return max_batch_cost_; }
+    /// @brief Sets the default batch cost bound (0 = none); nonzero needs a cost function.
+    KeyedOptions& max_batch_cost(std::size_t value) & noexcept {
+        max_batch_cost_ = value;
+        return *this;
+    }
+    /// @brief Rvalue overload of max_batch_cost(value).
+    KeyedOptions&& max_batch_cost(std::size_t value) && noexcept {
+        max_batch_cost_ = value;
+        return std::move(*this);
+    }
+
+    /**
+     * @brief The bound on the total cost of items accepted and not yet finished, over all keys
+     *        (0 = none, the default; like Kafka's `buffer.memory`). A submit whose item would
+     *        take the total above it waits like one at `capacity`: blocking submits wait,
+     *        `try_submit` reports `full`, `submit_for` waits up to its timeout; waiters are
+     *        admitted in arrival order, so a heavy item is not starved by lighter ones behind
+     *        it. An item whose cost alone exceeds the bound could never be admitted: every
+     *        submit form throws `CostLimitError` (item untouched). Nonzero needs a cost function.
+     */
+    std::size_t max_pending_cost() const noexcept { return max_pending_cost_; }
+    /// @brief Sets the pending cost bound (0 = none); nonzero needs a cost function.
+    KeyedOptions& max_pending_cost(std::size_t value) & noexcept {
+        max_pending_cost_ = value;
+        return *this;
+    }
+    /// @brief Rvalue overload of max_pending_cost(value).
+    KeyedOptions&& max_pending_cost(std::size_t value) && noexcept {
+        max_pending_cost_ = value;
         return std::move(*this);
     }
 
@@ -210,6 +258,8 @@ public:
      *
      * Checks: max_batch_size in [1, max_supported_batch_size]; max_delay >= 0; capacity 0 or
      * >= max_batch_size; max_keys >= 1; key_idle_timeout >= 0; workers >= 1 without executor.
+     * The cost bounds take any value; that a nonzero one has a cost function to go with it is
+     * checked by the KeyedBatcher constructor (the options cannot know).
      */
     void validate() const {
         check_batch_size("max_batch_size", max_batch_size_);
@@ -252,6 +302,8 @@ private:
 
     std::size_t max_batch_size_ = 64;
     std::chrono::nanoseconds max_delay_ = std::chrono::milliseconds(1);
+    std::size_t max_batch_cost_ = 0;
+    std::size_t max_pending_cost_ = 0;
     std::size_t capacity_ = 0;
     std::size_t max_keys_ = 1024;
     std::chrono::nanoseconds key_idle_timeout_ = std::chrono::seconds(1);
@@ -271,6 +323,10 @@ struct KeyLimits {
     std::optional<std::size_t> max_batch_size;
     /// The key's time bound (>= 0; `nanoseconds::max()`: none).
     std::optional<std::chrono::nanoseconds> max_delay;
+    /// The key's batch cost bound (0: none; nonzero needs a cost function, see
+    /// `KeyedOptions::max_batch_cost`).
+    /// (Initialised explicitly, so that `KeyLimits{size, delay}` stays warning-free.)
+    std::optional<std::size_t> max_batch_cost{};
 };
 
 }  // namespace microbatch

@@ -31,6 +31,13 @@ struct KeyStats {
     std::size_t in_flight = 0;       ///< Batches of this key running now.
     std::size_t max_batch_size = 0;  ///< The key's size bound for batches opened from now on.
     std::chrono::nanoseconds max_delay{0};  ///< The key's time bound (`max()`: none).
+    /// The key's cost bound for batches opened from now on (0: none). See `KeyedStats` for the
+    /// cost counters below; without a cost function every item costs 0.
+    std::size_t max_batch_cost = 0;
+    std::size_t pending_cost = 0;        ///< Total cost of this key's pending items.
+    std::uint64_t batch_cost_total = 0;  ///< Sum of the costs of this key's sealed batches.
+    std::uint64_t batch_cost_max = 0;    ///< The largest cost of one of this key's batches.
+    std::uint64_t items_oversized = 0;   ///< Items costing more than the key's cost bound.
 };
 
 /**
@@ -41,7 +48,7 @@ struct KeyStats {
  * batch ahead of the rest while batches finish. After `close()`
  * (or `wait_idle()` with no concurrent submitters) they add up:
  * `items_accepted == items_processed + items_failed`, and `batches_completed` equals the sum of
- * the per-reason batch counts. Thread safety: a plain value type.
+ * the per-reason batch counts, and `pending_cost == 0`. Thread safety: a plain value type.
  */
 struct KeyedStats {
     std::uint64_t items_accepted = 0;         ///< Items accepted.
@@ -67,6 +74,18 @@ struct KeyedStats {
     std::size_t pending = 0;                ///< Items accepted, not finished.
     std::size_t queued_batches = 0;         ///< Sealed batches waiting for a free worker.
     std::size_t in_flight = 0;              ///< Batches running now.
+    /// Total cost of the pending items (`KeyedBatcher::pending_cost()`), the quantity
+    /// `max_pending_cost` bounds. Item costs come from the constructor's cost function
+    /// (`cost_by`); without one every item costs 0 and the cost counters stay 0.
+    std::size_t pending_cost = 0;
+    /// Sum of the costs of the batches sealed so far (counted when a batch is sealed, like the
+    /// per-reason batch counts); after `close()` it equals the total cost of the accepted items.
+    /// Divided by the batches sealed, the mean cost per batch.
+    std::uint64_t batch_cost_total = 0;
+    std::uint64_t batch_cost_max = 0;  ///< The largest cost of one sealed batch.
+    /// Items whose cost alone exceeded their key's `max_batch_cost`: each ran in a batch of its
+    /// own, sealed at once (reason `full`).
+    std::uint64_t items_oversized = 0;
 };
 
 }  // namespace microbatch

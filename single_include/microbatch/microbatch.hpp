@@ -9891,6 +9891,7 @@ bool Batcher<T, R, Clock>::current_batch_start(const Lane& lane, std::uint64_t& 
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -9912,8 +9913,10 @@ bool Batcher<T, R, Clock>::current_batch_start(const Lane& lane, std::uint64_t& 
  *
  * **Sealing** (check_key_batch): a key's open batch with n items, bound B, opened at t0 with
  * time bound D is `full` when n >= B (sealed at once, whatever the workers do: it cannot grow),
- * `due` when now >= t0 + D (it goes into the round-robin ring and is sealed when a worker takes
- * it, growing meanwhile), otherwise `filling` until t0 + D. D < 0 means no time bound.
+ * or when its total cost reaches the key's cost bound (cost_full; an item that would overflow it
+ * seals the batch first, cost_seals_first), `due` when now >= t0 + D (it goes into the round-robin
+ * ring and is sealed when a worker takes it, growing meanwhile), otherwise `filling` until t0 + D.
+ * D < 0 means no time bound.
  *
  * **Dispatch** (RoundRobinRing + decide_key_dispatch): keys with work (sealed batches waiting,
  * or a due open batch) sit in a FIFO ring, each at most once. While fewer than max_in_flight
@@ -9970,6 +9973,37 @@ inline KeyBatchCheck check_key_batch(std::size_t count, std::size_t bound, std::
     check.due_at = key_due_time(opened_at, delay);
     check.state = now >= check.due_at ? KeyBatchState::due : KeyBatchState::filling;
     return check;
+}
+
+/**
+ * @brief Cost bound (`max_batch_cost`): true if an item of cost @p item_cost must not join the
+ *        open batch of @p open_items items and total cost @p open_cost under cost bound
+ *        @p bound (0: none), because it would take the total above the bound: the open batch is
+ *        sealed first (reason `full`) and the item starts the next one. An empty batch takes
+ *        any item (an oversized one then fills it alone). Pure; O(1); no overflow.
+ */
+inline bool cost_seals_first(std::size_t open_items, std::size_t open_cost, std::size_t item_cost,
+                             std::size_t bound) noexcept {
+    return bound != 0 && open_items != 0 && (open_cost >= bound || item_cost > bound - open_cost);
+}
+
+/// True if a batch of total cost @p cost is full by cost bound @p bound (0: none): sealed at
+/// once. Zero-cost items never fill a batch by cost. Pure.
+inline bool cost_full(std::size_t cost, std::size_t bound) noexcept {
+    return bound != 0 && cost != 0 && cost >= bound;
+}
+
+/// True if an item of cost @p item_cost exceeds cost bound @p bound (0: none) on its own: it
+/// gets a batch of its own, sealed at once. Pure.
+inline bool cost_oversized(std::size_t item_cost, std::size_t bound) noexcept {
+    return bound != 0 && item_cost > bound;
+}
+
+/// True if an item of cost @p item_cost fits next to @p pending_cost of pending items under the
+/// pending cost bound @p bound (0: none). Pure; no overflow.
+inline bool pending_cost_fits(std::size_t pending_cost, std::size_t item_cost,
+                              std::size_t bound) noexcept {
+    return bound == 0 || (pending_cost <= bound && item_cost <= bound - pending_cost);
 }
 
 /// Who hands out a batch: the reason a due open batch is sealed with depends on it.
@@ -10055,14 +10089,42 @@ inline bool worker_free(std::size_t in_flight, std::size_t max_in_flight) noexce
 /**
  * @file detail/keyed_process.hpp
  * @brief KeyedBatcher internals: storing process_batch (with or without the key argument, its
- *        return type checked at compile time).
+ *        return type checked at compile time), the key and cost functions.
  */
 
+#include <cstddef>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
 namespace microbatch::detail {
+
+/// True for `CostBy<C>` (item_cost.hpp): keeps the KeyedBatcher constructor taking a key
+/// function from taking a cost function for one.
+template <class X>
+struct is_keyed_cost_by : std::false_type {};
+/// `CostBy<C>` is a cost function wrapper.
+template <class C>
+struct is_keyed_cost_by<CostBy<C>> : std::true_type {};
+
+/// Stores the cost function of a `KeyedBatcher<Key, T>` (`cost_by(f)`); fails to compile, with
+/// a message naming the rule, unless it is callable as `std::size_t(const T&)`.
+template <class T, class C>
+UniqueFunction<std::size_t(const T&)> keyed_cost_function(CostBy<C>&& cost) {
+    static_assert(is_cost_function_v<C, T>,
+                  "microbatch::KeyedBatcher: the cost function (cost_by) must be callable as "
+                  "std::size_t(const T&)");
+    return UniqueFunction<std::size_t(const T&)>(std::move(cost.function));
+}
+
+/// Stores the key function of a `KeyedBatcher<Key, T>`; fails to compile, with a message
+/// naming the rule, unless it is callable as `Key(const T&)`.
+template <class Key, class T, class KeyOf>
+UniqueFunction<Key(const T&)> keyed_key_function(KeyOf&& key_of) {
+    static_assert(std::is_invocable_r_v<Key, std::decay_t<KeyOf>&, const T&>,
+                  "microbatch::KeyedBatcher: the key function must be callable as Key(const T&)");
+    return UniqueFunction<Key(const T&)>(std::forward<KeyOf>(key_of));
+}
 
 /// What a keyed batcher's process_batch returns: `std::vector<R>`, or nothing for `R = void`.
 template <class R>
@@ -10164,6 +10226,8 @@ struct KeyedBatch {
     std::unique_ptr<Completion<R>[]> completions;  ///< At least one slot per item.
     std::size_t completion_slots = 0;              ///< Size of `completions`.
     std::size_t bound = 0;                         ///< Size bound it opened with.
+    std::size_t cost_bound = 0;                    ///< Cost bound it opened with (0: none).
+    std::size_t cost = 0;                          ///< Total cost of its items.
     std::size_t count = 0;                         ///< Items it ran with (set by the worker).
     bool any_completion = false;                   ///< Some slot holds a completion.
     KeyState<Key, T, R>* key = nullptr;            ///< Its key (live while it is pending).
@@ -10173,9 +10237,12 @@ struct KeyedBatch {
     std::uint64_t sequence = 0;                    ///< Seal order over all keys (Batch::sequence).
     DispatchReason reason = DispatchReason::full;  ///< Why it was sealed.
 
-    /// Prepares a recycled (or new) batch for @p key with size bound @p size_bound.
-    void open(KeyState<Key, T, R>* owner, std::size_t size_bound) noexcept {
+    /// Prepares a recycled (or new) batch for @p key with size bound @p size_bound and cost
+    /// bound @p cost_limit (0: none).
+    void open(KeyState<Key, T, R>* owner, std::size_t size_bound, std::size_t cost_limit) noexcept {
         bound = size_bound;
+        cost_bound = cost_limit;
+        cost = 0;
         any_completion = false;
         key = owner;
     }
@@ -10223,12 +10290,13 @@ public:
 template <class Key, class T, class R>
 struct KeyState {
     /// A state for @p k with the bounds in force for it.
-    KeyState(const Key& k, std::size_t size_bound, std::int64_t delay_ticks)
-        : key(k), max_batch_size(size_bound), max_delay(delay_ticks) {}
+    KeyState(const Key& k, std::size_t size_bound, std::int64_t delay_ticks, std::size_t cost_limit)
+        : key(k), max_batch_size(size_bound), max_delay(delay_ticks), max_batch_cost(cost_limit) {}
 
     Key key;                                    ///< Its key (a copy).
     std::size_t max_batch_size;                 ///< Bound for batches opened from now on.
     std::int64_t max_delay;                     ///< In clock ticks; < 0: none.
+    std::size_t max_batch_cost;                 ///< Cost bound for batches opened from now on.
     KeyedBatch<Key, T, R>* open = nullptr;      ///< The batch being filled, if any.
     bool open_due = false;                      ///< The open batch reached its time bound.
     std::deque<KeyedBatch<Key, T, R>*> queued;  ///< Sealed, waiting for a worker.
@@ -10238,8 +10306,12 @@ struct KeyState {
     std::int64_t idle_since = 0;                ///< When it last became idle (ticks).
     bool reclaim_scheduled = false;             ///< A reclaim_key entry is in the heap.
     std::size_t timer_entries = 0;              ///< Timer entries pointing at it.
-    bool reclaimed = false;            ///< Removed from the map; freed with its last timer entry.
-    std::uint64_t items_accepted = 0;  ///< KeyStats::items_accepted (under the mutex).
+    bool reclaimed = false;              ///< Removed from the map; freed with its last timer entry.
+    std::uint64_t items_accepted = 0;    ///< KeyStats::items_accepted (under the mutex).
+    std::size_t pending_cost = 0;        ///< Total cost of its pending items.
+    std::uint64_t batch_cost_total = 0;  ///< KeyStats::batch_cost_total (under the mutex).
+    std::uint64_t batch_cost_max = 0;    ///< KeyStats::batch_cost_max (under the mutex).
+    std::uint64_t items_oversized = 0;   ///< KeyStats::items_oversized (under the mutex).
     /// The counters workers update without the mutex (see WorkerCounters).
     WorkerCounters counters;
 
@@ -10303,21 +10375,27 @@ public:
  * @brief Run-time configuration of a `KeyedBatcher`: a plain value with fluent setters, like
  *        `Options` (each option has a getter and a setter returning `*this`).
  *
- * | option             | default | meaning                                                   |
- * |--------------------|---------|-----------------------------------------------------------|
- * | `max_batch_size`   | 64      | a key's batch is sealed when it holds this many items      |
- * | `max_delay`        | 1 ms    | ...or when its oldest item has waited this long            |
- * | `capacity`         | 0 = max(65,536, 4 x max_batch_size) | items accepted, not finished (all
- * keys) | | `max_keys`         | 1024    | keys live at once (with pending items or not yet
- * reclaimed) | | `key_idle_timeout` | 1 s     | a key with nothing pending for this long is
- * reclaimed      | | `workers`          | 1       | threads of the batcher's own pool (ignored with
- * `executor`) | | `executor`         | none    | run batches on this executor instead of an owned
- * pool      | | `max_in_flight`    | 0 = workers (owned pool) or hardware threads (executor) |
- * batches running at once |
+ * | option             | default | meaning                                             |
+ * |--------------------|---------|-----------------------------------------------------|
+ * | `max_batch_size`   | 64      | a key's batch is sealed when it holds this many     |
+ * | `max_delay`        | 1 ms    | ...or when its oldest item has waited this long     |
+ * | `max_batch_cost`   | 0: none | ...or at this total item cost (needs `cost_by`)     |
+ * | `capacity`         | 0: auto | items accepted and not finished (all keys)          |
+ * | `max_pending_cost` | 0: none | total cost of those items (needs `cost_by`)         |
+ * | `max_keys`         | 1024    | keys live at once                                   |
+ * | `key_idle_timeout` | 1 s     | a key with nothing pending this long is reclaimed   |
+ * | `workers`          | 1       | threads of the owned pool (unused with `executor`)  |
+ * | `executor`         | none    | run batches on this executor, not an owned pool     |
+ * | `max_in_flight`    | 0: auto | batches running at once (all keys)                  |
  *
- * `max_batch_size` and `max_delay` are the defaults of every key; `KeyedBatcher::set_key_limits`
- * overrides them per key. `validate()` (called by the KeyedBatcher constructor) throws
- * `std::invalid_argument` naming the option and its value.
+ * Automatic values: `capacity` max(65,536, 4 x max_batch_size); `max_in_flight` the owned
+ * pool's `workers`, or the hardware threads with an `executor`. The cost options weigh items
+ * with the cost function passed to the KeyedBatcher constructor (`microbatch::cost_by(f)`);
+ * setting one without a cost function makes the constructor throw `std::invalid_argument`.
+ *
+ * `max_batch_size`, `max_delay` and `max_batch_cost` are the defaults of every key;
+ * `KeyedBatcher::set_key_limits` overrides them per key. `validate()` (called by the
+ * KeyedBatcher constructor) throws `std::invalid_argument` naming the option and its value.
  *
  * Thread safety: a plain value type; no internal synchronisation.
  */
@@ -10351,6 +10429,48 @@ public:
     /// @brief Rvalue overload of max_delay(value).
     KeyedOptions&& max_delay(std::chrono::nanoseconds value) && noexcept {
         max_delay_ = value;
+        return std::move(*this);
+    }
+
+    /**
+     * @brief The default cost bound of every key's batches (0 = none, the default): with a cost
+     *        function (`cost_by`), a key's batch is sealed (reason `full`) as soon as the total
+     *        cost of its items reaches this bound, and before an item whose cost would take the
+     *        total above it (the item then starts the key's next batch). An item whose cost
+     *        alone exceeds the bound gets a batch of its own, sealed at once (counted in
+     *        `KeyedStats::items_oversized`). Zero-cost items never fill a batch by cost;
+     *        `max_batch_size` still applies.
+     */
+    std::size_t max_batch_cost() const noexcept { return max_batch_cost_; }
+    /// @brief Sets the default batch cost bound (0 = none); nonzero needs a cost function.
+    KeyedOptions& max_batch_cost(std::size_t value) & noexcept {
+        max_batch_cost_ = value;
+        return *this;
+    }
+    /// @brief Rvalue overload of max_batch_cost(value).
+    KeyedOptions&& max_batch_cost(std::size_t value) && noexcept {
+        max_batch_cost_ = value;
+        return std::move(*this);
+    }
+
+    /**
+     * @brief The bound on the total cost of items accepted and not yet finished, over all keys
+     *        (0 = none, the default; like Kafka's `buffer.memory`). A submit whose item would
+     *        take the total above it waits like one at `capacity`: blocking submits wait,
+     *        `try_submit` reports `full`, `submit_for` waits up to its timeout; waiters are
+     *        admitted in arrival order, so a heavy item is not starved by lighter ones behind
+     *        it. An item whose cost alone exceeds the bound could never be admitted: every
+     *        submit form throws `CostLimitError` (item untouched). Nonzero needs a cost function.
+     */
+    std::size_t max_pending_cost() const noexcept { return max_pending_cost_; }
+    /// @brief Sets the pending cost bound (0 = none); nonzero needs a cost function.
+    KeyedOptions& max_pending_cost(std::size_t value) & noexcept {
+        max_pending_cost_ = value;
+        return *this;
+    }
+    /// @brief Rvalue overload of max_pending_cost(value).
+    KeyedOptions&& max_pending_cost(std::size_t value) && noexcept {
+        max_pending_cost_ = value;
         return std::move(*this);
     }
 
@@ -10478,6 +10598,8 @@ public:
      *
      * Checks: max_batch_size in [1, max_supported_batch_size]; max_delay >= 0; capacity 0 or
      * >= max_batch_size; max_keys >= 1; key_idle_timeout >= 0; workers >= 1 without executor.
+     * The cost bounds take any value; that a nonzero one has a cost function to go with it is
+     * checked by the KeyedBatcher constructor (the options cannot know).
      */
     void validate() const {
         check_batch_size("max_batch_size", max_batch_size_);
@@ -10520,6 +10642,8 @@ private:
 
     std::size_t max_batch_size_ = 64;
     std::chrono::nanoseconds max_delay_ = std::chrono::milliseconds(1);
+    std::size_t max_batch_cost_ = 0;
+    std::size_t max_pending_cost_ = 0;
     std::size_t capacity_ = 0;
     std::size_t max_keys_ = 1024;
     std::chrono::nanoseconds key_idle_timeout_ = std::chrono::seconds(1);
@@ -10539,6 +10663,10 @@ struct KeyLimits {
     std::optional<std::size_t> max_batch_size;
     /// The key's time bound (>= 0; `nanoseconds::max()`: none).
     std::optional<std::chrono::nanoseconds> max_delay;
+    /// The key's batch cost bound (0: none; nonzero needs a cost function, see
+    /// `KeyedOptions::max_batch_cost`).
+    /// (Initialised explicitly, so that `KeyLimits{size, delay}` stays warning-free.)
+    std::optional<std::size_t> max_batch_cost{};
 };
 
 }  // namespace microbatch
@@ -10575,6 +10703,13 @@ struct KeyStats {
     std::size_t in_flight = 0;       ///< Batches of this key running now.
     std::size_t max_batch_size = 0;  ///< The key's size bound for batches opened from now on.
     std::chrono::nanoseconds max_delay{0};  ///< The key's time bound (`max()`: none).
+    /// The key's cost bound for batches opened from now on (0: none). See `KeyedStats` for the
+    /// cost counters below; without a cost function every item costs 0.
+    std::size_t max_batch_cost = 0;
+    std::size_t pending_cost = 0;        ///< Total cost of this key's pending items.
+    std::uint64_t batch_cost_total = 0;  ///< Sum of the costs of this key's sealed batches.
+    std::uint64_t batch_cost_max = 0;    ///< The largest cost of one of this key's batches.
+    std::uint64_t items_oversized = 0;   ///< Items costing more than the key's cost bound.
 };
 
 /**
@@ -10585,7 +10720,7 @@ struct KeyStats {
  * batch ahead of the rest while batches finish. After `close()`
  * (or `wait_idle()` with no concurrent submitters) they add up:
  * `items_accepted == items_processed + items_failed`, and `batches_completed` equals the sum of
- * the per-reason batch counts. Thread safety: a plain value type.
+ * the per-reason batch counts, and `pending_cost == 0`. Thread safety: a plain value type.
  */
 struct KeyedStats {
     std::uint64_t items_accepted = 0;         ///< Items accepted.
@@ -10611,6 +10746,18 @@ struct KeyedStats {
     std::size_t pending = 0;                ///< Items accepted, not finished.
     std::size_t queued_batches = 0;         ///< Sealed batches waiting for a free worker.
     std::size_t in_flight = 0;              ///< Batches running now.
+    /// Total cost of the pending items (`KeyedBatcher::pending_cost()`), the quantity
+    /// `max_pending_cost` bounds. Item costs come from the constructor's cost function
+    /// (`cost_by`); without one every item costs 0 and the cost counters stay 0.
+    std::size_t pending_cost = 0;
+    /// Sum of the costs of the batches sealed so far (counted when a batch is sealed, like the
+    /// per-reason batch counts); after `close()` it equals the total cost of the accepted items.
+    /// Divided by the batches sealed, the mean cost per batch.
+    std::uint64_t batch_cost_total = 0;
+    std::uint64_t batch_cost_max = 0;  ///< The largest cost of one sealed batch.
+    /// Items whose cost alone exceeded their key's `max_batch_cost`: each ran in a batch of its
+    /// own, sealed at once (reason `full`).
+    std::uint64_t items_oversized = 0;
 };
 
 }  // namespace microbatch
@@ -10648,6 +10795,22 @@ namespace microbatch {
  * carry increasing (not consecutive) numbers, also across the key's reclamation. Bounds per key:
  * `set_key_limits(key, limits)`, else the `KeyedOptions` defaults.
  *
+ * **Item costs.** With a cost function (`microbatch::cost_by(f)`, before the batch function in
+ * the constructor) each item has a cost (its bytes, tokens, rows), computed once on the
+ * submitting thread before it is accepted (if it throws, the submit throws and nothing is
+ * accepted). A key's batch is also sealed (reason `full`) when its total cost reaches the key's
+ * `max_batch_cost`, or before an item that would take it above; an item costing more than the
+ * bound on its own runs alone in a batch sealed at once (`KeyedStats::items_oversized`).
+ * `max_pending_cost` bounds the total cost of the pending items like `capacity` bounds their
+ * number (waiters admitted in arrival order); an item costing more than it throws
+ * `CostLimitError` from every submit form. Without a cost function every item costs 0.
+ * @code
+ * microbatch::KeyedBatcher<std::string, std::string> uploads(
+ *     microbatch::KeyedOptions{}.max_batch_cost(1 << 20).max_pending_cost(64 << 20),
+ *     microbatch::cost_by([](const std::string& body) { return body.size(); }),
+ *     [](const std::string& bucket, microbatch::Batch<std::string>& bodies) { ... });
+ * @endcode
+ *
  * **Dispatch and fairness.** At most `max_in_flight` batches run at once (default: the pool's
  * workers). Sealed batches beyond that wait in their key's queue, and free workers take them
  * round-robin between keys (detail/keyed_policy.hpp): with n keys waiting, each gets one batch
@@ -10681,8 +10844,8 @@ namespace microbatch {
  * **Design and cost.** Unlike Batcher's lock-free single-key path, a KeyedBatcher keeps its
  * state under one mutex: a submit takes it once (hash lookup, append to the key's batch); a
  * batch takes it once when it finishes (its counters are atomic). User code never runs under
- * it (process_batch, callbacks, the key function and the executor run outside), except the
- * key's hash and equality and the item's constructors (from the submitted argument, and moves
+ * it (process_batch, callbacks, the key and cost functions and the executor run outside), except
+ * the key's hash and equality and the item's constructors (from the submitted argument, and moves
  * while a batch's storage grows), which must not call back into this batcher. A worker that
  * finishes a batch takes the next one itself (up to 16 in a row, then it hands the next to the
  * executor and returns the thread to the pool). Measured (bench_keyed, two producers, shared
@@ -10722,6 +10885,8 @@ public:
     using process_function = detail::UniqueFunction<batch_result_type(const Key&, Batch<T>&)>;
     /// The stored key function.
     using key_function = detail::UniqueFunction<Key(const T&)>;
+    /// The stored cost function (`cost_by`).
+    using cost_function = detail::UniqueFunction<std::size_t(const T&)>;
 
     /**
      * @brief Creates the batcher without a key function (submits name the key), starts its
@@ -10746,14 +10911,48 @@ public:
      */
     template <
         class KeyOf, class F,
-        class = std::enable_if_t<std::is_invocable_v<std::decay_t<F>&, const Key&, Batch<T>&> ||
-                                 std::is_invocable_v<std::decay_t<F>&, Batch<T>&>>>
+        class = std::enable_if_t<!detail::is_keyed_cost_by<std::decay_t<KeyOf>>::value &&
+                                 (std::is_invocable_v<std::decay_t<F>&, const Key&, Batch<T>&> ||
+                                  std::is_invocable_v<std::decay_t<F>&, Batch<T>&>)>>
     KeyedBatcher(KeyedOptions options, KeyOf&& key_of, F&& process, Clock clock = Clock{})
         : options_(std::move(options)), clock_(std::move(clock)) {
-        static_assert(std::is_invocable_r_v<Key, std::decay_t<KeyOf>&, const T&>,
-                      "microbatch::KeyedBatcher: the key function must be callable as "
-                      "Key(const T&)");
-        key_of_ = key_function(std::forward<KeyOf>(key_of));
+        key_of_ = detail::keyed_key_function<Key, T>(std::forward<KeyOf>(key_of));
+        process_ = detail::wrap_keyed_process<Key, T, R>(std::forward<F>(process));
+        initialise();
+    }
+
+    /**
+     * @brief Like the first constructor, with a cost function (`microbatch::cost_by(f)`):
+     *        `f(item)` returns the item's cost as a `std::size_t`, weighed against
+     *        `max_batch_cost` and `max_pending_cost`. It runs once per item on the submitting
+     *        thread, outside the batcher's mutex, before the item is accepted.
+     * @throws std::invalid_argument on invalid options; `std::bad_alloc`, `std::system_error`.
+     */
+    template <
+        class C, class F,
+        class = std::enable_if_t<std::is_invocable_v<std::decay_t<F>&, const Key&, Batch<T>&> ||
+                                 std::is_invocable_v<std::decay_t<F>&, Batch<T>&>>>
+    KeyedBatcher(KeyedOptions options, CostBy<C> cost, F&& process, Clock clock = Clock{})
+        : options_(std::move(options)), clock_(std::move(clock)) {
+        cost_of_ = detail::keyed_cost_function<T>(std::move(cost));
+        process_ = detail::wrap_keyed_process<Key, T, R>(std::forward<F>(process));
+        initialise();
+    }
+
+    /**
+     * @brief With a key function and a cost function: `key_of(item)` as in the constructor
+     *        with a key function, `cost` as in the constructor with a cost function.
+     * @throws std::invalid_argument on invalid options; `std::bad_alloc`, `std::system_error`.
+     */
+    template <
+        class KeyOf, class C, class F,
+        class = std::enable_if_t<std::is_invocable_v<std::decay_t<F>&, const Key&, Batch<T>&> ||
+                                 std::is_invocable_v<std::decay_t<F>&, Batch<T>&>>>
+    KeyedBatcher(KeyedOptions options, KeyOf&& key_of, CostBy<C> cost, F&& process,
+                 Clock clock = Clock{})
+        : options_(std::move(options)), clock_(std::move(clock)) {
+        key_of_ = detail::keyed_key_function<Key, T>(std::forward<KeyOf>(key_of));
+        cost_of_ = detail::keyed_cost_function<T>(std::move(cost));
         process_ = detail::wrap_keyed_process<Key, T, R>(std::forward<F>(process));
         initialise();
     }
@@ -10770,8 +10969,10 @@ public:
      * @brief Submits @p item under @p key and returns a handle to its result. Blocks while the
      *        batcher is full.
      * @throws ClosedError if closed (also when it closes while blocked); KeyLimitError at the
-     *         key cap; ReentrancyError if it would block inside one of its own batches; whatever
-     *         constructing `Key` or `T` throws; `std::bad_alloc`.
+     *         key cap; CostLimitError if the item's cost exceeds `max_pending_cost` (every
+     *         form, the non-blocking ones too); ReentrancyError if it would block inside one of
+     *         its own batches; whatever constructing `Key` or `T` or the cost function throws;
+     *         `std::bad_alloc`.
      */
     template <class K, class U, std::enable_if_t<is_key_item<K, U>, int> = 0>
     Handle<R> submit(K&& key, U&& item) {
@@ -10801,7 +11002,8 @@ public:
     /**
      * @brief Fire-and-forget without blocking: `accepted`, or `full`/`closed` at once (the item
      *        is then left untouched).
-     * @throws KeyLimitError at the key cap; whatever constructing `Key` or `T` throws.
+     * @throws KeyLimitError at the key cap; CostLimitError if the item's cost exceeds
+     *         `max_pending_cost`; whatever constructing `Key` or `T` or the cost function throws.
      */
     template <class K, class U, std::enable_if_t<is_key_item<K, U>, int> = 0>
     [[nodiscard]] SubmitStatus try_submit(K&& key, U&& item) {
@@ -10965,6 +11167,9 @@ public:
     std::size_t live_keys() const;
     /// @brief Items accepted and not finished (all keys).
     std::size_t pending() const;
+    /// @brief Total cost of the items accepted and not finished (all keys), the quantity
+    ///        `max_pending_cost` bounds; 0 without a cost function. Takes the mutex; O(1).
+    std::size_t pending_cost() const;
     /// @brief Batches running now (the count max_in_flight limits).
     std::size_t in_flight() const;
 
@@ -11020,10 +11225,16 @@ private:
     void initialise();  // detail/keyed_run.hpp
     template <class U>
     SubmitStatus with_handle(Key key, U&& item, WaitMode mode, Deadline deadline,
-                             Handle<R>& out);  // detail/keyed_submit.hpp
+                             Handle<R>& out);  // detail/keyed_admission.hpp
     template <class U, class Store>
     SubmitStatus submit_core(Key key, U&& item, WaitMode mode, Deadline deadline, Store&& store);
-    SubmitStatus wait_for_space(Lock& lock, WaitMode mode, Deadline deadline);
+    void check_cost(std::size_t cost) const;
+    SubmitStatus wait_for_space(Lock& lock, WaitMode mode, Deadline deadline, std::size_t cost);
+    bool has_room(std::size_t cost) const noexcept;
+    void leave_cost_queue(std::uint64_t ticket) noexcept;
+    template <class U, class Store>  // detail/keyed_submit.hpp
+    SubmitStatus accept(Key key, U&& item, std::size_t cost, WaitMode mode, Deadline deadline,
+                        Store&& store);
     State* find_or_create_key(const Key& key);
     void reclaim_expired(std::int64_t now);
     void reclaim(State* state);
@@ -11040,6 +11251,7 @@ private:
     void note_idle(State* state, std::int64_t now);
     std::size_t bound_for(const Key& key) const;
     std::int64_t delay_for(const Key& key) const;
+    std::size_t cost_bound_for(const Key& key) const;
     std::int64_t now_ticks() const { return clock_.now().time_since_epoch().count(); }
     std::int64_t to_ticks(std::chrono::nanoseconds value) const noexcept;
 
@@ -11057,7 +11269,10 @@ private:
     Clock clock_;
     process_function process_;
     key_function key_of_;
+    cost_function cost_of_;               // empty: every item costs 0
     std::size_t capacity_ = 0;            // constant after construction
+    std::size_t max_pending_cost_ = 0;    // constant; 0: none
+    std::size_t default_batch_cost_ = 0;  // constant; 0: none
     std::size_t max_keys_ = 0;            // constant
     std::size_t max_in_flight_ = 1;       // constant
     std::size_t default_batch_size_ = 1;  // constant
@@ -11075,6 +11290,11 @@ private:
     std::uint64_t next_generation_ = 0;
     std::uint64_t next_sequence_ = 0;  // Batch::sequence of the next sealed batch
     std::size_t pending_items_ = 0;
+    std::size_t pending_cost_ = 0;  // total cost of the pending items
+    // Submits waiting for room while max_pending_cost is set, in arrival order: only the front
+    // one may enter, so that a heavy item is not overtaken forever by lighter ones.
+    std::deque<std::uint64_t> cost_queue_;
+    std::uint64_t next_cost_ticket_ = 0;
     std::size_t in_flight_ = 0;
     std::size_t posters_ = 0;          // threads inside an executor call made for this batcher
     KeyedStats stats_;                 // the fields workers count live in counters_ instead
@@ -11097,6 +11317,187 @@ private:
 
 }  // namespace microbatch
 
+// ---- begin microbatch/detail/keyed_admission.hpp ----
+/**
+ * @file detail/keyed_admission.hpp
+ * @brief KeyedBatcher internals: admitting an item before it is placed. The handle made for a
+ *        submit, the item's cost (weighed once, outside the mutex; CostLimitError above
+ *        max_pending_cost), and the wait for room in count (`capacity`) and cost
+ *        (`max_pending_cost`), with waiters for pending cost admitted first come, first served.
+ *
+ * with_handle, submit_core and check_cost run without mutex_; has_room, wait_for_space and
+ * leave_cost_queue expect it held.
+ */
+
+#include <algorithm>
+#include <optional>
+#include <string>
+
+namespace microbatch {
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+template <class U>
+SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::with_handle(Key key, U&& item,
+                                                                         WaitMode mode,
+                                                                         Deadline deadline,
+                                                                         Handle<R>& out) {
+    // The handle owns one reference; the item's completion gets the other on acceptance.
+    detail::HandleState<R>* const state = detail::HandleState<R>::create();
+    Handle<R> handle = detail::HandleAccess::make(state);
+    struct Unclaimed {  // releases the completion's reference if it was never handed out
+        detail::HandleState<R>* state;
+        ~Unclaimed() {
+            if (state != nullptr) {
+                state->release();
+            }
+        }
+    } unclaimed{state};
+    const auto store = [&unclaimed](detail::Completion<R>& slot) noexcept {
+        slot.emplace(detail::HandleCompletion<R>(std::exchange(unclaimed.state, nullptr)));
+        return true;
+    };
+    const SubmitStatus status =
+        submit_core(std::move(key), std::forward<U>(item), mode, deadline, store);
+    if (status == SubmitStatus::accepted) {
+        out = std::move(handle);
+    }
+    return status;
+}
+
+// Weighs the item (outside the mutex, once) and hands it to accept().
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+template <class U, class Store>
+SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::submit_core(Key key, U&& item,
+                                                                         WaitMode mode,
+                                                                         Deadline deadline,
+                                                                         Store&& store) {
+    if (!cost_of_) {
+        return accept(std::move(key), std::forward<U>(item), 0, mode, deadline,
+                      std::forward<Store>(store));
+    }
+    if constexpr (std::is_same_v<std::decay_t<U>, T>) {
+        const std::size_t cost = cost_of_(item);
+        check_cost(cost);
+        return accept(std::move(key), std::forward<U>(item), cost, mode, deadline,
+                      std::forward<Store>(store));
+    } else {
+        // The cost function takes a T: make it once (from a copy where T allows, so that a
+        // rejected argument stays untouched), weigh it, and move it in.
+        std::optional<T> made;
+        if constexpr (std::is_constructible_v<T, U&>) {
+            made.emplace(item);
+        } else {
+            made.emplace(std::forward<U>(item));
+        }
+        const std::size_t cost = cost_of_(*made);
+        check_cost(cost);
+        return accept(std::move(key), std::move(*made), cost, mode, deadline,
+                      std::forward<Store>(store));
+    }
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::check_cost(std::size_t cost) const {
+    if (max_pending_cost_ != 0 && cost > max_pending_cost_) {
+        MICROBATCH_THROW(CostLimitError("microbatch::KeyedBatcher: item cost " +
+                                        std::to_string(cost) + " exceeds max_pending_cost " +
+                                        std::to_string(max_pending_cost_)));
+    }
+}
+
+// Room for one more item of @p cost: under capacity and, with max_pending_cost, under it.
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+bool KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::has_room(std::size_t cost) const noexcept {
+    return pending_items_ < capacity_ &&
+           detail::pending_cost_fits(pending_cost_, cost, max_pending_cost_);
+}
+
+// Waits until an item of @p cost may enter (per @p mode). With max_pending_cost set, a submit
+// that has to wait takes a ticket in cost_queue_, and only the front ticket (or, with the queue
+// empty, a newcomer) may enter: first come, first served, whatever the costs.
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::wait_for_space(Lock& lock,
+                                                                            WaitMode mode,
+                                                                            Deadline deadline,
+                                                                            std::size_t cost) {
+    struct Ticket {  // leaves cost_queue_ on every way out (also when an exception leaves)
+        KeyedBatcher* self;
+        std::optional<std::uint64_t> number;
+        ~Ticket() {
+            if (number) {
+                self->leave_cost_queue(*number);
+            }
+        }
+        bool my_turn() const noexcept {
+            return number ? self->cost_queue_.front() == *number : self->cost_queue_.empty();
+        }
+    } ticket{this, std::nullopt};
+    for (;;) {
+        if (closed_) {
+            return SubmitStatus::closed;
+        }
+        const bool room = has_room(cost);
+        if (room && ticket.my_turn()) {
+            return SubmitStatus::accepted;
+        }
+        if (!room && in_flight_ == 0 && stats_.queued_batches == 0) {
+            // Every pending item sits in a partial batch, and nothing running will free space:
+            // without a time bound that would never change (with one, only at max_delay).
+            // Seal them all (reason full: the batcher is), so that the wait below ends.
+            BatchList ready;
+            seal_all(DispatchReason::full, ready);
+            if (!ready.empty()) {
+                ++posters_;
+                lock.unlock();
+                post_batches(ready, 0);
+                lock.lock();
+                continue;
+            }
+        }
+        if (mode == wait_never) {
+            return SubmitStatus::full;
+        }
+        if (detail::is_running_on_this_thread(this)) {
+            MICROBATCH_THROW(
+                ReentrancyError("microbatch::KeyedBatcher: a blocking submit found the batcher "
+                                "full inside its own process_batch or callback and would wait "
+                                "for itself; use try_submit"));
+        }
+        if (max_pending_cost_ != 0 && !ticket.number) {
+            ticket.number = next_cost_ticket_++;
+            cost_queue_.push_back(*ticket.number);
+        }
+        ++space_waiters_;
+        bool timed_out = false;
+        if (mode == wait_forever) {
+            space_condition_.wait(lock);
+        } else {
+            timed_out = space_condition_.wait_until(lock, deadline) == std::cv_status::timeout;
+        }
+        --space_waiters_;
+        if (closed_ && idle_waiters_ != 0) {
+            idle_condition_.notify_all();  // close() waits for blocked producers to leave
+        }
+        if (timed_out && !closed_ && !(has_room(cost) && ticket.my_turn())) {
+            return SubmitStatus::full;
+        }
+    }
+}
+
+// Removes @p ticket from cost_queue_; if it was the front one, the next may enter now.
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::leave_cost_queue(
+    std::uint64_t ticket) noexcept {
+    const bool front = cost_queue_.front() == ticket;
+    cost_queue_.erase(std::find(cost_queue_.begin(), cost_queue_.end(), ticket));
+    if (front && !cost_queue_.empty() && space_waiters_ != 0) {
+        space_condition_.notify_all();
+    }
+}
+
+}  // namespace microbatch
+
+// ---- end microbatch/detail/keyed_admission.hpp ----
 // ---- begin microbatch/detail/keyed_run.hpp ----
 /**
  * @file detail/keyed_run.hpp
@@ -11113,6 +11514,7 @@ private:
 #endif
 
 #include <limits>
+#include <stdexcept>
 #include <string>
 
 namespace microbatch {
@@ -11120,7 +11522,21 @@ namespace microbatch {
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
 void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::initialise() {
     options_.validate();
+    if (!cost_of_) {  // a cost bound weighs nothing without a cost function: say so
+        const auto needs_cost = [](const char* option, std::size_t value) {
+            if (value != 0) {
+                MICROBATCH_THROW(std::invalid_argument(
+                    std::string("microbatch::KeyedOptions: ") + option + " " +
+                    std::to_string(value) +
+                    " needs a cost function (pass microbatch::cost_by(f) to the constructor)"));
+            }
+        };
+        needs_cost("max_batch_cost", options_.max_batch_cost());
+        needs_cost("max_pending_cost", options_.max_pending_cost());
+    }
     capacity_ = options_.effective_capacity();
+    max_pending_cost_ = options_.max_pending_cost();
+    default_batch_cost_ = options_.max_batch_cost();
     max_keys_ = options_.max_keys();
     max_in_flight_ = options_.effective_max_in_flight();
     default_batch_size_ = options_.max_batch_size();
@@ -11251,6 +11667,8 @@ KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::finish(KeyBatch* batch, bool tak
         State* const state = batch->key;
         pending_items_ -= batch->count;
         state->pending -= batch->count;
+        pending_cost_ -= batch->cost;
+        state->pending_cost -= batch->cost;
         --in_flight_;
         --state->in_flight;
         unfinished_tickets_.erase(batch->first_ticket);
@@ -11395,6 +11813,7 @@ KeyedStats KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::stats() const {
     snapshot.callback_exceptions = counters_.callback_exceptions.load(std::memory_order_relaxed);
     snapshot.keys_live = keys_.size();
     snapshot.pending = pending_items_;
+    snapshot.pending_cost = pending_cost_;
     snapshot.in_flight = in_flight_;
     return snapshot;
 }
@@ -11419,6 +11838,11 @@ std::optional<KeyStats> KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::key_stat
     snapshot.queued_batches = state.queued.size();
     snapshot.in_flight = state.in_flight;
     snapshot.max_batch_size = state.max_batch_size;
+    snapshot.max_batch_cost = state.max_batch_cost;
+    snapshot.pending_cost = state.pending_cost;
+    snapshot.batch_cost_total = state.batch_cost_total;
+    snapshot.batch_cost_max = state.batch_cost_max;
+    snapshot.items_oversized = state.items_oversized;
     snapshot.max_delay =
         state.max_delay < 0
             ? std::chrono::nanoseconds::max()
@@ -11440,6 +11864,12 @@ std::size_t KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::pending() const {
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+std::size_t KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::pending_cost() const {
+    Lock lock(mutex_);
+    return pending_cost_;
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
 std::size_t KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::in_flight() const {
     Lock lock(mutex_);
     return in_flight_;
@@ -11451,13 +11881,14 @@ std::size_t KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::in_flight() const {
 // ---- begin microbatch/detail/keyed_submit.hpp ----
 /**
  * @file detail/keyed_submit.hpp
- * @brief KeyedBatcher internals, under the mutex: accepting an item (space, key, open batch),
- *        sealing, the timer heap, key reclamation and round-robin dispatch; flush and limits.
+ * @brief KeyedBatcher internals, under the mutex: placing an admitted item (key, open batch,
+ *        the count and cost bounds), sealing, the timer heap, key reclamation and round-robin
+ *        dispatch; flush and limits. Admission itself (cost, room) is in keyed_admission.hpp.
  *
- * Every function here except with_handle, submit_core, flush and the limit setters expects
- * mutex_ held. Batches are handed to the executor only after the mutex is released
- * (post_batches), with posters_ counting the threads still inside an executor call so that
- * close() cannot return (and the batcher be destroyed) under them.
+ * Every function here except accept, flush and the limit setters expects mutex_ held. Batches are
+ * handed to the executor only after the mutex is released (post_batches), with posters_ counting
+ * the threads still inside an executor call so that close() cannot return (and the batcher be
+ * destroyed) under them.
  */
 
 #include <algorithm>
@@ -11467,50 +11898,29 @@ std::size_t KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::in_flight() const {
 namespace microbatch {
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-template <class U>
-SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::with_handle(Key key, U&& item,
-                                                                         WaitMode mode,
-                                                                         Deadline deadline,
-                                                                         Handle<R>& out) {
-    // The handle owns one reference; the item's completion gets the other on acceptance.
-    detail::HandleState<R>* const state = detail::HandleState<R>::create();
-    Handle<R> handle = detail::HandleAccess::make(state);
-    struct Unclaimed {  // releases the completion's reference if it was never handed out
-        detail::HandleState<R>* state;
-        ~Unclaimed() {
-            if (state != nullptr) {
-                state->release();
-            }
-        }
-    } unclaimed{state};
-    const auto store = [&unclaimed](detail::Completion<R>& slot) noexcept {
-        slot.emplace(detail::HandleCompletion<R>(std::exchange(unclaimed.state, nullptr)));
-        return true;
-    };
-    const SubmitStatus status =
-        submit_core(std::move(key), std::forward<U>(item), mode, deadline, store);
-    if (status == SubmitStatus::accepted) {
-        out = std::move(handle);
-    }
-    return status;
-}
-
-template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
 template <class U, class Store>
-SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::submit_core(Key key, U&& item,
-                                                                         WaitMode mode,
-                                                                         Deadline deadline,
-                                                                         Store&& store) {
+SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::accept(Key key, U&& item,
+                                                                    std::size_t cost, WaitMode mode,
+                                                                    Deadline deadline,
+                                                                    Store&& store) {
     BatchList ready;
     {
         Lock lock(mutex_);
-        const SubmitStatus space = wait_for_space(lock, mode, deadline);
+        const SubmitStatus space = wait_for_space(lock, mode, deadline, cost);
         if (space != SubmitStatus::accepted) {
             ++(space == SubmitStatus::full ? stats_.items_rejected_full
                                            : stats_.items_rejected_closed);
             return space;
         }
         State* const state = find_or_create_key(key);  // throws KeyLimitError at the cap
+        const bool sealed_first =
+            state->open != nullptr &&
+            detail::cost_seals_first(state->open->items.size(), state->open->cost, cost,
+                                     state->open->cost_bound);
+        if (sealed_first) {
+            // The item would take the open batch above its cost bound: seal it first (full).
+            queue_sealed(state, seal(state, DispatchReason::full));
+        }
         KeyBatch* batch = state->open;
         const bool opened = batch == nullptr;
         const std::int64_t now = opened ? now_ticks() : 0;
@@ -11538,6 +11948,12 @@ SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::submit_core(Key key
                     note_idle(state, now);
                 }
             }
+            if (sealed_first) {
+                // The batch sealed for this item waits in the ring, and we leave without
+                // dispatching: wake the timer, which hands out what workers are free for.
+                timer_wake_at_ = std::numeric_limits<std::int64_t>::min();
+                timer_condition_.notify_one();
+            }
             MICROBATCH_RETHROW;
         }
         ++next_ticket_;
@@ -11545,7 +11961,15 @@ SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::submit_core(Key key
         ++state->pending;
         ++state->items_accepted;
         ++stats_.items_accepted;
-        if (batch->items.size() >= batch->bound) {
+        pending_cost_ += cost;
+        state->pending_cost += cost;
+        batch->cost += cost;
+        if (detail::cost_oversized(cost, batch->cost_bound)) {  // alone: opened for it above
+            ++stats_.items_oversized;
+            ++state->items_oversized;
+        }
+        if (batch->items.size() >= batch->bound ||
+            detail::cost_full(batch->cost, batch->cost_bound)) {
             queue_sealed(state, seal(state, DispatchReason::full));
         } else if (opened) {
             const detail::KeyBatchCheck check =
@@ -11568,57 +11992,6 @@ SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::submit_core(Key key
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::wait_for_space(Lock& lock,
-                                                                            WaitMode mode,
-                                                                            Deadline deadline) {
-    for (;;) {
-        if (closed_) {
-            return SubmitStatus::closed;
-        }
-        if (pending_items_ < capacity_) {
-            return SubmitStatus::accepted;
-        }
-        if (in_flight_ == 0 && stats_.queued_batches == 0) {
-            // Every pending item sits in a partial batch, and nothing running will free space:
-            // without a time bound that would never change (with one, only at max_delay).
-            // Seal them all (reason full: the batcher is), so that the wait below ends.
-            BatchList ready;
-            seal_all(DispatchReason::full, ready);
-            if (!ready.empty()) {
-                ++posters_;
-                lock.unlock();
-                post_batches(ready, 0);
-                lock.lock();
-                continue;
-            }
-        }
-        if (mode == wait_never) {
-            return SubmitStatus::full;
-        }
-        if (detail::is_running_on_this_thread(this)) {
-            MICROBATCH_THROW(
-                ReentrancyError("microbatch::KeyedBatcher: a blocking submit found the batcher "
-                                "full inside its own process_batch or callback and would wait "
-                                "for itself; use try_submit"));
-        }
-        ++space_waiters_;
-        bool timed_out = false;
-        if (mode == wait_forever) {
-            space_condition_.wait(lock);
-        } else {
-            timed_out = space_condition_.wait_until(lock, deadline) == std::cv_status::timeout;
-        }
-        --space_waiters_;
-        if (closed_ && idle_waiters_ != 0) {
-            idle_condition_.notify_all();  // close() waits for blocked producers to leave
-        }
-        if (timed_out && !closed_ && pending_items_ >= capacity_) {
-            return SubmitStatus::full;
-        }
-    }
-}
-
-template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
 typename KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::State*
 KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::find_or_create_key(const Key& key) {
     const auto found = keys_.find(key);
@@ -11635,7 +12008,7 @@ KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::find_or_create_key(const Key& ke
                 "be added (raise max_keys or lower key_idle_timeout)"));
         }
     }
-    auto state = std::make_unique<State>(key, bound_for(key), delay_for(key));
+    auto state = std::make_unique<State>(key, bound_for(key), delay_for(key), cost_bound_for(key));
     State* const raw = state.get();
     keys_.emplace(key, std::move(state));
     ++stats_.keys_created;
@@ -11701,7 +12074,7 @@ KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::open_batch(State* state, std::in
     } else {
         batch = std::make_unique<KeyBatch>();
     }
-    batch->open(state, state->max_batch_size);
+    batch->open(state, state->max_batch_size, state->max_batch_cost);
     batch->opened_at = now;
     batch->generation = next_generation_++;
     batch->first_ticket = next_ticket_;
@@ -11719,6 +12092,10 @@ KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::seal(State* state, DispatchReaso
     state->open_due = false;
     batch->reason = reason;
     batch->sequence = next_sequence_++;
+    stats_.batch_cost_total += batch->cost;
+    stats_.batch_cost_max = std::max<std::uint64_t>(stats_.batch_cost_max, batch->cost);
+    state->batch_cost_total += batch->cost;
+    state->batch_cost_max = std::max<std::uint64_t>(state->batch_cost_max, batch->cost);
     switch (reason) {
         case DispatchReason::full:
             ++stats_.batches_full;
@@ -11867,6 +12244,13 @@ std::int64_t KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::delay_for(const Key
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+std::size_t KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::cost_bound_for(const Key& key) const {
+    const auto found = limits_.find(key);
+    return found != limits_.end() && found->second.max_batch_cost ? *found->second.max_batch_cost
+                                                                  : default_batch_cost_;
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
 std::int64_t KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::to_ticks(
     std::chrono::nanoseconds value) const noexcept {
     if (value == std::chrono::nanoseconds::max()) {
@@ -11926,12 +12310,19 @@ void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::set_key_limits(const Key& k
     if (limits.max_delay) {
         KeyedOptions::check_delay("max_delay", *limits.max_delay);
     }
+    if (limits.max_batch_cost && *limits.max_batch_cost != 0 && !cost_of_) {
+        MICROBATCH_THROW(std::invalid_argument(
+            "microbatch::KeyedBatcher::set_key_limits: max_batch_cost " +
+            std::to_string(*limits.max_batch_cost) +
+            " needs a cost function (pass microbatch::cost_by(f) to the constructor)"));
+    }
     Lock lock(mutex_);
     limits_[key] = limits;
     const auto found = keys_.find(key);
     if (found != keys_.end()) {
         found->second->max_batch_size = bound_for(key);
         found->second->max_delay = delay_for(key);
+        found->second->max_batch_cost = cost_bound_for(key);
     }
 }
 
@@ -11943,6 +12334,7 @@ void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::clear_key_limits(const Key&
     if (found != keys_.end()) {
         found->second->max_batch_size = default_batch_size_;
         found->second->max_delay = default_delay_;
+        found->second->max_batch_cost = default_batch_cost_;
     }
 }
 

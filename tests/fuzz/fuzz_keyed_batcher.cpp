@@ -1,10 +1,14 @@
-// libFuzzer target for microbatch::KeyedBatcher (issue 12, item 4). The input bytes choose the
-// options (default batch size and delay, capacity, key cap, idle timeout), then at most 200
-// operations on up to 6 keys: submits (handle, post, try_submit), flush(), flush(key), clock
-// advances, per-key limits and poison items. The batcher runs batches inline (an inline
-// executor) on a ManualClock, so every run is deterministic, and a sequential reference model
-// predicts every batch of every key (items and reason), every acceptance or KeyLimitError, every
-// handle's outcome and the stats after close().
+// libFuzzer target for microbatch::KeyedBatcher (issue 12, items 4 and 1). The input bytes choose
+// the options (default batch size and delay, capacity, key cap, idle timeout; item costs or not,
+// a default max_batch_cost, a max_pending_cost), then at most 200 operations on up to 6 keys:
+// submits (handle, post, try_submit; each item's cost from the input), flush(), flush(key),
+// clock advances, per-key limits (size, delay, cost) and poison items. The batcher runs batches
+// inline (an inline executor) on a ManualClock, so every run is deterministic, and a sequential
+// reference model predicts every batch of every key (items and reason), every acceptance,
+// KeyLimitError or CostLimitError, every handle's outcome and the stats after close(). With the
+// inline executor nothing runs while a submit looks for room, so a submit over `capacity` or
+// `max_pending_cost` seals every partial batch (reason full) and gets in: try forms never see
+// `full` here (the unit tests cover it with a manual executor).
 //
 // Build: clang++ -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude
 //        tests/fuzz/fuzz_keyed_batcher.cpp -o fuzz_keyed_batcher
@@ -69,10 +73,17 @@ struct SeenBatch {
 
 // The sequential reference model. Times in milliseconds.
 struct Model {
+    struct Limits {
+        std::size_t size;
+        std::int64_t delay;
+        std::size_t cost;  // 0: none
+    };
     struct Key {
         std::vector<int> open;  // the open batch's items
+        std::size_t open_cost = 0;
         std::size_t bound = 0;
-        std::int64_t due_at = 0;  // no_delay: never
+        std::size_t cost_bound = 0;  // 0: none
+        std::int64_t due_at = 0;     // no_delay: never
         bool live = false;
         std::int64_t idle_since = 0;
         std::vector<SeenBatch> batches;
@@ -82,10 +93,15 @@ struct Model {
     std::size_t capacity = 1;
     std::size_t max_keys = 1;
     std::int64_t idle_timeout = no_delay;
-    std::map<int, std::pair<std::size_t, std::int64_t>> limits;
+    std::size_t default_cost = 0;  // max_batch_cost; 0: none
+    std::size_t max_pending_cost = 0;
+    std::map<int, Limits> limits;
     Key keys[key_count];
     std::int64_t now = 0;
     std::size_t pending = 0;
+    std::size_t pending_cost = 0;
+    std::map<int, std::size_t> cost_of;  // id -> cost
+    std::uint64_t batch_cost_total = 0, batch_cost_max = 0, oversized = 0;
     std::vector<int> poisoned;       // ids
     std::map<int, bool> outcome_ok;  // id -> batch succeeded
     std::uint64_t accepted = 0, rejected_key_limit = 0, failed_items = 0;
@@ -93,16 +109,22 @@ struct Model {
 
     std::size_t bound_of(int key) const {
         const auto found = limits.find(key);
-        return found != limits.end() ? found->second.first : default_size;
+        return found != limits.end() ? found->second.size : default_size;
     }
     std::int64_t delay_of(int key) const {
         const auto found = limits.find(key);
-        return found != limits.end() ? found->second.second : default_delay;
+        return found != limits.end() ? found->second.delay : default_delay;
+    }
+    std::size_t cost_bound_of(int key) const {
+        const auto found = limits.find(key);
+        return found != limits.end() ? found->second.cost : default_cost;
     }
     bool expired(const Key& key) const {
         return idle_timeout != no_delay && key.open.empty() && key.idle_since + idle_timeout <= now;
     }
-    void seal(int k, DispatchReason reason) {
+    // @p reopened: the key gets a new batch at once (sealed before an item above the cost
+    // bound), so it does not become idle.
+    void seal(int k, DispatchReason reason, bool reopened = false) {
         Key& key = keys[k];
         const bool poison = std::any_of(key.open.begin(), key.open.end(), [&](int id) {
             return std::find(poisoned.begin(), poisoned.end(), id) != poisoned.end();
@@ -112,16 +134,29 @@ struct Model {
         }
         failed_items += poison ? key.open.size() : 0;
         pending -= key.open.size();
+        pending_cost -= key.open_cost;
+        batch_cost_total += key.open_cost;
+        batch_cost_max = std::max<std::uint64_t>(batch_cost_max, key.open_cost);
+        key.open_cost = 0;
         key.batches.push_back(SeenBatch{std::exchange(key.open, {}), reason});
         ++by_reason[static_cast<int>(reason)];
+        if (reopened) {
+            return;
+        }
         key.idle_since = now;
         if (idle_timeout == 0) {
             key.live = false;  // reclaimed at once (by the timer or the next submit)
         }
     }
-    // Returns false if the submit is rejected with KeyLimitError.
-    bool submit(int k, int id) {
-        if (pending >= capacity) {
+    enum Verdict { accepted_item, key_limit, cost_limit };
+    bool pending_cost_fits(std::size_t cost) const {
+        return max_pending_cost == 0 || pending_cost + cost <= max_pending_cost;
+    }
+    Verdict submit(int k, int id, std::size_t cost) {
+        if (max_pending_cost != 0 && cost > max_pending_cost) {
+            return cost_limit;  // checked first, whatever else
+        }
+        if (pending >= capacity || !pending_cost_fits(cost)) {
             for (int other = 0; other < key_count; ++other) {
                 if (!keys[other].open.empty()) {
                     seal(other, DispatchReason::full);
@@ -137,7 +172,7 @@ struct Model {
             }
             if (in_use >= max_keys) {
                 ++rejected_key_limit;
-                return false;
+                return key_limit;
             }
             for (Key& other : keys) {  // reclaimed, on demand or by the timer
                 other.live = other.live && !expired(other);
@@ -146,18 +181,27 @@ struct Model {
         }
         ++accepted;
         ++pending;
+        pending_cost += cost;
+        cost_of[id] = cost;
+        if (!key.open.empty() && key.cost_bound != 0 && key.open_cost + cost > key.cost_bound) {
+            seal(k, DispatchReason::full, true);  // it would go above its cost bound: seal first
+        }
         if (key.open.empty()) {
             key.bound = bound_of(k);
+            key.cost_bound = cost_bound_of(k);
             const std::int64_t delay = delay_of(k);
             key.due_at = delay == no_delay ? no_delay : now + delay;
         }
         key.open.push_back(id);
-        if (key.open.size() >= key.bound) {
+        key.open_cost += cost;
+        oversized += key.cost_bound != 0 && cost > key.cost_bound ? 1 : 0;
+        if (key.open.size() >= key.bound ||
+            (key.cost_bound != 0 && key.open_cost != 0 && key.open_cost >= key.cost_bound)) {
             seal(k, DispatchReason::full);
         } else if (key.due_at != no_delay && key.due_at <= now) {
             seal(k, DispatchReason::deadline);
         }
-        return true;
+        return accepted_item;
     }
     void advance(std::int64_t step) {
         now += step;
@@ -190,34 +234,52 @@ void run_one(const std::uint8_t* data, std::size_t size) {
     model.max_keys = 1 + input.byte() % 4;
     const std::uint8_t timeout = input.byte();
     model.idle_timeout = timeout % 4 == 3 ? no_delay : timeout % 4;
+    // Costs: bit 0 a cost function; bits 1-2 a default max_batch_cost (none or 4..); bits 3-4 a
+    // max_pending_cost (none or 8..), so that items (cost 0..23) may exceed either.
+    const std::uint8_t costs = input.byte();
+    const bool costed = (costs & 1) != 0;
+    if (costed) {
+        model.default_cost = (costs >> 1) % 4 == 0 ? 0 : 4 + ((costs >> 1) % 4) * 5;
+        model.max_pending_cost = (costs >> 3) % 4 == 0 ? 0 : 8 + ((costs >> 3) % 4) * 10;
+    }
 
     ManualClock clock;
     std::mutex mutex;
     std::map<int, std::vector<SeenBatch>> seen;
-    std::vector<int> poisoned;  // shared with process_batch (read under mutex)
-    auto batcher = std::make_unique<microbatch::KeyedBatcher<int, int, int, ManualClock>>(
-        KeyedOptions{}
-            .max_batch_size(model.default_size)
-            .max_delay(to_duration(model.default_delay))
-            .capacity(model.capacity)
-            .max_keys(model.max_keys)
-            .key_idle_timeout(to_duration(model.idle_timeout))
-            .max_in_flight(KeyedOptions::unlimited_in_flight)
-            .executor([](microbatch::Task task) { task(); }),
-        [&](const int& key, Batch<int>& batch) {
-            std::lock_guard<std::mutex> lock(mutex);
-            seen[key].push_back(
-                SeenBatch{std::vector<int>(batch.begin(), batch.end()), batch.reason()});
-            std::vector<int> results;
-            for (int id : batch) {
-                if (std::find(poisoned.begin(), poisoned.end(), id) != poisoned.end()) {
-                    throw std::runtime_error("poison");
-                }
-                results.push_back(id * 2);
+    std::vector<int> poisoned;           // shared with process_batch (read under mutex)
+    std::map<int, std::size_t> cost_of;  // id -> cost, for the cost function
+    const KeyedOptions options = KeyedOptions{}
+                                     .max_batch_size(model.default_size)
+                                     .max_delay(to_duration(model.default_delay))
+                                     .capacity(model.capacity)
+                                     .max_keys(model.max_keys)
+                                     .key_idle_timeout(to_duration(model.idle_timeout))
+                                     .max_batch_cost(model.default_cost)
+                                     .max_pending_cost(model.max_pending_cost)
+                                     .max_in_flight(KeyedOptions::unlimited_in_flight)
+                                     .executor([](microbatch::Task task) { task(); });
+    auto process = [&](const int& key, Batch<int>& batch) {
+        std::lock_guard<std::mutex> lock(mutex);
+        seen[key].push_back(
+            SeenBatch{std::vector<int>(batch.begin(), batch.end()), batch.reason()});
+        std::vector<int> results;
+        for (int id : batch) {
+            if (std::find(poisoned.begin(), poisoned.end(), id) != poisoned.end()) {
+                throw std::runtime_error("poison");
             }
-            return results;
-        },
-        clock);
+            results.push_back(id * 2);
+        }
+        return results;
+    };
+    using Keyed = microbatch::KeyedBatcher<int, int, int, ManualClock>;
+    // The cost function reads the cost the input gave the item (ids are unique); it runs on the
+    // submitting thread, which is this one.
+    auto batcher =
+        costed ? std::make_unique<Keyed>(options, microbatch::cost_by([&cost_of](const int& id) {
+                                             return cost_of.at(id);
+                                         }),
+                                         process, clock)
+               : std::make_unique<Keyed>(options, process, clock);
 
     std::vector<std::pair<int, microbatch::Handle<int>>> handles;
     int next_id = 0;
@@ -229,8 +291,10 @@ void run_one(const std::uint8_t* data, std::size_t size) {
             case 1:
             case 2: {
                 const int id = next_id++;
-                const bool expected = model.submit(key, id);
-                bool accepted = true;
+                const std::size_t cost = costed ? input.byte() % 24 : 0;
+                cost_of[id] = cost;
+                const Model::Verdict expected = model.submit(key, id, cost);
+                Model::Verdict verdict = Model::accepted_item;
                 try {
                     if (op % 8 == 0) {
                         handles.emplace_back(id, batcher->submit(key, id));
@@ -241,9 +305,11 @@ void run_one(const std::uint8_t* data, std::size_t size) {
                                    microbatch::SubmitStatus::accepted);
                     }
                 } catch (const microbatch::KeyLimitError&) {
-                    accepted = false;
+                    verdict = Model::key_limit;
+                } catch (const microbatch::CostLimitError&) {
+                    verdict = Model::cost_limit;
                 }
-                FUZZ_CHECK(accepted == expected);
+                FUZZ_CHECK(verdict == expected);
                 break;
             }
             case 3:
@@ -269,8 +335,17 @@ void run_one(const std::uint8_t* data, std::size_t size) {
             case 6: {
                 const std::size_t bound = 1 + input.byte() % 6;
                 const std::int64_t delay = decode_delay(input.byte());
-                batcher->set_key_limits(key, microbatch::KeyLimits{bound, to_duration(delay)});
-                model.limits[key] = {bound, delay};
+                microbatch::KeyLimits limits{bound, to_duration(delay)};
+                std::size_t cost_bound = model.default_cost;
+                if (costed) {
+                    const std::uint8_t byte = input.byte();
+                    if (byte % 3 != 0) {  // else keep the default
+                        cost_bound = byte % 3 == 1 ? 0 : 2 + byte % 20;
+                        limits.max_batch_cost = cost_bound;
+                    }
+                }
+                batcher->set_key_limits(key, limits);
+                model.limits[key] = {bound, delay, cost_bound};
                 break;
             }
             default: {
@@ -310,6 +385,11 @@ void run_one(const std::uint8_t* data, std::size_t size) {
     FUZZ_CHECK(stats.batches_flush == model.by_reason[static_cast<int>(DispatchReason::flush)]);
     FUZZ_CHECK(stats.batches_close == model.by_reason[static_cast<int>(DispatchReason::close)]);
     FUZZ_CHECK(stats.pending == 0);
+    FUZZ_CHECK(stats.pending_cost == 0);
+    FUZZ_CHECK(batcher->pending_cost() == 0);
+    FUZZ_CHECK(stats.batch_cost_total == model.batch_cost_total);
+    FUZZ_CHECK(stats.batch_cost_max == model.batch_cost_max);
+    FUZZ_CHECK(stats.items_oversized == model.oversized);
 }
 
 }  // namespace

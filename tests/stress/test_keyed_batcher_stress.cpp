@@ -11,7 +11,11 @@
 //   - every rejected item (full, closed, key limit) was never processed;
 //   - no batch mixed keys;
 //   - one producer's items for one key kept their order: (batch sequence, index) increases;
-//   - the stats add up.
+//   - the stats add up;
+//   - with item costs (half the rounds: a cost function, per-key max_batch_cost, maybe a
+//     max_pending_cost): no batch costs more than its key's bound unless it is one oversized
+//     item, the pending cost never exceeds max_pending_cost, items above it are refused with
+//     CostLimitError, and the cost stats match the accepted items.
 // Assertions run on the test thread only; workers, callbacks and producers record into atomics.
 //
 // Environment: MICROBATCH_STRESS_SEED=<n> replays a run; MICROBATCH_STRESS_SCALE=<x> multiplies
@@ -83,10 +87,11 @@ private:
     std::uint64_t state_;
 };
 
-/// An item: its id and its key, so a batch of the wrong key is detected.
+/// An item: its id and its key, so a batch of the wrong key is detected, and its cost.
 struct Item {
     std::uint32_t id;
     int key;
+    std::uint32_t cost;
 };
 
 bool is_poison(std::uint32_t id) {
@@ -102,6 +107,7 @@ struct Ledger {
         : status(ids, unused),
           delivery(ids, none),
           key(ids, 0),
+          cost(ids, 0),
           processed(new std::atomic<std::uint32_t>[ids]),
           completed(new std::atomic<std::uint32_t>[ids]),
           good_outcome(new std::atomic<std::uint32_t>[ids]),
@@ -118,6 +124,7 @@ struct Ledger {
     std::vector<std::uint8_t> status;  // one writer per id (its producer)
     std::vector<std::uint8_t> delivery;
     std::vector<int> key;
+    std::vector<std::uint32_t> cost;  // one writer per id (its producer)
     std::unique_ptr<std::atomic<std::uint32_t>[]> processed;
     std::unique_ptr<std::atomic<std::uint32_t>[]> completed;
     std::unique_ptr<std::atomic<std::uint32_t>[]> good_outcome;
@@ -125,6 +132,10 @@ struct Ledger {
     std::unique_ptr<std::atomic<std::uint64_t>[]> position;  // (sequence << 32) | index
     std::atomic<std::uint64_t> mixed_batches{0};
     std::atomic<std::uint64_t> wrong_sizes{0};
+    std::atomic<std::uint64_t> wrong_costs{0};        // a batch above its cost bound
+    std::atomic<std::uint64_t> pending_cost_over{0};  // pending_cost() above the bound seen
+    std::atomic<std::uint64_t> cost_limit_errors{0};  // CostLimitError from a submit
+    std::atomic<std::uint64_t> wrong_cost_errors{0};  // ...for an item that fits the bound
 };
 
 struct RoundConfig {
@@ -175,35 +186,76 @@ void run_round(std::uint64_t seed, const RoundConfig& config) {
     for (const auto& limit : limits) {
         bound_of[static_cast<std::size_t>(limit.first)] = *limit.second.max_batch_size;
     }
+    // Item costs: a default batch cost bound (or none), some keys with their own, maybe a bound
+    // on the pending cost. Costs are 0..48, a few heavier (oversized, or above max_pending_cost).
+    const bool costed = random.chance(50);
+    const std::size_t default_cost_bound =
+        costed && random.chance(80) ? static_cast<std::size_t>(random.between(16, 256)) : 0;
+    const std::size_t pending_cost_bound =
+        costed && random.chance(60) ? static_cast<std::size_t>(random.between(64, 4096)) : 0;
+    std::vector<std::size_t> cost_bound_of(config.keys, default_cost_bound);
+    if (costed) {
+        options.max_batch_cost(default_cost_bound).max_pending_cost(pending_cost_bound);
+        for (std::size_t k = 1; k < config.keys; k += 4) {
+            const std::size_t bound =
+                random.chance(20) ? 0 : static_cast<std::size_t>(random.between(8, 128));
+            const auto same_key = [k](const std::pair<int, KeyLimits>& entry) {
+                return entry.first == static_cast<int>(k);
+            };
+            const auto found = std::find_if(limits.begin(), limits.end(), same_key);
+            if (found != limits.end()) {
+                found->second.max_batch_cost = bound;  // one KeyLimits per key: they replace
+            } else {
+                KeyLimits limit;
+                limit.max_batch_cost = bound;
+                limits.emplace_back(static_cast<int>(k), limit);
+            }
+            cost_bound_of[k] = bound;
+        }
+    }
 
-    auto batcher = std::make_unique<KeyedBatcher<int, Item, std::uint64_t>>(
-        std::move(options), [](const Item& item) { return item.key; },
-        [&ledger, &bound_of](const int& key, Batch<Item>& batch) {
-            bool poison = false;
-            if (batch.size() > bound_of[static_cast<std::size_t>(key)]) {
-                ledger.wrong_sizes.fetch_add(1);
+    auto process = [&ledger, &bound_of, &cost_bound_of](const int& key, Batch<Item>& batch) {
+        bool poison = false;
+        if (batch.size() > bound_of[static_cast<std::size_t>(key)]) {
+            ledger.wrong_sizes.fetch_add(1);
+        }
+        std::size_t cost = 0;
+        for (const Item& item : batch) {
+            cost += item.cost;
+        }
+        const std::size_t cost_bound = cost_bound_of[static_cast<std::size_t>(key)];
+        if (cost_bound != 0 && cost > cost_bound && batch.size() != 1) {
+            ledger.wrong_costs.fetch_add(1);
+        }
+        for (std::size_t i = 0; i < batch.size(); ++i) {
+            const Item& item = batch[i];
+            if (item.key != key) {
+                ledger.mixed_batches.fetch_add(1);
             }
-            for (std::size_t i = 0; i < batch.size(); ++i) {
-                const Item& item = batch[i];
-                if (item.key != key) {
-                    ledger.mixed_batches.fetch_add(1);
-                }
-                ledger.processed[item.id].fetch_add(1);
-                ledger.position[item.id].store((batch.sequence() << 32) | i);
-                poison = poison || is_poison(item.id);
-            }
-            for (const Item& item : batch) {
-                ledger.verdict[item.id].store(poison ? failed : succeeded);
-            }
-            if (poison) {
-                throw std::runtime_error("poison");
-            }
-            std::vector<std::uint64_t> results;
-            for (const Item& item : batch) {
-                results.push_back(std::uint64_t{item.id} * 3 + 1);
-            }
-            return results;
-        });
+            ledger.processed[item.id].fetch_add(1);
+            ledger.position[item.id].store((batch.sequence() << 32) | i);
+            poison = poison || is_poison(item.id);
+        }
+        for (const Item& item : batch) {
+            ledger.verdict[item.id].store(poison ? failed : succeeded);
+        }
+        if (poison) {
+            throw std::runtime_error("poison");
+        }
+        std::vector<std::uint64_t> results;
+        for (const Item& item : batch) {
+            results.push_back(std::uint64_t{item.id} * 3 + 1);
+        }
+        return results;
+    };
+    const auto key_of = [](const Item& item) { return item.key; };
+    auto batcher =
+        costed ? std::make_unique<KeyedBatcher<int, Item, std::uint64_t>>(
+                     std::move(options), key_of,
+                     microbatch::cost_by([](const Item& item) -> std::size_t { return item.cost; }),
+                     process)
+               : std::make_unique<KeyedBatcher<int, Item, std::uint64_t>>(std::move(options),
+                                                                          key_of, process);
     for (const auto& limit : limits) {
         batcher->set_key_limits(limit.first, limit.second);
     }
@@ -218,7 +270,14 @@ void run_round(std::uint64_t seed, const RoundConfig& config) {
                 const auto id = static_cast<std::uint32_t>(p * config.items_per_producer + n);
                 const int key = static_cast<int>(local.between(0, config.keys - 1));
                 ledger.key[id] = key;
-                const Item item{id, key};
+                const auto cost_kind = local.between(0, 99);
+                const auto cost = static_cast<std::uint32_t>(
+                    !costed         ? 0
+                    : cost_kind < 2 ? local.between(4097, 5000)  // maybe above the pending bound
+                    : cost_kind < 6 ? local.between(129, 300)    // maybe oversized
+                                    : local.between(0, 48));
+                ledger.cost[id] = cost;
+                const Item item{id, key, cost};
                 const auto callback = [&ledger, id](Outcome<std::uint64_t>&& outcome) {
                     ledger.completed[id].fetch_add(1);
                     if (outcome.has_value() && outcome.value() == std::uint64_t{id} * 3 + 1) {
@@ -265,6 +324,16 @@ void run_round(std::uint64_t seed, const RoundConfig& config) {
                     status = SubmitStatus::closed;
                 } catch (const microbatch::KeyLimitError&) {
                     status = SubmitStatus::full;
+                } catch (const microbatch::CostLimitError&) {
+                    status = SubmitStatus::full;
+                    ledger.cost_limit_errors.fetch_add(1);
+                    if (pending_cost_bound == 0 || cost <= pending_cost_bound) {
+                        ledger.wrong_cost_errors.fetch_add(1);
+                    }
+                }
+                if (pending_cost_bound != 0 && local.chance(5) &&
+                    batcher->pending_cost() > pending_cost_bound) {
+                    ledger.pending_cost_over.fetch_add(1);
                 }
                 ledger.status[id] = status == SubmitStatus::accepted ? accepted : rejected;
                 if (status == SubmitStatus::full && local.chance(20)) {
@@ -303,14 +372,22 @@ void run_round(std::uint64_t seed, const RoundConfig& config) {
 
     REQUIRE(ledger.mixed_batches.load() == 0);
     REQUIRE(ledger.wrong_sizes.load() == 0);
+    REQUIRE(ledger.wrong_costs.load() == 0);
+    REQUIRE(ledger.pending_cost_over.load() == 0);
+    REQUIRE(ledger.wrong_cost_errors.load() == 0);
     std::uint64_t accepted_count = 0;
     std::uint64_t failed_count = 0;
+    std::uint64_t accepted_cost = 0;
+    std::uint64_t oversized = 0;
     for (std::size_t id = 0; id < ids; ++id) {
         if (ledger.status[id] != accepted) {
             REQUIRE(ledger.processed[id].load() == 0);
             continue;
         }
         ++accepted_count;
+        accepted_cost += ledger.cost[id];
+        const std::size_t cost_bound = cost_bound_of[static_cast<std::size_t>(ledger.key[id])];
+        oversized += cost_bound != 0 && ledger.cost[id] > cost_bound ? 1 : 0;
         REQUIRE(ledger.processed[id].load() == 1);
         const std::uint8_t verdict = ledger.verdict[id].load();
         REQUIRE(verdict != not_run);
@@ -348,8 +425,14 @@ void run_round(std::uint64_t seed, const RoundConfig& config) {
                                            stats.batches_worker_free + stats.batches_flush +
                                            stats.batches_close);
     REQUIRE(stats.items_rejected_full + stats.items_rejected_closed +
-                stats.items_rejected_key_limit ==
+                stats.items_rejected_key_limit + ledger.cost_limit_errors.load() ==
             ids - accepted_count);
+    REQUIRE(stats.batch_cost_total == accepted_cost);
+    REQUIRE(stats.items_oversized == oversized);
+    REQUIRE(stats.pending_cost == 0);
+    if (pending_cost_bound != 0) {
+        REQUIRE(stats.batch_cost_max <= pending_cost_bound);
+    }
 }
 
 }  // namespace

@@ -7,8 +7,10 @@
  *
  * **Sealing** (check_key_batch): a key's open batch with n items, bound B, opened at t0 with
  * time bound D is `full` when n >= B (sealed at once, whatever the workers do: it cannot grow),
- * `due` when now >= t0 + D (it goes into the round-robin ring and is sealed when a worker takes
- * it, growing meanwhile), otherwise `filling` until t0 + D. D < 0 means no time bound.
+ * or when its total cost reaches the key's cost bound (cost_full; an item that would overflow it
+ * seals the batch first, cost_seals_first), `due` when now >= t0 + D (it goes into the round-robin
+ * ring and is sealed when a worker takes it, growing meanwhile), otherwise `filling` until t0 + D.
+ * D < 0 means no time bound.
  *
  * **Dispatch** (RoundRobinRing + decide_key_dispatch): keys with work (sealed batches waiting,
  * or a due open batch) sit in a FIFO ring, each at most once. While fewer than max_in_flight
@@ -68,6 +70,37 @@ inline KeyBatchCheck check_key_batch(std::size_t count, std::size_t bound, std::
     check.due_at = key_due_time(opened_at, delay);
     check.state = now >= check.due_at ? KeyBatchState::due : KeyBatchState::filling;
     return check;
+}
+
+/**
+ * @brief Cost bound (`max_batch_cost`): true if an item of cost @p item_cost must not join the
+ *        open batch of @p open_items items and total cost @p open_cost under cost bound
+ *        @p bound (0: none), because it would take the total above the bound: the open batch is
+ *        sealed first (reason `full`) and the item starts the next one. An empty batch takes
+ *        any item (an oversized one then fills it alone). Pure; O(1); no overflow.
+ */
+inline bool cost_seals_first(std::size_t open_items, std::size_t open_cost, std::size_t item_cost,
+                             std::size_t bound) noexcept {
+    return bound != 0 && open_items != 0 && (open_cost >= bound || item_cost > bound - open_cost);
+}
+
+/// True if a batch of total cost @p cost is full by cost bound @p bound (0: none): sealed at
+/// once. Zero-cost items never fill a batch by cost. Pure.
+inline bool cost_full(std::size_t cost, std::size_t bound) noexcept {
+    return bound != 0 && cost != 0 && cost >= bound;
+}
+
+/// True if an item of cost @p item_cost exceeds cost bound @p bound (0: none) on its own: it
+/// gets a batch of its own, sealed at once. Pure.
+inline bool cost_oversized(std::size_t item_cost, std::size_t bound) noexcept {
+    return bound != 0 && item_cost > bound;
+}
+
+/// True if an item of cost @p item_cost fits next to @p pending_cost of pending items under the
+/// pending cost bound @p bound (0: none). Pure; no overflow.
+inline bool pending_cost_fits(std::size_t pending_cost, std::size_t item_cost,
+                              std::size_t bound) noexcept {
+    return bound == 0 || (pending_cost <= bound && item_cost <= bound - pending_cost);
 }
 
 /// Who hands out a batch: the reason a due open batch is sealed with depends on it.

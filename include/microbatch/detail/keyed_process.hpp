@@ -2,9 +2,10 @@
 /**
  * @file detail/keyed_process.hpp
  * @brief KeyedBatcher internals: storing process_batch (with or without the key argument, its
- *        return type checked at compile time).
+ *        return type checked at compile time), the key and cost functions.
  */
 
+#include <cstddef>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -12,8 +13,36 @@
 #include "microbatch/batch.hpp"
 #include "microbatch/detail/config.hpp"
 #include "microbatch/detail/unique_function.hpp"
+#include "microbatch/item_cost.hpp"
 
 namespace microbatch::detail {
+
+/// True for `CostBy<C>` (item_cost.hpp): keeps the KeyedBatcher constructor taking a key
+/// function from taking a cost function for one.
+template <class X>
+struct is_keyed_cost_by : std::false_type {};
+/// `CostBy<C>` is a cost function wrapper.
+template <class C>
+struct is_keyed_cost_by<CostBy<C>> : std::true_type {};
+
+/// Stores the cost function of a `KeyedBatcher<Key, T>` (`cost_by(f)`); fails to compile, with
+/// a message naming the rule, unless it is callable as `std::size_t(const T&)`.
+template <class T, class C>
+UniqueFunction<std::size_t(const T&)> keyed_cost_function(CostBy<C>&& cost) {
+    static_assert(is_cost_function_v<C, T>,
+                  "microbatch::KeyedBatcher: the cost function (cost_by) must be callable as "
+                  "std::size_t(const T&)");
+    return UniqueFunction<std::size_t(const T&)>(std::move(cost.function));
+}
+
+/// Stores the key function of a `KeyedBatcher<Key, T>`; fails to compile, with a message
+/// naming the rule, unless it is callable as `Key(const T&)`.
+template <class Key, class T, class KeyOf>
+UniqueFunction<Key(const T&)> keyed_key_function(KeyOf&& key_of) {
+    static_assert(std::is_invocable_r_v<Key, std::decay_t<KeyOf>&, const T&>,
+                  "microbatch::KeyedBatcher: the key function must be callable as Key(const T&)");
+    return UniqueFunction<Key(const T&)>(std::forward<KeyOf>(key_of));
+}
 
 /// What a keyed batcher's process_batch returns: `std::vector<R>`, or nothing for `R = void`.
 template <class R>

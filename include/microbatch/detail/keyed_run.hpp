@@ -14,6 +14,7 @@
 #endif
 
 #include <limits>
+#include <stdexcept>
 #include <string>
 
 #include "microbatch/detail/batcher_slots.hpp"  // HandleCompletion, re-entrancy chain
@@ -24,7 +25,21 @@ namespace microbatch {
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
 void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::initialise() {
     options_.validate();
+    if (!cost_of_) {  // a cost bound weighs nothing without a cost function: say so
+        const auto needs_cost = [](const char* option, std::size_t value) {
+            if (value != 0) {
+                MICROBATCH_THROW(std::invalid_argument(
+                    std::string("microbatch::KeyedOptions: ") + option + " " +
+                    std::to_string(value) +
+                    " needs a cost function (pass microbatch::cost_by(f) to the constructor)"));
+            }
+        };
+        needs_cost("max_batch_cost", options_.max_batch_cost());
+        needs_cost("max_pending_cost", options_.max_pending_cost());
+    }
     capacity_ = options_.effective_capacity();
+    max_pending_cost_ = options_.max_pending_cost();
+    default_batch_cost_ = options_.max_batch_cost();
     max_keys_ = options_.max_keys();
     max_in_flight_ = options_.effective_max_in_flight();
     default_batch_size_ = options_.max_batch_size();
@@ -155,6 +170,8 @@ KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::finish(KeyBatch* batch, bool tak
         State* const state = batch->key;
         pending_items_ -= batch->count;
         state->pending -= batch->count;
+        pending_cost_ -= batch->cost;
+        state->pending_cost -= batch->cost;
         --in_flight_;
         --state->in_flight;
         unfinished_tickets_.erase(batch->first_ticket);
@@ -299,6 +316,7 @@ KeyedStats KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::stats() const {
     snapshot.callback_exceptions = counters_.callback_exceptions.load(std::memory_order_relaxed);
     snapshot.keys_live = keys_.size();
     snapshot.pending = pending_items_;
+    snapshot.pending_cost = pending_cost_;
     snapshot.in_flight = in_flight_;
     return snapshot;
 }
@@ -323,6 +341,11 @@ std::optional<KeyStats> KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::key_stat
     snapshot.queued_batches = state.queued.size();
     snapshot.in_flight = state.in_flight;
     snapshot.max_batch_size = state.max_batch_size;
+    snapshot.max_batch_cost = state.max_batch_cost;
+    snapshot.pending_cost = state.pending_cost;
+    snapshot.batch_cost_total = state.batch_cost_total;
+    snapshot.batch_cost_max = state.batch_cost_max;
+    snapshot.items_oversized = state.items_oversized;
     snapshot.max_delay =
         state.max_delay < 0
             ? std::chrono::nanoseconds::max()
@@ -341,6 +364,12 @@ template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
 std::size_t KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::pending() const {
     Lock lock(mutex_);
     return pending_items_;
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+std::size_t KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::pending_cost() const {
+    Lock lock(mutex_);
+    return pending_cost_;
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>

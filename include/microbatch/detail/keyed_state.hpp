@@ -60,6 +60,8 @@ struct KeyedBatch {
     std::unique_ptr<Completion<R>[]> completions;  ///< At least one slot per item.
     std::size_t completion_slots = 0;              ///< Size of `completions`.
     std::size_t bound = 0;                         ///< Size bound it opened with.
+    std::size_t cost_bound = 0;                    ///< Cost bound it opened with (0: none).
+    std::size_t cost = 0;                          ///< Total cost of its items.
     std::size_t count = 0;                         ///< Items it ran with (set by the worker).
     bool any_completion = false;                   ///< Some slot holds a completion.
     KeyState<Key, T, R>* key = nullptr;            ///< Its key (live while it is pending).
@@ -69,9 +71,12 @@ struct KeyedBatch {
     std::uint64_t sequence = 0;                    ///< Seal order over all keys (Batch::sequence).
     DispatchReason reason = DispatchReason::full;  ///< Why it was sealed.
 
-    /// Prepares a recycled (or new) batch for @p key with size bound @p size_bound.
-    void open(KeyState<Key, T, R>* owner, std::size_t size_bound) noexcept {
+    /// Prepares a recycled (or new) batch for @p key with size bound @p size_bound and cost
+    /// bound @p cost_limit (0: none).
+    void open(KeyState<Key, T, R>* owner, std::size_t size_bound, std::size_t cost_limit) noexcept {
         bound = size_bound;
+        cost_bound = cost_limit;
+        cost = 0;
         any_completion = false;
         key = owner;
     }
@@ -119,12 +124,13 @@ public:
 template <class Key, class T, class R>
 struct KeyState {
     /// A state for @p k with the bounds in force for it.
-    KeyState(const Key& k, std::size_t size_bound, std::int64_t delay_ticks)
-        : key(k), max_batch_size(size_bound), max_delay(delay_ticks) {}
+    KeyState(const Key& k, std::size_t size_bound, std::int64_t delay_ticks, std::size_t cost_limit)
+        : key(k), max_batch_size(size_bound), max_delay(delay_ticks), max_batch_cost(cost_limit) {}
 
     Key key;                                    ///< Its key (a copy).
     std::size_t max_batch_size;                 ///< Bound for batches opened from now on.
     std::int64_t max_delay;                     ///< In clock ticks; < 0: none.
+    std::size_t max_batch_cost;                 ///< Cost bound for batches opened from now on.
     KeyedBatch<Key, T, R>* open = nullptr;      ///< The batch being filled, if any.
     bool open_due = false;                      ///< The open batch reached its time bound.
     std::deque<KeyedBatch<Key, T, R>*> queued;  ///< Sealed, waiting for a worker.
@@ -134,8 +140,12 @@ struct KeyState {
     std::int64_t idle_since = 0;                ///< When it last became idle (ticks).
     bool reclaim_scheduled = false;             ///< A reclaim_key entry is in the heap.
     std::size_t timer_entries = 0;              ///< Timer entries pointing at it.
-    bool reclaimed = false;            ///< Removed from the map; freed with its last timer entry.
-    std::uint64_t items_accepted = 0;  ///< KeyStats::items_accepted (under the mutex).
+    bool reclaimed = false;              ///< Removed from the map; freed with its last timer entry.
+    std::uint64_t items_accepted = 0;    ///< KeyStats::items_accepted (under the mutex).
+    std::size_t pending_cost = 0;        ///< Total cost of its pending items.
+    std::uint64_t batch_cost_total = 0;  ///< KeyStats::batch_cost_total (under the mutex).
+    std::uint64_t batch_cost_max = 0;    ///< KeyStats::batch_cost_max (under the mutex).
+    std::uint64_t items_oversized = 0;   ///< KeyStats::items_oversized (under the mutex).
     /// The counters workers update without the mutex (see WorkerCounters).
     WorkerCounters counters;
 

@@ -1,13 +1,14 @@
 #pragma once
 /**
  * @file detail/keyed_submit.hpp
- * @brief KeyedBatcher internals, under the mutex: accepting an item (space, key, open batch),
- *        sealing, the timer heap, key reclamation and round-robin dispatch; flush and limits.
+ * @brief KeyedBatcher internals, under the mutex: placing an admitted item (key, open batch,
+ *        the count and cost bounds), sealing, the timer heap, key reclamation and round-robin
+ *        dispatch; flush and limits. Admission itself (cost, room) is in keyed_admission.hpp.
  *
- * Every function here except with_handle, submit_core, flush and the limit setters expects
- * mutex_ held. Batches are handed to the executor only after the mutex is released
- * (post_batches), with posters_ counting the threads still inside an executor call so that
- * close() cannot return (and the batcher be destroyed) under them.
+ * Every function here except accept, flush and the limit setters expects mutex_ held. Batches are
+ * handed to the executor only after the mutex is released (post_batches), with posters_ counting
+ * the threads still inside an executor call so that close() cannot return (and the batcher be
+ * destroyed) under them.
  */
 
 #include <algorithm>
@@ -20,50 +21,29 @@
 namespace microbatch {
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-template <class U>
-SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::with_handle(Key key, U&& item,
-                                                                         WaitMode mode,
-                                                                         Deadline deadline,
-                                                                         Handle<R>& out) {
-    // The handle owns one reference; the item's completion gets the other on acceptance.
-    detail::HandleState<R>* const state = detail::HandleState<R>::create();
-    Handle<R> handle = detail::HandleAccess::make(state);
-    struct Unclaimed {  // releases the completion's reference if it was never handed out
-        detail::HandleState<R>* state;
-        ~Unclaimed() {
-            if (state != nullptr) {
-                state->release();
-            }
-        }
-    } unclaimed{state};
-    const auto store = [&unclaimed](detail::Completion<R>& slot) noexcept {
-        slot.emplace(detail::HandleCompletion<R>(std::exchange(unclaimed.state, nullptr)));
-        return true;
-    };
-    const SubmitStatus status =
-        submit_core(std::move(key), std::forward<U>(item), mode, deadline, store);
-    if (status == SubmitStatus::accepted) {
-        out = std::move(handle);
-    }
-    return status;
-}
-
-template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
 template <class U, class Store>
-SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::submit_core(Key key, U&& item,
-                                                                         WaitMode mode,
-                                                                         Deadline deadline,
-                                                                         Store&& store) {
+SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::accept(Key key, U&& item,
+                                                                    std::size_t cost, WaitMode mode,
+                                                                    Deadline deadline,
+                                                                    Store&& store) {
     BatchList ready;
     {
         Lock lock(mutex_);
-        const SubmitStatus space = wait_for_space(lock, mode, deadline);
+        const SubmitStatus space = wait_for_space(lock, mode, deadline, cost);
         if (space != SubmitStatus::accepted) {
             ++(space == SubmitStatus::full ? stats_.items_rejected_full
                                            : stats_.items_rejected_closed);
             return space;
         }
         State* const state = find_or_create_key(key);  // throws KeyLimitError at the cap
+        const bool sealed_first =
+            state->open != nullptr &&
+            detail::cost_seals_first(state->open->items.size(), state->open->cost, cost,
+                                     state->open->cost_bound);
+        if (sealed_first) {
+            // The item would take the open batch above its cost bound: seal it first (full).
+            queue_sealed(state, seal(state, DispatchReason::full));
+        }
         KeyBatch* batch = state->open;
         const bool opened = batch == nullptr;
         const std::int64_t now = opened ? now_ticks() : 0;
@@ -91,6 +71,12 @@ SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::submit_core(Key key
                     note_idle(state, now);
                 }
             }
+            if (sealed_first) {
+                // The batch sealed for this item waits in the ring, and we leave without
+                // dispatching: wake the timer, which hands out what workers are free for.
+                timer_wake_at_ = std::numeric_limits<std::int64_t>::min();
+                timer_condition_.notify_one();
+            }
             MICROBATCH_RETHROW;
         }
         ++next_ticket_;
@@ -98,7 +84,15 @@ SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::submit_core(Key key
         ++state->pending;
         ++state->items_accepted;
         ++stats_.items_accepted;
-        if (batch->items.size() >= batch->bound) {
+        pending_cost_ += cost;
+        state->pending_cost += cost;
+        batch->cost += cost;
+        if (detail::cost_oversized(cost, batch->cost_bound)) {  // alone: opened for it above
+            ++stats_.items_oversized;
+            ++state->items_oversized;
+        }
+        if (batch->items.size() >= batch->bound ||
+            detail::cost_full(batch->cost, batch->cost_bound)) {
             queue_sealed(state, seal(state, DispatchReason::full));
         } else if (opened) {
             const detail::KeyBatchCheck check =
@@ -121,57 +115,6 @@ SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::submit_core(Key key
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::wait_for_space(Lock& lock,
-                                                                            WaitMode mode,
-                                                                            Deadline deadline) {
-    for (;;) {
-        if (closed_) {
-            return SubmitStatus::closed;
-        }
-        if (pending_items_ < capacity_) {
-            return SubmitStatus::accepted;
-        }
-        if (in_flight_ == 0 && stats_.queued_batches == 0) {
-            // Every pending item sits in a partial batch, and nothing running will free space:
-            // without a time bound that would never change (with one, only at max_delay).
-            // Seal them all (reason full: the batcher is), so that the wait below ends.
-            BatchList ready;
-            seal_all(DispatchReason::full, ready);
-            if (!ready.empty()) {
-                ++posters_;
-                lock.unlock();
-                post_batches(ready, 0);
-                lock.lock();
-                continue;
-            }
-        }
-        if (mode == wait_never) {
-            return SubmitStatus::full;
-        }
-        if (detail::is_running_on_this_thread(this)) {
-            MICROBATCH_THROW(
-                ReentrancyError("microbatch::KeyedBatcher: a blocking submit found the batcher "
-                                "full inside its own process_batch or callback and would wait "
-                                "for itself; use try_submit"));
-        }
-        ++space_waiters_;
-        bool timed_out = false;
-        if (mode == wait_forever) {
-            space_condition_.wait(lock);
-        } else {
-            timed_out = space_condition_.wait_until(lock, deadline) == std::cv_status::timeout;
-        }
-        --space_waiters_;
-        if (closed_ && idle_waiters_ != 0) {
-            idle_condition_.notify_all();  // close() waits for blocked producers to leave
-        }
-        if (timed_out && !closed_ && pending_items_ >= capacity_) {
-            return SubmitStatus::full;
-        }
-    }
-}
-
-template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
 typename KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::State*
 KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::find_or_create_key(const Key& key) {
     const auto found = keys_.find(key);
@@ -188,7 +131,7 @@ KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::find_or_create_key(const Key& ke
                 "be added (raise max_keys or lower key_idle_timeout)"));
         }
     }
-    auto state = std::make_unique<State>(key, bound_for(key), delay_for(key));
+    auto state = std::make_unique<State>(key, bound_for(key), delay_for(key), cost_bound_for(key));
     State* const raw = state.get();
     keys_.emplace(key, std::move(state));
     ++stats_.keys_created;
@@ -254,7 +197,7 @@ KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::open_batch(State* state, std::in
     } else {
         batch = std::make_unique<KeyBatch>();
     }
-    batch->open(state, state->max_batch_size);
+    batch->open(state, state->max_batch_size, state->max_batch_cost);
     batch->opened_at = now;
     batch->generation = next_generation_++;
     batch->first_ticket = next_ticket_;
@@ -272,6 +215,10 @@ KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::seal(State* state, DispatchReaso
     state->open_due = false;
     batch->reason = reason;
     batch->sequence = next_sequence_++;
+    stats_.batch_cost_total += batch->cost;
+    stats_.batch_cost_max = std::max<std::uint64_t>(stats_.batch_cost_max, batch->cost);
+    state->batch_cost_total += batch->cost;
+    state->batch_cost_max = std::max<std::uint64_t>(state->batch_cost_max, batch->cost);
     switch (reason) {
         case DispatchReason::full:
             ++stats_.batches_full;
@@ -420,6 +367,13 @@ std::int64_t KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::delay_for(const Key
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
+std::size_t KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::cost_bound_for(const Key& key) const {
+    const auto found = limits_.find(key);
+    return found != limits_.end() && found->second.max_batch_cost ? *found->second.max_batch_cost
+                                                                  : default_batch_cost_;
+}
+
+template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
 std::int64_t KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::to_ticks(
     std::chrono::nanoseconds value) const noexcept {
     if (value == std::chrono::nanoseconds::max()) {
@@ -479,12 +433,19 @@ void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::set_key_limits(const Key& k
     if (limits.max_delay) {
         KeyedOptions::check_delay("max_delay", *limits.max_delay);
     }
+    if (limits.max_batch_cost && *limits.max_batch_cost != 0 && !cost_of_) {
+        MICROBATCH_THROW(std::invalid_argument(
+            "microbatch::KeyedBatcher::set_key_limits: max_batch_cost " +
+            std::to_string(*limits.max_batch_cost) +
+            " needs a cost function (pass microbatch::cost_by(f) to the constructor)"));
+    }
     Lock lock(mutex_);
     limits_[key] = limits;
     const auto found = keys_.find(key);
     if (found != keys_.end()) {
         found->second->max_batch_size = bound_for(key);
         found->second->max_delay = delay_for(key);
+        found->second->max_batch_cost = cost_bound_for(key);
     }
 }
 
@@ -496,6 +457,7 @@ void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::clear_key_limits(const Key&
     if (found != keys_.end()) {
         found->second->max_batch_size = default_batch_size_;
         found->second->max_delay = default_delay_;
+        found->second->max_batch_cost = default_batch_cost_;
     }
 }
 
