@@ -786,21 +786,21 @@ TEST_CASE("KeyedBatcher seals a key's batch at its cost bound and before an item
 
     const auto stats = batcher.stats();
     CHECK(stats.items_oversized == 1);
-    CHECK(stats.batch_cost_total == 47);
-    CHECK(stats.batch_cost_max == 25);
+    CHECK(stats.item_cost_total == 47);
+    CHECK(stats.batch_item_cost_max == 25);
     CHECK(stats.batches_full == 4);
     CHECK(stats.batches_flush == 2);
     CHECK(stats.pending_cost == 0);
     const auto a = batcher.key_stats("a");
     REQUIRE(a);
     CHECK(a->items_oversized == 1);
-    CHECK(a->batch_cost_total == 47);
-    CHECK(a->batch_cost_max == 25);
+    CHECK(a->item_cost_total == 47);
+    CHECK(a->batch_item_cost_max == 25);
     CHECK(a->max_batch_cost == 10);
     CHECK(a->pending_cost == 0);
     const auto z = batcher.key_stats("z");
     REQUIRE(z);
-    CHECK(z->batch_cost_total == 0);
+    CHECK(z->item_cost_total == 0);
     CHECK(z->items_oversized == 0);
     executor.run_inline();
 }
@@ -829,7 +829,7 @@ TEST_CASE("KeyedBatcher: an oversized item runs alone between its neighbours' ba
     const auto seen = recorder.take();
     CHECK(items_of(seen, "k") == std::vector<std::vector<int>>{{1, 2}, {9}, {1, 1, 1}, {8}});
     CHECK(batcher.stats().items_oversized == 1);
-    CHECK(batcher.stats().batch_cost_max == 9);
+    CHECK(batcher.stats().batch_item_cost_max == 9);
     executor.run_inline();
 }
 
@@ -870,7 +870,7 @@ TEST_CASE("KeyedBatcher applies each key's own cost bound (set_key_limits)", "[k
     CHECK(batcher.key_stats("small")->items_oversized == 1);
     CHECK(batcher.key_stats("free")->max_batch_cost == 0);
     CHECK(batcher.key_stats("count")->max_batch_cost == 10);
-    CHECK(batcher.key_stats("default")->batch_cost_max == 10);
+    CHECK(batcher.key_stats("default")->batch_item_cost_max == 10);
     batcher.clear_key_limits("small");
     CHECK(batcher.key_stats("small")->max_batch_cost == 10);
     CHECK(batcher.stats().items_oversized == 1);
@@ -902,7 +902,7 @@ TEST_CASE("KeyedBatcher bounds the pending cost: try reports full, timed waits t
     executor.run_inline();
     batcher.close();
     CHECK(batcher.stats().pending_cost == 0);
-    CHECK(batcher.stats().batch_cost_total == 21);
+    CHECK(batcher.stats().item_cost_total == 21);
 }
 
 TEST_CASE("KeyedBatcher seals partial batches when they hold the whole pending cost",
@@ -1038,7 +1038,7 @@ TEST_CASE("KeyedBatcher throws CostLimitError for an item above max_pending_cost
     batcher.submit(1, std::string("eight ch")).get();                           // at the bound
     batcher.close();
     CHECK(batcher.stats().items_accepted == 1);
-    CHECK(batcher.stats().batch_cost_total == 8);
+    CHECK(batcher.stats().item_cost_total == 8);
 }
 
 TEST_CASE("KeyedBatcher cost function: runs once per item, on converted items, may throw",
@@ -1067,8 +1067,8 @@ TEST_CASE("KeyedBatcher cost function: runs once per item, on converted items, m
     batcher.wait_idle();
     const auto stats = batcher.stats();
     CHECK(stats.items_accepted == 3);
-    CHECK(stats.batch_cost_total == 9);
-    CHECK(stats.batch_cost_max == 5);
+    CHECK(stats.item_cost_total == 9);
+    CHECK(stats.batch_item_cost_max == 5);
     CHECK(stats.batches_full == 1);
     CHECK(calls == 5);
 }
@@ -1108,7 +1108,7 @@ TEST_CASE("KeyedBatcher rejects cost bounds without a cost function, naming opti
     batcher.set_key_limits(1, limits);  // no bound: fine
     batcher.post(1, 5);
     batcher.close();
-    CHECK(batcher.stats().batch_cost_total == 0);  // no cost function: everything costs 0
+    CHECK(batcher.stats().item_cost_total == 0);  // no cost function: everything costs 0
     CHECK(batcher.stats().pending_cost == 0);
 }
 

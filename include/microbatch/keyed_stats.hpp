@@ -34,10 +34,10 @@ struct KeyStats {
     /// The key's cost bound for batches opened from now on (0: none). See `KeyedStats` for the
     /// cost counters below; without a cost function every item costs 0.
     std::size_t max_batch_cost = 0;
-    std::size_t pending_cost = 0;        ///< Total cost of this key's pending items.
-    std::uint64_t batch_cost_total = 0;  ///< Sum of the costs of this key's sealed batches.
-    std::uint64_t batch_cost_max = 0;    ///< The largest cost of one of this key's batches.
-    std::uint64_t items_oversized = 0;   ///< Items costing more than the key's cost bound.
+    std::size_t pending_cost = 0;           ///< Total cost of this key's pending items.
+    std::uint64_t item_cost_total = 0;      ///< Sum of the costs of this key's sealed batches.
+    std::uint64_t batch_item_cost_max = 0;  ///< The largest cost of one of this key's batches.
+    std::uint64_t items_oversized = 0;      ///< Items costing more than the key's cost bound.
 };
 
 /**
@@ -81,8 +81,8 @@ struct KeyedStats {
     /// Sum of the costs of the batches sealed so far (counted when a batch is sealed, like the
     /// per-reason batch counts); after `close()` it equals the total cost of the accepted items.
     /// Divided by the batches sealed, the mean cost per batch.
-    std::uint64_t batch_cost_total = 0;
-    std::uint64_t batch_cost_max = 0;  ///< The largest cost of one sealed batch.
+    std::uint64_t item_cost_total = 0;
+    std::uint64_t batch_item_cost_max = 0;  ///< The largest cost of one sealed batch.
     /// Items whose cost alone exceeded their key's `max_batch_cost`: each ran in a batch of its
     /// own, sealed at once (reason `full`).
     std::uint64_t items_oversized = 0;

@@ -10306,12 +10306,12 @@ struct KeyState {
     std::int64_t idle_since = 0;                ///< When it last became idle (ticks).
     bool reclaim_scheduled = false;             ///< A reclaim_key entry is in the heap.
     std::size_t timer_entries = 0;              ///< Timer entries pointing at it.
-    bool reclaimed = false;              ///< Removed from the map; freed with its last timer entry.
-    std::uint64_t items_accepted = 0;    ///< KeyStats::items_accepted (under the mutex).
-    std::size_t pending_cost = 0;        ///< Total cost of its pending items.
-    std::uint64_t batch_cost_total = 0;  ///< KeyStats::batch_cost_total (under the mutex).
-    std::uint64_t batch_cost_max = 0;    ///< KeyStats::batch_cost_max (under the mutex).
-    std::uint64_t items_oversized = 0;   ///< KeyStats::items_oversized (under the mutex).
+    bool reclaimed = false;             ///< Removed from the map; freed with its last timer entry.
+    std::uint64_t items_accepted = 0;   ///< KeyStats::items_accepted (under the mutex).
+    std::size_t pending_cost = 0;       ///< Total cost of its pending items.
+    std::uint64_t item_cost_total = 0;  ///< KeyStats::item_cost_total (under the mutex).
+    std::uint64_t batch_item_cost_max = 0;  ///< KeyStats::batch_item_cost_max (under the mutex).
+    std::uint64_t items_oversized = 0;      ///< KeyStats::items_oversized (under the mutex).
     /// The counters workers update without the mutex (see WorkerCounters).
     WorkerCounters counters;
 
@@ -10706,10 +10706,10 @@ struct KeyStats {
     /// The key's cost bound for batches opened from now on (0: none). See `KeyedStats` for the
     /// cost counters below; without a cost function every item costs 0.
     std::size_t max_batch_cost = 0;
-    std::size_t pending_cost = 0;        ///< Total cost of this key's pending items.
-    std::uint64_t batch_cost_total = 0;  ///< Sum of the costs of this key's sealed batches.
-    std::uint64_t batch_cost_max = 0;    ///< The largest cost of one of this key's batches.
-    std::uint64_t items_oversized = 0;   ///< Items costing more than the key's cost bound.
+    std::size_t pending_cost = 0;           ///< Total cost of this key's pending items.
+    std::uint64_t item_cost_total = 0;      ///< Sum of the costs of this key's sealed batches.
+    std::uint64_t batch_item_cost_max = 0;  ///< The largest cost of one of this key's batches.
+    std::uint64_t items_oversized = 0;      ///< Items costing more than the key's cost bound.
 };
 
 /**
@@ -10753,8 +10753,8 @@ struct KeyedStats {
     /// Sum of the costs of the batches sealed so far (counted when a batch is sealed, like the
     /// per-reason batch counts); after `close()` it equals the total cost of the accepted items.
     /// Divided by the batches sealed, the mean cost per batch.
-    std::uint64_t batch_cost_total = 0;
-    std::uint64_t batch_cost_max = 0;  ///< The largest cost of one sealed batch.
+    std::uint64_t item_cost_total = 0;
+    std::uint64_t batch_item_cost_max = 0;  ///< The largest cost of one sealed batch.
     /// Items whose cost alone exceeded their key's `max_batch_cost`: each ran in a batch of its
     /// own, sealed at once (reason `full`).
     std::uint64_t items_oversized = 0;
@@ -11840,8 +11840,8 @@ std::optional<KeyStats> KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::key_stat
     snapshot.max_batch_size = state.max_batch_size;
     snapshot.max_batch_cost = state.max_batch_cost;
     snapshot.pending_cost = state.pending_cost;
-    snapshot.batch_cost_total = state.batch_cost_total;
-    snapshot.batch_cost_max = state.batch_cost_max;
+    snapshot.item_cost_total = state.item_cost_total;
+    snapshot.batch_item_cost_max = state.batch_item_cost_max;
     snapshot.items_oversized = state.items_oversized;
     snapshot.max_delay =
         state.max_delay < 0
@@ -12092,10 +12092,10 @@ KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::seal(State* state, DispatchReaso
     state->open_due = false;
     batch->reason = reason;
     batch->sequence = next_sequence_++;
-    stats_.batch_cost_total += batch->cost;
-    stats_.batch_cost_max = std::max<std::uint64_t>(stats_.batch_cost_max, batch->cost);
-    state->batch_cost_total += batch->cost;
-    state->batch_cost_max = std::max<std::uint64_t>(state->batch_cost_max, batch->cost);
+    stats_.item_cost_total += batch->cost;
+    stats_.batch_item_cost_max = std::max<std::uint64_t>(stats_.batch_item_cost_max, batch->cost);
+    state->item_cost_total += batch->cost;
+    state->batch_item_cost_max = std::max<std::uint64_t>(state->batch_item_cost_max, batch->cost);
     switch (reason) {
         case DispatchReason::full:
             ++stats_.batches_full;

@@ -101,7 +101,7 @@ struct Model {
     std::size_t pending = 0;
     std::size_t pending_cost = 0;
     std::map<int, std::size_t> cost_of;  // id -> cost
-    std::uint64_t batch_cost_total = 0, batch_cost_max = 0, oversized = 0;
+    std::uint64_t item_cost_total = 0, batch_item_cost_max = 0, oversized = 0;
     std::vector<int> poisoned;       // ids
     std::map<int, bool> outcome_ok;  // id -> batch succeeded
     std::uint64_t accepted = 0, rejected_key_limit = 0, failed_items = 0;
@@ -135,8 +135,8 @@ struct Model {
         failed_items += poison ? key.open.size() : 0;
         pending -= key.open.size();
         pending_cost -= key.open_cost;
-        batch_cost_total += key.open_cost;
-        batch_cost_max = std::max<std::uint64_t>(batch_cost_max, key.open_cost);
+        item_cost_total += key.open_cost;
+        batch_item_cost_max = std::max<std::uint64_t>(batch_item_cost_max, key.open_cost);
         key.open_cost = 0;
         key.batches.push_back(SeenBatch{std::exchange(key.open, {}), reason});
         ++by_reason[static_cast<int>(reason)];
@@ -387,8 +387,8 @@ void run_one(const std::uint8_t* data, std::size_t size) {
     FUZZ_CHECK(stats.pending == 0);
     FUZZ_CHECK(stats.pending_cost == 0);
     FUZZ_CHECK(batcher->pending_cost() == 0);
-    FUZZ_CHECK(stats.batch_cost_total == model.batch_cost_total);
-    FUZZ_CHECK(stats.batch_cost_max == model.batch_cost_max);
+    FUZZ_CHECK(stats.item_cost_total == model.item_cost_total);
+    FUZZ_CHECK(stats.batch_item_cost_max == model.batch_item_cost_max);
     FUZZ_CHECK(stats.items_oversized == model.oversized);
 }
 

@@ -427,11 +427,11 @@ void run_round(std::uint64_t seed, const RoundConfig& config) {
     REQUIRE(stats.items_rejected_full + stats.items_rejected_closed +
                 stats.items_rejected_key_limit + ledger.cost_limit_errors.load() ==
             ids - accepted_count);
-    REQUIRE(stats.batch_cost_total == accepted_cost);
+    REQUIRE(stats.item_cost_total == accepted_cost);
     REQUIRE(stats.items_oversized == oversized);
     REQUIRE(stats.pending_cost == 0);
     if (pending_cost_bound != 0) {
-        REQUIRE(stats.batch_cost_max <= pending_cost_bound);
+        REQUIRE(stats.batch_item_cost_max <= pending_cost_bound);
     }
 }
 

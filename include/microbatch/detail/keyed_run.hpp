@@ -343,8 +343,8 @@ std::optional<KeyStats> KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::key_stat
     snapshot.max_batch_size = state.max_batch_size;
     snapshot.max_batch_cost = state.max_batch_cost;
     snapshot.pending_cost = state.pending_cost;
-    snapshot.batch_cost_total = state.batch_cost_total;
-    snapshot.batch_cost_max = state.batch_cost_max;
+    snapshot.item_cost_total = state.item_cost_total;
+    snapshot.batch_item_cost_max = state.batch_item_cost_max;
     snapshot.items_oversized = state.items_oversized;
     snapshot.max_delay =
         state.max_delay < 0

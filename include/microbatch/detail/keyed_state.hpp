@@ -140,12 +140,12 @@ struct KeyState {
     std::int64_t idle_since = 0;                ///< When it last became idle (ticks).
     bool reclaim_scheduled = false;             ///< A reclaim_key entry is in the heap.
     std::size_t timer_entries = 0;              ///< Timer entries pointing at it.
-    bool reclaimed = false;              ///< Removed from the map; freed with its last timer entry.
-    std::uint64_t items_accepted = 0;    ///< KeyStats::items_accepted (under the mutex).
-    std::size_t pending_cost = 0;        ///< Total cost of its pending items.
-    std::uint64_t batch_cost_total = 0;  ///< KeyStats::batch_cost_total (under the mutex).
-    std::uint64_t batch_cost_max = 0;    ///< KeyStats::batch_cost_max (under the mutex).
-    std::uint64_t items_oversized = 0;   ///< KeyStats::items_oversized (under the mutex).
+    bool reclaimed = false;             ///< Removed from the map; freed with its last timer entry.
+    std::uint64_t items_accepted = 0;   ///< KeyStats::items_accepted (under the mutex).
+    std::size_t pending_cost = 0;       ///< Total cost of its pending items.
+    std::uint64_t item_cost_total = 0;  ///< KeyStats::item_cost_total (under the mutex).
+    std::uint64_t batch_item_cost_max = 0;  ///< KeyStats::batch_item_cost_max (under the mutex).
+    std::uint64_t items_oversized = 0;      ///< KeyStats::items_oversized (under the mutex).
     /// The counters workers update without the mutex (see WorkerCounters).
     WorkerCounters counters;
 

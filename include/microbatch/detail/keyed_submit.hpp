@@ -215,10 +215,10 @@ KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::seal(State* state, DispatchReaso
     state->open_due = false;
     batch->reason = reason;
     batch->sequence = next_sequence_++;
-    stats_.batch_cost_total += batch->cost;
-    stats_.batch_cost_max = std::max<std::uint64_t>(stats_.batch_cost_max, batch->cost);
-    state->batch_cost_total += batch->cost;
-    state->batch_cost_max = std::max<std::uint64_t>(state->batch_cost_max, batch->cost);
+    stats_.item_cost_total += batch->cost;
+    stats_.batch_item_cost_max = std::max<std::uint64_t>(stats_.batch_item_cost_max, batch->cost);
+    state->item_cost_total += batch->cost;
+    state->batch_item_cost_max = std::max<std::uint64_t>(state->batch_item_cost_max, batch->cost);
     switch (reason) {
         case DispatchReason::full:
             ++stats_.batches_full;
