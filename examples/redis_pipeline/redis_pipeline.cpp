@@ -13,17 +13,7 @@
 //   redis_pipeline --port 6379                 # uses a running server (its keys are deleted)
 //   redis_pipeline --test --spawn-redis        # short bounded run for CTest (exit 77 = skipped
 //                                              # because redis-server is not installed)
-#include <fcntl.h>
 #include <hiredis/hiredis.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <unistd.h>
-#ifdef __linux__
-#include <sys/prctl.h>
-#endif
 
 #include <algorithm>
 #include <atomic>
@@ -42,6 +32,8 @@
 #include <vector>
 
 #include <microbatch/microbatch.hpp>
+
+#include "redis_support.hpp"  // examples/common: the hiredis connection, a private server
 
 namespace {
 
@@ -194,74 +186,10 @@ Config parse_command_line(int argc, char** argv) {
     return config;
 }
 
-// ---- hiredis wrappers -------------------------------------------------------------------------
+// ---- Connections ------------------------------------------------------------------------------
 
-struct ReplyDeleter {
-    void operator()(redisReply* reply) const { freeReplyObject(reply); }
-};
-using Reply = std::unique_ptr<redisReply, ReplyDeleter>;
-
-// One connection. Not thread-safe: each worker uses its own (see ConnectionPool).
-class Connection {
-public:
-    Connection(const std::string& host, int port) {
-        const timeval timeout{2, 0};
-        context_ = redisConnectWithTimeout(host.c_str(), port, timeout);
-        if (context_ == nullptr || context_->err != 0) {
-            const std::string reason = context_ != nullptr ? context_->errstr : "out of memory";
-            redisFree(context_);
-            throw std::runtime_error("cannot connect to redis at " + host + ":" +
-                                     std::to_string(port) + ": " + reason);
-        }
-        const timeval command_timeout{10, 0};  // never hang on a stuck server
-        redisSetTimeout(context_, command_timeout);
-    }
-    Connection(const Connection&) = delete;
-    Connection& operator=(const Connection&) = delete;
-    ~Connection() { redisFree(context_); }
-
-    bool broken() const { return context_->err != 0; }
-
-    // Queues one command in the output buffer; nothing is sent yet.
-    void append(const std::vector<std::string>& words) {
-        std::vector<const char*> argv;
-        std::vector<std::size_t> lengths;
-        for (const std::string& word : words) {
-            argv.push_back(word.data());
-            lengths.push_back(word.size());
-        }
-        if (redisAppendCommandArgv(context_, static_cast<int>(argv.size()), argv.data(),
-                                   lengths.data()) != REDIS_OK) {
-            fail("append");
-        }
-    }
-
-    // Sends what is queued (on the first call) and reads the next reply.
-    Reply next_reply() {
-        void* raw = nullptr;
-        if (redisGetReply(context_, &raw) != REDIS_OK || raw == nullptr) {
-            fail("read reply");
-        }
-        Reply reply(static_cast<redisReply*>(raw));
-        if (reply->type == REDIS_REPLY_ERROR) {
-            throw std::runtime_error(std::string("redis error: ") + reply->str);
-        }
-        return reply;
-    }
-
-    // One command, one round trip.
-    Reply command(const std::vector<std::string>& words) {
-        append(words);
-        return next_reply();
-    }
-
-private:
-    [[noreturn]] void fail(const char* what) const {
-        throw std::runtime_error(std::string("redis ") + what + ": " + context_->errstr);
-    }
-
-    redisContext* context_ = nullptr;
-};
+using redis::Connection;
+using redis::Reply;
 
 // Connections for the batcher's workers: a batch borrows one for its pipeline. A connection
 // that broke (I/O error) is replaced on the next borrow.
@@ -293,175 +221,6 @@ private:
     int port_;
     std::mutex mutex_;
     std::vector<std::unique_ptr<Connection>> idle_;
-};
-
-// ---- A private redis-server -------------------------------------------------------------------
-
-std::string find_executable(const std::string& name) {
-    if (name.find('/') != std::string::npos) {
-        return access(name.c_str(), X_OK) == 0 ? name : std::string();
-    }
-    const char* path = std::getenv("PATH");
-    std::string directories = path != nullptr ? path : "/usr/local/bin:/usr/bin:/bin";
-    std::size_t begin = 0;
-    for (;;) {
-        const std::size_t colon = directories.find(':', begin);
-        std::string directory = directories.substr(begin, colon - begin);
-        const std::string candidate = (directory.empty() ? "." : directory) + "/" + name;
-        if (access(candidate.c_str(), X_OK) == 0) {
-            return candidate;
-        }
-        if (colon == std::string::npos) {
-            return std::string();
-        }
-        begin = colon + 1;
-    }
-}
-
-// A loopback port nobody listens on right now (the kernel picks it).
-int free_loopback_port() {
-    const int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0) {
-        throw std::runtime_error(std::string("socket: ") + std::strerror(errno));
-    }
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    address.sin_port = 0;
-    socklen_t length = sizeof address;
-    const bool ok = bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0 &&
-                    getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0;
-    close(fd);
-    if (!ok) {
-        throw std::runtime_error(std::string("cannot find a free port: ") + std::strerror(errno));
-    }
-    return ntohs(address.sin_port);
-}
-
-// Starts redis-server with persistence off in a temporary directory; stops it on destruction.
-class RedisServer {
-public:
-    RedisServer(const std::string& binary, const std::string& host) {
-        char dir_template[] = "/tmp/microbatch-redis-XXXXXX";
-        if (mkdtemp(dir_template) == nullptr) {
-            throw std::runtime_error(std::string("mkdtemp: ") + std::strerror(errno));
-        }
-        dir_ = dir_template;
-        // The chosen port may be taken between our check and redis binding it: try again.
-        for (int attempt = 0; attempt < 3 && pid_ <= 0; ++attempt) {
-            port_ = free_loopback_port();
-            start(binary, host);
-        }
-        if (pid_ <= 0) {
-            remove_files();
-            throw std::runtime_error("redis-server did not start; its log:\n" + last_log_);
-        }
-    }
-    RedisServer(const RedisServer&) = delete;
-    RedisServer& operator=(const RedisServer&) = delete;
-    ~RedisServer() {
-        stop();
-        remove_files();
-    }
-
-    int port() const { return port_; }
-
-private:
-    void start(const std::string& binary, const std::string& host) {
-        const std::string port_text = std::to_string(port_);
-        const std::string log_path = dir_ + "/redis.log";
-        // Everything the child needs is prepared before fork().
-        std::vector<std::string> words{
-            binary, "--port", port_text, "--bind",      host, "--save",    "", "--appendonly",
-            "no",   "--dir",  dir_,      "--daemonize", "no", "--logfile", ""};
-        std::vector<char*> argv;
-        for (std::string& word : words) {
-            argv.push_back(word.data());
-        }
-        argv.push_back(nullptr);
-        const int log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        if (log_fd < 0) {
-            throw std::runtime_error("cannot create " + log_path + ": " + std::strerror(errno));
-        }
-        const pid_t pid = fork();
-        if (pid < 0) {
-            close(log_fd);
-            throw std::runtime_error(std::string("fork: ") + std::strerror(errno));
-        }
-        if (pid == 0) {
-#ifdef __linux__
-            prctl(PR_SET_PDEATHSIG, SIGTERM);  // never outlive this program, even if killed
-#endif
-            dup2(log_fd, STDOUT_FILENO);
-            dup2(log_fd, STDERR_FILENO);
-            execv(argv[0], argv.data());
-            _exit(127);
-        }
-        close(log_fd);
-
-        // Ready when it answers PING; give up after 10 s or when the process exits.
-        const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-        while (std::chrono::steady_clock::now() < give_up) {
-            int status = 0;
-            if (waitpid(pid, &status, WNOHANG) == pid) {
-                last_log_ = read_log();
-                return;  // exited (e.g. the port was taken): pid_ stays 0
-            }
-            try {
-                Connection probe(host, port_);
-                if (std::string(probe.command({"PING"})->str) == "PONG") {
-                    pid_ = pid;
-                    return;
-                }
-            } catch (const std::exception&) {
-                // not listening yet
-            }
-            std::this_thread::sleep_for(std::chrono::milliseconds(20));
-        }
-        kill(pid, SIGKILL);
-        waitpid(pid, nullptr, 0);
-        last_log_ = "(no answer to PING within 10 s)\n" + read_log();
-    }
-
-    void stop() {
-        if (pid_ <= 0) {
-            return;
-        }
-        kill(pid_, SIGTERM);  // with --save '' redis exits at once without writing anything
-        const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-        while (waitpid(pid_, nullptr, WNOHANG) == 0) {
-            if (std::chrono::steady_clock::now() >= give_up) {
-                kill(pid_, SIGKILL);
-                waitpid(pid_, nullptr, 0);
-                break;
-            }
-            std::this_thread::sleep_for(std::chrono::milliseconds(10));
-        }
-        pid_ = 0;
-    }
-
-    std::string read_log() const {
-        std::string text;
-        if (FILE* log = std::fopen((dir_ + "/redis.log").c_str(), "r")) {
-            char buffer[4096];
-            std::size_t n = 0;
-            while ((n = std::fread(buffer, 1, sizeof buffer, log)) > 0) {
-                text.append(buffer, n);
-            }
-            std::fclose(log);
-        }
-        return text.size() > 2000 ? text.substr(text.size() - 2000) : text;
-    }
-
-    void remove_files() const {
-        std::remove((dir_ + "/redis.log").c_str());
-        rmdir(dir_.c_str());
-    }
-
-    std::string dir_;
-    std::string last_log_;
-    int port_ = 0;
-    pid_t pid_ = 0;
 };
 
 // ---- The benchmark ----------------------------------------------------------------------------
@@ -593,16 +352,16 @@ std::string server_version(Connection& connection) {
 }
 
 int run_all(const Config& config) {
-    std::unique_ptr<RedisServer> server;
+    std::unique_ptr<redis::Server> server;
     int port = config.port;
     if (config.spawn) {
-        const std::string binary = find_executable(config.redis_server);
+        const std::string binary = redis::find_executable(config.redis_server);
         if (binary.empty()) {
             std::printf("%s: SKIPPED: %s not found; install the Debian package redis-server\n",
                         program_name, config.redis_server.c_str());
             return exit_skipped;
         }
-        server = std::make_unique<RedisServer>(binary, config.host);
+        server = std::make_unique<redis::Server>(binary, config.host);
         port = server->port();
     }
     ConnectionPool pool(config.host, port);

@@ -28,7 +28,7 @@
 // nothing is left pending; it counts the duplicates. Exit status 1 on any failed check.
 //
 // The worker is run_worker() below; the rest is the driver that starts workers and checks
-// what they did, and redis_support.hpp holds the hiredis plumbing.
+// what they did, and ../common/redis_support.hpp holds the hiredis plumbing.
 //
 //   redis_streams --spawn-redis              # the three runs against a private redis-server
 //   redis_streams --port 6379                # against a running server (its keys are deleted)

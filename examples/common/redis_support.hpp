@@ -1,5 +1,6 @@
-// Plumbing for the redis_streams example: a minimal hiredis connection and a private
-// redis-server for tests. Nothing here is about batching; redis_streams.cpp is the example.
+// Plumbing shared by the Redis examples (redis_pipeline, redis_streams): a minimal hiredis
+// connection and a private redis-server for tests. Nothing here is about batching; the .cpp
+// files are the examples.
 #pragma once
 
 #include <fcntl.h>
@@ -23,6 +24,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace redis {
@@ -69,11 +71,17 @@ public:
     Connection& operator=(const Connection&) = delete;
     ~Connection() { redisFree(context_); }
 
-    // Queues one command; nothing is sent until the next next_reply().
-    void append(const std::vector<std::string>& words) {
+    // True after an I/O or protocol error: the connection cannot be used again.
+    bool broken() const { return context_->err != 0; }
+
+    // Queues one command; nothing is sent until the next next_reply(). @p words: a sequence of
+    // strings or string views (a braced list such as {"GET", key} makes a vector of strings;
+    // an array of string views queues a large value without copying it first).
+    template <class Words = std::vector<std::string>>
+    void append(const Words& words) {
         std::vector<const char*> argv;
         std::vector<std::size_t> lengths;
-        for (const std::string& word : words) {
+        for (const auto& word : words) {
             argv.push_back(word.data());
             lengths.push_back(word.size());
         }
@@ -152,11 +160,12 @@ inline int free_loopback_port() {
     return ntohs(address.sin_port);
 }
 
-// A private redis-server on a free loopback port, persistence off, in a temporary directory;
-// stopped (and the directory removed) on destruction.
+// A private redis-server on a free port of @p host (a loopback address), persistence off, in a
+// temporary directory; stopped (and the directory removed) on destruction.
 class Server {
 public:
-    explicit Server(const std::string& binary) {
+    explicit Server(const std::string& binary, std::string host = "127.0.0.1")
+        : host_(std::move(host)) {
         char dir_template[] = "/tmp/microbatch-redis-XXXXXX";
         if (mkdtemp(dir_template) == nullptr) {
             throw std::runtime_error(std::string("mkdtemp: ") + std::strerror(errno));
@@ -186,10 +195,9 @@ private:
         const std::string port_text = std::to_string(port_);
         const std::string log_path = dir_ + "/redis.log";
         // Everything the child needs is prepared before fork().
-        std::vector<std::string> words{binary,      "--port",    port_text, "--bind",
-                                       "127.0.0.1", "--save",    "",        "--appendonly",
-                                       "no",        "--dir",     dir_,      "--daemonize",
-                                       "no",        "--logfile", ""};
+        std::vector<std::string> words{
+            binary, "--port", port_text, "--bind",      host_, "--save",    "", "--appendonly",
+            "no",   "--dir",  dir_,      "--daemonize", "no",  "--logfile", ""};
         std::vector<char*> argv;
         for (std::string& word : words) {
             argv.push_back(word.data());
@@ -223,7 +231,7 @@ private:
                 return;  // exited (e.g. the port was taken): pid_ stays 0
             }
             try {
-                Connection probe("127.0.0.1", port_);
+                Connection probe(host_, port_);
                 if (text(probe.command({"PING"}).get()) == "PONG") {
                     pid_ = pid;
                     return;
@@ -273,6 +281,7 @@ private:
         rmdir(dir_.c_str());
     }
 
+    std::string host_;
     std::string dir_;
     std::string last_log_;
     int port_ = 0;
