@@ -118,6 +118,18 @@ private:
     redisContext* context_ = nullptr;
 };
 
+// The server's version ("7.0.15"; "?" if INFO does not say).
+inline std::string server_version(Connection& connection) {
+    const std::string info = text(connection.command({"INFO", "server"}).get());
+    const std::string field = "redis_version:";
+    const std::size_t at = info.find(field);
+    if (at == std::string::npos) {
+        return "?";
+    }
+    const std::size_t end = info.find_first_of("\r\n", at);
+    return info.substr(at + field.size(), end - at - field.size());
+}
+
 // The path of an executable: `name` itself if it contains a slash, else the first match on
 // PATH; "" if there is none.
 inline std::string find_executable(const std::string& name) {
@@ -287,5 +299,19 @@ private:
     int port_ = 0;
     pid_t pid_ = 0;
 };
+
+// For --spawn-redis: a private server running @p binary (a path, or a name looked up on PATH)
+// bound to @p host; nullptr, after printing "<program>: SKIPPED: ..." on stdout, if the binary
+// is not found (the caller exits with CTest's skip status).
+inline std::unique_ptr<Server> spawn_server(const char* program, const std::string& binary,
+                                            const std::string& host = "127.0.0.1") {
+    const std::string path = find_executable(binary);
+    if (path.empty()) {
+        std::printf("%s: SKIPPED: %s not found; install the Debian package redis-server\n", program,
+                    binary.c_str());
+        return nullptr;
+    }
+    return std::make_unique<Server>(path, host);
+}
 
 }  // namespace redis

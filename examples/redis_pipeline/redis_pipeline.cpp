@@ -892,29 +892,14 @@ bool run_skewed_part(const Config& config, ConnectionPool& pool, Connection& con
     return !failed;
 }
 
-std::string server_version(Connection& connection) {
-    const Reply info = connection.command({"INFO", "server"});
-    const std::string text(info->str, info->len);
-    const std::string field = "redis_version:";
-    const std::size_t at = text.find(field);
-    if (at == std::string::npos) {
-        return "?";
-    }
-    const std::size_t end = text.find_first_of("\r\n", at);
-    return text.substr(at + field.size(), end - at - field.size());
-}
-
 int run_all(const Config& config) {
     std::unique_ptr<redis::Server> server;
     int port = config.port;
     if (config.spawn) {
-        const std::string binary = redis::find_executable(config.redis_server);
-        if (binary.empty()) {
-            std::printf("%s: SKIPPED: %s not found; install the Debian package redis-server\n",
-                        program_name, config.redis_server.c_str());
+        server = redis::spawn_server(program_name, config.redis_server, config.host);
+        if (!server) {
             return exit_skipped;
         }
-        server = std::make_unique<redis::Server>(binary, config.host);
         port = server->port();
     }
     ConnectionPool pool(config.host, port);
@@ -923,8 +908,9 @@ int run_all(const Config& config) {
     std::printf(
         "redis_pipeline: redis %s at %s:%d%s, %zu producers, %zu worker(s), up to %zu s per run, "
         "max_delay %zu us\n",
-        server_version(control).c_str(), config.host.c_str(), port, server ? " (spawned)" : "",
-        config.producers, config.workers, config.max_seconds, config.delay_us);
+        redis::server_version(control).c_str(), config.host.c_str(), port,
+        server ? " (spawned)" : "", config.producers, config.workers, config.max_seconds,
+        config.delay_us);
     std::fflush(stdout);
 
     bool ok = true;
