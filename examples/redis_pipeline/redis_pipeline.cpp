@@ -12,8 +12,31 @@
 // one go while every other client waits. A byte bound (max_batch_cost with
 // cost_by(value size), README "Weighted batches") seals a pipeline before a value that would
 // take it above the target and as soon as it reaches it, so pipelines stay at or below the
-// target with few round trips; a value larger than the target on its own goes alone.
-// max_pending_cost also bounds the bytes waiting in the batcher (memory, and so latency).
+// target; a value larger than the target goes alone. max_pending_cost also bounds the bytes
+// posted and not yet written (the memory the values hold while they wait).
+//
+// Measured with --spawn-redis (defaults: 100000 values per run, 998 of them of 64 KiB - 1 MiB,
+// 393 MB in all; 4 producers, 1 worker, max_delay 1 ms; redis 7.0.15): the median of each row
+// over 5 runs on a shared 2-core VM, load average 4.5-5.3 (other builds running):
+//
+//                               count 64   bytes 256K  +pending 4M
+//   values/s                      189000       234000       257000
+//   MB/s                             742          919         1012
+//   round trips                     1563         1359         1350
+//   KiB per pipeline: mean           246          283          285
+//                     p99           1496          974          974
+//     max of several values         2440          256          256
+//   ms per pipeline: p99            1.91         1.18         0.81
+//   KiB pending, max sampled        9305         4032         4005
+//   latency post-reply p50 ms       5.05         1.44         1.46
+//                      p99 ms       11.0          6.3          3.1
+//
+// At about the same mean pipeline size and number of round trips, the count bound's pipelines
+// reach 2.4 MiB; the byte bound's never exceed 256 KiB unless they hold one value larger than
+// that (497 of the 100000 values, each alone). Per run, the byte bound wrote 1.05-1.38x the
+// count bound's MB/s (1.21-1.36x with the pending bound) with a p99 latency 1.6-2.4x lower
+// (2.0-4.8x with the pending bound); on a busier machine (load 5-6) single runs ranged from
+// 0.7x to 2.6x in MB/s. Sizes and round trips barely move between runs; times do.
 //
 // After each run every key is read back (MGET) and compared with the value written; with
 // --spawn-redis the key count (DBSIZE) is checked too. The skewed runs also check that every
@@ -489,7 +512,7 @@ bool run_uniform(const Config& config, ConnectionPool& pool, Connection& control
     const RunResult& first = results.front();
     const double baseline = static_cast<double>(first.keys) / first.seconds;
     const auto row = [&](const std::string& label, auto cell) { print_row(results, label, cell); };
-    std::printf("\nuniform values (value-<id>, 7-12 bytes), one run per max_batch_size:\n");
+    std::printf("\nuniform values (value-<id>), one run per max_batch_size:\n");
     row("", [](const RunResult& r) { return "B=" + std::to_string(r.batch_size); });
     row("keys written", [](const RunResult& r) { return std::to_string(r.keys); });
     row("seconds", [&](const RunResult& r) { return fixed(r.seconds, 2); });
@@ -867,6 +890,13 @@ bool run_skewed_part(const Config& config, ConnectionPool& pool, Connection& con
         [&](const SkewedResult& r) { return ms(quantile(pipeline_ns(r), 0.99)); });
     row("                 max",
         [&](const SkewedResult& r) { return ms(quantile(pipeline_ns(r), 1.0)); });
+    row("KiB pending, max sampled", [&](const SkewedResult& r) {
+        std::size_t largest = 0;
+        for (const PipelineRecord& pipeline : r.pipelines) {
+            largest = std::max(largest, pipeline.pending_bytes);
+        }
+        return kib(static_cast<double>(largest));
+    });
     row("latency post-reply p50 ms",
         [&](const SkewedResult& r) { return ms(quantile(r.latencies_ns, 0.5)); });
     row("                   p99 ms",
