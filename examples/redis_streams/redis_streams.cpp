@@ -28,7 +28,7 @@
 // nothing is left pending; it counts the duplicates. Exit status 1 on any failed check.
 //
 // The worker is run_worker() below; the rest is the driver that starts workers and checks
-// what they did, and redis_support.hpp holds the hiredis plumbing.
+// what they did, and ../common/redis_support.hpp holds the hiredis plumbing.
 //
 //   redis_streams --spawn-redis              # the three runs against a private redis-server
 //   redis_streams --port 6379                # against a running server (its keys are deleted)
@@ -693,17 +693,6 @@ RunResult run(const Config& config, redis::Connection& connection, const std::st
     return result;
 }
 
-std::string server_version(redis::Connection& connection) {
-    const std::string info = redis::text(connection.command({"INFO", "server"}).get());
-    const std::string field = "redis_version:";
-    const std::size_t at = info.find(field);
-    if (at == std::string::npos) {
-        return "?";
-    }
-    const std::size_t end = info.find_first_of("\r\n", at);
-    return info.substr(at + field.size(), end - at - field.size());
-}
-
 std::string fixed(double value, int decimals) {
     char text[32];
     std::snprintf(text, sizeof text, "%.*f", decimals, value);
@@ -713,13 +702,10 @@ std::string fixed(double value, int decimals) {
 int run_driver(Config config, const std::string& program) {
     std::unique_ptr<redis::Server> server;
     if (config.spawn) {
-        const std::string binary = redis::find_executable(config.redis_server);
-        if (binary.empty()) {
-            std::printf("%s: SKIPPED: %s not found; install the Debian package redis-server\n",
-                        program_name, config.redis_server.c_str());
+        server = redis::spawn_server(program_name, config.redis_server);
+        if (!server) {
             return exit_skipped;
         }
-        server = std::make_unique<redis::Server>(binary);
         config.host = "127.0.0.1";
         config.port = server->port();
     }
@@ -728,7 +714,7 @@ int run_driver(Config config, const std::string& program) {
         "redis_streams: redis %s at %s:%d%s, %zu entries per run, XREADGROUP COUNT %zu, "
         "batches of up to %zu, %zu us of simulated work per batch, XAUTOCLAIM after %zu ms "
         "idle\n",
-        server_version(connection).c_str(), config.host.c_str(), config.port,
+        redis::server_version(connection).c_str(), config.host.c_str(), config.port,
         server ? " (spawned)" : "", config.entries, config.count, config.batch_size, config.work_us,
         config.min_idle_ms);
     std::fflush(stdout);

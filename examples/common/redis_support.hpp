@@ -1,5 +1,6 @@
-// Plumbing for the redis_streams example: a minimal hiredis connection and a private
-// redis-server for tests. Nothing here is about batching; redis_streams.cpp is the example.
+// Plumbing shared by the Redis examples (redis_pipeline, redis_streams): a minimal hiredis
+// connection and a private redis-server for tests. Nothing here is about batching; the .cpp
+// files are the examples.
 #pragma once
 
 #include <fcntl.h>
@@ -23,6 +24,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace redis {
@@ -69,11 +71,17 @@ public:
     Connection& operator=(const Connection&) = delete;
     ~Connection() { redisFree(context_); }
 
-    // Queues one command; nothing is sent until the next next_reply().
-    void append(const std::vector<std::string>& words) {
+    // True after an I/O or protocol error: the connection cannot be used again.
+    bool broken() const { return context_->err != 0; }
+
+    // Queues one command; nothing is sent until the next next_reply(). @p words: a sequence of
+    // strings or string views (a braced list such as {"GET", key} makes a vector of strings;
+    // an array of string views queues a large value without copying it first).
+    template <class Words = std::vector<std::string>>
+    void append(const Words& words) {
         std::vector<const char*> argv;
         std::vector<std::size_t> lengths;
-        for (const std::string& word : words) {
+        for (const auto& word : words) {
             argv.push_back(word.data());
             lengths.push_back(word.size());
         }
@@ -109,6 +117,18 @@ private:
 
     redisContext* context_ = nullptr;
 };
+
+// The server's version ("7.0.15"; "?" if INFO does not say).
+inline std::string server_version(Connection& connection) {
+    const std::string info = text(connection.command({"INFO", "server"}).get());
+    const std::string field = "redis_version:";
+    const std::size_t at = info.find(field);
+    if (at == std::string::npos) {
+        return "?";
+    }
+    const std::size_t end = info.find_first_of("\r\n", at);
+    return info.substr(at + field.size(), end - at - field.size());
+}
 
 // The path of an executable: `name` itself if it contains a slash, else the first match on
 // PATH; "" if there is none.
@@ -152,11 +172,12 @@ inline int free_loopback_port() {
     return ntohs(address.sin_port);
 }
 
-// A private redis-server on a free loopback port, persistence off, in a temporary directory;
-// stopped (and the directory removed) on destruction.
+// A private redis-server on a free port of @p host (a loopback address), persistence off, in a
+// temporary directory; stopped (and the directory removed) on destruction.
 class Server {
 public:
-    explicit Server(const std::string& binary) {
+    explicit Server(const std::string& binary, std::string host = "127.0.0.1")
+        : host_(std::move(host)) {
         char dir_template[] = "/tmp/microbatch-redis-XXXXXX";
         if (mkdtemp(dir_template) == nullptr) {
             throw std::runtime_error(std::string("mkdtemp: ") + std::strerror(errno));
@@ -186,10 +207,9 @@ private:
         const std::string port_text = std::to_string(port_);
         const std::string log_path = dir_ + "/redis.log";
         // Everything the child needs is prepared before fork().
-        std::vector<std::string> words{binary,      "--port",    port_text, "--bind",
-                                       "127.0.0.1", "--save",    "",        "--appendonly",
-                                       "no",        "--dir",     dir_,      "--daemonize",
-                                       "no",        "--logfile", ""};
+        std::vector<std::string> words{
+            binary, "--port", port_text, "--bind",      host_, "--save",    "", "--appendonly",
+            "no",   "--dir",  dir_,      "--daemonize", "no",  "--logfile", ""};
         std::vector<char*> argv;
         for (std::string& word : words) {
             argv.push_back(word.data());
@@ -223,7 +243,7 @@ private:
                 return;  // exited (e.g. the port was taken): pid_ stays 0
             }
             try {
-                Connection probe("127.0.0.1", port_);
+                Connection probe(host_, port_);
                 if (text(probe.command({"PING"}).get()) == "PONG") {
                     pid_ = pid;
                     return;
@@ -273,10 +293,25 @@ private:
         rmdir(dir_.c_str());
     }
 
+    std::string host_;
     std::string dir_;
     std::string last_log_;
     int port_ = 0;
     pid_t pid_ = 0;
 };
+
+// For --spawn-redis: a private server running @p binary (a path, or a name looked up on PATH)
+// bound to @p host; nullptr, after printing "<program>: SKIPPED: ..." on stdout, if the binary
+// is not found (the caller exits with CTest's skip status).
+inline std::unique_ptr<Server> spawn_server(const char* program, const std::string& binary,
+                                            const std::string& host = "127.0.0.1") {
+    const std::string path = find_executable(binary);
+    if (path.empty()) {
+        std::printf("%s: SKIPPED: %s not found; install the Debian package redis-server\n", program,
+                    binary.c_str());
+        return nullptr;
+    }
+    return std::make_unique<Server>(path, host);
+}
 
 }  // namespace redis
