@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Turns the Google Benchmark JSON of bench_batcher, bench_latency, bench_cost_model,
-bench_load, bench_deadlines, bench_isolation and bench_keyed into bench/results/REPORT.md (tables, ratios, goals) and PNG plots drawn by the
+bench_load, bench_deadlines, bench_isolation, bench_keyed and bench_lanes into bench/results/REPORT.md (tables, ratios, goals) and PNG plots drawn by the
 gnuplot scripts next to this file. Python 3 standard library only.
 
     make_report.py --raw bench/results/raw --out bench/results [--gnuplot gnuplot]
                    [--compiler "GNU 12.2.0"] [--source-dir .]
 
 --raw holds throughput.json, latency.json, cost_model.json, load.json, deadlines.json,
-isolation.json, keyed.json, weighted.json (any may be missing:
+isolation.json, keyed.json, weighted.json, lanes.json (any may be missing:
 its section says so) and run_info.json (start time, measured source state and total run time, written by
 --record-start / --record-run when the bench_report target runs). Plot data goes to
 <out>/data/, PNGs to <out>/.
@@ -917,6 +917,151 @@ def keyed_section(results):
     return text, goals
 
 
+# ---------------------------------------------------------------------------------------------
+# Lanes (bench_lanes, issue 13 item 4)
+
+
+def lanes_section(results):
+    """bench_lanes: lanes = 1 vs 2, P and the hardware threads; throughput, latency, signals."""
+    if not results.present:
+        return "_bench_lanes results missing (lanes.json)._\n", []
+    index = index_runs(results)
+    hardware = results.context.get("hardware_concurrency", "?")
+    shapes, lane_set = set(), set()
+    for run_name in results.runs():
+        implementation, parameters = parse_run_name(run_name)
+        if implementation == "Throughput" and run_name not in results.errors:
+            shapes.add((parameters["B"], parameters["P"], parameters["W"]))
+            lane_set.add(parameters["lanes"])
+    more = sorted(lane for lane in lane_set if lane != 1)
+    rows, control, gains = [], [], []
+    for b, p, w in sorted(shapes):
+        base = lookup(index, "Throughput", B=b, P=p, W=w, lanes=1)
+        # One lane per producer; with one producer, 2 lanes (only one of them is used).
+        plan = lookup(index, "Throughput", B=b, P=p, W=w, lanes=max(p, 2))
+        if base is None or plan is None:
+            continue
+        base_rate = results.value(base, "items_per_second")
+        cells = []
+        for lanes in more:
+            run = lookup(index, "Throughput", B=b, P=p, W=w, lanes=lanes)
+            cells.append(fmt_ratio(ratio(results.value(run, "items_per_second"), base_rate))
+                         if run else "")
+        gain = ratio(results.value(plan, "items_per_second"), base_rate)
+        switches = results.value(base, "switches_per_us")
+        if p == 1:
+            control.append(gain)
+        else:
+            gains.append((b, p, w, gain, switches))
+        rows.append([f"B = {b}, P = {p}, W = {w}" + (" (control)" if p == 1 else ""),
+                     fmt_rate(base_rate)] + cells + [
+            f"{results.value(base, 'mean_batch'):.1f}",
+            f"{results.value(plan, 'mean_batch'):.1f}",
+            f"{results.value(base, 'switch_fraction'):.2f}",
+            f"{switches:.1f}" if switches is not None else "n/a",
+            f"{results.value(base, 'producer_ns'):.0f}",
+            f"{results.value(plan, 'producer_ns'):.0f}"])
+    latency_lanes = sorted({parse_run_name(r)[1].get("lanes") for r in results.runs()
+                            if parse_run_name(r)[0] == "Latency"} - {None})
+    latency_rows, p50_costs = [], []
+    for rate in sorted({parse_run_name(r)[1].get("rate") for r in results.runs()
+                        if parse_run_name(r)[0] == "Latency"} - {None}):
+        base = lookup(index, "Latency", lanes=1, rate=rate)
+        row = [fmt_rate(rate)]
+        for lanes in latency_lanes:
+            run = lookup(index, "Latency", lanes=lanes, rate=rate)
+            if run is None:
+                row += ["n/a"] * 3
+                continue
+            p50, p99 = results.value(run, "p50_us"), results.value(run, "p99_us")
+            text = [fmt_us_unit(p50), fmt_us_unit(p99), f"{results.value(run, 'mean_batch'):.1f}"]
+            if lanes != 1 and base is not None:
+                p50_ratio = ratio(p50, results.value(base, "p50_us"))
+                batch_ratio = ratio(results.value(run, "mean_batch"),
+                                    results.value(base, "mean_batch"))
+                p50_costs.append((rate, lanes, p50_ratio, batch_ratio))
+                text[0] += f" ({fmt_ratio(p50_ratio)})"
+                text[1] += f" ({fmt_ratio(ratio(p99, results.value(base, 'p99_us')))})"
+                text[2] += f" ({fmt_ratio(batch_ratio)})"
+            row += text
+        if base is not None:
+            row.append(f"{results.value(base, 'switch_fraction'):.2f}")
+        latency_rows.append(row)
+    claim_rows = []
+    for producers in sorted({parse_run_name(r)[1].get("P") for r in results.runs()
+                             if parse_run_name(r)[0] == "ClaimCost"} - {None}):
+        own = lookup(index, "ClaimCost", P=producers, shared=0)
+        shared = lookup(index, "ClaimCost", P=producers, shared=1)
+        if own is None or shared is None:
+            continue
+        own_ns, shared_ns = (results.value(own, "ns_per_claim"),
+                             results.value(shared, "ns_per_claim"))
+        claim_rows.append([str(producers), f"{own_ns:.1f}", f"{shared_ns:.1f}",
+                           fmt_ratio(ratio(shared_ns, own_ns))])
+    if not rows and not latency_rows:
+        return "_no BM_Throughput / BM_Latency rows in lanes.json._\n", []
+    load = [s for name in results.runs() for s in results.samples(name, "load_1m")]
+    reps = max((results.repetitions(r) for r in results.runs()), default=0)
+    text = [f"Default options except B, W and `lanes`; medians of {reps} repetitions of one "
+            "interleaved run" + (f" (1-minute load {min(load):.2f}-{max(load):.2f})" if load
+                                 else "") + f"; hardware threads: {hardware}. "
+            "Lane counts: 1, 2, P and the hardware threads, each once.", "",
+            "**Throughput**: P producers `post()` as fast as they can, trivial work. Ratio "
+            "columns: items/s with that many lanes / items/s with one lane in the same run. "
+            "*Control* rows have one producer, which uses one lane whatever the count: their "
+            "ratios are the run's noise. Signals measured with one lane: *switch fraction* = "
+            "share of adjacent items in a batch that came from different producers (a producer "
+            "sees it as \"my claim was not my last + 1\"), *switches/us* = those per "
+            "microsecond (how often the claim counter's cache line changed hands), *ns/post* = "
+            "a producer's loop time per item. *P lanes*: one lane per producer (2 lanes in the "
+            "control rows).",
+            "",
+            table(["shape", "1 lane"] + [f"{lanes} lanes / 1" for lanes in more] +
+                  ["batch, 1 lane", "batch, P lanes", "switch fraction", "switches/us",
+                   "ns/post, 1 lane", "ns/post, P lanes"], rows,
+                  ["l"] + ["r"] * (len(more) + 7)),
+            "",
+            "**Latency** at paced rates: 2 producers, Poisson arrivals (total rate below), "
+            "B = 64, max_delay 1 ms, 1 worker, process_batch 20 us + 0.2 us/item; "
+            "submit-to-callback p50 / p99 and mean batch size (ratio to one lane).",
+            "",
+            table(["total rate"] + [f"{h}, {lanes} lane{'s' if lanes > 1 else ''}"
+                                    for lanes in latency_lanes
+                                    for h in ("p50", "p99", "batch")] +
+                  ["switch fraction, 1 lane"], latency_rows,
+                  ["l"] + ["r"] * (3 * len(latency_lanes) + 1))]
+    if claim_rows:
+        text += ["", "**Claim cost**: ns per `fetch_add` (seq_cst) per thread, each thread on "
+                 "its own counter or all on one shared counter (what lanes remove).", "",
+                 table(["threads", "own counter", "shared counter", "shared / own"],
+                       claim_rows, ["r", "r", "r", "r"])]
+    for name, message in sorted(results.errors.items()):
+        text.append(f"- `{name}`: error: {message}")
+    findings = []
+    control = [value for value in control if value is not None]
+    if control:
+        findings.append(["control (one producer): 2 lanes / 1 lane, the noise band",
+                         f"{min(control):.2f}x-{max(control):.2f}x", "info"])
+    for label, subset in (("B >= 16", [g for g in gains if g[0] >= 16]),
+                          ("B = 1", [g for g in gains if g[0] == 1])):
+        values = [g[3] for g in subset if g[3] is not None]
+        if values:
+            findings.append([f"throughput, P >= 2, {label}: one lane per producer / one lane",
+                             f"median {statistics.median(values):.2f}x, "
+                             f"{min(values):.2f}x-{max(values):.2f}x", "info"])
+    busy = [g for g in gains if g[4] is not None and g[4] >= 5 and g[3] is not None]
+    if busy:
+        findings.append(["throughput where one lane saw >= 5 producer switches/us",
+                         ", ".join(f"B={b} P={p} W={w}: {g:.2f}x" for b, p, w, g, _ in busy),
+                         "info"])
+    for rate, lanes, p50_ratio, batch_ratio in p50_costs:
+        if rate >= 100_000 and p50_ratio is not None and batch_ratio is not None:
+            findings.append([f"latency at {fmt_rate(rate)}, {lanes} lanes / 1 lane",
+                             f"p50 {fmt_ratio(p50_ratio)}, mean batch {fmt_ratio(batch_ratio)}",
+                             "info"])
+    return "\n".join(text) + "\n", findings
+
+
 DEADLINE_MODES = ["NoDeadlines", "Purge", "Sealing", "Admission"]
 DEADLINE_MODE_TEXT = {
     "NoDeadlines": "no deadlines",
@@ -1202,6 +1347,7 @@ def main():
     weighted = Results(os.path.join(args.raw, "weighted.json"))
     keyed = Results(os.path.join(args.raw, "keyed.json"))
     deadlines = Results(os.path.join(args.raw, "deadlines.json"))
+    lanes = Results(os.path.join(args.raw, "lanes.json"))
 
     throughput_text, ratios = throughput_section(throughput, data_dir)
     latency_text, latency_found = latency_section(latency, data_dir)
@@ -1217,6 +1363,7 @@ def main():
     keyed_text, keyed_goals = keyed_section(keyed)
     for goal, measured, verdict_text in keyed_goals:
         print(f"make_report: {verdict_text.strip('*')}: {goal}: {measured}")
+    lanes_text, lanes_findings = lanes_section(lanes)
 
     # Run time and source state belong to the run: recorded by --record-start before the
     # benchmarks and completed here by --record-run, then reused when regenerating.
@@ -1251,7 +1398,8 @@ def main():
                          ("bench_cost_model", cost_model.context),
                          ("bench_load", load.context),
                          ("bench_keyed", keyed.context),
-                         ("bench_deadlines", deadlines.context)],
+                         ("bench_deadlines", deadlines.context),
+                         ("bench_lanes", lanes.context)],
                         args.compiler, info.get("source", "")),
         "",
         "## Goals",
@@ -1316,6 +1464,13 @@ def main():
         if deadline_goals else "_not measured_",
         "",
         deadlines_text,
+        "",
+        "## Lanes (bench_lanes, issue 13 item 4)",
+        "",
+        table(["finding", "measured", "note"], lanes_findings, ["l", "l", "l"])
+        if lanes_findings else "",
+        "",
+        lanes_text,
     ]
     if args.notes and os.path.exists(args.notes):
         with open(args.notes, encoding="utf-8") as stream:

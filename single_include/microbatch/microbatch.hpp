@@ -3291,14 +3291,18 @@ public:
      * capacity; a producer thread always submits to the same lane (threads are spread over the
      * lanes round-robin in the order they first submit to any batcher). With one lane, every
      * producer claims slots on one shared atomic word; with as many lanes as concurrently
-     * submitting threads, producers no longer contend on it (measured at B = 256 with two
-     * producers and two workers: 2.5x the throughput of one lane, see README "Performance").
+     * submitting threads, producers no longer contend on it.
      *
      * The price: items of different lanes never share a batch, so at a given arrival rate each
      * batch fills `lanes` times more slowly, and more batches leave on `max_delay` partially
-     * filled. Use more lanes when several threads submit at high rates; keep one when batches
-     * should be as full as possible. Every guarantee (size and time bounds, per-producer order,
-     * exactly-once) holds per lane and so for the batcher.
+     * filled. Why the default is one lane (bench/bench_lanes.cpp, 2 cores, README "Lanes"):
+     * one lane per producer gave 1.3-1.9x the items/s of one lane to 2-4 threads posting flat
+     * out at B = 256 while they ran in parallel, but nothing beyond noise at B = 1 or on a loaded
+     * machine; and with two producers at 100 k-1 M items/s in total, 2 lanes raised the p50
+     * latency 1.1-1.5x (to 4x under load) and cut batches by up to 29 %. Use more lanes when
+     * several threads submit at millions of items/s on cores of their own; keep one when
+     * batches should be as full as possible. Every guarantee (size and time bounds,
+     * per-producer order, exactly-once) holds per lane and so for the batcher.
      */
     std::size_t lanes() const noexcept { return lanes_; }
     /// @brief Sets the number of lanes; must be in [1, max_supported_lanes].
