@@ -5478,7 +5478,9 @@ inline thread_local const ThreadPoolState* current_thread_pool_state = nullptr;
  * from the deque only when the ring is empty (checked again under the mutex), so a task queued
  * after another one finished queuing never starts first: a push that finds the deque empty
  * comes after everything that was in it, and a pop takes from the deque only when every task
- * pushed to the ring before it (ring pushes claimed before the deque push) has been taken.
+ * pushed to the ring before it (ring pushes claimed before the deque push) has been taken. Such
+ * a pop also moves the deque's oldest tasks into the empty ring, in order: only pushes that
+ * began before the deque filled (and so overlap every task in it) can land among them.
  *
  * Sleeping: a worker goes to sleep only under the mutex, after a seq_cst increment of
  * `sleepers_` followed by a check that the queue is empty. A ring push is a seq_cst
@@ -5488,7 +5490,8 @@ inline thread_local const ThreadPoolState* current_thread_pool_state = nullptr;
  * paid only when a worker actually sleeps; a streaming pool's workers spin instead.
  *
  * Idleness: `finished_` counts tasks run (their captures destroyed); the pool is idle when it
- * equals the tasks accepted, the ring's claimed positions plus the deque's pushes.
+ * equals the tasks accepted: the ring's claimed positions plus the deque's pushes (less the
+ * tasks moved from the deque into the ring, which the ring counts again).
  */
 class ThreadPoolState {
 public:
@@ -5624,6 +5627,15 @@ private:
         }
         task = std::move(overflow_.front());
         overflow_.pop_front();
+        // The ring is empty: move the deque's oldest tasks into it (they stay in order, ahead of
+        // any later push), so the workers take them without the mutex and, once the deque is
+        // empty, pushers return to the ring. Otherwise a pool that overflowed once would stay
+        // on the deque for as long as its producers keep up.
+        while (!overflow_.empty() &&
+               ring_.try_push(overflow_.front()) == TaskRing::PushResult::pushed) {
+            overflow_.pop_front();
+            overflow_pushes_ -= 1;  // now counted by the ring's claims, see idle_locked()
+        }
         // relaxed: written only under the mutex, see push().
         overflowed_.store(overflow_.size(), std::memory_order_relaxed);
         return TaskRing::PopResult::popped;
@@ -5785,14 +5797,14 @@ private:
 
     TaskRing ring_;
     mutable std::mutex mutex_;
-    std::condition_variable work_available_;        // workers wait here for tokens or stopping_
-    std::condition_variable became_idle_;           // wait_idle() callers wait here
-    std::deque<Task> overflow_;                     // tasks that found the ring full (or in use)
-    std::atomic<std::size_t> overflowed_{0};        // overflow_.size(), readable without the mutex
-    std::uint64_t overflow_pushes_ = 0;             // tasks ever pushed to overflow_
-    std::atomic<std::uint64_t> finished_{0};        // tasks run and destroyed, see run_worker()
-    std::atomic<bool> stopping_hint_{false};        // stopping_, readable without the mutex
-    std::atomic<std::size_t> sleepers_{0};          // workers asleep (or about to) without a token
+    std::condition_variable work_available_;  // workers wait here for tokens or stopping_
+    std::condition_variable became_idle_;     // wait_idle() callers wait here
+    std::deque<Task> overflow_;               // tasks that found the ring full (or in use)
+    std::atomic<std::size_t> overflowed_{0};  // overflow_.size(), readable without the mutex
+    std::uint64_t overflow_pushes_ = 0;       // tasks pushed to overflow_, less those moved on
+    std::atomic<std::uint64_t> finished_{0};  // tasks run and destroyed, see run_worker()
+    std::atomic<bool> stopping_hint_{false};  // stopping_, readable without the mutex
+    std::atomic<std::size_t> sleepers_{0};    // workers asleep (or about to) without a token
     std::atomic<std::size_t> spinning_workers_{0};  // workers in spin_for_work()
     std::size_t wake_tokens_ = 0;  // wake-ups granted and not yet taken by a sleeper
     std::chrono::steady_clock::time_point last_wake_at_;  // when a push last granted a token
