@@ -10,15 +10,22 @@
 // a futex wake-up; where it yields while nothing comes, the scheduler may leave it waiting behind
 // the busy submitter when the task finally comes (thread_pool.hpp, IdleSpinPolicy).
 //
+// Stream_*   P producer threads post 65,536 trivial tasks in all (each adds to one atomic) as
+// fast as they can into a pool of W workers; the time runs from releasing the producers until
+// every task has run (items_per_second = tasks per second). This is the per-batch hand-off
+// throughput a Batcher sees at B = 1, without the batcher around it.
+//
 // Defaults: --benchmark_repetitions=3 --benchmark_enable_random_interleaving=true
 // --benchmark_display_aggregates_only=true (later flags on the command line win). Extra flag:
-// --scale=X multiplies the number of samples (default 1; e.g. 0.1 for a smoke test).
+// --scale=X multiplies the number of samples and of streamed tasks (default 1; e.g. 0.1 for a
+// smoke test).
 //
 //   ./bench_thread_pool --benchmark_filter='interval_us:500$'
 
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstddef>
@@ -27,6 +34,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -127,6 +135,89 @@ void handoff(benchmark::internal::Benchmark* benchmark) {
 
 BENCHMARK(BM_Handoff_ThreadPool)->Apply(handoff);
 BENCHMARK(BM_Handoff_SimpleThreadPool)->Apply(handoff);
+
+/**
+ * One streaming run: @p producers threads, released together, post @p tasks trivial tasks in
+ * all (each adds its number to one atomic) as fast as they can through @p post; @p drain must
+ * return once every task has run. Returns the seconds from the release until drain() returned;
+ * fails the benchmark if a task was lost or run twice.
+ */
+template <class Post, class Drain>
+double stream_run(benchmark::State& state, std::size_t producers, std::size_t tasks, Post&& post,
+                  Drain&& drain) {
+    std::atomic<std::uint64_t> sum{0};
+    std::atomic<std::size_t> waiting{0};
+    std::atomic<bool> released{false};
+    std::vector<std::thread> threads;
+    for (std::size_t p = 0; p < producers; ++p) {
+        threads.emplace_back([&, p] {
+            waiting.fetch_add(1);
+            while (!released.load()) {
+                std::this_thread::yield();
+            }
+            for (std::size_t i = p; i < tasks; i += producers) {
+                const std::uint64_t value = i + 1;
+                // relaxed: the total is read after drain(), which synchronises with the workers.
+                post([&sum, value] { sum.fetch_add(value, std::memory_order_relaxed); });
+            }
+        });
+    }
+    while (waiting.load() != producers) {
+        std::this_thread::yield();
+    }
+    const Clock::time_point start = Clock::now();
+    released.store(true);
+    for (std::thread& thread : threads) {
+        thread.join();
+    }
+    drain();
+    const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    const auto n = static_cast<std::uint64_t>(tasks);
+    if (sum.load() != n * (n + 1) / 2) {
+        state.SkipWithError("checksum mismatch: a task was lost or run twice");
+    }
+    return seconds;
+}
+
+std::size_t stream_tasks() {
+    return std::max<std::size_t>(static_cast<std::size_t>(65536 * scale), 64);
+}
+
+void BM_Stream_ThreadPool(benchmark::State& state) {
+    const auto producers = static_cast<std::size_t>(state.range(0));
+    const auto workers = static_cast<std::size_t>(state.range(1));
+    for (auto _ : state) {
+        microbatch::ThreadPool pool(workers);
+        state.SetIterationTime(stream_run(
+            state, producers, stream_tasks(),
+            [&pool](microbatch::Task task) { pool.post(std::move(task)); },
+            [&pool] { pool.wait_idle(); }));
+    }
+    state.SetItemsProcessed(state.iterations() * static_cast<std::int64_t>(stream_tasks()));
+}
+
+void BM_Stream_SimpleThreadPool(benchmark::State& state) {
+    const auto producers = static_cast<std::size_t>(state.range(0));
+    const auto workers = static_cast<std::size_t>(state.range(1));
+    for (auto _ : state) {
+        microbatch_bench::SimpleThreadPool pool(workers);
+        state.SetIterationTime(stream_run(
+            state, producers, stream_tasks(),
+            [&pool](std::function<void()> task) { pool.post(std::move(task)); },
+            [&pool] { pool.close(); }));
+    }
+    state.SetItemsProcessed(state.iterations() * static_cast<std::int64_t>(stream_tasks()));
+}
+
+void stream(benchmark::internal::Benchmark* benchmark) {
+    benchmark->ArgNames({"P", "W"})
+        ->ArgsProduct({{1, 2}, {1, 2}})
+        ->UseManualTime()
+        ->Unit(benchmark::kMillisecond);
+}
+
+BENCHMARK(BM_Stream_ThreadPool)->Apply(stream);
+BENCHMARK(BM_Stream_SimpleThreadPool)->Apply(stream);
 
 }  // namespace
 

@@ -1022,26 +1022,45 @@ TEST_CASE("Batcher runs a batch on the sealing thread when its executor runs out
 TEST_CASE("Batcher loses nothing when its own pool's queue cannot allocate",
           "[batcher][faults][bad_alloc][executor]") {
     SKIP_WITHOUT_FAULT_INJECTION();
-    // Batch size 1: every post seals a batch and queues it on the owned pool, whose deque needs
-    // a new block every few tasks. Arm one failure and post until the queue hits it: that batch
-    // runs inline on this thread; every item is still processed exactly once.
+    // Batch size 1: every post seals a batch and queues it on the owned pool. The pool's ring
+    // never allocates, but the overflow deque behind it needs a new block every few tasks: hold
+    // the worker in the first batch, fill the ring, then arm one failure and post until the
+    // deque hits it: that batch runs inline on this thread; every item is still processed
+    // exactly once.
+    constexpr int ring = static_cast<int>(microbatch::detail::ThreadPoolState::ring_capacity);
     std::atomic<int> processed{0};
     std::atomic<int> ran_on_producer{0};
+    std::atomic<bool> first{true};
+    std::atomic<bool> holding{false};
+    Gate release;
     const std::thread::id producer = std::this_thread::get_id();
-    Batcher<int> batcher(Options{}.max_batch_size(1).capacity(64).max_delay(no_delay_bound),
-                         [&](Batch<int>& batch) {
-                             processed += static_cast<int>(batch.size());
-                             ran_on_producer += std::this_thread::get_id() == producer ? 1 : 0;
-                         });
+    Batcher<int> batcher(
+        Options{}.max_batch_size(1).capacity(4 * ring).max_delay(no_delay_bound),
+        [&](Batch<int>& batch) {
+            if (first.exchange(false)) {
+                holding = true;
+                release.wait();  // the worker holds the first batch: the queue fills behind it
+            }
+            processed += static_cast<int>(batch.size());
+            ran_on_producer += std::this_thread::get_id() == producer ? 1 : 0;
+        });
     int posted = 0;
+    batcher.post(posted++);
+    while (!holding) {
+        std::this_thread::yield();  // then no batch before the armed failure runs on this thread
+    }
+    while (posted <= ring + 1) {
+        batcher.post(posted++);  // the ring is full now, the deque holds at least one task
+    }
     bool triggered = false;
     {
         FailAllocation fail;
-        while (!fail.triggered() && posted < 1000) {
+        while (!fail.triggered() && posted < 3 * ring) {
             batcher.post(posted++);
         }
         triggered = fail.triggered();
     }
+    release.open();
     CHECK(triggered);
     INFO("posted " << posted << " items before the queue allocated");
     batcher.close();

@@ -564,3 +564,185 @@ TEST_CASE("ThreadPool runs every task when bursts alternate with pauses that idl
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
     REQUIRE(pool.submit([] { return 1; }).get() == 1);
 }
+
+// ---- The lock-free ring and its overflow deque (issue 13 item 2) -----------------------------
+
+namespace {
+// More tasks than the ring holds, so the tail of every such run queues in the overflow deque.
+constexpr std::size_t past_the_ring = 3 * microbatch::detail::ThreadPoolState::ring_capacity + 17;
+
+// hold_workers(), then waits until every worker has taken its blocking task off the queue.
+void hold_workers_started(ThreadPool& pool, Gate& gate) {
+    hold_workers(pool, gate);
+    while (pool.pending() != 0) {
+        std::this_thread::yield();
+    }
+}
+}  // namespace
+
+TEST_CASE("ThreadPool keeps FIFO order when tasks overflow the ring", "[thread_pool][ring]") {
+    ThreadPool pool(1);
+    Gate gate;
+    hold_workers_started(pool, gate);
+    std::vector<std::size_t> order;  // touched only by the single worker until wait_idle()
+    // Interleave: while the deque holds tasks, new tasks queue behind them, not in the ring.
+    for (std::size_t i = 0; i < past_the_ring; ++i) {
+        pool.post([&order, i] { order.push_back(i); });
+    }
+    CHECK(pool.pending() == past_the_ring);  // CHECK: the gate must still open on failure
+    gate.open();
+    pool.wait_idle();
+    REQUIRE(pool.pending() == 0);
+
+    std::vector<std::size_t> expected(past_the_ring);
+    std::iota(expected.begin(), expected.end(), std::size_t{0});
+    REQUIRE(order == expected);
+
+    // Once both drained, the ring is used again, still in order.
+    order.clear();
+    for (std::size_t i = 0; i < 10; ++i) {
+        pool.post([&order, i] { order.push_back(i); });
+    }
+    pool.wait_idle();
+    REQUIRE(order == std::vector<std::size_t>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9});
+}
+
+TEST_CASE("ThreadPool keeps each producer's tasks in order through the ring and the deque",
+          "[thread_pool][ring]") {
+    constexpr std::size_t producers = 3;
+    ThreadPool pool(1);
+    Gate gate;
+    hold_workers_started(pool, gate);
+    std::vector<std::vector<std::size_t>> seen(producers);  // written by the single worker
+    // The worker is held at first (the ring fills and overflows), then released mid-way.
+    std::thread opener([&gate] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        gate.open();
+    });
+    test_support::run_concurrently(producers, [&](std::size_t producer) {
+        for (std::size_t i = 0; i < past_the_ring; ++i) {
+            pool.post([&seen, producer, i] { seen[producer].push_back(i); });
+        }
+    });
+    opener.join();
+    pool.wait_idle();
+
+    std::vector<std::size_t> expected(past_the_ring);
+    std::iota(expected.begin(), expected.end(), std::size_t{0});
+    for (std::size_t producer = 0; producer < producers; ++producer) {
+        REQUIRE(seen[producer] == expected);
+    }
+}
+
+TEST_CASE("ThreadPool runs every task exactly once when producers outrun sleeping workers",
+          "[thread_pool][ring]") {
+    const std::size_t threads = GENERATE(as<std::size_t>{}, 1, 2, 3);
+    constexpr std::size_t producers = 4;
+    constexpr std::size_t rounds = 20;
+    constexpr std::size_t per_round = 700;  // 4 x 700 > the ring: some rounds overflow
+    std::vector<std::atomic<int>> runs(producers * rounds * per_round);
+    ThreadPool pool(threads);
+    for (std::size_t round = 0; round < rounds; ++round) {
+        test_support::run_concurrently(producers, [&](std::size_t producer) {
+            for (std::size_t i = 0; i < per_round; ++i) {
+                const std::size_t index = (round * producers + producer) * per_round + i;
+                pool.post([&runs, index] { runs[index].fetch_add(1); });
+            }
+        });
+        // Long enough for the workers to stop spinning and sleep before the next round.
+        std::this_thread::sleep_for(std::chrono::microseconds(200 + (round % 4) * 400));
+    }
+    pool.wait_idle();
+    const auto not_once = std::count_if(runs.begin(), runs.end(),
+                                        [](const std::atomic<int>& count) { return count != 1; });
+    REQUIRE(not_once == 0);
+    REQUIRE(pool.pending() == 0);
+}
+
+TEST_CASE("ThreadPool::shutdown runs the tasks queued in both the ring and the deque",
+          "[thread_pool][ring]") {
+    const std::size_t threads = GENERATE(as<std::size_t>{}, 1, 2);
+    std::atomic<std::size_t> ran{0};
+    ThreadPool pool(threads);
+    Gate gate;
+    hold_workers_started(pool, gate);
+    for (std::size_t i = 0; i < past_the_ring; ++i) {
+        pool.post([&ran] { ran.fetch_add(1); });
+    }
+    std::thread closer([&pool] { pool.shutdown(); });
+    // Wait until the pool refuses work, so shutdown() began with every task still queued.
+    for (;;) {
+        try {
+            pool.post([] {});
+        } catch (const ClosedError&) {
+            break;
+        }
+        std::this_thread::yield();  // that probe was accepted; it runs but counts nothing
+    }
+    gate.open();
+    closer.join();
+    REQUIRE(ran == past_the_ring);
+    REQUIRE(pool.pending() == 0);
+    Task task = [] {};
+    REQUIRE_THROWS_AS(pool.post(std::move(task)), ClosedError);
+    REQUIRE(static_cast<bool>(task));  // a rejected task is left untouched
+}
+
+TEST_CASE("ThreadPool runs exactly the tasks it accepted while shutdown races with producers",
+          "[thread_pool][ring]") {
+    const std::size_t threads = GENERATE(as<std::size_t>{}, 1, 2);
+    constexpr std::size_t producers = 3;
+    for (int trial = 0; trial < 20; ++trial) {
+        std::atomic<std::size_t> accepted{0};
+        std::atomic<std::size_t> rejected_intact{0};
+        std::atomic<std::size_t> ran{0};
+        ThreadPool pool(threads);
+        std::thread closer([&pool, trial] {
+            std::this_thread::sleep_for(std::chrono::microseconds(50 * (trial % 5)));
+            pool.shutdown();
+        });
+        test_support::run_concurrently(producers, [&](std::size_t) {
+            for (;;) {
+                Task task = [&ran] { ran.fetch_add(1); };
+                try {
+                    pool.post(std::move(task));
+                    accepted.fetch_add(1);
+                } catch (const ClosedError&) {
+                    rejected_intact.fetch_add(task ? 1 : 0);
+                    return;
+                }
+            }
+        });
+        closer.join();
+        REQUIRE(ran == accepted);
+        REQUIRE(rejected_intact == producers);
+        pool.wait_idle();  // works after shutdown, with nothing queued
+    }
+}
+
+TEST_CASE("ThreadPool::wait_idle from several threads returns once overflowing tasks finish",
+          "[thread_pool][ring]") {
+    ThreadPool pool(2);
+    Gate gate;
+    hold_workers_started(pool, gate);
+    std::atomic<std::size_t> ran{0};
+    for (std::size_t i = 0; i < past_the_ring; ++i) {
+        pool.post([&ran] { ran.fetch_add(1); });
+    }
+    std::atomic<int> returned{0};
+    std::vector<std::thread> waiters;
+    for (int i = 0; i < 3; ++i) {
+        waiters.emplace_back([&] {
+            pool.wait_idle();
+            // Idle means every task queued before the wait finished.
+            if (ran.load() == past_the_ring) {
+                returned.fetch_add(1);
+            }
+        });
+    }
+    gate.open();
+    for (std::thread& waiter : waiters) {
+        waiter.join();
+    }
+    REQUIRE(returned == 3);
+}
