@@ -59,7 +59,11 @@ SealInputs Batcher<T, R, Clock>::policy_inputs(SealTrigger trigger, std::int64_t
     in.max_in_flight = max_in_flight_.load(std::memory_order_relaxed);
     in.lanes = lane_count_;
     in.seal_early = seal_early_;
-    in.cost_waiting = cost_wanted();  // seq_cst: see reserve_cost's handshake
+    // Rule 4c is asked by producers (a waiting one, each claim while one waits) and finishing
+    // workers, which together cover every case; not by the timer, which would only race them
+    // (and, with an inline executor, run the batch on its own thread while the producer that
+    // asked waits for it). seq_cst: see reserve_cost's handshake.
+    in.cost_waiting = trigger != SealTrigger::timer && cost_wanted();
     in.load = load_estimate();
     return in;
 }
