@@ -778,7 +778,12 @@ private:
 
     // ---- Submission: detail/batcher_submit.hpp --------------------------------------------
 
-    static bool no_completion(detail::Completion<R>&) noexcept { return false; }
+    // The completion store of fire-and-forget submits: stores nothing. An object rather than a
+    // function, so that the per-item path inlines it instead of calling through a pointer.
+    struct NoCompletionStore {
+        bool operator()(detail::Completion<R>&) const noexcept { return false; }
+    };
+    static constexpr NoCompletionStore no_completion{};
 
     // Stores the callback (moved if the caller passed an rvalue, copied otherwise). Every
     // callback overload comes through here, so this is where a wrong signature is reported.
@@ -842,9 +847,13 @@ private:
                            InputIt& first, std::size_t done, Store& store, std::uint64_t cost = 0);
     void after_fill(Lane& lane, std::uint64_t head, std::uint32_t buffer, std::uint32_t start,
                     std::uint32_t end, std::int64_t opened_now);
+    void seal_early_after_fill(Lane& lane, std::uint64_t head, std::uint32_t start,
+                               std::uint32_t end);
 
     template <class U, class Store>
     SubmitStatus submit_impl(U&& item, WaitMode mode, Deadline deadline, Store&& store);
+    template <class U, class Store>
+    SubmitStatus submit_general(U&& item, WaitMode mode, Deadline deadline, Store& store);
     // @p cost: the item's cost (cost_by), taken off its batch again if the item turns into a
     // hole. Likewise for fill_run's single item (weighed bulk submissions fill one at a time).
     template <class U, class Store>
@@ -1033,7 +1042,10 @@ private:
     // round(population_) while early sealing may use it, else 0: producers seal (worker free)
     // once their batch's items plus the items in flight reach it (rule 5c).
     std::atomic<std::uint32_t> population_threshold_{0};
-    std::unique_ptr<T, ItemsDeleter> items_{nullptr, ItemsDeleter{0}};
+    // The storage, read by every submit: a cache line of its own, away from the estimates
+    // above, which a worker or sealer rewrites at every batch.
+    alignas(detail::cache_line_size) std::unique_ptr<T, ItemsDeleter> items_{nullptr,
+                                                                             ItemsDeleter{0}};
     std::unique_ptr<detail::Completion<R>[]> completions_;
     std::unique_ptr<std::atomic<std::uint8_t>[]> slot_states_;
     std::unique_ptr<Buffer[]> buffers_;

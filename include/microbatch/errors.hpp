@@ -110,7 +110,9 @@ public:
  * @brief Thrown by every submit form (the non-throwing ones included, since waiting could never
  *        help) when an item's cost (`cost_by`) exceeds `max_pending_cost`, the bound on the total
  *        cost of pending items: the item could never be admitted. The item is left untouched.
- *        The message names the item's cost and the bound.
+ *        The message names the item's cost and the bound. With `admission_control`, an item
+ *        with a deadline is judged before it is weighed (as a bulk run is judged whole): one
+ *        refused as infeasible is refused so, untouched, whatever its cost.
  */
 class CostLimitError : public Error {
 public:

@@ -324,6 +324,31 @@ public:
         return summary;
     }
 
+    /// record() for a caller that serialises every writer of this recorder (StatsRecorder's
+    /// completion mutex): plain loads and stores instead of read-modify-writes. Readers still
+    /// read without the lock (the fields stay atomics).
+    void record_serialised(std::int64_t nanoseconds) noexcept {
+        if (nanoseconds < 0) {
+            nanoseconds = 0;
+        }
+        // relaxed throughout: as record(); the caller's mutex orders the writers.
+        add_serialised(count_, std::uint64_t{1});
+        add_serialised(total_, nanoseconds);
+        if (nanoseconds < min_.load(std::memory_order_relaxed)) {
+            min_.store(nanoseconds, std::memory_order_relaxed);
+        }
+        if (nanoseconds > max_.load(std::memory_order_relaxed)) {
+            max_.store(nanoseconds, std::memory_order_relaxed);
+        }
+    }
+
+    /// `target += value` for a counter whose writers are serialised by a mutex: a load and a
+    /// store (relaxed: the mutex orders the writers; readers only want a recent value).
+    template <class V>
+    static void add_serialised(std::atomic<V>& target, V value) noexcept {
+        target.store(target.load(std::memory_order_relaxed) + value, std::memory_order_relaxed);
+    }
+
     static void store_min(std::atomic<std::int64_t>& target, std::int64_t value) noexcept {
         std::int64_t current = target.load(std::memory_order_relaxed);
         while (value < current &&
@@ -394,33 +419,54 @@ public:
         failed_.fetch_add(1, std::memory_order_relaxed);
     }
 
+    /// completed()'s "no latency sample with this batch" (see item_latency()).
+    static constexpr std::int64_t no_latency = std::numeric_limits<std::int64_t>::min();
+
     /// A batch finished: @p succeeded + @p failed items, plus @p failed_earlier items already
-    /// counted by failed_early(); queue delay and processing time in ns.
+    /// counted by failed_early(); queue delay and processing time in ns; @p latency_ns: the
+    /// batch's end-to-end sample when it is already known (else item_latency() later).
     void completed(std::size_t succeeded, std::size_t failed, bool batch_failed,
                    std::int64_t queue_delay_ns, std::int64_t dispatch_wait_ns,
-                   std::int64_t processing_ns, std::size_t failed_earlier = 0) noexcept {
+                   std::int64_t processing_ns, std::size_t failed_earlier = 0,
+                   std::int64_t latency_ns = no_latency) noexcept {
         const std::size_t size = succeeded + failed + failed_earlier;
-        processed_.fetch_add(succeeded, std::memory_order_relaxed);
-        failed_.fetch_add(failed, std::memory_order_relaxed);
+        if (failed != 0) {
+            // An RMW: failed_early() also writes this counter, without the mutex.
+            failed_.fetch_add(failed, std::memory_order_relaxed);
+        }
+        // One mutex per finished batch (never on the submit path): the fitter updates several
+        // moments together, and workers finish batches concurrently. The counters below are
+        // written only here, under it, so each is a load and a store rather than an atomic
+        // read-modify-write (about a dozen fewer locked instructions per batch).
+        std::lock_guard<std::mutex> lock(completion_mutex_);
+        const auto add = [](auto& counter, auto value) {
+            DurationRecorder::add_serialised(counter, static_cast<decltype(counter.load())>(value));
+        };
+        add(processed_, succeeded);
         if (batch_failed) {
-            batches_failed_.fetch_add(1, std::memory_order_relaxed);
+            add(batches_failed_, 1);
         }
         if (size > 0) {  // a batch whose every slot was a hole ran nothing: not a size sample
-            DurationRecorder::store_min(size_min_, static_cast<std::int64_t>(size));
-            DurationRecorder::store_max(size_max_, static_cast<std::int64_t>(size));
+            const auto sized = static_cast<std::int64_t>(size);
+            if (sized < size_min_.load(std::memory_order_relaxed)) {
+                size_min_.store(sized, std::memory_order_relaxed);
+            }
+            if (sized > size_max_.load(std::memory_order_relaxed)) {
+                size_max_.store(sized, std::memory_order_relaxed);
+            }
             std::size_t bucket = 0;
             while ((size >> (bucket + 1)) != 0 && bucket + 1 < histogram_.size()) {
                 ++bucket;
             }
-            histogram_[bucket].fetch_add(1, std::memory_order_relaxed);
+            add(histogram_[bucket], 1);
         }
-        queue_delay_.record(queue_delay_ns);
-        dispatch_wait_.record(dispatch_wait_ns);
-        processing_time_.record(processing_ns);
+        if (latency_ns != no_latency) {
+            record_latency_locked(latency_ns);
+        }
+        queue_delay_.record_serialised(queue_delay_ns);
+        dispatch_wait_.record_serialised(dispatch_wait_ns);
+        processing_time_.record_serialised(processing_ns);
         if (!batch_failed && size > 0) {
-            // A mutex per finished batch (never on the submit path): the fitter updates several
-            // moments together, and workers finish batches concurrently.
-            std::lock_guard<std::mutex> lock(fit_mutex_);
             batch_cost_.add(size, std::chrono::nanoseconds(processing_ns < 0 ? 0 : processing_ns));
             // Published for the sealing policy, which must not take this mutex. Until two
             // batch sizes were seen the line is undetermined: the mean batch time stands in for
@@ -433,7 +479,7 @@ public:
             fitted_per_item_ns_.store(beta, std::memory_order_relaxed);
         }
         // Last, so that a snapshot seeing a batch as completed tends to see its items too.
-        batches_completed_.fetch_add(1, std::memory_order_relaxed);
+        add(batches_completed_, 1);
     }
 
     /// Per-item outcomes of a batch, before its completed(): @p individually failed items
@@ -463,13 +509,8 @@ public:
 
     /// One end-to-end latency sample (ns), see Stats::item_latency.
     void item_latency(std::int64_t nanoseconds) noexcept {
-        if (nanoseconds < 0) {
-            nanoseconds = 0;
-        }
-        latency_buckets_[LatencySummary::bucket_of(nanoseconds)].fetch_add(
-            1, std::memory_order_relaxed);
-        latency_total_.fetch_add(nanoseconds, std::memory_order_relaxed);
-        DurationRecorder::store_max(latency_max_, nanoseconds);
+        std::lock_guard<std::mutex> lock(completion_mutex_);
+        record_latency_locked(nanoseconds);
     }
 
     /// The cost fit as last published by a worker: alpha and beta in ns (0, 0 before the first
@@ -539,11 +580,24 @@ public:
         stats.item_cost_total = load(item_cost_total_);
         stats.batch_item_cost_max = load(item_cost_max_);
         stats.items_oversized = load(oversized_);
-        std::lock_guard<std::mutex> lock(fit_mutex_);
+        std::lock_guard<std::mutex> lock(completion_mutex_);
         stats.batch_cost = batch_cost_;
     }
 
 private:
+    // The latency fields are written only here, under completion_mutex_: load and store.
+    void record_latency_locked(std::int64_t nanoseconds) noexcept {
+        if (nanoseconds < 0) {
+            nanoseconds = 0;
+        }
+        DurationRecorder::add_serialised(latency_buckets_[LatencySummary::bucket_of(nanoseconds)],
+                                         std::uint64_t{1});
+        DurationRecorder::add_serialised(latency_total_, nanoseconds);
+        if (nanoseconds > latency_max_.load(std::memory_order_relaxed)) {
+            latency_max_.store(nanoseconds, std::memory_order_relaxed);
+        }
+    }
+
     // Written by producers on the slow path only: kept off the workers' cache lines.
     alignas(cache_line_size) std::atomic<std::uint64_t> rejected_full_{0};
     std::atomic<std::uint64_t> rejected_closed_{0};
@@ -552,7 +606,10 @@ private:
     // Written once per batch by whoever seals it.
     alignas(cache_line_size) std::atomic<std::uint64_t> sealed_items_{0};
     std::array<std::atomic<std::uint64_t>, 7> by_reason_{};
-    // Written once per batch by the worker that ran it.
+    // Written once per batch by the worker that ran it. processed_, batches_failed_,
+    // batches_completed_, the size fields, the histogram and the three DurationRecorders only
+    // in completed(), under completion_mutex_ (so by load and store), and so are the latency
+    // fields (also in item_latency()); the rest by RMWs.
     alignas(cache_line_size) std::atomic<std::uint64_t> processed_{0};
     std::atomic<std::uint64_t> failed_{0};
     std::atomic<std::uint64_t> batches_failed_{0};
@@ -569,8 +626,8 @@ private:
     std::array<std::atomic<std::uint64_t>, LatencySummary::bucket_count> latency_buckets_{};
     std::atomic<std::int64_t> latency_total_{0};
     std::atomic<std::int64_t> latency_max_{0};
-    mutable std::mutex fit_mutex_;
-    CostModelFitter batch_cost_;  // guarded by fit_mutex_
+    mutable std::mutex completion_mutex_;
+    CostModelFitter batch_cost_;  // guarded by completion_mutex_
     std::atomic<double> fitted_per_batch_ns_{0.0};
     std::atomic<double> fitted_per_item_ns_{0.0};
     // Per-item outcomes and isolation: written once per batch that has them, by its worker.

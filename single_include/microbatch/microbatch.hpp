@@ -128,6 +128,15 @@
 #define MICROBATCH_RETHROW std::abort()
 #endif
 
+#if defined(__GNUC__) || defined(__clang__)
+/// Keeps a rarely taken function out of its callers, so their hot path stays short.
+#define MICROBATCH_NOINLINE __attribute__((noinline))
+#elif defined(_MSC_VER)
+#define MICROBATCH_NOINLINE __declspec(noinline)
+#else
+#define MICROBATCH_NOINLINE
+#endif
+
 namespace microbatch::detail {
 
 /**
@@ -1969,7 +1978,9 @@ public:
  * @brief Thrown by every submit form (the non-throwing ones included, since waiting could never
  *        help) when an item's cost (`cost_by`) exceeds `max_pending_cost`, the bound on the total
  *        cost of pending items: the item could never be admitted. The item is left untouched.
- *        The message names the item's cost and the bound.
+ *        The message names the item's cost and the bound. With `admission_control`, an item
+ *        with a deadline is judged before it is weighed (as a bulk run is judged whole): one
+ *        refused as infeasible is refused so, untouched, whatever its cost.
  */
 class CostLimitError : public Error {
 public:
@@ -2157,20 +2168,30 @@ public:
         outcome_.emplace(std::move(outcome));
         // acq_rel: release publishes outcome_ to the reader; acquire pairs with a waiter's
         // fetch_or so that we see its waiting bit if it set it first.
-        const std::uint32_t previous = status_.fetch_or(ready_bit, std::memory_order_acq_rel);
-        if ((previous & waiting_bit) != 0) {
-            ParkingSpot& spot = parking_spot_for(this);
-            // Taking the mutex orders this notify after the waiter's wait() began (it holds
-            // the mutex from setting its bit until it sleeps), so the wake-up is not lost.
-            { std::lock_guard<std::mutex> lock(spot.mutex); }
-            spot.condition.notify_all();
+        wake_waiter(this, word_.fetch_or(ready_bit, std::memory_order_acq_rel));
+    }
+
+    /// set() and then release() in one read-modify-write (the worker's completion of an item
+    /// it claimed): stores the outcome, marks it ready and drops the worker's reference.
+    void set_and_release(Outcome<R>&& outcome) noexcept {
+        outcome_.emplace(std::move(outcome));
+        // Adds the ready bit (not set yet: set() runs once) and subtracts one reference.
+        // acq_rel: as set() and release() together.
+        const std::uint32_t previous =
+            word_.fetch_add(ready_bit - one_reference, std::memory_order_acq_rel);
+        if ((previous & reference_mask) == one_reference) {
+            destroy_and_recycle();  // the handle was gone: nobody waits, nobody reads
+            return;
         }
+        // The handle may destroy this state as soon as it sees the ready bit: from here on
+        // only this address is used (to find the parking spot), never the state.
+        wake_waiter(this, previous);
     }
 
     /// True once set() has run; never blocks.
     bool ready() const noexcept {
         // acquire: pairs with set()'s release so a true result makes outcome_ readable.
-        return (status_.load(std::memory_order_acquire) & ready_bit) != 0;
+        return (word_.load(std::memory_order_acquire) & ready_bit) != 0;
     }
 
     /**
@@ -2180,7 +2201,7 @@ public:
     bool try_claim() noexcept {
         // relaxed: only the order of the two read-modify-writes on status_ decides who won; the
         // loser reads nothing the winner wrote (the worker does not touch outcome_).
-        return (status_.fetch_or(claimed_bit, std::memory_order_relaxed) & cancelled_bit) == 0;
+        return (word_.fetch_or(claimed_bit, std::memory_order_relaxed) & cancelled_bit) == 0;
     }
 
     /**
@@ -2189,13 +2210,13 @@ public:
      */
     bool cancel(Outcome<R>&& outcome) noexcept {
         // relaxed: see try_claim(); set() below publishes the outcome with release.
-        std::uint32_t status = status_.load(std::memory_order_relaxed);
+        std::uint32_t status = word_.load(std::memory_order_relaxed);
         do {
             if ((status & (claimed_bit | cancelled_bit | ready_bit)) != 0) {
                 return false;
             }
-        } while (!status_.compare_exchange_weak(status, status | cancelled_bit,
-                                                std::memory_order_relaxed));
+        } while (!word_.compare_exchange_weak(status, status | cancelled_bit,
+                                              std::memory_order_relaxed));
         set(std::move(outcome));
         return true;
     }
@@ -2234,10 +2255,9 @@ public:
     void release() noexcept {
         // acq_rel: the destroying side must see every write the other owner made before letting
         // go (its reads of outcome_ included).
-        if (references_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-            HandleStateBlock<R>* const block = block_;
-            block->destroy(this);  // runs ~R and ~exception_ptr now, not when the slot is reused
-            HandleStatePool<R>::retire(block);
+        if ((word_.fetch_sub(one_reference, std::memory_order_acq_rel) & reference_mask) ==
+            one_reference) {
+            destroy_and_recycle();
         }
     }
 
@@ -2248,6 +2268,10 @@ private:
     static constexpr std::uint32_t waiting_bit = 2;
     static constexpr std::uint32_t claimed_bit = 4;    // the worker took the item (try_claim)
     static constexpr std::uint32_t cancelled_bit = 8;  // the handle cancelled it first
+    // The two owners' references count in the same word as the status bits, from bit 8, so
+    // that the worker can mark the outcome ready and let go in one operation.
+    static constexpr std::uint32_t one_reference = 256;
+    static constexpr std::uint32_t reference_mask = ~std::uint32_t{255};
 
     explicit HandleState(HandleStateBlock<R>* block) noexcept : block_(block) {}
     ~HandleState() = default;
@@ -2266,11 +2290,30 @@ private:
     // Sets the waiting bit under the spot's mutex; returns true if the result is already there.
     bool announce_waiter() noexcept {
         // acq_rel: acquire so a ready result's outcome_ is visible; release is harmless.
-        return (status_.fetch_or(waiting_bit, std::memory_order_acq_rel) & ready_bit) != 0;
+        return (word_.fetch_or(waiting_bit, std::memory_order_acq_rel) & ready_bit) != 0;
     }
 
-    std::atomic<std::uint32_t> status_{0};
-    std::atomic<std::uint32_t> references_{2};
+    // After the ready bit went in: wakes the waiter whose bit @p previous shows, if any, on
+    // the parking spot of @p address (static: the state itself may be gone by now).
+    static void wake_waiter(const void* address, std::uint32_t previous) noexcept {
+        if ((previous & waiting_bit) != 0) {
+            ParkingSpot& spot = parking_spot_for(address);
+            // Taking the mutex orders this notify after the waiter's wait() began (it holds
+            // the mutex from setting its bit until it sleeps), so the wake-up is not lost.
+            { std::lock_guard<std::mutex> lock(spot.mutex); }
+            spot.condition.notify_all();
+        }
+    }
+
+    void destroy_and_recycle() noexcept {
+        HandleStateBlock<R>* const block = block_;
+        block->destroy(this);  // runs ~R and ~exception_ptr now, not when the slot is reused
+        HandleStatePool<R>::retire(block);
+    }
+
+    // Status bits (ready, waiting, claimed, cancelled) and, from bit 8, the references: two
+    // owners at first, the handle and the pending completion.
+    std::atomic<std::uint32_t> word_{2 * one_reference};
     HandleStateBlock<R>* const block_;  // where this state's memory comes from
     std::optional<Outcome<R>> outcome_;
 };
@@ -2688,9 +2731,7 @@ public:
         return false;
     }
     void operator()(Outcome<R>&& outcome) noexcept {
-        HandleState<R>* state = std::exchange(state_, nullptr);
-        state->set(std::move(outcome));
-        state->release();
+        std::exchange(state_, nullptr)->set_and_release(std::move(outcome));
     }
 
 private:
@@ -5048,6 +5089,31 @@ public:
         return summary;
     }
 
+    /// record() for a caller that serialises every writer of this recorder (StatsRecorder's
+    /// completion mutex): plain loads and stores instead of read-modify-writes. Readers still
+    /// read without the lock (the fields stay atomics).
+    void record_serialised(std::int64_t nanoseconds) noexcept {
+        if (nanoseconds < 0) {
+            nanoseconds = 0;
+        }
+        // relaxed throughout: as record(); the caller's mutex orders the writers.
+        add_serialised(count_, std::uint64_t{1});
+        add_serialised(total_, nanoseconds);
+        if (nanoseconds < min_.load(std::memory_order_relaxed)) {
+            min_.store(nanoseconds, std::memory_order_relaxed);
+        }
+        if (nanoseconds > max_.load(std::memory_order_relaxed)) {
+            max_.store(nanoseconds, std::memory_order_relaxed);
+        }
+    }
+
+    /// `target += value` for a counter whose writers are serialised by a mutex: a load and a
+    /// store (relaxed: the mutex orders the writers; readers only want a recent value).
+    template <class V>
+    static void add_serialised(std::atomic<V>& target, V value) noexcept {
+        target.store(target.load(std::memory_order_relaxed) + value, std::memory_order_relaxed);
+    }
+
     static void store_min(std::atomic<std::int64_t>& target, std::int64_t value) noexcept {
         std::int64_t current = target.load(std::memory_order_relaxed);
         while (value < current &&
@@ -5118,33 +5184,54 @@ public:
         failed_.fetch_add(1, std::memory_order_relaxed);
     }
 
+    /// completed()'s "no latency sample with this batch" (see item_latency()).
+    static constexpr std::int64_t no_latency = std::numeric_limits<std::int64_t>::min();
+
     /// A batch finished: @p succeeded + @p failed items, plus @p failed_earlier items already
-    /// counted by failed_early(); queue delay and processing time in ns.
+    /// counted by failed_early(); queue delay and processing time in ns; @p latency_ns: the
+    /// batch's end-to-end sample when it is already known (else item_latency() later).
     void completed(std::size_t succeeded, std::size_t failed, bool batch_failed,
                    std::int64_t queue_delay_ns, std::int64_t dispatch_wait_ns,
-                   std::int64_t processing_ns, std::size_t failed_earlier = 0) noexcept {
+                   std::int64_t processing_ns, std::size_t failed_earlier = 0,
+                   std::int64_t latency_ns = no_latency) noexcept {
         const std::size_t size = succeeded + failed + failed_earlier;
-        processed_.fetch_add(succeeded, std::memory_order_relaxed);
-        failed_.fetch_add(failed, std::memory_order_relaxed);
+        if (failed != 0) {
+            // An RMW: failed_early() also writes this counter, without the mutex.
+            failed_.fetch_add(failed, std::memory_order_relaxed);
+        }
+        // One mutex per finished batch (never on the submit path): the fitter updates several
+        // moments together, and workers finish batches concurrently. The counters below are
+        // written only here, under it, so each is a load and a store rather than an atomic
+        // read-modify-write (about a dozen fewer locked instructions per batch).
+        std::lock_guard<std::mutex> lock(completion_mutex_);
+        const auto add = [](auto& counter, auto value) {
+            DurationRecorder::add_serialised(counter, static_cast<decltype(counter.load())>(value));
+        };
+        add(processed_, succeeded);
         if (batch_failed) {
-            batches_failed_.fetch_add(1, std::memory_order_relaxed);
+            add(batches_failed_, 1);
         }
         if (size > 0) {  // a batch whose every slot was a hole ran nothing: not a size sample
-            DurationRecorder::store_min(size_min_, static_cast<std::int64_t>(size));
-            DurationRecorder::store_max(size_max_, static_cast<std::int64_t>(size));
+            const auto sized = static_cast<std::int64_t>(size);
+            if (sized < size_min_.load(std::memory_order_relaxed)) {
+                size_min_.store(sized, std::memory_order_relaxed);
+            }
+            if (sized > size_max_.load(std::memory_order_relaxed)) {
+                size_max_.store(sized, std::memory_order_relaxed);
+            }
             std::size_t bucket = 0;
             while ((size >> (bucket + 1)) != 0 && bucket + 1 < histogram_.size()) {
                 ++bucket;
             }
-            histogram_[bucket].fetch_add(1, std::memory_order_relaxed);
+            add(histogram_[bucket], 1);
         }
-        queue_delay_.record(queue_delay_ns);
-        dispatch_wait_.record(dispatch_wait_ns);
-        processing_time_.record(processing_ns);
+        if (latency_ns != no_latency) {
+            record_latency_locked(latency_ns);
+        }
+        queue_delay_.record_serialised(queue_delay_ns);
+        dispatch_wait_.record_serialised(dispatch_wait_ns);
+        processing_time_.record_serialised(processing_ns);
         if (!batch_failed && size > 0) {
-            // A mutex per finished batch (never on the submit path): the fitter updates several
-            // moments together, and workers finish batches concurrently.
-            std::lock_guard<std::mutex> lock(fit_mutex_);
             batch_cost_.add(size, std::chrono::nanoseconds(processing_ns < 0 ? 0 : processing_ns));
             // Published for the sealing policy, which must not take this mutex. Until two
             // batch sizes were seen the line is undetermined: the mean batch time stands in for
@@ -5157,7 +5244,7 @@ public:
             fitted_per_item_ns_.store(beta, std::memory_order_relaxed);
         }
         // Last, so that a snapshot seeing a batch as completed tends to see its items too.
-        batches_completed_.fetch_add(1, std::memory_order_relaxed);
+        add(batches_completed_, 1);
     }
 
     /// Per-item outcomes of a batch, before its completed(): @p individually failed items
@@ -5187,13 +5274,8 @@ public:
 
     /// One end-to-end latency sample (ns), see Stats::item_latency.
     void item_latency(std::int64_t nanoseconds) noexcept {
-        if (nanoseconds < 0) {
-            nanoseconds = 0;
-        }
-        latency_buckets_[LatencySummary::bucket_of(nanoseconds)].fetch_add(
-            1, std::memory_order_relaxed);
-        latency_total_.fetch_add(nanoseconds, std::memory_order_relaxed);
-        DurationRecorder::store_max(latency_max_, nanoseconds);
+        std::lock_guard<std::mutex> lock(completion_mutex_);
+        record_latency_locked(nanoseconds);
     }
 
     /// The cost fit as last published by a worker: alpha and beta in ns (0, 0 before the first
@@ -5263,11 +5345,24 @@ public:
         stats.item_cost_total = load(item_cost_total_);
         stats.batch_item_cost_max = load(item_cost_max_);
         stats.items_oversized = load(oversized_);
-        std::lock_guard<std::mutex> lock(fit_mutex_);
+        std::lock_guard<std::mutex> lock(completion_mutex_);
         stats.batch_cost = batch_cost_;
     }
 
 private:
+    // The latency fields are written only here, under completion_mutex_: load and store.
+    void record_latency_locked(std::int64_t nanoseconds) noexcept {
+        if (nanoseconds < 0) {
+            nanoseconds = 0;
+        }
+        DurationRecorder::add_serialised(latency_buckets_[LatencySummary::bucket_of(nanoseconds)],
+                                         std::uint64_t{1});
+        DurationRecorder::add_serialised(latency_total_, nanoseconds);
+        if (nanoseconds > latency_max_.load(std::memory_order_relaxed)) {
+            latency_max_.store(nanoseconds, std::memory_order_relaxed);
+        }
+    }
+
     // Written by producers on the slow path only: kept off the workers' cache lines.
     alignas(cache_line_size) std::atomic<std::uint64_t> rejected_full_{0};
     std::atomic<std::uint64_t> rejected_closed_{0};
@@ -5276,7 +5371,10 @@ private:
     // Written once per batch by whoever seals it.
     alignas(cache_line_size) std::atomic<std::uint64_t> sealed_items_{0};
     std::array<std::atomic<std::uint64_t>, 7> by_reason_{};
-    // Written once per batch by the worker that ran it.
+    // Written once per batch by the worker that ran it. processed_, batches_failed_,
+    // batches_completed_, the size fields, the histogram and the three DurationRecorders only
+    // in completed(), under completion_mutex_ (so by load and store), and so are the latency
+    // fields (also in item_latency()); the rest by RMWs.
     alignas(cache_line_size) std::atomic<std::uint64_t> processed_{0};
     std::atomic<std::uint64_t> failed_{0};
     std::atomic<std::uint64_t> batches_failed_{0};
@@ -5293,8 +5391,8 @@ private:
     std::array<std::atomic<std::uint64_t>, LatencySummary::bucket_count> latency_buckets_{};
     std::atomic<std::int64_t> latency_total_{0};
     std::atomic<std::int64_t> latency_max_{0};
-    mutable std::mutex fit_mutex_;
-    CostModelFitter batch_cost_;  // guarded by fit_mutex_
+    mutable std::mutex completion_mutex_;
+    CostModelFitter batch_cost_;  // guarded by completion_mutex_
     std::atomic<double> fitted_per_batch_ns_{0.0};
     std::atomic<double> fitted_per_item_ns_{0.0};
     // Per-item outcomes and isolation: written once per batch that has them, by its worker.
@@ -7005,7 +7103,12 @@ private:
 
     // ---- Submission: detail/batcher_submit.hpp --------------------------------------------
 
-    static bool no_completion(detail::Completion<R>&) noexcept { return false; }
+    // The completion store of fire-and-forget submits: stores nothing. An object rather than a
+    // function, so that the per-item path inlines it instead of calling through a pointer.
+    struct NoCompletionStore {
+        bool operator()(detail::Completion<R>&) const noexcept { return false; }
+    };
+    static constexpr NoCompletionStore no_completion{};
 
     // Stores the callback (moved if the caller passed an rvalue, copied otherwise). Every
     // callback overload comes through here, so this is where a wrong signature is reported.
@@ -7069,9 +7172,13 @@ private:
                            InputIt& first, std::size_t done, Store& store, std::uint64_t cost = 0);
     void after_fill(Lane& lane, std::uint64_t head, std::uint32_t buffer, std::uint32_t start,
                     std::uint32_t end, std::int64_t opened_now);
+    void seal_early_after_fill(Lane& lane, std::uint64_t head, std::uint32_t start,
+                               std::uint32_t end);
 
     template <class U, class Store>
     SubmitStatus submit_impl(U&& item, WaitMode mode, Deadline deadline, Store&& store);
+    template <class U, class Store>
+    SubmitStatus submit_general(U&& item, WaitMode mode, Deadline deadline, Store& store);
     // @p cost: the item's cost (cost_by), taken off its batch again if the item turns into a
     // hole. Likewise for fill_run's single item (weighed bulk submissions fill one at a time).
     template <class U, class Store>
@@ -7260,7 +7367,10 @@ private:
     // round(population_) while early sealing may use it, else 0: producers seal (worker free)
     // once their batch's items plus the items in flight reach it (rule 5c).
     std::atomic<std::uint32_t> population_threshold_{0};
-    std::unique_ptr<T, ItemsDeleter> items_{nullptr, ItemsDeleter{0}};
+    // The storage, read by every submit: a cache line of its own, away from the estimates
+    // above, which a worker or sealer rewrites at every batch.
+    alignas(detail::cache_line_size) std::unique_ptr<T, ItemsDeleter> items_{nullptr,
+                                                                             ItemsDeleter{0}};
     std::unique_ptr<detail::Completion<R>[]> completions_;
     std::unique_ptr<std::atomic<std::uint8_t>[]> slot_states_;
     std::unique_ptr<Buffer[]> buffers_;
@@ -9152,6 +9262,12 @@ void Batcher<T, R, Clock>::wake_timer() {
 // the limit allows, then let the timer re-plan if it was waiting for a worker.
 template <class T, class R, class Clock>
 void Batcher<T, R, Clock>::seal_for_free_worker(std::int64_t now) {
+    if (batch_size_ == 1) {
+        // Every claim fills (and seals) its batch: there is never a partial batch to seal or
+        // to time. Skipping also spares the worker a read of each lane's head, a cache line
+        // the producers keep writing.
+        return;
+    }
     if (detail::sealing_for_free_worker == this) {
         return;  // an inline executor ran the batch we sealed: the loop below goes on
     }
@@ -9288,14 +9404,24 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
     if (cost_function_) {
         stats_.batch_item_cost(batch_cost);
     }
+    // One end-to-end sample per batch: its oldest item, accepted at opened_at, has had its
+    // result delivered (Stats::item_latency). Without completions to run, results were
+    // "delivered" when process_batch returned: that sample goes in with the batch's others (one
+    // lock for all); with completions it is taken once they have run, below.
+    const bool latency_sample = count != 0 && opened_at != unset_time;
     stats_.completed(count - failed, failed, batch_failed, queue_delay, dispatch_wait, processing,
-                     failed_in_compaction);
+                     failed_in_compaction,
+                     latency_sample && !any_completion
+                         ? to_nanoseconds(processed_at.time_since_epoch().count() - opened_at)
+                         : detail::StatsRecorder::no_latency);
     // The population sample of seal_policy.hpp rule 5c, taken before this batch's items are
     // completed (their clients cannot have submitted again yet, so nobody is counted twice):
     // with clients that each wait for their result, these items come back at once.
     // Only here, not at seals: a seal sees the items in flight but not those waiting in other
     // lanes, and in a closed loop a batch sealed early would make the samples disagree.
-    note_population(pending());
+    if (batch_size_ != 1) {  // at B = 1 no partial batch ever asks rule 5c (see note_sealed)
+        note_population(pending());
+    }
     if (any_completion && outcomes.active) {
         complete_outcomes(completions, outcomes);
     } else if (any_completion) {
@@ -9330,10 +9456,8 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
     // that reading serves too (a clock read is ~10% of a 1-item batch's cost).
     const std::int64_t finished = any_completion ? clock_.now().time_since_epoch().count()
                                                  : processed_at.time_since_epoch().count();
-    if (count != 0 && opened_at != unset_time) {
-        // One end-to-end sample per batch: its oldest item, accepted at opened_at, has now had
-        // its result delivered (Stats::item_latency).
-        stats_.item_latency(to_nanoseconds(finished - opened_at));
+    if (latency_sample && any_completion) {
+        stats_.item_latency(to_nanoseconds(finished - opened_at));  // see completed() above
     }
     // Holes were taken off by their producers (fill_slot). relaxed: a statistic for close_for().
     in_flight_items_.fetch_sub(size - holes, std::memory_order_relaxed);
@@ -9447,6 +9571,10 @@ void Batcher<T, R, Clock>::finish_party(std::uint32_t index) noexcept {
     }
     const std::uint64_t sequence = buffer.sequence.load(std::memory_order_relaxed);
     arrive(index);
+    // Under the mutex, notify included: once close() sees the count reach zero it may destroy
+    // the batcher, so the count's last change must be our last touch. (A lock-free decrement
+    // would need the waiters' presence folded into the count to stay safe; it would save one
+    // locked instruction per batch, so the lock stays.)
     std::lock_guard<std::mutex> lock(idle_mutex_);
     mark_finished(buffer, sequence);
     --open_batches_;
@@ -9638,10 +9766,17 @@ template <class T, class R, class Clock>
 void Batcher<T, R, Clock>::post_batch(std::uint32_t buffer) {
     bool posted = false;
     MICROBATCH_TRY {
-        executor_([this, buffer] {
+        Task task([this, buffer] {
             run_batch(buffer);
             finish_party(buffer);
         });
+        if (pool_) {
+            // The batcher's own pool: post straight into its queue rather than through the
+            // Executor's std::function (the same call and error, one indirection less).
+            pool_->post(std::move(task));
+        } else {
+            executor_(std::move(task));
+        }
         posted = true;
     }
     MICROBATCH_CATCH_ALL {
@@ -9842,6 +9977,35 @@ template <class T, class R, class Clock>
 template <class U, class Store>
 SubmitStatus Batcher<T, R, Clock>::submit_impl(U&& item, WaitMode mode, Deadline deadline,
                                                Store&& store) {
+    // The common case, kept small enough to inline into post()/submit(): no per-item deadline
+    // or cost to handle, an open batch with a free slot, and a fill that cannot throw. Anything
+    // else (no slot, a closed batcher, a default timeout, weighed items, a throwing
+    // constructor) takes submit_general(), which handles every case; a claim that came too
+    // late is a stray increment there too, so falling back after one is safe.
+    if constexpr (!detail::carries_deadline<std::decay_t<Store>>::value &&
+                  std::is_nothrow_constructible_v<T, U&&> &&
+                  std::is_nothrow_invocable_v<Store&, detail::Completion<R>&>) {
+        if (!has_default_timeout_ && !cost_function_) {
+            Lane& lane = lane_for_this_thread();
+            // relaxed: only a filter, as in submit_general.
+            const std::uint64_t seen = lane.head.load(std::memory_order_relaxed);
+            if ((seen & count_mask) < batch_size_ && (seen & closed_bit) == 0) {
+                // seq_cst: as submit_general's claim.
+                const std::uint64_t head = lane.head.fetch_add(1, std::memory_order_seq_cst);
+                const std::uint32_t index = static_cast<std::uint32_t>(head & count_mask);
+                if (index < batch_size_) {
+                    return fill_slot(lane, head, index, std::forward<U>(item), store);
+                }
+            }
+        }
+    }
+    return submit_general(std::forward<U>(item), mode, deadline, store);
+}
+
+template <class T, class R, class Clock>
+template <class U, class Store>
+SubmitStatus Batcher<T, R, Clock>::submit_general(U&& item, WaitMode mode, Deadline deadline,
+                                                  Store& store) {
     if constexpr (!detail::carries_deadline<std::decay_t<Store>>::value) {
         if (has_default_timeout_) {  // Options::default_timeout: detail/batcher_deadlines.hpp
             return submit_due(default_deadline_, std::forward<U>(item), mode, deadline, store);
@@ -9890,14 +10054,19 @@ SubmitStatus Batcher<T, R, Clock>::fill_slot(Lane& lane, std::uint64_t head, std
     T* place = items_.get() + slot;
     detail::Completion<R>& completion = completions_[slot];
     std::uint8_t state = detail::slot_item;
-    std::exception_ptr error;
     if constexpr (std::is_nothrow_constructible_v<T, U&&> &&
                   std::is_nothrow_invocable_v<Store&, detail::Completion<R>&>) {
+        // Nothing can fail: publish and seal without the error bookkeeping below.
         if (store(completion)) {
             state = detail::slot_item_completion;
         }
         ::new (static_cast<void*>(place)) T(std::forward<U>(item));
+        // release: publishes the item and completion to the worker that runs this batch.
+        slot_states_[slot].store(state, std::memory_order_release);
+        after_fill(lane, head, buffer, start, index + 1, opened_now);
+        return SubmitStatus::accepted;
     } else {
+        std::exception_ptr error;
         // The completion first: if storing it throws, the item has not been touched yet.
         MICROBATCH_TRY {
             if (store(completion)) {
@@ -9926,15 +10095,15 @@ SubmitStatus Batcher<T, R, Clock>::fill_slot(Lane& lane, std::uint64_t head, std
                 buffers_[buffer].cost.fetch_sub(cost, std::memory_order_relaxed);
             }
         }
+        // release: publishes the item (or the hole) and completion to the batch's worker.
+        slot_states_[slot].store(state, std::memory_order_release);
+        after_fill(lane, head, buffer, start, index + 1, opened_now);
+        if (error) {
+            stats_.rejected_error();
+            std::rethrow_exception(error);
+        }
+        return SubmitStatus::accepted;
     }
-    // release: publishes the item and completion to the worker that runs this batch.
-    slot_states_[slot].store(state, std::memory_order_release);
-    after_fill(lane, head, buffer, start, index + 1, opened_now);
-    if (error) {
-        stats_.rejected_error();
-        std::rethrow_exception(error);
-    }
-    return SubmitStatus::accepted;
 }
 
 // After a producer published the slots of the batch @p head describes up to @p end: the
@@ -9950,15 +10119,23 @@ inline void Batcher<T, R, Clock>::after_fill(Lane& lane, std::uint64_t head, std
                in_flight_batches_.load(std::memory_order_relaxed) <
                    max_in_flight_.load(std::memory_order_relaxed)) {
         // A worker is free and the batch reached the size the policy seals at without a clock
-        // (max_delay 0, or early sealing's target): confirm with the policy and seal it here,
-        // rather than wait for the timer to wake. relaxed loads: policy inputs, see
+        // (max_delay 0, or early sealing's target). relaxed loads: policy inputs, see
         // in_flight_batches_; a stale value only delays the seal to the timer or a worker.
-        const SealDecision decision = decide_seal(
-            policy_inputs(SealTrigger::producer, 0, end - start, pending_with(end - start),
-                          batch_size_ - start, unset_time, unset_time));
-        if (decision.seal) {
-            seal_current(lane, decision.reason, head & ~count_mask, true, true);
-        }
+        seal_early_after_fill(lane, head, start, end);
+    }
+}
+
+// after_fill()'s rare branch, out of line so that the per-item path stays short: confirm with
+// the policy and seal the batch here, rather than wait for the timer to wake.
+template <class T, class R, class Clock>
+MICROBATCH_NOINLINE void Batcher<T, R, Clock>::seal_early_after_fill(Lane& lane, std::uint64_t head,
+                                                                     std::uint32_t start,
+                                                                     std::uint32_t end) {
+    const SealDecision decision =
+        decide_seal(policy_inputs(SealTrigger::producer, 0, end - start, pending_with(end - start),
+                                  batch_size_ - start, unset_time, unset_time));
+    if (decision.seal) {
+        seal_current(lane, decision.reason, head & ~count_mask, true, true);
     }
 }
 

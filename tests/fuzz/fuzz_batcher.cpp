@@ -584,6 +584,15 @@ void run_one(const std::uint8_t* data, std::size_t size) {
         // form (which seals the open batch and, with the inline executor, goes on).
         const auto weighed_item = [&](const Spec& spec, Status result, bool waits) {
             const std::uint64_t cost = item_cost(spec.id);
+            // Admission control judges an item with a deadline before it is weighed (as it
+            // judges a bulk run whole): an infeasible item is refused whatever its cost, and
+            // untouched (so a hole is not constructed).
+            if (result == rejected_infeasible) {
+                FUZZ_CHECK(options.admission_control() &&
+                           (spec.flags & (due_now | due_later)) != 0);
+                FUZZ_CHECK(!deterministic);
+                return;
+            }
             if (result == rejected_hole) {
                 FUZZ_CHECK((spec.flags & hole) != 0);  // weighed, so refused before a claim
                 return;
@@ -596,12 +605,6 @@ void run_one(const std::uint8_t* data, std::size_t size) {
             FUZZ_CHECK(max_pending_cost == 0 || cost <= max_pending_cost);
             if (result == rejected_closed) {
                 FUZZ_CHECK(closed);
-                return;
-            }
-            if (result == rejected_infeasible) {
-                FUZZ_CHECK(options.admission_control() &&
-                           (spec.flags & (due_now | due_later)) != 0);
-                FUZZ_CHECK(!deterministic);
                 return;
             }
             FUZZ_CHECK(!closed);

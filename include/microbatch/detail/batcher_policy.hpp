@@ -152,6 +152,12 @@ void Batcher<T, R, Clock>::wake_timer() {
 // the limit allows, then let the timer re-plan if it was waiting for a worker.
 template <class T, class R, class Clock>
 void Batcher<T, R, Clock>::seal_for_free_worker(std::int64_t now) {
+    if (batch_size_ == 1) {
+        // Every claim fills (and seals) its batch: there is never a partial batch to seal or
+        // to time. Skipping also spares the worker a read of each lane's head, a cache line
+        // the producers keep writing.
+        return;
+    }
     if (detail::sealing_for_free_worker == this) {
         return;  // an inline executor ran the batch we sealed: the loop below goes on
     }

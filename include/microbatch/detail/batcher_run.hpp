@@ -77,14 +77,24 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
     if (cost_function_) {
         stats_.batch_item_cost(batch_cost);
     }
+    // One end-to-end sample per batch: its oldest item, accepted at opened_at, has had its
+    // result delivered (Stats::item_latency). Without completions to run, results were
+    // "delivered" when process_batch returned: that sample goes in with the batch's others (one
+    // lock for all); with completions it is taken once they have run, below.
+    const bool latency_sample = count != 0 && opened_at != unset_time;
     stats_.completed(count - failed, failed, batch_failed, queue_delay, dispatch_wait, processing,
-                     failed_in_compaction);
+                     failed_in_compaction,
+                     latency_sample && !any_completion
+                         ? to_nanoseconds(processed_at.time_since_epoch().count() - opened_at)
+                         : detail::StatsRecorder::no_latency);
     // The population sample of seal_policy.hpp rule 5c, taken before this batch's items are
     // completed (their clients cannot have submitted again yet, so nobody is counted twice):
     // with clients that each wait for their result, these items come back at once.
     // Only here, not at seals: a seal sees the items in flight but not those waiting in other
     // lanes, and in a closed loop a batch sealed early would make the samples disagree.
-    note_population(pending());
+    if (batch_size_ != 1) {  // at B = 1 no partial batch ever asks rule 5c (see note_sealed)
+        note_population(pending());
+    }
     if (any_completion && outcomes.active) {
         complete_outcomes(completions, outcomes);
     } else if (any_completion) {
@@ -119,10 +129,8 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
     // that reading serves too (a clock read is ~10% of a 1-item batch's cost).
     const std::int64_t finished = any_completion ? clock_.now().time_since_epoch().count()
                                                  : processed_at.time_since_epoch().count();
-    if (count != 0 && opened_at != unset_time) {
-        // One end-to-end sample per batch: its oldest item, accepted at opened_at, has now had
-        // its result delivered (Stats::item_latency).
-        stats_.item_latency(to_nanoseconds(finished - opened_at));
+    if (latency_sample && any_completion) {
+        stats_.item_latency(to_nanoseconds(finished - opened_at));  // see completed() above
     }
     // Holes were taken off by their producers (fill_slot). relaxed: a statistic for close_for().
     in_flight_items_.fetch_sub(size - holes, std::memory_order_relaxed);
@@ -236,6 +244,10 @@ void Batcher<T, R, Clock>::finish_party(std::uint32_t index) noexcept {
     }
     const std::uint64_t sequence = buffer.sequence.load(std::memory_order_relaxed);
     arrive(index);
+    // Under the mutex, notify included: once close() sees the count reach zero it may destroy
+    // the batcher, so the count's last change must be our last touch. (A lock-free decrement
+    // would need the waiters' presence folded into the count to stay safe; it would save one
+    // locked instruction per batch, so the lock stays.)
     std::lock_guard<std::mutex> lock(idle_mutex_);
     mark_finished(buffer, sequence);
     --open_batches_;

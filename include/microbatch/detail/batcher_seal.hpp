@@ -180,10 +180,17 @@ template <class T, class R, class Clock>
 void Batcher<T, R, Clock>::post_batch(std::uint32_t buffer) {
     bool posted = false;
     MICROBATCH_TRY {
-        executor_([this, buffer] {
+        Task task([this, buffer] {
             run_batch(buffer);
             finish_party(buffer);
         });
+        if (pool_) {
+            // The batcher's own pool: post straight into its queue rather than through the
+            // Executor's std::function (the same call and error, one indirection less).
+            pool_->post(std::move(task));
+        } else {
+            executor_(std::move(task));
+        }
         posted = true;
     }
     MICROBATCH_CATCH_ALL {

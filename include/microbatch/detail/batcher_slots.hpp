@@ -91,9 +91,7 @@ public:
         return false;
     }
     void operator()(Outcome<R>&& outcome) noexcept {
-        HandleState<R>* state = std::exchange(state_, nullptr);
-        state->set(std::move(outcome));
-        state->release();
+        std::exchange(state_, nullptr)->set_and_release(std::move(outcome));
     }
 
 private:

@@ -52,6 +52,35 @@ template <class T, class R, class Clock>
 template <class U, class Store>
 SubmitStatus Batcher<T, R, Clock>::submit_impl(U&& item, WaitMode mode, Deadline deadline,
                                                Store&& store) {
+    // The common case, kept small enough to inline into post()/submit(): no per-item deadline
+    // or cost to handle, an open batch with a free slot, and a fill that cannot throw. Anything
+    // else (no slot, a closed batcher, a default timeout, weighed items, a throwing
+    // constructor) takes submit_general(), which handles every case; a claim that came too
+    // late is a stray increment there too, so falling back after one is safe.
+    if constexpr (!detail::carries_deadline<std::decay_t<Store>>::value &&
+                  std::is_nothrow_constructible_v<T, U&&> &&
+                  std::is_nothrow_invocable_v<Store&, detail::Completion<R>&>) {
+        if (!has_default_timeout_ && !cost_function_) {
+            Lane& lane = lane_for_this_thread();
+            // relaxed: only a filter, as in submit_general.
+            const std::uint64_t seen = lane.head.load(std::memory_order_relaxed);
+            if ((seen & count_mask) < batch_size_ && (seen & closed_bit) == 0) {
+                // seq_cst: as submit_general's claim.
+                const std::uint64_t head = lane.head.fetch_add(1, std::memory_order_seq_cst);
+                const std::uint32_t index = static_cast<std::uint32_t>(head & count_mask);
+                if (index < batch_size_) {
+                    return fill_slot(lane, head, index, std::forward<U>(item), store);
+                }
+            }
+        }
+    }
+    return submit_general(std::forward<U>(item), mode, deadline, store);
+}
+
+template <class T, class R, class Clock>
+template <class U, class Store>
+SubmitStatus Batcher<T, R, Clock>::submit_general(U&& item, WaitMode mode, Deadline deadline,
+                                                  Store& store) {
     if constexpr (!detail::carries_deadline<std::decay_t<Store>>::value) {
         if (has_default_timeout_) {  // Options::default_timeout: detail/batcher_deadlines.hpp
             return submit_due(default_deadline_, std::forward<U>(item), mode, deadline, store);
@@ -100,14 +129,19 @@ SubmitStatus Batcher<T, R, Clock>::fill_slot(Lane& lane, std::uint64_t head, std
     T* place = items_.get() + slot;
     detail::Completion<R>& completion = completions_[slot];
     std::uint8_t state = detail::slot_item;
-    std::exception_ptr error;
     if constexpr (std::is_nothrow_constructible_v<T, U&&> &&
                   std::is_nothrow_invocable_v<Store&, detail::Completion<R>&>) {
+        // Nothing can fail: publish and seal without the error bookkeeping below.
         if (store(completion)) {
             state = detail::slot_item_completion;
         }
         ::new (static_cast<void*>(place)) T(std::forward<U>(item));
+        // release: publishes the item and completion to the worker that runs this batch.
+        slot_states_[slot].store(state, std::memory_order_release);
+        after_fill(lane, head, buffer, start, index + 1, opened_now);
+        return SubmitStatus::accepted;
     } else {
+        std::exception_ptr error;
         // The completion first: if storing it throws, the item has not been touched yet.
         MICROBATCH_TRY {
             if (store(completion)) {
@@ -136,15 +170,15 @@ SubmitStatus Batcher<T, R, Clock>::fill_slot(Lane& lane, std::uint64_t head, std
                 buffers_[buffer].cost.fetch_sub(cost, std::memory_order_relaxed);
             }
         }
+        // release: publishes the item (or the hole) and completion to the batch's worker.
+        slot_states_[slot].store(state, std::memory_order_release);
+        after_fill(lane, head, buffer, start, index + 1, opened_now);
+        if (error) {
+            stats_.rejected_error();
+            std::rethrow_exception(error);
+        }
+        return SubmitStatus::accepted;
     }
-    // release: publishes the item and completion to the worker that runs this batch.
-    slot_states_[slot].store(state, std::memory_order_release);
-    after_fill(lane, head, buffer, start, index + 1, opened_now);
-    if (error) {
-        stats_.rejected_error();
-        std::rethrow_exception(error);
-    }
-    return SubmitStatus::accepted;
 }
 
 // After a producer published the slots of the batch @p head describes up to @p end: the
@@ -160,15 +194,23 @@ inline void Batcher<T, R, Clock>::after_fill(Lane& lane, std::uint64_t head, std
                in_flight_batches_.load(std::memory_order_relaxed) <
                    max_in_flight_.load(std::memory_order_relaxed)) {
         // A worker is free and the batch reached the size the policy seals at without a clock
-        // (max_delay 0, or early sealing's target): confirm with the policy and seal it here,
-        // rather than wait for the timer to wake. relaxed loads: policy inputs, see
+        // (max_delay 0, or early sealing's target). relaxed loads: policy inputs, see
         // in_flight_batches_; a stale value only delays the seal to the timer or a worker.
-        const SealDecision decision = decide_seal(
-            policy_inputs(SealTrigger::producer, 0, end - start, pending_with(end - start),
-                          batch_size_ - start, unset_time, unset_time));
-        if (decision.seal) {
-            seal_current(lane, decision.reason, head & ~count_mask, true, true);
-        }
+        seal_early_after_fill(lane, head, start, end);
+    }
+}
+
+// after_fill()'s rare branch, out of line so that the per-item path stays short: confirm with
+// the policy and seal the batch here, rather than wait for the timer to wake.
+template <class T, class R, class Clock>
+MICROBATCH_NOINLINE void Batcher<T, R, Clock>::seal_early_after_fill(Lane& lane, std::uint64_t head,
+                                                                     std::uint32_t start,
+                                                                     std::uint32_t end) {
+    const SealDecision decision =
+        decide_seal(policy_inputs(SealTrigger::producer, 0, end - start, pending_with(end - start),
+                                  batch_size_ - start, unset_time, unset_time));
+    if (decision.seal) {
+        seal_current(lane, decision.reason, head & ~count_mask, true, true);
     }
 }
 

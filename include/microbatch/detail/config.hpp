@@ -41,6 +41,15 @@
 #define MICROBATCH_RETHROW std::abort()
 #endif
 
+#if defined(__GNUC__) || defined(__clang__)
+/// Keeps a rarely taken function out of its callers, so their hot path stays short.
+#define MICROBATCH_NOINLINE __attribute__((noinline))
+#elif defined(_MSC_VER)
+#define MICROBATCH_NOINLINE __declspec(noinline)
+#else
+#define MICROBATCH_NOINLINE
+#endif
+
 namespace microbatch::detail {
 
 /**

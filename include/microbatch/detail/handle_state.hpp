@@ -115,20 +115,30 @@ public:
         outcome_.emplace(std::move(outcome));
         // acq_rel: release publishes outcome_ to the reader; acquire pairs with a waiter's
         // fetch_or so that we see its waiting bit if it set it first.
-        const std::uint32_t previous = status_.fetch_or(ready_bit, std::memory_order_acq_rel);
-        if ((previous & waiting_bit) != 0) {
-            ParkingSpot& spot = parking_spot_for(this);
-            // Taking the mutex orders this notify after the waiter's wait() began (it holds
-            // the mutex from setting its bit until it sleeps), so the wake-up is not lost.
-            { std::lock_guard<std::mutex> lock(spot.mutex); }
-            spot.condition.notify_all();
+        wake_waiter(this, word_.fetch_or(ready_bit, std::memory_order_acq_rel));
+    }
+
+    /// set() and then release() in one read-modify-write (the worker's completion of an item
+    /// it claimed): stores the outcome, marks it ready and drops the worker's reference.
+    void set_and_release(Outcome<R>&& outcome) noexcept {
+        outcome_.emplace(std::move(outcome));
+        // Adds the ready bit (not set yet: set() runs once) and subtracts one reference.
+        // acq_rel: as set() and release() together.
+        const std::uint32_t previous =
+            word_.fetch_add(ready_bit - one_reference, std::memory_order_acq_rel);
+        if ((previous & reference_mask) == one_reference) {
+            destroy_and_recycle();  // the handle was gone: nobody waits, nobody reads
+            return;
         }
+        // The handle may destroy this state as soon as it sees the ready bit: from here on
+        // only this address is used (to find the parking spot), never the state.
+        wake_waiter(this, previous);
     }
 
     /// True once set() has run; never blocks.
     bool ready() const noexcept {
         // acquire: pairs with set()'s release so a true result makes outcome_ readable.
-        return (status_.load(std::memory_order_acquire) & ready_bit) != 0;
+        return (word_.load(std::memory_order_acquire) & ready_bit) != 0;
     }
 
     /**
@@ -138,7 +148,7 @@ public:
     bool try_claim() noexcept {
         // relaxed: only the order of the two read-modify-writes on status_ decides who won; the
         // loser reads nothing the winner wrote (the worker does not touch outcome_).
-        return (status_.fetch_or(claimed_bit, std::memory_order_relaxed) & cancelled_bit) == 0;
+        return (word_.fetch_or(claimed_bit, std::memory_order_relaxed) & cancelled_bit) == 0;
     }
 
     /**
@@ -147,13 +157,13 @@ public:
      */
     bool cancel(Outcome<R>&& outcome) noexcept {
         // relaxed: see try_claim(); set() below publishes the outcome with release.
-        std::uint32_t status = status_.load(std::memory_order_relaxed);
+        std::uint32_t status = word_.load(std::memory_order_relaxed);
         do {
             if ((status & (claimed_bit | cancelled_bit | ready_bit)) != 0) {
                 return false;
             }
-        } while (!status_.compare_exchange_weak(status, status | cancelled_bit,
-                                                std::memory_order_relaxed));
+        } while (!word_.compare_exchange_weak(status, status | cancelled_bit,
+                                              std::memory_order_relaxed));
         set(std::move(outcome));
         return true;
     }
@@ -192,10 +202,9 @@ public:
     void release() noexcept {
         // acq_rel: the destroying side must see every write the other owner made before letting
         // go (its reads of outcome_ included).
-        if (references_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-            HandleStateBlock<R>* const block = block_;
-            block->destroy(this);  // runs ~R and ~exception_ptr now, not when the slot is reused
-            HandleStatePool<R>::retire(block);
+        if ((word_.fetch_sub(one_reference, std::memory_order_acq_rel) & reference_mask) ==
+            one_reference) {
+            destroy_and_recycle();
         }
     }
 
@@ -206,6 +215,10 @@ private:
     static constexpr std::uint32_t waiting_bit = 2;
     static constexpr std::uint32_t claimed_bit = 4;    // the worker took the item (try_claim)
     static constexpr std::uint32_t cancelled_bit = 8;  // the handle cancelled it first
+    // The two owners' references count in the same word as the status bits, from bit 8, so
+    // that the worker can mark the outcome ready and let go in one operation.
+    static constexpr std::uint32_t one_reference = 256;
+    static constexpr std::uint32_t reference_mask = ~std::uint32_t{255};
 
     explicit HandleState(HandleStateBlock<R>* block) noexcept : block_(block) {}
     ~HandleState() = default;
@@ -224,11 +237,30 @@ private:
     // Sets the waiting bit under the spot's mutex; returns true if the result is already there.
     bool announce_waiter() noexcept {
         // acq_rel: acquire so a ready result's outcome_ is visible; release is harmless.
-        return (status_.fetch_or(waiting_bit, std::memory_order_acq_rel) & ready_bit) != 0;
+        return (word_.fetch_or(waiting_bit, std::memory_order_acq_rel) & ready_bit) != 0;
     }
 
-    std::atomic<std::uint32_t> status_{0};
-    std::atomic<std::uint32_t> references_{2};
+    // After the ready bit went in: wakes the waiter whose bit @p previous shows, if any, on
+    // the parking spot of @p address (static: the state itself may be gone by now).
+    static void wake_waiter(const void* address, std::uint32_t previous) noexcept {
+        if ((previous & waiting_bit) != 0) {
+            ParkingSpot& spot = parking_spot_for(address);
+            // Taking the mutex orders this notify after the waiter's wait() began (it holds
+            // the mutex from setting its bit until it sleeps), so the wake-up is not lost.
+            { std::lock_guard<std::mutex> lock(spot.mutex); }
+            spot.condition.notify_all();
+        }
+    }
+
+    void destroy_and_recycle() noexcept {
+        HandleStateBlock<R>* const block = block_;
+        block->destroy(this);  // runs ~R and ~exception_ptr now, not when the slot is reused
+        HandleStatePool<R>::retire(block);
+    }
+
+    // Status bits (ready, waiting, claimed, cancelled) and, from bit 8, the references: two
+    // owners at first, the handle and the pending completion.
+    std::atomic<std::uint32_t> word_{2 * one_reference};
     HandleStateBlock<R>* const block_;  // where this state's memory comes from
     std::optional<Outcome<R>> outcome_;
 };
