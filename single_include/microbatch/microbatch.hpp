@@ -7735,15 +7735,20 @@ std::uint32_t Batcher<T, R, Clock>::fill_run(Lane& lane, std::uint64_t head, std
     std::exception_ptr error;
     if constexpr (std::is_nothrow_constructible_v<T, Reference>&& noexcept(store.store(
                       std::declval<detail::Completion<R>&>(), 0))&& noexcept(store.accept(0))) {
+        // The arrays' addresses in locals: the one-byte state stores may alias anything, so
+        // the members would be re-read for every item.
+        T* const items = items_.get() + base;
+        detail::Completion<R>* const completions = completions_.get() + base;
+        std::atomic<std::uint8_t>* const states = slot_states_.get() + base;
         for (; slot != end; ++slot) {
             const std::size_t i = done + (slot - index);
-            const std::uint8_t state = store.store(completions_[base + slot], i)
+            const std::uint8_t state = store.store(completions[slot], i)
                                            ? detail::slot_item_completion
                                            : detail::slot_item;
-            ::new (static_cast<void*>(items_.get() + base + slot)) T(*first);
+            ::new (static_cast<void*>(items + slot)) T(*first);
             ++first;
             // release: publishes the item and completion to the worker that runs this batch.
-            slot_states_[base + slot].store(state, std::memory_order_release);
+            states[slot].store(state, std::memory_order_release);
             store.accept(i);
         }
     } else {
