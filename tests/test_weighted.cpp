@@ -398,6 +398,44 @@ TEST_CASE("weighted: an item costing more than max_pending_cost throws CostLimit
     CHECK(batcher.pending_cost() == 0);
 }
 
+TEST_CASE("weighted: admission control judges an item with a deadline before weighing it") {
+    // The process function advances the clock 1 ms per batch, which teaches the cost fit
+    // alpha = 1 ms; an item due in 1 us behind a pending one is then infeasible.
+    ManualClock clock;
+    std::atomic<int> weighed{0};
+    Batcher<std::string, void, ManualClock> batcher(
+        Options{}
+            .max_batch_size(16)
+            .max_delay(1h)
+            .max_pending_cost(10)
+            .seal_early(false)
+            .deadline_sealing(false)
+            .admission_control(true),
+        cost_by([&weighed](const std::string& s) {
+            weighed.fetch_add(1);
+            return s.size();
+        }),
+        [&clock](Batch<std::string>&) { clock.advance(1ms); }, clock);
+    for (int round = 0; round < 4; ++round) {
+        batcher.post(std::string("a"));
+        batcher.flush();
+        batcher.wait_idle();
+    }
+    batcher.post(std::string("b"));  // pending: the next item waits behind it
+    const int before = weighed.load();
+    std::string heavy(11, 'x');  // above max_pending_cost as well
+    CHECK(batcher.try_submit(1us, std::move(heavy)) == SubmitStatus::infeasible);
+    CHECK(heavy.size() == 11);        // untouched
+    CHECK(weighed.load() == before);  // refused before the cost function ran
+    CHECK_THROWS_AS(batcher.try_submit(std::move(heavy)), CostLimitError);  // no deadline
+    CHECK(weighed.load() == before + 1);
+    const auto stats = batcher.stats();
+    CHECK(stats.items_rejected_infeasible == 1);
+    CHECK(stats.items_rejected_error == 1);
+    batcher.close();
+    CHECK(batcher.stats().items_processed == 5);
+}
+
 TEST_CASE("weighted: close wakes a producer waiting for pending cost") {
     Recorder recorder;
     recorder.hold = true;
