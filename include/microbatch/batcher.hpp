@@ -30,6 +30,7 @@
 #include "microbatch/detail/batcher_slots.hpp"
 #include "microbatch/detail/completion.hpp"
 #include "microbatch/detail/config.hpp"
+#include "microbatch/detail/stats_recorder.hpp"
 #include "microbatch/detail/unique_function.hpp"
 #include "microbatch/errors.hpp"
 #include "microbatch/executor.hpp"

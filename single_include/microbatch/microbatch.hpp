@@ -2946,6 +2946,1362 @@ private:
 }  // namespace microbatch::detail
 
 // ---- end microbatch/detail/completion.hpp ----
+// ---- begin microbatch/detail/stats_recorder.hpp ----
+/**
+ * @file detail/stats_recorder.hpp
+ * @brief Batcher internals: the live counters behind `microbatch::Stats` (StatsRecorder) and the
+ *        accumulation of one timing summary (DurationRecorder).
+ */
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <mutex>
+#include <optional>
+
+// ---- begin microbatch/cost_model.hpp ----
+/**
+ * @file cost_model.hpp
+ * @brief `microbatch::CostModel`: the linear batch-cost model T_batch(B) = alpha + beta * B, the
+ *        predictions it supports (totals, throughput, batch sizes for a rate or a latency budget),
+ *        and `CostModelFitter`, which estimates alpha and beta from measured batches.
+ *
+ * Notation used throughout: B batch size (items), N item count, W workers, lambda arrival rate
+ * (items per second), D the batcher's `max_delay`, alpha = `CostModel::per_batch`,
+ * beta = `CostModel::per_item`.
+ */
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace microbatch {
+
+namespace detail::cost_model_support {
+
+/// Formats @p value for an error message ("%g": short, exact enough, handles inf and nan).
+inline std::string format_number(double value) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%g", value);
+    return text;
+}
+
+/// Throws std::invalid_argument("microbatch::<where>: <argument> <requirement> (got <value>)").
+[[noreturn]] inline void throw_invalid_argument(const char* where, const char* argument,
+                                                const char* requirement, const std::string& got) {
+    MICROBATCH_THROW(std::invalid_argument(std::string("microbatch::") + where + ": " + argument +
+                                           " " + requirement + " (got " + got + ")"));
+}
+
+/// ceil(numerator / denominator) for denominator >= 1, without the overflow of (n + d - 1) / d.
+constexpr std::size_t ceil_div(std::size_t numerator, std::size_t denominator) noexcept {
+    return numerator / denominator + (numerator % denominator != 0 ? 1 : 0);
+}
+
+}  // namespace detail::cost_model_support
+
+/**
+ * @brief The linear cost of processing one batch: T_batch(B) = alpha + beta * B.
+ *
+ * `per_batch` (alpha) is the fixed cost every batch pays whatever its size (a system call, a
+ * network round trip, a kernel launch); `per_item` (beta) is the marginal cost of one more item.
+ * Batching pays off exactly when alpha is large compared with beta: the fixed cost is then
+ * shared by B items.
+ *
+ * A plain aggregate; durations are `std::chrono::duration<double>` (seconds), so any chrono
+ * duration converts implicitly and units cannot be confused:
+ * @code
+ * using namespace std::chrono_literals;
+ * microbatch::CostModel model{50us, 2ns};           // alpha = 50 us, beta = 2 ns
+ * double items_per_second = model.throughput(256, 2);
+ * auto batch = model.min_batch_for_rate(1e6, 2);     // std::optional<std::size_t>
+ * @endcode
+ *
+ * Every member function requires a valid model (both coefficients finite and >= 0) and throws
+ * `std::invalid_argument` naming `per_batch` or `per_item` otherwise; arguments are validated the
+ * same way (counts >= 1, rates finite and > 0), the message naming the argument and its value.
+ * All queries are O(1) (the searches solve the inequality in closed form and then correct for
+ * rounding with at most a few evaluations).
+ *
+ * The model describes steady work on dedicated workers: it ignores contention between workers,
+ * cache effects of large batches and the time to hand a batch to a worker (fold those into alpha
+ * and beta by fitting them from real measurements with `CostModelFitter`).
+ *
+ * Thread safety: a plain value type; const member functions may be called concurrently.
+ */
+struct CostModel {
+    /// @brief Durations in seconds, held as double.
+    using Seconds = std::chrono::duration<double>;
+
+    /**
+     * @brief Largest batch size the searches consider: 2^32 - 1.
+     *
+     * Exactly representable as a double and a `std::size_t` on every platform. Callers feeding a
+     * result into a batcher should still clamp it to the batcher's own limit
+     * (`Options::max_supported_batch_size`).
+     */
+    static constexpr std::size_t max_searched_batch_size =
+        std::numeric_limits<std::uint32_t>::max();
+
+    /// @brief alpha: the fixed cost of one batch, independent of its size.
+    Seconds per_batch{0.0};
+    /// @brief beta: the additional cost of each item in a batch.
+    Seconds per_item{0.0};
+
+    /**
+     * @brief Builds a model from alpha and beta given as plain seconds.
+     * @throws std::invalid_argument if either is negative or not finite.
+     */
+    [[nodiscard]] static CostModel from_seconds(double per_batch_seconds, double per_item_seconds) {
+        CostModel model{Seconds{per_batch_seconds}, Seconds{per_item_seconds}};
+        model.validate("CostModel::from_seconds");
+        return model;
+    }
+
+    /**
+     * @brief T_batch(B) = alpha + beta * B: the time one worker needs for a batch of B items.
+     * @param batch_size B, >= 1.
+     * @throws std::invalid_argument if B is 0 or the model is invalid.
+     */
+    [[nodiscard]] Seconds batch_time(std::size_t batch_size) const {
+        validate("CostModel::batch_time");
+        require_at_least_one("CostModel::batch_time", "batch_size", batch_size);
+        return unchecked_batch_time(static_cast<double>(batch_size));
+    }
+
+    /**
+     * @brief The simple ("fluid") estimate of the time to process N items: every batch is
+     *        treated as full and the work is spread evenly over the busy workers,
+     *        T = ceil(N/B) * T_batch(B) / min(W, ceil(N/B)).
+     *
+     * Quick and smooth in its arguments, but not a schedule: it charges the last, partial batch
+     * as if it were full (overestimating) and lets workers share fractional rounds
+     * (underestimating when ceil(N/B) is not a multiple of W). Example with alpha = 1 s,
+     * beta = 0.5 s, N = 10, B = 4, W = 2: 3 batches of 3 s over 2 workers = 4.5 s, whereas the
+     * real schedule needs 5 s (see `predicted_makespan`).
+     *
+     * @param item_count N, >= 1.  @param batch_size B, >= 1.  @param workers W, >= 1.
+     * @throws std::invalid_argument naming the first invalid argument (or model coefficient).
+     */
+    [[nodiscard]] Seconds predicted_total(std::size_t item_count, std::size_t batch_size,
+                                          std::size_t workers) const {
+        constexpr const char* where = "CostModel::predicted_total";
+        validate(where);
+        require_at_least_one(where, "item_count", item_count);
+        require_at_least_one(where, "batch_size", batch_size);
+        require_at_least_one(where, "workers", workers);
+        const std::size_t batches = detail::cost_model_support::ceil_div(item_count, batch_size);
+        const std::size_t busy_workers = std::min(workers, batches);
+        return unchecked_batch_time(static_cast<double>(batch_size)) *
+               (static_cast<double>(batches) / static_cast<double>(busy_workers));
+    }
+
+    /**
+     * @brief The refined estimate: the makespan of the actual batches, list-scheduled in order
+     *        on W workers (each batch runs whole on one worker as soon as one is free).
+     *
+     * N items form q = floor(N/B) full batches and, when r = N mod B > 0, one last batch of r
+     * items. The full batches take ceil(q/W) rounds of T_batch(B); the partial batch starts on
+     * the first worker to become free, at floor(q/W) * T_batch(B). Hence
+     *
+     *     makespan = ceil(q/W) * T_batch(B)                                          if r = 0
+     *     makespan = max(ceil(q/W) * T_batch(B), floor(q/W) * T_batch(B) + T_batch(r)) if r > 0
+     *
+     * Same example as `predicted_total` (alpha = 1 s, beta = 0.5 s, N = 10, B = 4, W = 2): two
+     * full batches run in parallel for 3 s, then the 2-item batch takes 2 s: 5 s. With W = 3 the
+     * partial batch runs alongside them: 3 s.
+     *
+     * @param item_count N, >= 1.  @param batch_size B, >= 1.  @param workers W, >= 1.
+     * @throws std::invalid_argument naming the first invalid argument (or model coefficient).
+     */
+    [[nodiscard]] Seconds predicted_makespan(std::size_t item_count, std::size_t batch_size,
+                                             std::size_t workers) const {
+        constexpr const char* where = "CostModel::predicted_makespan";
+        validate(where);
+        require_at_least_one(where, "item_count", item_count);
+        require_at_least_one(where, "batch_size", batch_size);
+        require_at_least_one(where, "workers", workers);
+        const std::size_t full_batches = item_count / batch_size;
+        const std::size_t remainder = item_count % batch_size;
+        const std::size_t complete_rounds = full_batches / workers;
+        const std::size_t rounds = detail::cost_model_support::ceil_div(full_batches, workers);
+        const Seconds full_time = unchecked_batch_time(static_cast<double>(batch_size));
+        const Seconds full_batches_done = full_time * static_cast<double>(rounds);
+        if (remainder == 0) {
+            return full_batches_done;
+        }
+        const Seconds partial_done = full_time * static_cast<double>(complete_rounds) +
+                                     unchecked_batch_time(static_cast<double>(remainder));
+        return std::max(full_batches_done, partial_done);
+    }
+
+    /**
+     * @brief The capacity W * B / T_batch(B), in items per second, of W workers that are never
+     *        idle and always process batches of B items.
+     *
+     * Increases with B towards W / beta when alpha > 0. Returns +infinity when T_batch(B) is 0
+     * (a model with alpha = beta = 0).
+     *
+     * @param batch_size B, >= 1.  @param workers W, >= 1.
+     * @throws std::invalid_argument naming the first invalid argument (or model coefficient).
+     */
+    [[nodiscard]] double throughput(std::size_t batch_size, std::size_t workers) const {
+        constexpr const char* where = "CostModel::throughput";
+        validate(where);
+        require_at_least_one(where, "batch_size", batch_size);
+        require_at_least_one(where, "workers", workers);
+        return unchecked_throughput(static_cast<double>(batch_size), static_cast<double>(workers));
+    }
+
+    /**
+     * @brief The smallest batch size whose throughput keeps up with @p arrival_rate:
+     *        the least B >= 1 with W * B / (alpha + beta * B) >= lambda.
+     *
+     * Rearranged: B * (W - lambda * beta) >= lambda * alpha. So with alpha > 0 the answer is
+     * max(1, ceil(lambda * alpha / (W - lambda * beta))) when lambda * beta < W, and there is
+     * none when lambda * beta >= W (even infinitely large batches cannot beat the per-item cost).
+     * With alpha = 0 the throughput does not depend on B: the answer is 1 or none.
+     *
+     * @param arrival_rate lambda in items per second, finite and > 0.
+     * @param workers W, >= 1.
+     * @return B, or `std::nullopt` when no B in [1, max_searched_batch_size] is fast enough.
+     * @throws std::invalid_argument naming the first invalid argument (or model coefficient).
+     */
+    [[nodiscard]] std::optional<std::size_t> min_batch_for_rate(double arrival_rate,
+                                                                std::size_t workers) const {
+        constexpr const char* where = "CostModel::min_batch_for_rate";
+        validate(where);
+        require_positive_rate(where, arrival_rate);
+        require_at_least_one(where, "workers", workers);
+        return unchecked_min_batch_for_rate(arrival_rate, static_cast<double>(workers));
+    }
+
+    /**
+     * @brief The expected time from an item's arrival until its batch has been processed, when
+     *        items arrive steadily at rate lambda and batches are dispatched when B items are
+     *        in them.
+     *
+     * latency(B) = (B - 1) / (2 * lambda) + T_batch(B)
+     *
+     * A batch fills in (B - 1) / lambda after its first item; the item arriving k-th waits
+     * (B - 1 - k) / lambda, so the mean fill wait is (B - 1) / (2 * lambda) (under evenly spaced
+     * and under Poisson arrivals alike). When W workers cannot keep up (throughput(B, W) <
+     * lambda), batches queue without bound and the result is +infinity. Otherwise the formula is
+     * exact for evenly spaced arrivals: consecutive batches go to different workers and none has
+     * to wait for a worker. With random arrivals, waiting for a busy worker adds to it as
+     * throughput approaches lambda, so treat it as a lower bound there.
+     *
+     * @param batch_size B, >= 1.  @param arrival_rate lambda, finite and > 0.
+     * @param workers W, >= 1.
+     * @throws std::invalid_argument naming the first invalid argument (or model coefficient).
+     */
+    [[nodiscard]] Seconds expected_latency(std::size_t batch_size, double arrival_rate,
+                                           std::size_t workers) const {
+        constexpr const char* where = "CostModel::expected_latency";
+        validate(where);
+        require_at_least_one(where, "batch_size", batch_size);
+        require_positive_rate(where, arrival_rate);
+        require_at_least_one(where, "workers", workers);
+        return unchecked_latency(static_cast<double>(batch_size), arrival_rate,
+                                 static_cast<double>(workers), std::nullopt);
+    }
+
+    /**
+     * @brief `expected_latency` for a batcher that also dispatches a batch once its oldest item
+     *        has waited @p max_delay (D).
+     *
+     * With evenly spaced arrivals, n_D = 1 + floor(lambda * D) items have arrived when the timer
+     * fires. If B <= n_D the batch fills first and nothing changes. Otherwise the timer
+     * dispatches a batch of n = n_D items at D, and their mean wait is D minus their mean arrival
+     * time: D - (n - 1) / (2 * lambda) (which lies between D/2 and D: the time bound caps every
+     * item's wait at D, not the mean at D). Processing takes T_batch(n):
+     *
+     *     latency = (B - 1) / (2 * lambda) + T_batch(B)           if B <= n_D
+     *     latency = D - (n_D - 1) / (2 * lambda) + T_batch(n_D)   if B >  n_D
+     *
+     * +infinity when throughput(min(B, n_D), W) < lambda.
+     *
+     * @param batch_size B, >= 1.  @param arrival_rate lambda, finite and > 0.
+     * @param workers W, >= 1.  @param max_delay D, >= 0 (may be infinite: no time bound).
+     * @throws std::invalid_argument naming the first invalid argument (or model coefficient).
+     */
+    [[nodiscard]] Seconds expected_latency(std::size_t batch_size, double arrival_rate,
+                                           std::size_t workers, Seconds max_delay) const {
+        constexpr const char* where = "CostModel::expected_latency";
+        validate(where);
+        require_at_least_one(where, "batch_size", batch_size);
+        require_positive_rate(where, arrival_rate);
+        require_at_least_one(where, "workers", workers);
+        require_non_negative(where, "max_delay", max_delay);
+        return unchecked_latency(static_cast<double>(batch_size), arrival_rate,
+                                 static_cast<double>(workers), max_delay);
+    }
+
+    /**
+     * @brief The largest batch size whose `expected_latency` stays within @p latency_budget.
+     *
+     * latency(B) = (B - 1) / (2 * lambda) + alpha + beta * B increases with B, so the budget
+     * holds for B <= (2 * lambda * (budget - alpha) + 1) / (1 + 2 * lambda * beta); the result is
+     * that bound rounded down, provided W workers keep up at that size (throughput increases
+     * with B, so if they do not, no size within the budget works). Larger batches are more
+     * efficient, so this is the most efficient size that meets the budget.
+     *
+     * @param latency_budget Mean latency allowed, >= 0.  @param arrival_rate lambda, finite and
+     * > 0.  @param workers W, >= 1.
+     * @return B in [1, max_searched_batch_size], or `std::nullopt` when even B = 1 exceeds the
+     *         budget or the sizes within it cannot keep up with lambda.
+     * @throws std::invalid_argument naming the first invalid argument (or model coefficient).
+     */
+    [[nodiscard]] std::optional<std::size_t> max_batch_for_latency(Seconds latency_budget,
+                                                                   double arrival_rate,
+                                                                   std::size_t workers) const {
+        constexpr const char* where = "CostModel::max_batch_for_latency";
+        validate(where);
+        require_non_negative(where, "latency_budget", latency_budget);
+        require_positive_rate(where, arrival_rate);
+        require_at_least_one(where, "workers", workers);
+        return unchecked_max_batch_for_latency(latency_budget, arrival_rate,
+                                               static_cast<double>(workers),
+                                               static_cast<double>(max_searched_batch_size));
+    }
+
+    /**
+     * @brief `max_batch_for_latency` for a batcher with time bound @p max_delay (D).
+     *
+     * A batcher with time bound D never builds batches larger than n_D = 1 + floor(lambda * D)
+     * under steady arrivals; any B > n_D yields the same batches as B = n_D, only dispatched
+     * later (at D instead of when full), so it is never better. The answer is therefore the
+     * largest B in [1, n_D] with expected_latency(B, lambda, W, D) <= budget. Within that range
+     * the latency is the one without a time bound, so when n_D is returned, the time bound
+     * (not the budget) is what limits the batch size: raise `max_delay` to allow larger batches.
+     *
+     * @param latency_budget Mean latency allowed, >= 0.  @param arrival_rate lambda, finite and
+     * > 0.  @param workers W, >= 1.  @param max_delay D, >= 0 (may be infinite).
+     * @return B in [1, min(n_D, max_searched_batch_size)], or `std::nullopt` (see the overload
+     *         without D).
+     * @throws std::invalid_argument naming the first invalid argument (or model coefficient).
+     */
+    [[nodiscard]] std::optional<std::size_t> max_batch_for_latency(Seconds latency_budget,
+                                                                   double arrival_rate,
+                                                                   std::size_t workers,
+                                                                   Seconds max_delay) const {
+        constexpr const char* where = "CostModel::max_batch_for_latency";
+        validate(where);
+        require_non_negative(where, "latency_budget", latency_budget);
+        require_positive_rate(where, arrival_rate);
+        require_at_least_one(where, "workers", workers);
+        require_non_negative(where, "max_delay", max_delay);
+        return unchecked_max_batch_for_latency(
+            latency_budget, arrival_rate, static_cast<double>(workers),
+            std::min(items_by_deadline(arrival_rate, max_delay),
+                     static_cast<double>(max_searched_batch_size)));
+    }
+
+private:
+    /// Throws unless both coefficients are finite and >= 0.
+    void validate(const char* where) const {
+        require_finite_non_negative(where, "per_batch", per_batch);
+        require_finite_non_negative(where, "per_item", per_item);
+    }
+
+    static void require_finite_non_negative(const char* where, const char* argument,
+                                            Seconds value) {
+        if (!(value.count() >= 0.0) || !std::isfinite(value.count())) {
+            detail::cost_model_support::throw_invalid_argument(
+                where, argument, "must be finite and >= 0",
+                detail::cost_model_support::format_number(value.count()) + " s");
+        }
+    }
+
+    static void require_at_least_one(const char* where, const char* argument, std::size_t value) {
+        if (value == 0) {
+            detail::cost_model_support::throw_invalid_argument(where, argument, "must be >= 1",
+                                                               "0");
+        }
+    }
+
+    static void require_positive_rate(const char* where, double arrival_rate) {
+        if (!(arrival_rate > 0.0) || !std::isfinite(arrival_rate)) {
+            detail::cost_model_support::throw_invalid_argument(
+                where, "arrival_rate", "must be finite and > 0",
+                detail::cost_model_support::format_number(arrival_rate) + " items/s");
+        }
+    }
+
+    /// Accepts +infinity (meaning "unbounded"); rejects negative values and NaN.
+    static void require_non_negative(const char* where, const char* argument, Seconds value) {
+        if (!(value.count() >= 0.0)) {
+            detail::cost_model_support::throw_invalid_argument(
+                where, argument, "must be >= 0",
+                detail::cost_model_support::format_number(value.count()) + " s");
+        }
+    }
+
+    Seconds unchecked_batch_time(double batch_size) const noexcept {
+        return per_batch + per_item * batch_size;
+    }
+
+    double unchecked_throughput(double batch_size, double workers) const noexcept {
+        const double seconds = unchecked_batch_time(batch_size).count();
+        return seconds > 0.0 ? workers * batch_size / seconds
+                             : std::numeric_limits<double>::infinity();
+    }
+
+    /// n_D = 1 + floor(lambda * D): the items that have arrived when the timer fires
+    /// (+infinity for an infinite D).
+    static double items_by_deadline(double arrival_rate, Seconds max_delay) noexcept {
+        return 1.0 + std::floor(arrival_rate * max_delay.count());
+    }
+
+    /// (B - 1) / (2 lambda) + T_batch(B): the latency when the batch fills before any timer.
+    Seconds filled_batch_latency(double batch_size, double arrival_rate) const noexcept {
+        return Seconds{(batch_size - 1.0) / (2.0 * arrival_rate)} +
+               unchecked_batch_time(batch_size);
+    }
+
+    Seconds unchecked_latency(double batch_size, double arrival_rate, double workers,
+                              std::optional<Seconds> max_delay) const noexcept {
+        const double items_by_timer =
+            max_delay ? items_by_deadline(arrival_rate, *max_delay) : batch_size;
+        const bool timer_fires_first = items_by_timer < batch_size;
+        const double dispatched = timer_fires_first ? items_by_timer : batch_size;
+        if (unchecked_throughput(dispatched, workers) < arrival_rate) {
+            return Seconds{std::numeric_limits<double>::infinity()};
+        }
+        if (!timer_fires_first) {
+            return filled_batch_latency(batch_size, arrival_rate);
+        }
+        return *max_delay - Seconds{(dispatched - 1.0) / (2.0 * arrival_rate)} +
+               unchecked_batch_time(dispatched);
+    }
+
+    std::optional<std::size_t> unchecked_min_batch_for_rate(double arrival_rate,
+                                                            double workers) const noexcept {
+        const double limit = static_cast<double>(max_searched_batch_size);
+        const auto fast_enough = [&](double batch_size) {
+            return unchecked_throughput(batch_size, workers) >= arrival_rate;
+        };
+        if (per_batch.count() == 0.0) {
+            // Throughput W / beta does not depend on the batch size.
+            return fast_enough(1.0) ? std::optional<std::size_t>{1} : std::nullopt;
+        }
+        const double slack = workers - arrival_rate * per_item.count();
+        if (!(slack > 0.0)) {
+            return std::nullopt;
+        }
+        const double bound = arrival_rate * per_batch.count() / slack;
+        if (!(bound <= limit)) {
+            return std::nullopt;
+        }
+        // The closed form may be off by one after rounding; the predicate itself decides.
+        double batch_size = std::max(1.0, std::ceil(bound));
+        while (batch_size > 1.0 && fast_enough(batch_size - 1.0)) {
+            batch_size -= 1.0;
+        }
+        while (!fast_enough(batch_size)) {
+            if (batch_size >= limit) {
+                return std::nullopt;
+            }
+            batch_size += 1.0;
+        }
+        return static_cast<std::size_t>(batch_size);
+    }
+
+    /// Largest B in [1, largest] with filled_batch_latency(B) <= budget and throughput >= lambda.
+    std::optional<std::size_t> unchecked_max_batch_for_latency(Seconds budget, double arrival_rate,
+                                                               double workers,
+                                                               double largest) const noexcept {
+        const auto within_budget = [&](double batch_size) {
+            return filled_batch_latency(batch_size, arrival_rate) <= budget;
+        };
+        const double twice_rate = 2.0 * arrival_rate;
+        const double bound = (twice_rate * (budget - per_batch).count() + 1.0) /
+                             (1.0 + twice_rate * per_item.count());
+        // NaN-safe clamp into [1, largest]; the predicate then corrects rounding either way.
+        double batch_size = bound >= largest ? largest : (bound >= 1.0 ? std::floor(bound) : 1.0);
+        while (batch_size < largest && within_budget(batch_size + 1.0)) {
+            batch_size += 1.0;
+        }
+        while (!within_budget(batch_size)) {
+            if (batch_size <= 1.0) {
+                return std::nullopt;
+            }
+            batch_size -= 1.0;
+        }
+        // Throughput grows with B: if the largest size within budget cannot keep up, none can.
+        if (unchecked_throughput(batch_size, workers) < arrival_rate) {
+            return std::nullopt;
+        }
+        return static_cast<std::size_t>(batch_size);
+    }
+};
+
+/**
+ * @brief Estimates a `CostModel` from measured batches by least squares, online.
+ *
+ * Feed it one sample per processed batch (`add(batch size, processing time)`); `fit()` returns
+ * the line duration = alpha + beta * size that minimises the squared error, constrained to
+ * alpha >= 0 and beta >= 0 so the result is always a valid `CostModel`. When the ordinary
+ * least-squares line already has non-negative coefficients (always so for noise-free data from
+ * a valid model) the two coincide; otherwise the best line on the boundary (alpha = 0 or
+ * beta = 0) is returned.
+ *
+ * Numerically stable: it keeps running means and co-moments updated Welford-style (as in
+ * Chan, Golub and LeVeque's pairwise algorithm, which `merge` implements), never raw sums of
+ * squares, so large batch sizes or long runs do not cancel catastrophically. `add` is O(1),
+ * allocation-free and cheap enough to call for every batch.
+ *
+ * @code
+ * microbatch::CostModelFitter fitter;
+ * fitter.add(64, std::chrono::microseconds(180));
+ * fitter.add(256, std::chrono::microseconds(560));
+ * if (auto model = fitter.fit()) { use(*model); }
+ * @endcode
+ *
+ * Thread safety: not thread-safe. Synchronise externally, or give each thread its own fitter
+ * and combine them with `merge`. Const member functions may be called concurrently with each
+ * other.
+ */
+class CostModelFitter {
+public:
+    /**
+     * @brief Records one processed batch: @p batch_size items took @p duration.
+     *
+     * Any `std::chrono` duration converts implicitly (`std::chrono::nanoseconds` included).
+     * O(1), no allocation.
+     * @throws std::invalid_argument if batch_size is 0 or duration is negative or not finite;
+     *         the fitter is then unchanged.
+     */
+    void add(std::size_t batch_size, CostModel::Seconds duration) {
+        if (batch_size == 0) {
+            detail::cost_model_support::throw_invalid_argument("CostModelFitter::add", "batch_size",
+                                                               "must be >= 1", "0");
+        }
+        const double seconds = duration.count();
+        if (!(seconds >= 0.0) || !std::isfinite(seconds)) {
+            detail::cost_model_support::throw_invalid_argument(
+                "CostModelFitter::add", "duration", "must be finite and >= 0",
+                detail::cost_model_support::format_number(seconds) + " s");
+        }
+        note_batch_size(batch_size);
+        ++count_;
+        const double size = static_cast<double>(batch_size);
+        const double count = static_cast<double>(count_);
+        // Welford: deviations from the old mean times deviations from the new mean.
+        const double size_delta = size - mean_size_;
+        const double seconds_delta = seconds - mean_seconds_;
+        mean_size_ += size_delta / count;
+        mean_seconds_ += seconds_delta / count;
+        size_comoment_ += size_delta * (size - mean_size_);
+        seconds_comoment_ += seconds_delta * (seconds - mean_seconds_);
+        cross_comoment_ += size_delta * (seconds - mean_seconds_);
+    }
+
+    /**
+     * @brief Adds every sample recorded by @p other, as if they had been `add`ed here.
+     *
+     * O(1). Lets each worker keep its own fitter without locking and combine them later.
+     */
+    void merge(const CostModelFitter& other) noexcept {
+        if (other.count_ == 0) {
+            return;
+        }
+        if (count_ == 0) {
+            *this = other;
+            return;
+        }
+        note_batch_size(other.first_batch_size_);
+        several_batch_sizes_ = several_batch_sizes_ || other.several_batch_sizes_;
+        const double count_a = static_cast<double>(count_);
+        const double count_b = static_cast<double>(other.count_);
+        const double total = count_a + count_b;
+        const double size_delta = other.mean_size_ - mean_size_;
+        const double seconds_delta = other.mean_seconds_ - mean_seconds_;
+        const double weight = count_a * count_b / total;
+        size_comoment_ += other.size_comoment_ + size_delta * size_delta * weight;
+        seconds_comoment_ += other.seconds_comoment_ + seconds_delta * seconds_delta * weight;
+        cross_comoment_ += other.cross_comoment_ + size_delta * seconds_delta * weight;
+        mean_size_ += size_delta * (count_b / total);
+        mean_seconds_ += seconds_delta * (count_b / total);
+        count_ += other.count_;
+    }
+
+    /// @brief Forgets every sample. O(1).
+    void reset() noexcept { *this = CostModelFitter{}; }
+
+    /// @brief The number of samples recorded (by `add` and `merge`).
+    [[nodiscard]] std::size_t sample_count() const noexcept { return count_; }
+
+    /// @brief The mean duration of the recorded batches (0 before the first). O(1).
+    [[nodiscard]] CostModel::Seconds mean_duration() const noexcept {
+        return CostModel::Seconds{count_ == 0 ? 0.0 : mean_seconds_};
+    }
+
+    /**
+     * @brief The least-squares model (alpha, beta >= 0), or `std::nullopt` while fewer than
+     *        two distinct batch sizes have been seen (a line through one x is undetermined).
+     *
+     * Ordinary least squares: beta = S_xy / S_xx, alpha = mean_y - beta * mean_x, with S the
+     * centred co-moments of size (x) and duration (y). If that gives a negative coefficient, the
+     * better of alpha = 0, beta = max(0, sum xy / sum xx) and beta = 0, alpha = mean_y is used.
+     * O(1).
+     */
+    [[nodiscard]] std::optional<CostModel> fit() const noexcept {
+        const std::optional<Line> line = best_line();
+        if (!line) {
+            return std::nullopt;
+        }
+        return CostModel{CostModel::Seconds{line->intercept}, CostModel::Seconds{line->slope}};
+    }
+
+    /**
+     * @brief The coefficient of determination of `fit()`: 1 - SSE / S_yy, in [0, 1].
+     *
+     * 1 means the samples lie exactly on the fitted line (also reported when every duration is
+     * equal and the fit is therefore exact); near 0 means batch size explains little of the
+     * variation. `std::nullopt` when `fit()` is. O(1).
+     */
+    [[nodiscard]] std::optional<double> r_squared() const noexcept {
+        const std::optional<Line> line = best_line();
+        if (!line) {
+            return std::nullopt;
+        }
+        if (!(seconds_comoment_ > 0.0)) {
+            return 1.0;
+        }
+        return std::clamp(1.0 - line->squared_error / seconds_comoment_, 0.0, 1.0);
+    }
+
+private:
+    struct Line {
+        double intercept;
+        double slope;
+        double squared_error;
+    };
+
+    void note_batch_size(std::size_t batch_size) noexcept {
+        if (count_ == 0) {
+            first_batch_size_ = batch_size;
+        } else if (batch_size != first_batch_size_) {
+            several_batch_sizes_ = true;
+        }
+    }
+
+    /// Sum of (y - a - b x)^2 from the centred moments: no cancellation between large sums.
+    double squared_error(double intercept, double slope) const noexcept {
+        const double offset = mean_seconds_ - intercept - slope * mean_size_;
+        return seconds_comoment_ - 2.0 * slope * cross_comoment_ + slope * slope * size_comoment_ +
+               static_cast<double>(count_) * offset * offset;
+    }
+
+    std::optional<Line> best_line() const noexcept {
+        if (!several_batch_sizes_ || !(size_comoment_ > 0.0)) {
+            return std::nullopt;
+        }
+        const double slope = cross_comoment_ / size_comoment_;
+        const double intercept = mean_seconds_ - slope * mean_size_;
+        if (slope >= 0.0 && intercept >= 0.0) {
+            return Line{intercept, slope, std::max(0.0, squared_error(intercept, slope))};
+        }
+        // The unconstrained optimum is infeasible, so the constrained one lies on an edge of the
+        // quadrant; on each edge the error is a convex parabola, minimised by clamping.
+        const double count = static_cast<double>(count_);
+        const double sum_xy = cross_comoment_ + count * mean_size_ * mean_seconds_;
+        const double sum_xx = size_comoment_ + count * mean_size_ * mean_size_;
+        const double origin_slope = std::max(0.0, sum_xy / sum_xx);
+        const double flat_intercept = std::max(0.0, mean_seconds_);
+        const double origin_error = std::max(0.0, squared_error(0.0, origin_slope));
+        const double flat_error = std::max(0.0, squared_error(flat_intercept, 0.0));
+        return origin_error <= flat_error ? Line{0.0, origin_slope, origin_error}
+                                          : Line{flat_intercept, 0.0, flat_error};
+    }
+
+    std::size_t count_ = 0;
+    double mean_size_ = 0.0;
+    double mean_seconds_ = 0.0;
+    double size_comoment_ = 0.0;     // S_xx = sum (x - mean_x)^2
+    double seconds_comoment_ = 0.0;  // S_yy = sum (y - mean_y)^2
+    double cross_comoment_ = 0.0;    // S_xy = sum (x - mean_x)(y - mean_y)
+    std::size_t first_batch_size_ = 0;
+    bool several_batch_sizes_ = false;
+};
+
+/**
+ * @brief Fits a `CostModel` to (batch size, seconds) samples in one call.
+ *
+ * Equivalent to `add`ing every sample to a fresh `CostModelFitter` and calling `fit()`. O(n).
+ * @return The model, or `std::nullopt` when fewer than two distinct batch sizes occur.
+ * @throws std::invalid_argument for a sample with batch size 0 or a negative or non-finite
+ *         duration.
+ */
+[[nodiscard]] inline std::optional<CostModel> fit_cost_model(
+    const std::vector<std::pair<std::size_t, double>>& samples) {
+    CostModelFitter fitter;
+    for (const auto& [batch_size, seconds] : samples) {
+        fitter.add(batch_size, CostModel::Seconds{seconds});
+    }
+    return fitter.fit();
+}
+
+}  // namespace microbatch
+
+// ---- end microbatch/cost_model.hpp ----
+// ---- begin microbatch/stats.hpp ----
+/**
+ * @file stats.hpp
+ * @brief `microbatch::Stats`: a snapshot of a batcher's counters and timing summaries.
+ */
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+
+namespace microbatch {
+
+namespace detail {
+/// The index of the highest set bit of @p value (> 0). One instruction where the compiler has a
+/// builtin (it runs once per batch on the worker: the portable loop cost ~150 instructions).
+inline std::size_t highest_bit(std::uint64_t value) noexcept {
+#if defined(__GNUC__) || defined(__clang__)
+    return 63 - static_cast<std::size_t>(__builtin_clzll(value));
+#else
+    std::size_t msb = 0;
+    for (unsigned step = 32; step != 0; step /= 2) {
+        if ((value >> (msb + step)) != 0) {
+            msb += step;
+        }
+    }
+    return msb;
+#endif
+}
+}  // namespace detail
+
+/**
+ * @brief Count, minimum, maximum and total of a set of durations.
+ *
+ * Thread safety: a plain value type.
+ */
+struct DurationSummary {
+    std::uint64_t count = 0;            ///< Number of samples.
+    std::chrono::nanoseconds min{0};    ///< Smallest sample (0 when count is 0).
+    std::chrono::nanoseconds max{0};    ///< Largest sample.
+    std::chrono::nanoseconds total{0};  ///< Sum of all samples.
+
+    /// @brief Mean of the samples (0 when there are none).
+    std::chrono::nanoseconds mean() const noexcept {
+        return count == 0
+                   ? std::chrono::nanoseconds(0)
+                   : std::chrono::nanoseconds(total.count() / static_cast<std::int64_t>(count));
+    }
+};
+
+/**
+ * @brief A latency distribution kept as a log-scale histogram: percentiles without storing
+ *        samples.
+ *
+ * Each power of two is split into four buckets: a sample v >= 4 ns whose highest set bit is m
+ * goes to bucket 4m + (the two bits below it); buckets 0-3 hold 0-3 ns. A reported percentile
+ * is the upper edge of its bucket, less than 25 % above the true value. Thread safety: a plain
+ * value type.
+ */
+struct LatencySummary {
+    /// Number of buckets: four per power of two up to 2^63 ns.
+    static constexpr std::size_t bucket_count = 256;
+
+    std::uint64_t count = 0;                            ///< Number of samples.
+    std::chrono::nanoseconds max{0};                    ///< Largest sample.
+    std::chrono::nanoseconds total{0};                  ///< Sum of all samples.
+    std::array<std::uint64_t, bucket_count> buckets{};  ///< Samples per bucket.
+
+    /// @brief The bucket a sample of @p nanoseconds falls in. O(1).
+    static std::size_t bucket_of(std::int64_t nanoseconds) noexcept {
+        if (nanoseconds < 4) {
+            return nanoseconds < 0 ? 0 : static_cast<std::size_t>(nanoseconds);
+        }
+        const auto value = static_cast<std::uint64_t>(nanoseconds);
+        const std::size_t msb = detail::highest_bit(value);
+        const std::size_t quarter = static_cast<std::size_t>((value >> (msb - 2)) & 3);
+        return msb * 4 + quarter;
+    }
+    /// @brief The largest value bucket @p index holds (its upper edge). O(1).
+    static std::chrono::nanoseconds bucket_upper(std::size_t index) noexcept {
+        if (index < 4) {
+            return std::chrono::nanoseconds(static_cast<std::int64_t>(index));
+        }
+        const std::size_t msb = index / 4;
+        if (msb < 2) {
+            return std::chrono::nanoseconds(
+                3);  // buckets 4-7 are never used: values < 4 sit in 0-3
+        }
+        if (msb >= 62) {
+            return std::chrono::nanoseconds::max();
+        }
+        const std::uint64_t quarter = index % 4;
+        const std::uint64_t upper = ((4 + quarter + 1) << (msb - 2)) - 1;
+        return std::chrono::nanoseconds(static_cast<std::int64_t>(upper));
+    }
+    /// @brief The mean (0 without samples).
+    std::chrono::nanoseconds mean() const noexcept {
+        return count == 0
+                   ? std::chrono::nanoseconds(0)
+                   : std::chrono::nanoseconds(total.count() / static_cast<std::int64_t>(count));
+    }
+    /**
+     * @brief The @p q quantile (0 < q <= 1; 0.5 = median, 0.99 = p99): the upper edge of the
+     *        bucket holding it, capped at `max`. 0 without samples. O(bucket_count).
+     */
+    std::chrono::nanoseconds percentile(double q) const noexcept {
+        if (count == 0) {
+            return std::chrono::nanoseconds(0);
+        }
+        const double wanted = q * static_cast<double>(count);
+        std::uint64_t seen = 0;
+        for (std::size_t i = 0; i < bucket_count; ++i) {
+            seen += buckets[i];
+            if (static_cast<double>(seen) >= wanted && seen != 0) {
+                return std::min(bucket_upper(i), max);
+            }
+        }
+        return max;
+    }
+};
+
+/**
+ * @brief A snapshot of a batcher's counters, taken by `Batcher::stats()`.
+ *
+ * A batch is counted (processed or failed, with its timings) as soon as `process_batch`
+ * returned and before its items' handles and callbacks complete, so a producer that has seen an
+ * item's result also sees the item counted. (An item that fails before its batch runs, because
+ * its move constructor threw while the batch was compacted, is counted in `items_failed` before
+ * its handle or callback completes, which happens while the rest of its batch still runs.)
+ *
+ * Sizes count a batch's accepted items: a slot whose item construction threw (a *hole*, counted
+ * in `items_rejected_error`) is no item. A batch made only of holes is dispatched and completed
+ * like any other (it is in `batches_dispatched()`, `batches_completed`, `queue_delay` and
+ * `processing_time`, so those agree) but never reaches `process_batch` and has no size: it is
+ * left out of `batch_size_min`, `batch_size_max`, the histogram, `batch_size_mean()` and
+ * `batch_cost`.
+ *
+ * Durations are measured with the batcher's `Clock` (see clock.hpp): with a `ManualClock`, as in
+ * tests, they advance only when the test advances the clock.
+ *
+ * Each field is read atomically, but the snapshot is not one instant across fields: while the
+ * batcher runs, a batch completing during the snapshot may be counted in one field and not yet
+ * in another. After `close()` or `wait_idle()` with no concurrent submitters the figures are
+ * exact and add up: `items_accepted == items_processed + items_failed + items_expired +
+ * items_cancelled` and `items_submitted == items_accepted + items_rejected()`.
+ *
+ * Expired and cancelled items (README "Deadlines") are counted when their batch is formed, just
+ * before the worker completes them (an expired item's handle or callback therefore sees it
+ * counted; a cancelled handle completed itself earlier, in `Handle::cancel()`).
+ *
+ * Thread safety: a plain value type.
+ */
+struct Stats {
+    /// Submit calls that were accepted or rejected: accepted + rejected. A submit that throws
+    /// `ReentrancyError` (a usage error) or fails to allocate its handle is in no counter.
+    std::uint64_t items_submitted = 0;
+    std::uint64_t items_accepted = 0;         ///< Items the batcher took responsibility for.
+    std::uint64_t items_rejected_full = 0;    ///< try/timed submits refused at capacity.
+    std::uint64_t items_rejected_closed = 0;  ///< Submits refused because the batcher was closed.
+    /// Submits whose item construction (or callback copy) threw; each left a hole in its batch.
+    /// With a cost function (`cost_by`) also items whose weighing threw or that exceed
+    /// `max_pending_cost` on their own (`CostLimitError`): refused before taking a slot.
+    std::uint64_t items_rejected_error = 0;
+    /// Submits with a deadline refused by admission control (`SubmitStatus::infeasible`).
+    std::uint64_t items_rejected_infeasible = 0;
+    std::uint64_t items_processed = 0;  ///< Items of batches that succeeded.
+    /// Items of failed batches (see `batches_failed`) that isolation did not save, items with
+    /// a failed per-item `Outcome` (see `items_failed_individually`), and items whose move
+    /// constructor threw while their batch was compacted.
+    std::uint64_t items_failed = 0;
+    /// Accepted items whose deadline had passed when their batch was formed: removed from the
+    /// batch, completed with `DeadlineExceeded`, never given to process_batch.
+    std::uint64_t items_expired = 0;
+    /// Accepted items cancelled through `Handle::cancel()` before their batch started: removed
+    /// from the batch, never given to process_batch.
+    std::uint64_t items_cancelled = 0;
+
+    /// Batches dispatched because all their slots were claimed (holes included, so such a
+    /// batch may reach process_batch with fewer than max_batch_size items).
+    std::uint64_t batches_full = 0;
+    std::uint64_t batches_deadline = 0;  ///< Batches dispatched when max_delay expired.
+    std::uint64_t batches_flush = 0;     ///< Batches dispatched by flush()/wait_idle().
+    std::uint64_t batches_close = 0;     ///< Batches dispatched by close().
+    /// Batches held past max_delay while every worker was busy, sealed when one finished.
+    std::uint64_t batches_worker_free = 0;
+    /// Partial batches sealed before max_delay because waiting could not pay (seal_policy.hpp).
+    std::uint64_t batches_early = 0;
+    /// Partial batches sealed while a worker was free because an item's deadline was near
+    /// (seal_policy.hpp, rule 4b).
+    std::uint64_t batches_item_deadline = 0;
+    /// Batches whose processing finished (including batches made only of holes).
+    std::uint64_t batches_completed = 0;
+    /// Completed batches whose process_batch threw or returned the wrong number of results
+    /// (`ResultCountError`): the first call on the whole batch, whatever isolation re-runs
+    /// then saved (`batches_isolated`). A per-item result with failed outcomes is no failed
+    /// batch.
+    std::uint64_t batches_failed = 0;
+
+    /// Smallest completed batch holding items (0 before the first).
+    std::uint64_t batch_size_min = 0;
+    std::uint64_t batch_size_max = 0;  ///< Largest completed batch (0 before the first).
+    /// Completed batches holding items, by size: bucket k counts sizes in [2^k, 2^(k+1)).
+    std::array<std::uint64_t, 24> batch_size_histogram{};
+
+    /**
+     * Per completed batch, measured with the batcher's Clock, the fill time: from the moment its
+     * first item was accepted to the moment the batch was sealed. It does not include the wait for
+     * a worker (`dispatch_wait`) nor the processing; an item's whole latency is in `item_latency`.
+     */
+    DurationSummary queue_delay;
+    /// Per batch, from its seal (dispatch to the executor) to the start of process_batch: the
+    /// time a sealed batch waited for a worker.
+    DurationSummary dispatch_wait;
+    /**
+     * End-to-end latency, submit to completion, sampled once per batch on its oldest item
+     * (accepted first, so the sample bounds every item of the batch from above): from the
+     * moment that item was accepted to the moment its batch's handles and callbacks had all
+     * completed. One sample per batch keeps clock reads off the per-item path.
+     */
+    LatencySummary item_latency;
+    /// Per completed batch, how long process_batch ran (Clock; ~0 for a batch of holes; with
+    /// `Options::isolate_failures`, a failed batch's re-runs included).
+    DurationSummary processing_time;
+
+    std::uint64_t callback_exceptions = 0;  ///< Exceptions thrown by per-item callbacks.
+
+    // ---- Per-item outcomes and failure isolation (Options::isolate_failures) ----------------
+    /**
+     * Items that failed on their own while their batch's process_batch call did not fail for
+     * all of them: a failed `Outcome` in a per-item result vector, or (with
+     * `Options::isolate_failures`) the exception of a failing re-run. Part of `items_failed`;
+     * the rest of `items_failed` are items of failed batches that were not re-run and items
+     * whose move threw during compaction.
+     */
+    std::uint64_t items_failed_individually = 0;
+    /// Failed batches (counted in `batches_failed`: their first call threw) that were re-run in
+    /// halves to isolate the failing items.
+    std::uint64_t batches_isolated = 0;
+    /// Extra process_batch calls made by isolation, on sub-batches. Calls made in all: batches
+    /// holding items (the batch-size histogram's total) plus this.
+    std::uint64_t isolation_runs = 0;
+    /// Those of `isolation_runs` that threw or returned the wrong number of results.
+    std::uint64_t isolation_runs_failed = 0;
+
+    /// Item costs (with a cost function, `cost_by`; all 0 without one). Not to be confused with
+    /// `batch_cost`, the fit of batch *processing time*. The total cost of the items of
+    /// completed batches (expired and cancelled items included: they were in the batch).
+    std::uint64_t item_cost_total = 0;
+    /// The largest total item cost of one completed batch.
+    std::uint64_t batch_item_cost_max = 0;
+    /// Items costing more than `Options::max_batch_cost` on their own, each given a batch of its
+    /// own.
+    std::uint64_t items_oversized = 0;
+
+    /**
+     * @brief (batch size, processing time) of every successful batch, as least-squares
+     *        moments: `stats.batch_cost.fit()` estimates the cost model's α (per batch) and
+     *        β (per item) from the running batcher (see cost_model.hpp).
+     */
+    CostModelFitter batch_cost;
+
+    /// @brief All rejected submits.
+    std::uint64_t items_rejected() const noexcept {
+        return items_rejected_full + items_rejected_closed + items_rejected_error +
+               items_rejected_infeasible;
+    }
+    /// @brief All dispatched batches.
+    std::uint64_t batches_dispatched() const noexcept {
+        return batches_full + batches_deadline + batches_flush + batches_close +
+               batches_worker_free + batches_early + batches_item_deadline;
+    }
+    /// @brief Mean total item cost (`cost_by`) of completed batches (0 before the first).
+    double batch_item_cost_mean() const noexcept {
+        return batches_completed == 0
+                   ? 0.0
+                   : static_cast<double>(item_cost_total) / static_cast<double>(batches_completed);
+    }
+    /// @brief Mean size of completed batches holding items (0 before the first).
+    double batch_size_mean() const noexcept {
+        std::uint64_t sized = 0;  // batches made only of holes have no size: see above
+        for (const std::uint64_t bucket : batch_size_histogram) {
+            sized += bucket;
+        }
+        return sized == 0 ? 0.0
+                          : static_cast<double>(items_processed + items_failed) /
+                                static_cast<double>(sized);
+    }
+};
+
+}  // namespace microbatch
+
+// ---- end microbatch/stats.hpp ----
+
+namespace microbatch {
+namespace detail {
+
+/// Lock-free accumulation of one DurationSummary (relaxed: independent statistics counters).
+class DurationRecorder {
+public:
+    void record(std::int64_t nanoseconds) noexcept {
+        if (nanoseconds < 0) {
+            nanoseconds = 0;
+        }
+        // relaxed throughout: each counter is independent; snapshots are documented as
+        // not being one instant across fields.
+        count_.fetch_add(1, std::memory_order_relaxed);
+        total_.fetch_add(nanoseconds, std::memory_order_relaxed);
+        store_min(min_, nanoseconds);
+        store_max(max_, nanoseconds);
+    }
+
+    DurationSummary snapshot() const noexcept {
+        DurationSummary summary;
+        summary.count = count_.load(std::memory_order_relaxed);
+        summary.total = std::chrono::nanoseconds(total_.load(std::memory_order_relaxed));
+        const std::int64_t min = min_.load(std::memory_order_relaxed);
+        summary.min = std::chrono::nanoseconds(summary.count == 0 ? 0 : min);
+        summary.max = std::chrono::nanoseconds(max_.load(std::memory_order_relaxed));
+        return summary;
+    }
+
+    /// record() for a caller that serialises every writer of this recorder (StatsRecorder's
+    /// completion mutex): plain loads and stores instead of read-modify-writes. Readers still
+    /// read without the lock (the fields stay atomics).
+    void record_serialised(std::int64_t nanoseconds) noexcept {
+        if (nanoseconds < 0) {
+            nanoseconds = 0;
+        }
+        // relaxed throughout: as record(); the caller's mutex orders the writers.
+        add_serialised(count_, std::uint64_t{1});
+        add_serialised(total_, nanoseconds);
+        if (nanoseconds < min_.load(std::memory_order_relaxed)) {
+            min_.store(nanoseconds, std::memory_order_relaxed);
+        }
+        if (nanoseconds > max_.load(std::memory_order_relaxed)) {
+            max_.store(nanoseconds, std::memory_order_relaxed);
+        }
+    }
+
+    /// `target += value` for a counter whose writers are serialised by a mutex: a load and a
+    /// store (relaxed: the mutex orders the writers; readers only want a recent value).
+    template <class V>
+    static void add_serialised(std::atomic<V>& target, V value) noexcept {
+        target.store(target.load(std::memory_order_relaxed) + value, std::memory_order_relaxed);
+    }
+
+    static void store_min(std::atomic<std::int64_t>& target, std::int64_t value) noexcept {
+        std::int64_t current = target.load(std::memory_order_relaxed);
+        while (value < current &&
+               !target.compare_exchange_weak(current, value, std::memory_order_relaxed)) {
+        }
+    }
+    static void store_max(std::atomic<std::int64_t>& target, std::int64_t value) noexcept {
+        std::int64_t current = target.load(std::memory_order_relaxed);
+        while (value > current &&
+               !target.compare_exchange_weak(current, value, std::memory_order_relaxed)) {
+        }
+    }
+
+private:
+    std::atomic<std::uint64_t> count_{0};
+    std::atomic<std::int64_t> total_{0};
+    std::atomic<std::int64_t> min_{std::numeric_limits<std::int64_t>::max()};
+    std::atomic<std::int64_t> max_{0};
+};
+
+/**
+ * @brief The batcher's live counters. Producers touch only the rejection counters (slow path);
+ *        sealers and workers update the rest once per batch. All relaxed: these are statistics,
+ *        nothing else is published through them.
+ */
+class StatsRecorder {
+public:
+    void rejected_full() noexcept { rejected_full_.fetch_add(1, std::memory_order_relaxed); }
+    void rejected_closed() noexcept { rejected_closed_.fetch_add(1, std::memory_order_relaxed); }
+    /// @p count more items refused with @p status (`full`, `closed` or `infeasible`): e.g. a
+    /// bulk submission's rest.
+    void rejected(SubmitStatus status, std::size_t count) noexcept {
+        (status == SubmitStatus::closed       ? rejected_closed_
+         : status == SubmitStatus::infeasible ? rejected_infeasible_
+                                              : rejected_full_)
+            .fetch_add(count, std::memory_order_relaxed);
+    }
+    void rejected_error() noexcept { rejected_error_.fetch_add(1, std::memory_order_relaxed); }
+    /// Items of a batch being formed removed because their deadline passed (@p expired) or
+    /// their handle cancelled them (@p cancelled); counted before they complete.
+    void removed(std::size_t expired, std::size_t cancelled) noexcept {
+        if (expired != 0) {
+            expired_.fetch_add(expired, std::memory_order_relaxed);
+        }
+        if (cancelled != 0) {
+            cancelled_.fetch_add(cancelled, std::memory_order_relaxed);
+        }
+    }
+    void callback_exception() noexcept {
+        callback_exceptions_.fetch_add(1, std::memory_order_relaxed);
+    }
+
+    /// A batch of @p size items was sealed for dispatch because of @p reason.
+    void dispatched(std::size_t size, DispatchReason reason) noexcept {
+        sealed_items_.fetch_add(size, std::memory_order_relaxed);
+        by_reason_[static_cast<std::size_t>(reason)].fetch_add(1, std::memory_order_relaxed);
+    }
+
+    /// @p count slots of a dispatched batch held no item (their construction threw).
+    void holes(std::size_t count) noexcept {
+        sealed_items_.fetch_sub(count, std::memory_order_relaxed);
+    }
+
+    /// One item failed before its batch ran; counted at once, before its completion runs.
+    void failed_early() noexcept {
+        // relaxed: the completion that follows publishes it (release in the handle state or
+        // the callback's own synchronisation), like the other counters.
+        failed_.fetch_add(1, std::memory_order_relaxed);
+    }
+
+    /// completed()'s "no latency sample with this batch" (see item_latency()).
+    static constexpr std::int64_t no_latency = std::numeric_limits<std::int64_t>::min();
+
+    /// A batch finished: @p succeeded + @p failed items, plus @p failed_earlier items already
+    /// counted by failed_early(); queue delay and processing time in ns; @p latency_ns: the
+    /// batch's end-to-end sample when it is already known (else item_latency() later).
+    void completed(std::size_t succeeded, std::size_t failed, bool batch_failed,
+                   std::int64_t queue_delay_ns, std::int64_t dispatch_wait_ns,
+                   std::int64_t processing_ns, std::size_t failed_earlier = 0,
+                   std::int64_t latency_ns = no_latency) noexcept {
+        const std::size_t size = succeeded + failed + failed_earlier;
+        if (failed != 0) {
+            // An RMW: failed_early() also writes this counter, without the mutex.
+            failed_.fetch_add(failed, std::memory_order_relaxed);
+        }
+        // One mutex per finished batch (never on the submit path): the fitter updates several
+        // moments together, and workers finish batches concurrently. The counters below are
+        // written only here, under it, so each is a load and a store rather than an atomic
+        // read-modify-write (about a dozen fewer locked instructions per batch).
+        std::lock_guard<std::mutex> lock(completion_mutex_);
+        const auto add = [](auto& counter, auto value) {
+            DurationRecorder::add_serialised(counter, static_cast<decltype(counter.load())>(value));
+        };
+        add(processed_, succeeded);
+        if (batch_failed) {
+            add(batches_failed_, 1);
+        }
+        if (size > 0) {  // a batch whose every slot was a hole ran nothing: not a size sample
+            const auto sized = static_cast<std::int64_t>(size);
+            if (sized < size_min_.load(std::memory_order_relaxed)) {
+                size_min_.store(sized, std::memory_order_relaxed);
+            }
+            if (sized > size_max_.load(std::memory_order_relaxed)) {
+                size_max_.store(sized, std::memory_order_relaxed);
+            }
+            std::size_t bucket = 0;
+            while ((size >> (bucket + 1)) != 0 && bucket + 1 < histogram_.size()) {
+                ++bucket;
+            }
+            add(histogram_[bucket], 1);
+        }
+        if (latency_ns != no_latency) {
+            record_latency_locked(latency_ns);
+        }
+        queue_delay_.record_serialised(queue_delay_ns);
+        dispatch_wait_.record_serialised(dispatch_wait_ns);
+        processing_time_.record_serialised(processing_ns);
+        if (!batch_failed && size > 0) {
+            batch_cost_.add(size, std::chrono::nanoseconds(processing_ns < 0 ? 0 : processing_ns));
+            // Published for the sealing policy, which must not take this mutex. Until two
+            // batch sizes were seen the line is undetermined: the mean batch time stands in for
+            // alpha (an upper bound), beta = 0. relaxed: two independent estimates.
+            const std::optional<CostModel> model = batch_cost_.fit();
+            const double alpha =
+                model ? model->per_batch.count() * 1e9 : batch_cost_.mean_duration().count() * 1e9;
+            const double beta = model ? model->per_item.count() * 1e9 : 0.0;
+            fitted_per_batch_ns_.store(alpha, std::memory_order_relaxed);
+            fitted_per_item_ns_.store(beta, std::memory_order_relaxed);
+        }
+        // Last, so that a snapshot seeing a batch as completed tends to see its items too.
+        add(batches_completed_, 1);
+    }
+
+    /// Per-item outcomes of a batch, before its completed(): @p individually failed items
+    /// (also passed to completed() as failed), whether it was @p isolated, and isolation's
+    /// @p runs and @p runs_failed.
+    void outcomes(std::size_t individually, bool isolated, std::size_t runs,
+                  std::size_t runs_failed) noexcept {
+        failed_individually_.fetch_add(individually, std::memory_order_relaxed);
+        if (isolated) {
+            batches_isolated_.fetch_add(1, std::memory_order_relaxed);
+        }
+        isolation_runs_.fetch_add(runs, std::memory_order_relaxed);
+        isolation_runs_failed_.fetch_add(runs_failed, std::memory_order_relaxed);
+    }
+
+    /// A batch whose items' costs (cost_by) add up to @p cost finished; before completed().
+    void batch_item_cost(std::uint64_t cost) noexcept {
+        item_cost_total_.fetch_add(cost, std::memory_order_relaxed);
+        std::uint64_t max = item_cost_max_.load(std::memory_order_relaxed);
+        while (cost > max &&
+               !item_cost_max_.compare_exchange_weak(max, cost, std::memory_order_relaxed)) {
+        }
+    }
+
+    /// An item costing more than max_batch_cost was accepted (into a batch of its own).
+    void oversized() noexcept { oversized_.fetch_add(1, std::memory_order_relaxed); }
+
+    /// One end-to-end latency sample (ns), see Stats::item_latency.
+    void item_latency(std::int64_t nanoseconds) noexcept {
+        std::lock_guard<std::mutex> lock(completion_mutex_);
+        record_latency_locked(nanoseconds);
+    }
+
+    /// The cost fit as last published by a worker: alpha and beta in ns (0, 0 before the first
+    /// successful batch). Lock-free.
+    void fitted_cost(double& per_batch_ns, double& per_item_ns) const noexcept {
+        // relaxed: independent estimates, see completed().
+        per_batch_ns = fitted_per_batch_ns_.load(std::memory_order_relaxed);
+        per_item_ns = fitted_per_item_ns_.load(std::memory_order_relaxed);
+    }
+
+    /// Items sealed into batches so far (accepted items not yet in the open batch).
+    std::uint64_t sealed_items() const noexcept {
+        return sealed_items_.load(std::memory_order_relaxed);
+    }
+
+    /// Fills @p stats; @p open_items are the accepted items still in the filling batch.
+    void snapshot(Stats& stats, std::uint64_t open_items) const noexcept {
+        const auto load = [](const auto& counter) {
+            return counter.load(std::memory_order_relaxed);
+        };
+        stats.batches_completed = load(batches_completed_);
+        stats.items_processed = load(processed_);
+        stats.items_failed = load(failed_);
+        stats.batches_failed = load(batches_failed_);
+        stats.items_accepted = load(sealed_items_) + open_items;
+        stats.items_rejected_full = load(rejected_full_);
+        stats.items_rejected_closed = load(rejected_closed_);
+        stats.items_rejected_error = load(rejected_error_);
+        stats.items_rejected_infeasible = load(rejected_infeasible_);
+        stats.items_expired = load(expired_);
+        stats.items_cancelled = load(cancelled_);
+        stats.items_submitted = stats.items_accepted + stats.items_rejected();
+        stats.batches_full = load(by_reason_[static_cast<std::size_t>(DispatchReason::full)]);
+        stats.batches_deadline =
+            load(by_reason_[static_cast<std::size_t>(DispatchReason::deadline)]);
+        stats.batches_flush = load(by_reason_[static_cast<std::size_t>(DispatchReason::flush)]);
+        stats.batches_close = load(by_reason_[static_cast<std::size_t>(DispatchReason::close)]);
+        stats.batches_worker_free =
+            load(by_reason_[static_cast<std::size_t>(DispatchReason::worker_free)]);
+        stats.batches_early = load(by_reason_[static_cast<std::size_t>(DispatchReason::early)]);
+        stats.batches_item_deadline =
+            load(by_reason_[static_cast<std::size_t>(DispatchReason::item_deadline)]);
+        // size_min_ keeps its initial maximum until a batch holding items completed; batches
+        // made only of holes complete without a size sample.
+        const std::int64_t size_min = load(size_min_);
+        stats.batch_size_min = size_min == std::numeric_limits<std::int64_t>::max()
+                                   ? 0
+                                   : static_cast<std::uint64_t>(size_min);
+        stats.batch_size_max = static_cast<std::uint64_t>(load(size_max_));
+        for (std::size_t i = 0; i < histogram_.size(); ++i) {
+            stats.batch_size_histogram[i] = load(histogram_[i]);
+        }
+        stats.queue_delay = queue_delay_.snapshot();
+        stats.processing_time = processing_time_.snapshot();
+        stats.dispatch_wait = dispatch_wait_.snapshot();
+        for (std::size_t i = 0; i < LatencySummary::bucket_count; ++i) {
+            stats.item_latency.buckets[i] = load(latency_buckets_[i]);
+            stats.item_latency.count += stats.item_latency.buckets[i];
+        }
+        stats.item_latency.total = std::chrono::nanoseconds(load(latency_total_));
+        stats.item_latency.max = std::chrono::nanoseconds(load(latency_max_));
+        stats.callback_exceptions = load(callback_exceptions_);
+        stats.items_failed_individually = load(failed_individually_);
+        stats.batches_isolated = load(batches_isolated_);
+        stats.isolation_runs = load(isolation_runs_);
+        stats.isolation_runs_failed = load(isolation_runs_failed_);
+        stats.item_cost_total = load(item_cost_total_);
+        stats.batch_item_cost_max = load(item_cost_max_);
+        stats.items_oversized = load(oversized_);
+        std::lock_guard<std::mutex> lock(completion_mutex_);
+        stats.batch_cost = batch_cost_;
+    }
+
+private:
+    // The latency fields are written only here, under completion_mutex_: load and store.
+    void record_latency_locked(std::int64_t nanoseconds) noexcept {
+        if (nanoseconds < 0) {
+            nanoseconds = 0;
+        }
+        DurationRecorder::add_serialised(latency_buckets_[LatencySummary::bucket_of(nanoseconds)],
+                                         std::uint64_t{1});
+        DurationRecorder::add_serialised(latency_total_, nanoseconds);
+        if (nanoseconds > latency_max_.load(std::memory_order_relaxed)) {
+            latency_max_.store(nanoseconds, std::memory_order_relaxed);
+        }
+    }
+
+    // Written by producers on the slow path only: kept off the workers' cache lines.
+    alignas(cache_line_size) std::atomic<std::uint64_t> rejected_full_{0};
+    std::atomic<std::uint64_t> rejected_closed_{0};
+    std::atomic<std::uint64_t> rejected_error_{0};
+    std::atomic<std::uint64_t> rejected_infeasible_{0};
+    // Written once per batch by whoever seals it.
+    alignas(cache_line_size) std::atomic<std::uint64_t> sealed_items_{0};
+    std::array<std::atomic<std::uint64_t>, 7> by_reason_{};
+    // Written once per batch by the worker that ran it. processed_, batches_failed_,
+    // batches_completed_, the size fields, the histogram and the three DurationRecorders only
+    // in completed(), under completion_mutex_ (so by load and store), and so are the latency
+    // fields (also in item_latency()); the rest by RMWs.
+    alignas(cache_line_size) std::atomic<std::uint64_t> processed_{0};
+    std::atomic<std::uint64_t> failed_{0};
+    std::atomic<std::uint64_t> batches_failed_{0};
+    std::atomic<std::uint64_t> batches_completed_{0};
+    std::atomic<std::uint64_t> callback_exceptions_{0};
+    std::atomic<std::uint64_t> expired_{0};
+    std::atomic<std::uint64_t> cancelled_{0};
+    std::atomic<std::int64_t> size_min_{std::numeric_limits<std::int64_t>::max()};
+    std::atomic<std::int64_t> size_max_{0};
+    std::array<std::atomic<std::uint64_t>, 24> histogram_{};
+    DurationRecorder queue_delay_;
+    DurationRecorder processing_time_;
+    DurationRecorder dispatch_wait_;
+    std::array<std::atomic<std::uint64_t>, LatencySummary::bucket_count> latency_buckets_{};
+    std::atomic<std::int64_t> latency_total_{0};
+    std::atomic<std::int64_t> latency_max_{0};
+    mutable std::mutex completion_mutex_;
+    CostModelFitter batch_cost_;  // guarded by completion_mutex_
+    std::atomic<double> fitted_per_batch_ns_{0.0};
+    std::atomic<double> fitted_per_item_ns_{0.0};
+    // Per-item outcomes and isolation: written once per batch that has them, by its worker.
+    std::atomic<std::uint64_t> failed_individually_{0};
+    std::atomic<std::uint64_t> batches_isolated_{0};
+    std::atomic<std::uint64_t> isolation_runs_{0};
+    std::atomic<std::uint64_t> isolation_runs_failed_{0};
+    // Item costs: written once per batch by its worker (the oversized count by producers).
+    std::atomic<std::uint64_t> item_cost_total_{0};
+    std::atomic<std::uint64_t> item_cost_max_{0};
+    std::atomic<std::uint64_t> oversized_{0};
+};
+
+}  // namespace detail
+}  // namespace microbatch
+
+// ---- end microbatch/detail/stats_recorder.hpp ----
 // ---- begin microbatch/detail/unique_function.hpp ----
 /**
  * @file detail/unique_function.hpp
@@ -4070,1346 +5426,6 @@ inline SealDecision decide_seal(const SealInputs& in) noexcept {
 }  // namespace microbatch
 
 // ---- end microbatch/seal_policy.hpp ----
-// ---- begin microbatch/stats.hpp ----
-/**
- * @file stats.hpp
- * @brief `microbatch::Stats`: a snapshot of a batcher's counters and timing summaries.
- */
-
-#include <algorithm>
-#include <array>
-#include <atomic>
-#include <chrono>
-#include <cstddef>
-#include <cstdint>
-#include <limits>
-#include <mutex>
-#include <optional>
-
-// ---- begin microbatch/cost_model.hpp ----
-/**
- * @file cost_model.hpp
- * @brief `microbatch::CostModel`: the linear batch-cost model T_batch(B) = alpha + beta * B, the
- *        predictions it supports (totals, throughput, batch sizes for a rate or a latency budget),
- *        and `CostModelFitter`, which estimates alpha and beta from measured batches.
- *
- * Notation used throughout: B batch size (items), N item count, W workers, lambda arrival rate
- * (items per second), D the batcher's `max_delay`, alpha = `CostModel::per_batch`,
- * beta = `CostModel::per_item`.
- */
-
-#include <algorithm>
-#include <chrono>
-#include <cmath>
-#include <cstddef>
-#include <cstdint>
-#include <cstdio>
-#include <cstdlib>
-#include <limits>
-#include <optional>
-#include <stdexcept>
-#include <string>
-#include <utility>
-#include <vector>
-
-namespace microbatch {
-
-namespace detail::cost_model_support {
-
-/// Formats @p value for an error message ("%g": short, exact enough, handles inf and nan).
-inline std::string format_number(double value) {
-    char text[32];
-    std::snprintf(text, sizeof text, "%g", value);
-    return text;
-}
-
-/// Throws std::invalid_argument("microbatch::<where>: <argument> <requirement> (got <value>)").
-[[noreturn]] inline void throw_invalid_argument(const char* where, const char* argument,
-                                                const char* requirement, const std::string& got) {
-    MICROBATCH_THROW(std::invalid_argument(std::string("microbatch::") + where + ": " + argument +
-                                           " " + requirement + " (got " + got + ")"));
-}
-
-/// ceil(numerator / denominator) for denominator >= 1, without the overflow of (n + d - 1) / d.
-constexpr std::size_t ceil_div(std::size_t numerator, std::size_t denominator) noexcept {
-    return numerator / denominator + (numerator % denominator != 0 ? 1 : 0);
-}
-
-}  // namespace detail::cost_model_support
-
-/**
- * @brief The linear cost of processing one batch: T_batch(B) = alpha + beta * B.
- *
- * `per_batch` (alpha) is the fixed cost every batch pays whatever its size (a system call, a
- * network round trip, a kernel launch); `per_item` (beta) is the marginal cost of one more item.
- * Batching pays off exactly when alpha is large compared with beta: the fixed cost is then
- * shared by B items.
- *
- * A plain aggregate; durations are `std::chrono::duration<double>` (seconds), so any chrono
- * duration converts implicitly and units cannot be confused:
- * @code
- * using namespace std::chrono_literals;
- * microbatch::CostModel model{50us, 2ns};           // alpha = 50 us, beta = 2 ns
- * double items_per_second = model.throughput(256, 2);
- * auto batch = model.min_batch_for_rate(1e6, 2);     // std::optional<std::size_t>
- * @endcode
- *
- * Every member function requires a valid model (both coefficients finite and >= 0) and throws
- * `std::invalid_argument` naming `per_batch` or `per_item` otherwise; arguments are validated the
- * same way (counts >= 1, rates finite and > 0), the message naming the argument and its value.
- * All queries are O(1) (the searches solve the inequality in closed form and then correct for
- * rounding with at most a few evaluations).
- *
- * The model describes steady work on dedicated workers: it ignores contention between workers,
- * cache effects of large batches and the time to hand a batch to a worker (fold those into alpha
- * and beta by fitting them from real measurements with `CostModelFitter`).
- *
- * Thread safety: a plain value type; const member functions may be called concurrently.
- */
-struct CostModel {
-    /// @brief Durations in seconds, held as double.
-    using Seconds = std::chrono::duration<double>;
-
-    /**
-     * @brief Largest batch size the searches consider: 2^32 - 1.
-     *
-     * Exactly representable as a double and a `std::size_t` on every platform. Callers feeding a
-     * result into a batcher should still clamp it to the batcher's own limit
-     * (`Options::max_supported_batch_size`).
-     */
-    static constexpr std::size_t max_searched_batch_size =
-        std::numeric_limits<std::uint32_t>::max();
-
-    /// @brief alpha: the fixed cost of one batch, independent of its size.
-    Seconds per_batch{0.0};
-    /// @brief beta: the additional cost of each item in a batch.
-    Seconds per_item{0.0};
-
-    /**
-     * @brief Builds a model from alpha and beta given as plain seconds.
-     * @throws std::invalid_argument if either is negative or not finite.
-     */
-    [[nodiscard]] static CostModel from_seconds(double per_batch_seconds, double per_item_seconds) {
-        CostModel model{Seconds{per_batch_seconds}, Seconds{per_item_seconds}};
-        model.validate("CostModel::from_seconds");
-        return model;
-    }
-
-    /**
-     * @brief T_batch(B) = alpha + beta * B: the time one worker needs for a batch of B items.
-     * @param batch_size B, >= 1.
-     * @throws std::invalid_argument if B is 0 or the model is invalid.
-     */
-    [[nodiscard]] Seconds batch_time(std::size_t batch_size) const {
-        validate("CostModel::batch_time");
-        require_at_least_one("CostModel::batch_time", "batch_size", batch_size);
-        return unchecked_batch_time(static_cast<double>(batch_size));
-    }
-
-    /**
-     * @brief The simple ("fluid") estimate of the time to process N items: every batch is
-     *        treated as full and the work is spread evenly over the busy workers,
-     *        T = ceil(N/B) * T_batch(B) / min(W, ceil(N/B)).
-     *
-     * Quick and smooth in its arguments, but not a schedule: it charges the last, partial batch
-     * as if it were full (overestimating) and lets workers share fractional rounds
-     * (underestimating when ceil(N/B) is not a multiple of W). Example with alpha = 1 s,
-     * beta = 0.5 s, N = 10, B = 4, W = 2: 3 batches of 3 s over 2 workers = 4.5 s, whereas the
-     * real schedule needs 5 s (see `predicted_makespan`).
-     *
-     * @param item_count N, >= 1.  @param batch_size B, >= 1.  @param workers W, >= 1.
-     * @throws std::invalid_argument naming the first invalid argument (or model coefficient).
-     */
-    [[nodiscard]] Seconds predicted_total(std::size_t item_count, std::size_t batch_size,
-                                          std::size_t workers) const {
-        constexpr const char* where = "CostModel::predicted_total";
-        validate(where);
-        require_at_least_one(where, "item_count", item_count);
-        require_at_least_one(where, "batch_size", batch_size);
-        require_at_least_one(where, "workers", workers);
-        const std::size_t batches = detail::cost_model_support::ceil_div(item_count, batch_size);
-        const std::size_t busy_workers = std::min(workers, batches);
-        return unchecked_batch_time(static_cast<double>(batch_size)) *
-               (static_cast<double>(batches) / static_cast<double>(busy_workers));
-    }
-
-    /**
-     * @brief The refined estimate: the makespan of the actual batches, list-scheduled in order
-     *        on W workers (each batch runs whole on one worker as soon as one is free).
-     *
-     * N items form q = floor(N/B) full batches and, when r = N mod B > 0, one last batch of r
-     * items. The full batches take ceil(q/W) rounds of T_batch(B); the partial batch starts on
-     * the first worker to become free, at floor(q/W) * T_batch(B). Hence
-     *
-     *     makespan = ceil(q/W) * T_batch(B)                                          if r = 0
-     *     makespan = max(ceil(q/W) * T_batch(B), floor(q/W) * T_batch(B) + T_batch(r)) if r > 0
-     *
-     * Same example as `predicted_total` (alpha = 1 s, beta = 0.5 s, N = 10, B = 4, W = 2): two
-     * full batches run in parallel for 3 s, then the 2-item batch takes 2 s: 5 s. With W = 3 the
-     * partial batch runs alongside them: 3 s.
-     *
-     * @param item_count N, >= 1.  @param batch_size B, >= 1.  @param workers W, >= 1.
-     * @throws std::invalid_argument naming the first invalid argument (or model coefficient).
-     */
-    [[nodiscard]] Seconds predicted_makespan(std::size_t item_count, std::size_t batch_size,
-                                             std::size_t workers) const {
-        constexpr const char* where = "CostModel::predicted_makespan";
-        validate(where);
-        require_at_least_one(where, "item_count", item_count);
-        require_at_least_one(where, "batch_size", batch_size);
-        require_at_least_one(where, "workers", workers);
-        const std::size_t full_batches = item_count / batch_size;
-        const std::size_t remainder = item_count % batch_size;
-        const std::size_t complete_rounds = full_batches / workers;
-        const std::size_t rounds = detail::cost_model_support::ceil_div(full_batches, workers);
-        const Seconds full_time = unchecked_batch_time(static_cast<double>(batch_size));
-        const Seconds full_batches_done = full_time * static_cast<double>(rounds);
-        if (remainder == 0) {
-            return full_batches_done;
-        }
-        const Seconds partial_done = full_time * static_cast<double>(complete_rounds) +
-                                     unchecked_batch_time(static_cast<double>(remainder));
-        return std::max(full_batches_done, partial_done);
-    }
-
-    /**
-     * @brief The capacity W * B / T_batch(B), in items per second, of W workers that are never
-     *        idle and always process batches of B items.
-     *
-     * Increases with B towards W / beta when alpha > 0. Returns +infinity when T_batch(B) is 0
-     * (a model with alpha = beta = 0).
-     *
-     * @param batch_size B, >= 1.  @param workers W, >= 1.
-     * @throws std::invalid_argument naming the first invalid argument (or model coefficient).
-     */
-    [[nodiscard]] double throughput(std::size_t batch_size, std::size_t workers) const {
-        constexpr const char* where = "CostModel::throughput";
-        validate(where);
-        require_at_least_one(where, "batch_size", batch_size);
-        require_at_least_one(where, "workers", workers);
-        return unchecked_throughput(static_cast<double>(batch_size), static_cast<double>(workers));
-    }
-
-    /**
-     * @brief The smallest batch size whose throughput keeps up with @p arrival_rate:
-     *        the least B >= 1 with W * B / (alpha + beta * B) >= lambda.
-     *
-     * Rearranged: B * (W - lambda * beta) >= lambda * alpha. So with alpha > 0 the answer is
-     * max(1, ceil(lambda * alpha / (W - lambda * beta))) when lambda * beta < W, and there is
-     * none when lambda * beta >= W (even infinitely large batches cannot beat the per-item cost).
-     * With alpha = 0 the throughput does not depend on B: the answer is 1 or none.
-     *
-     * @param arrival_rate lambda in items per second, finite and > 0.
-     * @param workers W, >= 1.
-     * @return B, or `std::nullopt` when no B in [1, max_searched_batch_size] is fast enough.
-     * @throws std::invalid_argument naming the first invalid argument (or model coefficient).
-     */
-    [[nodiscard]] std::optional<std::size_t> min_batch_for_rate(double arrival_rate,
-                                                                std::size_t workers) const {
-        constexpr const char* where = "CostModel::min_batch_for_rate";
-        validate(where);
-        require_positive_rate(where, arrival_rate);
-        require_at_least_one(where, "workers", workers);
-        return unchecked_min_batch_for_rate(arrival_rate, static_cast<double>(workers));
-    }
-
-    /**
-     * @brief The expected time from an item's arrival until its batch has been processed, when
-     *        items arrive steadily at rate lambda and batches are dispatched when B items are
-     *        in them.
-     *
-     * latency(B) = (B - 1) / (2 * lambda) + T_batch(B)
-     *
-     * A batch fills in (B - 1) / lambda after its first item; the item arriving k-th waits
-     * (B - 1 - k) / lambda, so the mean fill wait is (B - 1) / (2 * lambda) (under evenly spaced
-     * and under Poisson arrivals alike). When W workers cannot keep up (throughput(B, W) <
-     * lambda), batches queue without bound and the result is +infinity. Otherwise the formula is
-     * exact for evenly spaced arrivals: consecutive batches go to different workers and none has
-     * to wait for a worker. With random arrivals, waiting for a busy worker adds to it as
-     * throughput approaches lambda, so treat it as a lower bound there.
-     *
-     * @param batch_size B, >= 1.  @param arrival_rate lambda, finite and > 0.
-     * @param workers W, >= 1.
-     * @throws std::invalid_argument naming the first invalid argument (or model coefficient).
-     */
-    [[nodiscard]] Seconds expected_latency(std::size_t batch_size, double arrival_rate,
-                                           std::size_t workers) const {
-        constexpr const char* where = "CostModel::expected_latency";
-        validate(where);
-        require_at_least_one(where, "batch_size", batch_size);
-        require_positive_rate(where, arrival_rate);
-        require_at_least_one(where, "workers", workers);
-        return unchecked_latency(static_cast<double>(batch_size), arrival_rate,
-                                 static_cast<double>(workers), std::nullopt);
-    }
-
-    /**
-     * @brief `expected_latency` for a batcher that also dispatches a batch once its oldest item
-     *        has waited @p max_delay (D).
-     *
-     * With evenly spaced arrivals, n_D = 1 + floor(lambda * D) items have arrived when the timer
-     * fires. If B <= n_D the batch fills first and nothing changes. Otherwise the timer
-     * dispatches a batch of n = n_D items at D, and their mean wait is D minus their mean arrival
-     * time: D - (n - 1) / (2 * lambda) (which lies between D/2 and D: the time bound caps every
-     * item's wait at D, not the mean at D). Processing takes T_batch(n):
-     *
-     *     latency = (B - 1) / (2 * lambda) + T_batch(B)           if B <= n_D
-     *     latency = D - (n_D - 1) / (2 * lambda) + T_batch(n_D)   if B >  n_D
-     *
-     * +infinity when throughput(min(B, n_D), W) < lambda.
-     *
-     * @param batch_size B, >= 1.  @param arrival_rate lambda, finite and > 0.
-     * @param workers W, >= 1.  @param max_delay D, >= 0 (may be infinite: no time bound).
-     * @throws std::invalid_argument naming the first invalid argument (or model coefficient).
-     */
-    [[nodiscard]] Seconds expected_latency(std::size_t batch_size, double arrival_rate,
-                                           std::size_t workers, Seconds max_delay) const {
-        constexpr const char* where = "CostModel::expected_latency";
-        validate(where);
-        require_at_least_one(where, "batch_size", batch_size);
-        require_positive_rate(where, arrival_rate);
-        require_at_least_one(where, "workers", workers);
-        require_non_negative(where, "max_delay", max_delay);
-        return unchecked_latency(static_cast<double>(batch_size), arrival_rate,
-                                 static_cast<double>(workers), max_delay);
-    }
-
-    /**
-     * @brief The largest batch size whose `expected_latency` stays within @p latency_budget.
-     *
-     * latency(B) = (B - 1) / (2 * lambda) + alpha + beta * B increases with B, so the budget
-     * holds for B <= (2 * lambda * (budget - alpha) + 1) / (1 + 2 * lambda * beta); the result is
-     * that bound rounded down, provided W workers keep up at that size (throughput increases
-     * with B, so if they do not, no size within the budget works). Larger batches are more
-     * efficient, so this is the most efficient size that meets the budget.
-     *
-     * @param latency_budget Mean latency allowed, >= 0.  @param arrival_rate lambda, finite and
-     * > 0.  @param workers W, >= 1.
-     * @return B in [1, max_searched_batch_size], or `std::nullopt` when even B = 1 exceeds the
-     *         budget or the sizes within it cannot keep up with lambda.
-     * @throws std::invalid_argument naming the first invalid argument (or model coefficient).
-     */
-    [[nodiscard]] std::optional<std::size_t> max_batch_for_latency(Seconds latency_budget,
-                                                                   double arrival_rate,
-                                                                   std::size_t workers) const {
-        constexpr const char* where = "CostModel::max_batch_for_latency";
-        validate(where);
-        require_non_negative(where, "latency_budget", latency_budget);
-        require_positive_rate(where, arrival_rate);
-        require_at_least_one(where, "workers", workers);
-        return unchecked_max_batch_for_latency(latency_budget, arrival_rate,
-                                               static_cast<double>(workers),
-                                               static_cast<double>(max_searched_batch_size));
-    }
-
-    /**
-     * @brief `max_batch_for_latency` for a batcher with time bound @p max_delay (D).
-     *
-     * A batcher with time bound D never builds batches larger than n_D = 1 + floor(lambda * D)
-     * under steady arrivals; any B > n_D yields the same batches as B = n_D, only dispatched
-     * later (at D instead of when full), so it is never better. The answer is therefore the
-     * largest B in [1, n_D] with expected_latency(B, lambda, W, D) <= budget. Within that range
-     * the latency is the one without a time bound, so when n_D is returned, the time bound
-     * (not the budget) is what limits the batch size: raise `max_delay` to allow larger batches.
-     *
-     * @param latency_budget Mean latency allowed, >= 0.  @param arrival_rate lambda, finite and
-     * > 0.  @param workers W, >= 1.  @param max_delay D, >= 0 (may be infinite).
-     * @return B in [1, min(n_D, max_searched_batch_size)], or `std::nullopt` (see the overload
-     *         without D).
-     * @throws std::invalid_argument naming the first invalid argument (or model coefficient).
-     */
-    [[nodiscard]] std::optional<std::size_t> max_batch_for_latency(Seconds latency_budget,
-                                                                   double arrival_rate,
-                                                                   std::size_t workers,
-                                                                   Seconds max_delay) const {
-        constexpr const char* where = "CostModel::max_batch_for_latency";
-        validate(where);
-        require_non_negative(where, "latency_budget", latency_budget);
-        require_positive_rate(where, arrival_rate);
-        require_at_least_one(where, "workers", workers);
-        require_non_negative(where, "max_delay", max_delay);
-        return unchecked_max_batch_for_latency(
-            latency_budget, arrival_rate, static_cast<double>(workers),
-            std::min(items_by_deadline(arrival_rate, max_delay),
-                     static_cast<double>(max_searched_batch_size)));
-    }
-
-private:
-    /// Throws unless both coefficients are finite and >= 0.
-    void validate(const char* where) const {
-        require_finite_non_negative(where, "per_batch", per_batch);
-        require_finite_non_negative(where, "per_item", per_item);
-    }
-
-    static void require_finite_non_negative(const char* where, const char* argument,
-                                            Seconds value) {
-        if (!(value.count() >= 0.0) || !std::isfinite(value.count())) {
-            detail::cost_model_support::throw_invalid_argument(
-                where, argument, "must be finite and >= 0",
-                detail::cost_model_support::format_number(value.count()) + " s");
-        }
-    }
-
-    static void require_at_least_one(const char* where, const char* argument, std::size_t value) {
-        if (value == 0) {
-            detail::cost_model_support::throw_invalid_argument(where, argument, "must be >= 1",
-                                                               "0");
-        }
-    }
-
-    static void require_positive_rate(const char* where, double arrival_rate) {
-        if (!(arrival_rate > 0.0) || !std::isfinite(arrival_rate)) {
-            detail::cost_model_support::throw_invalid_argument(
-                where, "arrival_rate", "must be finite and > 0",
-                detail::cost_model_support::format_number(arrival_rate) + " items/s");
-        }
-    }
-
-    /// Accepts +infinity (meaning "unbounded"); rejects negative values and NaN.
-    static void require_non_negative(const char* where, const char* argument, Seconds value) {
-        if (!(value.count() >= 0.0)) {
-            detail::cost_model_support::throw_invalid_argument(
-                where, argument, "must be >= 0",
-                detail::cost_model_support::format_number(value.count()) + " s");
-        }
-    }
-
-    Seconds unchecked_batch_time(double batch_size) const noexcept {
-        return per_batch + per_item * batch_size;
-    }
-
-    double unchecked_throughput(double batch_size, double workers) const noexcept {
-        const double seconds = unchecked_batch_time(batch_size).count();
-        return seconds > 0.0 ? workers * batch_size / seconds
-                             : std::numeric_limits<double>::infinity();
-    }
-
-    /// n_D = 1 + floor(lambda * D): the items that have arrived when the timer fires
-    /// (+infinity for an infinite D).
-    static double items_by_deadline(double arrival_rate, Seconds max_delay) noexcept {
-        return 1.0 + std::floor(arrival_rate * max_delay.count());
-    }
-
-    /// (B - 1) / (2 lambda) + T_batch(B): the latency when the batch fills before any timer.
-    Seconds filled_batch_latency(double batch_size, double arrival_rate) const noexcept {
-        return Seconds{(batch_size - 1.0) / (2.0 * arrival_rate)} +
-               unchecked_batch_time(batch_size);
-    }
-
-    Seconds unchecked_latency(double batch_size, double arrival_rate, double workers,
-                              std::optional<Seconds> max_delay) const noexcept {
-        const double items_by_timer =
-            max_delay ? items_by_deadline(arrival_rate, *max_delay) : batch_size;
-        const bool timer_fires_first = items_by_timer < batch_size;
-        const double dispatched = timer_fires_first ? items_by_timer : batch_size;
-        if (unchecked_throughput(dispatched, workers) < arrival_rate) {
-            return Seconds{std::numeric_limits<double>::infinity()};
-        }
-        if (!timer_fires_first) {
-            return filled_batch_latency(batch_size, arrival_rate);
-        }
-        return *max_delay - Seconds{(dispatched - 1.0) / (2.0 * arrival_rate)} +
-               unchecked_batch_time(dispatched);
-    }
-
-    std::optional<std::size_t> unchecked_min_batch_for_rate(double arrival_rate,
-                                                            double workers) const noexcept {
-        const double limit = static_cast<double>(max_searched_batch_size);
-        const auto fast_enough = [&](double batch_size) {
-            return unchecked_throughput(batch_size, workers) >= arrival_rate;
-        };
-        if (per_batch.count() == 0.0) {
-            // Throughput W / beta does not depend on the batch size.
-            return fast_enough(1.0) ? std::optional<std::size_t>{1} : std::nullopt;
-        }
-        const double slack = workers - arrival_rate * per_item.count();
-        if (!(slack > 0.0)) {
-            return std::nullopt;
-        }
-        const double bound = arrival_rate * per_batch.count() / slack;
-        if (!(bound <= limit)) {
-            return std::nullopt;
-        }
-        // The closed form may be off by one after rounding; the predicate itself decides.
-        double batch_size = std::max(1.0, std::ceil(bound));
-        while (batch_size > 1.0 && fast_enough(batch_size - 1.0)) {
-            batch_size -= 1.0;
-        }
-        while (!fast_enough(batch_size)) {
-            if (batch_size >= limit) {
-                return std::nullopt;
-            }
-            batch_size += 1.0;
-        }
-        return static_cast<std::size_t>(batch_size);
-    }
-
-    /// Largest B in [1, largest] with filled_batch_latency(B) <= budget and throughput >= lambda.
-    std::optional<std::size_t> unchecked_max_batch_for_latency(Seconds budget, double arrival_rate,
-                                                               double workers,
-                                                               double largest) const noexcept {
-        const auto within_budget = [&](double batch_size) {
-            return filled_batch_latency(batch_size, arrival_rate) <= budget;
-        };
-        const double twice_rate = 2.0 * arrival_rate;
-        const double bound = (twice_rate * (budget - per_batch).count() + 1.0) /
-                             (1.0 + twice_rate * per_item.count());
-        // NaN-safe clamp into [1, largest]; the predicate then corrects rounding either way.
-        double batch_size = bound >= largest ? largest : (bound >= 1.0 ? std::floor(bound) : 1.0);
-        while (batch_size < largest && within_budget(batch_size + 1.0)) {
-            batch_size += 1.0;
-        }
-        while (!within_budget(batch_size)) {
-            if (batch_size <= 1.0) {
-                return std::nullopt;
-            }
-            batch_size -= 1.0;
-        }
-        // Throughput grows with B: if the largest size within budget cannot keep up, none can.
-        if (unchecked_throughput(batch_size, workers) < arrival_rate) {
-            return std::nullopt;
-        }
-        return static_cast<std::size_t>(batch_size);
-    }
-};
-
-/**
- * @brief Estimates a `CostModel` from measured batches by least squares, online.
- *
- * Feed it one sample per processed batch (`add(batch size, processing time)`); `fit()` returns
- * the line duration = alpha + beta * size that minimises the squared error, constrained to
- * alpha >= 0 and beta >= 0 so the result is always a valid `CostModel`. When the ordinary
- * least-squares line already has non-negative coefficients (always so for noise-free data from
- * a valid model) the two coincide; otherwise the best line on the boundary (alpha = 0 or
- * beta = 0) is returned.
- *
- * Numerically stable: it keeps running means and co-moments updated Welford-style (as in
- * Chan, Golub and LeVeque's pairwise algorithm, which `merge` implements), never raw sums of
- * squares, so large batch sizes or long runs do not cancel catastrophically. `add` is O(1),
- * allocation-free and cheap enough to call for every batch.
- *
- * @code
- * microbatch::CostModelFitter fitter;
- * fitter.add(64, std::chrono::microseconds(180));
- * fitter.add(256, std::chrono::microseconds(560));
- * if (auto model = fitter.fit()) { use(*model); }
- * @endcode
- *
- * Thread safety: not thread-safe. Synchronise externally, or give each thread its own fitter
- * and combine them with `merge`. Const member functions may be called concurrently with each
- * other.
- */
-class CostModelFitter {
-public:
-    /**
-     * @brief Records one processed batch: @p batch_size items took @p duration.
-     *
-     * Any `std::chrono` duration converts implicitly (`std::chrono::nanoseconds` included).
-     * O(1), no allocation.
-     * @throws std::invalid_argument if batch_size is 0 or duration is negative or not finite;
-     *         the fitter is then unchanged.
-     */
-    void add(std::size_t batch_size, CostModel::Seconds duration) {
-        if (batch_size == 0) {
-            detail::cost_model_support::throw_invalid_argument("CostModelFitter::add", "batch_size",
-                                                               "must be >= 1", "0");
-        }
-        const double seconds = duration.count();
-        if (!(seconds >= 0.0) || !std::isfinite(seconds)) {
-            detail::cost_model_support::throw_invalid_argument(
-                "CostModelFitter::add", "duration", "must be finite and >= 0",
-                detail::cost_model_support::format_number(seconds) + " s");
-        }
-        note_batch_size(batch_size);
-        ++count_;
-        const double size = static_cast<double>(batch_size);
-        const double count = static_cast<double>(count_);
-        // Welford: deviations from the old mean times deviations from the new mean.
-        const double size_delta = size - mean_size_;
-        const double seconds_delta = seconds - mean_seconds_;
-        mean_size_ += size_delta / count;
-        mean_seconds_ += seconds_delta / count;
-        size_comoment_ += size_delta * (size - mean_size_);
-        seconds_comoment_ += seconds_delta * (seconds - mean_seconds_);
-        cross_comoment_ += size_delta * (seconds - mean_seconds_);
-    }
-
-    /**
-     * @brief Adds every sample recorded by @p other, as if they had been `add`ed here.
-     *
-     * O(1). Lets each worker keep its own fitter without locking and combine them later.
-     */
-    void merge(const CostModelFitter& other) noexcept {
-        if (other.count_ == 0) {
-            return;
-        }
-        if (count_ == 0) {
-            *this = other;
-            return;
-        }
-        note_batch_size(other.first_batch_size_);
-        several_batch_sizes_ = several_batch_sizes_ || other.several_batch_sizes_;
-        const double count_a = static_cast<double>(count_);
-        const double count_b = static_cast<double>(other.count_);
-        const double total = count_a + count_b;
-        const double size_delta = other.mean_size_ - mean_size_;
-        const double seconds_delta = other.mean_seconds_ - mean_seconds_;
-        const double weight = count_a * count_b / total;
-        size_comoment_ += other.size_comoment_ + size_delta * size_delta * weight;
-        seconds_comoment_ += other.seconds_comoment_ + seconds_delta * seconds_delta * weight;
-        cross_comoment_ += other.cross_comoment_ + size_delta * seconds_delta * weight;
-        mean_size_ += size_delta * (count_b / total);
-        mean_seconds_ += seconds_delta * (count_b / total);
-        count_ += other.count_;
-    }
-
-    /// @brief Forgets every sample. O(1).
-    void reset() noexcept { *this = CostModelFitter{}; }
-
-    /// @brief The number of samples recorded (by `add` and `merge`).
-    [[nodiscard]] std::size_t sample_count() const noexcept { return count_; }
-
-    /// @brief The mean duration of the recorded batches (0 before the first). O(1).
-    [[nodiscard]] CostModel::Seconds mean_duration() const noexcept {
-        return CostModel::Seconds{count_ == 0 ? 0.0 : mean_seconds_};
-    }
-
-    /**
-     * @brief The least-squares model (alpha, beta >= 0), or `std::nullopt` while fewer than
-     *        two distinct batch sizes have been seen (a line through one x is undetermined).
-     *
-     * Ordinary least squares: beta = S_xy / S_xx, alpha = mean_y - beta * mean_x, with S the
-     * centred co-moments of size (x) and duration (y). If that gives a negative coefficient, the
-     * better of alpha = 0, beta = max(0, sum xy / sum xx) and beta = 0, alpha = mean_y is used.
-     * O(1).
-     */
-    [[nodiscard]] std::optional<CostModel> fit() const noexcept {
-        const std::optional<Line> line = best_line();
-        if (!line) {
-            return std::nullopt;
-        }
-        return CostModel{CostModel::Seconds{line->intercept}, CostModel::Seconds{line->slope}};
-    }
-
-    /**
-     * @brief The coefficient of determination of `fit()`: 1 - SSE / S_yy, in [0, 1].
-     *
-     * 1 means the samples lie exactly on the fitted line (also reported when every duration is
-     * equal and the fit is therefore exact); near 0 means batch size explains little of the
-     * variation. `std::nullopt` when `fit()` is. O(1).
-     */
-    [[nodiscard]] std::optional<double> r_squared() const noexcept {
-        const std::optional<Line> line = best_line();
-        if (!line) {
-            return std::nullopt;
-        }
-        if (!(seconds_comoment_ > 0.0)) {
-            return 1.0;
-        }
-        return std::clamp(1.0 - line->squared_error / seconds_comoment_, 0.0, 1.0);
-    }
-
-private:
-    struct Line {
-        double intercept;
-        double slope;
-        double squared_error;
-    };
-
-    void note_batch_size(std::size_t batch_size) noexcept {
-        if (count_ == 0) {
-            first_batch_size_ = batch_size;
-        } else if (batch_size != first_batch_size_) {
-            several_batch_sizes_ = true;
-        }
-    }
-
-    /// Sum of (y - a - b x)^2 from the centred moments: no cancellation between large sums.
-    double squared_error(double intercept, double slope) const noexcept {
-        const double offset = mean_seconds_ - intercept - slope * mean_size_;
-        return seconds_comoment_ - 2.0 * slope * cross_comoment_ + slope * slope * size_comoment_ +
-               static_cast<double>(count_) * offset * offset;
-    }
-
-    std::optional<Line> best_line() const noexcept {
-        if (!several_batch_sizes_ || !(size_comoment_ > 0.0)) {
-            return std::nullopt;
-        }
-        const double slope = cross_comoment_ / size_comoment_;
-        const double intercept = mean_seconds_ - slope * mean_size_;
-        if (slope >= 0.0 && intercept >= 0.0) {
-            return Line{intercept, slope, std::max(0.0, squared_error(intercept, slope))};
-        }
-        // The unconstrained optimum is infeasible, so the constrained one lies on an edge of the
-        // quadrant; on each edge the error is a convex parabola, minimised by clamping.
-        const double count = static_cast<double>(count_);
-        const double sum_xy = cross_comoment_ + count * mean_size_ * mean_seconds_;
-        const double sum_xx = size_comoment_ + count * mean_size_ * mean_size_;
-        const double origin_slope = std::max(0.0, sum_xy / sum_xx);
-        const double flat_intercept = std::max(0.0, mean_seconds_);
-        const double origin_error = std::max(0.0, squared_error(0.0, origin_slope));
-        const double flat_error = std::max(0.0, squared_error(flat_intercept, 0.0));
-        return origin_error <= flat_error ? Line{0.0, origin_slope, origin_error}
-                                          : Line{flat_intercept, 0.0, flat_error};
-    }
-
-    std::size_t count_ = 0;
-    double mean_size_ = 0.0;
-    double mean_seconds_ = 0.0;
-    double size_comoment_ = 0.0;     // S_xx = sum (x - mean_x)^2
-    double seconds_comoment_ = 0.0;  // S_yy = sum (y - mean_y)^2
-    double cross_comoment_ = 0.0;    // S_xy = sum (x - mean_x)(y - mean_y)
-    std::size_t first_batch_size_ = 0;
-    bool several_batch_sizes_ = false;
-};
-
-/**
- * @brief Fits a `CostModel` to (batch size, seconds) samples in one call.
- *
- * Equivalent to `add`ing every sample to a fresh `CostModelFitter` and calling `fit()`. O(n).
- * @return The model, or `std::nullopt` when fewer than two distinct batch sizes occur.
- * @throws std::invalid_argument for a sample with batch size 0 or a negative or non-finite
- *         duration.
- */
-[[nodiscard]] inline std::optional<CostModel> fit_cost_model(
-    const std::vector<std::pair<std::size_t, double>>& samples) {
-    CostModelFitter fitter;
-    for (const auto& [batch_size, seconds] : samples) {
-        fitter.add(batch_size, CostModel::Seconds{seconds});
-    }
-    return fitter.fit();
-}
-
-}  // namespace microbatch
-
-// ---- end microbatch/cost_model.hpp ----
-
-namespace microbatch {
-
-namespace detail {
-/// The index of the highest set bit of @p value (> 0). One instruction where the compiler has a
-/// builtin (it runs once per batch on the worker: the portable loop cost ~150 instructions).
-inline std::size_t highest_bit(std::uint64_t value) noexcept {
-#if defined(__GNUC__) || defined(__clang__)
-    return 63 - static_cast<std::size_t>(__builtin_clzll(value));
-#else
-    std::size_t msb = 0;
-    for (unsigned step = 32; step != 0; step /= 2) {
-        if ((value >> (msb + step)) != 0) {
-            msb += step;
-        }
-    }
-    return msb;
-#endif
-}
-}  // namespace detail
-
-/**
- * @brief Count, minimum, maximum and total of a set of durations.
- *
- * Thread safety: a plain value type.
- */
-struct DurationSummary {
-    std::uint64_t count = 0;            ///< Number of samples.
-    std::chrono::nanoseconds min{0};    ///< Smallest sample (0 when count is 0).
-    std::chrono::nanoseconds max{0};    ///< Largest sample.
-    std::chrono::nanoseconds total{0};  ///< Sum of all samples.
-
-    /// @brief Mean of the samples (0 when there are none).
-    std::chrono::nanoseconds mean() const noexcept {
-        return count == 0
-                   ? std::chrono::nanoseconds(0)
-                   : std::chrono::nanoseconds(total.count() / static_cast<std::int64_t>(count));
-    }
-};
-
-/**
- * @brief A latency distribution kept as a log-scale histogram: percentiles without storing
- *        samples.
- *
- * Each power of two is split into four buckets: a sample v >= 4 ns whose highest set bit is m
- * goes to bucket 4m + (the two bits below it); buckets 0-3 hold 0-3 ns. A reported percentile
- * is the upper edge of its bucket, less than 25 % above the true value. Thread safety: a plain
- * value type.
- */
-struct LatencySummary {
-    /// Number of buckets: four per power of two up to 2^63 ns.
-    static constexpr std::size_t bucket_count = 256;
-
-    std::uint64_t count = 0;                            ///< Number of samples.
-    std::chrono::nanoseconds max{0};                    ///< Largest sample.
-    std::chrono::nanoseconds total{0};                  ///< Sum of all samples.
-    std::array<std::uint64_t, bucket_count> buckets{};  ///< Samples per bucket.
-
-    /// @brief The bucket a sample of @p nanoseconds falls in. O(1).
-    static std::size_t bucket_of(std::int64_t nanoseconds) noexcept {
-        if (nanoseconds < 4) {
-            return nanoseconds < 0 ? 0 : static_cast<std::size_t>(nanoseconds);
-        }
-        const auto value = static_cast<std::uint64_t>(nanoseconds);
-        const std::size_t msb = detail::highest_bit(value);
-        const std::size_t quarter = static_cast<std::size_t>((value >> (msb - 2)) & 3);
-        return msb * 4 + quarter;
-    }
-    /// @brief The largest value bucket @p index holds (its upper edge). O(1).
-    static std::chrono::nanoseconds bucket_upper(std::size_t index) noexcept {
-        if (index < 4) {
-            return std::chrono::nanoseconds(static_cast<std::int64_t>(index));
-        }
-        const std::size_t msb = index / 4;
-        if (msb < 2) {
-            return std::chrono::nanoseconds(
-                3);  // buckets 4-7 are never used: values < 4 sit in 0-3
-        }
-        if (msb >= 62) {
-            return std::chrono::nanoseconds::max();
-        }
-        const std::uint64_t quarter = index % 4;
-        const std::uint64_t upper = ((4 + quarter + 1) << (msb - 2)) - 1;
-        return std::chrono::nanoseconds(static_cast<std::int64_t>(upper));
-    }
-    /// @brief The mean (0 without samples).
-    std::chrono::nanoseconds mean() const noexcept {
-        return count == 0
-                   ? std::chrono::nanoseconds(0)
-                   : std::chrono::nanoseconds(total.count() / static_cast<std::int64_t>(count));
-    }
-    /**
-     * @brief The @p q quantile (0 < q <= 1; 0.5 = median, 0.99 = p99): the upper edge of the
-     *        bucket holding it, capped at `max`. 0 without samples. O(bucket_count).
-     */
-    std::chrono::nanoseconds percentile(double q) const noexcept {
-        if (count == 0) {
-            return std::chrono::nanoseconds(0);
-        }
-        const double wanted = q * static_cast<double>(count);
-        std::uint64_t seen = 0;
-        for (std::size_t i = 0; i < bucket_count; ++i) {
-            seen += buckets[i];
-            if (static_cast<double>(seen) >= wanted && seen != 0) {
-                return std::min(bucket_upper(i), max);
-            }
-        }
-        return max;
-    }
-};
-
-/**
- * @brief A snapshot of a batcher's counters, taken by `Batcher::stats()`.
- *
- * A batch is counted (processed or failed, with its timings) as soon as `process_batch`
- * returned and before its items' handles and callbacks complete, so a producer that has seen an
- * item's result also sees the item counted. (An item that fails before its batch runs, because
- * its move constructor threw while the batch was compacted, is counted in `items_failed` before
- * its handle or callback completes, which happens while the rest of its batch still runs.)
- *
- * Sizes count a batch's accepted items: a slot whose item construction threw (a *hole*, counted
- * in `items_rejected_error`) is no item. A batch made only of holes is dispatched and completed
- * like any other (it is in `batches_dispatched()`, `batches_completed`, `queue_delay` and
- * `processing_time`, so those agree) but never reaches `process_batch` and has no size: it is
- * left out of `batch_size_min`, `batch_size_max`, the histogram, `batch_size_mean()` and
- * `batch_cost`.
- *
- * Durations are measured with the batcher's `Clock` (see clock.hpp): with a `ManualClock`, as in
- * tests, they advance only when the test advances the clock.
- *
- * Each field is read atomically, but the snapshot is not one instant across fields: while the
- * batcher runs, a batch completing during the snapshot may be counted in one field and not yet
- * in another. After `close()` or `wait_idle()` with no concurrent submitters the figures are
- * exact and add up: `items_accepted == items_processed + items_failed + items_expired +
- * items_cancelled` and `items_submitted == items_accepted + items_rejected()`.
- *
- * Expired and cancelled items (README "Deadlines") are counted when their batch is formed, just
- * before the worker completes them (an expired item's handle or callback therefore sees it
- * counted; a cancelled handle completed itself earlier, in `Handle::cancel()`).
- *
- * Thread safety: a plain value type.
- */
-struct Stats {
-    /// Submit calls that were accepted or rejected: accepted + rejected. A submit that throws
-    /// `ReentrancyError` (a usage error) or fails to allocate its handle is in no counter.
-    std::uint64_t items_submitted = 0;
-    std::uint64_t items_accepted = 0;         ///< Items the batcher took responsibility for.
-    std::uint64_t items_rejected_full = 0;    ///< try/timed submits refused at capacity.
-    std::uint64_t items_rejected_closed = 0;  ///< Submits refused because the batcher was closed.
-    /// Submits whose item construction (or callback copy) threw; each left a hole in its batch.
-    /// With a cost function (`cost_by`) also items whose weighing threw or that exceed
-    /// `max_pending_cost` on their own (`CostLimitError`): refused before taking a slot.
-    std::uint64_t items_rejected_error = 0;
-    /// Submits with a deadline refused by admission control (`SubmitStatus::infeasible`).
-    std::uint64_t items_rejected_infeasible = 0;
-    std::uint64_t items_processed = 0;  ///< Items of batches that succeeded.
-    /// Items of failed batches (see `batches_failed`) that isolation did not save, items with
-    /// a failed per-item `Outcome` (see `items_failed_individually`), and items whose move
-    /// constructor threw while their batch was compacted.
-    std::uint64_t items_failed = 0;
-    /// Accepted items whose deadline had passed when their batch was formed: removed from the
-    /// batch, completed with `DeadlineExceeded`, never given to process_batch.
-    std::uint64_t items_expired = 0;
-    /// Accepted items cancelled through `Handle::cancel()` before their batch started: removed
-    /// from the batch, never given to process_batch.
-    std::uint64_t items_cancelled = 0;
-
-    /// Batches dispatched because all their slots were claimed (holes included, so such a
-    /// batch may reach process_batch with fewer than max_batch_size items).
-    std::uint64_t batches_full = 0;
-    std::uint64_t batches_deadline = 0;  ///< Batches dispatched when max_delay expired.
-    std::uint64_t batches_flush = 0;     ///< Batches dispatched by flush()/wait_idle().
-    std::uint64_t batches_close = 0;     ///< Batches dispatched by close().
-    /// Batches held past max_delay while every worker was busy, sealed when one finished.
-    std::uint64_t batches_worker_free = 0;
-    /// Partial batches sealed before max_delay because waiting could not pay (seal_policy.hpp).
-    std::uint64_t batches_early = 0;
-    /// Partial batches sealed while a worker was free because an item's deadline was near
-    /// (seal_policy.hpp, rule 4b).
-    std::uint64_t batches_item_deadline = 0;
-    /// Batches whose processing finished (including batches made only of holes).
-    std::uint64_t batches_completed = 0;
-    /// Completed batches whose process_batch threw or returned the wrong number of results
-    /// (`ResultCountError`): the first call on the whole batch, whatever isolation re-runs
-    /// then saved (`batches_isolated`). A per-item result with failed outcomes is no failed
-    /// batch.
-    std::uint64_t batches_failed = 0;
-
-    /// Smallest completed batch holding items (0 before the first).
-    std::uint64_t batch_size_min = 0;
-    std::uint64_t batch_size_max = 0;  ///< Largest completed batch (0 before the first).
-    /// Completed batches holding items, by size: bucket k counts sizes in [2^k, 2^(k+1)).
-    std::array<std::uint64_t, 24> batch_size_histogram{};
-
-    /**
-     * Per completed batch, measured with the batcher's Clock, the fill time: from the moment its
-     * first item was accepted to the moment the batch was sealed. It does not include the wait for
-     * a worker (`dispatch_wait`) nor the processing; an item's whole latency is in `item_latency`.
-     */
-    DurationSummary queue_delay;
-    /// Per batch, from its seal (dispatch to the executor) to the start of process_batch: the
-    /// time a sealed batch waited for a worker.
-    DurationSummary dispatch_wait;
-    /**
-     * End-to-end latency, submit to completion, sampled once per batch on its oldest item
-     * (accepted first, so the sample bounds every item of the batch from above): from the
-     * moment that item was accepted to the moment its batch's handles and callbacks had all
-     * completed. One sample per batch keeps clock reads off the per-item path.
-     */
-    LatencySummary item_latency;
-    /// Per completed batch, how long process_batch ran (Clock; ~0 for a batch of holes; with
-    /// `Options::isolate_failures`, a failed batch's re-runs included).
-    DurationSummary processing_time;
-
-    std::uint64_t callback_exceptions = 0;  ///< Exceptions thrown by per-item callbacks.
-
-    // ---- Per-item outcomes and failure isolation (Options::isolate_failures) ----------------
-    /**
-     * Items that failed on their own while their batch's process_batch call did not fail for
-     * all of them: a failed `Outcome` in a per-item result vector, or (with
-     * `Options::isolate_failures`) the exception of a failing re-run. Part of `items_failed`;
-     * the rest of `items_failed` are items of failed batches that were not re-run and items
-     * whose move threw during compaction.
-     */
-    std::uint64_t items_failed_individually = 0;
-    /// Failed batches (counted in `batches_failed`: their first call threw) that were re-run in
-    /// halves to isolate the failing items.
-    std::uint64_t batches_isolated = 0;
-    /// Extra process_batch calls made by isolation, on sub-batches. Calls made in all: batches
-    /// holding items (the batch-size histogram's total) plus this.
-    std::uint64_t isolation_runs = 0;
-    /// Those of `isolation_runs` that threw or returned the wrong number of results.
-    std::uint64_t isolation_runs_failed = 0;
-
-    /// Item costs (with a cost function, `cost_by`; all 0 without one). Not to be confused with
-    /// `batch_cost`, the fit of batch *processing time*. The total cost of the items of
-    /// completed batches (expired and cancelled items included: they were in the batch).
-    std::uint64_t item_cost_total = 0;
-    /// The largest total item cost of one completed batch.
-    std::uint64_t batch_item_cost_max = 0;
-    /// Items costing more than `Options::max_batch_cost` on their own, each given a batch of its
-    /// own.
-    std::uint64_t items_oversized = 0;
-
-    /**
-     * @brief (batch size, processing time) of every successful batch, as least-squares
-     *        moments: `stats.batch_cost.fit()` estimates the cost model's α (per batch) and
-     *        β (per item) from the running batcher (see cost_model.hpp).
-     */
-    CostModelFitter batch_cost;
-
-    /// @brief All rejected submits.
-    std::uint64_t items_rejected() const noexcept {
-        return items_rejected_full + items_rejected_closed + items_rejected_error +
-               items_rejected_infeasible;
-    }
-    /// @brief All dispatched batches.
-    std::uint64_t batches_dispatched() const noexcept {
-        return batches_full + batches_deadline + batches_flush + batches_close +
-               batches_worker_free + batches_early + batches_item_deadline;
-    }
-    /// @brief Mean total item cost (`cost_by`) of completed batches (0 before the first).
-    double batch_item_cost_mean() const noexcept {
-        return batches_completed == 0
-                   ? 0.0
-                   : static_cast<double>(item_cost_total) / static_cast<double>(batches_completed);
-    }
-    /// @brief Mean size of completed batches holding items (0 before the first).
-    double batch_size_mean() const noexcept {
-        std::uint64_t sized = 0;  // batches made only of holes have no size: see above
-        for (const std::uint64_t bucket : batch_size_histogram) {
-            sized += bucket;
-        }
-        return sized == 0 ? 0.0
-                          : static_cast<double>(items_processed + items_failed) /
-                                static_cast<double>(sized);
-    }
-};
-
-namespace detail {
-
-/// Lock-free accumulation of one DurationSummary (relaxed: independent statistics counters).
-class DurationRecorder {
-public:
-    void record(std::int64_t nanoseconds) noexcept {
-        if (nanoseconds < 0) {
-            nanoseconds = 0;
-        }
-        // relaxed throughout: each counter is independent; snapshots are documented as
-        // not being one instant across fields.
-        count_.fetch_add(1, std::memory_order_relaxed);
-        total_.fetch_add(nanoseconds, std::memory_order_relaxed);
-        store_min(min_, nanoseconds);
-        store_max(max_, nanoseconds);
-    }
-
-    DurationSummary snapshot() const noexcept {
-        DurationSummary summary;
-        summary.count = count_.load(std::memory_order_relaxed);
-        summary.total = std::chrono::nanoseconds(total_.load(std::memory_order_relaxed));
-        const std::int64_t min = min_.load(std::memory_order_relaxed);
-        summary.min = std::chrono::nanoseconds(summary.count == 0 ? 0 : min);
-        summary.max = std::chrono::nanoseconds(max_.load(std::memory_order_relaxed));
-        return summary;
-    }
-
-    /// record() for a caller that serialises every writer of this recorder (StatsRecorder's
-    /// completion mutex): plain loads and stores instead of read-modify-writes. Readers still
-    /// read without the lock (the fields stay atomics).
-    void record_serialised(std::int64_t nanoseconds) noexcept {
-        if (nanoseconds < 0) {
-            nanoseconds = 0;
-        }
-        // relaxed throughout: as record(); the caller's mutex orders the writers.
-        add_serialised(count_, std::uint64_t{1});
-        add_serialised(total_, nanoseconds);
-        if (nanoseconds < min_.load(std::memory_order_relaxed)) {
-            min_.store(nanoseconds, std::memory_order_relaxed);
-        }
-        if (nanoseconds > max_.load(std::memory_order_relaxed)) {
-            max_.store(nanoseconds, std::memory_order_relaxed);
-        }
-    }
-
-    /// `target += value` for a counter whose writers are serialised by a mutex: a load and a
-    /// store (relaxed: the mutex orders the writers; readers only want a recent value).
-    template <class V>
-    static void add_serialised(std::atomic<V>& target, V value) noexcept {
-        target.store(target.load(std::memory_order_relaxed) + value, std::memory_order_relaxed);
-    }
-
-    static void store_min(std::atomic<std::int64_t>& target, std::int64_t value) noexcept {
-        std::int64_t current = target.load(std::memory_order_relaxed);
-        while (value < current &&
-               !target.compare_exchange_weak(current, value, std::memory_order_relaxed)) {
-        }
-    }
-    static void store_max(std::atomic<std::int64_t>& target, std::int64_t value) noexcept {
-        std::int64_t current = target.load(std::memory_order_relaxed);
-        while (value > current &&
-               !target.compare_exchange_weak(current, value, std::memory_order_relaxed)) {
-        }
-    }
-
-private:
-    std::atomic<std::uint64_t> count_{0};
-    std::atomic<std::int64_t> total_{0};
-    std::atomic<std::int64_t> min_{std::numeric_limits<std::int64_t>::max()};
-    std::atomic<std::int64_t> max_{0};
-};
-
-/**
- * @brief The batcher's live counters. Producers touch only the rejection counters (slow path);
- *        sealers and workers update the rest once per batch. All relaxed: these are statistics,
- *        nothing else is published through them.
- */
-class StatsRecorder {
-public:
-    void rejected_full() noexcept { rejected_full_.fetch_add(1, std::memory_order_relaxed); }
-    void rejected_closed() noexcept { rejected_closed_.fetch_add(1, std::memory_order_relaxed); }
-    /// @p count more items refused with @p status (`full`, `closed` or `infeasible`): e.g. a
-    /// bulk submission's rest.
-    void rejected(SubmitStatus status, std::size_t count) noexcept {
-        (status == SubmitStatus::closed       ? rejected_closed_
-         : status == SubmitStatus::infeasible ? rejected_infeasible_
-                                              : rejected_full_)
-            .fetch_add(count, std::memory_order_relaxed);
-    }
-    void rejected_error() noexcept { rejected_error_.fetch_add(1, std::memory_order_relaxed); }
-    /// Items of a batch being formed removed because their deadline passed (@p expired) or
-    /// their handle cancelled them (@p cancelled); counted before they complete.
-    void removed(std::size_t expired, std::size_t cancelled) noexcept {
-        if (expired != 0) {
-            expired_.fetch_add(expired, std::memory_order_relaxed);
-        }
-        if (cancelled != 0) {
-            cancelled_.fetch_add(cancelled, std::memory_order_relaxed);
-        }
-    }
-    void callback_exception() noexcept {
-        callback_exceptions_.fetch_add(1, std::memory_order_relaxed);
-    }
-
-    /// A batch of @p size items was sealed for dispatch because of @p reason.
-    void dispatched(std::size_t size, DispatchReason reason) noexcept {
-        sealed_items_.fetch_add(size, std::memory_order_relaxed);
-        by_reason_[static_cast<std::size_t>(reason)].fetch_add(1, std::memory_order_relaxed);
-    }
-
-    /// @p count slots of a dispatched batch held no item (their construction threw).
-    void holes(std::size_t count) noexcept {
-        sealed_items_.fetch_sub(count, std::memory_order_relaxed);
-    }
-
-    /// One item failed before its batch ran; counted at once, before its completion runs.
-    void failed_early() noexcept {
-        // relaxed: the completion that follows publishes it (release in the handle state or
-        // the callback's own synchronisation), like the other counters.
-        failed_.fetch_add(1, std::memory_order_relaxed);
-    }
-
-    /// completed()'s "no latency sample with this batch" (see item_latency()).
-    static constexpr std::int64_t no_latency = std::numeric_limits<std::int64_t>::min();
-
-    /// A batch finished: @p succeeded + @p failed items, plus @p failed_earlier items already
-    /// counted by failed_early(); queue delay and processing time in ns; @p latency_ns: the
-    /// batch's end-to-end sample when it is already known (else item_latency() later).
-    void completed(std::size_t succeeded, std::size_t failed, bool batch_failed,
-                   std::int64_t queue_delay_ns, std::int64_t dispatch_wait_ns,
-                   std::int64_t processing_ns, std::size_t failed_earlier = 0,
-                   std::int64_t latency_ns = no_latency) noexcept {
-        const std::size_t size = succeeded + failed + failed_earlier;
-        if (failed != 0) {
-            // An RMW: failed_early() also writes this counter, without the mutex.
-            failed_.fetch_add(failed, std::memory_order_relaxed);
-        }
-        // One mutex per finished batch (never on the submit path): the fitter updates several
-        // moments together, and workers finish batches concurrently. The counters below are
-        // written only here, under it, so each is a load and a store rather than an atomic
-        // read-modify-write (about a dozen fewer locked instructions per batch).
-        std::lock_guard<std::mutex> lock(completion_mutex_);
-        const auto add = [](auto& counter, auto value) {
-            DurationRecorder::add_serialised(counter, static_cast<decltype(counter.load())>(value));
-        };
-        add(processed_, succeeded);
-        if (batch_failed) {
-            add(batches_failed_, 1);
-        }
-        if (size > 0) {  // a batch whose every slot was a hole ran nothing: not a size sample
-            const auto sized = static_cast<std::int64_t>(size);
-            if (sized < size_min_.load(std::memory_order_relaxed)) {
-                size_min_.store(sized, std::memory_order_relaxed);
-            }
-            if (sized > size_max_.load(std::memory_order_relaxed)) {
-                size_max_.store(sized, std::memory_order_relaxed);
-            }
-            std::size_t bucket = 0;
-            while ((size >> (bucket + 1)) != 0 && bucket + 1 < histogram_.size()) {
-                ++bucket;
-            }
-            add(histogram_[bucket], 1);
-        }
-        if (latency_ns != no_latency) {
-            record_latency_locked(latency_ns);
-        }
-        queue_delay_.record_serialised(queue_delay_ns);
-        dispatch_wait_.record_serialised(dispatch_wait_ns);
-        processing_time_.record_serialised(processing_ns);
-        if (!batch_failed && size > 0) {
-            batch_cost_.add(size, std::chrono::nanoseconds(processing_ns < 0 ? 0 : processing_ns));
-            // Published for the sealing policy, which must not take this mutex. Until two
-            // batch sizes were seen the line is undetermined: the mean batch time stands in for
-            // alpha (an upper bound), beta = 0. relaxed: two independent estimates.
-            const std::optional<CostModel> model = batch_cost_.fit();
-            const double alpha =
-                model ? model->per_batch.count() * 1e9 : batch_cost_.mean_duration().count() * 1e9;
-            const double beta = model ? model->per_item.count() * 1e9 : 0.0;
-            fitted_per_batch_ns_.store(alpha, std::memory_order_relaxed);
-            fitted_per_item_ns_.store(beta, std::memory_order_relaxed);
-        }
-        // Last, so that a snapshot seeing a batch as completed tends to see its items too.
-        add(batches_completed_, 1);
-    }
-
-    /// Per-item outcomes of a batch, before its completed(): @p individually failed items
-    /// (also passed to completed() as failed), whether it was @p isolated, and isolation's
-    /// @p runs and @p runs_failed.
-    void outcomes(std::size_t individually, bool isolated, std::size_t runs,
-                  std::size_t runs_failed) noexcept {
-        failed_individually_.fetch_add(individually, std::memory_order_relaxed);
-        if (isolated) {
-            batches_isolated_.fetch_add(1, std::memory_order_relaxed);
-        }
-        isolation_runs_.fetch_add(runs, std::memory_order_relaxed);
-        isolation_runs_failed_.fetch_add(runs_failed, std::memory_order_relaxed);
-    }
-
-    /// A batch whose items' costs (cost_by) add up to @p cost finished; before completed().
-    void batch_item_cost(std::uint64_t cost) noexcept {
-        item_cost_total_.fetch_add(cost, std::memory_order_relaxed);
-        std::uint64_t max = item_cost_max_.load(std::memory_order_relaxed);
-        while (cost > max &&
-               !item_cost_max_.compare_exchange_weak(max, cost, std::memory_order_relaxed)) {
-        }
-    }
-
-    /// An item costing more than max_batch_cost was accepted (into a batch of its own).
-    void oversized() noexcept { oversized_.fetch_add(1, std::memory_order_relaxed); }
-
-    /// One end-to-end latency sample (ns), see Stats::item_latency.
-    void item_latency(std::int64_t nanoseconds) noexcept {
-        std::lock_guard<std::mutex> lock(completion_mutex_);
-        record_latency_locked(nanoseconds);
-    }
-
-    /// The cost fit as last published by a worker: alpha and beta in ns (0, 0 before the first
-    /// successful batch). Lock-free.
-    void fitted_cost(double& per_batch_ns, double& per_item_ns) const noexcept {
-        // relaxed: independent estimates, see completed().
-        per_batch_ns = fitted_per_batch_ns_.load(std::memory_order_relaxed);
-        per_item_ns = fitted_per_item_ns_.load(std::memory_order_relaxed);
-    }
-
-    /// Items sealed into batches so far (accepted items not yet in the open batch).
-    std::uint64_t sealed_items() const noexcept {
-        return sealed_items_.load(std::memory_order_relaxed);
-    }
-
-    /// Fills @p stats; @p open_items are the accepted items still in the filling batch.
-    void snapshot(Stats& stats, std::uint64_t open_items) const noexcept {
-        const auto load = [](const auto& counter) {
-            return counter.load(std::memory_order_relaxed);
-        };
-        stats.batches_completed = load(batches_completed_);
-        stats.items_processed = load(processed_);
-        stats.items_failed = load(failed_);
-        stats.batches_failed = load(batches_failed_);
-        stats.items_accepted = load(sealed_items_) + open_items;
-        stats.items_rejected_full = load(rejected_full_);
-        stats.items_rejected_closed = load(rejected_closed_);
-        stats.items_rejected_error = load(rejected_error_);
-        stats.items_rejected_infeasible = load(rejected_infeasible_);
-        stats.items_expired = load(expired_);
-        stats.items_cancelled = load(cancelled_);
-        stats.items_submitted = stats.items_accepted + stats.items_rejected();
-        stats.batches_full = load(by_reason_[static_cast<std::size_t>(DispatchReason::full)]);
-        stats.batches_deadline =
-            load(by_reason_[static_cast<std::size_t>(DispatchReason::deadline)]);
-        stats.batches_flush = load(by_reason_[static_cast<std::size_t>(DispatchReason::flush)]);
-        stats.batches_close = load(by_reason_[static_cast<std::size_t>(DispatchReason::close)]);
-        stats.batches_worker_free =
-            load(by_reason_[static_cast<std::size_t>(DispatchReason::worker_free)]);
-        stats.batches_early = load(by_reason_[static_cast<std::size_t>(DispatchReason::early)]);
-        stats.batches_item_deadline =
-            load(by_reason_[static_cast<std::size_t>(DispatchReason::item_deadline)]);
-        // size_min_ keeps its initial maximum until a batch holding items completed; batches
-        // made only of holes complete without a size sample.
-        const std::int64_t size_min = load(size_min_);
-        stats.batch_size_min = size_min == std::numeric_limits<std::int64_t>::max()
-                                   ? 0
-                                   : static_cast<std::uint64_t>(size_min);
-        stats.batch_size_max = static_cast<std::uint64_t>(load(size_max_));
-        for (std::size_t i = 0; i < histogram_.size(); ++i) {
-            stats.batch_size_histogram[i] = load(histogram_[i]);
-        }
-        stats.queue_delay = queue_delay_.snapshot();
-        stats.processing_time = processing_time_.snapshot();
-        stats.dispatch_wait = dispatch_wait_.snapshot();
-        for (std::size_t i = 0; i < LatencySummary::bucket_count; ++i) {
-            stats.item_latency.buckets[i] = load(latency_buckets_[i]);
-            stats.item_latency.count += stats.item_latency.buckets[i];
-        }
-        stats.item_latency.total = std::chrono::nanoseconds(load(latency_total_));
-        stats.item_latency.max = std::chrono::nanoseconds(load(latency_max_));
-        stats.callback_exceptions = load(callback_exceptions_);
-        stats.items_failed_individually = load(failed_individually_);
-        stats.batches_isolated = load(batches_isolated_);
-        stats.isolation_runs = load(isolation_runs_);
-        stats.isolation_runs_failed = load(isolation_runs_failed_);
-        stats.item_cost_total = load(item_cost_total_);
-        stats.batch_item_cost_max = load(item_cost_max_);
-        stats.items_oversized = load(oversized_);
-        std::lock_guard<std::mutex> lock(completion_mutex_);
-        stats.batch_cost = batch_cost_;
-    }
-
-private:
-    // The latency fields are written only here, under completion_mutex_: load and store.
-    void record_latency_locked(std::int64_t nanoseconds) noexcept {
-        if (nanoseconds < 0) {
-            nanoseconds = 0;
-        }
-        DurationRecorder::add_serialised(latency_buckets_[LatencySummary::bucket_of(nanoseconds)],
-                                         std::uint64_t{1});
-        DurationRecorder::add_serialised(latency_total_, nanoseconds);
-        if (nanoseconds > latency_max_.load(std::memory_order_relaxed)) {
-            latency_max_.store(nanoseconds, std::memory_order_relaxed);
-        }
-    }
-
-    // Written by producers on the slow path only: kept off the workers' cache lines.
-    alignas(cache_line_size) std::atomic<std::uint64_t> rejected_full_{0};
-    std::atomic<std::uint64_t> rejected_closed_{0};
-    std::atomic<std::uint64_t> rejected_error_{0};
-    std::atomic<std::uint64_t> rejected_infeasible_{0};
-    // Written once per batch by whoever seals it.
-    alignas(cache_line_size) std::atomic<std::uint64_t> sealed_items_{0};
-    std::array<std::atomic<std::uint64_t>, 7> by_reason_{};
-    // Written once per batch by the worker that ran it. processed_, batches_failed_,
-    // batches_completed_, the size fields, the histogram and the three DurationRecorders only
-    // in completed(), under completion_mutex_ (so by load and store), and so are the latency
-    // fields (also in item_latency()); the rest by RMWs.
-    alignas(cache_line_size) std::atomic<std::uint64_t> processed_{0};
-    std::atomic<std::uint64_t> failed_{0};
-    std::atomic<std::uint64_t> batches_failed_{0};
-    std::atomic<std::uint64_t> batches_completed_{0};
-    std::atomic<std::uint64_t> callback_exceptions_{0};
-    std::atomic<std::uint64_t> expired_{0};
-    std::atomic<std::uint64_t> cancelled_{0};
-    std::atomic<std::int64_t> size_min_{std::numeric_limits<std::int64_t>::max()};
-    std::atomic<std::int64_t> size_max_{0};
-    std::array<std::atomic<std::uint64_t>, 24> histogram_{};
-    DurationRecorder queue_delay_;
-    DurationRecorder processing_time_;
-    DurationRecorder dispatch_wait_;
-    std::array<std::atomic<std::uint64_t>, LatencySummary::bucket_count> latency_buckets_{};
-    std::atomic<std::int64_t> latency_total_{0};
-    std::atomic<std::int64_t> latency_max_{0};
-    mutable std::mutex completion_mutex_;
-    CostModelFitter batch_cost_;  // guarded by completion_mutex_
-    std::atomic<double> fitted_per_batch_ns_{0.0};
-    std::atomic<double> fitted_per_item_ns_{0.0};
-    // Per-item outcomes and isolation: written once per batch that has them, by its worker.
-    std::atomic<std::uint64_t> failed_individually_{0};
-    std::atomic<std::uint64_t> batches_isolated_{0};
-    std::atomic<std::uint64_t> isolation_runs_{0};
-    std::atomic<std::uint64_t> isolation_runs_failed_{0};
-    // Item costs: written once per batch by its worker (the oversized count by producers).
-    std::atomic<std::uint64_t> item_cost_total_{0};
-    std::atomic<std::uint64_t> item_cost_max_{0};
-    std::atomic<std::uint64_t> oversized_{0};
-};
-
-}  // namespace detail
-}  // namespace microbatch
-
-// ---- end microbatch/stats.hpp ----
 // ---- begin microbatch/submit_result.hpp ----
 /**
  * @file submit_result.hpp
