@@ -3956,19 +3956,39 @@ struct Stats {
 namespace microbatch {
 namespace detail {
 
-/// Lock-free accumulation of one DurationSummary (relaxed: independent statistics counters).
+// Updates of a statistic whose writers are serialised by a mutex (StatsRecorder's completion
+// mutex): a load and a store instead of a read-modify-write. relaxed: the mutex orders the
+// writers; lock-free readers only want a recent value (snapshots are documented as not being
+// one instant across fields).
+template <class V>
+void add_serialised(std::atomic<V>& target, V value) noexcept {
+    target.store(target.load(std::memory_order_relaxed) + value, std::memory_order_relaxed);
+}
+template <class V>
+void lower_serialised(std::atomic<V>& target, V value) noexcept {
+    if (value < target.load(std::memory_order_relaxed)) {
+        target.store(value, std::memory_order_relaxed);
+    }
+}
+template <class V>
+void raise_serialised(std::atomic<V>& target, V value) noexcept {
+    if (value > target.load(std::memory_order_relaxed)) {
+        target.store(value, std::memory_order_relaxed);
+    }
+}
+
+/// Accumulation of one DurationSummary. Writers are serialised by the caller (StatsRecorder's
+/// completion mutex); readers take snapshots without a lock.
 class DurationRecorder {
 public:
     void record(std::int64_t nanoseconds) noexcept {
         if (nanoseconds < 0) {
             nanoseconds = 0;
         }
-        // relaxed throughout: each counter is independent; snapshots are documented as
-        // not being one instant across fields.
-        count_.fetch_add(1, std::memory_order_relaxed);
-        total_.fetch_add(nanoseconds, std::memory_order_relaxed);
-        store_min(min_, nanoseconds);
-        store_max(max_, nanoseconds);
+        add_serialised(count_, std::uint64_t{1});
+        add_serialised(total_, nanoseconds);
+        lower_serialised(min_, nanoseconds);
+        raise_serialised(max_, nanoseconds);
     }
 
     DurationSummary snapshot() const noexcept {
@@ -3979,44 +3999,6 @@ public:
         summary.min = std::chrono::nanoseconds(summary.count == 0 ? 0 : min);
         summary.max = std::chrono::nanoseconds(max_.load(std::memory_order_relaxed));
         return summary;
-    }
-
-    /// record() for a caller that serialises every writer of this recorder (StatsRecorder's
-    /// completion mutex): plain loads and stores instead of read-modify-writes. Readers still
-    /// read without the lock (the fields stay atomics).
-    void record_serialised(std::int64_t nanoseconds) noexcept {
-        if (nanoseconds < 0) {
-            nanoseconds = 0;
-        }
-        // relaxed throughout: as record(); the caller's mutex orders the writers.
-        add_serialised(count_, std::uint64_t{1});
-        add_serialised(total_, nanoseconds);
-        if (nanoseconds < min_.load(std::memory_order_relaxed)) {
-            min_.store(nanoseconds, std::memory_order_relaxed);
-        }
-        if (nanoseconds > max_.load(std::memory_order_relaxed)) {
-            max_.store(nanoseconds, std::memory_order_relaxed);
-        }
-    }
-
-    /// `target += value` for a counter whose writers are serialised by a mutex: a load and a
-    /// store (relaxed: the mutex orders the writers; readers only want a recent value).
-    template <class V>
-    static void add_serialised(std::atomic<V>& target, V value) noexcept {
-        target.store(target.load(std::memory_order_relaxed) + value, std::memory_order_relaxed);
-    }
-
-    static void store_min(std::atomic<std::int64_t>& target, std::int64_t value) noexcept {
-        std::int64_t current = target.load(std::memory_order_relaxed);
-        while (value < current &&
-               !target.compare_exchange_weak(current, value, std::memory_order_relaxed)) {
-        }
-    }
-    static void store_max(std::atomic<std::int64_t>& target, std::int64_t value) noexcept {
-        std::int64_t current = target.load(std::memory_order_relaxed);
-        while (value > current &&
-               !target.compare_exchange_weak(current, value, std::memory_order_relaxed)) {
-        }
     }
 
 private:
@@ -4097,20 +4079,15 @@ public:
         // read-modify-write (about a dozen fewer locked instructions per batch).
         std::lock_guard<std::mutex> lock(completion_mutex_);
         const auto add = [](auto& counter, auto value) {
-            DurationRecorder::add_serialised(counter, static_cast<decltype(counter.load())>(value));
+            add_serialised(counter, static_cast<decltype(counter.load())>(value));
         };
         add(processed_, succeeded);
         if (batch_failed) {
             add(batches_failed_, 1);
         }
         if (size > 0) {  // a batch whose every slot was a hole ran nothing: not a size sample
-            const auto sized = static_cast<std::int64_t>(size);
-            if (sized < size_min_.load(std::memory_order_relaxed)) {
-                size_min_.store(sized, std::memory_order_relaxed);
-            }
-            if (sized > size_max_.load(std::memory_order_relaxed)) {
-                size_max_.store(sized, std::memory_order_relaxed);
-            }
+            lower_serialised(size_min_, static_cast<std::int64_t>(size));
+            raise_serialised(size_max_, static_cast<std::int64_t>(size));
             std::size_t bucket = 0;
             while ((size >> (bucket + 1)) != 0 && bucket + 1 < histogram_.size()) {
                 ++bucket;
@@ -4120,9 +4097,9 @@ public:
         if (latency_ns != no_latency) {
             record_latency_locked(latency_ns);
         }
-        queue_delay_.record_serialised(queue_delay_ns);
-        dispatch_wait_.record_serialised(dispatch_wait_ns);
-        processing_time_.record_serialised(processing_ns);
+        queue_delay_.record(queue_delay_ns);
+        dispatch_wait_.record(dispatch_wait_ns);
+        processing_time_.record(processing_ns);
         if (!batch_failed && size > 0) {
             batch_cost_.add(size, std::chrono::nanoseconds(processing_ns < 0 ? 0 : processing_ns));
             // Published for the sealing policy, which must not take this mutex. Until two
@@ -4247,12 +4224,9 @@ private:
         if (nanoseconds < 0) {
             nanoseconds = 0;
         }
-        DurationRecorder::add_serialised(latency_buckets_[LatencySummary::bucket_of(nanoseconds)],
-                                         std::uint64_t{1});
-        DurationRecorder::add_serialised(latency_total_, nanoseconds);
-        if (nanoseconds > latency_max_.load(std::memory_order_relaxed)) {
-            latency_max_.store(nanoseconds, std::memory_order_relaxed);
-        }
+        add_serialised(latency_buckets_[LatencySummary::bucket_of(nanoseconds)], std::uint64_t{1});
+        add_serialised(latency_total_, nanoseconds);
+        raise_serialised(latency_max_, nanoseconds);
     }
 
     // Written by producers on the slow path only: kept off the workers' cache lines.
@@ -7099,6 +7073,11 @@ private:
     }
     // Rule 5c's cheap test for producers: the batch's @p count items plus those in flight reach
     // the usual population (population_threshold_, 0 when the rule is off).
+    // With a batch size of 1 every claim fills and seals its batch: no partial batch ever
+    // exists, so the policy's estimates, the free-worker seal and rule 5c's population sample
+    // are never needed. Skipping them saves the worker ~300 instructions per (one-item) batch
+    // and a read of each lane's head, a cache line the producers keep writing.
+    bool every_claim_seals() const noexcept { return batch_size_ == 1; }
     bool reaches_population(std::uint64_t count) const noexcept {
         // relaxed: policy inputs; decide_seal confirms.
         const std::uint32_t threshold = population_threshold_.load(std::memory_order_relaxed);
@@ -7195,6 +7174,7 @@ private:
     SubmitStatus submit_impl(U&& item, WaitMode mode, Deadline deadline, Store&& store);
     template <class U, class Store>
     SubmitStatus submit_general(U&& item, WaitMode mode, Deadline deadline, Store& store);
+    bool try_claim_slot(Lane& lane, std::uint64_t& head) noexcept;
     // @p cost: the item's cost (cost_by), taken off its batch again if the item turns into a
     // hole. Likewise for fill_run's single item (weighed bulk submissions fill one at a time).
     template <class U, class Store>
@@ -7699,7 +7679,7 @@ BulkResult Batcher<T, R, Clock>::claim_bulk(InputIt& first, std::size_t n, WaitM
     detail::AdmissionTurn turn;  // held while admitted from the queue of blocked producers
     std::size_t done = 0;
     while (done < n) {
-        // Test before claiming, as submit_impl does: a claim on a sealed or closed head is a
+        // Test before claiming, as try_claim_slot does: a claim on a sealed or closed head is a
         // stray increment. relaxed: only a filter; the fetch_add below decides.
         const std::uint64_t seen = lane.head.load(std::memory_order_relaxed);
         const std::uint64_t seen_count = seen & count_mask;
@@ -7711,7 +7691,7 @@ BulkResult Batcher<T, R, Clock>::claim_bulk(InputIt& first, std::size_t n, WaitM
             const std::uint64_t want = std::min<std::uint64_t>(
                 {static_cast<std::uint64_t>(n - done), batch_size_ - seen_count,
                  static_cast<std::uint64_t>(max_bulk_claim)});
-            // seq_cst: as submit_impl's claim (orders it before note_batch_opened's handshake).
+            // seq_cst: as try_claim_slot's claim (orders it before note_batch_opened's handshake).
             const std::uint64_t head = lane.head.fetch_add(want, std::memory_order_seq_cst);
             const std::uint64_t index = head & count_mask;
             if (index < batch_size_) {
@@ -8094,7 +8074,7 @@ std::size_t Batcher<T, R, Clock>::max_in_flight() const noexcept {
  * @brief Batcher internals, step 1 with a cost function (`cost_by`): weighing an item, the
  *        bound on pending cost, and claiming a slot under the batch cost bound.
  *
- * submit_impl() and claim_bulk() hand a weighed batcher's items to submit_weighed() and
+ * submit_general() and claim_bulk() hand a weighed batcher's items to submit_weighed() and
  * submit_bulk_weighed(), which for each item:
  *  1. weigh it (the cost function, once) and refuse it with CostLimitError if it exceeds
  *     max_pending_cost on its own;
@@ -8253,7 +8233,7 @@ BulkResult Batcher<T, R, Clock>::submit_bulk_weighed(InputIt& first, std::size_t
     return BulkResult{SubmitStatus::accepted, n};
 }
 
-// Claims one slot for an item costing @p cost. Without max_batch_cost this is submit_impl's
+// Claims one slot for an item costing @p cost. Without max_batch_cost this is try_claim_slot's
 // claim plus adding the cost to the batch. With it, claims are serialised per lane, so that the
 // open batch's item count and cost are exact while the item asks whether it fits: only holders
 // of fill_mutex claim, so a claim that lands in another batch than the one inspected (the timer
@@ -8285,7 +8265,7 @@ typename Batcher<T, R, Clock>::CostClaim Batcher<T, R, Clock>::claim_weighed(
                     // (an executor that refuses tasks), which must not happen under the lock.
                     seal_first = (seen & ~count_mask) | 1;  // | 1: never 0 (the tag may be 0)
                 } else {
-                    // seq_cst: as submit_impl's claim (orders it before note_batch_opened).
+                    // seq_cst: as try_claim_slot's claim (orders it before note_batch_opened).
                     const std::uint64_t head = lane.head.fetch_add(1, std::memory_order_seq_cst);
                     const auto index = static_cast<std::uint32_t>(head & count_mask);
                     if (index < batch_size_) {
@@ -9206,10 +9186,8 @@ SealInputs Batcher<T, R, Clock>::policy_inputs(SealTrigger trigger, std::int64_t
 template <class T, class R, class Clock>
 void Batcher<T, R, Clock>::note_sealed(std::uint32_t size, std::int64_t now, std::int64_t opened_at,
                                        bool at_arrival) noexcept {
-    if (batch_size_ == 1) {
-        // Every claim fills its batch: no partial batch, so the rate and the thresholds these
-        // samples feed are never asked for; skip ~150 instructions per (one-item) batch.
-        return;
+    if (every_claim_seals()) {
+        return;  // the rate and the thresholds these samples feed are never asked for
     }
     if (at_arrival && size >= 2 && opened_at != unset_time && now >= opened_at) {
         const double gap =
@@ -9283,11 +9261,8 @@ void Batcher<T, R, Clock>::wake_timer() {
 // the limit allows, then let the timer re-plan if it was waiting for a worker.
 template <class T, class R, class Clock>
 void Batcher<T, R, Clock>::seal_for_free_worker(std::int64_t now) {
-    if (batch_size_ == 1) {
-        // Every claim fills (and seals) its batch: there is never a partial batch to seal or
-        // to time. Skipping also spares the worker a read of each lane's head, a cache line
-        // the producers keep writing.
-        return;
+    if (every_claim_seals()) {
+        return;  // no partial batch to seal or to time
     }
     if (detail::sealing_for_free_worker == this) {
         return;  // an inline executor ran the batch we sealed: the loop below goes on
@@ -9440,7 +9415,7 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
     // with clients that each wait for their result, these items come back at once.
     // Only here, not at seals: a seal sees the items in flight but not those waiting in other
     // lanes, and in a closed loop a batch sealed early would make the samples disagree.
-    if (batch_size_ != 1) {  // at B = 1 no partial batch ever asks rule 5c (see note_sealed)
+    if (!every_claim_seals()) {  // else no partial batch ever asks rule 5c
         note_population(pending());
     }
     if (any_completion && outcomes.active) {
@@ -9951,9 +9926,11 @@ void Batcher<T, R, Clock>::mark_finished(Buffer& buffer, std::uint64_t sequence)
  * @file batcher_submit.hpp
  * @brief Batcher internals, step 1 of an item's path: claiming a slot and writing the item.
  *
- * submit/post/try_submit end in submit_impl(): one fetch_add on the lane's head word claims a
- * slot, fill_slot() constructs the item in place and publishes it; the producer of the last slot
- * seals the batch (detail/batcher_seal.hpp). When no batch is open, wait_for_space() blocks.
+ * submit/post/try_submit end in submit_impl(): try_claim_slot() claims a slot with one fetch_add
+ * on the lane's head word, fill_slot() constructs the item in place and publishes it; the
+ * producer of the last slot seals the batch (detail/batcher_seal.hpp). submit_impl() is the
+ * inlined common case; submit_general() handles the rest (timeouts, weighed items, throwing
+ * constructors) and, when no batch is open, waits in wait_for_space().
  */
 
 namespace microbatch {
@@ -10008,15 +9985,10 @@ SubmitStatus Batcher<T, R, Clock>::submit_impl(U&& item, WaitMode mode, Deadline
                   std::is_nothrow_invocable_v<Store&, detail::Completion<R>&>) {
         if (!has_default_timeout_ && !cost_function_) {
             Lane& lane = lane_for_this_thread();
-            // relaxed: only a filter, as in submit_general.
-            const std::uint64_t seen = lane.head.load(std::memory_order_relaxed);
-            if ((seen & count_mask) < batch_size_ && (seen & closed_bit) == 0) {
-                // seq_cst: as submit_general's claim.
-                const std::uint64_t head = lane.head.fetch_add(1, std::memory_order_seq_cst);
-                const std::uint32_t index = static_cast<std::uint32_t>(head & count_mask);
-                if (index < batch_size_) {
-                    return fill_slot(lane, head, index, std::forward<U>(item), store);
-                }
+            std::uint64_t head = 0;
+            if (try_claim_slot(lane, head)) {
+                return fill_slot(lane, head, static_cast<std::uint32_t>(head & count_mask),
+                                 std::forward<U>(item), store);
             }
         }
     }
@@ -10038,20 +10010,11 @@ SubmitStatus Batcher<T, R, Clock>::submit_general(U&& item, WaitMode mode, Deadl
     Lane& lane = lane_for_this_thread();
     detail::AdmissionTurn turn;  // held while admitted from the queue of blocked producers
     for (;;) {
-        // Test before claiming: a claim on a sealed or closed head is a stray increment of
-        // the 24-bit count, and an unbounded run of them (a producer polling try_submit on
-        // a full or closed batcher) would carry into the buffer field. relaxed: only a
-        // filter; the fetch_add below decides.
-        const std::uint64_t seen = lane.head.load(std::memory_order_relaxed);
-        if ((seen & count_mask) < batch_size_ && (seen & closed_bit) == 0) {
-            // seq_cst: claims a slot; also orders the claim before the opened_at/timer_idle_
-            // handshake in note_batch_opened (free on x86, where every RMW is a full fence).
-            const std::uint64_t head = lane.head.fetch_add(1, std::memory_order_seq_cst);
-            const std::uint32_t index = static_cast<std::uint32_t>(head & count_mask);
-            if (index < batch_size_) {
-                turn.release();  // claimed: the next blocked producer may go (fair admission)
-                return fill_slot(lane, head, index, std::forward<U>(item), store);
-            }
+        std::uint64_t head = 0;
+        if (try_claim_slot(lane, head)) {
+            turn.release();  // claimed: the next blocked producer may go (fair admission)
+            return fill_slot(lane, head, static_cast<std::uint32_t>(head & count_mask),
+                             std::forward<U>(item), store);
         }
         const SubmitStatus status = wait_for_space(lane, mode, deadline, turn);
         if (status != SubmitStatus::accepted) {
@@ -10059,6 +10022,24 @@ SubmitStatus Batcher<T, R, Clock>::submit_general(U&& item, WaitMode mode, Deadl
         }
         // accepted here means "a batch is open again": claim anew.
     }
+}
+
+// Claims one slot of @p lane's open batch: true with the claimed head word in @p head, false if
+// no batch is open (sealed, awaiting a buffer, or closed).
+template <class T, class R, class Clock>
+inline bool Batcher<T, R, Clock>::try_claim_slot(Lane& lane, std::uint64_t& head) noexcept {
+    // Test before claiming: a claim on a sealed or closed head is a stray increment of the
+    // 24-bit count, and an unbounded run of them (a producer polling try_submit on a full or
+    // closed batcher) would carry into the buffer field. relaxed: only a filter; the
+    // fetch_add below decides.
+    const std::uint64_t seen = lane.head.load(std::memory_order_relaxed);
+    if ((seen & count_mask) >= batch_size_ || (seen & closed_bit) != 0) {
+        return false;
+    }
+    // seq_cst: claims a slot; also orders the claim before the opened_at/timer_idle_
+    // handshake in note_batch_opened (free on x86, where every RMW is a full fence).
+    head = lane.head.fetch_add(1, std::memory_order_seq_cst);
+    return (head & count_mask) < batch_size_;  // else a stray increment, harmless (above)
 }
 
 template <class T, class R, class Clock>

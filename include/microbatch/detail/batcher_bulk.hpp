@@ -170,7 +170,7 @@ BulkResult Batcher<T, R, Clock>::claim_bulk(InputIt& first, std::size_t n, WaitM
     detail::AdmissionTurn turn;  // held while admitted from the queue of blocked producers
     std::size_t done = 0;
     while (done < n) {
-        // Test before claiming, as submit_impl does: a claim on a sealed or closed head is a
+        // Test before claiming, as try_claim_slot does: a claim on a sealed or closed head is a
         // stray increment. relaxed: only a filter; the fetch_add below decides.
         const std::uint64_t seen = lane.head.load(std::memory_order_relaxed);
         const std::uint64_t seen_count = seen & count_mask;
@@ -182,7 +182,7 @@ BulkResult Batcher<T, R, Clock>::claim_bulk(InputIt& first, std::size_t n, WaitM
             const std::uint64_t want = std::min<std::uint64_t>(
                 {static_cast<std::uint64_t>(n - done), batch_size_ - seen_count,
                  static_cast<std::uint64_t>(max_bulk_claim)});
-            // seq_cst: as submit_impl's claim (orders it before note_batch_opened's handshake).
+            // seq_cst: as try_claim_slot's claim (orders it before note_batch_opened's handshake).
             const std::uint64_t head = lane.head.fetch_add(want, std::memory_order_seq_cst);
             const std::uint64_t index = head & count_mask;
             if (index < batch_size_) {

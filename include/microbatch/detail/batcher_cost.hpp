@@ -4,7 +4,7 @@
  * @brief Batcher internals, step 1 with a cost function (`cost_by`): weighing an item, the
  *        bound on pending cost, and claiming a slot under the batch cost bound.
  *
- * submit_impl() and claim_bulk() hand a weighed batcher's items to submit_weighed() and
+ * submit_general() and claim_bulk() hand a weighed batcher's items to submit_weighed() and
  * submit_bulk_weighed(), which for each item:
  *  1. weigh it (the cost function, once) and refuse it with CostLimitError if it exceeds
  *     max_pending_cost on its own;
@@ -166,7 +166,7 @@ BulkResult Batcher<T, R, Clock>::submit_bulk_weighed(InputIt& first, std::size_t
     return BulkResult{SubmitStatus::accepted, n};
 }
 
-// Claims one slot for an item costing @p cost. Without max_batch_cost this is submit_impl's
+// Claims one slot for an item costing @p cost. Without max_batch_cost this is try_claim_slot's
 // claim plus adding the cost to the batch. With it, claims are serialised per lane, so that the
 // open batch's item count and cost are exact while the item asks whether it fits: only holders
 // of fill_mutex claim, so a claim that lands in another batch than the one inspected (the timer
@@ -198,7 +198,7 @@ typename Batcher<T, R, Clock>::CostClaim Batcher<T, R, Clock>::claim_weighed(
                     // (an executor that refuses tasks), which must not happen under the lock.
                     seal_first = (seen & ~count_mask) | 1;  // | 1: never 0 (the tag may be 0)
                 } else {
-                    // seq_cst: as submit_impl's claim (orders it before note_batch_opened).
+                    // seq_cst: as try_claim_slot's claim (orders it before note_batch_opened).
                     const std::uint64_t head = lane.head.fetch_add(1, std::memory_order_seq_cst);
                     const auto index = static_cast<std::uint32_t>(head & count_mask);
                     if (index < batch_size_) {

@@ -75,10 +75,8 @@ SealInputs Batcher<T, R, Clock>::policy_inputs(SealTrigger trigger, std::int64_t
 template <class T, class R, class Clock>
 void Batcher<T, R, Clock>::note_sealed(std::uint32_t size, std::int64_t now, std::int64_t opened_at,
                                        bool at_arrival) noexcept {
-    if (batch_size_ == 1) {
-        // Every claim fills its batch: no partial batch, so the rate and the thresholds these
-        // samples feed are never asked for; skip ~150 instructions per (one-item) batch.
-        return;
+    if (every_claim_seals()) {
+        return;  // the rate and the thresholds these samples feed are never asked for
     }
     if (at_arrival && size >= 2 && opened_at != unset_time && now >= opened_at) {
         const double gap =
@@ -152,11 +150,8 @@ void Batcher<T, R, Clock>::wake_timer() {
 // the limit allows, then let the timer re-plan if it was waiting for a worker.
 template <class T, class R, class Clock>
 void Batcher<T, R, Clock>::seal_for_free_worker(std::int64_t now) {
-    if (batch_size_ == 1) {
-        // Every claim fills (and seals) its batch: there is never a partial batch to seal or
-        // to time. Skipping also spares the worker a read of each lane's head, a cache line
-        // the producers keep writing.
-        return;
+    if (every_claim_seals()) {
+        return;  // no partial batch to seal or to time
     }
     if (detail::sealing_for_free_worker == this) {
         return;  // an inline executor ran the batch we sealed: the loop below goes on

@@ -92,7 +92,7 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
     // with clients that each wait for their result, these items come back at once.
     // Only here, not at seals: a seal sees the items in flight but not those waiting in other
     // lanes, and in a closed loop a batch sealed early would make the samples disagree.
-    if (batch_size_ != 1) {  // at B = 1 no partial batch ever asks rule 5c (see note_sealed)
+    if (!every_claim_seals()) {  // else no partial batch ever asks rule 5c
         note_population(pending());
     }
     if (any_completion && outcomes.active) {

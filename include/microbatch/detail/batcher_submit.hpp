@@ -3,9 +3,11 @@
  * @file batcher_submit.hpp
  * @brief Batcher internals, step 1 of an item's path: claiming a slot and writing the item.
  *
- * submit/post/try_submit end in submit_impl(): one fetch_add on the lane's head word claims a
- * slot, fill_slot() constructs the item in place and publishes it; the producer of the last slot
- * seals the batch (detail/batcher_seal.hpp). When no batch is open, wait_for_space() blocks.
+ * submit/post/try_submit end in submit_impl(): try_claim_slot() claims a slot with one fetch_add
+ * on the lane's head word, fill_slot() constructs the item in place and publishes it; the
+ * producer of the last slot seals the batch (detail/batcher_seal.hpp). submit_impl() is the
+ * inlined common case; submit_general() handles the rest (timeouts, weighed items, throwing
+ * constructors) and, when no batch is open, waits in wait_for_space().
  */
 
 #include "microbatch/batcher.hpp"
@@ -62,15 +64,10 @@ SubmitStatus Batcher<T, R, Clock>::submit_impl(U&& item, WaitMode mode, Deadline
                   std::is_nothrow_invocable_v<Store&, detail::Completion<R>&>) {
         if (!has_default_timeout_ && !cost_function_) {
             Lane& lane = lane_for_this_thread();
-            // relaxed: only a filter, as in submit_general.
-            const std::uint64_t seen = lane.head.load(std::memory_order_relaxed);
-            if ((seen & count_mask) < batch_size_ && (seen & closed_bit) == 0) {
-                // seq_cst: as submit_general's claim.
-                const std::uint64_t head = lane.head.fetch_add(1, std::memory_order_seq_cst);
-                const std::uint32_t index = static_cast<std::uint32_t>(head & count_mask);
-                if (index < batch_size_) {
-                    return fill_slot(lane, head, index, std::forward<U>(item), store);
-                }
+            std::uint64_t head = 0;
+            if (try_claim_slot(lane, head)) {
+                return fill_slot(lane, head, static_cast<std::uint32_t>(head & count_mask),
+                                 std::forward<U>(item), store);
             }
         }
     }
@@ -92,20 +89,11 @@ SubmitStatus Batcher<T, R, Clock>::submit_general(U&& item, WaitMode mode, Deadl
     Lane& lane = lane_for_this_thread();
     detail::AdmissionTurn turn;  // held while admitted from the queue of blocked producers
     for (;;) {
-        // Test before claiming: a claim on a sealed or closed head is a stray increment of
-        // the 24-bit count, and an unbounded run of them (a producer polling try_submit on
-        // a full or closed batcher) would carry into the buffer field. relaxed: only a
-        // filter; the fetch_add below decides.
-        const std::uint64_t seen = lane.head.load(std::memory_order_relaxed);
-        if ((seen & count_mask) < batch_size_ && (seen & closed_bit) == 0) {
-            // seq_cst: claims a slot; also orders the claim before the opened_at/timer_idle_
-            // handshake in note_batch_opened (free on x86, where every RMW is a full fence).
-            const std::uint64_t head = lane.head.fetch_add(1, std::memory_order_seq_cst);
-            const std::uint32_t index = static_cast<std::uint32_t>(head & count_mask);
-            if (index < batch_size_) {
-                turn.release();  // claimed: the next blocked producer may go (fair admission)
-                return fill_slot(lane, head, index, std::forward<U>(item), store);
-            }
+        std::uint64_t head = 0;
+        if (try_claim_slot(lane, head)) {
+            turn.release();  // claimed: the next blocked producer may go (fair admission)
+            return fill_slot(lane, head, static_cast<std::uint32_t>(head & count_mask),
+                             std::forward<U>(item), store);
         }
         const SubmitStatus status = wait_for_space(lane, mode, deadline, turn);
         if (status != SubmitStatus::accepted) {
@@ -113,6 +101,24 @@ SubmitStatus Batcher<T, R, Clock>::submit_general(U&& item, WaitMode mode, Deadl
         }
         // accepted here means "a batch is open again": claim anew.
     }
+}
+
+// Claims one slot of @p lane's open batch: true with the claimed head word in @p head, false if
+// no batch is open (sealed, awaiting a buffer, or closed).
+template <class T, class R, class Clock>
+inline bool Batcher<T, R, Clock>::try_claim_slot(Lane& lane, std::uint64_t& head) noexcept {
+    // Test before claiming: a claim on a sealed or closed head is a stray increment of the
+    // 24-bit count, and an unbounded run of them (a producer polling try_submit on a full or
+    // closed batcher) would carry into the buffer field. relaxed: only a filter; the
+    // fetch_add below decides.
+    const std::uint64_t seen = lane.head.load(std::memory_order_relaxed);
+    if ((seen & count_mask) >= batch_size_ || (seen & closed_bit) != 0) {
+        return false;
+    }
+    // seq_cst: claims a slot; also orders the claim before the opened_at/timer_idle_
+    // handshake in note_batch_opened (free on x86, where every RMW is a full fence).
+    head = lane.head.fetch_add(1, std::memory_order_seq_cst);
+    return (head & count_mask) < batch_size_;  // else a stray increment, harmless (above)
 }
 
 template <class T, class R, class Clock>

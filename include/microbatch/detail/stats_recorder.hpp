@@ -22,19 +22,39 @@
 namespace microbatch {
 namespace detail {
 
-/// Lock-free accumulation of one DurationSummary (relaxed: independent statistics counters).
+// Updates of a statistic whose writers are serialised by a mutex (StatsRecorder's completion
+// mutex): a load and a store instead of a read-modify-write. relaxed: the mutex orders the
+// writers; lock-free readers only want a recent value (snapshots are documented as not being
+// one instant across fields).
+template <class V>
+void add_serialised(std::atomic<V>& target, V value) noexcept {
+    target.store(target.load(std::memory_order_relaxed) + value, std::memory_order_relaxed);
+}
+template <class V>
+void lower_serialised(std::atomic<V>& target, V value) noexcept {
+    if (value < target.load(std::memory_order_relaxed)) {
+        target.store(value, std::memory_order_relaxed);
+    }
+}
+template <class V>
+void raise_serialised(std::atomic<V>& target, V value) noexcept {
+    if (value > target.load(std::memory_order_relaxed)) {
+        target.store(value, std::memory_order_relaxed);
+    }
+}
+
+/// Accumulation of one DurationSummary. Writers are serialised by the caller (StatsRecorder's
+/// completion mutex); readers take snapshots without a lock.
 class DurationRecorder {
 public:
     void record(std::int64_t nanoseconds) noexcept {
         if (nanoseconds < 0) {
             nanoseconds = 0;
         }
-        // relaxed throughout: each counter is independent; snapshots are documented as
-        // not being one instant across fields.
-        count_.fetch_add(1, std::memory_order_relaxed);
-        total_.fetch_add(nanoseconds, std::memory_order_relaxed);
-        store_min(min_, nanoseconds);
-        store_max(max_, nanoseconds);
+        add_serialised(count_, std::uint64_t{1});
+        add_serialised(total_, nanoseconds);
+        lower_serialised(min_, nanoseconds);
+        raise_serialised(max_, nanoseconds);
     }
 
     DurationSummary snapshot() const noexcept {
@@ -45,44 +65,6 @@ public:
         summary.min = std::chrono::nanoseconds(summary.count == 0 ? 0 : min);
         summary.max = std::chrono::nanoseconds(max_.load(std::memory_order_relaxed));
         return summary;
-    }
-
-    /// record() for a caller that serialises every writer of this recorder (StatsRecorder's
-    /// completion mutex): plain loads and stores instead of read-modify-writes. Readers still
-    /// read without the lock (the fields stay atomics).
-    void record_serialised(std::int64_t nanoseconds) noexcept {
-        if (nanoseconds < 0) {
-            nanoseconds = 0;
-        }
-        // relaxed throughout: as record(); the caller's mutex orders the writers.
-        add_serialised(count_, std::uint64_t{1});
-        add_serialised(total_, nanoseconds);
-        if (nanoseconds < min_.load(std::memory_order_relaxed)) {
-            min_.store(nanoseconds, std::memory_order_relaxed);
-        }
-        if (nanoseconds > max_.load(std::memory_order_relaxed)) {
-            max_.store(nanoseconds, std::memory_order_relaxed);
-        }
-    }
-
-    /// `target += value` for a counter whose writers are serialised by a mutex: a load and a
-    /// store (relaxed: the mutex orders the writers; readers only want a recent value).
-    template <class V>
-    static void add_serialised(std::atomic<V>& target, V value) noexcept {
-        target.store(target.load(std::memory_order_relaxed) + value, std::memory_order_relaxed);
-    }
-
-    static void store_min(std::atomic<std::int64_t>& target, std::int64_t value) noexcept {
-        std::int64_t current = target.load(std::memory_order_relaxed);
-        while (value < current &&
-               !target.compare_exchange_weak(current, value, std::memory_order_relaxed)) {
-        }
-    }
-    static void store_max(std::atomic<std::int64_t>& target, std::int64_t value) noexcept {
-        std::int64_t current = target.load(std::memory_order_relaxed);
-        while (value > current &&
-               !target.compare_exchange_weak(current, value, std::memory_order_relaxed)) {
-        }
     }
 
 private:
@@ -163,20 +145,15 @@ public:
         // read-modify-write (about a dozen fewer locked instructions per batch).
         std::lock_guard<std::mutex> lock(completion_mutex_);
         const auto add = [](auto& counter, auto value) {
-            DurationRecorder::add_serialised(counter, static_cast<decltype(counter.load())>(value));
+            add_serialised(counter, static_cast<decltype(counter.load())>(value));
         };
         add(processed_, succeeded);
         if (batch_failed) {
             add(batches_failed_, 1);
         }
         if (size > 0) {  // a batch whose every slot was a hole ran nothing: not a size sample
-            const auto sized = static_cast<std::int64_t>(size);
-            if (sized < size_min_.load(std::memory_order_relaxed)) {
-                size_min_.store(sized, std::memory_order_relaxed);
-            }
-            if (sized > size_max_.load(std::memory_order_relaxed)) {
-                size_max_.store(sized, std::memory_order_relaxed);
-            }
+            lower_serialised(size_min_, static_cast<std::int64_t>(size));
+            raise_serialised(size_max_, static_cast<std::int64_t>(size));
             std::size_t bucket = 0;
             while ((size >> (bucket + 1)) != 0 && bucket + 1 < histogram_.size()) {
                 ++bucket;
@@ -186,9 +163,9 @@ public:
         if (latency_ns != no_latency) {
             record_latency_locked(latency_ns);
         }
-        queue_delay_.record_serialised(queue_delay_ns);
-        dispatch_wait_.record_serialised(dispatch_wait_ns);
-        processing_time_.record_serialised(processing_ns);
+        queue_delay_.record(queue_delay_ns);
+        dispatch_wait_.record(dispatch_wait_ns);
+        processing_time_.record(processing_ns);
         if (!batch_failed && size > 0) {
             batch_cost_.add(size, std::chrono::nanoseconds(processing_ns < 0 ? 0 : processing_ns));
             // Published for the sealing policy, which must not take this mutex. Until two
@@ -313,12 +290,9 @@ private:
         if (nanoseconds < 0) {
             nanoseconds = 0;
         }
-        DurationRecorder::add_serialised(latency_buckets_[LatencySummary::bucket_of(nanoseconds)],
-                                         std::uint64_t{1});
-        DurationRecorder::add_serialised(latency_total_, nanoseconds);
-        if (nanoseconds > latency_max_.load(std::memory_order_relaxed)) {
-            latency_max_.store(nanoseconds, std::memory_order_relaxed);
-        }
+        add_serialised(latency_buckets_[LatencySummary::bucket_of(nanoseconds)], std::uint64_t{1});
+        add_serialised(latency_total_, nanoseconds);
+        raise_serialised(latency_max_, nanoseconds);
     }
 
     // Written by producers on the slow path only: kept off the workers' cache lines.
