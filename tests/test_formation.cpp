@@ -4,10 +4,12 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <mutex>
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "catch_shim.hpp"
@@ -154,6 +156,75 @@ TEST_CASE("Batcher never lets a partial batch wait beyond max_delay while a work
     clock.advance(1ns);
     CHECK(batcher.stats().batches_deadline == 1);
     batcher.wait_idle();
+}
+
+namespace {
+
+// An item that runs a hook when the worker destroys it, i.e. after its batch's process_batch
+// returned and before the worker counts itself free.
+struct HookedItem {
+    int value;
+    std::function<void()>* hook;
+    HookedItem(int v, std::function<void()>* h = nullptr) noexcept : value(v), hook(h) {}
+    HookedItem(HookedItem&& other) noexcept
+        : value(other.value), hook(std::exchange(other.hook, nullptr)) {}
+    HookedItem(const HookedItem&) = delete;
+    HookedItem& operator=(const HookedItem&) = delete;
+    HookedItem& operator=(HookedItem&&) = delete;
+    ~HookedItem() {
+        if (hook != nullptr) {
+            (*hook)();
+        }
+    }
+};
+
+}  // namespace
+
+TEST_CASE("Batcher's free worker judges a held batch on the time it becomes free",
+          "[formation][in_flight]") {
+    // The worker reads the clock when process_batch returns and becomes free a little later.
+    // Meanwhile the timer may look at a partial batch past max_delay, see every worker busy
+    // (rule 3: no time to wake at) and go idle. The free worker must then judge that batch on a
+    // fresh reading: on its earlier one the batch looked young, and nobody would seal it (a
+    // hang of every client waiting on its result).
+    ManualClock clock;
+    Gate hold;
+    std::mutex mutex;
+    std::vector<std::pair<std::vector<int>, DispatchReason>> batches;
+    std::atomic<int> started{0};
+    Batcher<HookedItem, void, ManualClock> batcher(
+        Options{}.max_batch_size(8).max_delay(1ms).workers(1),
+        [&](Batch<HookedItem>& batch) {
+            if (started.fetch_add(1) == 0) {
+                hold.wait();
+            }
+            std::vector<int> values;
+            for (const HookedItem& item : batch) {
+                values.push_back(item.value);
+            }
+            std::lock_guard<std::mutex> lock(mutex);
+            batches.emplace_back(std::move(values), batch.reason());
+        },
+        clock);
+    // Destroying item 0 (after its batch ran, before its worker is free): time passes and the
+    // timer looks while the worker still counts as busy.
+    std::function<void()> advance_while_busy = [&clock] { clock.advance(5ms); };
+    batcher.post(HookedItem(0, &advance_while_busy));
+    clock.advance(1ms);  // sealed by its deadline; the only worker holds it
+    wait_until([&] { return started.load() == 1; });
+    batcher.post(HookedItem(1));  // a partial batch opened at 1 ms, held: the worker is busy
+    batcher.post(HookedItem(2));
+    hold.open();
+    // The worker finishes at 1 ms by its clock reading, the hook moves time to 6 ms, and the
+    // free worker must seal the held batch (5 ms past its deadline) itself.
+    wait_until([&] { return batcher.stats().batches_dispatched() == 2; });
+    batcher.wait_idle();
+    std::lock_guard<std::mutex> lock(mutex);
+    REQUIRE(batches.size() == 2);
+    CHECK(batches[0].first == std::vector<int>{0});
+    CHECK(batches[0].second == DispatchReason::deadline);
+    CHECK(batches[1].first == std::vector<int>{1, 2});
+    CHECK(batches[1].second == DispatchReason::worker_free);
 }
 
 TEST_CASE("Batcher seals early once arrivals stop for several mean gaps", "[formation][early]") {

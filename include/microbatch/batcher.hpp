@@ -851,8 +851,11 @@ private:
     template <class InputIt, class Store>
     std::uint32_t fill_run(Lane& lane, std::uint64_t head, std::uint32_t index, std::uint32_t count,
                            InputIt& first, std::size_t done, Store& store, std::uint64_t cost = 0);
+    template <class U, class Store>
+    void publish_slot(std::size_t slot, U&& item, Store& store) noexcept;
     void after_fill(Lane& lane, std::uint64_t head, std::uint32_t buffer, std::uint32_t start,
                     std::uint32_t end, std::int64_t opened_now);
+    void maybe_seal_early(Lane& lane, std::uint64_t head, std::uint32_t start, std::uint32_t end);
     void seal_early_after_fill(Lane& lane, std::uint64_t head, std::uint32_t start,
                                std::uint32_t end);
 
@@ -959,6 +962,9 @@ private:
         std::conditional_t<std::is_void_v<R>, std::nullptr_t, std::vector<R>>;
     void complete(detail::Completion<R>& completion, std::exception_ptr error,
                   batch_result_type_or_empty& results, std::size_t index) noexcept;
+    void complete_ok(detail::Completion<R>& completion, batch_result_type_or_empty& results,
+                     std::size_t index) noexcept;
+    void deliver(detail::Completion<R>& completion, Outcome<R>&& outcome) noexcept;
     static std::uint8_t wait_for_slot(std::atomic<std::uint8_t>& state) noexcept;
 
     // ---- process_batch's forms, per-item outcomes, isolation: detail/batcher_outcomes.hpp --

@@ -1006,6 +1006,78 @@ TEST_CASE("Batcher wait_idle returns once every accepted item has finished",
     CHECK(stuck.load() == 0);
 }
 
+// Regression (found in this suite's neighbourhood, 2026-12-05): closed-loop clients, each
+// waiting on its handle, on several lanes with a short max_delay and two workers. A worker that
+// became free judged the oldest partial batch on the clock reading it took when process_batch
+// returned; in between, the timer could see that batch past max_delay while every worker was
+// still busy (no time to wake at), and go idle. On the stale reading the batch looked young, so
+// the worker neither sealed it nor woke the timer, and every client waited for ever (measured: 3
+// runs of 3 of a 100-round program hung at 0455f00). Also covers note_batch_opened()'s single
+// timer wake-up (one opener notifies; the timer announces again when its flag was taken).
+// A watchdog counts a stall (no client progress for 5 s) and frees it with flush().
+TEST_CASE("Batcher never strands closed-loop clients between a free worker and an idle timer",
+          "[batcher][stress][timer][regression]") {
+    const std::size_t lanes = GENERATE(2u, 3u);
+    const Budget work = budget(sanitized_build() ? 6 : 30, 3000);
+    std::atomic<long> progress{0};
+    std::atomic<int> stuck{0};
+    std::uint64_t completed = 0;
+    for (std::size_t round = 0; round < work.rounds; ++round) {
+        Batcher<int> batcher(Options{}
+                                 .max_batch_size(4)
+                                 .lanes(lanes)
+                                 .capacity(16 * lanes)
+                                 .max_delay(20us)
+                                 .workers(2),
+                             [](Batch<int>&) {});
+        std::atomic<bool> done{false};
+        std::thread watchdog([&] {
+            long last = -1;
+            int idle_ticks = 0;
+            while (!done.load()) {
+                std::this_thread::sleep_for(100ms);  // only bounds a hang; asserts nothing timed
+                const long now = progress.load();
+                if (now != last) {
+                    last = now;
+                    idle_ticks = 0;
+                } else if (++idle_ticks == 50) {
+                    stuck.fetch_add(1);
+                    batcher.flush();  // seals the stranded batches so the round can end
+                    idle_ticks = 0;
+                }
+            }
+        });
+        std::atomic<int> failed{0};
+        std::vector<std::thread> clients;
+        for (int c = 0; c < 6; ++c) {
+            clients.emplace_back([&, c] {
+                for (std::size_t i = 0; i < work.items_per_round; ++i) {
+                    try {
+                        batcher.submit(c).get();
+                    } catch (...) {
+                        failed.fetch_add(1);
+                    }
+                    progress.fetch_add(1);
+                }
+            });
+        }
+        for (std::thread& client : clients) {
+            client.join();
+        }
+        done.store(true);
+        watchdog.join();
+        batcher.close();
+        CHECK(failed.load() == 0);
+        completed += batcher.stats().items_processed;
+    }
+    std::printf("[stress] closed-loop clients, %zu lanes: %zu rounds, %" PRIu64
+                " items, %d stuck\n",
+                lanes, work.rounds, completed, stuck.load());
+    std::fflush(stdout);
+    CHECK(completed == work.rounds * 6 * work.items_per_round);
+    CHECK(stuck.load() == 0);
+}
+
 TEST_CASE(
     "Batcher loses nothing and keeps each producer's order while its rules change at run time",
     "[batcher][stress][formation]") {

@@ -179,15 +179,30 @@ void Batcher<T, R, Clock>::seal_for_free_worker(std::int64_t now) {
         if (oldest == nullptr) {
             break;  // no partial batch: a producer opening one wakes the timer itself
         }
-        if (now == unset_time || round != 0) {
-            now = clock_.now().time_since_epoch().count();  // the caller's time, if fresh
+        const bool fresh = now == unset_time || round != 0;
+        if (fresh) {
+            now = clock_.now().time_since_epoch().count();
         }
-        const SealDecision decision = decide_seal(with_item_deadline(
-            policy_inputs(SealTrigger::worker_finished, now,
-                          static_cast<std::size_t>(filling_count(oldest_head)),
-                          pending_with(filling_count(oldest_head)),
-                          bound_of(buffer_of(oldest_head)), oldest_opened, unset_time),
-            buffer_of(oldest_head)));
+        const auto decide = [&] {
+            return decide_seal(with_item_deadline(
+                policy_inputs(SealTrigger::worker_finished, now,
+                              static_cast<std::size_t>(filling_count(oldest_head)),
+                              pending_with(filling_count(oldest_head)),
+                              bound_of(buffer_of(oldest_head)), oldest_opened, unset_time),
+                buffer_of(oldest_head)));
+        };
+        SealDecision decision = decide();
+        if (!decision.seal && !fresh) {
+            // The caller's time was read before it left in_flight_batches_: enough to seal (the
+            // batch is only older now), but a "not yet" must be judged on a fresh reading. The
+            // timer may have seen this batch past max_delay while every worker was busy (rule
+            // 3: no time to wake at) and gone idle; a stale "not yet" would then leave it
+            // unsealed with nobody to wake: every client waiting on its handle hung (tests:
+            // test_formation's "free worker judges a held batch..." and the stress suite's
+            // closed-loop case).
+            now = clock_.now().time_since_epoch().count();
+            decision = decide();
+        }
         if (!decision.seal) {
             waiting_batch =
                 to_nanoseconds(now - oldest_opened) >= SealPolicyConstants::min_quiet_ns;

@@ -97,6 +97,12 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
     }
     if (any_completion && outcomes.active) {
         complete_outcomes(completions, outcomes);
+    } else if (any_completion && !error) {
+        for (std::size_t i = 0; i < count; ++i) {
+            if (completions[i].has_value()) {
+                complete_ok(completions[i], results, i);
+            }
+        }
     } else if (any_completion) {
         std::size_t last = count;
         for (std::size_t i = count; i-- > 0;) {
@@ -167,8 +173,37 @@ void Batcher<T, R, Clock>::complete(detail::Completion<R>& completion, std::exce
             outcome.emplace(std::current_exception());
         }
     }
+    deliver(completion, std::move(*outcome));
+}
+
+// complete() for a batch that succeeded: no exception_ptr copied per item, no optional for the
+// void case (callgrind, handle items at B = 256: 317 -> 297 instructions per item with the
+// out-of-line HandleCompletion::drop).
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::complete_ok(detail::Completion<R>& completion,
+                                       [[maybe_unused]] batch_result_type_or_empty& results,
+                                       [[maybe_unused]] std::size_t index) noexcept {
+    if constexpr (std::is_void_v<R>) {
+        deliver(completion, Outcome<R>());
+    } else {
+        std::optional<Outcome<R>> outcome;
+        MICROBATCH_TRY {
+            outcome.emplace(std::move(results[index]));
+        }
+        MICROBATCH_CATCH_ALL {
+            // Moving the result threw: the item gets that exception instead.
+            outcome.emplace(std::current_exception());
+        }
+        deliver(completion, std::move(*outcome));
+    }
+}
+
+// Runs @p completion with @p outcome; an exception from a callback is counted, not propagated.
+template <class T, class R, class Clock>
+void Batcher<T, R, Clock>::deliver(detail::Completion<R>& completion,
+                                   Outcome<R>&& outcome) noexcept {
     MICROBATCH_TRY {
-        completion.complete(std::move(*outcome));
+        completion.complete(std::move(outcome));
     }
     MICROBATCH_CATCH_ALL {
         stats_.callback_exception();

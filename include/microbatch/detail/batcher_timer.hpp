@@ -86,7 +86,10 @@ void Batcher<T, R, Clock>::run_timer() {
         // opens a batch, a worker finishes one or a setter changes the rules. seq_cst: Dekker
         // handshakes with note_batch_opened() and seal_for_free_worker(); announce, then look
         // once more before sleeping.
-        if (!announced) {
+        // Announced already, but a producer took timer_idle_ back to wake us (note_batch_opened
+        // exchanges it, so that one opener notifies): its notify may have come while we were
+        // sealing, unlocked, and be lost; announce again and look once more.
+        if (!announced || !timer_idle_.load(std::memory_order_seq_cst)) {
             timer_idle_.store(true, std::memory_order_seq_cst);
             timer_waits_for_worker_.store(true, std::memory_order_seq_cst);
             announced = true;
