@@ -261,8 +261,8 @@ std::int64_t Batcher<T, R, Clock>::note_batch_opened(Buffer& buffer, bool needs_
     // seq_cst (store and load): a Dekker handshake with run_timer(), which sets
     // timer_idle_ and then re-reads the heads and opened_at; one side always sees the other.
     // The exchange lets one opener wake it: the others would each pay a futex call (a fast
-    // stream opens batches faster than the woken timer gets a core: measured 30-50 % of
-    // openings at B = 256 notified it, against one notify per idle period now).
+    // stream opens batches faster than the woken timer gets a core: about half the openings at
+    // B = 256 notified it, against one notify per idle period now).
     buffer.opened_at.store(now, std::memory_order_seq_cst);
     if (needs_timer && timer_idle_.load(std::memory_order_seq_cst) &&
         timer_idle_.exchange(false, std::memory_order_seq_cst)) {
