@@ -943,6 +943,47 @@ constexpr bool sanitized_build() {
 #endif
 }
 
+/// Watches a counter that the test advances: after 5 s without progress (a stall: nothing here
+/// takes that long) it counts one and calls @p unstick so the test can finish and report it.
+/// Only bounds a hang; asserts nothing timed.
+class Watchdog {
+public:
+    template <class Unstick>
+    Watchdog(const std::atomic<long>& progress, Unstick unstick)
+        : thread_([this, &progress, unstick]() mutable {
+              long last = -1;
+              int idle_ticks = 0;
+              while (!done_.load()) {
+                  std::this_thread::sleep_for(100ms);
+                  const long now = progress.load();
+                  if (now != last) {
+                      last = now;
+                      idle_ticks = 0;
+                  } else if (++idle_ticks == 50) {
+                      stuck_.fetch_add(1);
+                      unstick();
+                      idle_ticks = 0;
+                  }
+              }
+          }) {}
+    Watchdog(const Watchdog&) = delete;
+    Watchdog& operator=(const Watchdog&) = delete;
+    ~Watchdog() { stop(); }
+    /// Stops watching; returns the stalls counted.
+    int stop() {
+        done_.store(true);
+        if (thread_.joinable()) {
+            thread_.join();
+        }
+        return stuck_.load();
+    }
+
+private:
+    std::atomic<bool> done_{false};
+    std::atomic<int> stuck_{0};
+    std::thread thread_;
+};
+
 }  // namespace
 
 // BUG (issue 5, library): Batcher::finish_party (batcher.hpp) lets the second finishing party
@@ -975,35 +1016,18 @@ TEST_CASE("Batcher wait_idle returns once every accepted item has finished",
                              .executor(pool.executor()),
                          [](Batch<int>&) {});
     std::atomic<long> progress{0};
-    std::atomic<bool> done{false};
-    std::atomic<int> stuck{0};
-    std::thread watchdog([&] {
-        long last = -1;
-        int idle_ticks = 0;
-        while (!done.load()) {
-            std::this_thread::sleep_for(100ms);  // only bounds a hang; asserts nothing timed
-            const long now = progress.load();
-            if (now != last) {
-                last = now;
-                idle_ticks = 0;
-            } else if (++idle_ticks == 50) {
-                stuck.fetch_add(1);
-                batcher.post(-1);  // a later batch of the buffer finishing releases wait_idle
-                idle_ticks = 0;
-            }
-        }
-    });
+    // A later batch of the buffer finishing releases a stuck wait_idle.
+    Watchdog watchdog(progress, [&batcher] { batcher.post(-1); });
     for (long i = 0; i < iterations; ++i) {
         batcher.post(0);
         batcher.post(1);
         batcher.wait_idle();
         progress.store(i);
     }
-    done.store(true);
-    watchdog.join();
-    std::printf("[stress] wait_idle: %ld iterations, %d stuck\n", iterations, stuck.load());
+    const int stuck = watchdog.stop();
+    std::printf("[stress] wait_idle: %ld iterations, %d stuck\n", iterations, stuck);
     std::fflush(stdout);
-    CHECK(stuck.load() == 0);
+    CHECK(stuck == 0);
 }
 
 // Regression (found in this suite's neighbourhood, 2026-12-05): closed-loop clients, each
@@ -1020,7 +1044,7 @@ TEST_CASE("Batcher never strands closed-loop clients between a free worker and a
     const std::size_t lanes = GENERATE(2u, 3u);
     const Budget work = budget(sanitized_build() ? 6 : 30, 3000);
     std::atomic<long> progress{0};
-    std::atomic<int> stuck{0};
+    int stuck = 0;
     std::uint64_t completed = 0;
     for (std::size_t round = 0; round < work.rounds; ++round) {
         Batcher<int> batcher(Options{}
@@ -1030,23 +1054,8 @@ TEST_CASE("Batcher never strands closed-loop clients between a free worker and a
                                  .max_delay(20us)
                                  .workers(2),
                              [](Batch<int>&) {});
-        std::atomic<bool> done{false};
-        std::thread watchdog([&] {
-            long last = -1;
-            int idle_ticks = 0;
-            while (!done.load()) {
-                std::this_thread::sleep_for(100ms);  // only bounds a hang; asserts nothing timed
-                const long now = progress.load();
-                if (now != last) {
-                    last = now;
-                    idle_ticks = 0;
-                } else if (++idle_ticks == 50) {
-                    stuck.fetch_add(1);
-                    batcher.flush();  // seals the stranded batches so the round can end
-                    idle_ticks = 0;
-                }
-            }
-        });
+        // flush() seals the stranded batches so the round can end.
+        Watchdog watchdog(progress, [&batcher] { batcher.flush(); });
         std::atomic<int> failed{0};
         std::vector<std::thread> clients;
         for (int c = 0; c < 6; ++c) {
@@ -1064,18 +1073,17 @@ TEST_CASE("Batcher never strands closed-loop clients between a free worker and a
         for (std::thread& client : clients) {
             client.join();
         }
-        done.store(true);
-        watchdog.join();
+        stuck += watchdog.stop();
         batcher.close();
         CHECK(failed.load() == 0);
         completed += batcher.stats().items_processed;
     }
     std::printf("[stress] closed-loop clients, %zu lanes: %zu rounds, %" PRIu64
                 " items, %d stuck\n",
-                lanes, work.rounds, completed, stuck.load());
+                lanes, work.rounds, completed, stuck);
     std::fflush(stdout);
     CHECK(completed == work.rounds * 6 * work.items_per_round);
-    CHECK(stuck.load() == 0);
+    CHECK(stuck == 0);
 }
 
 TEST_CASE(
