@@ -186,7 +186,8 @@ TEST_CASE("Batcher's free worker judges a held batch on the time it becomes free
     // Meanwhile the timer may look at a partial batch past max_delay, see every worker busy
     // (rule 3: no time to wake at) and go idle. The free worker must then judge that batch on a
     // fresh reading: on its earlier one the batch looked young, and nobody would seal it (a
-    // hang of every client waiting on its result).
+    // hang of every client waiting on its result). Due on the fresh reading, the batch is the
+    // timer's to seal: the free worker wakes it.
     ManualClock clock;
     Gate hold;
     std::mutex mutex;
@@ -216,7 +217,7 @@ TEST_CASE("Batcher's free worker judges a held batch on the time it becomes free
     batcher.post(HookedItem(2));
     hold.open();
     // The worker finishes at 1 ms by its clock reading, the hook moves time to 6 ms, and the
-    // free worker must seal the held batch (5 ms past its deadline) itself.
+    // free worker must see the held batch (4 ms past its deadline) due and wake the timer.
     wait_until([&] { return batcher.stats().batches_dispatched() == 2; });
     batcher.wait_idle();
     std::lock_guard<std::mutex> lock(mutex);
@@ -224,7 +225,7 @@ TEST_CASE("Batcher's free worker judges a held batch on the time it becomes free
     CHECK(batches[0].first == std::vector<int>{0});
     CHECK(batches[0].second == DispatchReason::deadline);
     CHECK(batches[1].first == std::vector<int>{1, 2});
-    CHECK(batches[1].second == DispatchReason::worker_free);
+    CHECK(batches[1].second == DispatchReason::deadline);  // sealed by the timer
 }
 
 TEST_CASE("Batcher seals early once arrivals stop for several mean gaps", "[formation][early]") {

@@ -191,21 +191,23 @@ void Batcher<T, R, Clock>::seal_for_free_worker(std::int64_t now) {
                               bound_of(buffer_of(oldest_head)), oldest_opened, unset_time),
                 buffer_of(oldest_head)));
         };
-        SealDecision decision = decide();
-        if (!decision.seal && !fresh) {
-            // The caller's time was read before it left in_flight_batches_: enough to seal (the
-            // batch is only older now), but a "not yet" must be judged on a fresh reading. The
-            // timer may have seen this batch past max_delay while every worker was busy (rule
-            // 3: no time to wake at) and gone idle; a stale "not yet" would then leave it
-            // unsealed with nobody to wake: every client waiting on its handle hung (tests:
-            // test_formation's "free worker judges a held batch..." and the stress suite's
-            // closed-loop case).
-            now = clock_.now().time_since_epoch().count();
-            decision = decide();
-        }
+        const SealDecision decision = decide();
         if (!decision.seal) {
+            // The caller's time was read before it left in_flight_batches_, so its "not yet" may
+            // be stale: meanwhile the timer may have seen this batch due while every worker was
+            // busy (rule 3: no time to wake at) and gone idle, and nobody would seal it (every
+            // client waiting on its handle hung: test_formation's "free worker ... held batch"
+            // and the stress suite's closed-loop case). On a fresh reading, a batch that is due
+            // now is the timer's to seal (as `deadline`, like any batch that came due while a
+            // worker was free): wake it below. The worker does not seal it itself, which would
+            // race the timer for a batch it was about to seal by its deadline.
+            bool due_now = false;
+            if (!fresh) {
+                now = clock_.now().time_since_epoch().count();
+                due_now = decide().seal;
+            }
             waiting_batch =
-                to_nanoseconds(now - oldest_opened) >= SealPolicyConstants::min_quiet_ns;
+                due_now || to_nanoseconds(now - oldest_opened) >= SealPolicyConstants::min_quiet_ns;
             break;
         }
         if (!seal_current(*oldest, decision.reason, oldest_head & ~count_mask, true)) {
