@@ -757,13 +757,13 @@ private:
         // relaxed: a policy input (see in_flight_batches_).
         return static_cast<std::size_t>(in_flight_items_.load(std::memory_order_relaxed) + count);
     }
-    // Rule 5c's cheap test for producers: the batch's @p count items plus those in flight reach
-    // the usual population (population_threshold_, 0 when the rule is off).
     // With a batch size of 1 every claim fills and seals its batch: no partial batch ever
     // exists, so the policy's estimates, the free-worker seal and rule 5c's population sample
     // are never needed. Skipping them saves the worker ~300 instructions per (one-item) batch
     // and a read of each lane's head, a cache line the producers keep writing.
     bool every_claim_seals() const noexcept { return batch_size_ == 1; }
+    // Rule 5c's cheap test for producers: the batch's @p count items plus those in flight reach
+    // the usual population (population_threshold_, 0 when the rule is off).
     bool reaches_population(std::uint64_t count) const noexcept {
         // relaxed: policy inputs; decide_seal confirms.
         const std::uint32_t threshold = population_threshold_.load(std::memory_order_relaxed);
@@ -784,12 +784,7 @@ private:
 
     // ---- Submission: detail/batcher_submit.hpp --------------------------------------------
 
-    // The completion store of fire-and-forget submits: stores nothing. An object rather than a
-    // function, so that the per-item path inlines it instead of calling through a pointer.
-    struct NoCompletionStore {
-        bool operator()(detail::Completion<R>&) const noexcept { return false; }
-    };
-    static constexpr NoCompletionStore no_completion{};
+    static constexpr detail::NoCompletionStore<R> no_completion{};
 
     // Stores the callback (moved if the caller passed an rvalue, copied otherwise). Every
     // callback overload comes through here, so this is where a wrong signature is reported.
@@ -960,8 +955,6 @@ private:
 
     using batch_result_type_or_empty =
         std::conditional_t<std::is_void_v<R>, std::nullptr_t, std::vector<R>>;
-    void complete(detail::Completion<R>& completion, std::exception_ptr error,
-                  batch_result_type_or_empty& results, std::size_t index) noexcept;
     void complete_ok(detail::Completion<R>& completion, batch_result_type_or_empty& results,
                      std::size_t index) noexcept;
     void deliver(detail::Completion<R>& completion, Outcome<R>&& outcome) noexcept;

@@ -468,12 +468,7 @@ private:
     /// Finished batches kept for reuse (with their storage).
     static constexpr std::size_t max_free_batches = 256;
 
-    // The completion store of fire-and-forget submits: stores nothing. An object rather than a
-    // function, so that the per-item path inlines it instead of calling through a pointer.
-    struct NoCompletionStore {
-        bool operator()(detail::Completion<R>&) const noexcept { return false; }
-    };
-    static constexpr NoCompletionStore no_completion{};
+    static constexpr detail::NoCompletionStore<R> no_completion{};
     template <class F>
     static auto emplacer(std::remove_reference_t<F>& callback) {
         static_assert(is_callback<F>,

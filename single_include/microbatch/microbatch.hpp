@@ -2950,6 +2950,16 @@ private:
     alignas(std::max_align_t) unsigned char storage_[inline_size];
 };
 
+/**
+ * @brief The completion store of fire-and-forget submits (Batcher and KeyedBatcher): stores
+ *        nothing and reports so. An object rather than a function, so that the per-item path
+ *        inlines it instead of calling through a pointer. Stateless; thread-safe.
+ */
+template <class R>
+struct NoCompletionStore {
+    bool operator()(Completion<R>&) const noexcept { return false; }
+};
+
 }  // namespace microbatch::detail
 
 // ---- end microbatch/detail/completion.hpp ----
@@ -7078,13 +7088,13 @@ private:
         // relaxed: a policy input (see in_flight_batches_).
         return static_cast<std::size_t>(in_flight_items_.load(std::memory_order_relaxed) + count);
     }
-    // Rule 5c's cheap test for producers: the batch's @p count items plus those in flight reach
-    // the usual population (population_threshold_, 0 when the rule is off).
     // With a batch size of 1 every claim fills and seals its batch: no partial batch ever
     // exists, so the policy's estimates, the free-worker seal and rule 5c's population sample
     // are never needed. Skipping them saves the worker ~300 instructions per (one-item) batch
     // and a read of each lane's head, a cache line the producers keep writing.
     bool every_claim_seals() const noexcept { return batch_size_ == 1; }
+    // Rule 5c's cheap test for producers: the batch's @p count items plus those in flight reach
+    // the usual population (population_threshold_, 0 when the rule is off).
     bool reaches_population(std::uint64_t count) const noexcept {
         // relaxed: policy inputs; decide_seal confirms.
         const std::uint32_t threshold = population_threshold_.load(std::memory_order_relaxed);
@@ -7105,12 +7115,7 @@ private:
 
     // ---- Submission: detail/batcher_submit.hpp --------------------------------------------
 
-    // The completion store of fire-and-forget submits: stores nothing. An object rather than a
-    // function, so that the per-item path inlines it instead of calling through a pointer.
-    struct NoCompletionStore {
-        bool operator()(detail::Completion<R>&) const noexcept { return false; }
-    };
-    static constexpr NoCompletionStore no_completion{};
+    static constexpr detail::NoCompletionStore<R> no_completion{};
 
     // Stores the callback (moved if the caller passed an rvalue, copied otherwise). Every
     // callback overload comes through here, so this is where a wrong signature is reported.
@@ -7281,8 +7286,6 @@ private:
 
     using batch_result_type_or_empty =
         std::conditional_t<std::is_void_v<R>, std::nullptr_t, std::vector<R>>;
-    void complete(detail::Completion<R>& completion, std::exception_ptr error,
-                  batch_result_type_or_empty& results, std::size_t index) noexcept;
     void complete_ok(detail::Completion<R>& completion, batch_result_type_or_empty& results,
                      std::size_t index) noexcept;
     void deliver(detail::Completion<R>& completion, Outcome<R>&& outcome) noexcept;
@@ -9470,7 +9473,7 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
                 // not drop a reference after publishing the others. (exception_ptr counts
                 // references inside libstdc++, which ThreadSanitizer cannot see, so a late
                 // release here would be reported as a race with the consumer.)
-                complete(completions[i], i == last ? std::move(error) : error, results, i);
+                deliver(completions[i], Outcome<R>(i == last ? std::move(error) : error));
             }
         }
     }
@@ -9508,19 +9511,8 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
     seal_for_free_worker(finished);
 }
 
-template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::complete(detail::Completion<R>& completion, std::exception_ptr error,
-                                    batch_result_type_or_empty& results,
-                                    std::size_t index) noexcept {
-    if (error) {
-        deliver(completion, Outcome<R>(std::move(error)));
-    } else {
-        complete_ok(completion, results, index);
-    }
-}
-
-// complete() for a batch that succeeded, called directly by run_batch: no exception_ptr copied
-// per item, no optional for the void case (callgrind, handle items at B = 256: 317 -> 297
+// Completes one item of a batch that succeeded: no exception_ptr copied per item, no optional
+// for the void case (callgrind, handle items at B = 256: 317 -> 297
 // instructions per item with the out-of-line HandleCompletion::drop).
 template <class T, class R, class Clock>
 void Batcher<T, R, Clock>::complete_ok(detail::Completion<R>& completion,
@@ -11764,12 +11756,7 @@ private:
     /// Finished batches kept for reuse (with their storage).
     static constexpr std::size_t max_free_batches = 256;
 
-    // The completion store of fire-and-forget submits: stores nothing. An object rather than a
-    // function, so that the per-item path inlines it instead of calling through a pointer.
-    struct NoCompletionStore {
-        bool operator()(detail::Completion<R>&) const noexcept { return false; }
-    };
-    static constexpr NoCompletionStore no_completion{};
+    static constexpr detail::NoCompletionStore<R> no_completion{};
     template <class F>
     static auto emplacer(std::remove_reference_t<F>& callback) {
         static_assert(is_callback<F>,

@@ -188,4 +188,14 @@ private:
     alignas(std::max_align_t) unsigned char storage_[inline_size];
 };
 
+/**
+ * @brief The completion store of fire-and-forget submits (Batcher and KeyedBatcher): stores
+ *        nothing and reports so. An object rather than a function, so that the per-item path
+ *        inlines it instead of calling through a pointer. Stateless; thread-safe.
+ */
+template <class R>
+struct NoCompletionStore {
+    bool operator()(Completion<R>&) const noexcept { return false; }
+};
+
 }  // namespace microbatch::detail
