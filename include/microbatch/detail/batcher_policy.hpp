@@ -200,9 +200,12 @@ void Batcher<T, R, Clock>::seal_for_free_worker(std::int64_t now) {
             // and the stress suite's closed-loop case). On a fresh reading, a batch that is due
             // now is the timer's to seal (as `deadline`, like any batch that came due while a
             // worker was free): wake it below. The worker does not seal it itself, which would
-            // race the timer for a batch it was about to seal by its deadline.
+            // race the timer for a batch it was about to seal by its deadline. Only a timer
+            // idle for want of a worker can miss it (a sleeping one saw the batch young and
+            // wakes by its deadline; one that announces later sees our decrement, seq_cst), so
+            // a streaming worker, whose timer sleeps to a deadline, reads no second clock.
             bool due_now = false;
-            if (!fresh) {
+            if (!fresh && timer_waits_for_worker_.load(std::memory_order_seq_cst)) {
                 now = clock_.now().time_since_epoch().count();
                 due_now = decide().seal;
             }
