@@ -142,8 +142,6 @@ public:
     }
 
 private:
-    template <class, class, class>
-    friend class Batcher;
     friend struct detail::HandleAccess;
 
     explicit Handle(detail::HandleState<R>* state) noexcept : state_(state) {}

@@ -14,6 +14,7 @@
 #include "microbatch/batch.hpp"
 #include "microbatch/batcher.hpp"
 #include "microbatch/clock.hpp"
+#include "microbatch/close_result.hpp"
 #include "microbatch/cost_model.hpp"
 #include "microbatch/errors.hpp"
 #include "microbatch/executor.hpp"

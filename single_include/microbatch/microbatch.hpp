@@ -1277,21 +1277,9 @@ private:
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstddef>
-#include <cstdint>
-#include <exception>
-#include <functional>
-#include <limits>
-#include <memory>
-#include <mutex>
-#include <new>
-#include <optional>
-#include <string>
-#include <thread>
 #include <type_traits>
 #include <utility>
-#include <vector>
 
 // ---- begin microbatch/clock.hpp ----
 /**
@@ -1492,6 +1480,61 @@ private:
 }  // namespace microbatch
 
 // ---- end microbatch/clock.hpp ----
+// ---- begin microbatch/close_result.hpp ----
+/**
+ * @file close_result.hpp
+ * @brief `microbatch::CloseResult`: what `Batcher::close_for` reports when it gives up
+ *        waiting.
+ */
+
+#include <cstddef>
+
+namespace microbatch {
+
+/**
+ * @brief What `Batcher::close_for` reports.
+ */
+struct CloseResult {
+    bool completed = true;            ///< True if every accepted item finished before the timeout.
+    std::size_t items_in_flight = 0;  ///< Accepted items not yet finished when it gave up.
+    std::size_t batches_in_flight = 0;  ///< Batches not yet finished when it gave up.
+};
+
+}  // namespace microbatch
+
+// ---- end microbatch/close_result.hpp ----
+// ---- begin microbatch/detail/batcher_core.hpp ----
+/**
+ * @file detail/batcher_core.hpp
+ * @brief `detail::BatcherCore<T, R, Clock>`: the state and machinery behind
+ *        `microbatch::Batcher`, which derives from it privately and adds the documented API.
+ *
+ * Everything here is an implementation detail. The member functions are defined in one file
+ * per step of an item's path, included at the end: detail/batcher_submit.hpp (claiming a
+ * slot and writing the item), batcher_seal.hpp (sealing a batch and handing it to the
+ * executor), batcher_run.hpp (running it and completing its items); beside them the sealing
+ * policy, the timer, item costs, deadlines, bulk claims, per-item outcomes, fair admission,
+ * the control calls and close.
+ */
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <optional>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
 // ---- begin microbatch/detail/admission_queue.hpp ----
 /**
  * @file admission_queue.hpp
@@ -2619,8 +2662,6 @@ public:
     }
 
 private:
-    template <class, class, class>
-    friend class Batcher;
     friend struct detail::HandleAccess;
 
     explicit Handle(detail::HandleState<R>* state) noexcept : state_(state) {}
@@ -6376,665 +6417,57 @@ private:
 // ---- end microbatch/thread_pool.hpp ----
 
 namespace microbatch {
-
 namespace detail {
+
 template <class R>
 struct BatchOutcomes;  // detail/batcher_outcomes.hpp
-}  // namespace detail
 
 /**
- * @brief What `Batcher::close_for` reports.
+ * @brief The state and member functions of `Batcher<T, R, Clock>` (see batcher.hpp for what
+ *        they guarantee). Batcher inherits privately, so none of this is part of the API.
+ *
+ * Thread safety, blocking and exceptions: as documented at the Batcher member each function
+ * implements; the internal steps state their own contracts where they are defined.
  */
-struct CloseResult {
-    bool completed = true;            ///< True if every accepted item finished before the timeout.
-    std::size_t items_in_flight = 0;  ///< Accepted items not yet finished when it gave up.
-    std::size_t batches_in_flight = 0;  ///< Batches not yet finished when it gave up.
-};
-
-/**
- * @brief Accumulates items into microbatches bounded by size (`max_batch_size`) and time
- *        (`max_delay`), and runs `process_batch` on each batch in a thread pool.
- *
- * @tparam T     the item type; may be move-only (e.g. `std::unique_ptr`).
- * @tparam R     the per-item result type: `process_batch` returns `std::vector<R>` with one
- *               result per item, in item order. With `R = void` (the default) it returns
- *               nothing and items only report success or failure. Either way it may return
- *               one `Outcome<R>` per item instead (`outcome_result_type`).
- * @tparam Clock the clock `max_delay` is measured with (`SteadyClock`, or `ManualClock` in
- *               tests; see clock.hpp for the requirements).
- *
- * @code
- * microbatch::Batcher<int, int> doubler(
- *     microbatch::Options{}.max_batch_size(3).max_delay(std::chrono::milliseconds(5)).workers(2),
- *     [](microbatch::Batch<int>& batch) {
- *         std::vector<int> out;
- *         for (int x : batch) out.push_back(2 * x);
- *         return out;
- *     });
- * auto handle = doubler.submit(21);  // handle.get() == 42
- * doubler.close();                   // dispatches the partial batch, waits, loses nothing
- * @endcode
- *
- * **Batching.** A batch is dispatched when it holds `max_batch_size` items (reason `full`),
- * when its oldest item has waited `max_delay` (`deadline`), on `flush()`/`wait_idle()`
- * (`flush`) or on `close()`/destruction (`close`). Items enter batches in the order they were
- * accepted: one producer's items are never reordered, within or across batches. Batches run
- * concurrently on the workers, so batches may *finish* out of order.
- *
- * **Submitting.** Three ways to learn an item's outcome: `submit(item)` returns a `Handle`
- * (future-like; its state comes from a per-thread pool, so the steady state allocates nothing,
- * see detail/handle_state.hpp); `submit(item, callback)` calls `callback(Outcome<R>&&)`
- * on the worker after the batch ran (no allocation: the callback is stored inline in the batch
- * slot, so it must be callable as `void(microbatch::Outcome<R>&&)`, fit 48 bytes
- * (`detail::Completion<R>::inline_size`) and be nothrow move-constructible, all checked at
- * compile time); `post(item)` and `try_submit(item)` are fire-and-forget;
- * `try_submit_handle(item)` and `submit_for_handle(item, timeout)` return the status together
- * with the handle. Items are taken by forwarding reference and moved from
- * only when accepted: a rejected item is left as it was.
- *
- * **Backpressure.** At most `capacity` items (ceil(capacity / lanes) per lane) are accepted and
- * not yet finished, counted in items whatever the batch sizes. When a producer's lane is full,
- * `submit`/`post` block, `try_submit` returns `SubmitStatus::full` at once, `submit_for` waits
- * up to its timeout. Blocked producers are admitted in arrival order (detail/admission_queue.hpp).
- *
- * **Deadlines** (README "Deadlines"). Every submit form has a variant taking an item deadline
- * first; an item past its deadline when its batch starts never reaches process_batch and
- * completes with `DeadlineExceeded`; `Handle::cancel()` withdraws an item before its batch
- * starts; `Options::admission_control` refuses items predicted to finish late.
- *
- * **Forming batches under load** (seal_policy.hpp has the exact rules). While
- * `max_in_flight` batches are running (default: one per worker), a partial batch is not
- * sealed by its time bound: it keeps growing until it is full, and the worker that finishes a
- * batch seals it at once (reason `worker_free`). While a worker is free, a partial batch is
- * sealed at `max_delay`, or earlier (reason `early`, `Options::seal_early`) when it already
- * holds as many items as arrive while one batch runs (from the measured arrival rate and the
- * online cost fit), or when no item arrived for several mean gaps. `max_delay(0)` seals as soon
- * as a worker can take the batch. `set_max_batch_size`, `set_max_delay` and
- * `set_max_in_flight` change the rules at run time.
- *
- * **Lanes.** With `Options::lanes(n)`, the batcher fills n batches side by side, one per lane,
- * and each producer thread always submits to the same lane; producers on different lanes never
- * touch the same atomic word. Batches never mix lanes. With the default of one lane, every item
- * of every producer goes through one sequence of batches.
- *
- * **Errors.** If `process_batch` throws, or returns a vector of the wrong length
- * (`ResultCountError`), every item of that batch receives the exception through its handle or
- * callback, the stats count it, and the batcher carries on. Exceptions thrown by callbacks are
- * caught, counted in `Stats::callback_exceptions` and otherwise ignored. If constructing `T` from
- * the submitted argument throws, the exception propagates out of the submit call and the item is
- * not accepted; the slot it had claimed stays in its batch as a *hole*. A batch with holes is
- * dispatched like any other (as `full` once all its slots are claimed) and reaches
- * process_batch with only its items, so a `full` batch may hold fewer than max_batch_size; a
- * batch made only of holes never reaches process_batch, which then sees a gap in
- * `Batch::sequence()` numbers. All items of a failed batch share one exception object (see
- * README "Reliability" on ThreadSanitizer). Per item instead: return `outcome_result_type`, or
- * let `Options::isolate_failures` re-run a failed batch in halves to fail only its poison items.
- *
- * **Shutdown.** `close()` stops accepting (later submits fail with `ClosedError`, and producers
- * blocked on a full batcher wake with it), dispatches the partial batch, and waits for every
- * accepted item to finish. It is idempotent and thread-safe; the destructor calls it.
- * No accepted item is lost or processed twice.
- *
- * **Re-entrancy.** Inside a batch of this batcher (its process_batch or an item's callback),
- * `close()`, `close_for()` and `wait_idle()` throw `ReentrancyError` (they would wait for that
- * very batch), and so do `submit`, `post` and `submit_for` when they find the batcher full (they
- * could wait for it) — `submit_for` whatever its timeout, even zero: use `try_submit`, which never
- * waits. `flush()` and submits that find room work. Nesting is tracked: each thread keeps the
- * chain of batches it is running, so when batcher A's batch runs batcher B's batch on the same
- * thread (B's executor runs tasks inline or refused the batch) and B's batch calls
- * `A.wait_idle()`, `A.close()` or a blocking submit on a full A, that throws `ReentrancyError` too.
- *
- * **Not detected — deadlock:** waiting, from inside a batch, for *another* batcher whose batches
- * need the very thread that batch runs on. Example: A and B share a one-thread pool, and A's
- * process_batch calls `B.close()`, `B.wait_idle()` or a blocking submit to a full B; B's batches
- * are queued behind A's batch on the only worker and never run (with n workers, the same happens
- * once n such batches run at once). The batcher cannot tell whether an executor has another
- * thread free, so it does not try. From inside a batch, wait only on batchers whose executor is
- * not the one running the batch (e.g. a batcher with its own pool), or use `flush()` and
- * `try_submit()`, which never wait.
- *
- * **Performance.** The submit fast path is one atomic fetch-add on the lane's word plus writing
- * the item into its slot of a preallocated batch buffer: no mutex, no allocation (in handle
- * mode, one block of handle states per 32 items when handles are not released on the submitting
- * thread). Buffers are reused; the timer thread sleeps until the next deadline
- * or new work and never polls.
- *
- * Thread safety: every member function may be called concurrently from any thread, except that
- * the destructor must not run concurrently with calls that are not blocked inside the batcher.
- */
-template <class T, class R = void, class Clock = SteadyClock>
-class Batcher {
-    static_assert(!std::is_reference_v<T> && !std::is_const_v<T>,
-                  "microbatch::Batcher<T>: T must be a non-const object type");
-    static_assert(std::is_nothrow_destructible_v<T>,
-                  "microbatch::Batcher<T>: T must be nothrow destructible");
-
-public:
-    using item_type = T;       ///< The item type.
-    using result_type = R;     ///< The per-item result type.
-    using clock_type = Clock;  ///< The clock max_delay is measured with.
-    /// An item's deadline: a `Clock::time_point` or a timeout (see item_deadline.hpp).
+template <class T, class R, class Clock>
+class BatcherCore {
+protected:
+    // ---- Types and constants Batcher re-exports (documented there) -------------------------
     using deadline_type = ItemDeadline<Clock>;
-    /// What process_batch returns: `std::vector<R>`, or nothing for `R = void`.
     using batch_result_type = std::conditional_t<std::is_void_v<R>, void, std::vector<R>>;
-    /// The stored batch function. Move-only, so process_batch may be too (e.g. a lambda that
-    /// owns a `std::unique_ptr<Connection>`).
     using process_function = detail::UniqueFunction<batch_result_type(Batch<T>&)>;
-    /// True if `T` can be constructed from `*it` for an iterator `it` of type @p It (the bulk
-    /// submissions' requirement on their item range).
-    template <class It>
-    static constexpr bool is_item_iterator =
-        std::is_constructible_v<T, decltype(*std::declval<It&>())>;
-    /**
-     * @brief The per-item form of process_batch's result: one `Outcome<R>` per item, in item
-     *        order, so that one item's failure reaches that item only (`Outcome<void>` for
-     *        `R = void`: success, or the item's exception).
-     *
-     * The form is chosen at compile time from what process_batch returns. A vector of the wrong
-     * length fails every item of the batch with `ResultCountError`, as in the plain form; so
-     * does, for that item only, an `Outcome<R>` holding neither a value nor an exception (a
-     * moved-from one). The batch counts as succeeded (not in `Stats::batches_failed`); its
-     * failed outcomes are in `Stats::items_failed` and `Stats::items_failed_individually`.
-     */
     using outcome_result_type = std::vector<Outcome<R>>;
-    /// The stored batch function of the per-item form.
     using outcome_function = detail::UniqueFunction<outcome_result_type(Batch<T>&)>;
-
-    /**
-     * @brief Creates the batcher and starts its timer thread (unless max_delay is
-     *        `nanoseconds::max()`) and, without an executor, its own pool of `workers` threads.
-     *
-     * @param options  validated here: `std::invalid_argument` naming the option and its value.
-     * @param process  `process_batch`, called as `process(batch)` with a `Batch<T>&`; returns
-     *                 `std::vector<R>` (one result per item) or, for `R = void`, nothing; or
-     *                 `outcome_result_type` (one `Outcome<R>` per item). Checked at compile time.
-     * @param clock    the clock instance (a `ManualClock` handle in tests).
-     * @throws std::invalid_argument on invalid options; `std::bad_alloc`, `std::system_error`.
-     */
-    template <class F, class = std::enable_if_t<!std::is_same_v<std::decay_t<F>, Batcher>>>
-    Batcher(Options options, F&& process, Clock clock = Clock{})
-        : options_(std::move(options)), clock_(std::move(clock)) {
-        store_process(std::forward<F>(process));  // checks its signature at compile time
-        initialise();
-    }
-
-    /**
-     * @brief Like the constructor above, with an item cost function (README "Weighted
-     *        batches"): `cost.function(item)` weighs each item once, on its submitting thread,
-     *        for `Options::max_batch_cost`, `Options::max_pending_cost` and the cost stats.
-     *
-     * Items are best submitted as `T`: an argument of another type is first copied into a
-     * temporary `T` to be weighed (one whose `T` can only be made by moving it makes the submit
-     * throw `std::invalid_argument`, the argument untouched).
-     * @param options  as above; `max_batch_cost` and `max_pending_cost` may be set.
-     * @param cost     `microbatch::cost_by(f)`, with `f` callable as `std::size_t(const T&)`
-     *                 (checked at compile time).
-     * @param process  as above.
-     * @param clock    as above.
-     * @throws as the constructor above.
-     */
-    template <class C, class F, class = std::enable_if_t<!std::is_same_v<std::decay_t<F>, Batcher>>>
-    Batcher(Options options, CostBy<C> cost, F&& process, Clock clock = Clock{})
-        : options_(std::move(options)), clock_(std::move(clock)) {
-        static_assert(detail::is_cost_function_v<C, T>,
-                      "microbatch::Batcher: the cost function (cost_by) must be callable as "
-                      "std::size_t(const T&)");
-        if constexpr (detail::is_cost_function_v<C, T>) {
-            cost_function_ = cost_function(std::move(cost.function));
-        }
-        store_process(std::forward<F>(process));
-        initialise();
-    }
-
-    Batcher(const Batcher&) = delete;
-    Batcher& operator=(const Batcher&) = delete;
-
-    /// @brief Calls `close()`: processes everything accepted, then releases the threads.
-    ~Batcher() {
-        close();
-        pool_.reset();  // joins the owned pool's threads (idle by now)
-    }
-
-    /**
-     * @brief Submits @p item and returns a handle to its result. Blocks while the batcher is
-     *        full.
-     * @throws ClosedError if the batcher is closed (also when it closes while blocked);
-     *         ReentrancyError if it finds the batcher full inside one of its own batches
-     *         (see "Re-entrancy" above); whatever constructing `T` from @p item throws;
-     *         `std::bad_alloc`.
-     */
-    template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
-    Handle<R> submit(U&& item) {
-        Handle<R> handle;
-        throw_if_rejected(submit_with_handle(std::forward<U>(item), wait_forever, {}, handle));
-        return handle;
-    }
-
-    /**
-     * @brief Submits @p item; `callback(Outcome<R>&&)` runs on a worker after its batch was
-     *        processed. Blocks while the batcher is full. Allocates nothing.
-     *
-     * The callback is never invoked if this call throws.
-     * @throws as `submit(item)`.
-     */
-    template <class U, class F,
-              class = std::enable_if_t<std::is_constructible_v<T, U&&> &&
-                                       !std::is_same_v<std::decay_t<F>, Handle<R>>>>
-    void submit(U&& item, F&& callback) {
-        throw_if_rejected(
-            submit_impl(std::forward<U>(item), wait_forever, {}, emplacer<F>(callback)));
-    }
-
-    /**
-     * @brief Fire-and-forget: submits @p item without a per-item result. Blocks while full.
-     * @throws as `submit(item)`.
-     */
-    template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
-    void post(U&& item) {
-        throw_if_rejected(submit_impl(std::forward<U>(item), wait_forever, {}, no_completion));
-    }
-
-    /**
-     * @brief Fire-and-forget without blocking: `accepted`, or `full`/`closed` at once (the item
-     *        is then left untouched). May report `full` spuriously while a batch hand-over is in
-     *        progress on another thread.
-     * @throws whatever constructing `T` from @p item throws.
-     */
-    template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
-    [[nodiscard]] SubmitStatus try_submit(U&& item) {
-        return submit_impl(std::forward<U>(item), wait_never, {}, no_completion);
-    }
-
-    /// @brief Like `try_submit(item)`, with a callback as in `submit(item, callback)`; the
-    ///        callback is invoked only if the item was accepted.
-    template <class U, class F,
-              class = std::enable_if_t<std::is_constructible_v<T, U&&> &&
-                                       !std::is_same_v<std::decay_t<F>, Handle<R>>>>
-    [[nodiscard]] SubmitStatus try_submit(U&& item, F&& callback) {
-        return submit_impl(std::forward<U>(item), wait_never, {}, emplacer<F>(callback));
-    }
-
-    /// @brief Like `try_submit(item)`; on acceptance @p handle receives the item's handle.
-    ///        (`try_submit_handle(item)` returns both instead.)
-    template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
-    [[nodiscard]] SubmitStatus try_submit(U&& item, Handle<R>& handle) {
-        return submit_with_handle(std::forward<U>(item), wait_never, {}, handle);
-    }
-
-    /**
-     * @brief Like `try_submit(item)`, returning the status together with the item's handle
-     *        (valid when accepted): `if (auto submitted = b.try_submit_handle(x)) ...`.
-     * @throws whatever constructing `T` from @p item throws; `std::bad_alloc`.
-     */
-    template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
-    [[nodiscard]] SubmitResult<R> try_submit_handle(U&& item) {
-        SubmitResult<R> result;
-        result.status = submit_with_handle(std::forward<U>(item), wait_never, {}, result.handle);
-        return result;
-    }
-
-    /**
-     * @brief Fire-and-forget, waiting at most @p timeout for space: `accepted`, `full` (timed
-     *        out) or `closed`. The item is left untouched unless accepted. A timeout too large to
-     *        add to the current time waits without a time limit.
-     * @throws ReentrancyError if it finds the batcher full inside one of its own batches, for
-     *         any timeout including zero (see "Re-entrancy" above; `try_submit` never throws it).
-     */
-    template <class U, class Rep, class Period,
-              class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
-    [[nodiscard]] SubmitStatus submit_for(U&& item,
-                                          const std::chrono::duration<Rep, Period>& timeout) {
-        return submit_impl(std::forward<U>(item), wait_until_deadline, deadline_after(timeout),
-                           no_completion);
-    }
-
-    /// @brief Like `submit_for(item, timeout)`, with a callback as in `submit(item, callback)`.
-    template <class U, class F, class Rep, class Period,
-              class = std::enable_if_t<std::is_constructible_v<T, U&&> &&
-                                       !std::is_same_v<std::decay_t<F>, Handle<R>>>>
-    [[nodiscard]] SubmitStatus submit_for(U&& item, F&& callback,
-                                          const std::chrono::duration<Rep, Period>& timeout) {
-        return submit_impl(std::forward<U>(item), wait_until_deadline, deadline_after(timeout),
-                           emplacer<F>(callback));
-    }
-
-    /// @brief Like `submit_for(item, timeout)`; on acceptance @p handle receives the handle.
-    ///        (`submit_for_handle(item, timeout)` returns both instead.)
-    template <class U, class Rep, class Period,
-              class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
-    [[nodiscard]] SubmitStatus submit_for(U&& item, Handle<R>& handle,
-                                          const std::chrono::duration<Rep, Period>& timeout) {
-        return submit_with_handle(std::forward<U>(item), wait_until_deadline,
-                                  deadline_after(timeout), handle);
-    }
-
-    /**
-     * @brief Like `submit_for(item, timeout)`, returning the status (`accepted`, `full` when
-     *        timed out, `closed`) together with the item's handle (valid when accepted).
-     * @throws ReentrancyError if it would block inside this batcher's own process_batch;
-     *         whatever constructing `T` from @p item throws; `std::bad_alloc`.
-     */
-    template <class U, class Rep, class Period,
-              class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
-    [[nodiscard]] SubmitResult<R> submit_for_handle(
-        U&& item, const std::chrono::duration<Rep, Period>& timeout) {
-        SubmitResult<R> result;
-        result.status = submit_with_handle(std::forward<U>(item), wait_until_deadline,
-                                           deadline_after(timeout), result.handle);
-        return result;
-    }
-
-    // ---- Bulk submission (bodies: detail/batcher_bulk.hpp) -----------------------------------
-    //
-    // The `_n` forms submit the n items *first, *(first + 1), ... in order, as n single
-    // submissions would, but claim each batch's slots with one atomic operation (at most
-    // `max_bulk_claim` slots per claim), so a producer pays the shared-counter cost once per
-    // run of items rather than once per item. Items are constructed from `*it` (pass a
-    // `std::move_iterator` to move them); the iterator is advanced once per accepted item and
-    // never dereferenced beyond the accepted prefix. The items may span several batches; items
-    // of other threads may fall between two of those batches, never inside this call's run of
-    // slots in one batch. Per-producer order and exactly-once hold as for single submissions.
-    // Acceptance is by prefix: the first `accepted` items were accepted, the rest untouched.
-    // If constructing an item (or copying the callback) throws, the items before it were
-    // accepted, it and the rest were not, and the exception propagates.
-
-    /// Most slots one bulk claim takes (a larger run takes several claims). Bounds the stray
-    /// increments a claim racing a seal can leave on the head word.
+    // Most slots one bulk claim takes (a larger run takes several claims). Bounds the stray
+    // increments a claim racing a seal can leave on the head word.
     static constexpr std::size_t max_bulk_claim = 256;
 
-    /**
-     * @brief Bulk fire-and-forget: submits the @p n items at @p first, blocking while the
-     *        batcher is full, until every item is accepted. Allocates nothing.
-     * @throws BulkClosedError (a ClosedError) if the batcher is closed before every item was
-     *         accepted: its `accepted()` items were accepted and are processed, the rest were
-     *         left untouched; ReentrancyError as `submit(item)`; whatever constructing `T` from
-     *         `*first` throws (see above).
-     */
-    template <class InputIt, class = std::enable_if_t<is_item_iterator<InputIt>>>
-    void post_n(InputIt first, std::size_t n) {
-        throw_if_bulk_rejected(submit_bulk(first, n, wait_forever, {}, BulkPostStore{}), n);
-    }
+    // Batcher's constructors store process_batch and call initialise() in their bodies.
+    BatcherCore(Options options, Clock clock)
+        : options_(std::move(options)), clock_(std::move(clock)) {}
+    BatcherCore(const BatcherCore&) = delete;
+    BatcherCore& operator=(const BatcherCore&) = delete;
+    ~BatcherCore() = default;  // Batcher's destructor closes first
 
-    /// @brief Bulk fire-and-forget without blocking: accepts the longest prefix of the @p n
-    ///        items that fits now (see BulkResult). Never throws `ClosedError`.
-    /// @throws whatever constructing `T` from `*first` throws.
-    template <class InputIt, class = std::enable_if_t<is_item_iterator<InputIt>>>
-    [[nodiscard]] BulkResult try_post_n(InputIt first, std::size_t n) {
-        return submit_bulk(first, n, wait_never, {}, BulkPostStore{});
-    }
-
-    /// @brief Bulk fire-and-forget, waiting at most @p timeout in all for space: the status and
-    ///        the number of items accepted (a prefix).
-    /// @throws ReentrancyError as `submit_for`; whatever constructing `T` throws.
-    template <class InputIt, class Rep, class Period,
-              class = std::enable_if_t<is_item_iterator<InputIt>>>
-    [[nodiscard]] BulkResult post_n_for(InputIt first, std::size_t n,
-                                        const std::chrono::duration<Rep, Period>& timeout) {
-        return submit_bulk(first, n, wait_until_deadline, deadline_after(timeout), BulkPostStore{});
-    }
-
-    /**
-     * @brief Bulk submission with per-item results, blocking until every item is accepted.
-     *
-     * @p sink is either
-     * - a callable `void(std::size_t index, Outcome<R>&&)`: copied into each item's slot and
-     *   invoked on a worker with the item's index in the range (0 for `*first`) and its
-     *   outcome; the copy plus an index must fit the 48-byte inline callback storage and be
-     *   nothrow move constructible; allocates nothing; or
-     * - an output iterator of `Handle<R>`: receives each accepted item's handle, in order
-     *   (one pooled handle state per item, as `submit(item)`).
-     * @return the output iterator past the last handle written (for a callable sink, the sink).
-     * @throws as `post_n`.
-     */
-    template <class InputIt, class Sink, class = std::enable_if_t<is_item_iterator<InputIt>>>
-    Sink submit_n(InputIt first, std::size_t n, Sink sink) {
-        auto store = bulk_store(sink);
-        throw_if_bulk_rejected(submit_bulk(first, n, wait_forever, {}, store), n);
-        return store.release();
-    }
-
-    /// @brief As `submit_n`, without blocking: the longest prefix that fits now is accepted;
-    ///        @p sink receives the handles (or callbacks) of exactly those items.
-    template <class InputIt, class Sink, class = std::enable_if_t<is_item_iterator<InputIt>>>
-    [[nodiscard]] BulkResult try_submit_n(InputIt first, std::size_t n, Sink sink) {
-        auto store = bulk_store(sink);
-        return submit_bulk(first, n, wait_never, {}, store);
-    }
-
-    /// @brief As `submit_n`, waiting at most @p timeout in all for space.
-    template <class InputIt, class Sink, class Rep, class Period,
-              class = std::enable_if_t<is_item_iterator<InputIt>>>
-    [[nodiscard]] BulkResult submit_n_for(InputIt first, std::size_t n, Sink sink,
-                                          const std::chrono::duration<Rep, Period>& timeout) {
-        auto store = bulk_store(sink);
-        return submit_bulk(first, n, wait_until_deadline, deadline_after(timeout), store);
-    }
-
-    /**
-     * @name Submitting with a deadline (README "Deadlines")
-     * Each form above with an item deadline first: a `Clock::time_point` or a timeout from
-     * this call. An item still in its batch when the deadline passes is removed when the batch
-     * is formed (it never reaches process_batch) and completes with `DeadlineExceeded`; with
-     * `Options::deadline_sealing` the batch is sealed early enough for it to finish in time.
-     * With `Options::admission_control`, a submit predicted to finish after its deadline is
-     * refused at once: `SubmitStatus::infeasible`, or `DeadlineInfeasible` from the forms that
-     * throw (the item is left untouched). Blocking forms still wait for space as without a
-     * deadline. Otherwise as the form without a deadline (same exceptions).
-     * @{
-     */
-    /// @brief `submit(item)` with a deadline.
-    template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
-    Handle<R> submit(deadline_type deadline, U&& item);
-    /// @brief `submit(item, callback)` with a deadline.
-    template <class U, class F,
-              class = std::enable_if_t<std::is_constructible_v<T, U&&> &&
-                                       !std::is_same_v<std::decay_t<F>, Handle<R>>>>
-    void submit(deadline_type deadline, U&& item, F&& callback);
-    /// @brief `post(item)` with a deadline (an expired item is only counted).
-    template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
-    void post(deadline_type deadline, U&& item);
-    /// @brief `try_submit(item)` with a deadline.
-    template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
-    [[nodiscard]] SubmitStatus try_submit(deadline_type deadline, U&& item);
-    /// @brief `try_submit(item, callback)` with a deadline.
-    template <class U, class F,
-              class = std::enable_if_t<std::is_constructible_v<T, U&&> &&
-                                       !std::is_same_v<std::decay_t<F>, Handle<R>>>>
-    [[nodiscard]] SubmitStatus try_submit(deadline_type deadline, U&& item, F&& callback);
-    /// @brief `try_submit_handle(item)` with a deadline.
-    template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
-    [[nodiscard]] SubmitResult<R> try_submit_handle(deadline_type deadline, U&& item);
-    /// @brief `submit_for(item, timeout)` with a deadline (@p timeout bounds the wait for space).
-    template <class U, class Rep, class Period,
-              class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
-    [[nodiscard]] SubmitStatus submit_for(deadline_type deadline, U&& item,
-                                          const std::chrono::duration<Rep, Period>& timeout);
-    /// @brief `submit_for(item, callback, timeout)` with a deadline.
-    template <class U, class F, class Rep, class Period,
-              class = std::enable_if_t<std::is_constructible_v<T, U&&> &&
-                                       !std::is_same_v<std::decay_t<F>, Handle<R>>>>
-    [[nodiscard]] SubmitStatus submit_for(deadline_type deadline, U&& item, F&& callback,
-                                          const std::chrono::duration<Rep, Period>& timeout);
-    /// @brief `submit_for_handle(item, timeout)` with a deadline.
-    template <class U, class Rep, class Period,
-              class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
-    [[nodiscard]] SubmitResult<R> submit_for_handle(
-        deadline_type deadline, U&& item, const std::chrono::duration<Rep, Period>& timeout);
-    /// @}
-
-    /**
-     * @brief The bulk forms with a deadline (README "Deadlines"): every item of the run gets
-     *        @p deadline (one clock read per call for a timeout); otherwise as the forms above.
-     *
-     * With admission control on, the run is admitted or refused as a whole, judged for its
-     * last item (the work ahead of it includes the run's other items): refused, nothing is
-     * accepted and the status is `SubmitStatus::infeasible` (`DeadlineInfeasible` from
-     * `post_n`/`submit_n`), each item counted in `Stats::items_rejected_infeasible`.
-     */
-    template <class InputIt, class = std::enable_if_t<is_item_iterator<InputIt>>>
-    void post_n(deadline_type deadline, InputIt first, std::size_t n) {
-        throw_if_bulk_rejected(
-            submit_bulk_due(deadline, first, n, wait_forever, {}, BulkPostStore{}), n);
-    }
-    /// @brief `try_post_n` with a deadline for every item (see `post_n(deadline, ...)`).
-    template <class InputIt, class = std::enable_if_t<is_item_iterator<InputIt>>>
-    [[nodiscard]] BulkResult try_post_n(deadline_type deadline, InputIt first, std::size_t n) {
-        return submit_bulk_due(deadline, first, n, wait_never, {}, BulkPostStore{});
-    }
-    /// @brief `post_n_for` with a deadline for every item (see `post_n(deadline, ...)`).
-    template <class InputIt, class Rep, class Period,
-              class = std::enable_if_t<is_item_iterator<InputIt>>>
-    [[nodiscard]] BulkResult post_n_for(deadline_type deadline, InputIt first, std::size_t n,
-                                        const std::chrono::duration<Rep, Period>& timeout) {
-        return submit_bulk_due(deadline, first, n, wait_until_deadline, deadline_after(timeout),
-                               BulkPostStore{});
-    }
-    /// @brief `submit_n` with a deadline for every item (see `post_n(deadline, ...)`).
-    template <class InputIt, class Sink, class = std::enable_if_t<is_item_iterator<InputIt>>>
-    Sink submit_n(deadline_type deadline, InputIt first, std::size_t n, Sink sink) {
-        auto store = bulk_store(sink);
-        throw_if_bulk_rejected(submit_bulk_due(deadline, first, n, wait_forever, {}, store), n);
-        return store.release();
-    }
-    /// @brief `try_submit_n` with a deadline for every item (see `post_n(deadline, ...)`).
-    template <class InputIt, class Sink, class = std::enable_if_t<is_item_iterator<InputIt>>>
-    [[nodiscard]] BulkResult try_submit_n(deadline_type deadline, InputIt first, std::size_t n,
-                                          Sink sink) {
-        auto store = bulk_store(sink);
-        return submit_bulk_due(deadline, first, n, wait_never, {}, store);
-    }
-    /// @brief `submit_n_for` with a deadline for every item (see `post_n(deadline, ...)`).
-    template <class InputIt, class Sink, class Rep, class Period,
-              class = std::enable_if_t<is_item_iterator<InputIt>>>
-    [[nodiscard]] BulkResult submit_n_for(deadline_type deadline, InputIt first, std::size_t n,
-                                          Sink sink,
-                                          const std::chrono::duration<Rep, Period>& timeout) {
-        auto store = bulk_store(sink);
-        return submit_bulk_due(deadline, first, n, wait_until_deadline, deadline_after(timeout),
-                               store);
-    }
-
-    /**
-     * @brief Dispatches the partial batch now (reason `flush`), if it holds any item.
-     *        Never blocks (beyond handing the batch to the executor).
-     */
+    // ---- The bodies of Batcher's control calls: detail/batcher_control.hpp ------------------
     void flush();
-
-    /**
-     * @brief Flushes, then blocks until every item accepted before the call has finished
-     *        (its batch ran and its handle/callback completed). Items submitted concurrently may
-     *        or may not be waited for.
-     * @throws ReentrancyError when called from inside this batcher's process_batch or callbacks,
-     *         also nested (see "Re-entrancy" above).
-     */
     void wait_idle();
-
-    /**
-     * @brief Stops accepting items, dispatches the partial batch (reason `close`) and blocks
-     *        until every accepted item has finished. Idempotent; concurrent calls all wait.
-     *        Producers blocked in submit wake with `ClosedError`.
-     * @throws ReentrancyError when called from inside this batcher's process_batch or callbacks,
-     *         also nested (it would wait for itself; see "Re-entrancy" above).
-     */
-    void close() { close_impl(nullptr); }
-
-    /**
-     * @brief Like `close()`, but gives up waiting after @p timeout and reports what was still
-     *        in flight. The batcher stays closed; the remaining batches keep running and a
-     *        later `close()` (or the destructor) waits for them.
-     */
-    template <class Rep, class Period>
-    CloseResult close_for(const std::chrono::duration<Rep, Period>& timeout) {
-        const auto deadline = deadline_after(timeout);
-        return close_impl(&deadline);
-    }
-
-    /// @brief True once close() (or close_for) has begun.
+    std::size_t waiting_producers() const;  // detail/batcher_admission.hpp
+    Stats stats() const noexcept;
+    std::size_t pending() const noexcept;
+    std::size_t in_flight() const noexcept;
+    void set_max_batch_size(std::size_t size);
+    void set_max_delay(std::chrono::nanoseconds delay);
+    void set_max_in_flight(std::size_t limit);
+    std::size_t max_batch_size() const noexcept;
+    std::chrono::nanoseconds max_delay() const noexcept;
+    std::size_t max_in_flight() const noexcept;
     bool is_closed() const noexcept {
         // acquire: a true answer happens-after the close that set the bit. Lane 0 is closed
         // first, so this turns true as soon as close() has begun.
         return (lanes_[0].head.load(std::memory_order_acquire) & closed_bit) != 0;
     }
 
-    /**
-     * @brief Producers blocked in a submit because their lane is full, or because
-     *        `Options::max_pending_cost` is reached, queued to be admitted in arrival order
-     *        (README "Deadlines", fair admission). Thread-safe; takes the mutexes blocked
-     *        producers wait on; a snapshot.
-     */
-    std::size_t waiting_producers() const;
-
-    /// @brief A snapshot of the counters (see `Stats` for its consistency). Thread-safe, O(1).
-    ///        Not lock-free: it reads the atomic counters, then copies the cost-model fit under
-    ///        a mutex that workers hold briefly once per finished batch, so it may wait for one
-    ///        (never for a submit: producers do not take that mutex).
-    Stats stats() const noexcept;
-
-    /**
-     * @brief Accepted items not yet finished: in the batch being filled, sealed and waiting,
-     *        or running. Thread-safe, lock-free, O(lanes); a snapshot that may be stale by the
-     *        time it returns.
-     */
-    std::size_t pending() const noexcept;
-
-    /**
-     * @brief The total cost (`cost_by`) of accepted items not yet finished: the quantity
-     *        `Options::max_pending_cost` bounds (0 without a cost function). An item's cost
-     *        counts from its acceptance until its batch has completed every item. Thread-safe,
-     *        lock-free, O(1); a snapshot.
-     */
-    std::size_t pending_cost() const noexcept {
-        // relaxed: a snapshot; nothing is read through it.
-        return static_cast<std::size_t>(pending_cost_.load(std::memory_order_relaxed));
-    }
-
-    /**
-     * @brief Batches dispatched and not yet finished: the count `max_in_flight` limits. A
-     *        batch counts until its worker has completed every item and is about to take the
-     *        next batch. Thread-safe, lock-free, O(1); a snapshot.
-     */
-    std::size_t in_flight() const noexcept;
-
-    /**
-     * @brief Sets the batch size bound for batches opened from now on (the batch being filled
-     *        keeps the bound it opened with). Thread-safe; lock-free.
-     *
-     * Storage stays what was reserved for the constructed `max_batch_size`: each batch still
-     * occupies one buffer of that size, so with a smaller bound producers block after
-     * ceil(capacity / constructed size) batches rather than after `capacity` items.
-     * @throws std::invalid_argument unless 1 <= @p size <= the constructed max_batch_size.
-     */
-    void set_max_batch_size(std::size_t size);
-
-    /**
-     * @brief Sets the time bound; effective for every decision from now on (the batch being
-     *        filled included). `nanoseconds::max()` disables it. Thread-safe; wakes the timer.
-     * @throws std::invalid_argument if @p delay is negative.
-     */
-    void set_max_delay(std::chrono::nanoseconds delay);
-
-    /**
-     * @brief Sets the in-flight limit (0 = automatic, as in Options::max_in_flight), effective
-     *        for every decision from now on. Thread-safe; wakes the timer. Raising it above the
-     *        value the batcher was built with can make producers block before `capacity` items
-     *        (storage for partial batches was reserved for the constructed limit).
-     */
-    void set_max_in_flight(std::size_t limit);
-
-    /// @brief The batch size bound in force (see set_max_batch_size). Thread-safe.
-    std::size_t max_batch_size() const noexcept;
-    /// @brief The time bound in force (`nanoseconds::max()` when disabled). Thread-safe.
-    std::chrono::nanoseconds max_delay() const noexcept;
-    /// @brief The in-flight limit in force (resolved: never 0). Thread-safe.
-    std::size_t max_in_flight() const noexcept;
-
-    /// @brief The options the batcher was built with.
-    const Options& options() const noexcept { return options_; }
-
-    /// @brief The clock the batcher measures max_delay with.
-    const Clock& clock() const noexcept { return clock_; }
-
-private:
     // ---- The head word, lanes and batch buffers: detail/batcher_ring.hpp --------------------
     using Lane = detail::BatcherLane;
     using Buffer = detail::BatcherBuffer;
@@ -7430,6 +6863,7 @@ private:
     std::thread timer_;  // last: started after everything it uses is constructed
 };
 
+}  // namespace detail
 }  // namespace microbatch
 
 // The member functions, one file per step of an item's path (see each file's header comment).
@@ -7450,8 +6884,9 @@ private:
 namespace microbatch {
 
 template <class T, class R, class Clock>
-SubmitStatus Batcher<T, R, Clock>::wait_in_line(Lane& lane, WaitMode mode, Deadline deadline,
-                                                detail::AdmissionTurn& turn) {
+SubmitStatus detail::BatcherCore<T, R, Clock>::wait_in_line(Lane& lane, WaitMode mode,
+                                                            Deadline deadline,
+                                                            detail::AdmissionTurn& turn) {
     detail::AdmissionQueue& queue = admission_[static_cast<std::size_t>(&lane - lanes_.get())];
     std::unique_lock<std::mutex> lock(space_mutex_);
     // seq_cst: Dekker handshake with try_open(), which publishes the head then reads this.
@@ -7498,14 +6933,14 @@ SubmitStatus Batcher<T, R, Clock>::wait_in_line(Lane& lane, WaitMode mode, Deadl
 
 // A batch opened in @p lane: wake the producer whose turn it is.
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::wake_first_waiter(Lane& lane) {
+void detail::BatcherCore<T, R, Clock>::wake_first_waiter(Lane& lane) {
     std::lock_guard<std::mutex> lock(space_mutex_);
     admission_[static_cast<std::size_t>(&lane - lanes_.get())].wake_front();
 }
 
 // The batcher is closing: every blocked producer must see it.
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::wake_all_waiters() {
+void detail::BatcherCore<T, R, Clock>::wake_all_waiters() {
     std::lock_guard<std::mutex> lock(space_mutex_);
     for (std::uint32_t l = 0; l < lane_count_; ++l) {
         admission_[l].wake_all();
@@ -7513,7 +6948,7 @@ void Batcher<T, R, Clock>::wake_all_waiters() {
 }
 
 template <class T, class R, class Clock>
-std::size_t Batcher<T, R, Clock>::waiting_producers() const {
+std::size_t detail::BatcherCore<T, R, Clock>::waiting_producers() const {
     std::lock_guard<std::mutex> lock(space_mutex_);
     std::size_t waiting = 0;
     for (std::uint32_t l = 0; l < lane_count_; ++l) {
@@ -7550,7 +6985,7 @@ namespace microbatch {
 
 // Fire-and-forget: nothing per item.
 template <class T, class R, class Clock>
-struct Batcher<T, R, Clock>::BulkPostStore {
+struct detail::BatcherCore<T, R, Clock>::BulkPostStore {
     static bool store(detail::Completion<R>&, std::size_t) noexcept { return false; }
     static void accept(std::size_t) noexcept {}
 };
@@ -7558,7 +6993,7 @@ struct Batcher<T, R, Clock>::BulkPostStore {
 // One copy of the user's callback per item, invoked with the item's index in the range.
 template <class T, class R, class Clock>
 template <class F>
-class Batcher<T, R, Clock>::BulkCallbackStore {
+class detail::BatcherCore<T, R, Clock>::BulkCallbackStore {
 public:
     explicit BulkCallbackStore(F& callback) noexcept : callback_(callback) {}
     bool store(detail::Completion<R>& slot, std::size_t index) {
@@ -7581,14 +7016,14 @@ private:
 // accepted (never for an item that was not).
 template <class T, class R, class Clock>
 template <class OutputIt>
-class Batcher<T, R, Clock>::BulkHandleStore {
+class detail::BatcherCore<T, R, Clock>::BulkHandleStore {
 public:
     explicit BulkHandleStore(OutputIt out) : out_(std::move(out)) {}
     bool store(detail::Completion<R>& slot, std::size_t) {
         // create() hands out two references: one for the slot's completion, one for the
         // handle; pending_ keeps the handle's until accept() (or drops it, if the item fails).
         detail::HandleState<R>* const state = detail::HandleState<R>::create();
-        pending_ = Handle<R>(state);
+        pending_ = detail::HandleAccess::make(state);
         slot.emplace(detail::HandleCompletion<R>(state));
         return true;
     }
@@ -7607,8 +7042,8 @@ private:
 // records the deadline in each item's slot (as DeadlineStore, detail/batcher_deadlines.hpp).
 template <class T, class R, class Clock>
 template <class Inner>
-struct Batcher<T, R, Clock>::BulkDeadlineStore {
-    Batcher* owner;
+struct detail::BatcherCore<T, R, Clock>::BulkDeadlineStore {
+    BatcherCore* owner;
     Inner* inner;
     std::int64_t deadline;  // clock ticks
 
@@ -7624,7 +7059,7 @@ struct Batcher<T, R, Clock>::BulkDeadlineStore {
 
 template <class T, class R, class Clock>
 template <class Sink>
-auto Batcher<T, R, Clock>::bulk_store(Sink& sink) {
+auto detail::BatcherCore<T, R, Clock>::bulk_store(Sink& sink) {
     if constexpr (std::is_invocable_v<Sink&, std::size_t, Outcome<R>&&>) {
         static_assert(
             std::is_copy_constructible_v<Sink> && std::is_nothrow_move_constructible_v<Sink>,
@@ -7641,7 +7076,8 @@ auto Batcher<T, R, Clock>::bulk_store(Sink& sink) {
 }
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::throw_if_bulk_rejected(const BulkResult& result, std::size_t n) const {
+void detail::BatcherCore<T, R, Clock>::throw_if_bulk_rejected(const BulkResult& result,
+                                                              std::size_t n) const {
     if (result.status == SubmitStatus::closed) {
         MICROBATCH_THROW(BulkClosedError("microbatch::Batcher: bulk submit on a closed batcher (" +
                                              std::to_string(result.accepted) + " of " +
@@ -7658,8 +7094,9 @@ void Batcher<T, R, Clock>::throw_if_bulk_rejected(const BulkResult& result, std:
 
 template <class T, class R, class Clock>
 template <class InputIt, class Store>
-BulkResult Batcher<T, R, Clock>::submit_bulk(InputIt& first, std::size_t n, WaitMode mode,
-                                             Deadline deadline, Store&& store) {
+BulkResult detail::BatcherCore<T, R, Clock>::submit_bulk(InputIt& first, std::size_t n,
+                                                         WaitMode mode, Deadline deadline,
+                                                         Store&& store) {
     if (has_default_timeout_) {  // Options::default_timeout, as for single submissions
         return submit_bulk_due(default_deadline_, first, n, mode, deadline, store);
     }
@@ -7670,9 +7107,10 @@ BulkResult Batcher<T, R, Clock>::submit_bulk(InputIt& first, std::size_t n, Wait
 // control the run is judged for its last item and admitted or refused as a whole.
 template <class T, class R, class Clock>
 template <class InputIt, class Store>
-BulkResult Batcher<T, R, Clock>::submit_bulk_due(const deadline_type& due, InputIt& first,
-                                                 std::size_t n, WaitMode mode, Deadline wait,
-                                                 Store&& store) {
+BulkResult detail::BatcherCore<T, R, Clock>::submit_bulk_due(const deadline_type& due,
+                                                             InputIt& first, std::size_t n,
+                                                             WaitMode mode, Deadline wait,
+                                                             Store&& store) {
     if (n == 0) {
         return BulkResult{SubmitStatus::accepted, 0};
     }
@@ -7686,8 +7124,9 @@ BulkResult Batcher<T, R, Clock>::submit_bulk_due(const deadline_type& due, Input
 
 template <class T, class R, class Clock>
 template <class InputIt, class Store>
-BulkResult Batcher<T, R, Clock>::claim_bulk(InputIt& first, std::size_t n, WaitMode mode,
-                                            Deadline deadline, Store& store) {
+BulkResult detail::BatcherCore<T, R, Clock>::claim_bulk(InputIt& first, std::size_t n,
+                                                        WaitMode mode, Deadline deadline,
+                                                        Store& store) {
     if (cost_function_) {  // weighed items, one claim each: detail/batcher_cost.hpp
         return submit_bulk_weighed(first, n, mode, deadline, store);
     }
@@ -7732,9 +7171,10 @@ BulkResult Batcher<T, R, Clock>::claim_bulk(InputIt& first, std::size_t n, WaitM
 // slots from it on are published as holes and the exception propagates after the seal logic).
 template <class T, class R, class Clock>
 template <class InputIt, class Store>
-std::uint32_t Batcher<T, R, Clock>::fill_run(Lane& lane, std::uint64_t head, std::uint32_t index,
-                                             std::uint32_t count, InputIt& first, std::size_t done,
-                                             Store& store, std::uint64_t cost) {
+std::uint32_t detail::BatcherCore<T, R, Clock>::fill_run(Lane& lane, std::uint64_t head,
+                                                         std::uint32_t index, std::uint32_t count,
+                                                         InputIt& first, std::size_t done,
+                                                         Store& store, std::uint64_t cost) {
     const std::uint32_t buffer = buffer_of(head);
     const std::size_t base = static_cast<std::size_t>(buffer) * batch_size_;
     const std::uint32_t end = index + count;
@@ -7829,7 +7269,7 @@ namespace microbatch {
 // Seals @p lane's batch being filled (if it holds items) and returns the lane number of the
 // lane's last batch holding items accepted before the call.
 template <class T, class R, class Clock>
-std::uint64_t Batcher<T, R, Clock>::flush_and_target(Lane& lane) {
+std::uint64_t detail::BatcherCore<T, R, Clock>::flush_and_target(Lane& lane) {
     for (;;) {
         const std::uint64_t head = lane.head.load(std::memory_order_seq_cst);
         if ((head & closed_bit) != 0) {
@@ -7862,7 +7302,8 @@ std::uint64_t Batcher<T, R, Clock>::flush_and_target(Lane& lane) {
 // True if @p lane's batches up to lane number @p target have finished. Called with
 // idle_mutex_ held.
 template <class T, class R, class Clock>
-bool Batcher<T, R, Clock>::finished_through(const Lane& lane, std::uint64_t target) const noexcept {
+bool detail::BatcherCore<T, R, Clock>::finished_through(const Lane& lane,
+                                                        std::uint64_t target) const noexcept {
     const std::uint32_t n = buffers_per_lane_;
     for (std::uint64_t s = target + 1 - n; s <= target; ++s) {
         const Buffer& buffer = buffers_[lane.first_buffer + s % n];
@@ -7875,7 +7316,7 @@ bool Batcher<T, R, Clock>::finished_through(const Lane& lane, std::uint64_t targ
 }
 
 template <class T, class R, class Clock>
-CloseResult Batcher<T, R, Clock>::close_impl(const Deadline* deadline) {
+CloseResult detail::BatcherCore<T, R, Clock>::close_impl(const Deadline* deadline) {
     check_not_reentrant("close");
     std::unique_lock<std::mutex> close_lock(close_mutex_);
     if (!close_started_) {
@@ -7915,7 +7356,7 @@ CloseResult Batcher<T, R, Clock>::close_impl(const Deadline* deadline) {
 }
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::begin_close() {
+void detail::BatcherCore<T, R, Clock>::begin_close() {
     for (std::uint32_t l = 0; l < lane_count_; ++l) {
         Lane& lane = lanes_[l];
         // seq_cst: competes with claims, seals and opens on the same word.
@@ -7976,14 +7417,14 @@ void Batcher<T, R, Clock>::begin_close() {
 namespace microbatch {
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::flush() {
+void detail::BatcherCore<T, R, Clock>::flush() {
     for (std::uint32_t l = 0; l < lane_count_; ++l) {
         seal_current(lanes_[l], DispatchReason::flush, 0, false);
     }
 }
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::wait_idle() {
+void detail::BatcherCore<T, R, Clock>::wait_idle() {
     check_not_reentrant("wait_idle");
     flush();  // every lane's partial batch leaves now, so the lanes drain side by side
     for (std::uint32_t l = 0; l < lane_count_; ++l) {
@@ -7997,7 +7438,7 @@ void Batcher<T, R, Clock>::wait_idle() {
 }
 
 template <class T, class R, class Clock>
-Stats Batcher<T, R, Clock>::stats() const noexcept {
+Stats detail::BatcherCore<T, R, Clock>::stats() const noexcept {
     Stats result;
     std::uint64_t filling = 0;
     for (std::uint32_t l = 0; l < lane_count_; ++l) {
@@ -8009,7 +7450,7 @@ Stats Batcher<T, R, Clock>::stats() const noexcept {
 }
 
 template <class T, class R, class Clock>
-std::size_t Batcher<T, R, Clock>::pending() const noexcept {
+std::size_t detail::BatcherCore<T, R, Clock>::pending() const noexcept {
     // relaxed: a statistic; no data is read through these counters.
     std::uint64_t filling = 0;
     for (std::uint32_t l = 0; l < lane_count_; ++l) {
@@ -8019,13 +7460,13 @@ std::size_t Batcher<T, R, Clock>::pending() const noexcept {
 }
 
 template <class T, class R, class Clock>
-std::size_t Batcher<T, R, Clock>::in_flight() const noexcept {
+std::size_t detail::BatcherCore<T, R, Clock>::in_flight() const noexcept {
     // relaxed: a statistic; no data is read through it.
     return static_cast<std::size_t>(in_flight_batches_.load(std::memory_order_relaxed));
 }
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::set_max_batch_size(std::size_t size) {
+void detail::BatcherCore<T, R, Clock>::set_max_batch_size(std::size_t size) {
     if (size == 0 || size > batch_size_) {
         MICROBATCH_THROW(std::invalid_argument(
             "microbatch::Batcher::set_max_batch_size: size must be in [1, " +
@@ -8038,7 +7479,7 @@ void Batcher<T, R, Clock>::set_max_batch_size(std::size_t size) {
 }
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::set_max_delay(std::chrono::nanoseconds delay) {
+void detail::BatcherCore<T, R, Clock>::set_max_delay(std::chrono::nanoseconds delay) {
     if (delay.count() < 0) {
         MICROBATCH_THROW(std::invalid_argument(
             "microbatch::Batcher::set_max_delay: max_delay must not be negative (got " +
@@ -8054,7 +7495,7 @@ void Batcher<T, R, Clock>::set_max_delay(std::chrono::nanoseconds delay) {
 }
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::set_max_in_flight(std::size_t limit) {
+void detail::BatcherCore<T, R, Clock>::set_max_in_flight(std::size_t limit) {
     Options probe = options_;
     probe.max_in_flight(limit);
     // relaxed: a setting; see set_max_delay.
@@ -8065,19 +7506,19 @@ void Batcher<T, R, Clock>::set_max_in_flight(std::size_t limit) {
 }
 
 template <class T, class R, class Clock>
-std::size_t Batcher<T, R, Clock>::max_batch_size() const noexcept {
+std::size_t detail::BatcherCore<T, R, Clock>::max_batch_size() const noexcept {
     return current_batch_size_.load(std::memory_order_relaxed);
 }
 
 template <class T, class R, class Clock>
-std::chrono::nanoseconds Batcher<T, R, Clock>::max_delay() const noexcept {
+std::chrono::nanoseconds detail::BatcherCore<T, R, Clock>::max_delay() const noexcept {
     const std::int64_t ticks = max_delay_ticks_.load(std::memory_order_relaxed);
     return ticks < 0 ? std::chrono::nanoseconds::max()
                      : std::chrono::nanoseconds(to_nanoseconds(ticks));
 }
 
 template <class T, class R, class Clock>
-std::size_t Batcher<T, R, Clock>::max_in_flight() const noexcept {
+std::size_t detail::BatcherCore<T, R, Clock>::max_in_flight() const noexcept {
     return max_in_flight_.load(std::memory_order_relaxed);
 }
 
@@ -8130,7 +7571,7 @@ constexpr bool batch_cost_full(std::uint64_t batch_cost, std::uint64_t max_batch
 }  // namespace detail
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::initialise_cost() {
+void detail::BatcherCore<T, R, Clock>::initialise_cost() {
     max_batch_cost_ = options_.max_batch_cost();
     max_pending_cost_ = options_.max_pending_cost();
     const auto needs = [this](const char* option, std::size_t value) {
@@ -8148,7 +7589,7 @@ void Batcher<T, R, Clock>::initialise_cost() {
 
 template <class T, class R, class Clock>
 template <class U>
-std::uint64_t Batcher<T, R, Clock>::weigh(const U& item) const {
+std::uint64_t detail::BatcherCore<T, R, Clock>::weigh(const U& item) const {
     if constexpr (std::is_same_v<U, T>) {
         return static_cast<std::uint64_t>(cost_function_(item));
     } else if constexpr (std::is_constructible_v<T, const U&>) {
@@ -8166,7 +7607,7 @@ std::uint64_t Batcher<T, R, Clock>::weigh(const U& item) const {
 // throws or the item exceeds max_pending_cost on its own (CostLimitError).
 template <class T, class R, class Clock>
 template <class U>
-std::uint64_t Batcher<T, R, Clock>::weigh_or_refuse(const U& item) {
+std::uint64_t detail::BatcherCore<T, R, Clock>::weigh_or_refuse(const U& item) {
     std::uint64_t cost = 0;
     MICROBATCH_TRY {
         cost = weigh(item);
@@ -8185,8 +7626,8 @@ std::uint64_t Batcher<T, R, Clock>::weigh_or_refuse(const U& item) {
 
 template <class T, class R, class Clock>
 template <class U, class Store>
-SubmitStatus Batcher<T, R, Clock>::submit_weighed(U&& item, WaitMode mode, Deadline deadline,
-                                                  Store& store) {
+SubmitStatus detail::BatcherCore<T, R, Clock>::submit_weighed(U&& item, WaitMode mode,
+                                                              Deadline deadline, Store& store) {
     const std::uint64_t cost = weigh_or_refuse(static_cast<const std::decay_t<U>&>(item));
     SubmitStatus status = reserve_cost(cost, mode, deadline, 1);
     if (status != SubmitStatus::accepted) {
@@ -8216,8 +7657,9 @@ SubmitStatus Batcher<T, R, Clock>::submit_weighed(U&& item, WaitMode mode, Deadl
 
 template <class T, class R, class Clock>
 template <class InputIt, class Store>
-BulkResult Batcher<T, R, Clock>::submit_bulk_weighed(InputIt& first, std::size_t n, WaitMode mode,
-                                                     Deadline deadline, Store& store) {
+BulkResult detail::BatcherCore<T, R, Clock>::submit_bulk_weighed(InputIt& first, std::size_t n,
+                                                                 WaitMode mode, Deadline deadline,
+                                                                 Store& store) {
     Lane& lane = lane_for_this_thread();
     for (std::size_t done = 0; done < n; ++done) {
         // Dereferenced as a const lvalue: weighing never moves the item (a move_iterator's
@@ -8256,8 +7698,9 @@ BulkResult Batcher<T, R, Clock>::submit_bulk_weighed(InputIt& first, std::size_t
 // or a worker sealed it meanwhile) lands first in a fresh batch, which any item fits.
 // @p items: what a rejection refuses (a bulk submission's rest), for the stats.
 template <class T, class R, class Clock>
-typename Batcher<T, R, Clock>::CostClaim Batcher<T, R, Clock>::claim_weighed(
-    Lane& lane, std::uint64_t cost, WaitMode mode, Deadline deadline, std::size_t items) {
+typename detail::BatcherCore<T, R, Clock>::CostClaim
+detail::BatcherCore<T, R, Clock>::claim_weighed(Lane& lane, std::uint64_t cost, WaitMode mode,
+                                                Deadline deadline, std::size_t items) {
     detail::AdmissionTurn turn;  // held while admitted from the queue of blocked producers
     for (;;) {
         std::uint64_t seal_first = 0;  // the head (without count) of a batch to seal, or 0
@@ -8316,8 +7759,8 @@ typename Batcher<T, R, Clock>::CostClaim Batcher<T, R, Clock>::claim_weighed(
 // Reserves @p cost in pending_cost_, waiting (per @p mode) while max_pending_cost would be
 // exceeded. @p items: what a rejection refuses, for the stats.
 template <class T, class R, class Clock>
-SubmitStatus Batcher<T, R, Clock>::reserve_cost(std::uint64_t cost, WaitMode mode,
-                                                Deadline deadline, std::size_t items) {
+SubmitStatus detail::BatcherCore<T, R, Clock>::reserve_cost(std::uint64_t cost, WaitMode mode,
+                                                            Deadline deadline, std::size_t items) {
     if (max_pending_cost_ == 0) {
         // relaxed: only pending_cost()'s snapshot reads it when there is no bound.
         pending_cost_.fetch_add(cost, std::memory_order_relaxed);
@@ -8365,7 +7808,7 @@ SubmitStatus Batcher<T, R, Clock>::reserve_cost(std::uint64_t cost, WaitMode mod
 // Pending cost is wanted: seal @p lane's open batch if the policy says so (a worker is free,
 // rule 4c), so that its cost can be freed.
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::seal_for_cost(Lane& lane) {
+void detail::BatcherCore<T, R, Clock>::seal_for_cost(Lane& lane) {
     // seq_cst: the load of the Dekker handshake in reserve_cost (seal_current's own loads,
     // sequenced after it, see the same or a later head).
     const std::uint64_t head = lane.head.load(std::memory_order_seq_cst);
@@ -8388,7 +7831,7 @@ void Batcher<T, R, Clock>::seal_for_cost(Lane& lane) {
 }
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::seal_for_cost_all() {
+void detail::BatcherCore<T, R, Clock>::seal_for_cost_all() {
     for (std::uint32_t l = 0; l < lane_count_; ++l) {
         seal_for_cost(lanes_[l]);
     }
@@ -8396,13 +7839,13 @@ void Batcher<T, R, Clock>::seal_for_cost_all() {
 
 // True while producers wait for pending cost (then each claim seals its batch).
 template <class T, class R, class Clock>
-bool Batcher<T, R, Clock>::cost_wanted() const noexcept {
+bool detail::BatcherCore<T, R, Clock>::cost_wanted() const noexcept {
     // seq_cst: the claim side of reserve_cost's Dekker handshake (after our seq_cst claim).
     return max_pending_cost_ != 0 && cost_waiters_.load(std::memory_order_seq_cst) != 0;
 }
 
 template <class T, class R, class Clock>
-bool Batcher<T, R, Clock>::try_reserve_cost(std::uint64_t cost) noexcept {
+bool detail::BatcherCore<T, R, Clock>::try_reserve_cost(std::uint64_t cost) noexcept {
     // seq_cst: the load and CAS pair with release_cost's handshake (see there).
     std::uint64_t pending = pending_cost_.load(std::memory_order_seq_cst);
     // cost <= max_pending_cost_ (check_cost_limit), so an idle batcher always admits it.
@@ -8416,8 +7859,8 @@ bool Batcher<T, R, Clock>::try_reserve_cost(std::uint64_t cost) noexcept {
 }
 
 template <class T, class R, class Clock>
-SubmitStatus Batcher<T, R, Clock>::wait_for_cost(std::uint64_t cost, WaitMode mode,
-                                                 Deadline deadline) {
+SubmitStatus detail::BatcherCore<T, R, Clock>::wait_for_cost(std::uint64_t cost, WaitMode mode,
+                                                             Deadline deadline) {
     // The caller raised cost_waiters_ (seq_cst) before: Dekker handshake with release_cost(),
     // which lowers pending_cost_ then reads cost_waiters_, while we read pending_cost_ after
     // (try_reserve_cost): one side sees the other.
@@ -8452,7 +7895,7 @@ SubmitStatus Batcher<T, R, Clock>::wait_for_cost(std::uint64_t cost, WaitMode mo
 }
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::release_cost(std::uint64_t cost) {
+void detail::BatcherCore<T, R, Clock>::release_cost(std::uint64_t cost) {
     if (max_pending_cost_ == 0) {
         // relaxed: only pending_cost()'s snapshot reads it when there is no bound.
         pending_cost_.fetch_sub(cost, std::memory_order_relaxed);
@@ -8466,7 +7909,7 @@ void Batcher<T, R, Clock>::release_cost(std::uint64_t cost) {
 }
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::wake_cost_waiters() {
+void detail::BatcherCore<T, R, Clock>::wake_cost_waiters() {
     { std::lock_guard<std::mutex> lock(cost_mutex_); }
     cost_condition_.notify_all();
 }
@@ -8495,81 +7938,9 @@ void Batcher<T, R, Clock>::wake_cost_waiters() {
 #include <type_traits>
 
 namespace microbatch {
-// ---- The public deadline forms (documented in batcher.hpp) ---------------------------------
 
 template <class T, class R, class Clock>
-template <class U, class>
-Handle<R> Batcher<T, R, Clock>::submit(deadline_type deadline, U&& item) {
-    Handle<R> handle;
-    throw_if_rejected(
-        submit_due_with_handle(deadline, std::forward<U>(item), wait_forever, {}, handle));
-    return handle;
-}
-
-template <class T, class R, class Clock>
-template <class U, class F, class>
-void Batcher<T, R, Clock>::submit(deadline_type deadline, U&& item, F&& callback) {
-    throw_if_rejected(
-        submit_due(deadline, std::forward<U>(item), wait_forever, {}, emplacer<F>(callback)));
-}
-
-template <class T, class R, class Clock>
-template <class U, class>
-void Batcher<T, R, Clock>::post(deadline_type deadline, U&& item) {
-    throw_if_rejected(submit_due(deadline, std::forward<U>(item), wait_forever, {}, no_completion));
-}
-
-template <class T, class R, class Clock>
-template <class U, class>
-SubmitStatus Batcher<T, R, Clock>::try_submit(deadline_type deadline, U&& item) {
-    return submit_due(deadline, std::forward<U>(item), wait_never, {}, no_completion);
-}
-
-template <class T, class R, class Clock>
-template <class U, class F, class>
-SubmitStatus Batcher<T, R, Clock>::try_submit(deadline_type deadline, U&& item, F&& callback) {
-    return submit_due(deadline, std::forward<U>(item), wait_never, {}, emplacer<F>(callback));
-}
-
-template <class T, class R, class Clock>
-template <class U, class>
-SubmitResult<R> Batcher<T, R, Clock>::try_submit_handle(deadline_type deadline, U&& item) {
-    SubmitResult<R> result;
-    result.status =
-        submit_due_with_handle(deadline, std::forward<U>(item), wait_never, {}, result.handle);
-    return result;
-}
-
-template <class T, class R, class Clock>
-template <class U, class Rep, class Period, class>
-SubmitStatus Batcher<T, R, Clock>::submit_for(deadline_type deadline, U&& item,
-                                              const std::chrono::duration<Rep, Period>& timeout) {
-    return submit_due(deadline, std::forward<U>(item), wait_until_deadline, deadline_after(timeout),
-                      no_completion);
-}
-
-template <class T, class R, class Clock>
-template <class U, class F, class Rep, class Period, class>
-SubmitStatus Batcher<T, R, Clock>::submit_for(deadline_type deadline, U&& item, F&& callback,
-                                              const std::chrono::duration<Rep, Period>& timeout) {
-    return submit_due(deadline, std::forward<U>(item), wait_until_deadline, deadline_after(timeout),
-                      emplacer<F>(callback));
-}
-
-template <class T, class R, class Clock>
-template <class U, class Rep, class Period, class>
-SubmitResult<R> Batcher<T, R, Clock>::submit_for_handle(
-    deadline_type deadline, U&& item, const std::chrono::duration<Rep, Period>& timeout) {
-    SubmitResult<R> result;
-    result.status = submit_due_with_handle(deadline, std::forward<U>(item), wait_until_deadline,
-                                           deadline_after(timeout), result.handle);
-    return result;
-}
-
-// ---- Internals --------------------------------------------------------------------------
-
-template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::initialise_deadlines() {
+void detail::BatcherCore<T, R, Clock>::initialise_deadlines() {
     deadline_sealing_ = options_.deadline_sealing();
     admission_control_ = options_.admission_control();
     has_default_timeout_ = options_.default_timeout().count() > 0;
@@ -8590,9 +7961,9 @@ void Batcher<T, R, Clock>::initialise_deadlines() {
 // Wraps the completion store of a submit with a deadline.
 template <class T, class R, class Clock>
 template <class Store>
-struct Batcher<T, R, Clock>::DeadlineStore {
+struct detail::BatcherCore<T, R, Clock>::DeadlineStore {
     static constexpr bool carries_deadline = true;  // see detail::carries_deadline
-    Batcher* owner;
+    BatcherCore* owner;
     Store* inner;
     std::int64_t deadline;  // clock ticks
 
@@ -8608,8 +7979,9 @@ struct Batcher<T, R, Clock>::DeadlineStore {
 // refusals are counted here. The clock is read only when needed: for a timeout, and for
 // admission control.
 template <class T, class R, class Clock>
-bool Batcher<T, R, Clock>::resolve_and_admit(const deadline_type& due, std::size_t count,
-                                             std::int64_t& deadline) {
+bool detail::BatcherCore<T, R, Clock>::resolve_and_admit(const deadline_type& due,
+                                                         std::size_t count,
+                                                         std::int64_t& deadline) {
     typename Clock::time_point now{};
     if (due.relative() || admission_control_) {
         now = clock_.now();
@@ -8626,8 +7998,9 @@ bool Batcher<T, R, Clock>::resolve_and_admit(const deadline_type& due, std::size
 // Records @p deadline in an item's slot (@p has_completion: the submit stored a completion
 // there; if not, an empty one keeps the deadline) and in its batch's earliest deadline.
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::keep_deadline(detail::Completion<R>& slot, bool has_completion,
-                                         std::int64_t deadline) noexcept {
+void detail::BatcherCore<T, R, Clock>::keep_deadline(detail::Completion<R>& slot,
+                                                     bool has_completion,
+                                                     std::int64_t deadline) noexcept {
     if (!has_completion) {
         slot.emplace(detail::NoCompletion<R>{});  // somewhere to keep the deadline
     }
@@ -8637,8 +8010,9 @@ void Batcher<T, R, Clock>::keep_deadline(detail::Completion<R>& slot, bool has_c
 
 template <class T, class R, class Clock>
 template <class U, class Store>
-SubmitStatus Batcher<T, R, Clock>::submit_due(const deadline_type& due, U&& item, WaitMode mode,
-                                              Deadline wait, Store&& store) {
+SubmitStatus detail::BatcherCore<T, R, Clock>::submit_due(const deadline_type& due, U&& item,
+                                                          WaitMode mode, Deadline wait,
+                                                          Store&& store) {
     std::int64_t deadline = 0;
     if (!resolve_and_admit(due, 1, deadline)) {
         return SubmitStatus::infeasible;  // the item is left untouched
@@ -8649,9 +8023,10 @@ SubmitStatus Batcher<T, R, Clock>::submit_due(const deadline_type& due, U&& item
 
 template <class T, class R, class Clock>
 template <class U>
-SubmitStatus Batcher<T, R, Clock>::submit_due_with_handle(const deadline_type& due, U&& item,
-                                                          WaitMode mode, Deadline wait,
-                                                          Handle<R>& out) {
+SubmitStatus detail::BatcherCore<T, R, Clock>::submit_due_with_handle(const deadline_type& due,
+                                                                      U&& item, WaitMode mode,
+                                                                      Deadline wait,
+                                                                      Handle<R>& out) {
     return with_new_handle(out, [&](auto& store) {
         return submit_due(due, std::forward<U>(item), mode, wait, store);
     });
@@ -8672,8 +8047,8 @@ SubmitStatus Batcher<T, R, Clock>::submit_due_with_handle(const deadline_type& d
  * arrivals after the item (they queue behind it, except in other lanes).
  */
 template <class T, class R, class Clock>
-bool Batcher<T, R, Clock>::admissible(std::int64_t deadline, std::int64_t now,
-                                      std::size_t ahead) const noexcept {
+bool detail::BatcherCore<T, R, Clock>::admissible(std::int64_t deadline, std::int64_t now,
+                                                  std::size_t ahead) const noexcept {
     const LoadEstimate load = load_estimate();
     const double alpha = load.per_batch_ns > 0.0 ? load.per_batch_ns : 0.0;
     const double beta = load.per_item_ns > 0.0 ? load.per_item_ns : 0.0;
@@ -8704,7 +8079,8 @@ bool Batcher<T, R, Clock>::admissible(std::int64_t deadline, std::int64_t now,
 // Admission control's prediction of one batch of @p size items at formation, 1.25 (alpha + beta
 // * size) from the online cost fit, in clock ticks (0 before the fit exists).
 template <class T, class R, class Clock>
-std::int64_t Batcher<T, R, Clock>::predicted_batch_ticks(std::size_t size) const noexcept {
+std::int64_t detail::BatcherCore<T, R, Clock>::predicted_batch_ticks(
+    std::size_t size) const noexcept {
     double alpha = 0.0;
     double beta = 0.0;
     stats_.fitted_cost(alpha, beta);
@@ -8721,7 +8097,8 @@ std::int64_t Batcher<T, R, Clock>::predicted_batch_ticks(std::size_t size) const
 // A deadline submit's item is in @p slot: lower its buffer's earliest deadline, and wake the
 // timer when it did, so that rule 4b of seal_policy.hpp is timed from the new deadline.
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::note_item_deadline(std::size_t slot, std::int64_t deadline) noexcept {
+void detail::BatcherCore<T, R, Clock>::note_item_deadline(std::size_t slot,
+                                                          std::int64_t deadline) noexcept {
     Buffer& buffer = buffers_[slot / batch_size_];
     // relaxed: the timer reads it under timer_mutex_, which wake_timer() takes after this
     // store, so it either sees the new minimum or is sleeping and gets the notify.
@@ -8740,8 +8117,8 @@ void Batcher<T, R, Clock>::note_item_deadline(std::size_t slot, std::int64_t dea
 // Adds the earliest item deadline of @p buffer's batch to @p in (rule 4b), when deadline
 // sealing is on and the batch holds an item with a deadline.
 template <class T, class R, class Clock>
-SealInputs Batcher<T, R, Clock>::with_item_deadline(SealInputs in,
-                                                    std::uint32_t buffer) const noexcept {
+SealInputs detail::BatcherCore<T, R, Clock>::with_item_deadline(
+    SealInputs in, std::uint32_t buffer) const noexcept {
     if (!deadline_sealing_) {
         return in;
     }
@@ -8761,9 +8138,9 @@ SealInputs Batcher<T, R, Clock>::with_item_deadline(SealInputs in,
 // destroying the items and completing the expired ones with DeadlineExceeded. Returns how many it
 // removed; compact() then closes the holes.
 template <class T, class R, class Clock>
-std::size_t Batcher<T, R, Clock>::screen(T* items, detail::Completion<R>* completions,
-                                         std::atomic<std::uint8_t>* states,
-                                         std::size_t size) noexcept {
+std::size_t detail::BatcherCore<T, R, Clock>::screen(T* items, detail::Completion<R>* completions,
+                                                     std::atomic<std::uint8_t>* states,
+                                                     std::size_t size) noexcept {
     // Marks between the two passes below only.
     constexpr std::uint8_t slot_expired = 0xFF;  // deadline passed
     constexpr std::uint8_t slot_doomed = 0xFE;   // due before the batch's predicted end
@@ -8924,7 +8301,7 @@ inline std::exception_ptr result_count_error(std::size_t results, std::size_t it
 // the plain form), else the per-item form.
 template <class T, class R, class Clock>
 template <class F>
-void Batcher<T, R, Clock>::store_process(F&& process) {
+void detail::BatcherCore<T, R, Clock>::store_process(F&& process) {
     static_assert(std::is_invocable_v<F&, Batch<T>&>,
                   "microbatch::Batcher: process_batch must be callable with "
                   "microbatch::Batch<T>&");
@@ -8949,9 +8326,9 @@ void Batcher<T, R, Clock>::store_process(F&& process) {
 }
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::call_process(Batch<T>& batch, std::exception_ptr& error,
-                                        batch_result_type_or_empty& results,
-                                        detail::BatchOutcomes<R>& outcomes) noexcept {
+void detail::BatcherCore<T, R, Clock>::call_process(Batch<T>& batch, std::exception_ptr& error,
+                                                    batch_result_type_or_empty& results,
+                                                    detail::BatchOutcomes<R>& outcomes) noexcept {
     const std::size_t count = batch.size();
     bool threw = false;
     MICROBATCH_TRY {
@@ -9031,8 +8408,9 @@ void Batcher<T, R, Clock>::call_process(Batch<T>& batch, std::exception_ptr& err
 // halves and run each, or, at a single item or the depth cap, fail its items with @p error.
 // Appends one outcome per item of @p part, in order (left half first).
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::isolate(Batch<T>& part, std::size_t level, std::exception_ptr error,
-                                   detail::BatchOutcomes<R>& outcomes) noexcept {
+void detail::BatcherCore<T, R, Clock>::isolate(Batch<T>& part, std::size_t level,
+                                               std::exception_ptr error,
+                                               detail::BatchOutcomes<R>& outcomes) noexcept {
     if (part.size() == 1 || level >= options_.isolation_depth()) {
         outcomes.add_error(error, part.size());
         return;
@@ -9048,8 +8426,8 @@ void Batcher<T, R, Clock>::isolate(Batch<T>& part, std::size_t level, std::excep
 // One re-run: calls process_batch on @p part and appends its items' outcomes, isolating
 // further if it throws. Recursion depth is at most log2(max_batch_size) + 1 (about 23).
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::call_part(Batch<T>& part, std::size_t level,
-                                     detail::BatchOutcomes<R>& outcomes) noexcept {
+void detail::BatcherCore<T, R, Clock>::call_part(Batch<T>& part, std::size_t level,
+                                                 detail::BatchOutcomes<R>& outcomes) noexcept {
     ++outcomes.runs;
     std::exception_ptr error;
     bool threw = false;
@@ -9091,15 +8469,16 @@ void Batcher<T, R, Clock>::call_part(Batch<T>& part, std::size_t level,
 }
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::record_outcomes(const detail::BatchOutcomes<R>& outcomes) noexcept {
+void detail::BatcherCore<T, R, Clock>::record_outcomes(
+    const detail::BatchOutcomes<R>& outcomes) noexcept {
     if (outcomes.active) {
         stats_.outcomes(outcomes.failed, outcomes.isolated, outcomes.runs, outcomes.runs_failed);
     }
 }
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::complete_outcomes(detail::Completion<R>* completions,
-                                             detail::BatchOutcomes<R>& outcomes) noexcept {
+void detail::BatcherCore<T, R, Clock>::complete_outcomes(
+    detail::Completion<R>* completions, detail::BatchOutcomes<R>& outcomes) noexcept {
     std::vector<Outcome<R>>& items = outcomes.items;
     // Items nobody waits for drop their reference to a shared exception first: this thread
     // must not drop one after handing out the others (see run_batch: ThreadSanitizer cannot
@@ -9146,7 +8525,7 @@ inline thread_local const void* sealing_for_free_worker = nullptr;
 }  // namespace detail
 
 template <class T, class R, class Clock>
-LoadEstimate Batcher<T, R, Clock>::load_estimate() const noexcept {
+LoadEstimate detail::BatcherCore<T, R, Clock>::load_estimate() const noexcept {
     LoadEstimate load;
     // relaxed: estimates; a torn pair (items from one sample, time from the next) is harmless.
     const double items = rate_items_.load(std::memory_order_relaxed);
@@ -9165,10 +8544,9 @@ LoadEstimate Batcher<T, R, Clock>::load_estimate() const noexcept {
 }
 
 template <class T, class R, class Clock>
-SealInputs Batcher<T, R, Clock>::policy_inputs(SealTrigger trigger, std::int64_t now,
-                                               std::size_t count, std::size_t pending,
-                                               std::size_t bound, std::int64_t opened_at,
-                                               std::int64_t last_change_at) const noexcept {
+SealInputs detail::BatcherCore<T, R, Clock>::policy_inputs(
+    SealTrigger trigger, std::int64_t now, std::size_t count, std::size_t pending,
+    std::size_t bound, std::int64_t opened_at, std::int64_t last_change_at) const noexcept {
     SealInputs in;
     in.trigger = trigger;
     in.now = to_nanoseconds(now);
@@ -9200,8 +8578,9 @@ SealInputs Batcher<T, R, Clock>::policy_inputs(SealTrigger trigger, std::int64_t
 // and, when the producer of the last item sealed it (@p at_arrival), one sample of the gap
 // between items while a batch fills: (now - @p opened_at) / (size - 1).
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::note_sealed(std::uint32_t size, std::int64_t now, std::int64_t opened_at,
-                                       bool at_arrival) noexcept {
+void detail::BatcherCore<T, R, Clock>::note_sealed(std::uint32_t size, std::int64_t now,
+                                                   std::int64_t opened_at,
+                                                   bool at_arrival) noexcept {
     if (every_claim_seals()) {
         return;  // the rate and the thresholds these samples feed are never asked for
     }
@@ -9238,7 +8617,7 @@ void Batcher<T, R, Clock>::note_sealed(std::uint32_t size, std::int64_t now, std
 // batch's end before its items leave: a maximum that decays by 1/16 per sample, so that it
 // follows a shrinking load.
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::note_population(std::size_t pending) noexcept {
+void detail::BatcherCore<T, R, Clock>::note_population(std::size_t pending) noexcept {
     // relaxed: estimates; a lost update between two samplers only delays the decay.
     const double decayed = population_.load(std::memory_order_relaxed) * (15.0 / 16.0);
     const double sample = static_cast<double>(pending);
@@ -9249,7 +8628,7 @@ void Batcher<T, R, Clock>::note_population(std::size_t pending) noexcept {
 }
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::refresh_producer_threshold() noexcept {
+void detail::BatcherCore<T, R, Clock>::refresh_producer_threshold() noexcept {
     // relaxed: settings; see policy_inputs.
     const std::int64_t delay = max_delay_ticks_.load(std::memory_order_relaxed);
     const LoadEstimate load = load_estimate();
@@ -9267,7 +8646,7 @@ void Batcher<T, R, Clock>::refresh_producer_threshold() noexcept {
 }
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::wake_timer() {
+void detail::BatcherCore<T, R, Clock>::wake_timer() {
     { std::lock_guard<std::mutex> lock(timer_mutex_); }
     timer_condition_.notify_one();
 }
@@ -9276,7 +8655,7 @@ void Batcher<T, R, Clock>::wake_timer() {
 // batch if the policy says so (rule 4 reports `worker_free`, rule 5a `early`), as many times as
 // the limit allows, then let the timer re-plan if it was waiting for a worker.
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::seal_for_free_worker(std::int64_t now) {
+void detail::BatcherCore<T, R, Clock>::seal_for_free_worker(std::int64_t now) {
     if (every_claim_seals()) {
         return;  // no partial batch to seal or to time
     }
@@ -9372,7 +8751,7 @@ void Batcher<T, R, Clock>::seal_for_free_worker(std::int64_t now) {
 namespace microbatch {
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
+void detail::BatcherCore<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
     Buffer& buffer = buffers_[buffer_index];
     // relaxed: the sealer handed this batch to us through the executor (see Buffer::start).
     const std::size_t first = static_cast<std::size_t>(buffer_index) * batch_size_ +
@@ -9518,9 +8897,9 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
 // for the void case (callgrind, handle items at B = 256: 317 -> 297
 // instructions per item with the out-of-line HandleCompletion::drop).
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::complete_ok(detail::Completion<R>& completion,
-                                       [[maybe_unused]] batch_result_type_or_empty& results,
-                                       [[maybe_unused]] std::size_t index) noexcept {
+void detail::BatcherCore<T, R, Clock>::complete_ok(
+    detail::Completion<R>& completion, [[maybe_unused]] batch_result_type_or_empty& results,
+    [[maybe_unused]] std::size_t index) noexcept {
     if constexpr (std::is_void_v<R>) {
         deliver(completion, Outcome<R>());
     } else {
@@ -9538,8 +8917,8 @@ void Batcher<T, R, Clock>::complete_ok(detail::Completion<R>& completion,
 
 // Runs @p completion with @p outcome; an exception from a callback is counted, not propagated.
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::deliver(detail::Completion<R>& completion,
-                                   Outcome<R>&& outcome) noexcept {
+void detail::BatcherCore<T, R, Clock>::deliver(detail::Completion<R>& completion,
+                                               Outcome<R>&& outcome) noexcept {
     MICROBATCH_TRY {
         completion.complete(std::move(outcome));
     }
@@ -9549,7 +8928,8 @@ void Batcher<T, R, Clock>::deliver(detail::Completion<R>& completion,
 }
 
 template <class T, class R, class Clock>
-std::uint8_t Batcher<T, R, Clock>::wait_for_slot(std::atomic<std::uint8_t>& state) noexcept {
+std::uint8_t detail::BatcherCore<T, R, Clock>::wait_for_slot(
+    std::atomic<std::uint8_t>& state) noexcept {
     for (int spin = 0;; ++spin) {
         // acquire: pairs with the producer's release so its item is visible.
         const std::uint8_t value = state.load(std::memory_order_acquire);
@@ -9568,9 +8948,10 @@ std::uint8_t Batcher<T, R, Clock>::wait_for_slot(std::atomic<std::uint8_t>& stat
 // whose move constructor throws here fails with that exception (reported through its
 // completion) instead of being processed; it is counted in the stats before it completes.
 template <class T, class R, class Clock>
-std::size_t Batcher<T, R, Clock>::compact(T* items, detail::Completion<R>* completions,
-                                          std::atomic<std::uint8_t>* states, std::size_t size,
-                                          std::size_t& failed) noexcept {
+std::size_t detail::BatcherCore<T, R, Clock>::compact(T* items, detail::Completion<R>* completions,
+                                                      std::atomic<std::uint8_t>* states,
+                                                      std::size_t size,
+                                                      std::size_t& failed) noexcept {
     std::size_t kept = 0;
     for (std::size_t i = 0; i < size; ++i) {
         if (states[i].load(std::memory_order_relaxed) == detail::slot_hole) {
@@ -9609,7 +8990,7 @@ std::size_t Batcher<T, R, Clock>::compact(T* items, detail::Completion<R>* compl
 // may still be inside the executor call when the batch is done). The second one frees the
 // buffer, so neither touches it, nor the batcher, after the batcher could be destroyed.
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::finish_party(std::uint32_t index) noexcept {
+void detail::BatcherCore<T, R, Clock>::finish_party(std::uint32_t index) noexcept {
     Buffer& buffer = buffers_[index];
     // acq_rel: the second party must see everything the first did.
     if (buffer.finish_parties.fetch_add(1, std::memory_order_acq_rel) == 0) {
@@ -9643,7 +9024,7 @@ void Batcher<T, R, Clock>::finish_party(std::uint32_t index) noexcept {
 namespace microbatch {
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::initialise() {
+void detail::BatcherCore<T, R, Clock>::initialise() {
     options_.validate();
     batch_size_ = static_cast<std::uint32_t>(options_.max_batch_size());
     lane_count_ = static_cast<std::uint32_t>(options_.lanes());
@@ -9743,8 +9124,9 @@ void Batcher<T, R, Clock>::initialise() {
 // Seals @p lane's batch being filled if it holds items. With @p only_tagged, only if it is
 // still the batch whose head (without the count) was @p expected. Returns true if it sealed.
 template <class T, class R, class Clock>
-bool Batcher<T, R, Clock>::seal_current(Lane& lane, DispatchReason reason, std::uint64_t expected,
-                                        bool only_tagged, bool at_arrival) {
+bool detail::BatcherCore<T, R, Clock>::seal_current(Lane& lane, DispatchReason reason,
+                                                    std::uint64_t expected, bool only_tagged,
+                                                    bool at_arrival) {
     // acquire: the buffer we may seal must be read after its opening.
     std::uint64_t head = lane.head.load(std::memory_order_acquire);
     for (;;) {
@@ -9773,9 +9155,9 @@ bool Batcher<T, R, Clock>::seal_current(Lane& lane, DispatchReason reason, std::
 
 // Called exactly once per batch by whoever sealed it, with its final number of items.
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::seal_and_dispatch(std::uint32_t buffer, std::uint32_t size,
-                                             DispatchReason reason, bool at_arrival,
-                                             std::int64_t now) {
+void detail::BatcherCore<T, R, Clock>::seal_and_dispatch(std::uint32_t buffer, std::uint32_t size,
+                                                         DispatchReason reason, bool at_arrival,
+                                                         std::int64_t now) {
     Buffer& current = buffers_[buffer];
     current.size = size;
     current.reason = reason;
@@ -9809,7 +9191,7 @@ void Batcher<T, R, Clock>::seal_and_dispatch(std::uint32_t buffer, std::uint32_t
 }
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::post_batch(std::uint32_t buffer) {
+void detail::BatcherCore<T, R, Clock>::post_batch(std::uint32_t buffer) {
     bool posted = false;
     MICROBATCH_TRY {
         Task task([this, buffer] {
@@ -9840,7 +9222,7 @@ void Batcher<T, R, Clock>::post_batch(std::uint32_t buffer) {
 // batch finished" and "the batch before it in round-robin order was sealed". The second
 // arrival opens it.
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::arrive(std::uint32_t index) {
+void detail::BatcherCore<T, R, Clock>::arrive(std::uint32_t index) {
     Buffer& buffer = buffers_[index];
     // acq_rel: the opener must see the finished batch's cleanup (slot states reset, items
     // destroyed) and the sealer's writes, whichever arrived first.
@@ -9851,7 +9233,7 @@ void Batcher<T, R, Clock>::arrive(std::uint32_t index) {
 }
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::open_buffer(std::uint32_t index) {
+void detail::BatcherCore<T, R, Clock>::open_buffer(std::uint32_t index) {
     Buffer& buffer = buffers_[index];
     Lane& lane = lanes_[index / buffers_per_lane_];
     // A lane's openings are serialised by the seal -> arrive -> open chain, so the relaxed
@@ -9874,7 +9256,7 @@ void Batcher<T, R, Clock>::open_buffer(std::uint32_t index) {
 // allow, and publishes it in the lane's head. With no free item it parks the buffer in the
 // lane; return_items() opens it later (or close() retires it).
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::try_open(std::uint32_t index) {
+void detail::BatcherCore<T, R, Clock>::try_open(std::uint32_t index) {
     Buffer& buffer = buffers_[index];
     Lane& lane = lanes_[index / buffers_per_lane_];
     // The batch size in force now (set_max_batch_size). relaxed: a setting.
@@ -9920,7 +9302,8 @@ void Batcher<T, R, Clock>::try_open(std::uint32_t index) {
 
 // Takes up to @p wanted free items of @p lane; returns how many (0 if none is free).
 template <class T, class R, class Clock>
-std::int64_t Batcher<T, R, Clock>::take_items(Lane& lane, std::int64_t wanted) noexcept {
+std::int64_t detail::BatcherCore<T, R, Clock>::take_items(Lane& lane,
+                                                          std::int64_t wanted) noexcept {
     // seq_cst: part of the parking handshake in try_open().
     std::int64_t free = lane.free_items.load(std::memory_order_seq_cst);
     while (free > 0) {
@@ -9935,7 +9318,7 @@ std::int64_t Batcher<T, R, Clock>::take_items(Lane& lane, std::int64_t wanted) n
 
 // Gives @p count items back to @p lane and opens its parked buffer, if any.
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::return_items(Lane& lane, std::int64_t count) {
+void detail::BatcherCore<T, R, Clock>::return_items(Lane& lane, std::int64_t count) {
     // seq_cst: the returner's half of the parking handshake in try_open().
     lane.free_items.fetch_add(count, std::memory_order_seq_cst);
     if (lane.parked.load(std::memory_order_seq_cst) != no_buffer) {
@@ -9949,7 +9332,7 @@ void Batcher<T, R, Clock>::return_items(Lane& lane, std::int64_t count) {
 // A batch that was opened but will never hold items (the batcher closed): account for it
 // as finished.
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::retire_unused(Buffer& buffer) {
+void detail::BatcherCore<T, R, Clock>::retire_unused(Buffer& buffer) {
     std::lock_guard<std::mutex> lock(idle_mutex_);
     mark_finished(buffer, buffer.sequence.load(std::memory_order_relaxed));
     --open_batches_;
@@ -9960,7 +9343,8 @@ void Batcher<T, R, Clock>::retire_unused(Buffer& buffer) {
 // Monotonic: once arrive() has reopened the buffer, its next batch may finish (and record
 // itself) before the thread finishing the previous one gets here; never go backwards.
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::mark_finished(Buffer& buffer, std::uint64_t sequence) noexcept {
+void detail::BatcherCore<T, R, Clock>::mark_finished(Buffer& buffer,
+                                                     std::uint64_t sequence) noexcept {
     // relaxed load: every store happens under idle_mutex_, which we hold. release store:
     // wait_idle() acquires it to learn the batch's items have finished.
     if (buffer.finished_sequence.load(std::memory_order_relaxed) < sequence) {
@@ -9989,8 +9373,9 @@ namespace microbatch {
 
 template <class T, class R, class Clock>
 template <class U>
-SubmitStatus Batcher<T, R, Clock>::submit_with_handle(U&& item, WaitMode mode, Deadline deadline,
-                                                      Handle<R>& out) {
+SubmitStatus detail::BatcherCore<T, R, Clock>::submit_with_handle(U&& item, WaitMode mode,
+                                                                  Deadline deadline,
+                                                                  Handle<R>& out) {
     return with_new_handle(out, [&](auto& store) {
         return submit_impl(std::forward<U>(item), mode, deadline, store);
     });
@@ -10001,9 +9386,10 @@ SubmitStatus Batcher<T, R, Clock>::submit_with_handle(U&& item, WaitMode mode, D
 // submission (with or without a deadline) comes through here.
 template <class T, class R, class Clock>
 template <class Submit>
-SubmitStatus Batcher<T, R, Clock>::with_new_handle(Handle<R>& out, Submit&& submit) {
+SubmitStatus detail::BatcherCore<T, R, Clock>::with_new_handle(Handle<R>& out, Submit&& submit) {
     // The handle owns one reference; the slot's completion gets the other on acceptance.
-    Handle<R> handle(detail::HandleState<R>::create());
+    detail::HandleState<R>* const state = detail::HandleState<R>::create();
+    Handle<R> handle = detail::HandleAccess::make(state);
     struct Unclaimed {  // releases the slot's reference if it was never handed out
         detail::HandleState<R>* state;
         ~Unclaimed() {
@@ -10011,7 +9397,7 @@ SubmitStatus Batcher<T, R, Clock>::with_new_handle(Handle<R>& out, Submit&& subm
                 state->release();
             }
         }
-    } unclaimed{handle.state_};
+    } unclaimed{state};
     const auto store = [&unclaimed](detail::Completion<R>& slot) noexcept {
         slot.emplace(detail::HandleCompletion<R>(std::exchange(unclaimed.state, nullptr)));
         return true;
@@ -10025,8 +9411,8 @@ SubmitStatus Batcher<T, R, Clock>::with_new_handle(Handle<R>& out, Submit&& subm
 
 template <class T, class R, class Clock>
 template <class U, class Store>
-SubmitStatus Batcher<T, R, Clock>::submit_impl(U&& item, WaitMode mode, Deadline deadline,
-                                               Store&& store) {
+SubmitStatus detail::BatcherCore<T, R, Clock>::submit_impl(U&& item, WaitMode mode,
+                                                           Deadline deadline, Store&& store) {
     // The common case, kept small enough to inline into post()/submit(): no per-item deadline
     // or cost to handle, an open batch with a free slot, and a fill that cannot throw. Anything
     // else (no slot, a closed batcher, a default timeout, weighed items, a throwing
@@ -10061,8 +9447,8 @@ SubmitStatus Batcher<T, R, Clock>::submit_impl(U&& item, WaitMode mode, Deadline
 
 template <class T, class R, class Clock>
 template <class U, class Store>
-SubmitStatus Batcher<T, R, Clock>::submit_general(U&& item, WaitMode mode, Deadline deadline,
-                                                  Store& store) {
+SubmitStatus detail::BatcherCore<T, R, Clock>::submit_general(U&& item, WaitMode mode,
+                                                              Deadline deadline, Store& store) {
     if constexpr (!detail::carries_deadline<std::decay_t<Store>>::value) {
         if (has_default_timeout_) {  // Options::default_timeout: detail/batcher_deadlines.hpp
             return submit_due(default_deadline_, std::forward<U>(item), mode, deadline, store);
@@ -10091,7 +9477,8 @@ SubmitStatus Batcher<T, R, Clock>::submit_general(U&& item, WaitMode mode, Deadl
 // Claims one slot of @p lane's open batch: true with the claimed head word in @p head, false if
 // no batch is open (sealed, awaiting a buffer, or closed).
 template <class T, class R, class Clock>
-inline bool Batcher<T, R, Clock>::try_claim_slot(Lane& lane, std::uint64_t& head) noexcept {
+inline bool detail::BatcherCore<T, R, Clock>::try_claim_slot(Lane& lane,
+                                                             std::uint64_t& head) noexcept {
     // Test before claiming: a claim on a sealed or closed head is a stray increment of the
     // 24-bit count, and an unbounded run of them (a producer polling try_submit on a full or
     // closed batcher) would carry into the buffer field. relaxed: only a filter; the
@@ -10108,8 +9495,9 @@ inline bool Batcher<T, R, Clock>::try_claim_slot(Lane& lane, std::uint64_t& head
 
 template <class T, class R, class Clock>
 template <class U, class Store>
-SubmitStatus Batcher<T, R, Clock>::fill_slot(Lane& lane, std::uint64_t head, std::uint32_t index,
-                                             U&& item, Store& store, std::uint64_t cost) {
+SubmitStatus detail::BatcherCore<T, R, Clock>::fill_slot(Lane& lane, std::uint64_t head,
+                                                         std::uint32_t index, U&& item,
+                                                         Store& store, std::uint64_t cost) {
     const std::uint32_t buffer = buffer_of(head);
     const std::size_t slot = static_cast<std::size_t>(buffer) * batch_size_ + index;
     // relaxed: written before the head CAS our claim synchronised with (see Buffer::start).
@@ -10171,7 +9559,8 @@ SubmitStatus Batcher<T, R, Clock>::fill_slot(Lane& lane, std::uint64_t head, std
 // fills that cannot throw.
 template <class T, class R, class Clock>
 template <class U, class Store>
-inline void Batcher<T, R, Clock>::publish_slot(std::size_t slot, U&& item, Store& store) noexcept {
+inline void detail::BatcherCore<T, R, Clock>::publish_slot(std::size_t slot, U&& item,
+                                                           Store& store) noexcept {
     static_assert(std::is_nothrow_constructible_v<T, U&&> &&
                   std::is_nothrow_invocable_v<Store&, detail::Completion<R>&>);
     const std::uint8_t state =
@@ -10184,9 +9573,10 @@ inline void Batcher<T, R, Clock>::publish_slot(std::size_t slot, U&& item, Store
 // After a producer published the slots of the batch @p head describes up to @p end: the
 // producer of the last slot seals the batch; otherwise it may seal early (see below).
 template <class T, class R, class Clock>
-inline void Batcher<T, R, Clock>::after_fill(Lane& lane, std::uint64_t head, std::uint32_t buffer,
-                                             std::uint32_t start, std::uint32_t end,
-                                             std::int64_t opened_now) {
+inline void detail::BatcherCore<T, R, Clock>::after_fill(Lane& lane, std::uint64_t head,
+                                                         std::uint32_t buffer, std::uint32_t start,
+                                                         std::uint32_t end,
+                                                         std::int64_t opened_now) {
     if (end == batch_size_) {
         seal_and_dispatch(buffer, batch_size_ - start, DispatchReason::full, true, opened_now);
     } else {
@@ -10197,8 +9587,9 @@ inline void Batcher<T, R, Clock>::after_fill(Lane& lane, std::uint64_t head, std
 // A producer's per-item early-seal question: the batch of @p head, slots @p start to @p end
 // published, is not full.
 template <class T, class R, class Clock>
-inline void Batcher<T, R, Clock>::maybe_seal_early(Lane& lane, std::uint64_t head,
-                                                   std::uint32_t start, std::uint32_t end) {
+inline void detail::BatcherCore<T, R, Clock>::maybe_seal_early(Lane& lane, std::uint64_t head,
+                                                               std::uint32_t start,
+                                                               std::uint32_t end) {
     if ((end - start >= producer_threshold_.load(std::memory_order_relaxed) ||
          reaches_population(end - start)) &&
         in_flight_batches_.load(std::memory_order_relaxed) <
@@ -10213,9 +9604,8 @@ inline void Batcher<T, R, Clock>::maybe_seal_early(Lane& lane, std::uint64_t hea
 // after_fill()'s rare branch, out of line so that the per-item path stays short: confirm with
 // the policy and seal the batch here, rather than wait for the timer to wake.
 template <class T, class R, class Clock>
-MICROBATCH_NOINLINE void Batcher<T, R, Clock>::seal_early_after_fill(Lane& lane, std::uint64_t head,
-                                                                     std::uint32_t start,
-                                                                     std::uint32_t end) {
+MICROBATCH_NOINLINE void detail::BatcherCore<T, R, Clock>::seal_early_after_fill(
+    Lane& lane, std::uint64_t head, std::uint32_t start, std::uint32_t end) {
     const SealDecision decision =
         decide_seal(policy_inputs(SealTrigger::producer, 0, end - start, pending_with(end - start),
                                   batch_size_ - start, unset_time, unset_time));
@@ -10227,7 +9617,7 @@ MICROBATCH_NOINLINE void Batcher<T, R, Clock>::seal_early_after_fill(Lane& lane,
 // The producer of slot 0 stamps the batch's start time and wakes an idle timer. Returns the
 // time it stamped.
 template <class T, class R, class Clock>
-std::int64_t Batcher<T, R, Clock>::note_batch_opened(Buffer& buffer, bool needs_timer) {
+std::int64_t detail::BatcherCore<T, R, Clock>::note_batch_opened(Buffer& buffer, bool needs_timer) {
     const std::int64_t now = clock_.now().time_since_epoch().count();
     // seq_cst (store and load): a Dekker handshake with run_timer(), which sets
     // timer_idle_ and then re-reads the heads and opened_at; one side always sees the other.
@@ -10249,8 +9639,10 @@ std::int64_t Batcher<T, R, Clock>::note_batch_opened(Buffer& buffer, bool needs_
 // @p items: the items this rejection would refuse (a bulk submission's rest); one is counted
 // by wait_for_space_registered, the others here, still registered.
 template <class T, class R, class Clock>
-SubmitStatus Batcher<T, R, Clock>::wait_for_space(Lane& lane, WaitMode mode, Deadline deadline,
-                                                  detail::AdmissionTurn& turn, std::size_t items) {
+SubmitStatus detail::BatcherCore<T, R, Clock>::wait_for_space(Lane& lane, WaitMode mode,
+                                                              Deadline deadline,
+                                                              detail::AdmissionTurn& turn,
+                                                              std::size_t items) {
     const SubmitStatus status = wait_for_space_registered(lane, mode, deadline, turn);
     if (items > 1 && status != SubmitStatus::accepted) {
         stats_.rejected(status, items - 1);
@@ -10260,9 +9652,8 @@ SubmitStatus Batcher<T, R, Clock>::wait_for_space(Lane& lane, WaitMode mode, Dea
 }
 
 template <class T, class R, class Clock>
-SubmitStatus Batcher<T, R, Clock>::wait_for_space_registered(Lane& lane, WaitMode mode,
-                                                             Deadline deadline,
-                                                             detail::AdmissionTurn& turn) {
+SubmitStatus detail::BatcherCore<T, R, Clock>::wait_for_space_registered(
+    Lane& lane, WaitMode mode, Deadline deadline, detail::AdmissionTurn& turn) {
     // Registered so that close() can wait for blocked producers to leave before the
     // batcher is destroyed.
     slow_producers_.fetch_add(1, std::memory_order_seq_cst);
@@ -10349,7 +9740,7 @@ namespace microbatch {
 // until the earliest time it named. Rule 5b needs to know when a batch last grew without a
 // clock read per item: the timer remembers the count it saw per lane and when it changed.
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::run_timer() {
+void detail::BatcherCore<T, R, Clock>::run_timer() {
 #if defined(__linux__) && __has_include(<sys/prctl.h>)
     // Linux lets a sleeping thread's timer fire up to 50 us late by default (timer slack);
     // this thread exists to wake on time, so ask for 1 ns. Affects only this thread.
@@ -10432,8 +9823,8 @@ void Batcher<T, R, Clock>::run_timer() {
 
 // True if @p lane's batch being filled holds items whose start time is known.
 template <class T, class R, class Clock>
-bool Batcher<T, R, Clock>::current_batch_start(const Lane& lane, std::uint64_t& head,
-                                               std::int64_t& opened_at) const noexcept {
+bool detail::BatcherCore<T, R, Clock>::current_batch_start(const Lane& lane, std::uint64_t& head,
+                                                           std::int64_t& opened_at) const noexcept {
     head = lane.head.load(std::memory_order_seq_cst);
     if (filling_count(head) == 0) {
         return false;  // sealed, closed or empty
@@ -10445,6 +9836,701 @@ bool Batcher<T, R, Clock>::current_batch_start(const Lane& lane, std::uint64_t& 
 }  // namespace microbatch
 
 // ---- end microbatch/detail/batcher_timer.hpp ----
+
+// ---- end microbatch/detail/batcher_core.hpp ----
+
+namespace microbatch {
+
+/**
+ * @brief Accumulates items into microbatches bounded by size (`max_batch_size`) and time
+ *        (`max_delay`), and runs `process_batch` on each batch in a thread pool.
+ *
+ * @tparam T     the item type; may be move-only (e.g. `std::unique_ptr`).
+ * @tparam R     the per-item result type: `process_batch` returns `std::vector<R>` with one
+ *               result per item, in item order. With `R = void` (the default) it returns
+ *               nothing and items only report success or failure. Either way it may return
+ *               one `Outcome<R>` per item instead (`outcome_result_type`).
+ * @tparam Clock the clock `max_delay` is measured with (`SteadyClock`, or `ManualClock` in
+ *               tests; see clock.hpp for the requirements).
+ *
+ * @code
+ * microbatch::Batcher<int, int> doubler(
+ *     microbatch::Options{}.max_batch_size(3).max_delay(std::chrono::milliseconds(5)).workers(2),
+ *     [](microbatch::Batch<int>& batch) {
+ *         std::vector<int> out;
+ *         for (int x : batch) out.push_back(2 * x);
+ *         return out;
+ *     });
+ * auto handle = doubler.submit(21);  // handle.get() == 42
+ * doubler.close();                   // dispatches the partial batch, waits, loses nothing
+ * @endcode
+ *
+ * **Batching.** A batch is dispatched when it holds `max_batch_size` items (reason `full`),
+ * when its oldest item has waited `max_delay` (`deadline`), on `flush()`/`wait_idle()`
+ * (`flush`) or on `close()`/destruction (`close`). Items enter batches in the order they were
+ * accepted: one producer's items are never reordered, within or across batches. Batches run
+ * concurrently on the workers, so batches may *finish* out of order.
+ *
+ * **Submitting.** Three ways to learn an item's outcome: `submit(item)` returns a `Handle`
+ * (future-like; its state comes from a per-thread pool, so the steady state allocates nothing,
+ * see detail/handle_state.hpp); `submit(item, callback)` calls `callback(Outcome<R>&&)`
+ * on the worker after the batch ran (no allocation: the callback is stored inline in the batch
+ * slot, so it must be callable as `void(microbatch::Outcome<R>&&)`, fit 48 bytes
+ * (`detail::Completion<R>::inline_size`) and be nothrow move-constructible, all checked at
+ * compile time); `post(item)` and `try_submit(item)` are fire-and-forget;
+ * `try_submit_handle(item)` and `submit_for_handle(item, timeout)` return the status together
+ * with the handle. Items are taken by forwarding reference and moved from
+ * only when accepted: a rejected item is left as it was.
+ *
+ * **Backpressure.** At most `capacity` items (ceil(capacity / lanes) per lane) are accepted and
+ * not yet finished, counted in items whatever the batch sizes. When a producer's lane is full,
+ * `submit`/`post` block, `try_submit` returns `SubmitStatus::full` at once, `submit_for` waits
+ * up to its timeout. Blocked producers are admitted in arrival order (detail/admission_queue.hpp).
+ *
+ * **Deadlines** (README "Deadlines"). Every submit form has a variant taking an item deadline
+ * first; an item past its deadline when its batch starts never reaches process_batch and
+ * completes with `DeadlineExceeded`; `Handle::cancel()` withdraws an item before its batch
+ * starts; `Options::admission_control` refuses items predicted to finish late.
+ *
+ * **Forming batches under load** (seal_policy.hpp has the exact rules). While
+ * `max_in_flight` batches are running (default: one per worker), a partial batch is not
+ * sealed by its time bound: it keeps growing until it is full, and the worker that finishes a
+ * batch seals it at once (reason `worker_free`). While a worker is free, a partial batch is
+ * sealed at `max_delay`, or earlier (reason `early`, `Options::seal_early`) when it already
+ * holds as many items as arrive while one batch runs (from the measured arrival rate and the
+ * online cost fit), or when no item arrived for several mean gaps. `max_delay(0)` seals as soon
+ * as a worker can take the batch. `set_max_batch_size`, `set_max_delay` and
+ * `set_max_in_flight` change the rules at run time.
+ *
+ * **Lanes.** With `Options::lanes(n)`, the batcher fills n batches side by side, one per lane,
+ * and each producer thread always submits to the same lane; producers on different lanes never
+ * touch the same atomic word. Batches never mix lanes. With the default of one lane, every item
+ * of every producer goes through one sequence of batches.
+ *
+ * **Errors.** If `process_batch` throws, or returns a vector of the wrong length
+ * (`ResultCountError`), every item of that batch receives the exception through its handle or
+ * callback, the stats count it, and the batcher carries on. Exceptions thrown by callbacks are
+ * caught, counted in `Stats::callback_exceptions` and otherwise ignored. If constructing `T` from
+ * the submitted argument throws, the exception propagates out of the submit call and the item is
+ * not accepted; the slot it had claimed stays in its batch as a *hole*. A batch with holes is
+ * dispatched like any other (as `full` once all its slots are claimed) and reaches
+ * process_batch with only its items, so a `full` batch may hold fewer than max_batch_size; a
+ * batch made only of holes never reaches process_batch, which then sees a gap in
+ * `Batch::sequence()` numbers. All items of a failed batch share one exception object (see
+ * README "Reliability" on ThreadSanitizer). Per item instead: return `outcome_result_type`, or
+ * let `Options::isolate_failures` re-run a failed batch in halves to fail only its poison items.
+ *
+ * **Shutdown.** `close()` stops accepting (later submits fail with `ClosedError`, and producers
+ * blocked on a full batcher wake with it), dispatches the partial batch, and waits for every
+ * accepted item to finish. It is idempotent and thread-safe; the destructor calls it.
+ * No accepted item is lost or processed twice.
+ *
+ * **Re-entrancy.** Inside a batch of this batcher (its process_batch or an item's callback),
+ * `close()`, `close_for()` and `wait_idle()` throw `ReentrancyError` (they would wait for that
+ * very batch), and so do `submit`, `post` and `submit_for` when they find the batcher full (they
+ * could wait for it) — `submit_for` whatever its timeout, even zero: use `try_submit`, which never
+ * waits. `flush()` and submits that find room work. Nesting is tracked: each thread keeps the
+ * chain of batches it is running, so when batcher A's batch runs batcher B's batch on the same
+ * thread (B's executor runs tasks inline or refused the batch) and B's batch calls
+ * `A.wait_idle()`, `A.close()` or a blocking submit on a full A, that throws `ReentrancyError` too.
+ *
+ * **Not detected — deadlock:** waiting, from inside a batch, for *another* batcher whose batches
+ * need the very thread that batch runs on. Example: A and B share a one-thread pool, and A's
+ * process_batch calls `B.close()`, `B.wait_idle()` or a blocking submit to a full B; B's batches
+ * are queued behind A's batch on the only worker and never run (with n workers, the same happens
+ * once n such batches run at once). The batcher cannot tell whether an executor has another
+ * thread free, so it does not try. From inside a batch, wait only on batchers whose executor is
+ * not the one running the batch (e.g. a batcher with its own pool), or use `flush()` and
+ * `try_submit()`, which never wait.
+ *
+ * **Performance.** The submit fast path is one atomic fetch-add on the lane's word plus writing
+ * the item into its slot of a preallocated batch buffer: no mutex, no allocation (in handle
+ * mode, one block of handle states per 32 items when handles are not released on the submitting
+ * thread). Buffers are reused; the timer thread sleeps until the next deadline
+ * or new work and never polls.
+ *
+ * Thread safety: every member function may be called concurrently from any thread, except that
+ * the destructor must not run concurrently with calls that are not blocked inside the batcher.
+ */
+template <class T, class R = void, class Clock = SteadyClock>
+class Batcher : private detail::BatcherCore<T, R, Clock> {
+    // The state and machinery: detail/batcher_core.hpp. This class adds the documented API.
+    using Core = detail::BatcherCore<T, R, Clock>;
+    static_assert(!std::is_reference_v<T> && !std::is_const_v<T>,
+                  "microbatch::Batcher<T>: T must be a non-const object type");
+    static_assert(std::is_nothrow_destructible_v<T>,
+                  "microbatch::Batcher<T>: T must be nothrow destructible");
+
+public:
+    using item_type = T;       ///< The item type.
+    using result_type = R;     ///< The per-item result type.
+    using clock_type = Clock;  ///< The clock max_delay is measured with.
+    /// An item's deadline: a `Clock::time_point` or a timeout (see item_deadline.hpp).
+    using deadline_type = typename Core::deadline_type;
+    /// What process_batch returns: `std::vector<R>`, or nothing for `R = void`.
+    using batch_result_type = typename Core::batch_result_type;
+    /// The stored batch function. Move-only, so process_batch may be too (e.g. a lambda that
+    /// owns a `std::unique_ptr<Connection>`).
+    using process_function = typename Core::process_function;
+    /// True if `T` can be constructed from `*it` for an iterator `it` of type @p It (the bulk
+    /// submissions' requirement on their item range).
+    template <class It>
+    static constexpr bool is_item_iterator =
+        std::is_constructible_v<T, decltype(*std::declval<It&>())>;
+    /**
+     * @brief The per-item form of process_batch's result: one `Outcome<R>` per item, in item
+     *        order, so that one item's failure reaches that item only (`Outcome<void>` for
+     *        `R = void`: success, or the item's exception).
+     *
+     * The form is chosen at compile time from what process_batch returns. A vector of the wrong
+     * length fails every item of the batch with `ResultCountError`, as in the plain form; so
+     * does, for that item only, an `Outcome<R>` holding neither a value nor an exception (a
+     * moved-from one). The batch counts as succeeded (not in `Stats::batches_failed`); its
+     * failed outcomes are in `Stats::items_failed` and `Stats::items_failed_individually`.
+     */
+    using outcome_result_type = typename Core::outcome_result_type;
+    /// The stored batch function of the per-item form.
+    using outcome_function = typename Core::outcome_function;
+
+    /**
+     * @brief Creates the batcher and starts its timer thread (unless max_delay is
+     *        `nanoseconds::max()`) and, without an executor, its own pool of `workers` threads.
+     *
+     * @param options  validated here: `std::invalid_argument` naming the option and its value.
+     * @param process  `process_batch`, called as `process(batch)` with a `Batch<T>&`; returns
+     *                 `std::vector<R>` (one result per item) or, for `R = void`, nothing; or
+     *                 `outcome_result_type` (one `Outcome<R>` per item). Checked at compile time.
+     * @param clock    the clock instance (a `ManualClock` handle in tests).
+     * @throws std::invalid_argument on invalid options; `std::bad_alloc`, `std::system_error`.
+     */
+    template <class F, class = std::enable_if_t<!std::is_same_v<std::decay_t<F>, Batcher>>>
+    Batcher(Options options, F&& process, Clock clock = Clock{})
+        : Core(std::move(options), std::move(clock)) {
+        Core::store_process(std::forward<F>(process));  // checks its signature at compile time
+        Core::initialise();
+    }
+
+    /**
+     * @brief Like the constructor above, with an item cost function (README "Weighted
+     *        batches"): `cost.function(item)` weighs each item once, on its submitting thread,
+     *        for `Options::max_batch_cost`, `Options::max_pending_cost` and the cost stats.
+     *
+     * Items are best submitted as `T`: an argument of another type is first copied into a
+     * temporary `T` to be weighed (one whose `T` can only be made by moving it makes the submit
+     * throw `std::invalid_argument`, the argument untouched).
+     * @param options  as above; `max_batch_cost` and `max_pending_cost` may be set.
+     * @param cost     `microbatch::cost_by(f)`, with `f` callable as `std::size_t(const T&)`
+     *                 (checked at compile time).
+     * @param process  as above.
+     * @param clock    as above.
+     * @throws as the constructor above.
+     */
+    template <class C, class F, class = std::enable_if_t<!std::is_same_v<std::decay_t<F>, Batcher>>>
+    Batcher(Options options, CostBy<C> cost, F&& process, Clock clock = Clock{})
+        : Core(std::move(options), std::move(clock)) {
+        static_assert(detail::is_cost_function_v<C, T>,
+                      "microbatch::Batcher: the cost function (cost_by) must be callable as "
+                      "std::size_t(const T&)");
+        if constexpr (detail::is_cost_function_v<C, T>) {
+            Core::cost_function_ = typename Core::cost_function(std::move(cost.function));
+        }
+        Core::store_process(std::forward<F>(process));
+        Core::initialise();
+    }
+
+    Batcher(const Batcher&) = delete;
+    Batcher& operator=(const Batcher&) = delete;
+
+    /// @brief Calls `close()`: processes everything accepted, then releases the threads.
+    ~Batcher() {
+        close();
+        Core::pool_.reset();  // joins the owned pool's threads (idle by now)
+    }
+
+    /**
+     * @brief Submits @p item and returns a handle to its result. Blocks while the batcher is
+     *        full.
+     * @throws ClosedError if the batcher is closed (also when it closes while blocked);
+     *         ReentrancyError if it finds the batcher full inside one of its own batches
+     *         (see "Re-entrancy" above); whatever constructing `T` from @p item throws;
+     *         `std::bad_alloc`.
+     */
+    template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
+    Handle<R> submit(U&& item) {
+        Handle<R> handle;
+        Core::throw_if_rejected(
+            Core::submit_with_handle(std::forward<U>(item), Core::wait_forever, {}, handle));
+        return handle;
+    }
+
+    /**
+     * @brief Submits @p item; `callback(Outcome<R>&&)` runs on a worker after its batch was
+     *        processed. Blocks while the batcher is full. Allocates nothing.
+     *
+     * The callback is never invoked if this call throws.
+     * @throws as `submit(item)`.
+     */
+    template <class U, class F,
+              class = std::enable_if_t<std::is_constructible_v<T, U&&> &&
+                                       !std::is_same_v<std::decay_t<F>, Handle<R>>>>
+    void submit(U&& item, F&& callback) {
+        Core::throw_if_rejected(Core::submit_impl(std::forward<U>(item), Core::wait_forever, {},
+                                                  Core::template emplacer<F>(callback)));
+    }
+
+    /**
+     * @brief Fire-and-forget: submits @p item without a per-item result. Blocks while full.
+     * @throws as `submit(item)`.
+     */
+    template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
+    void post(U&& item) {
+        Core::throw_if_rejected(
+            Core::submit_impl(std::forward<U>(item), Core::wait_forever, {}, Core::no_completion));
+    }
+
+    /**
+     * @brief Fire-and-forget without blocking: `accepted`, or `full`/`closed` at once (the item
+     *        is then left untouched). May report `full` spuriously while a batch hand-over is in
+     *        progress on another thread.
+     * @throws whatever constructing `T` from @p item throws.
+     */
+    template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
+    [[nodiscard]] SubmitStatus try_submit(U&& item) {
+        return Core::submit_impl(std::forward<U>(item), Core::wait_never, {}, Core::no_completion);
+    }
+
+    /// @brief Like `try_submit(item)`, with a callback as in `submit(item, callback)`; the
+    ///        callback is invoked only if the item was accepted.
+    template <class U, class F,
+              class = std::enable_if_t<std::is_constructible_v<T, U&&> &&
+                                       !std::is_same_v<std::decay_t<F>, Handle<R>>>>
+    [[nodiscard]] SubmitStatus try_submit(U&& item, F&& callback) {
+        return Core::submit_impl(std::forward<U>(item), Core::wait_never, {},
+                                 Core::template emplacer<F>(callback));
+    }
+
+    /// @brief Like `try_submit(item)`; on acceptance @p handle receives the item's handle.
+    ///        (`try_submit_handle(item)` returns both instead.)
+    template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
+    [[nodiscard]] SubmitStatus try_submit(U&& item, Handle<R>& handle) {
+        return Core::submit_with_handle(std::forward<U>(item), Core::wait_never, {}, handle);
+    }
+
+    /**
+     * @brief Like `try_submit(item)`, returning the status together with the item's handle
+     *        (valid when accepted): `if (auto submitted = b.try_submit_handle(x)) ...`.
+     * @throws whatever constructing `T` from @p item throws; `std::bad_alloc`.
+     */
+    template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
+    [[nodiscard]] SubmitResult<R> try_submit_handle(U&& item) {
+        SubmitResult<R> result;
+        result.status =
+            Core::submit_with_handle(std::forward<U>(item), Core::wait_never, {}, result.handle);
+        return result;
+    }
+
+    /**
+     * @brief Fire-and-forget, waiting at most @p timeout for space: `accepted`, `full` (timed
+     *        out) or `closed`. The item is left untouched unless accepted. A timeout too large to
+     *        add to the current time waits without a time limit.
+     * @throws ReentrancyError if it finds the batcher full inside one of its own batches, for
+     *         any timeout including zero (see "Re-entrancy" above; `try_submit` never throws it).
+     */
+    template <class U, class Rep, class Period,
+              class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
+    [[nodiscard]] SubmitStatus submit_for(U&& item,
+                                          const std::chrono::duration<Rep, Period>& timeout) {
+        return Core::submit_impl(std::forward<U>(item), Core::wait_until_deadline,
+                                 Core::deadline_after(timeout), Core::no_completion);
+    }
+
+    /// @brief Like `submit_for(item, timeout)`, with a callback as in `submit(item, callback)`.
+    template <class U, class F, class Rep, class Period,
+              class = std::enable_if_t<std::is_constructible_v<T, U&&> &&
+                                       !std::is_same_v<std::decay_t<F>, Handle<R>>>>
+    [[nodiscard]] SubmitStatus submit_for(U&& item, F&& callback,
+                                          const std::chrono::duration<Rep, Period>& timeout) {
+        return Core::submit_impl(std::forward<U>(item), Core::wait_until_deadline,
+                                 Core::deadline_after(timeout),
+                                 Core::template emplacer<F>(callback));
+    }
+
+    /// @brief Like `submit_for(item, timeout)`; on acceptance @p handle receives the handle.
+    ///        (`submit_for_handle(item, timeout)` returns both instead.)
+    template <class U, class Rep, class Period,
+              class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
+    [[nodiscard]] SubmitStatus submit_for(U&& item, Handle<R>& handle,
+                                          const std::chrono::duration<Rep, Period>& timeout) {
+        return Core::submit_with_handle(std::forward<U>(item), Core::wait_until_deadline,
+                                        Core::deadline_after(timeout), handle);
+    }
+
+    /**
+     * @brief Like `submit_for(item, timeout)`, returning the status (`accepted`, `full` when
+     *        timed out, `closed`) together with the item's handle (valid when accepted).
+     * @throws ReentrancyError if it would block inside this batcher's own process_batch;
+     *         whatever constructing `T` from @p item throws; `std::bad_alloc`.
+     */
+    template <class U, class Rep, class Period,
+              class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
+    [[nodiscard]] SubmitResult<R> submit_for_handle(
+        U&& item, const std::chrono::duration<Rep, Period>& timeout) {
+        SubmitResult<R> result;
+        result.status = Core::submit_with_handle(std::forward<U>(item), Core::wait_until_deadline,
+                                                 Core::deadline_after(timeout), result.handle);
+        return result;
+    }
+
+    // ---- Bulk submission (bodies: detail/batcher_bulk.hpp) -----------------------------------
+    //
+    // The `_n` forms submit the n items *first, *(first + 1), ... in order, as n single
+    // submissions would, but claim each batch's slots with one atomic operation (at most
+    // `max_bulk_claim` slots per claim), so a producer pays the shared-counter cost once per
+    // run of items rather than once per item. Items are constructed from `*it` (pass a
+    // `std::move_iterator` to move them); the iterator is advanced once per accepted item and
+    // never dereferenced beyond the accepted prefix. The items may span several batches; items
+    // of other threads may fall between two of those batches, never inside this call's run of
+    // slots in one batch. Per-producer order and exactly-once hold as for single submissions.
+    // Acceptance is by prefix: the first `accepted` items were accepted, the rest untouched.
+    // If constructing an item (or copying the callback) throws, the items before it were
+    // accepted, it and the rest were not, and the exception propagates.
+
+    /// Most slots one bulk claim takes (a larger run takes several claims). Bounds the stray
+    /// increments a claim racing a seal can leave on the head word.
+    static constexpr std::size_t max_bulk_claim = Core::max_bulk_claim;
+
+    /**
+     * @brief Bulk fire-and-forget: submits the @p n items at @p first, blocking while the
+     *        batcher is full, until every item is accepted. Allocates nothing.
+     * @throws BulkClosedError (a ClosedError) if the batcher is closed before every item was
+     *         accepted: its `accepted()` items were accepted and are processed, the rest were
+     *         left untouched; ReentrancyError as `submit(item)`; whatever constructing `T` from
+     *         `*first` throws (see above).
+     */
+    template <class InputIt, class = std::enable_if_t<is_item_iterator<InputIt>>>
+    void post_n(InputIt first, std::size_t n) {
+        Core::throw_if_bulk_rejected(
+            Core::submit_bulk(first, n, Core::wait_forever, {}, typename Core::BulkPostStore{}), n);
+    }
+
+    /// @brief Bulk fire-and-forget without blocking: accepts the longest prefix of the @p n
+    ///        items that fits now (see BulkResult). Never throws `ClosedError`.
+    /// @throws whatever constructing `T` from `*first` throws.
+    template <class InputIt, class = std::enable_if_t<is_item_iterator<InputIt>>>
+    [[nodiscard]] BulkResult try_post_n(InputIt first, std::size_t n) {
+        return Core::submit_bulk(first, n, Core::wait_never, {}, typename Core::BulkPostStore{});
+    }
+
+    /// @brief Bulk fire-and-forget, waiting at most @p timeout in all for space: the status and
+    ///        the number of items accepted (a prefix).
+    /// @throws ReentrancyError as `submit_for`; whatever constructing `T` throws.
+    template <class InputIt, class Rep, class Period,
+              class = std::enable_if_t<is_item_iterator<InputIt>>>
+    [[nodiscard]] BulkResult post_n_for(InputIt first, std::size_t n,
+                                        const std::chrono::duration<Rep, Period>& timeout) {
+        return Core::submit_bulk(first, n, Core::wait_until_deadline, Core::deadline_after(timeout),
+                                 typename Core::BulkPostStore{});
+    }
+
+    /**
+     * @brief Bulk submission with per-item results, blocking until every item is accepted.
+     *
+     * @p sink is either
+     * - a callable `void(std::size_t index, Outcome<R>&&)`: copied into each item's slot and
+     *   invoked on a worker with the item's index in the range (0 for `*first`) and its
+     *   outcome; the copy plus an index must fit the 48-byte inline callback storage and be
+     *   nothrow move constructible; allocates nothing; or
+     * - an output iterator of `Handle<R>`: receives each accepted item's handle, in order
+     *   (one pooled handle state per item, as `submit(item)`).
+     * @return the output iterator past the last handle written (for a callable sink, the sink).
+     * @throws as `post_n`.
+     */
+    template <class InputIt, class Sink, class = std::enable_if_t<is_item_iterator<InputIt>>>
+    Sink submit_n(InputIt first, std::size_t n, Sink sink) {
+        auto store = Core::bulk_store(sink);
+        Core::throw_if_bulk_rejected(Core::submit_bulk(first, n, Core::wait_forever, {}, store), n);
+        return store.release();
+    }
+
+    /// @brief As `submit_n`, without blocking: the longest prefix that fits now is accepted;
+    ///        @p sink receives the handles (or callbacks) of exactly those items.
+    template <class InputIt, class Sink, class = std::enable_if_t<is_item_iterator<InputIt>>>
+    [[nodiscard]] BulkResult try_submit_n(InputIt first, std::size_t n, Sink sink) {
+        auto store = Core::bulk_store(sink);
+        return Core::submit_bulk(first, n, Core::wait_never, {}, store);
+    }
+
+    /// @brief As `submit_n`, waiting at most @p timeout in all for space.
+    template <class InputIt, class Sink, class Rep, class Period,
+              class = std::enable_if_t<is_item_iterator<InputIt>>>
+    [[nodiscard]] BulkResult submit_n_for(InputIt first, std::size_t n, Sink sink,
+                                          const std::chrono::duration<Rep, Period>& timeout) {
+        auto store = Core::bulk_store(sink);
+        return Core::submit_bulk(first, n, Core::wait_until_deadline, Core::deadline_after(timeout),
+                                 store);
+    }
+
+    /**
+     * @name Submitting with a deadline (README "Deadlines")
+     * Each form above with an item deadline first: a `Clock::time_point` or a timeout from
+     * this call. An item still in its batch when the deadline passes is removed when the batch
+     * is formed (it never reaches process_batch) and completes with `DeadlineExceeded`; with
+     * `Options::deadline_sealing` the batch is sealed early enough for it to finish in time.
+     * With `Options::admission_control`, a submit predicted to finish after its deadline is
+     * refused at once: `SubmitStatus::infeasible`, or `DeadlineInfeasible` from the forms that
+     * throw (the item is left untouched). Blocking forms still wait for space as without a
+     * deadline. Otherwise as the form without a deadline (same exceptions).
+     * @{
+     */
+    /// @brief `submit(item)` with a deadline.
+    template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
+    Handle<R> submit(deadline_type deadline, U&& item) {
+        Handle<R> handle;
+        Core::throw_if_rejected(Core::submit_due_with_handle(deadline, std::forward<U>(item),
+                                                             Core::wait_forever, {}, handle));
+        return handle;
+    }
+    /// @brief `submit(item, callback)` with a deadline.
+    template <class U, class F,
+              class = std::enable_if_t<std::is_constructible_v<T, U&&> &&
+                                       !std::is_same_v<std::decay_t<F>, Handle<R>>>>
+    void submit(deadline_type deadline, U&& item, F&& callback) {
+        Core::throw_if_rejected(Core::submit_due(deadline, std::forward<U>(item),
+                                                 Core::wait_forever, {},
+                                                 Core::template emplacer<F>(callback)));
+    }
+    /// @brief `post(item)` with a deadline (an expired item is only counted).
+    template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
+    void post(deadline_type deadline, U&& item) {
+        Core::throw_if_rejected(Core::submit_due(deadline, std::forward<U>(item),
+                                                 Core::wait_forever, {}, Core::no_completion));
+    }
+    /// @brief `try_submit(item)` with a deadline.
+    template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
+    [[nodiscard]] SubmitStatus try_submit(deadline_type deadline, U&& item) {
+        return Core::submit_due(deadline, std::forward<U>(item), Core::wait_never, {},
+                                Core::no_completion);
+    }
+    /// @brief `try_submit(item, callback)` with a deadline.
+    template <class U, class F,
+              class = std::enable_if_t<std::is_constructible_v<T, U&&> &&
+                                       !std::is_same_v<std::decay_t<F>, Handle<R>>>>
+    [[nodiscard]] SubmitStatus try_submit(deadline_type deadline, U&& item, F&& callback) {
+        return Core::submit_due(deadline, std::forward<U>(item), Core::wait_never, {},
+                                Core::template emplacer<F>(callback));
+    }
+    /// @brief `try_submit_handle(item)` with a deadline.
+    template <class U, class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
+    [[nodiscard]] SubmitResult<R> try_submit_handle(deadline_type deadline, U&& item) {
+        SubmitResult<R> result;
+        result.status = Core::submit_due_with_handle(deadline, std::forward<U>(item),
+                                                     Core::wait_never, {}, result.handle);
+        return result;
+    }
+    /// @brief `submit_for(item, timeout)` with a deadline (@p timeout bounds the wait for space).
+    template <class U, class Rep, class Period,
+              class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
+    [[nodiscard]] SubmitStatus submit_for(deadline_type deadline, U&& item,
+                                          const std::chrono::duration<Rep, Period>& timeout) {
+        return Core::submit_due(deadline, std::forward<U>(item), Core::wait_until_deadline,
+                                Core::deadline_after(timeout), Core::no_completion);
+    }
+    /// @brief `submit_for(item, callback, timeout)` with a deadline.
+    template <class U, class F, class Rep, class Period,
+              class = std::enable_if_t<std::is_constructible_v<T, U&&> &&
+                                       !std::is_same_v<std::decay_t<F>, Handle<R>>>>
+    [[nodiscard]] SubmitStatus submit_for(deadline_type deadline, U&& item, F&& callback,
+                                          const std::chrono::duration<Rep, Period>& timeout) {
+        return Core::submit_due(deadline, std::forward<U>(item), Core::wait_until_deadline,
+                                Core::deadline_after(timeout),
+                                Core::template emplacer<F>(callback));
+    }
+    /// @brief `submit_for_handle(item, timeout)` with a deadline.
+    template <class U, class Rep, class Period,
+              class = std::enable_if_t<std::is_constructible_v<T, U&&>>>
+    [[nodiscard]] SubmitResult<R> submit_for_handle(
+        deadline_type deadline, U&& item, const std::chrono::duration<Rep, Period>& timeout) {
+        SubmitResult<R> result;
+        result.status =
+            Core::submit_due_with_handle(deadline, std::forward<U>(item), Core::wait_until_deadline,
+                                         Core::deadline_after(timeout), result.handle);
+        return result;
+    }
+    /// @}
+
+    /**
+     * @brief The bulk forms with a deadline (README "Deadlines"): every item of the run gets
+     *        @p deadline (one clock read per call for a timeout); otherwise as the forms above.
+     *
+     * With admission control on, the run is admitted or refused as a whole, judged for its
+     * last item (the work ahead of it includes the run's other items): refused, nothing is
+     * accepted and the status is `SubmitStatus::infeasible` (`DeadlineInfeasible` from
+     * `post_n`/`submit_n`), each item counted in `Stats::items_rejected_infeasible`.
+     */
+    template <class InputIt, class = std::enable_if_t<is_item_iterator<InputIt>>>
+    void post_n(deadline_type deadline, InputIt first, std::size_t n) {
+        Core::throw_if_bulk_rejected(Core::submit_bulk_due(deadline, first, n, Core::wait_forever,
+                                                           {}, typename Core::BulkPostStore{}),
+                                     n);
+    }
+    /// @brief `try_post_n` with a deadline for every item (see `post_n(deadline, ...)`).
+    template <class InputIt, class = std::enable_if_t<is_item_iterator<InputIt>>>
+    [[nodiscard]] BulkResult try_post_n(deadline_type deadline, InputIt first, std::size_t n) {
+        return Core::submit_bulk_due(deadline, first, n, Core::wait_never, {},
+                                     typename Core::BulkPostStore{});
+    }
+    /// @brief `post_n_for` with a deadline for every item (see `post_n(deadline, ...)`).
+    template <class InputIt, class Rep, class Period,
+              class = std::enable_if_t<is_item_iterator<InputIt>>>
+    [[nodiscard]] BulkResult post_n_for(deadline_type deadline, InputIt first, std::size_t n,
+                                        const std::chrono::duration<Rep, Period>& timeout) {
+        return Core::submit_bulk_due(deadline, first, n, Core::wait_until_deadline,
+                                     Core::deadline_after(timeout), typename Core::BulkPostStore{});
+    }
+    /// @brief `submit_n` with a deadline for every item (see `post_n(deadline, ...)`).
+    template <class InputIt, class Sink, class = std::enable_if_t<is_item_iterator<InputIt>>>
+    Sink submit_n(deadline_type deadline, InputIt first, std::size_t n, Sink sink) {
+        auto store = Core::bulk_store(sink);
+        Core::throw_if_bulk_rejected(
+            Core::submit_bulk_due(deadline, first, n, Core::wait_forever, {}, store), n);
+        return store.release();
+    }
+    /// @brief `try_submit_n` with a deadline for every item (see `post_n(deadline, ...)`).
+    template <class InputIt, class Sink, class = std::enable_if_t<is_item_iterator<InputIt>>>
+    [[nodiscard]] BulkResult try_submit_n(deadline_type deadline, InputIt first, std::size_t n,
+                                          Sink sink) {
+        auto store = Core::bulk_store(sink);
+        return Core::submit_bulk_due(deadline, first, n, Core::wait_never, {}, store);
+    }
+    /// @brief `submit_n_for` with a deadline for every item (see `post_n(deadline, ...)`).
+    template <class InputIt, class Sink, class Rep, class Period,
+              class = std::enable_if_t<is_item_iterator<InputIt>>>
+    [[nodiscard]] BulkResult submit_n_for(deadline_type deadline, InputIt first, std::size_t n,
+                                          Sink sink,
+                                          const std::chrono::duration<Rep, Period>& timeout) {
+        auto store = Core::bulk_store(sink);
+        return Core::submit_bulk_due(deadline, first, n, Core::wait_until_deadline,
+                                     Core::deadline_after(timeout), store);
+    }
+
+    /**
+     * @brief Dispatches the partial batch now (reason `flush`), if it holds any item.
+     *        Never blocks (beyond handing the batch to the executor).
+     */
+    void flush() { Core::flush(); }
+
+    /**
+     * @brief Flushes, then blocks until every item accepted before the call has finished
+     *        (its batch ran and its handle/callback completed). Items submitted concurrently may
+     *        or may not be waited for.
+     * @throws ReentrancyError when called from inside this batcher's process_batch or callbacks,
+     *         also nested (see "Re-entrancy" above).
+     */
+    void wait_idle() { Core::wait_idle(); }
+
+    /**
+     * @brief Stops accepting items, dispatches the partial batch (reason `close`) and blocks
+     *        until every accepted item has finished. Idempotent; concurrent calls all wait.
+     *        Producers blocked in submit wake with `ClosedError`.
+     * @throws ReentrancyError when called from inside this batcher's process_batch or callbacks,
+     *         also nested (it would wait for itself; see "Re-entrancy" above).
+     */
+    void close() { Core::close_impl(nullptr); }
+
+    /**
+     * @brief Like `close()`, but gives up waiting after @p timeout and reports what was still
+     *        in flight. The batcher stays closed; the remaining batches keep running and a
+     *        later `close()` (or the destructor) waits for them.
+     */
+    template <class Rep, class Period>
+    CloseResult close_for(const std::chrono::duration<Rep, Period>& timeout) {
+        const auto deadline = Core::deadline_after(timeout);
+        return Core::close_impl(&deadline);
+    }
+
+    /// @brief True once close() (or close_for) has begun.
+    bool is_closed() const noexcept { return Core::is_closed(); }
+
+    /**
+     * @brief Producers blocked in a submit because their lane is full, or because
+     *        `Options::max_pending_cost` is reached, queued to be admitted in arrival order
+     *        (README "Deadlines", fair admission). Thread-safe; takes the mutexes blocked
+     *        producers wait on; a snapshot.
+     */
+    std::size_t waiting_producers() const { return Core::waiting_producers(); }
+
+    /// @brief A snapshot of the counters (see `Stats` for its consistency). Thread-safe, O(1).
+    ///        Not lock-free: it reads the atomic counters, then copies the cost-model fit under
+    ///        a mutex that workers hold briefly once per finished batch, so it may wait for one
+    ///        (never for a submit: producers do not take that mutex).
+    Stats stats() const noexcept { return Core::stats(); }
+
+    /**
+     * @brief Accepted items not yet finished: in the batch being filled, sealed and waiting,
+     *        or running. Thread-safe, lock-free, O(lanes); a snapshot that may be stale by the
+     *        time it returns.
+     */
+    std::size_t pending() const noexcept { return Core::pending(); }
+
+    /**
+     * @brief The total cost (`cost_by`) of accepted items not yet finished: the quantity
+     *        `Options::max_pending_cost` bounds (0 without a cost function). An item's cost
+     *        counts from its acceptance until its batch has completed every item. Thread-safe,
+     *        lock-free, O(1); a snapshot.
+     */
+    std::size_t pending_cost() const noexcept {
+        // relaxed: a snapshot; nothing is read through it.
+        return static_cast<std::size_t>(Core::pending_cost_.load(std::memory_order_relaxed));
+    }
+
+    /**
+     * @brief Batches dispatched and not yet finished: the count `max_in_flight` limits. A
+     *        batch counts until its worker has completed every item and is about to take the
+     *        next batch. Thread-safe, lock-free, O(1); a snapshot.
+     */
+    std::size_t in_flight() const noexcept { return Core::in_flight(); }
+
+    /**
+     * @brief Sets the batch size bound for batches opened from now on (the batch being filled
+     *        keeps the bound it opened with). Thread-safe; lock-free.
+     *
+     * Storage stays what was reserved for the constructed `max_batch_size`: each batch still
+     * occupies one buffer of that size, so with a smaller bound producers block after
+     * ceil(capacity / constructed size) batches rather than after `capacity` items.
+     * @throws std::invalid_argument unless 1 <= @p size <= the constructed max_batch_size.
+     */
+    void set_max_batch_size(std::size_t size) { Core::set_max_batch_size(size); }
+
+    /**
+     * @brief Sets the time bound; effective for every decision from now on (the batch being
+     *        filled included). `nanoseconds::max()` disables it. Thread-safe; wakes the timer.
+     * @throws std::invalid_argument if @p delay is negative.
+     */
+    void set_max_delay(std::chrono::nanoseconds delay) { Core::set_max_delay(delay); }
+
+    /**
+     * @brief Sets the in-flight limit (0 = automatic, as in Options::max_in_flight), effective
+     *        for every decision from now on. Thread-safe; wakes the timer. Raising it above the
+     *        value the batcher was built with can make producers block before `capacity` items
+     *        (storage for partial batches was reserved for the constructed limit).
+     */
+    void set_max_in_flight(std::size_t limit) { Core::set_max_in_flight(limit); }
+
+    /// @brief The batch size bound in force (see set_max_batch_size). Thread-safe.
+    std::size_t max_batch_size() const noexcept { return Core::max_batch_size(); }
+    /// @brief The time bound in force (`nanoseconds::max()` when disabled). Thread-safe.
+    std::chrono::nanoseconds max_delay() const noexcept { return Core::max_delay(); }
+    /// @brief The in-flight limit in force (resolved: never 0). Thread-safe.
+    std::size_t max_in_flight() const noexcept { return Core::max_in_flight(); }
+
+    /// @brief The options the batcher was built with.
+    const Options& options() const noexcept { return Core::options_; }
+
+    /// @brief The clock the batcher measures max_delay with.
+    const Clock& clock() const noexcept { return Core::clock_; }
+};
+
+}  // namespace microbatch
 
 // ---- end microbatch/batcher.hpp ----
 // ---- begin microbatch/keyed_batcher.hpp ----

@@ -12,13 +12,14 @@
  * never looks at the queue.
  */
 
-#include "microbatch/batcher.hpp"
+#include "microbatch/detail/batcher_core.hpp"
 
 namespace microbatch {
 
 template <class T, class R, class Clock>
-SubmitStatus Batcher<T, R, Clock>::wait_in_line(Lane& lane, WaitMode mode, Deadline deadline,
-                                                detail::AdmissionTurn& turn) {
+SubmitStatus detail::BatcherCore<T, R, Clock>::wait_in_line(Lane& lane, WaitMode mode,
+                                                            Deadline deadline,
+                                                            detail::AdmissionTurn& turn) {
     detail::AdmissionQueue& queue = admission_[static_cast<std::size_t>(&lane - lanes_.get())];
     std::unique_lock<std::mutex> lock(space_mutex_);
     // seq_cst: Dekker handshake with try_open(), which publishes the head then reads this.
@@ -65,14 +66,14 @@ SubmitStatus Batcher<T, R, Clock>::wait_in_line(Lane& lane, WaitMode mode, Deadl
 
 // A batch opened in @p lane: wake the producer whose turn it is.
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::wake_first_waiter(Lane& lane) {
+void detail::BatcherCore<T, R, Clock>::wake_first_waiter(Lane& lane) {
     std::lock_guard<std::mutex> lock(space_mutex_);
     admission_[static_cast<std::size_t>(&lane - lanes_.get())].wake_front();
 }
 
 // The batcher is closing: every blocked producer must see it.
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::wake_all_waiters() {
+void detail::BatcherCore<T, R, Clock>::wake_all_waiters() {
     std::lock_guard<std::mutex> lock(space_mutex_);
     for (std::uint32_t l = 0; l < lane_count_; ++l) {
         admission_[l].wake_all();
@@ -80,7 +81,7 @@ void Batcher<T, R, Clock>::wake_all_waiters() {
 }
 
 template <class T, class R, class Clock>
-std::size_t Batcher<T, R, Clock>::waiting_producers() const {
+std::size_t detail::BatcherCore<T, R, Clock>::waiting_producers() const {
     std::lock_guard<std::mutex> lock(space_mutex_);
     std::size_t waiting = 0;
     for (std::uint32_t l = 0; l < lane_count_; ++l) {

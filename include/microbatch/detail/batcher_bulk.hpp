@@ -14,7 +14,7 @@
 #include <iterator>
 #include <string>
 
-#include "microbatch/batcher.hpp"
+#include "microbatch/detail/batcher_core.hpp"
 #include "microbatch/detail/config.hpp"
 
 namespace microbatch {
@@ -25,7 +25,7 @@ namespace microbatch {
 
 // Fire-and-forget: nothing per item.
 template <class T, class R, class Clock>
-struct Batcher<T, R, Clock>::BulkPostStore {
+struct detail::BatcherCore<T, R, Clock>::BulkPostStore {
     static bool store(detail::Completion<R>&, std::size_t) noexcept { return false; }
     static void accept(std::size_t) noexcept {}
 };
@@ -33,7 +33,7 @@ struct Batcher<T, R, Clock>::BulkPostStore {
 // One copy of the user's callback per item, invoked with the item's index in the range.
 template <class T, class R, class Clock>
 template <class F>
-class Batcher<T, R, Clock>::BulkCallbackStore {
+class detail::BatcherCore<T, R, Clock>::BulkCallbackStore {
 public:
     explicit BulkCallbackStore(F& callback) noexcept : callback_(callback) {}
     bool store(detail::Completion<R>& slot, std::size_t index) {
@@ -56,14 +56,14 @@ private:
 // accepted (never for an item that was not).
 template <class T, class R, class Clock>
 template <class OutputIt>
-class Batcher<T, R, Clock>::BulkHandleStore {
+class detail::BatcherCore<T, R, Clock>::BulkHandleStore {
 public:
     explicit BulkHandleStore(OutputIt out) : out_(std::move(out)) {}
     bool store(detail::Completion<R>& slot, std::size_t) {
         // create() hands out two references: one for the slot's completion, one for the
         // handle; pending_ keeps the handle's until accept() (or drops it, if the item fails).
         detail::HandleState<R>* const state = detail::HandleState<R>::create();
-        pending_ = Handle<R>(state);
+        pending_ = detail::HandleAccess::make(state);
         slot.emplace(detail::HandleCompletion<R>(state));
         return true;
     }
@@ -82,8 +82,8 @@ private:
 // records the deadline in each item's slot (as DeadlineStore, detail/batcher_deadlines.hpp).
 template <class T, class R, class Clock>
 template <class Inner>
-struct Batcher<T, R, Clock>::BulkDeadlineStore {
-    Batcher* owner;
+struct detail::BatcherCore<T, R, Clock>::BulkDeadlineStore {
+    BatcherCore* owner;
     Inner* inner;
     std::int64_t deadline;  // clock ticks
 
@@ -99,7 +99,7 @@ struct Batcher<T, R, Clock>::BulkDeadlineStore {
 
 template <class T, class R, class Clock>
 template <class Sink>
-auto Batcher<T, R, Clock>::bulk_store(Sink& sink) {
+auto detail::BatcherCore<T, R, Clock>::bulk_store(Sink& sink) {
     if constexpr (std::is_invocable_v<Sink&, std::size_t, Outcome<R>&&>) {
         static_assert(
             std::is_copy_constructible_v<Sink> && std::is_nothrow_move_constructible_v<Sink>,
@@ -116,7 +116,8 @@ auto Batcher<T, R, Clock>::bulk_store(Sink& sink) {
 }
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::throw_if_bulk_rejected(const BulkResult& result, std::size_t n) const {
+void detail::BatcherCore<T, R, Clock>::throw_if_bulk_rejected(const BulkResult& result,
+                                                              std::size_t n) const {
     if (result.status == SubmitStatus::closed) {
         MICROBATCH_THROW(BulkClosedError("microbatch::Batcher: bulk submit on a closed batcher (" +
                                              std::to_string(result.accepted) + " of " +
@@ -133,8 +134,9 @@ void Batcher<T, R, Clock>::throw_if_bulk_rejected(const BulkResult& result, std:
 
 template <class T, class R, class Clock>
 template <class InputIt, class Store>
-BulkResult Batcher<T, R, Clock>::submit_bulk(InputIt& first, std::size_t n, WaitMode mode,
-                                             Deadline deadline, Store&& store) {
+BulkResult detail::BatcherCore<T, R, Clock>::submit_bulk(InputIt& first, std::size_t n,
+                                                         WaitMode mode, Deadline deadline,
+                                                         Store&& store) {
     if (has_default_timeout_) {  // Options::default_timeout, as for single submissions
         return submit_bulk_due(default_deadline_, first, n, mode, deadline, store);
     }
@@ -145,9 +147,10 @@ BulkResult Batcher<T, R, Clock>::submit_bulk(InputIt& first, std::size_t n, Wait
 // control the run is judged for its last item and admitted or refused as a whole.
 template <class T, class R, class Clock>
 template <class InputIt, class Store>
-BulkResult Batcher<T, R, Clock>::submit_bulk_due(const deadline_type& due, InputIt& first,
-                                                 std::size_t n, WaitMode mode, Deadline wait,
-                                                 Store&& store) {
+BulkResult detail::BatcherCore<T, R, Clock>::submit_bulk_due(const deadline_type& due,
+                                                             InputIt& first, std::size_t n,
+                                                             WaitMode mode, Deadline wait,
+                                                             Store&& store) {
     if (n == 0) {
         return BulkResult{SubmitStatus::accepted, 0};
     }
@@ -161,8 +164,9 @@ BulkResult Batcher<T, R, Clock>::submit_bulk_due(const deadline_type& due, Input
 
 template <class T, class R, class Clock>
 template <class InputIt, class Store>
-BulkResult Batcher<T, R, Clock>::claim_bulk(InputIt& first, std::size_t n, WaitMode mode,
-                                            Deadline deadline, Store& store) {
+BulkResult detail::BatcherCore<T, R, Clock>::claim_bulk(InputIt& first, std::size_t n,
+                                                        WaitMode mode, Deadline deadline,
+                                                        Store& store) {
     if (cost_function_) {  // weighed items, one claim each: detail/batcher_cost.hpp
         return submit_bulk_weighed(first, n, mode, deadline, store);
     }
@@ -207,9 +211,10 @@ BulkResult Batcher<T, R, Clock>::claim_bulk(InputIt& first, std::size_t n, WaitM
 // slots from it on are published as holes and the exception propagates after the seal logic).
 template <class T, class R, class Clock>
 template <class InputIt, class Store>
-std::uint32_t Batcher<T, R, Clock>::fill_run(Lane& lane, std::uint64_t head, std::uint32_t index,
-                                             std::uint32_t count, InputIt& first, std::size_t done,
-                                             Store& store, std::uint64_t cost) {
+std::uint32_t detail::BatcherCore<T, R, Clock>::fill_run(Lane& lane, std::uint64_t head,
+                                                         std::uint32_t index, std::uint32_t count,
+                                                         InputIt& first, std::size_t done,
+                                                         Store& store, std::uint64_t cost) {
     const std::uint32_t buffer = buffer_of(head);
     const std::size_t base = static_cast<std::size_t>(buffer) * batch_size_;
     const std::uint32_t end = index + count;

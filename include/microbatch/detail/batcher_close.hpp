@@ -6,14 +6,14 @@
  *
  */
 
-#include "microbatch/batcher.hpp"
+#include "microbatch/detail/batcher_core.hpp"
 
 namespace microbatch {
 
 // Seals @p lane's batch being filled (if it holds items) and returns the lane number of the
 // lane's last batch holding items accepted before the call.
 template <class T, class R, class Clock>
-std::uint64_t Batcher<T, R, Clock>::flush_and_target(Lane& lane) {
+std::uint64_t detail::BatcherCore<T, R, Clock>::flush_and_target(Lane& lane) {
     for (;;) {
         const std::uint64_t head = lane.head.load(std::memory_order_seq_cst);
         if ((head & closed_bit) != 0) {
@@ -46,7 +46,8 @@ std::uint64_t Batcher<T, R, Clock>::flush_and_target(Lane& lane) {
 // True if @p lane's batches up to lane number @p target have finished. Called with
 // idle_mutex_ held.
 template <class T, class R, class Clock>
-bool Batcher<T, R, Clock>::finished_through(const Lane& lane, std::uint64_t target) const noexcept {
+bool detail::BatcherCore<T, R, Clock>::finished_through(const Lane& lane,
+                                                        std::uint64_t target) const noexcept {
     const std::uint32_t n = buffers_per_lane_;
     for (std::uint64_t s = target + 1 - n; s <= target; ++s) {
         const Buffer& buffer = buffers_[lane.first_buffer + s % n];
@@ -59,7 +60,7 @@ bool Batcher<T, R, Clock>::finished_through(const Lane& lane, std::uint64_t targ
 }
 
 template <class T, class R, class Clock>
-CloseResult Batcher<T, R, Clock>::close_impl(const Deadline* deadline) {
+CloseResult detail::BatcherCore<T, R, Clock>::close_impl(const Deadline* deadline) {
     check_not_reentrant("close");
     std::unique_lock<std::mutex> close_lock(close_mutex_);
     if (!close_started_) {
@@ -99,7 +100,7 @@ CloseResult Batcher<T, R, Clock>::close_impl(const Deadline* deadline) {
 }
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::begin_close() {
+void detail::BatcherCore<T, R, Clock>::begin_close() {
     for (std::uint32_t l = 0; l < lane_count_; ++l) {
         Lane& lane = lanes_[l];
         // seq_cst: competes with claims, seals and opens on the same word.

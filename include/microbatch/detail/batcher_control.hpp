@@ -11,19 +11,19 @@
 #include <stdexcept>
 #include <string>
 
-#include "microbatch/batcher.hpp"
+#include "microbatch/detail/batcher_core.hpp"
 
 namespace microbatch {
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::flush() {
+void detail::BatcherCore<T, R, Clock>::flush() {
     for (std::uint32_t l = 0; l < lane_count_; ++l) {
         seal_current(lanes_[l], DispatchReason::flush, 0, false);
     }
 }
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::wait_idle() {
+void detail::BatcherCore<T, R, Clock>::wait_idle() {
     check_not_reentrant("wait_idle");
     flush();  // every lane's partial batch leaves now, so the lanes drain side by side
     for (std::uint32_t l = 0; l < lane_count_; ++l) {
@@ -37,7 +37,7 @@ void Batcher<T, R, Clock>::wait_idle() {
 }
 
 template <class T, class R, class Clock>
-Stats Batcher<T, R, Clock>::stats() const noexcept {
+Stats detail::BatcherCore<T, R, Clock>::stats() const noexcept {
     Stats result;
     std::uint64_t filling = 0;
     for (std::uint32_t l = 0; l < lane_count_; ++l) {
@@ -49,7 +49,7 @@ Stats Batcher<T, R, Clock>::stats() const noexcept {
 }
 
 template <class T, class R, class Clock>
-std::size_t Batcher<T, R, Clock>::pending() const noexcept {
+std::size_t detail::BatcherCore<T, R, Clock>::pending() const noexcept {
     // relaxed: a statistic; no data is read through these counters.
     std::uint64_t filling = 0;
     for (std::uint32_t l = 0; l < lane_count_; ++l) {
@@ -59,13 +59,13 @@ std::size_t Batcher<T, R, Clock>::pending() const noexcept {
 }
 
 template <class T, class R, class Clock>
-std::size_t Batcher<T, R, Clock>::in_flight() const noexcept {
+std::size_t detail::BatcherCore<T, R, Clock>::in_flight() const noexcept {
     // relaxed: a statistic; no data is read through it.
     return static_cast<std::size_t>(in_flight_batches_.load(std::memory_order_relaxed));
 }
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::set_max_batch_size(std::size_t size) {
+void detail::BatcherCore<T, R, Clock>::set_max_batch_size(std::size_t size) {
     if (size == 0 || size > batch_size_) {
         MICROBATCH_THROW(std::invalid_argument(
             "microbatch::Batcher::set_max_batch_size: size must be in [1, " +
@@ -78,7 +78,7 @@ void Batcher<T, R, Clock>::set_max_batch_size(std::size_t size) {
 }
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::set_max_delay(std::chrono::nanoseconds delay) {
+void detail::BatcherCore<T, R, Clock>::set_max_delay(std::chrono::nanoseconds delay) {
     if (delay.count() < 0) {
         MICROBATCH_THROW(std::invalid_argument(
             "microbatch::Batcher::set_max_delay: max_delay must not be negative (got " +
@@ -94,7 +94,7 @@ void Batcher<T, R, Clock>::set_max_delay(std::chrono::nanoseconds delay) {
 }
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::set_max_in_flight(std::size_t limit) {
+void detail::BatcherCore<T, R, Clock>::set_max_in_flight(std::size_t limit) {
     Options probe = options_;
     probe.max_in_flight(limit);
     // relaxed: a setting; see set_max_delay.
@@ -105,19 +105,19 @@ void Batcher<T, R, Clock>::set_max_in_flight(std::size_t limit) {
 }
 
 template <class T, class R, class Clock>
-std::size_t Batcher<T, R, Clock>::max_batch_size() const noexcept {
+std::size_t detail::BatcherCore<T, R, Clock>::max_batch_size() const noexcept {
     return current_batch_size_.load(std::memory_order_relaxed);
 }
 
 template <class T, class R, class Clock>
-std::chrono::nanoseconds Batcher<T, R, Clock>::max_delay() const noexcept {
+std::chrono::nanoseconds detail::BatcherCore<T, R, Clock>::max_delay() const noexcept {
     const std::int64_t ticks = max_delay_ticks_.load(std::memory_order_relaxed);
     return ticks < 0 ? std::chrono::nanoseconds::max()
                      : std::chrono::nanoseconds(to_nanoseconds(ticks));
 }
 
 template <class T, class R, class Clock>
-std::size_t Batcher<T, R, Clock>::max_in_flight() const noexcept {
+std::size_t detail::BatcherCore<T, R, Clock>::max_in_flight() const noexcept {
     return max_in_flight_.load(std::memory_order_relaxed);
 }
 

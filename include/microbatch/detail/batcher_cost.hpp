@@ -25,7 +25,7 @@
 
 #include <string>
 
-#include "microbatch/batcher.hpp"
+#include "microbatch/detail/batcher_core.hpp"
 #include "microbatch/detail/config.hpp"
 
 namespace microbatch {
@@ -47,7 +47,7 @@ constexpr bool batch_cost_full(std::uint64_t batch_cost, std::uint64_t max_batch
 }  // namespace detail
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::initialise_cost() {
+void detail::BatcherCore<T, R, Clock>::initialise_cost() {
     max_batch_cost_ = options_.max_batch_cost();
     max_pending_cost_ = options_.max_pending_cost();
     const auto needs = [this](const char* option, std::size_t value) {
@@ -65,7 +65,7 @@ void Batcher<T, R, Clock>::initialise_cost() {
 
 template <class T, class R, class Clock>
 template <class U>
-std::uint64_t Batcher<T, R, Clock>::weigh(const U& item) const {
+std::uint64_t detail::BatcherCore<T, R, Clock>::weigh(const U& item) const {
     if constexpr (std::is_same_v<U, T>) {
         return static_cast<std::uint64_t>(cost_function_(item));
     } else if constexpr (std::is_constructible_v<T, const U&>) {
@@ -83,7 +83,7 @@ std::uint64_t Batcher<T, R, Clock>::weigh(const U& item) const {
 // throws or the item exceeds max_pending_cost on its own (CostLimitError).
 template <class T, class R, class Clock>
 template <class U>
-std::uint64_t Batcher<T, R, Clock>::weigh_or_refuse(const U& item) {
+std::uint64_t detail::BatcherCore<T, R, Clock>::weigh_or_refuse(const U& item) {
     std::uint64_t cost = 0;
     MICROBATCH_TRY {
         cost = weigh(item);
@@ -102,8 +102,8 @@ std::uint64_t Batcher<T, R, Clock>::weigh_or_refuse(const U& item) {
 
 template <class T, class R, class Clock>
 template <class U, class Store>
-SubmitStatus Batcher<T, R, Clock>::submit_weighed(U&& item, WaitMode mode, Deadline deadline,
-                                                  Store& store) {
+SubmitStatus detail::BatcherCore<T, R, Clock>::submit_weighed(U&& item, WaitMode mode,
+                                                              Deadline deadline, Store& store) {
     const std::uint64_t cost = weigh_or_refuse(static_cast<const std::decay_t<U>&>(item));
     SubmitStatus status = reserve_cost(cost, mode, deadline, 1);
     if (status != SubmitStatus::accepted) {
@@ -133,8 +133,9 @@ SubmitStatus Batcher<T, R, Clock>::submit_weighed(U&& item, WaitMode mode, Deadl
 
 template <class T, class R, class Clock>
 template <class InputIt, class Store>
-BulkResult Batcher<T, R, Clock>::submit_bulk_weighed(InputIt& first, std::size_t n, WaitMode mode,
-                                                     Deadline deadline, Store& store) {
+BulkResult detail::BatcherCore<T, R, Clock>::submit_bulk_weighed(InputIt& first, std::size_t n,
+                                                                 WaitMode mode, Deadline deadline,
+                                                                 Store& store) {
     Lane& lane = lane_for_this_thread();
     for (std::size_t done = 0; done < n; ++done) {
         // Dereferenced as a const lvalue: weighing never moves the item (a move_iterator's
@@ -173,8 +174,9 @@ BulkResult Batcher<T, R, Clock>::submit_bulk_weighed(InputIt& first, std::size_t
 // or a worker sealed it meanwhile) lands first in a fresh batch, which any item fits.
 // @p items: what a rejection refuses (a bulk submission's rest), for the stats.
 template <class T, class R, class Clock>
-typename Batcher<T, R, Clock>::CostClaim Batcher<T, R, Clock>::claim_weighed(
-    Lane& lane, std::uint64_t cost, WaitMode mode, Deadline deadline, std::size_t items) {
+typename detail::BatcherCore<T, R, Clock>::CostClaim
+detail::BatcherCore<T, R, Clock>::claim_weighed(Lane& lane, std::uint64_t cost, WaitMode mode,
+                                                Deadline deadline, std::size_t items) {
     detail::AdmissionTurn turn;  // held while admitted from the queue of blocked producers
     for (;;) {
         std::uint64_t seal_first = 0;  // the head (without count) of a batch to seal, or 0
@@ -233,8 +235,8 @@ typename Batcher<T, R, Clock>::CostClaim Batcher<T, R, Clock>::claim_weighed(
 // Reserves @p cost in pending_cost_, waiting (per @p mode) while max_pending_cost would be
 // exceeded. @p items: what a rejection refuses, for the stats.
 template <class T, class R, class Clock>
-SubmitStatus Batcher<T, R, Clock>::reserve_cost(std::uint64_t cost, WaitMode mode,
-                                                Deadline deadline, std::size_t items) {
+SubmitStatus detail::BatcherCore<T, R, Clock>::reserve_cost(std::uint64_t cost, WaitMode mode,
+                                                            Deadline deadline, std::size_t items) {
     if (max_pending_cost_ == 0) {
         // relaxed: only pending_cost()'s snapshot reads it when there is no bound.
         pending_cost_.fetch_add(cost, std::memory_order_relaxed);
@@ -282,7 +284,7 @@ SubmitStatus Batcher<T, R, Clock>::reserve_cost(std::uint64_t cost, WaitMode mod
 // Pending cost is wanted: seal @p lane's open batch if the policy says so (a worker is free,
 // rule 4c), so that its cost can be freed.
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::seal_for_cost(Lane& lane) {
+void detail::BatcherCore<T, R, Clock>::seal_for_cost(Lane& lane) {
     // seq_cst: the load of the Dekker handshake in reserve_cost (seal_current's own loads,
     // sequenced after it, see the same or a later head).
     const std::uint64_t head = lane.head.load(std::memory_order_seq_cst);
@@ -305,7 +307,7 @@ void Batcher<T, R, Clock>::seal_for_cost(Lane& lane) {
 }
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::seal_for_cost_all() {
+void detail::BatcherCore<T, R, Clock>::seal_for_cost_all() {
     for (std::uint32_t l = 0; l < lane_count_; ++l) {
         seal_for_cost(lanes_[l]);
     }
@@ -313,13 +315,13 @@ void Batcher<T, R, Clock>::seal_for_cost_all() {
 
 // True while producers wait for pending cost (then each claim seals its batch).
 template <class T, class R, class Clock>
-bool Batcher<T, R, Clock>::cost_wanted() const noexcept {
+bool detail::BatcherCore<T, R, Clock>::cost_wanted() const noexcept {
     // seq_cst: the claim side of reserve_cost's Dekker handshake (after our seq_cst claim).
     return max_pending_cost_ != 0 && cost_waiters_.load(std::memory_order_seq_cst) != 0;
 }
 
 template <class T, class R, class Clock>
-bool Batcher<T, R, Clock>::try_reserve_cost(std::uint64_t cost) noexcept {
+bool detail::BatcherCore<T, R, Clock>::try_reserve_cost(std::uint64_t cost) noexcept {
     // seq_cst: the load and CAS pair with release_cost's handshake (see there).
     std::uint64_t pending = pending_cost_.load(std::memory_order_seq_cst);
     // cost <= max_pending_cost_ (check_cost_limit), so an idle batcher always admits it.
@@ -333,8 +335,8 @@ bool Batcher<T, R, Clock>::try_reserve_cost(std::uint64_t cost) noexcept {
 }
 
 template <class T, class R, class Clock>
-SubmitStatus Batcher<T, R, Clock>::wait_for_cost(std::uint64_t cost, WaitMode mode,
-                                                 Deadline deadline) {
+SubmitStatus detail::BatcherCore<T, R, Clock>::wait_for_cost(std::uint64_t cost, WaitMode mode,
+                                                             Deadline deadline) {
     // The caller raised cost_waiters_ (seq_cst) before: Dekker handshake with release_cost(),
     // which lowers pending_cost_ then reads cost_waiters_, while we read pending_cost_ after
     // (try_reserve_cost): one side sees the other.
@@ -369,7 +371,7 @@ SubmitStatus Batcher<T, R, Clock>::wait_for_cost(std::uint64_t cost, WaitMode mo
 }
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::release_cost(std::uint64_t cost) {
+void detail::BatcherCore<T, R, Clock>::release_cost(std::uint64_t cost) {
     if (max_pending_cost_ == 0) {
         // relaxed: only pending_cost()'s snapshot reads it when there is no bound.
         pending_cost_.fetch_sub(cost, std::memory_order_relaxed);
@@ -383,7 +385,7 @@ void Batcher<T, R, Clock>::release_cost(std::uint64_t cost) {
 }
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::wake_cost_waiters() {
+void detail::BatcherCore<T, R, Clock>::wake_cost_waiters() {
     { std::lock_guard<std::mutex> lock(cost_mutex_); }
     cost_condition_.notify_all();
 }

@@ -18,84 +18,12 @@
 #include <limits>
 #include <type_traits>
 
-#include "microbatch/batcher.hpp"
+#include "microbatch/detail/batcher_core.hpp"
 
 namespace microbatch {
-// ---- The public deadline forms (documented in batcher.hpp) ---------------------------------
 
 template <class T, class R, class Clock>
-template <class U, class>
-Handle<R> Batcher<T, R, Clock>::submit(deadline_type deadline, U&& item) {
-    Handle<R> handle;
-    throw_if_rejected(
-        submit_due_with_handle(deadline, std::forward<U>(item), wait_forever, {}, handle));
-    return handle;
-}
-
-template <class T, class R, class Clock>
-template <class U, class F, class>
-void Batcher<T, R, Clock>::submit(deadline_type deadline, U&& item, F&& callback) {
-    throw_if_rejected(
-        submit_due(deadline, std::forward<U>(item), wait_forever, {}, emplacer<F>(callback)));
-}
-
-template <class T, class R, class Clock>
-template <class U, class>
-void Batcher<T, R, Clock>::post(deadline_type deadline, U&& item) {
-    throw_if_rejected(submit_due(deadline, std::forward<U>(item), wait_forever, {}, no_completion));
-}
-
-template <class T, class R, class Clock>
-template <class U, class>
-SubmitStatus Batcher<T, R, Clock>::try_submit(deadline_type deadline, U&& item) {
-    return submit_due(deadline, std::forward<U>(item), wait_never, {}, no_completion);
-}
-
-template <class T, class R, class Clock>
-template <class U, class F, class>
-SubmitStatus Batcher<T, R, Clock>::try_submit(deadline_type deadline, U&& item, F&& callback) {
-    return submit_due(deadline, std::forward<U>(item), wait_never, {}, emplacer<F>(callback));
-}
-
-template <class T, class R, class Clock>
-template <class U, class>
-SubmitResult<R> Batcher<T, R, Clock>::try_submit_handle(deadline_type deadline, U&& item) {
-    SubmitResult<R> result;
-    result.status =
-        submit_due_with_handle(deadline, std::forward<U>(item), wait_never, {}, result.handle);
-    return result;
-}
-
-template <class T, class R, class Clock>
-template <class U, class Rep, class Period, class>
-SubmitStatus Batcher<T, R, Clock>::submit_for(deadline_type deadline, U&& item,
-                                              const std::chrono::duration<Rep, Period>& timeout) {
-    return submit_due(deadline, std::forward<U>(item), wait_until_deadline, deadline_after(timeout),
-                      no_completion);
-}
-
-template <class T, class R, class Clock>
-template <class U, class F, class Rep, class Period, class>
-SubmitStatus Batcher<T, R, Clock>::submit_for(deadline_type deadline, U&& item, F&& callback,
-                                              const std::chrono::duration<Rep, Period>& timeout) {
-    return submit_due(deadline, std::forward<U>(item), wait_until_deadline, deadline_after(timeout),
-                      emplacer<F>(callback));
-}
-
-template <class T, class R, class Clock>
-template <class U, class Rep, class Period, class>
-SubmitResult<R> Batcher<T, R, Clock>::submit_for_handle(
-    deadline_type deadline, U&& item, const std::chrono::duration<Rep, Period>& timeout) {
-    SubmitResult<R> result;
-    result.status = submit_due_with_handle(deadline, std::forward<U>(item), wait_until_deadline,
-                                           deadline_after(timeout), result.handle);
-    return result;
-}
-
-// ---- Internals --------------------------------------------------------------------------
-
-template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::initialise_deadlines() {
+void detail::BatcherCore<T, R, Clock>::initialise_deadlines() {
     deadline_sealing_ = options_.deadline_sealing();
     admission_control_ = options_.admission_control();
     has_default_timeout_ = options_.default_timeout().count() > 0;
@@ -116,9 +44,9 @@ void Batcher<T, R, Clock>::initialise_deadlines() {
 // Wraps the completion store of a submit with a deadline.
 template <class T, class R, class Clock>
 template <class Store>
-struct Batcher<T, R, Clock>::DeadlineStore {
+struct detail::BatcherCore<T, R, Clock>::DeadlineStore {
     static constexpr bool carries_deadline = true;  // see detail::carries_deadline
-    Batcher* owner;
+    BatcherCore* owner;
     Store* inner;
     std::int64_t deadline;  // clock ticks
 
@@ -134,8 +62,9 @@ struct Batcher<T, R, Clock>::DeadlineStore {
 // refusals are counted here. The clock is read only when needed: for a timeout, and for
 // admission control.
 template <class T, class R, class Clock>
-bool Batcher<T, R, Clock>::resolve_and_admit(const deadline_type& due, std::size_t count,
-                                             std::int64_t& deadline) {
+bool detail::BatcherCore<T, R, Clock>::resolve_and_admit(const deadline_type& due,
+                                                         std::size_t count,
+                                                         std::int64_t& deadline) {
     typename Clock::time_point now{};
     if (due.relative() || admission_control_) {
         now = clock_.now();
@@ -152,8 +81,9 @@ bool Batcher<T, R, Clock>::resolve_and_admit(const deadline_type& due, std::size
 // Records @p deadline in an item's slot (@p has_completion: the submit stored a completion
 // there; if not, an empty one keeps the deadline) and in its batch's earliest deadline.
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::keep_deadline(detail::Completion<R>& slot, bool has_completion,
-                                         std::int64_t deadline) noexcept {
+void detail::BatcherCore<T, R, Clock>::keep_deadline(detail::Completion<R>& slot,
+                                                     bool has_completion,
+                                                     std::int64_t deadline) noexcept {
     if (!has_completion) {
         slot.emplace(detail::NoCompletion<R>{});  // somewhere to keep the deadline
     }
@@ -163,8 +93,9 @@ void Batcher<T, R, Clock>::keep_deadline(detail::Completion<R>& slot, bool has_c
 
 template <class T, class R, class Clock>
 template <class U, class Store>
-SubmitStatus Batcher<T, R, Clock>::submit_due(const deadline_type& due, U&& item, WaitMode mode,
-                                              Deadline wait, Store&& store) {
+SubmitStatus detail::BatcherCore<T, R, Clock>::submit_due(const deadline_type& due, U&& item,
+                                                          WaitMode mode, Deadline wait,
+                                                          Store&& store) {
     std::int64_t deadline = 0;
     if (!resolve_and_admit(due, 1, deadline)) {
         return SubmitStatus::infeasible;  // the item is left untouched
@@ -175,9 +106,10 @@ SubmitStatus Batcher<T, R, Clock>::submit_due(const deadline_type& due, U&& item
 
 template <class T, class R, class Clock>
 template <class U>
-SubmitStatus Batcher<T, R, Clock>::submit_due_with_handle(const deadline_type& due, U&& item,
-                                                          WaitMode mode, Deadline wait,
-                                                          Handle<R>& out) {
+SubmitStatus detail::BatcherCore<T, R, Clock>::submit_due_with_handle(const deadline_type& due,
+                                                                      U&& item, WaitMode mode,
+                                                                      Deadline wait,
+                                                                      Handle<R>& out) {
     return with_new_handle(out, [&](auto& store) {
         return submit_due(due, std::forward<U>(item), mode, wait, store);
     });
@@ -198,8 +130,8 @@ SubmitStatus Batcher<T, R, Clock>::submit_due_with_handle(const deadline_type& d
  * arrivals after the item (they queue behind it, except in other lanes).
  */
 template <class T, class R, class Clock>
-bool Batcher<T, R, Clock>::admissible(std::int64_t deadline, std::int64_t now,
-                                      std::size_t ahead) const noexcept {
+bool detail::BatcherCore<T, R, Clock>::admissible(std::int64_t deadline, std::int64_t now,
+                                                  std::size_t ahead) const noexcept {
     const LoadEstimate load = load_estimate();
     const double alpha = load.per_batch_ns > 0.0 ? load.per_batch_ns : 0.0;
     const double beta = load.per_item_ns > 0.0 ? load.per_item_ns : 0.0;
@@ -230,7 +162,8 @@ bool Batcher<T, R, Clock>::admissible(std::int64_t deadline, std::int64_t now,
 // Admission control's prediction of one batch of @p size items at formation, 1.25 (alpha + beta
 // * size) from the online cost fit, in clock ticks (0 before the fit exists).
 template <class T, class R, class Clock>
-std::int64_t Batcher<T, R, Clock>::predicted_batch_ticks(std::size_t size) const noexcept {
+std::int64_t detail::BatcherCore<T, R, Clock>::predicted_batch_ticks(
+    std::size_t size) const noexcept {
     double alpha = 0.0;
     double beta = 0.0;
     stats_.fitted_cost(alpha, beta);
@@ -247,7 +180,8 @@ std::int64_t Batcher<T, R, Clock>::predicted_batch_ticks(std::size_t size) const
 // A deadline submit's item is in @p slot: lower its buffer's earliest deadline, and wake the
 // timer when it did, so that rule 4b of seal_policy.hpp is timed from the new deadline.
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::note_item_deadline(std::size_t slot, std::int64_t deadline) noexcept {
+void detail::BatcherCore<T, R, Clock>::note_item_deadline(std::size_t slot,
+                                                          std::int64_t deadline) noexcept {
     Buffer& buffer = buffers_[slot / batch_size_];
     // relaxed: the timer reads it under timer_mutex_, which wake_timer() takes after this
     // store, so it either sees the new minimum or is sleeping and gets the notify.
@@ -266,8 +200,8 @@ void Batcher<T, R, Clock>::note_item_deadline(std::size_t slot, std::int64_t dea
 // Adds the earliest item deadline of @p buffer's batch to @p in (rule 4b), when deadline
 // sealing is on and the batch holds an item with a deadline.
 template <class T, class R, class Clock>
-SealInputs Batcher<T, R, Clock>::with_item_deadline(SealInputs in,
-                                                    std::uint32_t buffer) const noexcept {
+SealInputs detail::BatcherCore<T, R, Clock>::with_item_deadline(
+    SealInputs in, std::uint32_t buffer) const noexcept {
     if (!deadline_sealing_) {
         return in;
     }
@@ -287,9 +221,9 @@ SealInputs Batcher<T, R, Clock>::with_item_deadline(SealInputs in,
 // destroying the items and completing the expired ones with DeadlineExceeded. Returns how many it
 // removed; compact() then closes the holes.
 template <class T, class R, class Clock>
-std::size_t Batcher<T, R, Clock>::screen(T* items, detail::Completion<R>* completions,
-                                         std::atomic<std::uint8_t>* states,
-                                         std::size_t size) noexcept {
+std::size_t detail::BatcherCore<T, R, Clock>::screen(T* items, detail::Completion<R>* completions,
+                                                     std::atomic<std::uint8_t>* states,
+                                                     std::size_t size) noexcept {
     // Marks between the two passes below only.
     constexpr std::uint8_t slot_expired = 0xFF;  // deadline passed
     constexpr std::uint8_t slot_doomed = 0xFE;   // due before the batch's predicted end

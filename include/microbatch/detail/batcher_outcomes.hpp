@@ -20,7 +20,7 @@
 #include <utility>
 #include <vector>
 
-#include "microbatch/batcher.hpp"
+#include "microbatch/detail/batcher_core.hpp"
 #include "microbatch/detail/config.hpp"
 
 namespace microbatch {
@@ -69,7 +69,7 @@ inline std::exception_ptr result_count_error(std::size_t results, std::size_t it
 // the plain form), else the per-item form.
 template <class T, class R, class Clock>
 template <class F>
-void Batcher<T, R, Clock>::store_process(F&& process) {
+void detail::BatcherCore<T, R, Clock>::store_process(F&& process) {
     static_assert(std::is_invocable_v<F&, Batch<T>&>,
                   "microbatch::Batcher: process_batch must be callable with "
                   "microbatch::Batch<T>&");
@@ -94,9 +94,9 @@ void Batcher<T, R, Clock>::store_process(F&& process) {
 }
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::call_process(Batch<T>& batch, std::exception_ptr& error,
-                                        batch_result_type_or_empty& results,
-                                        detail::BatchOutcomes<R>& outcomes) noexcept {
+void detail::BatcherCore<T, R, Clock>::call_process(Batch<T>& batch, std::exception_ptr& error,
+                                                    batch_result_type_or_empty& results,
+                                                    detail::BatchOutcomes<R>& outcomes) noexcept {
     const std::size_t count = batch.size();
     bool threw = false;
     MICROBATCH_TRY {
@@ -176,8 +176,9 @@ void Batcher<T, R, Clock>::call_process(Batch<T>& batch, std::exception_ptr& err
 // halves and run each, or, at a single item or the depth cap, fail its items with @p error.
 // Appends one outcome per item of @p part, in order (left half first).
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::isolate(Batch<T>& part, std::size_t level, std::exception_ptr error,
-                                   detail::BatchOutcomes<R>& outcomes) noexcept {
+void detail::BatcherCore<T, R, Clock>::isolate(Batch<T>& part, std::size_t level,
+                                               std::exception_ptr error,
+                                               detail::BatchOutcomes<R>& outcomes) noexcept {
     if (part.size() == 1 || level >= options_.isolation_depth()) {
         outcomes.add_error(error, part.size());
         return;
@@ -193,8 +194,8 @@ void Batcher<T, R, Clock>::isolate(Batch<T>& part, std::size_t level, std::excep
 // One re-run: calls process_batch on @p part and appends its items' outcomes, isolating
 // further if it throws. Recursion depth is at most log2(max_batch_size) + 1 (about 23).
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::call_part(Batch<T>& part, std::size_t level,
-                                     detail::BatchOutcomes<R>& outcomes) noexcept {
+void detail::BatcherCore<T, R, Clock>::call_part(Batch<T>& part, std::size_t level,
+                                                 detail::BatchOutcomes<R>& outcomes) noexcept {
     ++outcomes.runs;
     std::exception_ptr error;
     bool threw = false;
@@ -236,15 +237,16 @@ void Batcher<T, R, Clock>::call_part(Batch<T>& part, std::size_t level,
 }
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::record_outcomes(const detail::BatchOutcomes<R>& outcomes) noexcept {
+void detail::BatcherCore<T, R, Clock>::record_outcomes(
+    const detail::BatchOutcomes<R>& outcomes) noexcept {
     if (outcomes.active) {
         stats_.outcomes(outcomes.failed, outcomes.isolated, outcomes.runs, outcomes.runs_failed);
     }
 }
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::complete_outcomes(detail::Completion<R>* completions,
-                                             detail::BatchOutcomes<R>& outcomes) noexcept {
+void detail::BatcherCore<T, R, Clock>::complete_outcomes(
+    detail::Completion<R>* completions, detail::BatchOutcomes<R>& outcomes) noexcept {
     std::vector<Outcome<R>>& items = outcomes.items;
     // Items nobody waits for drop their reference to a shared exception first: this thread
     // must not drop one after handing out the others (see run_batch: ThreadSanitizer cannot

@@ -9,7 +9,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "microbatch/batcher.hpp"
+#include "microbatch/detail/batcher_core.hpp"
 
 namespace microbatch {
 namespace detail {
@@ -19,7 +19,7 @@ inline thread_local const void* sealing_for_free_worker = nullptr;
 }  // namespace detail
 
 template <class T, class R, class Clock>
-LoadEstimate Batcher<T, R, Clock>::load_estimate() const noexcept {
+LoadEstimate detail::BatcherCore<T, R, Clock>::load_estimate() const noexcept {
     LoadEstimate load;
     // relaxed: estimates; a torn pair (items from one sample, time from the next) is harmless.
     const double items = rate_items_.load(std::memory_order_relaxed);
@@ -38,10 +38,9 @@ LoadEstimate Batcher<T, R, Clock>::load_estimate() const noexcept {
 }
 
 template <class T, class R, class Clock>
-SealInputs Batcher<T, R, Clock>::policy_inputs(SealTrigger trigger, std::int64_t now,
-                                               std::size_t count, std::size_t pending,
-                                               std::size_t bound, std::int64_t opened_at,
-                                               std::int64_t last_change_at) const noexcept {
+SealInputs detail::BatcherCore<T, R, Clock>::policy_inputs(
+    SealTrigger trigger, std::int64_t now, std::size_t count, std::size_t pending,
+    std::size_t bound, std::int64_t opened_at, std::int64_t last_change_at) const noexcept {
     SealInputs in;
     in.trigger = trigger;
     in.now = to_nanoseconds(now);
@@ -73,8 +72,9 @@ SealInputs Batcher<T, R, Clock>::policy_inputs(SealTrigger trigger, std::int64_t
 // and, when the producer of the last item sealed it (@p at_arrival), one sample of the gap
 // between items while a batch fills: (now - @p opened_at) / (size - 1).
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::note_sealed(std::uint32_t size, std::int64_t now, std::int64_t opened_at,
-                                       bool at_arrival) noexcept {
+void detail::BatcherCore<T, R, Clock>::note_sealed(std::uint32_t size, std::int64_t now,
+                                                   std::int64_t opened_at,
+                                                   bool at_arrival) noexcept {
     if (every_claim_seals()) {
         return;  // the rate and the thresholds these samples feed are never asked for
     }
@@ -111,7 +111,7 @@ void Batcher<T, R, Clock>::note_sealed(std::uint32_t size, std::int64_t now, std
 // batch's end before its items leave: a maximum that decays by 1/16 per sample, so that it
 // follows a shrinking load.
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::note_population(std::size_t pending) noexcept {
+void detail::BatcherCore<T, R, Clock>::note_population(std::size_t pending) noexcept {
     // relaxed: estimates; a lost update between two samplers only delays the decay.
     const double decayed = population_.load(std::memory_order_relaxed) * (15.0 / 16.0);
     const double sample = static_cast<double>(pending);
@@ -122,7 +122,7 @@ void Batcher<T, R, Clock>::note_population(std::size_t pending) noexcept {
 }
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::refresh_producer_threshold() noexcept {
+void detail::BatcherCore<T, R, Clock>::refresh_producer_threshold() noexcept {
     // relaxed: settings; see policy_inputs.
     const std::int64_t delay = max_delay_ticks_.load(std::memory_order_relaxed);
     const LoadEstimate load = load_estimate();
@@ -140,7 +140,7 @@ void Batcher<T, R, Clock>::refresh_producer_threshold() noexcept {
 }
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::wake_timer() {
+void detail::BatcherCore<T, R, Clock>::wake_timer() {
     { std::lock_guard<std::mutex> lock(timer_mutex_); }
     timer_condition_.notify_one();
 }
@@ -149,7 +149,7 @@ void Batcher<T, R, Clock>::wake_timer() {
 // batch if the policy says so (rule 4 reports `worker_free`, rule 5a `early`), as many times as
 // the limit allows, then let the timer re-plan if it was waiting for a worker.
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::seal_for_free_worker(std::int64_t now) {
+void detail::BatcherCore<T, R, Clock>::seal_for_free_worker(std::int64_t now) {
     if (every_claim_seals()) {
         return;  // no partial batch to seal or to time
     }

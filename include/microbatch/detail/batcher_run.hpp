@@ -8,12 +8,12 @@
  * every item's handle or callback; finish_party() frees the buffer.
  */
 
-#include "microbatch/batcher.hpp"
+#include "microbatch/detail/batcher_core.hpp"
 
 namespace microbatch {
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
+void detail::BatcherCore<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
     Buffer& buffer = buffers_[buffer_index];
     // relaxed: the sealer handed this batch to us through the executor (see Buffer::start).
     const std::size_t first = static_cast<std::size_t>(buffer_index) * batch_size_ +
@@ -159,9 +159,9 @@ void Batcher<T, R, Clock>::run_batch(std::uint32_t buffer_index) noexcept {
 // for the void case (callgrind, handle items at B = 256: 317 -> 297
 // instructions per item with the out-of-line HandleCompletion::drop).
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::complete_ok(detail::Completion<R>& completion,
-                                       [[maybe_unused]] batch_result_type_or_empty& results,
-                                       [[maybe_unused]] std::size_t index) noexcept {
+void detail::BatcherCore<T, R, Clock>::complete_ok(
+    detail::Completion<R>& completion, [[maybe_unused]] batch_result_type_or_empty& results,
+    [[maybe_unused]] std::size_t index) noexcept {
     if constexpr (std::is_void_v<R>) {
         deliver(completion, Outcome<R>());
     } else {
@@ -179,8 +179,8 @@ void Batcher<T, R, Clock>::complete_ok(detail::Completion<R>& completion,
 
 // Runs @p completion with @p outcome; an exception from a callback is counted, not propagated.
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::deliver(detail::Completion<R>& completion,
-                                   Outcome<R>&& outcome) noexcept {
+void detail::BatcherCore<T, R, Clock>::deliver(detail::Completion<R>& completion,
+                                               Outcome<R>&& outcome) noexcept {
     MICROBATCH_TRY {
         completion.complete(std::move(outcome));
     }
@@ -190,7 +190,8 @@ void Batcher<T, R, Clock>::deliver(detail::Completion<R>& completion,
 }
 
 template <class T, class R, class Clock>
-std::uint8_t Batcher<T, R, Clock>::wait_for_slot(std::atomic<std::uint8_t>& state) noexcept {
+std::uint8_t detail::BatcherCore<T, R, Clock>::wait_for_slot(
+    std::atomic<std::uint8_t>& state) noexcept {
     for (int spin = 0;; ++spin) {
         // acquire: pairs with the producer's release so its item is visible.
         const std::uint8_t value = state.load(std::memory_order_acquire);
@@ -209,9 +210,10 @@ std::uint8_t Batcher<T, R, Clock>::wait_for_slot(std::atomic<std::uint8_t>& stat
 // whose move constructor throws here fails with that exception (reported through its
 // completion) instead of being processed; it is counted in the stats before it completes.
 template <class T, class R, class Clock>
-std::size_t Batcher<T, R, Clock>::compact(T* items, detail::Completion<R>* completions,
-                                          std::atomic<std::uint8_t>* states, std::size_t size,
-                                          std::size_t& failed) noexcept {
+std::size_t detail::BatcherCore<T, R, Clock>::compact(T* items, detail::Completion<R>* completions,
+                                                      std::atomic<std::uint8_t>* states,
+                                                      std::size_t size,
+                                                      std::size_t& failed) noexcept {
     std::size_t kept = 0;
     for (std::size_t i = 0; i < size; ++i) {
         if (states[i].load(std::memory_order_relaxed) == detail::slot_hole) {
@@ -250,7 +252,7 @@ std::size_t Batcher<T, R, Clock>::compact(T* items, detail::Completion<R>* compl
 // may still be inside the executor call when the batch is done). The second one frees the
 // buffer, so neither touches it, nor the batcher, after the batcher could be destroyed.
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::finish_party(std::uint32_t index) noexcept {
+void detail::BatcherCore<T, R, Clock>::finish_party(std::uint32_t index) noexcept {
     Buffer& buffer = buffers_[index];
     // acq_rel: the second party must see everything the first did.
     if (buffer.finish_parties.fetch_add(1, std::memory_order_acq_rel) == 0) {

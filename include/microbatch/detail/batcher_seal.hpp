@@ -6,12 +6,12 @@
  * Also the construction of the buffer ring (initialise).
  */
 
-#include "microbatch/batcher.hpp"
+#include "microbatch/detail/batcher_core.hpp"
 
 namespace microbatch {
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::initialise() {
+void detail::BatcherCore<T, R, Clock>::initialise() {
     options_.validate();
     batch_size_ = static_cast<std::uint32_t>(options_.max_batch_size());
     lane_count_ = static_cast<std::uint32_t>(options_.lanes());
@@ -111,8 +111,9 @@ void Batcher<T, R, Clock>::initialise() {
 // Seals @p lane's batch being filled if it holds items. With @p only_tagged, only if it is
 // still the batch whose head (without the count) was @p expected. Returns true if it sealed.
 template <class T, class R, class Clock>
-bool Batcher<T, R, Clock>::seal_current(Lane& lane, DispatchReason reason, std::uint64_t expected,
-                                        bool only_tagged, bool at_arrival) {
+bool detail::BatcherCore<T, R, Clock>::seal_current(Lane& lane, DispatchReason reason,
+                                                    std::uint64_t expected, bool only_tagged,
+                                                    bool at_arrival) {
     // acquire: the buffer we may seal must be read after its opening.
     std::uint64_t head = lane.head.load(std::memory_order_acquire);
     for (;;) {
@@ -141,9 +142,9 @@ bool Batcher<T, R, Clock>::seal_current(Lane& lane, DispatchReason reason, std::
 
 // Called exactly once per batch by whoever sealed it, with its final number of items.
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::seal_and_dispatch(std::uint32_t buffer, std::uint32_t size,
-                                             DispatchReason reason, bool at_arrival,
-                                             std::int64_t now) {
+void detail::BatcherCore<T, R, Clock>::seal_and_dispatch(std::uint32_t buffer, std::uint32_t size,
+                                                         DispatchReason reason, bool at_arrival,
+                                                         std::int64_t now) {
     Buffer& current = buffers_[buffer];
     current.size = size;
     current.reason = reason;
@@ -177,7 +178,7 @@ void Batcher<T, R, Clock>::seal_and_dispatch(std::uint32_t buffer, std::uint32_t
 }
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::post_batch(std::uint32_t buffer) {
+void detail::BatcherCore<T, R, Clock>::post_batch(std::uint32_t buffer) {
     bool posted = false;
     MICROBATCH_TRY {
         Task task([this, buffer] {
@@ -208,7 +209,7 @@ void Batcher<T, R, Clock>::post_batch(std::uint32_t buffer) {
 // batch finished" and "the batch before it in round-robin order was sealed". The second
 // arrival opens it.
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::arrive(std::uint32_t index) {
+void detail::BatcherCore<T, R, Clock>::arrive(std::uint32_t index) {
     Buffer& buffer = buffers_[index];
     // acq_rel: the opener must see the finished batch's cleanup (slot states reset, items
     // destroyed) and the sealer's writes, whichever arrived first.
@@ -219,7 +220,7 @@ void Batcher<T, R, Clock>::arrive(std::uint32_t index) {
 }
 
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::open_buffer(std::uint32_t index) {
+void detail::BatcherCore<T, R, Clock>::open_buffer(std::uint32_t index) {
     Buffer& buffer = buffers_[index];
     Lane& lane = lanes_[index / buffers_per_lane_];
     // A lane's openings are serialised by the seal -> arrive -> open chain, so the relaxed
@@ -242,7 +243,7 @@ void Batcher<T, R, Clock>::open_buffer(std::uint32_t index) {
 // allow, and publishes it in the lane's head. With no free item it parks the buffer in the
 // lane; return_items() opens it later (or close() retires it).
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::try_open(std::uint32_t index) {
+void detail::BatcherCore<T, R, Clock>::try_open(std::uint32_t index) {
     Buffer& buffer = buffers_[index];
     Lane& lane = lanes_[index / buffers_per_lane_];
     // The batch size in force now (set_max_batch_size). relaxed: a setting.
@@ -288,7 +289,8 @@ void Batcher<T, R, Clock>::try_open(std::uint32_t index) {
 
 // Takes up to @p wanted free items of @p lane; returns how many (0 if none is free).
 template <class T, class R, class Clock>
-std::int64_t Batcher<T, R, Clock>::take_items(Lane& lane, std::int64_t wanted) noexcept {
+std::int64_t detail::BatcherCore<T, R, Clock>::take_items(Lane& lane,
+                                                          std::int64_t wanted) noexcept {
     // seq_cst: part of the parking handshake in try_open().
     std::int64_t free = lane.free_items.load(std::memory_order_seq_cst);
     while (free > 0) {
@@ -303,7 +305,7 @@ std::int64_t Batcher<T, R, Clock>::take_items(Lane& lane, std::int64_t wanted) n
 
 // Gives @p count items back to @p lane and opens its parked buffer, if any.
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::return_items(Lane& lane, std::int64_t count) {
+void detail::BatcherCore<T, R, Clock>::return_items(Lane& lane, std::int64_t count) {
     // seq_cst: the returner's half of the parking handshake in try_open().
     lane.free_items.fetch_add(count, std::memory_order_seq_cst);
     if (lane.parked.load(std::memory_order_seq_cst) != no_buffer) {
@@ -317,7 +319,7 @@ void Batcher<T, R, Clock>::return_items(Lane& lane, std::int64_t count) {
 // A batch that was opened but will never hold items (the batcher closed): account for it
 // as finished.
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::retire_unused(Buffer& buffer) {
+void detail::BatcherCore<T, R, Clock>::retire_unused(Buffer& buffer) {
     std::lock_guard<std::mutex> lock(idle_mutex_);
     mark_finished(buffer, buffer.sequence.load(std::memory_order_relaxed));
     --open_batches_;
@@ -328,7 +330,8 @@ void Batcher<T, R, Clock>::retire_unused(Buffer& buffer) {
 // Monotonic: once arrive() has reopened the buffer, its next batch may finish (and record
 // itself) before the thread finishing the previous one gets here; never go backwards.
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::mark_finished(Buffer& buffer, std::uint64_t sequence) noexcept {
+void detail::BatcherCore<T, R, Clock>::mark_finished(Buffer& buffer,
+                                                     std::uint64_t sequence) noexcept {
     // relaxed load: every store happens under idle_mutex_, which we hold. release store:
     // wait_idle() acquires it to learn the batch's items have finished.
     if (buffer.finished_sequence.load(std::memory_order_relaxed) < sequence) {

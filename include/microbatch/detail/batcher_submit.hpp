@@ -12,14 +12,15 @@
  * wait_for_space().
  */
 
-#include "microbatch/batcher.hpp"
+#include "microbatch/detail/batcher_core.hpp"
 
 namespace microbatch {
 
 template <class T, class R, class Clock>
 template <class U>
-SubmitStatus Batcher<T, R, Clock>::submit_with_handle(U&& item, WaitMode mode, Deadline deadline,
-                                                      Handle<R>& out) {
+SubmitStatus detail::BatcherCore<T, R, Clock>::submit_with_handle(U&& item, WaitMode mode,
+                                                                  Deadline deadline,
+                                                                  Handle<R>& out) {
     return with_new_handle(out, [&](auto& store) {
         return submit_impl(std::forward<U>(item), mode, deadline, store);
     });
@@ -30,9 +31,10 @@ SubmitStatus Batcher<T, R, Clock>::submit_with_handle(U&& item, WaitMode mode, D
 // submission (with or without a deadline) comes through here.
 template <class T, class R, class Clock>
 template <class Submit>
-SubmitStatus Batcher<T, R, Clock>::with_new_handle(Handle<R>& out, Submit&& submit) {
+SubmitStatus detail::BatcherCore<T, R, Clock>::with_new_handle(Handle<R>& out, Submit&& submit) {
     // The handle owns one reference; the slot's completion gets the other on acceptance.
-    Handle<R> handle(detail::HandleState<R>::create());
+    detail::HandleState<R>* const state = detail::HandleState<R>::create();
+    Handle<R> handle = detail::HandleAccess::make(state);
     struct Unclaimed {  // releases the slot's reference if it was never handed out
         detail::HandleState<R>* state;
         ~Unclaimed() {
@@ -40,7 +42,7 @@ SubmitStatus Batcher<T, R, Clock>::with_new_handle(Handle<R>& out, Submit&& subm
                 state->release();
             }
         }
-    } unclaimed{handle.state_};
+    } unclaimed{state};
     const auto store = [&unclaimed](detail::Completion<R>& slot) noexcept {
         slot.emplace(detail::HandleCompletion<R>(std::exchange(unclaimed.state, nullptr)));
         return true;
@@ -54,8 +56,8 @@ SubmitStatus Batcher<T, R, Clock>::with_new_handle(Handle<R>& out, Submit&& subm
 
 template <class T, class R, class Clock>
 template <class U, class Store>
-SubmitStatus Batcher<T, R, Clock>::submit_impl(U&& item, WaitMode mode, Deadline deadline,
-                                               Store&& store) {
+SubmitStatus detail::BatcherCore<T, R, Clock>::submit_impl(U&& item, WaitMode mode,
+                                                           Deadline deadline, Store&& store) {
     // The common case, kept small enough to inline into post()/submit(): no per-item deadline
     // or cost to handle, an open batch with a free slot, and a fill that cannot throw. Anything
     // else (no slot, a closed batcher, a default timeout, weighed items, a throwing
@@ -90,8 +92,8 @@ SubmitStatus Batcher<T, R, Clock>::submit_impl(U&& item, WaitMode mode, Deadline
 
 template <class T, class R, class Clock>
 template <class U, class Store>
-SubmitStatus Batcher<T, R, Clock>::submit_general(U&& item, WaitMode mode, Deadline deadline,
-                                                  Store& store) {
+SubmitStatus detail::BatcherCore<T, R, Clock>::submit_general(U&& item, WaitMode mode,
+                                                              Deadline deadline, Store& store) {
     if constexpr (!detail::carries_deadline<std::decay_t<Store>>::value) {
         if (has_default_timeout_) {  // Options::default_timeout: detail/batcher_deadlines.hpp
             return submit_due(default_deadline_, std::forward<U>(item), mode, deadline, store);
@@ -120,7 +122,8 @@ SubmitStatus Batcher<T, R, Clock>::submit_general(U&& item, WaitMode mode, Deadl
 // Claims one slot of @p lane's open batch: true with the claimed head word in @p head, false if
 // no batch is open (sealed, awaiting a buffer, or closed).
 template <class T, class R, class Clock>
-inline bool Batcher<T, R, Clock>::try_claim_slot(Lane& lane, std::uint64_t& head) noexcept {
+inline bool detail::BatcherCore<T, R, Clock>::try_claim_slot(Lane& lane,
+                                                             std::uint64_t& head) noexcept {
     // Test before claiming: a claim on a sealed or closed head is a stray increment of the
     // 24-bit count, and an unbounded run of them (a producer polling try_submit on a full or
     // closed batcher) would carry into the buffer field. relaxed: only a filter; the
@@ -137,8 +140,9 @@ inline bool Batcher<T, R, Clock>::try_claim_slot(Lane& lane, std::uint64_t& head
 
 template <class T, class R, class Clock>
 template <class U, class Store>
-SubmitStatus Batcher<T, R, Clock>::fill_slot(Lane& lane, std::uint64_t head, std::uint32_t index,
-                                             U&& item, Store& store, std::uint64_t cost) {
+SubmitStatus detail::BatcherCore<T, R, Clock>::fill_slot(Lane& lane, std::uint64_t head,
+                                                         std::uint32_t index, U&& item,
+                                                         Store& store, std::uint64_t cost) {
     const std::uint32_t buffer = buffer_of(head);
     const std::size_t slot = static_cast<std::size_t>(buffer) * batch_size_ + index;
     // relaxed: written before the head CAS our claim synchronised with (see Buffer::start).
@@ -200,7 +204,8 @@ SubmitStatus Batcher<T, R, Clock>::fill_slot(Lane& lane, std::uint64_t head, std
 // fills that cannot throw.
 template <class T, class R, class Clock>
 template <class U, class Store>
-inline void Batcher<T, R, Clock>::publish_slot(std::size_t slot, U&& item, Store& store) noexcept {
+inline void detail::BatcherCore<T, R, Clock>::publish_slot(std::size_t slot, U&& item,
+                                                           Store& store) noexcept {
     static_assert(std::is_nothrow_constructible_v<T, U&&> &&
                   std::is_nothrow_invocable_v<Store&, detail::Completion<R>&>);
     const std::uint8_t state =
@@ -213,9 +218,10 @@ inline void Batcher<T, R, Clock>::publish_slot(std::size_t slot, U&& item, Store
 // After a producer published the slots of the batch @p head describes up to @p end: the
 // producer of the last slot seals the batch; otherwise it may seal early (see below).
 template <class T, class R, class Clock>
-inline void Batcher<T, R, Clock>::after_fill(Lane& lane, std::uint64_t head, std::uint32_t buffer,
-                                             std::uint32_t start, std::uint32_t end,
-                                             std::int64_t opened_now) {
+inline void detail::BatcherCore<T, R, Clock>::after_fill(Lane& lane, std::uint64_t head,
+                                                         std::uint32_t buffer, std::uint32_t start,
+                                                         std::uint32_t end,
+                                                         std::int64_t opened_now) {
     if (end == batch_size_) {
         seal_and_dispatch(buffer, batch_size_ - start, DispatchReason::full, true, opened_now);
     } else {
@@ -226,8 +232,9 @@ inline void Batcher<T, R, Clock>::after_fill(Lane& lane, std::uint64_t head, std
 // A producer's per-item early-seal question: the batch of @p head, slots @p start to @p end
 // published, is not full.
 template <class T, class R, class Clock>
-inline void Batcher<T, R, Clock>::maybe_seal_early(Lane& lane, std::uint64_t head,
-                                                   std::uint32_t start, std::uint32_t end) {
+inline void detail::BatcherCore<T, R, Clock>::maybe_seal_early(Lane& lane, std::uint64_t head,
+                                                               std::uint32_t start,
+                                                               std::uint32_t end) {
     if ((end - start >= producer_threshold_.load(std::memory_order_relaxed) ||
          reaches_population(end - start)) &&
         in_flight_batches_.load(std::memory_order_relaxed) <
@@ -242,9 +249,8 @@ inline void Batcher<T, R, Clock>::maybe_seal_early(Lane& lane, std::uint64_t hea
 // after_fill()'s rare branch, out of line so that the per-item path stays short: confirm with
 // the policy and seal the batch here, rather than wait for the timer to wake.
 template <class T, class R, class Clock>
-MICROBATCH_NOINLINE void Batcher<T, R, Clock>::seal_early_after_fill(Lane& lane, std::uint64_t head,
-                                                                     std::uint32_t start,
-                                                                     std::uint32_t end) {
+MICROBATCH_NOINLINE void detail::BatcherCore<T, R, Clock>::seal_early_after_fill(
+    Lane& lane, std::uint64_t head, std::uint32_t start, std::uint32_t end) {
     const SealDecision decision =
         decide_seal(policy_inputs(SealTrigger::producer, 0, end - start, pending_with(end - start),
                                   batch_size_ - start, unset_time, unset_time));
@@ -256,7 +262,7 @@ MICROBATCH_NOINLINE void Batcher<T, R, Clock>::seal_early_after_fill(Lane& lane,
 // The producer of slot 0 stamps the batch's start time and wakes an idle timer. Returns the
 // time it stamped.
 template <class T, class R, class Clock>
-std::int64_t Batcher<T, R, Clock>::note_batch_opened(Buffer& buffer, bool needs_timer) {
+std::int64_t detail::BatcherCore<T, R, Clock>::note_batch_opened(Buffer& buffer, bool needs_timer) {
     const std::int64_t now = clock_.now().time_since_epoch().count();
     // seq_cst (store and load): a Dekker handshake with run_timer(), which sets
     // timer_idle_ and then re-reads the heads and opened_at; one side always sees the other.
@@ -278,8 +284,10 @@ std::int64_t Batcher<T, R, Clock>::note_batch_opened(Buffer& buffer, bool needs_
 // @p items: the items this rejection would refuse (a bulk submission's rest); one is counted
 // by wait_for_space_registered, the others here, still registered.
 template <class T, class R, class Clock>
-SubmitStatus Batcher<T, R, Clock>::wait_for_space(Lane& lane, WaitMode mode, Deadline deadline,
-                                                  detail::AdmissionTurn& turn, std::size_t items) {
+SubmitStatus detail::BatcherCore<T, R, Clock>::wait_for_space(Lane& lane, WaitMode mode,
+                                                              Deadline deadline,
+                                                              detail::AdmissionTurn& turn,
+                                                              std::size_t items) {
     const SubmitStatus status = wait_for_space_registered(lane, mode, deadline, turn);
     if (items > 1 && status != SubmitStatus::accepted) {
         stats_.rejected(status, items - 1);
@@ -289,9 +297,8 @@ SubmitStatus Batcher<T, R, Clock>::wait_for_space(Lane& lane, WaitMode mode, Dea
 }
 
 template <class T, class R, class Clock>
-SubmitStatus Batcher<T, R, Clock>::wait_for_space_registered(Lane& lane, WaitMode mode,
-                                                             Deadline deadline,
-                                                             detail::AdmissionTurn& turn) {
+SubmitStatus detail::BatcherCore<T, R, Clock>::wait_for_space_registered(
+    Lane& lane, WaitMode mode, Deadline deadline, detail::AdmissionTurn& turn) {
     // Registered so that close() can wait for blocked producers to leave before the
     // batcher is destroyed.
     slow_producers_.fetch_add(1, std::memory_order_seq_cst);

@@ -14,7 +14,7 @@
 #include <chrono>
 #include <vector>
 
-#include "microbatch/batcher.hpp"
+#include "microbatch/detail/batcher_core.hpp"
 
 namespace microbatch {
 
@@ -22,7 +22,7 @@ namespace microbatch {
 // until the earliest time it named. Rule 5b needs to know when a batch last grew without a
 // clock read per item: the timer remembers the count it saw per lane and when it changed.
 template <class T, class R, class Clock>
-void Batcher<T, R, Clock>::run_timer() {
+void detail::BatcherCore<T, R, Clock>::run_timer() {
 #if defined(__linux__) && __has_include(<sys/prctl.h>)
     // Linux lets a sleeping thread's timer fire up to 50 us late by default (timer slack);
     // this thread exists to wake on time, so ask for 1 ns. Affects only this thread.
@@ -105,8 +105,8 @@ void Batcher<T, R, Clock>::run_timer() {
 
 // True if @p lane's batch being filled holds items whose start time is known.
 template <class T, class R, class Clock>
-bool Batcher<T, R, Clock>::current_batch_start(const Lane& lane, std::uint64_t& head,
-                                               std::int64_t& opened_at) const noexcept {
+bool detail::BatcherCore<T, R, Clock>::current_batch_start(const Lane& lane, std::uint64_t& head,
+                                                           std::int64_t& opened_at) const noexcept {
     head = lane.head.load(std::memory_order_seq_cst);
     if (filling_count(head) == 0) {
         return false;  // sealed, closed or empty
