@@ -8,7 +8,7 @@
 // is the hand-off a Batcher pays once per batch: at B = 256, 500 us apart is 500 k items/s,
 // 2 us apart a stream of ~130 M items/s. Where the worker spins, a stream is picked up without
 // a futex wake-up; where it yields while nothing comes, the scheduler may leave it waiting behind
-// the busy submitter when the task finally comes (thread_pool.hpp, IdleSpinPolicy).
+// the busy submitter when the task finally comes (detail/thread_pool_state.hpp, IdleSpinPolicy).
 //
 // Stream_*   P producer threads post 65,536 trivial tasks in all (each adds to one atomic) as
 // fast as they can into a pool of W workers; the time runs from releasing the producers until

@@ -10,12 +10,14 @@
 
 #include "microbatch/version.hpp"
 
+#include "microbatch/aggregation_ops.hpp"
 #include "microbatch/aggregator.hpp"
 #include "microbatch/batch.hpp"
 #include "microbatch/batcher.hpp"
 #include "microbatch/clock.hpp"
 #include "microbatch/close_result.hpp"
 #include "microbatch/cost_model.hpp"
+#include "microbatch/cost_model_fitter.hpp"
 #include "microbatch/errors.hpp"
 #include "microbatch/executor.hpp"
 #include "microbatch/handle.hpp"
