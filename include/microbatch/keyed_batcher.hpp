@@ -6,39 +6,24 @@
  */
 
 #include <chrono>
-#include <condition_variable>
 #include <cstddef>
-#include <cstdint>
-#include <deque>
 #include <functional>
-#include <memory>
-#include <mutex>
 #include <optional>
-#include <queue>
-#include <set>
-#include <thread>
 #include <type_traits>
-#include <unordered_map>
 #include <utility>
-#include <vector>
 
 #include "microbatch/batch.hpp"
 #include "microbatch/clock.hpp"
 #include "microbatch/detail/config.hpp"
 #include "microbatch/detail/deadline.hpp"
-#include "microbatch/detail/keyed_policy.hpp"
+#include "microbatch/detail/keyed_batcher_core.hpp"
 #include "microbatch/detail/keyed_process.hpp"
-#include "microbatch/detail/keyed_state.hpp"
-#include "microbatch/detail/unique_function.hpp"
-#include "microbatch/errors.hpp"
-#include "microbatch/executor.hpp"
 #include "microbatch/handle.hpp"
 #include "microbatch/item_cost.hpp"
 #include "microbatch/keyed_options.hpp"
 #include "microbatch/keyed_stats.hpp"
 #include "microbatch/outcome.hpp"
 #include "microbatch/submit_result.hpp"
-#include "microbatch/thread_pool.hpp"
 
 namespace microbatch {
 
@@ -133,7 +118,9 @@ namespace microbatch {
  */
 template <class Key, class T, class R = void, class Clock = SteadyClock,
           class Hash = std::hash<Key>, class KeyEqual = std::equal_to<Key>>
-class KeyedBatcher {
+class KeyedBatcher : private detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual> {
+    // The state and machinery: detail/keyed_batcher_core.hpp. This class adds the documented API.
+    using Core = detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>;
     static_assert(!std::is_reference_v<T> && !std::is_const_v<T>,
                   "microbatch::KeyedBatcher: T must be a non-const object type");
     static_assert(std::is_move_constructible_v<T> && std::is_nothrow_destructible_v<T>,
@@ -143,7 +130,7 @@ class KeyedBatcher {
                   "microbatch::KeyedBatcher: Key must be copy constructible");
 
     template <class F>
-    static constexpr bool is_callback = std::is_invocable_v<std::decay_t<F>&, Outcome<R>&&>;
+    static constexpr bool is_callback = Core::template is_callback<F>;
     template <class U>
     static constexpr bool is_item = std::is_constructible_v<T, U&&>;
     template <class K, class U>
@@ -156,13 +143,13 @@ public:
     using result_type = R;     ///< The per-item result type.
     using clock_type = Clock;  ///< The clock the time bounds are measured with.
     /// What process_batch returns: `std::vector<R>`, or nothing for `R = void`.
-    using batch_result_type = std::conditional_t<std::is_void_v<R>, void, std::vector<R>>;
+    using batch_result_type = typename Core::batch_result_type;
     /// The stored batch function: called with the batch's key and the batch.
-    using process_function = detail::UniqueFunction<batch_result_type(const Key&, Batch<T>&)>;
+    using process_function = typename Core::process_function;
     /// The stored key function.
-    using key_function = detail::UniqueFunction<Key(const T&)>;
+    using key_function = typename Core::key_function;
     /// The stored cost function (`cost_by`).
-    using cost_function = detail::UniqueFunction<std::size_t(const T&)>;
+    using cost_function = typename Core::cost_function;
 
     /**
      * @brief Creates the batcher without a key function (submits name the key), starts its
@@ -175,9 +162,9 @@ public:
      */
     template <class F, class = std::enable_if_t<!std::is_same_v<std::decay_t<F>, KeyedBatcher>>>
     KeyedBatcher(KeyedOptions options, F&& process, Clock clock = Clock{})
-        : options_(std::move(options)), clock_(std::move(clock)) {
-        process_ = detail::wrap_keyed_process<Key, T, R>(std::forward<F>(process));
-        initialise();
+        : Core(std::move(options), std::move(clock)) {
+        Core::process_ = detail::wrap_keyed_process<Key, T, R>(std::forward<F>(process));
+        Core::initialise();
     }
 
     /**
@@ -191,10 +178,10 @@ public:
                                  (std::is_invocable_v<std::decay_t<F>&, const Key&, Batch<T>&> ||
                                   std::is_invocable_v<std::decay_t<F>&, Batch<T>&>)>>
     KeyedBatcher(KeyedOptions options, KeyOf&& key_of, F&& process, Clock clock = Clock{})
-        : options_(std::move(options)), clock_(std::move(clock)) {
-        key_of_ = detail::keyed_key_function<Key, T>(std::forward<KeyOf>(key_of));
-        process_ = detail::wrap_keyed_process<Key, T, R>(std::forward<F>(process));
-        initialise();
+        : Core(std::move(options), std::move(clock)) {
+        Core::key_of_ = detail::keyed_key_function<Key, T>(std::forward<KeyOf>(key_of));
+        Core::process_ = detail::wrap_keyed_process<Key, T, R>(std::forward<F>(process));
+        Core::initialise();
     }
 
     /**
@@ -209,10 +196,10 @@ public:
         class = std::enable_if_t<std::is_invocable_v<std::decay_t<F>&, const Key&, Batch<T>&> ||
                                  std::is_invocable_v<std::decay_t<F>&, Batch<T>&>>>
     KeyedBatcher(KeyedOptions options, CostBy<C> cost, F&& process, Clock clock = Clock{})
-        : options_(std::move(options)), clock_(std::move(clock)) {
-        cost_of_ = detail::keyed_cost_function<T>(std::move(cost));
-        process_ = detail::wrap_keyed_process<Key, T, R>(std::forward<F>(process));
-        initialise();
+        : Core(std::move(options), std::move(clock)) {
+        Core::cost_of_ = detail::keyed_cost_function<T>(std::move(cost));
+        Core::process_ = detail::wrap_keyed_process<Key, T, R>(std::forward<F>(process));
+        Core::initialise();
     }
 
     /**
@@ -226,18 +213,18 @@ public:
                                  std::is_invocable_v<std::decay_t<F>&, Batch<T>&>>>
     KeyedBatcher(KeyedOptions options, KeyOf&& key_of, CostBy<C> cost, F&& process,
                  Clock clock = Clock{})
-        : options_(std::move(options)), clock_(std::move(clock)) {
-        key_of_ = detail::keyed_key_function<Key, T>(std::forward<KeyOf>(key_of));
-        cost_of_ = detail::keyed_cost_function<T>(std::move(cost));
-        process_ = detail::wrap_keyed_process<Key, T, R>(std::forward<F>(process));
-        initialise();
+        : Core(std::move(options), std::move(clock)) {
+        Core::key_of_ = detail::keyed_key_function<Key, T>(std::forward<KeyOf>(key_of));
+        Core::cost_of_ = detail::keyed_cost_function<T>(std::move(cost));
+        Core::process_ = detail::wrap_keyed_process<Key, T, R>(std::forward<F>(process));
+        Core::initialise();
     }
 
     KeyedBatcher(const KeyedBatcher&) = delete;
     KeyedBatcher& operator=(const KeyedBatcher&) = delete;
 
     /// @brief Calls `close()`: processes everything accepted, then releases the threads.
-    ~KeyedBatcher();
+    ~KeyedBatcher() { Core::destroy(); }
 
     // ---- Submitting with an explicit key ----------------------------------------------------
 
@@ -253,8 +240,8 @@ public:
     template <class K, class U, std::enable_if_t<is_key_item<K, U>, int> = 0>
     Handle<R> submit(K&& key, U&& item) {
         Handle<R> handle;
-        throw_if_closed(with_handle(Key(std::forward<K>(key)), std::forward<U>(item), wait_forever,
-                                    {}, handle));
+        Core::throw_if_closed(Core::with_handle(Key(std::forward<K>(key)), std::forward<U>(item),
+                                                Core::wait_forever, {}, handle));
         return handle;
     }
 
@@ -264,15 +251,16 @@ public:
     template <class K, class U, class F,
               std::enable_if_t<is_key_item<K, U> && is_callback<F>, int> = 0>
     void submit(K&& key, U&& item, F&& callback) {
-        throw_if_closed(submit_core(Key(std::forward<K>(key)), std::forward<U>(item), wait_forever,
-                                    {}, emplacer<F>(callback)));
+        Core::throw_if_closed(Core::submit_core(Key(std::forward<K>(key)), std::forward<U>(item),
+                                                Core::wait_forever, {},
+                                                Core::template emplacer<F>(callback)));
     }
 
     /// @brief Fire-and-forget under @p key. Blocks while full. @throws as submit(key, item).
     template <class K, class U, std::enable_if_t<is_key_item<K, U>, int> = 0>
     void post(K&& key, U&& item) {
-        throw_if_closed(submit_core(Key(std::forward<K>(key)), std::forward<U>(item), wait_forever,
-                                    {}, no_completion));
+        Core::throw_if_closed(Core::submit_core(Key(std::forward<K>(key)), std::forward<U>(item),
+                                                Core::wait_forever, {}, Core::no_completion));
     }
 
     /**
@@ -283,24 +271,24 @@ public:
      */
     template <class K, class U, std::enable_if_t<is_key_item<K, U>, int> = 0>
     [[nodiscard]] SubmitStatus try_submit(K&& key, U&& item) {
-        return submit_core(Key(std::forward<K>(key)), std::forward<U>(item), wait_never, {},
-                           no_completion);
+        return Core::submit_core(Key(std::forward<K>(key)), std::forward<U>(item), Core::wait_never,
+                                 {}, Core::no_completion);
     }
 
     /// @brief Like try_submit(key, item), with a callback invoked only if accepted.
     template <class K, class U, class F,
               std::enable_if_t<is_key_item<K, U> && is_callback<F>, int> = 0>
     [[nodiscard]] SubmitStatus try_submit(K&& key, U&& item, F&& callback) {
-        return submit_core(Key(std::forward<K>(key)), std::forward<U>(item), wait_never, {},
-                           emplacer<F>(callback));
+        return Core::submit_core(Key(std::forward<K>(key)), std::forward<U>(item), Core::wait_never,
+                                 {}, Core::template emplacer<F>(callback));
     }
 
     /// @brief Like try_submit(key, item), returning the status and (when accepted) the handle.
     template <class K, class U, std::enable_if_t<is_key_item<K, U>, int> = 0>
     [[nodiscard]] SubmitResult<R> try_submit_handle(K&& key, U&& item) {
         SubmitResult<R> result;
-        result.status = with_handle(Key(std::forward<K>(key)), std::forward<U>(item), wait_never,
-                                    {}, result.handle);
+        result.status = Core::with_handle(Key(std::forward<K>(key)), std::forward<U>(item),
+                                          Core::wait_never, {}, result.handle);
         return result;
     }
 
@@ -310,8 +298,9 @@ public:
               std::enable_if_t<is_key_item<K, U>, int> = 0>
     [[nodiscard]] SubmitStatus submit_for(K&& key, U&& item,
                                           const std::chrono::duration<Rep, Period>& timeout) {
-        return submit_core(Key(std::forward<K>(key)), std::forward<U>(item), wait_until_deadline,
-                           detail::steady_deadline_after(timeout), no_completion);
+        return Core::submit_core(Key(std::forward<K>(key)), std::forward<U>(item),
+                                 Core::wait_until_deadline, detail::steady_deadline_after(timeout),
+                                 Core::no_completion);
     }
 
     /// @brief Like submit_for(key, item, timeout), with a callback invoked only if accepted.
@@ -319,8 +308,9 @@ public:
               std::enable_if_t<is_key_item<K, U> && is_callback<F>, int> = 0>
     [[nodiscard]] SubmitStatus submit_for(K&& key, U&& item, F&& callback,
                                           const std::chrono::duration<Rep, Period>& timeout) {
-        return submit_core(Key(std::forward<K>(key)), std::forward<U>(item), wait_until_deadline,
-                           detail::steady_deadline_after(timeout), emplacer<F>(callback));
+        return Core::submit_core(Key(std::forward<K>(key)), std::forward<U>(item),
+                                 Core::wait_until_deadline, detail::steady_deadline_after(timeout),
+                                 Core::template emplacer<F>(callback));
     }
 
     /// @brief Like submit_for(key, item, timeout), returning the status and the handle.
@@ -329,9 +319,9 @@ public:
     [[nodiscard]] SubmitResult<R> submit_for_handle(
         K&& key, U&& item, const std::chrono::duration<Rep, Period>& timeout) {
         SubmitResult<R> result;
-        result.status =
-            with_handle(Key(std::forward<K>(key)), std::forward<U>(item), wait_until_deadline,
-                        detail::steady_deadline_after(timeout), result.handle);
+        result.status = Core::with_handle(Key(std::forward<K>(key)), std::forward<U>(item),
+                                          Core::wait_until_deadline,
+                                          detail::steady_deadline_after(timeout), result.handle);
         return result;
     }
 
@@ -343,63 +333,68 @@ public:
     template <class U, std::enable_if_t<is_item<U>, int> = 0>
     Handle<R> submit(U&& item) {
         Handle<R> handle;
-        throw_if_closed(
-            with_handle(key_for(item), std::forward<U>(item), wait_forever, {}, handle));
+        Core::throw_if_closed(Core::with_handle(Core::key_for(item), std::forward<U>(item),
+                                                Core::wait_forever, {}, handle));
         return handle;
     }
     /// @brief submit(key_of(item), item, callback).
     template <class U, class F, std::enable_if_t<is_item<U> && is_callback<F>, int> = 0>
     void submit(U&& item, F&& callback) {
-        throw_if_closed(submit_core(key_for(item), std::forward<U>(item), wait_forever, {},
-                                    emplacer<F>(callback)));
+        Core::throw_if_closed(Core::submit_core(Core::key_for(item), std::forward<U>(item),
+                                                Core::wait_forever, {},
+                                                Core::template emplacer<F>(callback)));
     }
     /// @brief post(key_of(item), item).
     template <class U, std::enable_if_t<is_item<U>, int> = 0>
     void post(U&& item) {
-        throw_if_closed(
-            submit_core(key_for(item), std::forward<U>(item), wait_forever, {}, no_completion));
+        Core::throw_if_closed(Core::submit_core(Core::key_for(item), std::forward<U>(item),
+                                                Core::wait_forever, {}, Core::no_completion));
     }
     /// @brief try_submit(key_of(item), item).
     template <class U, std::enable_if_t<is_item<U>, int> = 0>
     [[nodiscard]] SubmitStatus try_submit(U&& item) {
-        return submit_core(key_for(item), std::forward<U>(item), wait_never, {}, no_completion);
+        return Core::submit_core(Core::key_for(item), std::forward<U>(item), Core::wait_never, {},
+                                 Core::no_completion);
     }
     /// @brief try_submit(key_of(item), item, callback).
     template <class U, class F, std::enable_if_t<is_item<U> && is_callback<F>, int> = 0>
     [[nodiscard]] SubmitStatus try_submit(U&& item, F&& callback) {
-        return submit_core(key_for(item), std::forward<U>(item), wait_never, {},
-                           emplacer<F>(callback));
+        return Core::submit_core(Core::key_for(item), std::forward<U>(item), Core::wait_never, {},
+                                 Core::template emplacer<F>(callback));
     }
     /// @brief try_submit_handle(key_of(item), item).
     template <class U, std::enable_if_t<is_item<U>, int> = 0>
     [[nodiscard]] SubmitResult<R> try_submit_handle(U&& item) {
         SubmitResult<R> result;
-        result.status =
-            with_handle(key_for(item), std::forward<U>(item), wait_never, {}, result.handle);
+        result.status = Core::with_handle(Core::key_for(item), std::forward<U>(item),
+                                          Core::wait_never, {}, result.handle);
         return result;
     }
     /// @brief submit_for(key_of(item), item, timeout).
     template <class U, class Rep, class Period, std::enable_if_t<is_item<U>, int> = 0>
     [[nodiscard]] SubmitStatus submit_for(U&& item,
                                           const std::chrono::duration<Rep, Period>& timeout) {
-        return submit_core(key_for(item), std::forward<U>(item), wait_until_deadline,
-                           detail::steady_deadline_after(timeout), no_completion);
+        return Core::submit_core(Core::key_for(item), std::forward<U>(item),
+                                 Core::wait_until_deadline, detail::steady_deadline_after(timeout),
+                                 Core::no_completion);
     }
     /// @brief submit_for(key_of(item), item, callback, timeout).
     template <class U, class F, class Rep, class Period,
               std::enable_if_t<is_item<U> && is_callback<F>, int> = 0>
     [[nodiscard]] SubmitStatus submit_for(U&& item, F&& callback,
                                           const std::chrono::duration<Rep, Period>& timeout) {
-        return submit_core(key_for(item), std::forward<U>(item), wait_until_deadline,
-                           detail::steady_deadline_after(timeout), emplacer<F>(callback));
+        return Core::submit_core(Core::key_for(item), std::forward<U>(item),
+                                 Core::wait_until_deadline, detail::steady_deadline_after(timeout),
+                                 Core::template emplacer<F>(callback));
     }
     /// @brief submit_for_handle(key_of(item), item, timeout).
     template <class U, class Rep, class Period, std::enable_if_t<is_item<U>, int> = 0>
     [[nodiscard]] SubmitResult<R> submit_for_handle(
         U&& item, const std::chrono::duration<Rep, Period>& timeout) {
         SubmitResult<R> result;
-        result.status = with_handle(key_for(item), std::forward<U>(item), wait_until_deadline,
-                                    detail::steady_deadline_after(timeout), result.handle);
+        result.status =
+            Core::with_handle(Core::key_for(item), std::forward<U>(item), Core::wait_until_deadline,
+                              detail::steady_deadline_after(timeout), result.handle);
         return result;
     }
 
@@ -407,23 +402,23 @@ public:
 
     /// @brief Seals every key's partial batch (reason `flush`); they run as workers free up.
     ///        Never blocks beyond handing batches to the executor. O(live keys).
-    void flush();
+    void flush() { Core::flush(); }
     /// @brief Seals @p key's partial batch, if it has one (reason `flush`).
-    void flush(const Key& key);
+    void flush(const Key& key) { Core::flush(key); }
     /**
      * @brief Flushes, then blocks until every item accepted before the call has finished (its
      *        batch ran and its handle or callback completed).
      * @throws ReentrancyError from inside one of this batcher's batches.
      */
-    void wait_idle();
+    void wait_idle() { Core::wait_idle(); }
     /**
      * @brief Stops accepting items, seals every partial batch (reason `close`) and blocks until
      *        every accepted item has finished; then stops the timer. Idempotent; concurrent
      *        calls all wait. @throws ReentrancyError from inside one of this batcher's batches.
      */
-    void close();
+    void close() { Core::close(); }
     /// @brief True once close() has begun.
-    bool is_closed() const;
+    bool is_closed() const { return Core::is_closed(); }
 
     /**
      * @brief Overrides the bounds of @p key (also before it is live, and across reclamation)
@@ -431,168 +426,30 @@ public:
      * @throws std::invalid_argument naming the field and value: a size outside
      *         [1, max_supported_batch_size] or above the capacity, a negative delay.
      */
-    void set_key_limits(const Key& key, const KeyLimits& limits);
+    void set_key_limits(const Key& key, const KeyLimits& limits) {
+        Core::set_key_limits(key, limits);
+    }
     /// @brief Removes @p key's overrides: its next batches use the defaults.
-    void clear_key_limits(const Key& key);
+    void clear_key_limits(const Key& key) { Core::clear_key_limits(key); }
 
     /// @brief A consistent snapshot of the totals (taken under the mutex). O(1).
-    KeyedStats stats() const;
+    KeyedStats stats() const { return Core::stats(); }
     /// @brief The counters of @p key, or nothing if it is not live. O(1) expected.
-    std::optional<KeyStats> key_stats(const Key& key) const;
+    std::optional<KeyStats> key_stats(const Key& key) const { return Core::key_stats(key); }
     /// @brief Keys live now.
-    std::size_t live_keys() const;
+    std::size_t live_keys() const { return Core::live_keys(); }
     /// @brief Items accepted and not finished (all keys).
-    std::size_t pending() const;
+    std::size_t pending() const { return Core::pending(); }
     /// @brief Total cost of the items accepted and not finished (all keys), the quantity
     ///        `max_pending_cost` bounds; 0 without a cost function. Takes the mutex; O(1).
-    std::size_t pending_cost() const;
+    std::size_t pending_cost() const { return Core::pending_cost(); }
     /// @brief Batches running now (the count max_in_flight limits).
-    std::size_t in_flight() const;
+    std::size_t in_flight() const { return Core::in_flight(); }
 
     /// @brief The options the batcher was built with.
-    const KeyedOptions& options() const noexcept { return options_; }
+    const KeyedOptions& options() const noexcept { return Core::options_; }
     /// @brief The clock the batcher measures time bounds with.
-    const Clock& clock() const noexcept { return clock_; }
-
-private:
-    using State = detail::KeyState<Key, T, R>;
-    using KeyBatch = detail::KeyedBatch<Key, T, R>;
-    using TimerEntry = detail::KeyTimerEntry<Key, T, R>;
-    using Lock = std::unique_lock<std::mutex>;
-    using Deadline = std::chrono::steady_clock::time_point;
-    using BatchList = std::vector<KeyBatch*>;
-    enum WaitMode { wait_never, wait_forever, wait_until_deadline };
-    static constexpr std::int64_t never = detail::KeyBatchCheck::never;
-    /// Batches a worker runs in a row before handing the next one to the executor.
-    static constexpr unsigned max_batches_per_task = 16;
-    /// Finished batches kept for reuse (with their storage).
-    static constexpr std::size_t max_free_batches = 256;
-
-    static constexpr detail::NoCompletionStore<R> no_completion{};
-    template <class F>
-    static auto emplacer(std::remove_reference_t<F>& callback) {
-        static_assert(is_callback<F>,
-                      "microbatch::KeyedBatcher: the callback must be callable as "
-                      "void(microbatch::Outcome<R>&&)");
-        return [&callback](detail::Completion<R>& slot) {
-            slot.emplace(std::forward<F>(callback));
-            return true;
-        };
-    }
-    template <class U>
-    Key key_for(const U& item) const {
-        if (!key_of_) {
-            MICROBATCH_THROW(Error(
-                "microbatch::KeyedBatcher: submit without a key needs a key function (pass one "
-                "to the constructor, or use the overloads taking the key)"));
-        }
-        if constexpr (std::is_same_v<std::decay_t<U>, T>) {
-            return key_of_(item);
-        } else {
-            return key_of_(T(item));
-        }
-    }
-    static void throw_if_closed(SubmitStatus status) {
-        if (status == SubmitStatus::closed) {
-            MICROBATCH_THROW(ClosedError("microbatch::KeyedBatcher: submit on a closed batcher"));
-        }
-    }
-
-    void initialise();  // detail/keyed_run.hpp
-    template <class U>
-    SubmitStatus with_handle(Key key, U&& item, WaitMode mode, Deadline deadline,
-                             Handle<R>& out);  // detail/keyed_admission.hpp
-    template <class U, class Store>
-    SubmitStatus submit_core(Key key, U&& item, WaitMode mode, Deadline deadline, Store&& store);
-    void check_cost(std::size_t cost) const;
-    SubmitStatus wait_for_space(Lock& lock, WaitMode mode, Deadline deadline, std::size_t cost);
-    bool has_room(std::size_t cost) const noexcept;
-    void leave_cost_queue(std::uint64_t ticket) noexcept;
-    template <class U, class Store>  // detail/keyed_submit.hpp
-    SubmitStatus accept(Key key, U&& item, std::size_t cost, WaitMode mode, Deadline deadline,
-                        Store&& store);
-    State* find_or_create_key(const Key& key);
-    void reclaim_expired(std::int64_t now);
-    void reclaim(State* state);
-    void release_entry(State* state) noexcept;
-    KeyBatch* open_batch(State* state, std::int64_t now);
-    KeyBatch* seal(State* state, DispatchReason reason);
-    void queue_sealed(State* state, KeyBatch* batch);
-    void mark_due(State* state);
-    void schedule(std::int64_t at, State* state, std::uint64_t stamp, detail::KeyTimerKind kind);
-    void dispatch_ready(detail::KeyedTrigger trigger, BatchList& out);
-    void post_batches(BatchList& batches, std::size_t first) noexcept;
-    void seal_all(DispatchReason reason, BatchList& out);
-    void recycle(KeyBatch* batch) noexcept;
-    void note_idle(State* state, std::int64_t now);
-    std::size_t bound_for(const Key& key) const;
-    std::int64_t delay_for(const Key& key) const;
-    std::size_t cost_bound_for(const Key& key) const;
-    std::int64_t now_ticks() const { return clock_.now().time_since_epoch().count(); }
-    std::int64_t to_ticks(std::chrono::nanoseconds value) const noexcept;
-
-    void run_batches(KeyBatch* batch) noexcept;  // detail/keyed_run.hpp
-    void run_one(KeyBatch* batch) noexcept;
-    KeyBatch* finish(KeyBatch* batch, bool take_next) noexcept;
-    void complete(detail::Completion<R>& completion, std::exception_ptr error,
-                  std::conditional_t<std::is_void_v<R>, std::nullptr_t, std::vector<R>>& results,
-                  std::size_t index) noexcept;
-    void run_timer();
-    void check_not_reentrant(const char* what) const;
-
-    // ---- Members (everything below mutex_ is guarded by it unless stated) -------------------
-    KeyedOptions options_;
-    Clock clock_;
-    process_function process_;
-    key_function key_of_;
-    cost_function cost_of_;               // empty: every item costs 0
-    std::size_t capacity_ = 0;            // constant after construction
-    std::size_t max_pending_cost_ = 0;    // constant; 0: none
-    std::size_t default_batch_cost_ = 0;  // constant; 0: none
-    std::size_t max_keys_ = 0;            // constant
-    std::size_t max_in_flight_ = 1;       // constant
-    std::size_t default_batch_size_ = 1;  // constant
-    std::int64_t default_delay_ = -1;     // constant, ticks; < 0: none
-    std::int64_t idle_timeout_ = 0;       // constant, ticks; < 0: never reclaim
-
-    mutable std::mutex mutex_;
-    std::unordered_map<Key, std::unique_ptr<State>, Hash, KeyEqual> keys_;
-    std::unordered_map<Key, KeyLimits, Hash, KeyEqual> limits_;
-    detail::RoundRobinRing<State*> ring_;
-    std::priority_queue<TimerEntry> timer_heap_;
-    std::vector<std::unique_ptr<KeyBatch>> free_batches_;
-    std::set<std::uint64_t> unfinished_tickets_;  // first ticket of every unfinished batch
-    std::uint64_t next_ticket_ = 0;
-    std::uint64_t next_generation_ = 0;
-    std::uint64_t next_sequence_ = 0;  // Batch::sequence of the next sealed batch
-    std::size_t pending_items_ = 0;
-    std::size_t pending_cost_ = 0;  // total cost of the pending items
-    // Submits waiting for room while max_pending_cost is set, in arrival order: only the front
-    // one may enter, so that a heavy item is not overtaken forever by lighter ones.
-    std::deque<std::uint64_t> cost_queue_;
-    std::uint64_t next_cost_ticket_ = 0;
-    std::size_t in_flight_ = 0;
-    std::size_t posters_ = 0;          // threads inside an executor call made for this batcher
-    KeyedStats stats_;                 // the fields workers count live in counters_ instead
-    detail::WorkerCounters counters_;  // atomic, not guarded
-    bool closed_ = false;
-    bool timer_stop_ = false;
-    std::int64_t timer_wake_at_ = never;  // when the sleeping timer wakes; min() while awake
-    std::size_t space_waiters_ = 0;
-    std::size_t idle_waiters_ = 0;
-    std::condition_variable space_condition_;
-    std::condition_variable idle_condition_;
-    std::condition_variable timer_condition_;
-    std::optional<typename Clock::Sleeper> sleeper_;
-    std::mutex join_mutex_;  // the first close() joins the timer
-
-    std::unique_ptr<ThreadPool> pool_;
-    Executor executor_;
-    std::thread timer_;  // last: started after everything it uses is constructed
+    const Clock& clock() const noexcept { return Core::clock_; }
 };
 
 }  // namespace microbatch
-
-#include "microbatch/detail/keyed_admission.hpp"
-#include "microbatch/detail/keyed_run.hpp"
-#include "microbatch/detail/keyed_submit.hpp"

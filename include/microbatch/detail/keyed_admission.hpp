@@ -16,16 +16,14 @@
 
 #include "microbatch/detail/batcher_slots.hpp"  // HandleCompletion, re-entrancy chain
 #include "microbatch/detail/config.hpp"
-#include "microbatch/keyed_batcher.hpp"
+#include "microbatch/detail/keyed_batcher_core.hpp"
 
 namespace microbatch {
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
 template <class U>
-SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::with_handle(Key key, U&& item,
-                                                                         WaitMode mode,
-                                                                         Deadline deadline,
-                                                                         Handle<R>& out) {
+SubmitStatus detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::with_handle(
+    Key key, U&& item, WaitMode mode, Deadline deadline, Handle<R>& out) {
     // The handle owns one reference; the item's completion gets the other on acceptance.
     detail::HandleState<R>* const state = detail::HandleState<R>::create();
     Handle<R> handle = detail::HandleAccess::make(state);
@@ -52,10 +50,8 @@ SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::with_handle(Key key
 // Weighs the item (outside the mutex, once) and hands it to accept().
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
 template <class U, class Store>
-SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::submit_core(Key key, U&& item,
-                                                                         WaitMode mode,
-                                                                         Deadline deadline,
-                                                                         Store&& store) {
+SubmitStatus detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::submit_core(
+    Key key, U&& item, WaitMode mode, Deadline deadline, Store&& store) {
     if (!cost_of_) {
         return accept(std::move(key), std::forward<U>(item), 0, mode, deadline,
                       std::forward<Store>(store));
@@ -82,7 +78,8 @@ SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::submit_core(Key key
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::check_cost(std::size_t cost) const {
+void detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::check_cost(
+    std::size_t cost) const {
     if (max_pending_cost_ != 0 && cost > max_pending_cost_) {
         MICROBATCH_THROW(CostLimitError("microbatch::KeyedBatcher: item cost " +
                                         std::to_string(cost) + " exceeds max_pending_cost " +
@@ -92,7 +89,8 @@ void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::check_cost(std::size_t cost
 
 // Room for one more item of @p cost: under capacity and, with max_pending_cost, under it.
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-bool KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::has_room(std::size_t cost) const noexcept {
+bool detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::has_room(
+    std::size_t cost) const noexcept {
     return pending_items_ < capacity_ &&
            detail::pending_cost_fits(pending_cost_, cost, max_pending_cost_);
 }
@@ -101,12 +99,10 @@ bool KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::has_room(std::size_t cost) 
 // that has to wait takes a ticket in cost_queue_, and only the front ticket (or, with the queue
 // empty, a newcomer) may enter: first come, first served, whatever the costs.
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::wait_for_space(Lock& lock,
-                                                                            WaitMode mode,
-                                                                            Deadline deadline,
-                                                                            std::size_t cost) {
+SubmitStatus detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::wait_for_space(
+    Lock& lock, WaitMode mode, Deadline deadline, std::size_t cost) {
     struct Ticket {  // leaves cost_queue_ on every way out (also when an exception leaves)
-        KeyedBatcher* self;
+        KeyedBatcherCore* self;
         std::optional<std::uint64_t> number;
         ~Ticket() {
             if (number) {
@@ -171,7 +167,7 @@ SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::wait_for_space(Lock
 
 // Removes @p ticket from cost_queue_; if it was the front one, the next may enter now.
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::leave_cost_queue(
+void detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::leave_cost_queue(
     std::uint64_t ticket) noexcept {
     const bool front = cost_queue_.front() == ticket;
     cost_queue_.erase(std::find(cost_queue_.begin(), cost_queue_.end(), ticket));

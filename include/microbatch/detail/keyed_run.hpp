@@ -18,12 +18,12 @@
 #include <string>
 
 #include "microbatch/detail/batcher_slots.hpp"  // HandleCompletion, re-entrancy chain
-#include "microbatch/keyed_batcher.hpp"
+#include "microbatch/detail/keyed_batcher_core.hpp"
 
 namespace microbatch {
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::initialise() {
+void detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::initialise() {
     options_.validate();
     if (!cost_of_) {  // a cost bound weighs nothing without a cost function: say so
         const auto needs_cost = [](const char* option, std::size_t value) {
@@ -58,7 +58,7 @@ void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::initialise() {
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::~KeyedBatcher() {
+void detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::destroy() noexcept {
     close();
     pool_.reset();  // joins the owned pool's threads (idle by now)
     // Timer entries keep reclaimed states alive; drop them, then the live states.
@@ -71,7 +71,8 @@ KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::~KeyedBatcher() {
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::run_batches(KeyBatch* batch) noexcept {
+void detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::run_batches(
+    KeyBatch* batch) noexcept {
     for (unsigned run = 1; batch != nullptr; ++run) {
         run_one(batch);
         batch = finish(batch, run < max_batches_per_task);
@@ -79,7 +80,7 @@ void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::run_batches(KeyBatch* batch
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::run_one(KeyBatch* batch) noexcept {
+void detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::run_one(KeyBatch* batch) noexcept {
     const detail::RunningBatch running{this, detail::running_batches};
     detail::running_batches = &running;
     State* const state = batch->key;  // stays live: the batch counts in its in_flight
@@ -129,7 +130,7 @@ void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::run_one(KeyBatch* batch) no
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::complete(
+void detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::complete(
     detail::Completion<R>& completion, std::exception_ptr error,
     std::conditional_t<std::is_void_v<R>, std::nullptr_t, std::vector<R>>& results,
     std::size_t index) noexcept {
@@ -159,8 +160,9 @@ void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::complete(
 // @p take_next), handing any others to the executor. After the mutex is released for the last
 // time the worker touches nothing of the batcher, which close() may then destroy.
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-typename KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::KeyBatch*
-KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::finish(KeyBatch* batch, bool take_next) noexcept {
+typename detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::KeyBatch*
+detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::finish(KeyBatch* batch,
+                                                                   bool take_next) noexcept {
     const std::int64_t now = now_ticks();
     BatchList next;
     KeyBatch* mine = nullptr;
@@ -206,7 +208,7 @@ KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::finish(KeyBatch* batch, bool tak
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::run_timer() {
+void detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::run_timer() {
 #if defined(__linux__) && __has_include(<sys/prctl.h>)
     // This thread exists to wake on time: ask for 1 ns timer slack instead of 50 us.
     ::prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
@@ -237,7 +239,8 @@ void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::run_timer() {
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::check_not_reentrant(const char* what) const {
+void detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::check_not_reentrant(
+    const char* what) const {
     if (detail::is_running_on_this_thread(this)) {
         MICROBATCH_THROW(ReentrancyError(std::string("microbatch::KeyedBatcher: ") + what +
                                          "() called from inside this batcher's process_batch "
@@ -246,7 +249,7 @@ void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::check_not_reentrant(const c
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::wait_idle() {
+void detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::wait_idle() {
     check_not_reentrant("wait_idle");
     BatchList ready;
     Lock lock(mutex_);
@@ -266,7 +269,7 @@ void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::wait_idle() {
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::close() {
+void detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::close() {
     check_not_reentrant("close");
     BatchList ready;
     Lock lock(mutex_);
@@ -299,13 +302,13 @@ void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::close() {
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-bool KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::is_closed() const {
+bool detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::is_closed() const {
     Lock lock(mutex_);
     return closed_;
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-KeyedStats KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::stats() const {
+KeyedStats detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::stats() const {
     Lock lock(mutex_);
     KeyedStats snapshot = stats_;
     // relaxed: see WorkerCounters.
@@ -322,7 +325,7 @@ KeyedStats KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::stats() const {
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-std::optional<KeyStats> KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::key_stats(
+std::optional<KeyStats> detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::key_stats(
     const Key& key) const {
     Lock lock(mutex_);
     const auto found = keys_.find(key);
@@ -355,25 +358,25 @@ std::optional<KeyStats> KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::key_stat
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-std::size_t KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::live_keys() const {
+std::size_t detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::live_keys() const {
     Lock lock(mutex_);
     return keys_.size();
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-std::size_t KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::pending() const {
+std::size_t detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::pending() const {
     Lock lock(mutex_);
     return pending_items_;
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-std::size_t KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::pending_cost() const {
+std::size_t detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::pending_cost() const {
     Lock lock(mutex_);
     return pending_cost_;
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-std::size_t KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::in_flight() const {
+std::size_t detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::in_flight() const {
     Lock lock(mutex_);
     return in_flight_;
 }

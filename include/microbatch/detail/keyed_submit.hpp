@@ -16,16 +16,14 @@
 #include <string>
 
 #include "microbatch/detail/batcher_slots.hpp"  // HandleCompletion, re-entrancy chain
-#include "microbatch/keyed_batcher.hpp"
+#include "microbatch/detail/keyed_batcher_core.hpp"
 
 namespace microbatch {
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
 template <class U, class Store>
-SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::accept(Key key, U&& item,
-                                                                    std::size_t cost, WaitMode mode,
-                                                                    Deadline deadline,
-                                                                    Store&& store) {
+SubmitStatus detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::accept(
+    Key key, U&& item, std::size_t cost, WaitMode mode, Deadline deadline, Store&& store) {
     BatchList ready;
     {
         Lock lock(mutex_);
@@ -115,8 +113,8 @@ SubmitStatus KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::accept(Key key, U&&
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-typename KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::State*
-KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::find_or_create_key(const Key& key) {
+typename detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::State*
+detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::find_or_create_key(const Key& key) {
     const auto found = keys_.find(key);
     if (found != keys_.end()) {
         return found->second.get();
@@ -140,7 +138,7 @@ KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::find_or_create_key(const Key& ke
 
 // Handles every timer entry due at @p now: due batches join the ring, idle keys are reclaimed.
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::reclaim_expired(std::int64_t now) {
+void detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::reclaim_expired(std::int64_t now) {
     while (!timer_heap_.empty() && timer_heap_.top().at <= now) {
         const TimerEntry entry = timer_heap_.top();
         timer_heap_.pop();
@@ -168,7 +166,7 @@ void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::reclaim_expired(std::int64_
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::reclaim(State* state) {
+void detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::reclaim(State* state) {
     const auto found = keys_.find(state->key);
     state->reclaimed = true;
     ++stats_.keys_reclaimed;
@@ -181,15 +179,17 @@ void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::reclaim(State* state) {
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::release_entry(State* state) noexcept {
+void detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::release_entry(
+    State* state) noexcept {
     if (--state->timer_entries == 0 && state->reclaimed) {
         delete state;
     }
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-typename KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::KeyBatch*
-KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::open_batch(State* state, std::int64_t now) {
+typename detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::KeyBatch*
+detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::open_batch(State* state,
+                                                                       std::int64_t now) {
     std::unique_ptr<KeyBatch> batch;
     if (!free_batches_.empty()) {
         batch = std::move(free_batches_.back());
@@ -208,8 +208,9 @@ KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::open_batch(State* state, std::in
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-typename KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::KeyBatch*
-KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::seal(State* state, DispatchReason reason) {
+typename detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::KeyBatch*
+detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::seal(State* state,
+                                                                 DispatchReason reason) {
     KeyBatch* const batch = state->open;
     state->open = nullptr;
     state->open_due = false;
@@ -240,7 +241,8 @@ KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::seal(State* state, DispatchReaso
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::queue_sealed(State* state, KeyBatch* batch) {
+void detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::queue_sealed(State* state,
+                                                                              KeyBatch* batch) {
     state->queued.push_back(batch);
     ++stats_.queued_batches;
     if (!state->in_ring) {
@@ -250,7 +252,7 @@ void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::queue_sealed(State* state, 
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::mark_due(State* state) {
+void detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::mark_due(State* state) {
     state->open_due = true;
     if (!state->in_ring) {
         state->in_ring = true;
@@ -259,9 +261,8 @@ void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::mark_due(State* state) {
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::schedule(std::int64_t at, State* state,
-                                                              std::uint64_t stamp,
-                                                              detail::KeyTimerKind kind) {
+void detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::schedule(
+    std::int64_t at, State* state, std::uint64_t stamp, detail::KeyTimerKind kind) {
     timer_heap_.push(TimerEntry{at, state, stamp, kind});
     ++state->timer_entries;
     if (at < timer_wake_at_) {
@@ -274,8 +275,8 @@ void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::schedule(std::int64_t at, S
 
 // Hands out batches round-robin between keys while workers are free (detail/keyed_policy.hpp).
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::dispatch_ready(detail::KeyedTrigger trigger,
-                                                                    BatchList& out) {
+void detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::dispatch_ready(
+    detail::KeyedTrigger trigger, BatchList& out) {
     while (detail::worker_free(in_flight_, max_in_flight_) && !ring_.empty()) {
         State* const state = ring_.pop();
         state->in_ring = false;
@@ -303,8 +304,8 @@ void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::dispatch_ready(detail::Keye
 
 // Called without mutex_, after the caller counted itself in posters_ under it.
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::post_batches(BatchList& batches,
-                                                                  std::size_t first) noexcept {
+void detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::post_batches(
+    BatchList& batches, std::size_t first) noexcept {
     for (std::size_t i = first; i < batches.size(); ++i) {
         KeyBatch* const batch = batches[i];
         MICROBATCH_TRY {
@@ -321,7 +322,7 @@ void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::post_batches(BatchList& bat
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::recycle(KeyBatch* batch) noexcept {
+void detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::recycle(KeyBatch* batch) noexcept {
     batch->key = nullptr;
     if (free_batches_.size() < max_free_batches) {
         free_batches_.emplace_back(batch);  // reserved in initialise(): does not allocate
@@ -331,8 +332,8 @@ void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::recycle(KeyBatch* batch) no
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::seal_all(DispatchReason reason,
-                                                              BatchList& out) {
+void detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::seal_all(DispatchReason reason,
+                                                                          BatchList& out) {
     for (auto& entry : keys_) {
         State* const state = entry.second.get();
         if (state->open != nullptr) {
@@ -343,7 +344,8 @@ void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::seal_all(DispatchReason rea
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::note_idle(State* state, std::int64_t now) {
+void detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::note_idle(State* state,
+                                                                           std::int64_t now) {
     state->idle_since = now;
     if (idle_timeout_ >= 0 && !state->reclaim_scheduled) {
         state->reclaim_scheduled = true;
@@ -353,28 +355,31 @@ void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::note_idle(State* state, std
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-std::size_t KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::bound_for(const Key& key) const {
+std::size_t detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::bound_for(
+    const Key& key) const {
     const auto found = limits_.find(key);
     return found != limits_.end() && found->second.max_batch_size ? *found->second.max_batch_size
                                                                   : default_batch_size_;
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-std::int64_t KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::delay_for(const Key& key) const {
+std::int64_t detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::delay_for(
+    const Key& key) const {
     const auto found = limits_.find(key);
     return found != limits_.end() && found->second.max_delay ? to_ticks(*found->second.max_delay)
                                                              : default_delay_;
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-std::size_t KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::cost_bound_for(const Key& key) const {
+std::size_t detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::cost_bound_for(
+    const Key& key) const {
     const auto found = limits_.find(key);
     return found != limits_.end() && found->second.max_batch_cost ? *found->second.max_batch_cost
                                                                   : default_batch_cost_;
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-std::int64_t KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::to_ticks(
+std::int64_t detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::to_ticks(
     std::chrono::nanoseconds value) const noexcept {
     if (value == std::chrono::nanoseconds::max()) {
         return -1;  // no bound
@@ -383,7 +388,7 @@ std::int64_t KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::to_ticks(
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::flush() {
+void detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::flush() {
     BatchList ready;
     {
         Lock lock(mutex_);
@@ -398,7 +403,7 @@ void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::flush() {
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::flush(const Key& key) {
+void detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::flush(const Key& key) {
     BatchList ready;
     {
         Lock lock(mutex_);
@@ -419,8 +424,8 @@ void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::flush(const Key& key) {
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::set_key_limits(const Key& key,
-                                                                    const KeyLimits& limits) {
+void detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::set_key_limits(
+    const Key& key, const KeyLimits& limits) {
     if (limits.max_batch_size) {
         KeyedOptions::check_batch_size("max_batch_size", *limits.max_batch_size);
         if (*limits.max_batch_size > capacity_) {
@@ -450,7 +455,7 @@ void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::set_key_limits(const Key& k
 }
 
 template <class Key, class T, class R, class Clock, class Hash, class KeyEqual>
-void KeyedBatcher<Key, T, R, Clock, Hash, KeyEqual>::clear_key_limits(const Key& key) {
+void detail::KeyedBatcherCore<Key, T, R, Clock, Hash, KeyEqual>::clear_key_limits(const Key& key) {
     Lock lock(mutex_);
     limits_.erase(key);
     const auto found = keys_.find(key);
