@@ -16,6 +16,9 @@ namespace detail {
 /// The batcher whose seal_for_free_worker() runs on this thread: stops the recursion an inline
 /// executor would cause (sealing runs the batch, whose end seals again).
 inline thread_local const void* sealing_for_free_worker = nullptr;
+/// Batches that finished inside that call's loop (an inline executor ran what it sealed): each
+/// frees the worker again, so the loop owes it another full pass.
+inline thread_local std::uint64_t finished_while_sealing = 0;
 }  // namespace detail
 
 template <class T, class R, class Clock>
@@ -154,7 +157,8 @@ void detail::BatcherCore<T, R, Clock>::seal_for_free_worker(std::int64_t now) {
         return;  // no partial batch to seal or to time
     }
     if (detail::sealing_for_free_worker == this) {
-        return;  // an inline executor ran the batch we sealed: the loop below goes on
+        ++detail::finished_while_sealing;  // an inline executor ran the batch we sealed: the
+        return;                            // loop below goes on, with a fresh budget
     }
     const void* const outer = detail::sealing_for_free_worker;
     detail::sealing_for_free_worker = this;
@@ -162,7 +166,13 @@ void detail::BatcherCore<T, R, Clock>::seal_for_free_worker(std::int64_t now) {
     // needs the timer's observations). A younger one is covered by the deadline the timer
     // already sleeps until (rule 3's answer) and by the next producer's or worker's decision.
     bool waiting_batch = false;
-    for (std::uint32_t round = 0; round <= lane_count_; ++round) {
+    // One seal per lane plus one, unless a sealed batch ran here (an inline executor): then the
+    // worker is free again, as when we were called, and gets a full pass. Without the refill a
+    // producer waiting for pending cost (rule 4c) while the last of those batches ran was never
+    // asked for: the nested call above returned at once, the timer does not seal for cost, and
+    // the producer waited forever (fuzz_batcher, an inline executor with deadline sealing).
+    std::uint32_t rounds_left = lane_count_ + 1;
+    for (std::uint32_t round = 0; rounds_left != 0; ++round, --rounds_left) {
         Lane* oldest = nullptr;
         std::uint64_t oldest_head = 0;
         std::int64_t oldest_opened = 0;
@@ -213,8 +223,12 @@ void detail::BatcherCore<T, R, Clock>::seal_for_free_worker(std::int64_t now) {
                 due_now || to_nanoseconds(now - oldest_opened) >= SealPolicyConstants::min_quiet_ns;
             break;
         }
+        const std::uint64_t finished_before = detail::finished_while_sealing;
         if (!seal_current(*oldest, decision.reason, oldest_head & ~count_mask, true)) {
             break;
+        }
+        if (detail::finished_while_sealing != finished_before) {
+            rounds_left = lane_count_ + 2;  // the batch ran here: a full pass (the loop takes 1)
         }
     }
     detail::sealing_for_free_worker = outer;
