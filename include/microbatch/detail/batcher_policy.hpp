@@ -171,8 +171,8 @@ void detail::BatcherCore<T, R, Clock>::seal_for_free_worker(std::int64_t now) {
     // producer waiting for pending cost (rule 4c) while the last of those batches ran was never
     // asked for: the nested call above returned at once, the timer does not seal for cost, and
     // the producer waited forever (fuzz_batcher, an inline executor with deadline sealing).
-    std::uint32_t rounds_left = lane_count_ + 1;
-    for (std::uint32_t round = 0; rounds_left != 0; ++round, --rounds_left) {
+    std::uint32_t last_round = lane_count_;
+    for (std::uint32_t round = 0; round <= last_round; ++round) {
         Lane* oldest = nullptr;
         std::uint64_t oldest_head = 0;
         std::int64_t oldest_opened = 0;
@@ -228,7 +228,7 @@ void detail::BatcherCore<T, R, Clock>::seal_for_free_worker(std::int64_t now) {
             break;
         }
         if (detail::finished_while_sealing != finished_before) {
-            rounds_left = lane_count_ + 2;  // the batch ran here: a full pass (the loop takes 1)
+            last_round = round + lane_count_ + 1;  // the batch ran here: a full pass
         }
     }
     detail::sealing_for_free_worker = outer;
