@@ -8,9 +8,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <iterator>
+#include <list>
 #include <memory>
 #include <mutex>
 #include <numeric>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -115,6 +117,32 @@ TEST_CASE("post_n submits every item once, in order, filling whole batches", "[b
     CHECK(stats.items_submitted == 10);
     CHECK(stats.batches_full == 2);
     CHECK(stats.batches_flush == 1);
+}
+
+TEST_CASE("post_n copies from any input iterator, converting items, in order", "[bulk]") {
+    // post_n's fire-and-forget path copies a run with one call when the iterator is random
+    // access (a memmove for contiguous trivially copyable items) and item by item otherwise.
+    ManualClock clock;
+    Recorder recorder;
+    auto batcher = make(recorder, clock,
+                        Options{}.max_batch_size(4).max_delay(1h).seal_early(false).workers(1));
+    const std::vector<int> values = iota(0, 6);
+    std::list<int> linked(values.begin(), values.end());  // bidirectional, not random access
+    const std::vector<short> narrow = {6, 7, 8};          // converted to int on the way in
+    std::istringstream text("9 10 11 12 13");             // single-pass input iterator
+    batcher.post_n(linked.begin(), linked.size());
+    batcher.post_n(narrow.begin(), narrow.size());
+    batcher.post_n(std::istream_iterator<int>(text), 5);
+    batcher.post_n(values.data() + 1, 2);  // a raw pointer: contiguous storage
+    batcher.flush();
+    batcher.wait_idle();
+    const auto batches = recorder.snapshot();
+    REQUIRE(batches.size() == 4);
+    CHECK(batches[0] == std::vector<int>{0, 1, 2, 3});
+    CHECK(batches[1] == std::vector<int>{4, 5, 6, 7});
+    CHECK(batches[2] == std::vector<int>{8, 9, 10, 11});
+    CHECK(batches[3] == std::vector<int>{12, 13, 1, 2});
+    CHECK(batcher.stats().items_accepted == 16);
 }
 
 TEST_CASE("post_n continues a partly filled batch and runs longer than one claim", "[bulk]") {

@@ -26,13 +26,26 @@ void detail::BatcherCore<T, R, Clock>::run_batch(std::uint32_t buffer_index) noe
     const detail::RunningBatch running{this, detail::running_batches};
     detail::running_batches = &running;
 
-    // Producers that claimed a slot may still be writing it: wait for each slot's state.
-    std::size_t holes = 0;
-    bool any_completion = false;
+    // Producers that claimed a slot may still be writing it: wait for each slot's state. The
+    // states are bits, so or-ing them tells which kinds the batch holds with a load and an or
+    // per item; holes, which are rare, are counted in a second pass (callgrind, post_n at
+    // B = 256: 27 -> 17 instructions per item on the worker, the benchmark's sum included).
+    unsigned kinds = 0;
     for (std::size_t i = 0; i < size; ++i) {
-        const std::uint8_t state = wait_for_slot(states[i]);
-        holes += state == detail::slot_hole ? 1 : 0;
-        any_completion = any_completion || state == detail::slot_item_completion;
+        // acquire: pairs with the producer's release so its item is visible.
+        std::uint8_t state = states[i].load(std::memory_order_acquire);
+        if (state == detail::slot_empty) {
+            state = wait_for_slot(states[i]);
+        }
+        kinds |= state;
+    }
+    const bool any_completion = (kinds & detail::slot_item_completion) != 0;
+    std::size_t holes = 0;
+    if ((kinds & detail::slot_hole) != 0) {
+        for (std::size_t i = 0; i < size; ++i) {
+            // relaxed: acquired in the loop above.
+            holes += states[i].load(std::memory_order_relaxed) == detail::slot_hole ? 1 : 0;
+        }
     }
     std::size_t failed_in_compaction = 0;
     // Cancelled and expired items leave the batch here, as holes (detail/batcher_deadlines.hpp).
@@ -126,10 +139,8 @@ void detail::BatcherCore<T, R, Clock>::run_batch(std::uint32_t buffer_index) noe
             items[i].~T();
         }
     }
-    for (std::size_t i = 0; i < size; ++i) {
-        // relaxed: published to the next producers by arrive()'s acq_rel and the open CAS.
-        states[i].store(detail::slot_empty, std::memory_order_relaxed);
-    }
+    // relaxed: published to the next producers by arrive()'s acq_rel and the open CAS.
+    detail::reset_slots(states, size);
     // One clock read serves the latency sample and the decision the free worker takes below;
     // without completions to run, results were "delivered" when process_batch returned, and
     // that reading serves too (a clock read is ~10% of a 1-item batch's cost).
