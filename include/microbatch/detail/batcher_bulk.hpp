@@ -301,8 +301,8 @@ std::uint32_t detail::BatcherCore<T, R, Clock>::fill_run(Lane& lane, std::uint64
             slot_states_[base + rest].store(detail::slot_hole, std::memory_order_release);
         }
         // relaxed: a statistic; nothing is published through it.
-        in_flight_items_.fetch_sub(static_cast<std::uint64_t>(end - slot),
-                                   std::memory_order_relaxed);
+        finished_items_.fetch_add(static_cast<std::uint64_t>(end - slot),
+                                  std::memory_order_relaxed);
     }
     // The opening reading can stand for the seal time only if no item constructor ran long
     // in between: true for the nothrow path's plain copies, not promised otherwise.

@@ -83,11 +83,8 @@ CloseResult detail::BatcherCore<T, R, Clock>::close_impl(const Deadline* deadlin
         CloseResult result;
         result.completed = false;
         result.batches_in_flight = static_cast<std::size_t>(open_batches_);
-        // Read as signed: a hole's producer may have subtracted it before the seal added it.
-        // relaxed: a statistic; we are not waiting for these items here.
-        const auto items =
-            static_cast<std::int64_t>(in_flight_items_.load(std::memory_order_relaxed));
-        result.items_in_flight = items < 0 ? 0 : static_cast<std::size_t>(items);
+        // A statistic; we are not waiting for these items here.
+        result.items_in_flight = static_cast<std::size_t>(in_flight_item_count());
         return result;
     }
     lock.unlock();

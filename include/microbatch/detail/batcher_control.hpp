@@ -55,13 +55,13 @@ std::size_t detail::BatcherCore<T, R, Clock>::pending() const noexcept {
     for (std::uint32_t l = 0; l < lane_count_; ++l) {
         filling += filling_count(lanes_[l].head.load(std::memory_order_relaxed));
     }
-    return static_cast<std::size_t>(in_flight_items_.load(std::memory_order_relaxed) + filling);
+    return static_cast<std::size_t>(in_flight_item_count() + filling);
 }
 
 template <class T, class R, class Clock>
 std::size_t detail::BatcherCore<T, R, Clock>::in_flight() const noexcept {
     // relaxed: a statistic; no data is read through it.
-    return static_cast<std::size_t>(in_flight_batches_.load(std::memory_order_relaxed));
+    return static_cast<std::size_t>(in_flight_batch_count(std::memory_order_relaxed));
 }
 
 template <class T, class R, class Clock>

@@ -262,7 +262,7 @@ SubmitStatus detail::BatcherCore<T, R, Clock>::reserve_cost(std::uint64_t cost, 
         // that finishes a batch asks the policy with cost_waiting set (rule 4c); the items
         // already in open batches are asked about below. Dekker handshakes: a claim either
         // comes before our look at the heads (we ask for its batch) or sees us; a worker's
-        // finish either comes before our look at in_flight_batches_ (we see it free) or sees us.
+        // finish either comes before our look at its finished count (we see it free) or sees us.
         cost_waiters_.fetch_add(1, std::memory_order_seq_cst);
         seal_for_cost_all();  // before cost_mutex_: an inline executor runs the batch here
         status = wait_for_cost(cost, mode, deadline);

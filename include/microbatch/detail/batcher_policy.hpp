@@ -57,7 +57,7 @@ SealInputs detail::BatcherCore<T, R, Clock>::policy_inputs(
     const std::int64_t delay = max_delay_ticks_.load(std::memory_order_relaxed);
     in.max_delay = delay < 0 ? -1 : to_nanoseconds(delay);
     // seq_cst: the timer's half of the handshake with seal_for_free_worker() (free on x86).
-    in.in_flight = static_cast<std::size_t>(in_flight_batches_.load(std::memory_order_seq_cst));
+    in.in_flight = static_cast<std::size_t>(in_flight_batch_count(std::memory_order_seq_cst));
     in.max_in_flight = max_in_flight_.load(std::memory_order_relaxed);
     in.lanes = lane_count_;
     in.seal_early = seal_early_;
@@ -203,7 +203,7 @@ void detail::BatcherCore<T, R, Clock>::seal_for_free_worker(std::int64_t now) {
         };
         const SealDecision decision = decide();
         if (!decision.seal) {
-            // The caller's time was read before it left in_flight_batches_, so its "not yet" may
+            // The caller's time was read before it counted its batch finished, so its "not yet" may
             // be stale: meanwhile the timer may have seen this batch due while every worker was
             // busy (rule 3: no time to wake at) and gone idle, and nobody would seal it (every
             // client waiting on its handle hung: test_formation's "free worker ... held batch"
@@ -235,9 +235,9 @@ void detail::BatcherCore<T, R, Clock>::seal_for_free_worker(std::int64_t now) {
     // Wake the timer only if it sleeps for want of a worker and one is free now with a batch
     // to time: with every worker still busy (a queue of full batches) it would only look and
     // sleep again. seq_cst: Dekker handshake with run_timer(), which announces the wait and
-    // then re-reads in_flight_batches_ (decremented by our caller with seq_cst).
+    // then re-reads the finished count (incremented by our caller with seq_cst).
     if (waiting_batch && timer_waits_for_worker_.load(std::memory_order_seq_cst) &&
-        in_flight_batches_.load(std::memory_order_seq_cst) <
+        in_flight_batch_count(std::memory_order_seq_cst) <
             max_in_flight_.load(std::memory_order_relaxed)) {
         wake_timer();
     }

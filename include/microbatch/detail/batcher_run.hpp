@@ -150,7 +150,7 @@ void detail::BatcherCore<T, R, Clock>::run_batch(std::uint32_t buffer_index) noe
         stats_.item_latency(to_nanoseconds(finished - opened_at));  // see completed() above
     }
     // Holes were taken off by their producers (fill_slot). relaxed: a statistic for close_for().
-    in_flight_items_.fetch_sub(size - holes, std::memory_order_relaxed);
+    finished_items_.fetch_add(size - holes, std::memory_order_relaxed);
     if (cost_function_) {
         // The items are finished: their cost leaves the pending total. Reset for the buffer's
         // next batch (relaxed: published to its producers by the buffer's reopening).
@@ -162,7 +162,7 @@ void detail::BatcherCore<T, R, Clock>::run_batch(std::uint32_t buffer_index) noe
     return_items(lanes_[buffer_index / buffers_per_lane_], static_cast<std::int64_t>(size));
     detail::running_batches = running.outer;
     // The worker is free: seq_cst, Dekker handshake with the timer (seal_for_free_worker).
-    in_flight_batches_.fetch_sub(1, std::memory_order_seq_cst);
+    finished_batches_.fetch_add(1, std::memory_order_seq_cst);
     seal_for_free_worker(finished);
 }
 

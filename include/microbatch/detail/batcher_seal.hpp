@@ -152,14 +152,15 @@ void detail::BatcherCore<T, R, Clock>::seal_and_dispatch(std::uint32_t buffer, s
     // clock a moment ago: one reading serves both (a clock read is ~10% of a 1-item batch).
     current.dispatched_at = now != unset_time ? now : clock_.now().time_since_epoch().count();
     // relaxed: distinct numbers suffice; the lane's next batch is numbered only after the
-    // arrive() below opened it, so numbers grow along each lane.
+    // arrive() below opened it, so numbers grow along each lane. The count is also the
+    // in-flight limit's (in_flight_batch_count()), a policy input read without ordering: a
+    // stale read lets at most one decision see the previous count, and every finishing worker
+    // decides again. The worker that runs the batch sees the increment (the executor's
+    // hand-off orders it), so no finished count overtakes it.
     current.number = dispatched_batches_.fetch_add(1, std::memory_order_relaxed);
     stats_.dispatched(size, reason);
-    // relaxed: a statistic for close_for(); nothing is published through it.
-    in_flight_items_.fetch_add(size, std::memory_order_relaxed);
-    // relaxed: the in-flight limit is a policy input read without ordering; a stale read lets
-    // at most one decision see the previous count, and every finishing worker decides again.
-    in_flight_batches_.fetch_add(1, std::memory_order_relaxed);
+    // relaxed: a statistic for close_for() and a policy input, as the batch count.
+    dispatched_items_.fetch_add(size, std::memory_order_relaxed);
     // relaxed: opened_at was written by the slot-0 producer before its slot state; only an
     // estimate is computed from it (a stale unset value skips the sample).
     note_sealed(size, current.dispatched_at, current.opened_at.load(std::memory_order_relaxed),

@@ -179,11 +179,11 @@ SubmitStatus detail::BatcherCore<T, R, Clock>::fill_slot(Lane& lane, std::uint64
             // it forever: publish a hole, which the worker skips.
             error = std::current_exception();
             state = detail::slot_hole;
-            // A hole is no accepted item: take it off close_for()'s in-flight count now, while
+            // A hole is no accepted item: count it finished for close_for() now, while
             // the batch cannot finish (it waits for this slot). The seal may not have added it
-            // yet, so the count can read one low for a moment (close_impl clamps at zero).
+            // yet, so the count can read one low for a moment (in_flight_item_count() clamps).
             // relaxed: a statistic; nothing is published through it.
-            in_flight_items_.fetch_sub(1, std::memory_order_relaxed);
+            finished_items_.fetch_add(1, std::memory_order_relaxed);
             if (cost != 0) {
                 // relaxed: published to the worker by the hole's release store below.
                 buffers_[buffer].cost.fetch_sub(cost, std::memory_order_relaxed);
@@ -237,11 +237,11 @@ inline void detail::BatcherCore<T, R, Clock>::maybe_seal_early(Lane& lane, std::
                                                                std::uint32_t end) {
     if ((end - start >= producer_threshold_.load(std::memory_order_relaxed) ||
          reaches_population(end - start)) &&
-        in_flight_batches_.load(std::memory_order_relaxed) <
+        in_flight_batch_count(std::memory_order_relaxed) <
             max_in_flight_.load(std::memory_order_relaxed)) {
         // A worker is free and the batch reached the size the policy seals at without a clock
         // (max_delay 0, or early sealing's target). relaxed loads: policy inputs, see
-        // in_flight_batches_; a stale value only delays the seal to the timer or a worker.
+        // in_flight_batch_count(); a stale value only delays the seal to the timer or a worker.
         seal_early_after_fill(lane, head, start, end);
     }
 }
