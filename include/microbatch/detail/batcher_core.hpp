@@ -180,13 +180,6 @@ protected:
     // are never needed. Skipping them saves the worker ~300 instructions per (one-item) batch
     // and a read of each lane's head, a cache line the producers keep writing.
     bool every_claim_seals() const noexcept { return batch_size_ == 1; }
-    // Rule 5c's cheap test for producers: the batch's @p count items plus those in flight reach
-    // the usual population (population_threshold_, 0 when the rule is off).
-    bool reaches_population(std::uint64_t count) const noexcept {
-        // relaxed: policy inputs; decide_seal confirms.
-        const std::uint32_t threshold = population_threshold_.load(std::memory_order_relaxed);
-        return threshold != 0 && pending_with(count) >= threshold;
-    }
     // The size bound of the batch in buffer @p buffer (the batch size in force when it opened,
     // or fewer when the lane was short of free items).
     std::uint32_t bound_of(std::uint32_t buffer) const noexcept {
