@@ -70,6 +70,37 @@ ManualBatcher make(Recorder& recorder, ManualClock& clock, Options options) {
 
 }  // namespace
 
+TEST_CASE("in_flight() and pending() count dispatched, queued and open work exactly",
+          "[formation][in_flight]") {
+    // Sealers count batches and items dispatched, workers count them finished; in_flight() and
+    // pending() are the differences (plus the open batch's items for pending()).
+    ManualClock clock;
+    Recorder recorder;  // holds the first batch
+    auto batcher = make(recorder, clock,
+                        Options{}.max_batch_size(2).max_delay(1h).seal_early(false).workers(1));
+    CHECK(batcher.in_flight() == 0);
+    CHECK(batcher.pending() == 0);
+    batcher.post(0);
+    batcher.post(1);  // full: dispatched, the worker holds it
+    wait_until([&] { return recorder.started.load() == 1; });
+    batcher.post(2);
+    batcher.post(3);  // full: dispatched, queued behind the held batch
+    batcher.post(4);  // open
+    CHECK(batcher.in_flight() == 2);
+    CHECK(batcher.pending() == 5);
+    CHECK(batcher.stats().batches_dispatched() == 2);
+
+    recorder.hold.open();
+    wait_until([&] { return batcher.in_flight() == 0; });
+    CHECK(batcher.pending() == 1);  // the open batch's item
+    CHECK(batcher.stats().batches_completed == 2);
+    batcher.flush();
+    batcher.wait_idle();
+    CHECK(batcher.in_flight() == 0);
+    CHECK(batcher.pending() == 0);
+    CHECK(batcher.stats().items_processed == 5);
+}
+
 TEST_CASE("Batcher keeps a due batch open and growing while every worker is busy",
           "[formation][in_flight]") {
     ManualClock clock;

@@ -2765,35 +2765,23 @@ enum SlotState : std::uint8_t {
     slot_hole = 4,             ///< Constructing the item threw: the slot holds nothing.
 };
 
-/// Sets @p count slot states to slot_empty with relaxed stores (the caller publishes them).
-/// Unrolled by hand: the compiler does not merge or unroll atomic stores, and a one-store loop
-/// is four instructions per slot where this is under two.
-inline void reset_slots(std::atomic<std::uint8_t>* states, std::size_t count) noexcept {
+/// Stores @p state into @p count slot states with memory order @p Order: relaxed to reset a
+/// finished batch's slots (the caller publishes them), release to publish slots whose items
+/// the caller wrote before (each store publishes everything written before it). Unrolled by
+/// hand: the compiler neither merges nor unrolls atomic stores, and a one-store loop is four
+/// instructions per slot where this is under two.
+template <std::memory_order Order>
+inline void store_slot_states(std::atomic<std::uint8_t>* states, std::size_t count,
+                              std::uint8_t state) noexcept {
     std::size_t i = 0;
     for (; i + 4 <= count; i += 4) {
-        states[i].store(slot_empty, std::memory_order_relaxed);
-        states[i + 1].store(slot_empty, std::memory_order_relaxed);
-        states[i + 2].store(slot_empty, std::memory_order_relaxed);
-        states[i + 3].store(slot_empty, std::memory_order_relaxed);
+        states[i].store(state, Order);
+        states[i + 1].store(state, Order);
+        states[i + 2].store(state, Order);
+        states[i + 3].store(state, Order);
     }
     for (; i < count; ++i) {
-        states[i].store(slot_empty, std::memory_order_relaxed);
-    }
-}
-
-/// Publishes @p count slots filled by the caller as @p state (release stores, unrolled like
-/// reset_slots): each store also publishes every item the caller wrote before it.
-inline void publish_slots(std::atomic<std::uint8_t>* states, std::size_t count,
-                          std::uint8_t state) noexcept {
-    std::size_t i = 0;
-    for (; i + 4 <= count; i += 4) {
-        states[i].store(state, std::memory_order_release);
-        states[i + 1].store(state, std::memory_order_release);
-        states[i + 2].store(state, std::memory_order_release);
-        states[i + 3].store(state, std::memory_order_release);
-    }
-    for (; i < count; ++i) {
-        states[i].store(state, std::memory_order_release);
+        states[i].store(state, Order);
     }
 }
 
@@ -7326,7 +7314,8 @@ std::uint32_t detail::BatcherCore<T, R, Clock>::fill_run(Lane& lane, std::uint64
                 }
             }
             // release: publishes the items to the worker that runs this batch.
-            detail::publish_slots(states + index, count, detail::slot_item);
+            detail::store_slot_states<std::memory_order_release>(states + index, count,
+                                                                 detail::slot_item);
         } else {
             for (; slot != end; ++slot) {
                 const std::size_t i = done + (slot - index);
@@ -9026,7 +9015,7 @@ void detail::BatcherCore<T, R, Clock>::run_batch(std::uint32_t buffer_index) noe
         }
     }
     // relaxed: published to the next producers by arrive()'s acq_rel and the open CAS.
-    detail::reset_slots(states, size);
+    detail::store_slot_states<std::memory_order_relaxed>(states, size, detail::slot_empty);
     // One clock read serves the latency sample and the decision the free worker takes below;
     // without completions to run, results were "delivered" when process_batch returned, and
     // that reading serves too (a clock read is ~10% of a 1-item batch's cost).

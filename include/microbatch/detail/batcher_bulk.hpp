@@ -250,7 +250,8 @@ std::uint32_t detail::BatcherCore<T, R, Clock>::fill_run(Lane& lane, std::uint64
                 }
             }
             // release: publishes the items to the worker that runs this batch.
-            detail::publish_slots(states + index, count, detail::slot_item);
+            detail::store_slot_states<std::memory_order_release>(states + index, count,
+                                                                 detail::slot_item);
         } else {
             for (; slot != end; ++slot) {
                 const std::size_t i = done + (slot - index);

@@ -140,7 +140,7 @@ void detail::BatcherCore<T, R, Clock>::run_batch(std::uint32_t buffer_index) noe
         }
     }
     // relaxed: published to the next producers by arrive()'s acq_rel and the open CAS.
-    detail::reset_slots(states, size);
+    detail::store_slot_states<std::memory_order_relaxed>(states, size, detail::slot_empty);
     // One clock read serves the latency sample and the decision the free worker takes below;
     // without completions to run, results were "delivered" when process_batch returned, and
     // that reading serves too (a clock read is ~10% of a 1-item batch's cost).
