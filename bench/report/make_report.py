@@ -194,7 +194,9 @@ def status(value, target, milestone=None, higher_is_better=True):
 # Machine description
 
 
-def machine_section(contexts, compiler, source):
+def describe_machine():
+    """This host, for run_info.json: the report must describe the machine that ran the
+    benchmarks, not the one that regenerates the text later."""
     model = "unknown"
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as stream:
@@ -209,9 +211,17 @@ def machine_section(contexts, compiler, source):
     except AttributeError:
         nproc = os.cpu_count()
     uname = platform.uname()
+    return {"nproc": nproc, "model": model,
+            "os": f"{uname.system} {uname.release} {uname.machine}"}
+
+
+def machine_section(contexts, compiler, source, machine=None):
+    # Runs recorded before run_info.json kept the machine: describe this host, as before.
+    machine = machine or describe_machine()
+    nproc, model, host = machine["nproc"], machine["model"], machine["os"]
     lines = [
         f"- **Machine:** {nproc} CPUs (`nproc`), CPU model `{model}` (from /proc/cpuinfo), "
-        f"{uname.system} {uname.release} {uname.machine} (a Firecracker VM). **Shared and noisy**: the 2 cores are "
+        f"{host} (a Firecracker VM). **Shared and noisy**: the 2 cores are "
         "shared with other engineers' builds and a CI run, so absolute numbers move by tens of "
         "percent between runs. Compare ratios measured in the same binary and run, and read "
         "the coefficients of variation (cv) given with them.",
@@ -1326,8 +1336,8 @@ def main():
     if args.record_start:
         os.makedirs(args.raw, exist_ok=True)
         with open(info_path, "w", encoding="utf-8") as stream:
-            json.dump({"started": time.time(), "source": describe_source(args.source_dir)},
-                      stream, indent=1)
+            json.dump({"started": time.time(), "source": describe_source(args.source_dir),
+                       "machine": describe_machine()}, stream, indent=1)
         return
     if not args.out:
         parser.error("--out is required")
@@ -1400,7 +1410,7 @@ def main():
                          ("bench_keyed", keyed.context),
                          ("bench_deadlines", deadlines.context),
                          ("bench_lanes", lanes.context)],
-                        args.compiler, info.get("source", "")),
+                        args.compiler, info.get("source", ""), info.get("machine")),
         "",
         "## Goals",
         "",
